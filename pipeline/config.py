@@ -1,0 +1,268 @@
+"""Typed configuration: one frozen dataclass per ``config.yaml`` section.
+
+``load_config(path, overrides)`` reads YAML with ``yaml.safe_load``, applies ``--set a.b=c``
+overrides and validates everything at once; a :class:`ConfigError` lists every problem with
+its dotted key. Relative paths in the file resolve against the file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.config_schema import bounds, build, parse_scalar, to_dict
+from pipeline.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = REPO_ROOT / "config.yaml"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where data comes from and how the derived data sets are built.
+
+    ``root`` is the data root (layout of ``../shared/data``); ``"embedded"`` selects the small
+    real slice committed in ``pipeline/embedded_data``; ``"auto"`` uses ``../shared/data`` when
+    it exists and the embedded slice otherwise.
+    """
+
+    root: str = "auto"
+    cache_dir: str = ".cache/data"
+    dataset: Literal["avmnist", "avmnist-t"] = "avmnist"
+    seed: int = field(default=0, metadata=bounds(min=0))
+    image_energy_removed: float = field(
+        default=0.75, metadata=bounds(min=0.0, max=0.99, help="share of PCA variance removed")
+    )
+    audio_snr_db: float | None = field(default=None, metadata=bounds(min=-20, max=80))
+    text_error_rate: float = field(default=0.3, metadata=bounds(min=0.0, max=1.0))
+    val_size: int = field(default=5000, metadata=bounds(min=0))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Common training settings (every trainer reads these)."""
+
+    epochs: int = field(default=5, metadata=bounds(min=1))
+    batch_size: int = field(default=128, metadata=bounds(min=1))
+    lr: float = field(default=1e-3, metadata=bounds(min=0.0, min_exclusive=True))
+    weight_decay: float = field(default=1e-4, metadata=bounds(min=0.0))
+    seed: int = field(default=0, metadata=bounds(min=0))
+    num_threads: int = field(default=0, metadata=bounds(min=0, help="0 = torch default"))
+    checkpoint_dir: str = "checkpoints"
+    limit: int | None = field(default=None, metadata=bounds(min=1))
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Offline replay of a data set split through a system."""
+
+    system: str = "lf"
+    split: Literal["train", "val", "test"] = "test"
+    limit: int | None = field(default=None, metadata=bounds(min=1))
+    batch_size: int = field(default=1, metadata=bounds(min=1))
+    decisions_path: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where and how models run."""
+
+    device: str = "cpu"
+    num_threads: int = field(default=0, metadata=bounds(min=0))
+
+
+@dataclass(frozen=True)
+class PowerConfig:
+    """Which power meter measures energy (``auto`` probes NVML, RAPL, Jetson, then psutil)."""
+
+    meter: Literal["auto", "nvml", "rapl", "jetson", "psutil", "replay", "null"] = "auto"
+    device_profile: str = "x86-server"
+    replay_trace: str | None = None
+    sample_hz: float = field(default=50.0, metadata=bounds(min=1.0, max=10000.0))
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One live source (see docs/streaming.md).
+
+    ``kind`` picks the class: ``camera`` (``uri``: device index, file, ``http://`` MJPEG or
+    ``rtsp://``), ``microphone`` (``uri``: PortAudio device, empty for the default), ``pcm_tcp`` /
+    ``pcm_udp`` (``uri``: ``host:port``), ``audio_file`` (WAV/FLAC), ``text_stdin``, ``text_file``,
+    ``text_jsonl`` and ``text_tcp`` (``uri``: ``host:port``).
+    """
+
+    name: str = "camera0"
+    kind: Literal[
+        "camera", "microphone", "pcm_tcp", "pcm_udp", "audio_file", "text_stdin", "text_file", "text_jsonl", "text_tcp"
+    ] = "camera"
+    uri: str = "0"
+    gray: bool = True
+    width: int | None = field(default=None, metadata=bounds(min=1))
+    height: int | None = field(default=None, metadata=bounds(min=1))
+    sample_rate_hz: int = field(default=16000, metadata=bounds(min=1000, max=384000))
+    chunk_ms: float = field(default=100.0, metadata=bounds(min=1.0, max=5000.0))
+    on_rate_mismatch: Literal["resample", "reject"] = "resample"
+    realtime: bool = True
+    loop: bool = False
+    max_rate_hz: float | None = field(default=20.0, metadata=bounds(min=0.0, min_exclusive=True))
+    line_rate_hz: float | None = field(default=2.0, metadata=bounds(min=0.0, min_exclusive=True))
+    queue_size: int = field(default=16, metadata=bounds(min=1))
+    queue_policy: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
+    num_cpus: float = field(default=0.25, metadata=bounds(min=0.0))
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """The live pipeline: sources, sync policies, queues, placement and recording."""
+
+    sources: tuple[SourceConfig, ...] = ()
+    trigger: Literal["image", "audio", "text"] = "image"
+    policies: dict[str, str] = field(
+        default_factory=lambda: {"image": "approximate", "audio": "approximate", "text": "latest"}
+    )
+    slop_ms: float = field(default=60.0, metadata=bounds(min=0.0))
+    audio_window_s: float = field(default=1.0, metadata=bounds(min=0.01, max=30.0))
+    audio_rate_hz: int = field(default=16000, metadata=bounds(min=1000, max=384000))
+    text_max_age_s: float = field(default=5.0, metadata=bounds(min=0.0))
+    trigger_timeout_ms: float = field(default=500.0, metadata=bounds(min=1.0))
+    fallback_hz: float = field(default=5.0, metadata=bounds(min=0.1, max=1000.0))
+    engine_queue_size: int = field(default=4, metadata=bounds(min=1))
+    engine_queue_policy: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
+    max_in_flight: int = field(default=2, metadata=bounds(min=1))
+    engine: str = "pipeline.engine:build_engine"
+    engine_num_cpus: float = field(default=1.0, metadata=bounds(min=0.0))
+    engine_num_gpus: float = field(default=0.0, metadata=bounds(min=0.0))
+    engine_resources: dict[str, float] = field(default_factory=dict)
+    max_restarts: int = field(default=3, metadata=bounds(min=-1, help="-1 = restart forever"))
+    reconnect_initial_s: float = field(default=0.2, metadata=bounds(min=0.0))
+    reconnect_max_s: float = field(default=5.0, metadata=bounds(min=0.0))
+    max_reconnects: int | None = field(default=None, metadata=bounds(min=1))
+    record: str | None = None
+    record_chunk_kib: int = field(default=1024, metadata=bounds(min=1))
+    duration_s: float | None = field(default=None, metadata=bounds(min=0.0, min_exclusive=True))
+    live_view: bool = True
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How the live pipeline reaches Ray: ``address`` null starts a local instance."""
+
+    address: str | None = None
+    num_cpus: int | None = field(default=2, metadata=bounds(min=1))
+    namespace: str = "exitflow"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; each field is one ``config.yaml`` section."""
+
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    replay: ReplayConfig = ReplayConfig()
+    engine: EngineConfig = EngineConfig()
+    power: PowerConfig = PowerConfig()
+    stream: StreamConfig = StreamConfig()
+    ray: RayConfig = RayConfig()
+    source_path: str | None = None
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, errors: list[str]) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            errors.append(f"--set {dotted}: '{part}' is not a section")
+            return
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> tuple[dict[str, Any], list[str]]:
+    """Turn ``["a.b=1", ...]`` into a nested dict; malformed items become error lines."""
+    tree: dict[str, Any] = {}
+    errors: list[str] = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            errors.append(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. replay.limit=100")
+            continue
+        _set_dotted(tree, key.strip(), parse_scalar(raw), errors)
+    return tree, errors
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Safe-load a YAML mapping; an unreadable or malformed file raises ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError([f"file not found: {path}"], source=str(path)) from e
+    except OSError as e:
+        raise ConfigError([f"cannot read: {e}"], source=str(path)) from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}".replace("\n", " ")], source=str(path)) from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"<root>: expected a mapping of sections, found {type(data).__name__}"], str(path))
+    return data
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    errors: list[str] = []
+    if "source_path" in data:
+        errors.append("source_path: unknown key (set by exitflow, not by the file)")
+        data = {k: v for k, v in data.items() if k != "source_path"}
+    cfg = build(Config, data, "", errors)
+    if errors:
+        raise ConfigError(errors, source=source)
+    return dataclasses.replace(cfg, source_path=source)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load ``path`` (default: the repo's ``config.yaml``) with ``--set`` overrides applied.
+
+    Raises:
+        ConfigError: listing every unknown key, wrong type and out-of-range value at once.
+    """
+    cfg_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    data = read_yaml(cfg_path)
+    extra, errors = parse_overrides(overrides)
+    if errors:
+        raise ConfigError(errors, source="--set")
+    return config_from_dict(_merge(data, extra), source=str(cfg_path))
+
+
+def dump_config(cfg: Config) -> str:
+    data = to_dict(cfg)
+    data.pop("source_path", None)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def config_dir(cfg: Config) -> Path:
+    """Folder that relative paths in ``cfg`` resolve against."""
+    if cfg.source_path and Path(cfg.source_path).exists():
+        return Path(cfg.source_path).resolve().parent
+    return REPO_ROOT
+
+
+def resolve_path(cfg: Config, value: str | Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (config_dir(cfg) / path).resolve()

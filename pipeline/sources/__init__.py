@@ -1,0 +1,87 @@
+"""Stage 1 of the live data flow: sensor sources (camera, microphone, text).
+
+Every source is a plain class with ``read() -> SensorMessage | None``, reconnect with backoff,
+and ``health()``; :func:`build_source` makes one from a ``stream.sources`` config entry.
+``pipeline.runtime`` wraps them in Ray actors.
+"""
+
+from __future__ import annotations
+
+from pipeline.config import SourceConfig
+from pipeline.sources.base import Backoff, Source, SourceDisconnected, SourceError, SourceHealth
+from pipeline.sources.camera import CameraSource
+from pipeline.sources.microphone import AudioFileSource, MicrophoneSource, PcmSocketSource
+from pipeline.sources.text import StdinTextSource, TextFileSource, TextSocketSource
+
+__all__ = [
+    "AudioFileSource",
+    "Backoff",
+    "CameraSource",
+    "MicrophoneSource",
+    "PcmSocketSource",
+    "Source",
+    "SourceDisconnected",
+    "SourceError",
+    "SourceHealth",
+    "StdinTextSource",
+    "TextFileSource",
+    "TextSocketSource",
+    "build_source",
+    "split_host_port",
+]
+
+
+def split_host_port(uri: str, source_name: str) -> tuple[str, int]:
+    """``"127.0.0.1:5000"`` -> ``("127.0.0.1", 5000)``.
+
+    Raises:
+        SourceError: when ``uri`` is not ``host:port``.
+    """
+    text = uri.split("://", 1)[-1]
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise SourceError(f"source '{source_name}': expected uri 'host:port' (e.g. 127.0.0.1:5000), got {uri!r}")
+    return host, int(port)
+
+
+def build_source(spec: SourceConfig, audio_rate_hz: int | None = None, backoff: Backoff | None = None) -> Source:
+    """Make the source ``spec`` describes.
+
+    Args:
+        spec: One ``stream.sources`` entry.
+        audio_rate_hz: Rate the pipeline wants for audio (sources resample or reject per spec).
+        backoff: Reconnect policy shared by the source.
+    """
+    audio = {
+        "sample_rate_hz": spec.sample_rate_hz,
+        "target_rate_hz": audio_rate_hz,
+        "on_rate_mismatch": spec.on_rate_mismatch,
+        "chunk_ms": spec.chunk_ms,
+        "backoff": backoff,
+    }
+    text = {"max_rate_hz": spec.max_rate_hz, "backoff": backoff}
+    if spec.kind == "camera":
+        shape = (spec.height, spec.width) if spec.height and spec.width else None
+        return CameraSource(
+            spec.uri, spec.name, gray=spec.gray, expected_shape=shape, realtime=spec.realtime, loop=spec.loop,
+            backoff=backoff,
+        )
+    if spec.kind in ("pcm_tcp", "pcm_udp"):
+        host, port = split_host_port(spec.uri, spec.name)
+        return PcmSocketSource(host, port, protocol=spec.kind[4:], name=spec.name, **audio)
+    if spec.kind == "audio_file":
+        return AudioFileSource(spec.uri, spec.name, realtime=spec.realtime, loop=spec.loop, **audio)
+    if spec.kind == "microphone":
+        device: int | str | None = int(spec.uri) if spec.uri.isdigit() else (spec.uri or None)
+        return MicrophoneSource(device, spec.name, **audio)
+    if spec.kind == "text_stdin":
+        return StdinTextSource(spec.name, **text)
+    if spec.kind in ("text_file", "text_jsonl"):
+        return TextFileSource(
+            spec.uri, spec.name, jsonl=spec.kind == "text_jsonl", line_rate_hz=spec.line_rate_hz,
+            realtime=spec.realtime, **text,
+        )
+    if spec.kind == "text_tcp":
+        host, port = split_host_port(spec.uri, spec.name)
+        return TextSocketSource(host, port, spec.name, **text)
+    raise SourceError(f"source '{spec.name}': unknown kind {spec.kind!r}")
