@@ -117,7 +117,9 @@ def find_jetson_rails(root: str | Path = DEFAULT_JETSON_ROOT) -> tuple[list[Jets
         DeviceError: Nothing found or not readable.
     """
     root = str(root)
-    folders = [root] + [p for pattern in _SENSOR_GLOBS for p in sorted(glob.glob(os.path.join(root, pattern)))]
+    folders = [root] + [
+        p for pattern in _SENSOR_GLOBS for p in sorted(glob.glob(os.path.join(root, pattern)))
+    ]
     rails: list[JetsonRail] = []
     layouts = set()
     try:
@@ -132,7 +134,9 @@ def find_jetson_rails(root: str | Path = DEFAULT_JETSON_ROOT) -> tuple[list[Jets
     except OSError as e:
         raise DeviceError(f"cannot open INA3221 files under {root}: {e}; {_FIX}") from e
     if not rails:
-        raise DeviceError(f"no INA3221 power rails under {root} (looked for in*_label and rail_name_*); {_FIX}")
+        raise DeviceError(
+            f"no INA3221 power rails under {root} (looked for in*_label and rail_name_*); {_FIX}"
+        )
     seen: dict[str, int] = {}
     for rail in rails:
         seen[rail.name] = seen.get(rail.name, 0) + 1
@@ -219,11 +223,13 @@ class JetsonMeter(PowerMeter):
 
     def describe(self) -> str:
         total = self.total_rail or "sum of all rails (no VDD_IN / POM_5V_IN / 5V_IN rail found)"
-        return "\n".join([
-            f"jetson: INA3221 rails under {self.root} ({self.layout} layout), sampled at {self.sample_hz:g} Hz "
-            "and integrated with the trapezoidal rule",
-            f"  rails: {', '.join(r.name for r in self.rails)}; window total = {total}",
-        ])
+        return "\n".join(
+            [
+                f"jetson: INA3221 rails under {self.root} ({self.layout} layout), sampled at {self.sample_hz:g} Hz "
+                "and integrated with the trapezoidal rule",
+                f"  rails: {', '.join(r.name for r in self.rails)}; window total = {total}",
+            ]
+        )
 
     def close(self) -> None:
         if self._sampler is not None:

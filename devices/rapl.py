@@ -122,7 +122,9 @@ class RaplMeter(PowerMeter):
             try:
                 counter = SysfsFile(os.path.join(path, "energy_uj"))
             except PermissionError as e:
-                raise DeviceError(f"cannot read {path}/energy_uj (permission denied). {_PERMISSION_FIX}") from e
+                raise DeviceError(
+                    f"cannot read {path}/energy_uj (permission denied). {_PERMISSION_FIX}"
+                ) from e
             except OSError as e:
                 raise DeviceError(f"cannot open {path}/energy_uj: {e}. {_PERMISSION_FIX}") from e
             zone = RaplZone(key=key, path=path, counter=counter, max_range_uj=None, in_total=False)
@@ -157,7 +159,9 @@ class RaplMeter(PowerMeter):
         try:
             return zone.counter.read_int()
         except PermissionError as e:
-            raise DeviceError(f"cannot read {zone.path}/energy_uj (permission denied). {_PERMISSION_FIX}") from e
+            raise DeviceError(
+                f"cannot read {zone.path}/energy_uj (permission denied). {_PERMISSION_FIX}"
+            ) from e
         except (OSError, ValueError) as e:
             raise DeviceError(
                 f"reading {zone.path}/energy_uj failed: {e}; check that the intel_rapl driver is "

@@ -36,7 +36,10 @@ class SysfsFile:
         """
         if self._fd is None:
             raise OSError(f"{self.path} was closed")
-        return int(os.pread(self._fd, 64, 0))
+        data = os.pread(self._fd, 64, 0)
+        if not data.strip():  # a file caught mid-rewrite (fake trees only); sysfs never reads empty
+            data = os.pread(self._fd, 64, 0)
+        return int(data)
 
     def close(self) -> None:
         if self._fd is not None:

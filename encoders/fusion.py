@@ -97,6 +97,8 @@ class FusionOutput:
         keep: Per modality, (B, N') keep mask of ``hidden``.
         token_ratios: Per token-trimmer module, (B,) cumulative kept ratio (cost loss input).
         head_ratios: Per head-trimmer module, (B,) kept head ratio (cost loss input).
+        similarity: Per modality, (B, L) cosine of each layer's output to its input, NaN where
+            the stream did not run that layer (for calibrating thresholds from one full pass).
     """
 
     logits: torch.Tensor
@@ -109,6 +111,7 @@ class FusionOutput:
     keep: dict[str, torch.Tensor] = field(default_factory=dict)
     token_ratios: list[torch.Tensor] = field(default_factory=list)
     head_ratios: list[torch.Tensor] = field(default_factory=list)
+    similarity: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def cosine_to_previous(
@@ -308,6 +311,7 @@ class FusionTransformer(nn.Module):
         valid_count = {m: keep[m].sum(dim=1) for m in present}  # (B,) tokens before trimming
         active = {m: torch.ones(batch, dtype=torch.bool, device=device) for m in present}
         exit_layers = {m: torch.zeros(batch, dtype=torch.long, device=device) for m in present}
+        similarity = {m: torch.full((batch, cfg.num_layers), float("nan"), device=device) for m in present}
         tokens_kept = torch.zeros(batch, device=device)
         tokens_total = torch.zeros(batch, device=device)
         heads_kept = torch.zeros(batch, device=device)
@@ -349,7 +353,9 @@ class FusionTransformer(nn.Module):
                 ctx = torch.cat([h[o][r] for o in others], dim=1) if others else None  # (R, M, D)
                 ctx_keep = torch.cat([keep[o][r] for o in others], dim=1) if others else None  # (R, M)
                 head_masks: dict[str, torch.Tensor | None] = {"self": None, "cross": None}
-                n_heads = {k: torch.full((r.numel(),), cfg.num_heads, device=device) for k in head_masks}
+                n_heads = {
+                    k: torch.full((r.numel(),), float(cfg.num_heads), device=device) for k in head_masks
+                }
                 if use_heads:
                     for kind in ("self", "cross") if others else ("self",):
                         trimmer = self.head_trimmers[layer_idx][f"{m}/{kind}"]
@@ -380,9 +386,11 @@ class FusionTransformer(nn.Module):
             for m, y in updates.items():
                 r = rows[m]
                 exit_layers[m] = exit_layers[m].index_fill(0, r, layer_idx + 1)
+                with torch.no_grad():
+                    sim = cosine_to_previous(y, h[m][r], keep[m][r])  # (R,)
+                similarity[m][r, layer_idx] = sim
                 theta = thresholds.get(m)
                 if theta is not None and theta <= 1.0:
-                    sim = cosine_to_previous(y, h[m][r], keep[m][r])  # (R,)
                     active[m] = active[m].index_fill(0, r[sim >= theta], False)
                 h[m] = h[m].index_copy(0, r, y)
             if all_layer_logits:
@@ -400,6 +408,7 @@ class FusionTransformer(nn.Module):
             keep=keep,
             token_ratios=token_ratios,
             head_ratios=head_ratios,
+            similarity=similarity,
         )
 
     @staticmethod

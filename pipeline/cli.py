@@ -18,8 +18,22 @@ COMMAND_MODULES = (
     "pipeline.commands.data_cmd",
     "pipeline.commands.baseline_cmd",
     "pipeline.commands.replay_cmd",
+    "pipeline.commands.demo_cmd",
+    "pipeline.commands.devices_cmd",
+    "pipeline.commands.encoder_cmd",
+    "pipeline.commands.fusion_cmd",
 )
 GROUPS = {"train": "train a model", "eval": "evaluate a trained model"}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user can act on: printed as one line. Anything else is a bug and keeps its traceback."""
+    from devices.errors import DeviceError
+    from encoders.base import EncoderInputError
+    from pipeline.data.spectrogram import AudioInputError
+    from scheduler.errors import SchedulerError
+
+    return (ExitflowError, DeviceError, EncoderInputError, AudioInputError, SchedulerError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         for issue in e.issues:
             print(f"  {issue}", file=sys.stderr)
         return 2
-    except ExitflowError as e:
+    except user_errors() as e:
         print(f"exitflow: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

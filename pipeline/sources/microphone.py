@@ -183,6 +183,8 @@ class PcmSocketSource(AudioSource):
             raise SourceDisconnected("socket is closed")
         frame_bytes = PCM_DTYPES[self.fmt].itemsize * self.channels
         want = self.chunk_samples * frame_bytes
+        if len(self._buf) >= want:
+            return self._take_chunk(want)
         try:
             data = self._sock.recv(65536)
         except TimeoutError:
@@ -198,6 +200,9 @@ class PcmSocketSource(AudioSource):
         self._buf.extend(data)
         if len(self._buf) < want:
             return None
+        return self._take_chunk(want)
+
+    def _take_chunk(self, want: int) -> SensorMessage | None:
         raw = bytes(self._buf[:want])
         del self._buf[:want]
         return self.audio_message(pcm_to_float(raw, self.fmt, self.channels))

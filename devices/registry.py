@@ -1,0 +1,139 @@
+"""Choosing a meter: ``get_power_meter(name)`` and ``probe_meters()`` for ``exitflow devices``.
+
+``"auto"`` tries NVML, then RAPL, then the Jetson INA3221 monitors, and falls back to the psutil
+estimate; the first that opens wins. Explicit names: ``nvml``, ``rapl``, ``jetson``, ``psutil``,
+``replay`` (needs a trace), ``mac_model`` and ``null``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from devices.base import PowerMeter
+from devices.errors import DeviceError
+from devices.jetson import DEFAULT_JETSON_ROOT, JetsonMeter
+from devices.mac_model import MacEnergyModel
+from devices.null import NullMeter
+from devices.nvml import NvmlMeter
+from devices.psutil_meter import PsutilMeter
+from devices.rapl import DEFAULT_RAPL_ROOT, RaplMeter
+from devices.replay import ReplayMeter
+
+METER_NAMES = ("auto", "nvml", "rapl", "jetson", "psutil", "replay", "mac_model", "null")
+AUTO_ORDER = ("nvml", "rapl", "jetson")
+
+
+@dataclass(frozen=True)
+class MeterOptions:
+    """Settings shared by the meters (``pipeline`` fills them from ``cfg.power``)."""
+
+    profile: str = "x86-server"
+    replay_trace: str | None = None
+    sample_hz: float = 50.0
+    rapl_root: str = DEFAULT_RAPL_ROOT
+    jetson_root: str = DEFAULT_JETSON_ROOT
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Whether one meter can be used here, and why (one line)."""
+
+    name: str
+    available: bool
+    estimated: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _open(name: str, opts: MeterOptions, start_threads: bool = True) -> PowerMeter:
+    if name == "nvml":
+        return NvmlMeter(sample_hz=opts.sample_hz, start_sampler=start_threads)
+    if name == "rapl":
+        return RaplMeter(opts.rapl_root, start_poller=start_threads)
+    if name == "jetson":
+        return JetsonMeter(opts.jetson_root, sample_hz=max(opts.sample_hz, 20.0), start_sampler=start_threads)
+    if name == "psutil":
+        return PsutilMeter(opts.profile)
+    if name == "replay":
+        if not opts.replay_trace:
+            raise DeviceError(
+                "the replay meter needs a trace; set power.replay_trace to a CSV/JSON power trace"
+            )
+        return ReplayMeter(opts.replay_trace)
+    if name == "mac_model":
+        return MacEnergyModel(opts.profile)
+    if name == "null":
+        return NullMeter()
+    raise ValueError(f"unknown power meter {name!r}; expected one of {', '.join(METER_NAMES)}")
+
+
+def get_power_meter(name: str = "auto", options: MeterOptions | None = None, **kwargs: Any) -> PowerMeter:
+    """Open a power meter by name.
+
+    Args:
+        name: One of :data:`METER_NAMES`.
+        options: Shared settings; ``kwargs`` override its fields (e.g. ``profile="raspberry-pi-5"``).
+
+    Returns:
+        An open meter; close it (or use ``with``) to stop its background thread.
+
+    Raises:
+        ValueError: Unknown name or option.
+        DeviceError: The named meter is not available here (the message says how to fix it).
+    """
+    opts = options or MeterOptions()
+    if kwargs:
+        unknown = set(kwargs) - set(MeterOptions.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"unknown meter option(s) {sorted(unknown)}; allowed: {sorted(MeterOptions.__dataclass_fields__)}"
+            )
+        opts = MeterOptions(**{**asdict(opts), **kwargs})
+    if name != "auto":
+        return _open(name, opts)
+    for candidate in AUTO_ORDER:
+        try:
+            return _open(candidate, opts)
+        except DeviceError:
+            continue
+    return _open("psutil", opts)
+
+
+def _probe_one(name: str, opts: MeterOptions) -> ProbeResult:
+    try:
+        meter = _open(name, opts, start_threads=False)
+    except (DeviceError, ValueError) as e:
+        return ProbeResult(name, False, name in ("psutil", "mac_model"), str(e).splitlines()[0])
+    try:
+        estimated = name in ("psutil", "mac_model", "replay")
+        return ProbeResult(name, True, estimated, meter.describe().splitlines()[0])
+    finally:
+        meter.close()
+
+
+def probe_meters(options: MeterOptions | None = None) -> tuple[str, list[ProbeResult]]:
+    """Probe every meter kind once.
+
+    Returns:
+        The name ``"auto"`` would pick and one :class:`ProbeResult` per meter kind.
+    """
+    opts = options or MeterOptions()
+    results = [_probe_one(name, opts) for name in METER_NAMES if name != "auto"]
+    found = {r.name for r in results if r.available}
+    chosen = next((n for n in AUTO_ORDER if n in found), "psutil")
+    return chosen, results
+
+
+def describe_meter(name: str, options: MeterOptions | None = None) -> str:
+    """The ``describe()`` text of meter ``name`` (opened and closed again)."""
+    meter = _open(name, options or MeterOptions(), start_threads=False)
+    try:
+        return meter.describe()
+    finally:
+        meter.close()
+
+
+__all__ = ["METER_NAMES", "MeterOptions", "ProbeResult", "get_power_meter", "probe_meters", "describe_meter"]

@@ -1,0 +1,34 @@
+"""Turning AV-MNIST splits into torch batches, and a seeded shuffling batch iterator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from pipeline.data.avmnist import AVSplit
+
+
+def modality_batch(split: AVSplit, modalities: Sequence[str], rows: np.ndarray) -> dict[str, torch.Tensor]:
+    """Tensors of ``rows`` for each requested modality (``image``/``audio``; ``text`` stays a list)."""
+    out: dict[str, torch.Tensor] = {}
+    for m in modalities:
+        if m == "image":
+            out[m] = torch.from_numpy(np.ascontiguousarray(split.image[rows]))  # (B, 1, 28, 28)
+        elif m == "audio":
+            out[m] = torch.from_numpy(split.audio[rows])  # (B, 1, 112, 112)
+        elif m == "text":
+            if split.text is None:
+                raise ValueError(f"{split.dataset} has no text modality; use avmnist-t")
+            out[m] = [split.text[i] for i in rows.tolist()]  # type: ignore[assignment]
+        else:
+            raise ValueError(f"unknown modality {m!r}")
+    return out
+
+
+def batch_rows(n: int, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0) -> Iterator[np.ndarray]:
+    """Row index batches covering ``range(n)``; shuffled deterministically per (seed, epoch)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]

@@ -1,0 +1,26 @@
+"""``exitflow train baseline --name lf|image|audio --dataset avmnist``."""
+
+from __future__ import annotations
+
+import argparse
+
+from encoders.baseline import BASELINE_NAMES
+from pipeline.config import Config
+
+
+def register(sub: argparse._SubParsersAction, groups: dict) -> None:
+    parser = groups["train"].add_parser("baseline", help="train the late-fusion or a uni-modal baseline")
+    parser.add_argument("--name", choices=BASELINE_NAMES, default="lf")
+    parser.add_argument("--dataset", choices=("avmnist", "avmnist-t"), default="avmnist")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.baseline_training import train_baseline
+
+    result = train_baseline(cfg, args.name, args.dataset)
+    print(
+        f"{result.name}: val accuracy {result.val_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}, "
+        f"{result.macs_per_sample:,} MACs/sample, {result.parameters:,} parameters -> {result.folder}"
+    )
+    return 0

@@ -1,0 +1,56 @@
+"""``exitflow replay``: a data set split (``--dataset``) or a recording (``FILE.mcap``) through a system."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pipeline.config import Config, resolve_path
+
+
+def register(sub: argparse._SubParsersAction, groups: dict) -> None:
+    parser = sub.add_parser("replay", help="replay a data set split through a system and summarise")
+    parser.add_argument("--dataset", choices=("avmnist", "avmnist-t"), default=None, help="default: data.dataset")
+    parser.add_argument("--split", choices=("train", "val", "test"), default=None, help="default: replay.split")
+    parser.add_argument("--system", default=None, help="default: replay.system (lf, image, audio, ...)")
+    parser.add_argument("--limit", type=int, default=None, help="first N samples (default: replay.limit)")
+    parser.add_argument("--all", action="store_true", help="replay the whole split (ignore replay.limit)")
+    parser.add_argument("--decisions", default=None, help="JSONL of per-sample decisions (default: runs/...)")
+    parser.add_argument("--json", dest="json_out", default=None, help="write the summary JSON here")
+    parser.set_defaults(func=_run)
+
+
+def print_summary(summary: dict) -> None:
+    acc = summary["accuracy"]
+    print(
+        f"{summary['system']}: n={summary['n']}  accuracy={acc:.4f}  "
+        f"MACs/sample={summary['macs_per_sample']:,.0f}  ms/sample={summary['ms_per_sample']:.3f}"
+        if acc is not None
+        else f"{summary['system']}: n={summary['n']} (no labels)"
+    )
+
+
+def _run(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.errors import ExitflowError
+    from pipeline.replay import replay, write_atomic
+
+    system = args.system or cfg.replay.system
+    dataset = args.dataset or cfg.data.dataset
+    split = args.split or cfg.replay.split
+    limit = None if args.all else (args.limit if args.limit is not None else cfg.replay.limit)
+    if limit is not None and limit < 1:
+        raise ExitflowError(f"--limit must be at least 1, got {limit}")
+    if args.decisions:
+        decisions = Path(args.decisions)
+    elif cfg.replay.decisions_path:
+        decisions = resolve_path(cfg, cfg.replay.decisions_path)
+    else:
+        decisions = resolve_path(cfg, f"runs/replay-{system}-{dataset}-{split}.jsonl")
+    summary = replay(cfg, system, dataset, split, limit, decisions)
+    print_summary(summary)
+    print(f"decisions: {decisions}")
+    if args.json_out:
+        write_atomic(Path(args.json_out), json.dumps(summary, indent=2) + "\n")
+        print(f"summary: {args.json_out}")
+    return 0

@@ -1,0 +1,238 @@
+"""The engine: one sample at a time through the policy, the incremental encoders and fusion.
+
+``Engine.process(sample)`` asks the :class:`~scheduler.policy.Policy` what to do next, runs
+one encoder step (up to the next exit) or the fusion step inside a power-meter window, shows
+the exit's probabilities to the policy, and returns a :class:`~pipeline.messages.Decision` with
+the order, exits, skipped and missing modalities, prediction, per-stage latency and energy (with
+its source), lambda, thresholds and MACs. With a :class:`~scheduler.budget.BudgetController`
+the measured energy of each sample updates lambda for the next one.
+
+Fusion protocol: ``fuse(embeddings: dict[str, Tensor (B, D_m)], present: list[str]) -> logits
+(B, C)`` (e.g. :class:`MaskedLateFusion`). A fusion module that offers ``fuse_exits(outputs:
+dict[str, ExitOutput])`` instead (the cross-modal transformer in ``encoders.fusion``) is called
+that way, and its fusion layers and kept token/head ratios go into the decision.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from encoders.base import EarlyExitEncoder, ExitOutput
+from pipeline.errors import ExitflowError
+from pipeline.messages import Decision, Sample
+from scheduler.budget import BudgetController
+from scheduler.policy import ActionKind, Policy
+
+
+class EngineError(ExitflowError):
+    """The engine cannot run a sample (no encoder for a modality, missing payload, bad fusion)."""
+
+
+class Fusion(Protocol):
+    def fuse(self, embeddings: dict[str, torch.Tensor], present: list[str]) -> torch.Tensor: ...
+
+
+class PowerMeterLike(Protocol):
+    def begin_window(self, name: str) -> None: ...
+
+    def end_window(self, name: str) -> Any: ...
+
+
+class MaskedLateFusion(nn.Module):
+    """Late fusion over whichever modalities ran: absent ones get a learned placeholder.
+
+    Args:
+        dims: Modality -> embedding width D_m, in a fixed order.
+        num_classes: Output classes C.
+        hidden_dim: Width of the hidden layer (0 = a single linear layer).
+    """
+
+    def __init__(self, dims: Mapping[str, int], num_classes: int, hidden_dim: int = 0):
+        super().__init__()
+        self.modalities = list(dims)
+        self.placeholders = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m, d in dims.items()})
+        width = sum(dims.values())
+        self.head: nn.Module = (
+            nn.Linear(width, num_classes)
+            if hidden_dim == 0
+            else nn.Sequential(nn.Linear(width, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_classes))
+        )
+        self.macs = width * (hidden_dim or num_classes) + (hidden_dim * num_classes if hidden_dim else 0)
+
+    def forward(self, embeddings: dict[str, torch.Tensor], present: list[str]) -> torch.Tensor:
+        unknown = [m for m in present if m not in self.placeholders]
+        if unknown:
+            raise ValueError(f"fusion knows {self.modalities}, got present modalities {unknown}")
+        ref = next((embeddings[m] for m in present if m in embeddings), None)
+        batch = 1 if ref is None else ref.shape[0]
+        parts = []
+        for m in self.modalities:
+            if m in present and m in embeddings:
+                parts.append(embeddings[m])  # (B, D_m)
+            else:
+                parts.append(self.placeholders[m].expand(batch, -1))  # (B, D_m)
+        return self.head(torch.cat(parts, dim=-1))  # (B, C)
+
+    fuse = forward
+
+
+def default_input_adapter(modality: str, payload: Any) -> Any:
+    """numpy array -> float tensor with a batch axis of 1; a string -> a one-item list."""
+    if isinstance(payload, str):
+        return [payload]
+    if isinstance(payload, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(payload)).float().unsqueeze(0)
+    if isinstance(payload, torch.Tensor):
+        return payload.unsqueeze(0)
+    return payload
+
+
+class Engine:
+    """Runs samples through policy + encoders + fusion, measuring each step.
+
+    Args:
+        encoders: Modality -> incremental early-exit encoder (exit counts must match the profile).
+        fusion: A fusion module (see the module docstring).
+        policy: The per-sample policy.
+        meter: A power meter with ``begin_window``/``end_window``, or None (no energy figures).
+        budget: Optional budget controller; lambda follows it sample by sample.
+        system: Name written into each decision.
+        input_adapter: ``(modality, payload) -> encoder input``.
+    """
+
+    def __init__(
+        self,
+        encoders: Mapping[str, EarlyExitEncoder],
+        fusion: Any,
+        policy: Policy,
+        meter: PowerMeterLike | None = None,
+        budget: BudgetController | None = None,
+        system: str = "exitflow",
+        input_adapter: Callable[[str, Any], Any] = default_input_adapter,
+    ):
+        for m, enc in encoders.items():
+            if m in policy.num_exits and enc.num_exits != policy.num_exits[m]:
+                raise EngineError(
+                    f"encoder {m!r} has {enc.num_exits} exits, the exit profile {policy.num_exits[m]}; "
+                    "re-run `exitflow profile` for these checkpoints"
+                )
+        absent = [m for m in policy.num_exits if m not in encoders]
+        if absent:
+            raise EngineError(f"the profile has modalities {absent} without an encoder; pass one for each")
+        self.encoders = dict(encoders)
+        self.fusion = fusion
+        self.policy = policy
+        self.meter = meter
+        self.budget = budget
+        self.system = system
+        self.input_adapter = input_adapter
+        if budget is not None:
+            policy.set_lambda(budget.lam)
+            policy.set_cheapest_mode(budget.cheapest_mode)
+
+    def _measure(self, name: str, fn: Callable[[], Any], decision: Decision, energy: list[Any]) -> Any:
+        if self.meter is not None:
+            self.meter.begin_window(name)
+        start = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                result = fn()
+        finally:
+            elapsed_ms = (time.perf_counter() - start) * 1000.0
+            if self.meter is not None:
+                energy.append(self.meter.end_window(name))
+        decision.latency_ms[name] = elapsed_ms
+        return result
+
+    def _fuse(self, outputs: dict[str, ExitOutput], present: list[str], decision: Decision) -> torch.Tensor:
+        if hasattr(self.fusion, "fuse_exits"):
+            out = self.fusion.fuse_exits({m: outputs[m] for m in present})
+            decision.fusion_layers = {m: int(v[0]) for m, v in getattr(out, "exit_layers", {}).items()}
+            if getattr(out, "kept_token_ratio", None) is not None:
+                decision.kept_tokens = {"fusion": float(out.kept_token_ratio[0])}
+            if getattr(out, "kept_head_ratio", None) is not None:
+                decision.kept_heads = float(out.kept_head_ratio[0])
+            decision.macs += int(out.macs[0]) if getattr(out, "macs", None) is not None else 0
+            return out.logits  # (B, C)
+        logits = self.fusion.fuse({m: outputs[m].embedding for m in present}, present)  # (B, C)
+        decision.macs += int(getattr(self.fusion, "macs", 0))
+        return logits.logits if hasattr(logits, "logits") else logits
+
+    def process(self, sample: Sample) -> Decision:
+        """Run one sample; returns its decision (prediction, what ran, latency, energy)."""
+        total_start = time.perf_counter()
+        missing = sorted(set(sample.missing) | {m for m in self.policy.num_exits if m not in sample.payloads})
+        present = [m for m in sample.present() if m in self.policy.num_exits]
+        decision = Decision(
+            sample_id=sample.sample_id,
+            prediction=-1,
+            system=self.system,
+            label=sample.label,
+            timestamp_ns=sample.timestamp_ns,
+            lam=self.policy.lam,
+            thresholds=self.policy.thresholds,
+        )
+        state = self.policy.start(present, missing)
+        decision.order = list(state.plan.order)
+        states: dict[str, Any] = {}
+        outputs: dict[str, ExitOutput] = {}
+        energy: list[Any] = []
+        policy_s = 0.0
+        while True:
+            t0 = time.perf_counter()
+            action = self.policy.decide(state)
+            policy_s += time.perf_counter() - t0
+            if action.kind is ActionKind.SKIP:
+                target = decision.missing if action.reason == "missing" else decision.skipped
+                target.append(action.modality)  # type: ignore[arg-type]
+            elif action.kind is ActionKind.CONTINUE:
+                m = action.modality
+                assert_name = f"{m}/{action.exit_index}"
+                enc = self.encoders[m]  # type: ignore[index]
+
+                def step(m: str = m, enc: EarlyExitEncoder = enc) -> ExitOutput:
+                    if m not in states:
+                        states[m] = enc.start(self.input_adapter(m, sample.payloads[m]))
+                    return enc.step(states[m])
+
+                out = self._measure(assert_name, step, decision, energy)
+                outputs[m] = out  # type: ignore[index]
+                probs = torch.softmax(out.logits[0].float(), dim=-1).numpy()  # (C,)
+                t0 = time.perf_counter()
+                self.policy.observe(state, m, out.exit_index, probs)  # type: ignore[arg-type]
+                policy_s += time.perf_counter() - t0
+            elif action.kind is ActionKind.EXIT:
+                decision.prediction = int(outputs[action.modality].logits[0].argmax())  # type: ignore[index]
+                break
+            else:
+                fused = list(action.modalities)
+                logits = self._measure("fusion", lambda f=fused: self._fuse(outputs, f, decision), decision, energy)
+                decision.prediction = int(logits[0].argmax())
+                break
+        decision.exits = {m: o.exit_index for m, o in outputs.items()}
+        decision.exit_layers = {m: o.layer for m, o in outputs.items()}
+        decision.macs += sum(int(o.macs) for o in outputs.values())
+        decision.latency_ms["policy"] = policy_s * 1000.0
+        decision.latency_ms["total"] = (time.perf_counter() - total_start) * 1000.0
+        self._record_energy(decision, energy)
+        if self.budget is not None and decision.energy_mj is not None:
+            lam = self.budget.update(decision.energy_mj, decision.latency_ms["total"] / 1000.0)
+            self.policy.set_lambda(lam)
+            self.policy.set_cheapest_mode(self.budget.cheapest_mode)
+        return decision
+
+    @staticmethod
+    def _record_energy(decision: Decision, energy: list[Any]) -> None:
+        if not energy:
+            return
+        values = [m.energy_mj for m in energy]
+        sources = sorted({str(m.source) for m in energy})
+        decision.energy_source = "+".join(sources)
+        decision.estimated = any(bool(m.estimated) for m in energy)
+        decision.energy_mj = None if any(v is None for v in values) else float(sum(values))

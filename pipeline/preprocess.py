@@ -1,0 +1,69 @@
+"""Raw synced payloads -> model-ready inputs (the step between sync and the engine).
+
+- image: uint8 HxW (gray) or HxWx3 (BGR) -> gray, area-resized to 28x28, float32 in [0, 1],
+  shape (1, 28, 28);
+- audio: :class:`~pipeline.sync.AudioClip` -> the data sets' spectrogram
+  (:func:`pipeline.data.spectrogram.spectrogram_112`), shape (1, 112, 112) float32;
+- text: unchanged ``str``.
+
+A payload that cannot be converted (empty frame, silent or too-short audio) moves its modality
+to ``missing`` and is counted by the caller; it never stops the pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.data.spectrogram import AudioInputError, spectrogram_112
+from pipeline.messages import Sample
+from pipeline.sync import AudioClip
+
+log = logging.getLogger(__name__)
+
+IMAGE_SIDE = 28
+
+
+def preprocess_image(frame: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) or (H, W, C) -> float32 (1, 28, 28) in [0, 1].
+
+    Raises:
+        ValueError: for an empty frame or one that is not 2-D/3-D.
+    """
+    x = np.asarray(frame)
+    if x.ndim == 3:
+        x = cv2.cvtColor(x, cv2.COLOR_BGR2GRAY) if x.shape[2] == 3 else x[..., 0]
+    if x.ndim != 2 or x.size == 0:
+        raise ValueError(f"expected a frame of shape (H, W) or (H, W, C), got shape {np.shape(frame)}")
+    small = cv2.resize(x, (IMAGE_SIDE, IMAGE_SIDE), interpolation=cv2.INTER_AREA)  # (28, 28)
+    scale = 255.0 if small.dtype == np.uint8 else 1.0
+    return (small.astype(np.float32) / scale)[None]  # (1, 28, 28)
+
+
+def preprocess_audio(clip: AudioClip) -> np.ndarray:
+    """AudioClip -> float32 (1, 112, 112) spectrogram (same transform as the data sets)."""
+    return spectrogram_112(clip.samples, clip.sample_rate_hz)[None]  # (1, 112, 112)
+
+
+def preprocess_sample(sample: Sample) -> Sample:
+    """A copy of ``sample`` with model-ready payloads; failures become ``missing``."""
+    payloads: dict[str, Any] = {}
+    missing = set(sample.missing)
+    for modality, payload in sample.payloads.items():
+        if modality in missing:
+            continue
+        try:
+            if modality == "image" and isinstance(payload, np.ndarray) and payload.dtype == np.uint8:
+                payloads[modality] = preprocess_image(payload)
+            elif modality == "audio" and isinstance(payload, AudioClip):
+                payloads[modality] = preprocess_audio(payload)
+            else:
+                payloads[modality] = payload
+        except (ValueError, AudioInputError) as e:
+            log.warning("preprocess: sample %d: %s dropped: %s", sample.sample_id, modality, e)
+            missing.add(modality)
+    return dataclasses.replace(sample, payloads=payloads, missing=frozenset(missing))

@@ -1,0 +1,464 @@
+"""Stage 3 of the live data flow: run sources and the engine as Ray actors, driven by one loop.
+
+Plain classes hold the logic (:class:`SourceWorker`, :class:`EngineWorker`); only
+:func:`source_actor` / :func:`engine_actor` call ``ray.remote(...).options(...)`` with
+``max_restarts`` and the resources that place them (e.g. ``{"gpu_node": 1}`` for the engine).
+The driver (:class:`LivePipeline`) drains each source actor's bounded queue, records raw
+messages (MCAP), aligns them (:class:`~pipeline.sync.Synchronizer`), queues samples on a
+bounded edge and keeps at most ``max_in_flight`` samples inside the engine. A source actor
+that dies is restarted by Ray; meanwhile its calls fail, the driver marks it ``restarting`` and
+the other modalities keep flowing (the sync fallback clock marks the absent one missing).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from pipeline.config import RayConfig, SourceConfig, StreamConfig
+from pipeline.errors import ExitflowError
+from pipeline.live_stats import LiveStats
+from pipeline.messages import Decision, Sample, SensorMessage
+from pipeline.queues import BoundedQueue, Empty, InFlightLimiter
+from pipeline.recording import RecordingWriter
+from pipeline.sources import Backoff, Source, build_source
+from pipeline.sync import Synchronizer
+
+log = logging.getLogger(__name__)
+
+ENGINE_ACTOR_NAME = "exitflow-engine"
+SourceFactory = Callable[[], Source]
+EngineFactory = Callable[[], Any]
+
+
+class LiveRuntimeError(ExitflowError):
+    """The live runtime cannot start (Ray unreachable, engine factory missing...)."""
+
+
+# -- plain workers (no Ray inside) -----------------------------------------------------------
+class SourceWorker:
+    """Reads one source on a background thread into a bounded queue; the driver drains it.
+
+    Args:
+        spec: A ``stream.sources`` entry, or a zero-argument factory returning a Source.
+        queue_size: Bound of the source -> driver edge.
+        queue_policy: Full-queue policy of that edge.
+        audio_rate_hz: Rate audio sources deliver (resampling/rejecting per spec).
+        backoff: Reconnect policy.
+    """
+
+    def __init__(
+        self,
+        spec: SourceConfig | SourceFactory,
+        queue_size: int = 16,
+        queue_policy: str = "drop_oldest",
+        audio_rate_hz: int | None = None,
+        backoff: Backoff | None = None,
+    ):
+        self.source = spec() if callable(spec) else build_source(spec, audio_rate_hz, backoff)
+        self.queue: BoundedQueue[SensorMessage] = BoundedQueue(queue_size, queue_policy, name=self.source.name)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"source-{self.source.name}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msg = self.source.read()
+            except Exception as e:  # noqa: BLE001 - a source bug must not kill the actor silently
+                self.source.last_error = f"{type(e).__name__}: {e}"
+                self.source.count_drop("source_exception")
+                log.exception("source %s raised", self.source.name)
+                time.sleep(0.1)
+                continue
+            if msg is not None:
+                self.queue.put(msg, timeout_s=0.5)
+            elif self.source.state != "connected":
+                time.sleep(0.01)
+        self.source.close()
+
+    def drain(self, max_items: int = 256) -> list[SensorMessage]:
+        return self.queue.drain(max_items)
+
+    def health(self) -> dict[str, Any]:
+        out = self.source.health().to_dict()
+        out["queue"] = self.queue.stats().to_dict()
+        return out
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def stop(self) -> bool:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self.queue.close()
+        return True
+
+
+def resolve_engine_factory(path: str) -> Callable[..., Any]:
+    """``"package.module:function"`` -> the function.
+
+    Raises:
+        LiveRuntimeError: when the module or attribute does not exist.
+    """
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        raise LiveRuntimeError(f"stream.engine must look like 'package.module:function', got {path!r}")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise LiveRuntimeError(f"cannot load engine factory {path!r}: {e}; set stream.engine to an importable one") from e
+
+
+class EngineWorker:
+    """Holds the engine; preprocesses and processes one sample per call.
+
+    Args:
+        factory: Zero-argument callable returning the engine, or a ``"module:function"`` path
+            called with ``cfg``.
+        cfg: Passed to a factory given by path.
+        preprocess: Convert raw payloads to model inputs first (pipeline.preprocess).
+    """
+
+    def __init__(self, factory: EngineFactory | str, cfg: Any = None, preprocess: bool = True):
+        self.engine = resolve_engine_factory(factory)(cfg) if isinstance(factory, str) else factory()
+        self.preprocess = preprocess
+        self.budget_mj_per_sample: float | None = None
+
+    def process(self, sample: Sample) -> tuple[Decision, dict[str, float]]:
+        t0 = time.perf_counter()
+        if self.preprocess:
+            from pipeline.preprocess import preprocess_sample
+
+            sample = preprocess_sample(sample)
+        t1 = time.perf_counter()
+        decision = self.engine.process(sample)
+        t2 = time.perf_counter()
+        if not decision.missing and sample.missing:
+            decision.missing = sorted(sample.missing)
+        if decision.timestamp_ns is None:
+            decision.timestamp_ns = sample.timestamp_ns
+        return decision, {"preprocess": (t1 - t0) * 1e3, "engine": (t2 - t1) * 1e3}
+
+    def set_budget(self, budget_mj_per_sample: float | None) -> float | None:
+        self.engine.set_budget(budget_mj_per_sample)
+        self.budget_mj_per_sample = budget_mj_per_sample
+        return budget_mj_per_sample
+
+    def status(self) -> dict[str, Any]:
+        return {"budget_mj_per_sample": self.budget_mj_per_sample}
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
+# -- Ray wrapping ----------------------------------------------------------------------------
+def start_ray(cfg: RayConfig) -> bool:
+    """``ray.init`` (local unless ``cfg.address``), quiet and dashboard-free; True if it started Ray."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {
+        "namespace": cfg.namespace,
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "configure_logging": True,
+    }
+    if cfg.address:
+        kwargs["address"] = cfg.address
+    else:
+        kwargs["num_cpus"] = cfg.num_cpus
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError) as e:
+        raise LiveRuntimeError(f"cannot start/reach Ray (address={cfg.address!r}): {e}") from e
+    return True
+
+
+def source_actor(spec: SourceConfig | SourceFactory, stream: StreamConfig, name: str, **options: Any) -> Any:
+    """A restartable Ray actor running :class:`SourceWorker` (placed by ``spec.resources``)."""
+    is_spec = isinstance(spec, SourceConfig)
+    opts: dict[str, Any] = {
+        "max_restarts": stream.max_restarts,
+        "max_task_retries": 0,
+        "num_cpus": spec.num_cpus if is_spec else 0.25,
+        "resources": dict(spec.resources) if is_spec else {},
+        "name": f"exitflow-source-{name}",
+    }
+    opts.update(options)
+    backoff = Backoff(stream.reconnect_initial_s, max(stream.reconnect_max_s, stream.reconnect_initial_s),
+                      max_attempts=stream.max_reconnects)
+    queue_size = spec.queue_size if is_spec else 16
+    policy = spec.queue_policy if is_spec else "drop_oldest"
+    return ray.remote(SourceWorker).options(**opts).remote(spec, queue_size, policy, stream.audio_rate_hz, backoff)
+
+
+def engine_actor(factory: EngineFactory | str, stream: StreamConfig, cfg: Any = None, **options: Any) -> Any:
+    """The engine as a named Ray actor (``exitflow-engine``), placed by ``stream.engine_resources``."""
+    opts: dict[str, Any] = {
+        "max_restarts": stream.max_restarts,
+        "num_cpus": stream.engine_num_cpus,
+        "num_gpus": stream.engine_num_gpus,
+        "resources": dict(stream.engine_resources),
+        "name": ENGINE_ACTOR_NAME,
+    }
+    opts.update(options)
+    return ray.remote(EngineWorker).options(**opts).remote(factory, cfg, True)
+
+
+# -- the driver ------------------------------------------------------------------------------
+@dataclass
+class _SourceHandle:
+    name: str
+    actor: Any
+    drain_ref: Any = None
+    health_ref: Any = None
+    state: str = "starting"
+    health: dict[str, Any] = field(default_factory=dict)
+    failures: int = 0
+
+
+class LivePipeline:
+    """Sources -> sync -> bounded queue -> engine, with recording and live statistics.
+
+    Args:
+        stream: The ``stream`` config section.
+        engine_factory: Zero-argument engine factory, or a ``"module:function"`` path (called
+            with ``cfg`` inside the engine actor).
+        cfg: Whole config, handed to a factory given by path.
+        sources: Name -> factory to use instead of ``stream.sources`` (tests, custom sensors);
+            each value may also be a SourceConfig.
+        recorder: Where raw messages and decisions are written, or None.
+        on_decision: Called with every decision on the driver.
+    """
+
+    def __init__(
+        self,
+        stream: StreamConfig,
+        engine_factory: EngineFactory | str,
+        cfg: Any = None,
+        sources: dict[str, SourceConfig | SourceFactory] | None = None,
+        recorder: RecordingWriter | None = None,
+        on_decision: Callable[[Decision], None] | None = None,
+    ):
+        self.stream = stream
+        specs = sources if sources is not None else {s.name: s for s in stream.sources}
+        if not specs:
+            raise LiveRuntimeError("no sources configured; add entries under stream.sources (see docs/streaming.md)")
+        modalities = sorted({self._modality_of(spec) for spec in specs.values()})
+        trigger = stream.trigger if stream.trigger in modalities else modalities[0]
+        self.sync = Synchronizer(
+            modalities=modalities, trigger=trigger, policies=dict(stream.policies),
+            slop_ns=int(stream.slop_ms * 1e6), audio_window_s=stream.audio_window_s,
+            audio_rate_hz=stream.audio_rate_hz, max_age_ns={"text": int(stream.text_max_age_s * 1e9)},
+            trigger_timeout_ns=int(stream.trigger_timeout_ms * 1e6),
+            fallback_period_ns=int(1e9 / stream.fallback_hz),
+        )
+        self.sample_queue: BoundedQueue[tuple[Sample, int]] = BoundedQueue(
+            stream.engine_queue_size, stream.engine_queue_policy, name="sync->engine", block_timeout_s=0.0
+        )
+        self.limiter = InFlightLimiter(stream.max_in_flight)
+        self.recorder = recorder
+        self.on_decision = on_decision
+        self.stats = LiveStats()
+        self.decisions: list[Decision] = []
+        self.received: list[tuple[str, int, int]] = []  # (source, seq, timestamp_ns) seen by the driver
+        self._specs = specs
+        self._engine_factory = engine_factory
+        self._cfg = cfg
+        self._handles: dict[str, _SourceHandle] = {}
+        self._engine: Any = None
+        self._in_flight: dict[Any, tuple[Sample, int]] = {}
+        self._last_health_ns = 0
+        self.budget_mj_per_sample: float | None = None
+
+    @staticmethod
+    def _modality_of(spec: SourceConfig | SourceFactory) -> str:
+        if isinstance(spec, SourceConfig):
+            if spec.kind == "camera":
+                return "image"
+            return "text" if spec.kind.startswith("text") else "audio"
+        modality = getattr(spec, "modality", None)
+        if modality is None:
+            raise LiveRuntimeError("a source factory needs a 'modality' attribute ('image', 'audio' or 'text')")
+        return modality
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, source_options: dict[str, dict[str, Any]] | None = None, engine_options: dict | None = None) -> None:
+        """Create the engine and source actors (``*_options`` override Ray options, e.g. resources)."""
+        self._engine = engine_actor(self._engine_factory, self.stream, self._cfg, **(engine_options or {}))
+        for name, spec in self._specs.items():
+            extra = (source_options or {}).get(name, {})
+            self._handles[name] = _SourceHandle(name, source_actor(spec, self.stream, name, **extra))
+
+    def wait_ready(self, timeout_s: float = 60.0) -> dict[str, str]:
+        """Block until every actor is constructed; returns actor name -> Ray node id.
+
+        Raises:
+            LiveRuntimeError: when an actor is not up within ``timeout_s``.
+        """
+        refs = {name: h.actor.node_id.remote() for name, h in self._handles.items()}
+        refs["engine"] = self._engine.node_id.remote()
+        try:
+            nodes = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s)))
+        except GetTimeoutError as e:
+            raise LiveRuntimeError(f"actors not ready after {timeout_s} s; is the cluster short of resources?") from e
+        for h in self._handles.values():
+            h.state = "alive"
+        return nodes
+
+    @property
+    def source_actors(self) -> dict[str, Any]:
+        return {name: h.actor for name, h in self._handles.items()}
+
+    @property
+    def engine(self) -> Any:
+        return self._engine
+
+    def set_budget(self, budget_mj_per_sample: float | None) -> None:
+        ray.get(self._engine.set_budget.remote(budget_mj_per_sample), timeout=10)
+        self.budget_mj_per_sample = budget_mj_per_sample
+
+    def shutdown(self) -> None:
+        """Stop the sources, wait for in-flight decisions briefly, close the recording, kill actors."""
+        stops = []
+        for h in self._handles.values():
+            try:
+                stops.append(h.actor.stop.remote())
+            except RayActorError:
+                pass
+        if stops:
+            ray.wait(stops, num_returns=len(stops), timeout=3.0)
+        deadline = time.monotonic() + 3.0
+        while self._in_flight and time.monotonic() < deadline:
+            self._collect(timeout_s=0.1)
+        for h in self._handles.values():
+            ray.kill(h.actor, no_restart=True)
+        if self._engine is not None:
+            ray.kill(self._engine, no_restart=True)
+        if self.recorder is not None:
+            self.recorder.close()
+
+    # -- one turn of the loop ----------------------------------------------------------------
+    def step(self, wait_s: float = 0.01) -> int:
+        """Drain sources, sync, dispatch and collect once; returns the number of new decisions."""
+        self._drain_sources(wait_s)
+        now = time.monotonic_ns()
+        for sample in self.sync.poll(now):
+            self.stats.observe_latency("sync", (now - sample.timestamp_ns) / 1e6)
+            for modality, ts in sample.timestamps_ns.items():
+                self.stats.observe_alignment(modality, (ts - sample.timestamp_ns) / 1e6)
+            self.sample_queue.put((sample, now))
+        self._dispatch()
+        n = self._collect(timeout_s=0.0)
+        if now - self._last_health_ns > 500_000_000:
+            self._refresh_health()
+            self._last_health_ns = now
+        return n
+
+    def run(self, duration_s: float | None = None, stop: threading.Event | None = None,
+            on_tick: Callable[[LivePipeline], None] | None = None, tick_s: float = 0.25) -> None:
+        """Loop :meth:`step` until ``duration_s`` passes, ``stop`` is set or Ctrl-C."""
+        end = None if duration_s is None else time.monotonic() + duration_s
+        last_tick = 0.0
+        while (end is None or time.monotonic() < end) and not (stop and stop.is_set()):
+            self.step()
+            if on_tick is not None and time.monotonic() - last_tick >= tick_s:
+                on_tick(self)
+                last_tick = time.monotonic()
+
+    def _drain_sources(self, wait_s: float) -> None:
+        for h in self._handles.values():
+            if h.drain_ref is None:
+                h.drain_ref = h.actor.drain.remote()
+        refs = {h.drain_ref: h for h in self._handles.values()}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=wait_s)
+        for ref in ready:
+            h = refs[ref]
+            h.drain_ref = None
+            try:
+                messages = ray.get(ref)
+            except RayActorError as e:
+                h.state, h.failures = "restarting", h.failures + 1
+                log.warning("source actor %s unavailable (%s); Ray restarts it", h.name, type(e).__name__)
+                continue
+            h.state = "alive"
+            now = time.monotonic_ns()
+            for msg in messages:
+                self.received.append((msg.source, msg.seq, msg.timestamp_ns))
+                self.stats.observe_latency("source", (now - msg.timestamp_ns) / 1e6)
+                self.stats.count_message(msg.source)
+                if self.recorder is not None:
+                    self.recorder.write_message(msg)
+                if not self.sync.push(msg):
+                    self.stats.count_drop(msg.source, "sync_refused")
+
+    def _dispatch(self) -> None:
+        while self.limiter.try_acquire():
+            try:
+                sample, emitted_ns = self.sample_queue.get_nowait()
+            except Empty:
+                self.limiter.release()
+                return
+            now = time.monotonic_ns()
+            self.stats.observe_latency("queue", (now - emitted_ns) / 1e6)
+            self._in_flight[self._engine.process.remote(sample)] = (sample, now)
+
+    def _collect(self, timeout_s: float) -> int:
+        if not self._in_flight:
+            return 0
+        ready, _ = ray.wait(list(self._in_flight), num_returns=len(self._in_flight), timeout=timeout_s)
+        for ref in ready:
+            sample, sent_ns = self._in_flight.pop(ref)
+            self.limiter.release()
+            try:
+                decision, stage_ms = ray.get(ref)
+            except (RayActorError, GetTimeoutError) as e:
+                self.stats.count_drop("engine", f"engine_unavailable:{type(e).__name__}")
+                continue
+            now = time.monotonic_ns()
+            for stage, ms in stage_ms.items():
+                self.stats.observe_latency(stage, ms)
+            self.stats.observe_latency("engine_call", (now - sent_ns) / 1e6)
+            self.stats.observe_latency("end_to_end", (now - sample.timestamp_ns) / 1e6)
+            self.stats.observe_decision(decision)
+            self.decisions.append(decision)
+            if self.recorder is not None:
+                self.recorder.write_decision(decision, sample.timestamp_ns)
+            if self.on_decision is not None:
+                self.on_decision(decision)
+        return len(ready)
+
+    def _refresh_health(self) -> None:
+        for h in self._handles.values():
+            if h.health_ref is not None:
+                done, _ = ray.wait([h.health_ref], timeout=0)
+                if not done:
+                    continue
+                try:
+                    h.health = ray.get(h.health_ref)
+                    h.state = "alive"
+                except RayActorError:
+                    h.state = "restarting"
+            h.health_ref = h.actor.health.remote()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the live view and the benchmark show, as plain data."""
+        return {
+            "sources": {
+                name: {**h.health, "actor": h.state, "actor_failures": h.failures}
+                for name, h in self._handles.items()
+            },
+            "sync": self.sync.stats.to_dict(),
+            "engine_queue": self.sample_queue.stats().to_dict(),
+            "in_flight": self.limiter.in_flight,
+            "budget_mj_per_sample": self.budget_mj_per_sample,
+            **self.stats.summary(),
+        }

@@ -1,0 +1,298 @@
+"""Stage 2 of the live data flow: align messages from several sources into one Sample.
+
+A *trigger* modality (normally the camera) drives sampling: every trigger message becomes one
+:class:`~pipeline.messages.Sample` once ``slop`` has passed (so later messages within the slop
+can still match). For every other modality a policy picks what goes with it:
+
+- ``exact``: a message with exactly the trigger's ``timestamp_ns`` (replays of aligned data sets);
+- ``approximate``: the message nearest in time, at most ``slop`` away; it is consumed;
+- ``latest``: the newest message not later than trigger + slop and not older than ``max_age``.
+
+Audio is assembled, not picked: the chosen chunk ends the window and the ``audio_window_s``
+before it are concatenated (zero-padded at the front when at least ``min_audio_fill`` is there).
+When the trigger source goes quiet for ``trigger_timeout`` the synchronizer falls back to a clock
+at ``fallback_hz`` so the other modalities keep flowing, with the trigger in ``missing``.
+Every drop is counted with its reason; a timestamp that goes backwards is logged, dropped and
+counted as ``non_monotonic``, never fatal. Time comes in through ``poll(now_ns)``, so the same
+code runs on the wall clock (live) and on event time (replay) with identical results.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.messages import MODALITIES, Sample, SensorMessage
+
+log = logging.getLogger(__name__)
+
+SYNC_POLICIES = ("exact", "approximate", "latest")
+
+
+@dataclass
+class AudioClip:
+    """A raw audio window: float32 mono samples at ``sample_rate_hz`` (what preprocessing takes)."""
+
+    samples: np.ndarray
+    sample_rate_hz: int
+
+
+@dataclass
+class SyncStats:
+    """Counters: ``dropped`` (reason -> n) for refused messages, ``unmatched`` (modality -> n)
+    for messages that aged out unused, ``missing`` (modality -> reason -> n) per emitted sample."""
+
+    received: int = 0
+    emitted: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    unmatched: dict[str, int] = field(default_factory=dict)
+    missing: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "emitted": self.emitted,
+            "dropped": dict(self.dropped),
+            "unmatched": dict(self.unmatched),
+            "missing": {m: dict(r) for m, r in self.missing.items()},
+        }
+
+
+def _bump(counter: dict[str, int], key: str, n: int = 1) -> None:
+    counter[key] = counter.get(key, 0) + n
+
+
+class Synchronizer:
+    """Aligns sensor messages into Samples; see the module docstring.
+
+    Args:
+        modalities: Modalities a sample should hold.
+        trigger: Modality whose messages drive sampling.
+        policies: Modality -> ``"exact" | "approximate" | "latest"`` (default: approximate;
+            text latest).
+        slop_ns: Largest time difference accepted by ``approximate``; also how long a trigger
+            waits for its partners.
+        audio_window_s: Length of the assembled audio window.
+        audio_rate_hz: Rate audio must arrive at (other rates are dropped as ``rate_mismatch``).
+        max_age_ns: Modality -> oldest message ``latest`` accepts (default: none for text 5 s).
+        trigger_timeout_ns: Silence of the trigger after which the fallback clock runs.
+        fallback_period_ns: Period of the fallback clock.
+        min_audio_fill: Share of the window that must hold real audio (else ``audio_underfill``).
+        buffer_size: Messages held per modality (oldest unused counted as unmatched).
+    """
+
+    def __init__(
+        self,
+        modalities: tuple[str, ...] | list[str] = MODALITIES,
+        trigger: str = "image",
+        policies: dict[str, str] | None = None,
+        slop_ns: int = 60_000_000,
+        audio_window_s: float = 1.0,
+        audio_rate_hz: int = 16000,
+        max_age_ns: dict[str, int] | None = None,
+        trigger_timeout_ns: int = 500_000_000,
+        fallback_period_ns: int = 200_000_000,
+        min_audio_fill: float = 0.25,
+        buffer_size: int = 64,
+    ):
+        self.modalities = tuple(modalities)
+        if trigger not in self.modalities:
+            raise ValueError(f"trigger {trigger!r} must be one of the modalities {self.modalities}")
+        self.trigger = trigger
+        self.policies = {m: ("latest" if m == "text" else "approximate") for m in self.modalities}
+        for m, p in (policies or {}).items():
+            if m not in self.modalities:
+                continue
+            if p not in SYNC_POLICIES:
+                raise ValueError(f"sync policy for {m!r} must be one of {SYNC_POLICIES}, got {p!r}")
+            self.policies[m] = p
+        if slop_ns < 0:
+            raise ValueError(f"slop_ns must be >= 0, got {slop_ns}")
+        self.slop_ns = int(slop_ns)
+        self.audio_window_samples = int(round(audio_window_s * audio_rate_hz))
+        self.audio_rate_hz = int(audio_rate_hz)
+        self.max_age_ns = {"text": 5_000_000_000, **(max_age_ns or {})}
+        self.trigger_timeout_ns = int(trigger_timeout_ns)
+        self.fallback_period_ns = int(fallback_period_ns)
+        self.min_audio_fill = min_audio_fill
+        self._buffers: dict[str, deque[SensorMessage]] = {m: deque() for m in self.modalities}
+        self._used: set[int] = set()
+        self._buffer_size = buffer_size
+        self._audio_keep_ns = int(audio_window_s * 1e9) + 2 * self.slop_ns + 1_000_000_000
+        self._pending: deque[SensorMessage] = deque()
+        self._last_ts: dict[str, int] = {}
+        self._last_trigger_ns: int | None = None
+        self._first_seen_ns: int | None = None
+        self._last_fallback_ns: int | None = None
+        self._next_id = 0
+        self.stats = SyncStats()
+
+    # -- input -------------------------------------------------------------------------------
+    def push(self, msg: SensorMessage) -> bool:
+        """Offer one message; False when it was dropped (the reason is counted)."""
+        self.stats.received += 1
+        if msg.modality not in self.modalities:
+            _bump(self.stats.dropped, "unknown_modality")
+            return False
+        last = self._last_ts.get(msg.source)
+        if last is not None and msg.timestamp_ns < last:
+            log.warning(
+                "sync: %s timestamp went backwards (%d < %d ns); message dropped", msg.source, msg.timestamp_ns, last
+            )
+            _bump(self.stats.dropped, "non_monotonic")
+            return False
+        if msg.modality == "audio" and msg.sample_rate_hz != self.audio_rate_hz:
+            _bump(self.stats.dropped, "rate_mismatch")
+            return False
+        self._last_ts[msg.source] = msg.timestamp_ns
+        if self._first_seen_ns is None:
+            self._first_seen_ns = msg.timestamp_ns
+        if msg.modality == self.trigger:
+            self._last_trigger_ns = msg.timestamp_ns
+            if len(self._pending) >= self._buffer_size:
+                self._pending.popleft()
+                _bump(self.stats.dropped, "trigger_overflow")
+            self._pending.append(msg)
+            return True
+        buf = self._buffers[msg.modality]
+        buf.append(msg)
+        if msg.modality == "audio":
+            while buf and msg.timestamp_ns - buf[0].timestamp_ns > self._audio_keep_ns:
+                buf.popleft()
+        while len(buf) > self._buffer_size:
+            self._evict(msg.modality, buf.popleft())
+        return True
+
+    def _evict(self, modality: str, msg: SensorMessage) -> None:
+        if id(msg) in self._used:
+            self._used.discard(id(msg))
+        elif modality != "audio":
+            _bump(self.stats.unmatched, modality)
+
+    # -- output ------------------------------------------------------------------------------
+    def poll(self, now_ns: int) -> list[Sample]:
+        """Samples whose partners had ``slop`` to arrive by ``now_ns`` (plus fallback samples)."""
+        out: list[Sample] = []
+        while self._pending and self._pending[0].timestamp_ns + self.slop_ns <= now_ns:
+            trig = self._pending.popleft()
+            out.append(self._assemble(trig.timestamp_ns, trig))
+        out.extend(self._fallback(now_ns))
+        return out
+
+    def flush(self) -> list[Sample]:
+        """Everything still pending, as if time had run on (end of a replay)."""
+        out = []
+        while self._pending:
+            trig = self._pending.popleft()
+            out.append(self._assemble(trig.timestamp_ns, trig))
+        return out
+
+    def _fallback(self, now_ns: int) -> list[Sample]:
+        reference = self._last_trigger_ns if self._last_trigger_ns is not None else self._first_seen_ns
+        if reference is None or now_ns - reference < self.trigger_timeout_ns:
+            self._last_fallback_ns = None
+            return []
+        if self._last_fallback_ns is not None and now_ns - self._last_fallback_ns < self.fallback_period_ns:
+            return []
+        self._last_fallback_ns = now_ns
+        if not any(self._buffers[m] for m in self.modalities if m != self.trigger):
+            return []
+        return [self._assemble(now_ns - self.slop_ns, None)]
+
+    def _assemble(self, t_ns: int, trig: SensorMessage | None) -> Sample:
+        payloads: dict[str, Any] = {}
+        stamps: dict[str, int] = {}
+        missing: set[str] = set()
+        for m in self.modalities:
+            if m == self.trigger:
+                if trig is None:
+                    missing.add(m)
+                    self._count_missing(m, "trigger_timeout")
+                else:
+                    payloads[m], stamps[m] = trig.payload, trig.timestamp_ns
+                continue
+            picked, reason = self._pick(m, t_ns)
+            if picked is None:
+                missing.add(m)
+                self._count_missing(m, reason)
+            else:
+                payloads[m], stamps[m] = picked
+        sample = Sample(
+            sample_id=self._next_id, timestamp_ns=t_ns, payloads=payloads, missing=frozenset(missing),
+            timestamps_ns=stamps,
+        )
+        self._next_id += 1
+        self.stats.emitted += 1
+        return sample
+
+    def _count_missing(self, modality: str, reason: str) -> None:
+        _bump(self.stats.missing.setdefault(modality, {}), reason)
+
+    def _pick(self, modality: str, t_ns: int) -> tuple[tuple[Any, int] | None, str]:
+        buf = self._buffers[modality]
+        if not buf:
+            return None, "no_data"
+        policy = self.policies[modality]
+        if modality == "audio":
+            return self._pick_audio(buf, t_ns, policy)
+        if policy == "exact":
+            for msg in buf:
+                if msg.timestamp_ns == t_ns:
+                    self._consume(modality, msg)
+                    return (msg.payload, msg.timestamp_ns), ""
+            return None, "no_exact_match"
+        if policy == "approximate":
+            best = min(buf, key=lambda msg: abs(msg.timestamp_ns - t_ns))
+            if abs(best.timestamp_ns - t_ns) > self.slop_ns:
+                return None, "outside_slop"
+            self._consume(modality, best)
+            return (best.payload, best.timestamp_ns), ""
+        candidates = [msg for msg in buf if msg.timestamp_ns <= t_ns + self.slop_ns]
+        if not candidates:
+            return None, "no_data"
+        newest = candidates[-1]
+        max_age = self.max_age_ns.get(modality)
+        if max_age is not None and t_ns - newest.timestamp_ns > max_age:
+            return None, "too_old"
+        self._used.add(id(newest))
+        return (newest.payload, newest.timestamp_ns), ""
+
+    def _consume(self, modality: str, chosen: SensorMessage) -> None:
+        buf = self._buffers[modality]
+        while buf:
+            msg = buf.popleft()
+            if msg is chosen:
+                self._used.discard(id(msg))
+                return
+            self._evict(modality, msg)
+
+    def _pick_audio(self, buf: deque[SensorMessage], t_ns: int, policy: str) -> tuple[tuple[Any, int] | None, str]:
+        if policy == "exact":
+            idx = next((i for i, msg in enumerate(buf) if msg.timestamp_ns == t_ns), None)
+            if idx is None:
+                return None, "no_exact_match"
+        elif policy == "approximate":
+            idx = min(range(len(buf)), key=lambda i: abs(buf[i].timestamp_ns - t_ns))
+            if abs(buf[idx].timestamp_ns - t_ns) > self.slop_ns:
+                return None, "outside_slop"
+        else:
+            idx = max((i for i, msg in enumerate(buf) if msg.timestamp_ns <= t_ns + self.slop_ns), default=None)
+            if idx is None:
+                return None, "no_data"
+        chunks: list[np.ndarray] = []
+        have = 0
+        for i in range(idx, -1, -1):
+            chunks.append(np.asarray(buf[i].payload, dtype=np.float32))
+            have += chunks[-1].shape[0]
+            if have >= self.audio_window_samples:
+                break
+        window = np.concatenate(chunks[::-1])[-self.audio_window_samples :]
+        if window.shape[0] < self.min_audio_fill * self.audio_window_samples:
+            return None, "audio_underfill"
+        if window.shape[0] < self.audio_window_samples:
+            window = np.concatenate([np.zeros(self.audio_window_samples - window.shape[0], np.float32), window])
+        return (AudioClip(window, self.audio_rate_hz), buf[idx].timestamp_ns), ""

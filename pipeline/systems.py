@@ -1,0 +1,83 @@
+"""Named inference systems that replay and bench run on samples: ``lf``, ``image``, ``audio``, ...
+
+A :class:`System` turns one :class:`Sample` into a :class:`Decision`. Baselines run their
+whole network; adaptive systems (added by the engine) decide per sample what to run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from pipeline.config import Config
+from pipeline.errors import ExitflowError
+from pipeline.messages import Decision, Sample
+
+
+class System(Protocol):
+    name: str
+    modalities: tuple[str, ...]
+
+    def process(self, sample: Sample) -> Decision: ...
+
+
+class BaselineSystem:
+    """A trained late-fusion or uni-modal baseline: always runs its whole network."""
+
+    def __init__(self, cfg: Config, name: str, dataset: str = "avmnist"):
+        from pipeline.baseline_training import load_baseline, measure_macs
+
+        self.name = name
+        self.model = load_baseline(cfg, name, dataset)
+        self.modalities = self.model.modalities
+        self.macs = measure_macs(self.model)
+
+    @torch.no_grad()
+    def process(self, sample: Sample) -> Decision:
+        absent = [m for m in self.modalities if m in sample.missing or m not in sample.payloads]
+        if absent:
+            raise ExitflowError(
+                f"system {self.name!r} needs {', '.join(absent)} but sample {sample.sample_id} lacks it; "
+                f"use an adaptive system (exitflow) for samples with missing modalities"
+            )
+        start = time.perf_counter()
+        inputs = {m: torch.as_tensor(np.asarray(sample.payloads[m], dtype=np.float32))[None] for m in self.modalities}
+        logits = self.model(inputs)  # (1, C)
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        return Decision(
+            sample_id=sample.sample_id,
+            prediction=int(logits.argmax(dim=1).item()),
+            label=sample.label,
+            system=self.name,
+            order=list(self.modalities),
+            macs=self.macs,
+            latency_ms={"model": latency_ms, "total": latency_ms},
+            timestamp_ns=sample.timestamp_ns,
+        )
+
+
+SystemFactory = Callable[[Config, str], System]
+_FACTORIES: dict[str, SystemFactory] = {
+    "lf": lambda cfg, ds: BaselineSystem(cfg, "lf", ds),
+    "image": lambda cfg, ds: BaselineSystem(cfg, "image", ds),
+    "audio": lambda cfg, ds: BaselineSystem(cfg, "audio", ds),
+}
+
+
+def register_system(name: str, factory: SystemFactory) -> None:
+    """Make ``name`` available to replay and bench (used by the engine's adaptive systems)."""
+    _FACTORIES[name] = factory
+
+
+def system_names() -> tuple[str, ...]:
+    return tuple(_FACTORIES)
+
+
+def load_system(cfg: Config, name: str, dataset: str = "avmnist") -> System:
+    if name not in _FACTORIES:
+        raise ExitflowError(f"unknown system {name!r}; choose one of {', '.join(_FACTORIES)}")
+    return _FACTORIES[name](cfg, dataset)

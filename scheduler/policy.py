@@ -1,0 +1,237 @@
+"""The per-sample policy: a small state machine the engine drives one step at a time.
+
+Usage (the engine's loop, no torch here)::
+
+    state = policy.start(present=["image", "audio"], missing=["text"])
+    while True:
+        action = policy.decide(state)
+        if action.kind is ActionKind.CONTINUE:   # run the next exit of action.modality
+            probs = ...                          # softmax of that exit's logits, shape (C,)
+            policy.observe(state, action.modality, action.exit_index, probs)
+        elif action.kind is ActionKind.SKIP:     # record action.modality as skipped
+            continue
+        else:                                    # EXIT (predict from this exit) or FUSE
+            break
+
+The walk follows the plan (modalities in phi order, their exits in depth order), exits as soon
+as an exit's score passes its threshold, and otherwise ends with the fusion exit over the
+modalities computed so far. In cheapest-exit mode (set by the budget controller when the budget
+is below the cheapest exit) it runs only the cheapest first exit among the present modalities
+and exits there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from scheduler.errors import SchedulerError
+from scheduler.plan import Plan, order_modalities
+from scheduler.profile import Profile
+from scheduler.rules import check_rule, couple_threshold, max_prob, normalized_entropy
+from scheduler.utility import CostUnit, Ranking, UtilityModel, check_lambda
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """How the policy plans and exits.
+
+    Attributes:
+        lam: Initial lambda (accuracy per full-model cost, see :mod:`scheduler.utility`).
+        cost_unit: ``"macs"`` or ``"mj"``.
+        ranking: ``"phi"`` (MMExit), ``"exchange"`` or ``"exhaustive"``.
+        exit_rule: Exit rule; None takes the profile's.
+        thresholds: Modality -> threshold, overriding the profile's.
+        skip_negative: Skip modalities whose marginal expected utility is negative.
+        threshold_coupling: Kappa of :func:`scheduler.rules.couple_threshold` (0 = fixed thresholds).
+    """
+
+    lam: float = 1.0
+    cost_unit: CostUnit = "macs"
+    ranking: Ranking = "phi"
+    exit_rule: str | None = None
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    skip_negative: bool = True
+    threshold_coupling: float = 0.0
+
+
+class ActionKind(str, Enum):
+    CONTINUE = "continue"  # run the next exit of `modality`
+    EXIT = "exit"  # predict from the exit just observed
+    SKIP = "skip"  # record `modality` as skipped (missing or negative utility)
+    FUSE = "fuse"  # predict with the fusion exit over `modalities`
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    modality: str | None = None
+    exit_index: int | None = None
+    modalities: tuple[str, ...] = ()
+    reason: str = ""
+
+
+@dataclass
+class WalkState:
+    """Where one sample's walk stands; created by :meth:`Policy.start`."""
+
+    plan: Plan
+    thresholds: dict[str, float]
+    pending: list[Action]
+    cheapest: bool = False
+    position: int = 0
+    exits_done: dict[str, int] = field(default_factory=dict)
+    computed: list[str] = field(default_factory=list)
+    scores: dict[str, list[float]] = field(default_factory=dict)
+    last_modality: str | None = None
+    last_exit: int | None = None
+    last_passed: bool = False
+    last_class: dict[str, int] = field(default_factory=dict)
+    patience: dict[str, int] = field(default_factory=dict)
+    finished: bool = False
+
+
+class Policy:
+    """Plans per present-modality set and walks one sample at a time.
+
+    Args:
+        profile: Exit profile of the loaded checkpoints.
+        settings: :class:`PolicySettings`.
+
+    Raises:
+        ValueError: unknown rule, missing thresholds, or lambda out of range.
+    """
+
+    def __init__(self, profile: Profile, settings: PolicySettings | None = None):
+        settings = settings or PolicySettings()
+        self.profile = profile
+        self.settings = settings
+        self.model = UtilityModel(profile, settings.cost_unit)
+        self.num_exits = {m: profile.num_exits(m) for m in profile.modalities}
+        self.exit_rule = settings.exit_rule or profile.exit_rule
+        check_rule(self.exit_rule)
+        self._base_thresholds = {**profile.thresholds, **settings.thresholds}
+        absent = [m for m in profile.modalities if m not in self._base_thresholds]
+        if absent and self.exit_rule != "none":
+            raise ValueError(f"no exit threshold for {absent}; set them in the profile or the settings")
+        self._lam_ref = check_lambda(settings.lam)
+        self._plans: dict[tuple[tuple[str, ...], tuple[str, ...]], Plan] = {}
+        self.cheapest_mode = False
+        self.set_lambda(settings.lam)
+
+    @property
+    def lam(self) -> float:
+        return self._lam
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Modality -> threshold in force (after lambda coupling)."""
+        return dict(self._thresholds)
+
+    def set_lambda(self, lam: float) -> None:
+        """Change lambda (ValueError outside [LAMBDA_MIN, LAMBDA_MAX]); plans are re-made."""
+        self._lam = check_lambda(lam)
+        self._plans.clear()
+        self._thresholds = {
+            m: couple_threshold(self.exit_rule, t, self._lam, self._lam_ref, self.settings.threshold_coupling)
+            for m, t in self._base_thresholds.items()
+        }
+
+    def set_cheapest_mode(self, on: bool) -> None:
+        """Run only the cheapest first exit (the budget controller's fallback)."""
+        self.cheapest_mode = bool(on)
+
+    def plan(self, present: Iterable[str], missing: Iterable[str] = ()) -> Plan:
+        """The (cached) plan for a sample with ``present`` modalities at the current lambda."""
+        key = (tuple(present), tuple(missing))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = order_modalities(
+                self.model,
+                self._lam,
+                key[0],
+                method=self.settings.ranking,
+                skip_negative=self.settings.skip_negative,
+                missing=key[1],
+            )
+            self._plans[key] = plan
+        return plan
+
+    def cheapest_plan(self, present: Iterable[str], missing: Iterable[str] = ()) -> Plan:
+        """Only the present modality whose first exit is cheapest; the others are skipped."""
+        missing = tuple(missing)
+        mods = [m for m in present if m not in missing]
+        if not mods:
+            raise SchedulerError(f"no modality present in the sample (missing: {sorted(missing)})")
+        unknown = [m for m in mods if m not in self.model.terms]
+        if unknown:
+            raise ValueError(f"modalities {unknown} are not in the exit profile (it has {sorted(self.model.terms)})")
+        best = min(mods, key=lambda m: self.model.terms[m].cost_cum[0])
+        return Plan(
+            order=(best,),
+            skipped=tuple(m for m in mods if m != best),
+            missing=missing,
+            lam=self._lam,
+        )
+
+    def start(self, present: Iterable[str], missing: Iterable[str] = ()) -> WalkState:
+        """Begin one sample's walk."""
+        present, missing = tuple(present), tuple(missing)
+        plan = self.cheapest_plan(present, missing) if self.cheapest_mode else self.plan(present, missing)
+        pending = [Action(ActionKind.SKIP, m, reason="missing") for m in plan.missing]
+        reason = "cheapest-exit mode" if self.cheapest_mode else "negative expected utility"
+        pending += [Action(ActionKind.SKIP, m, reason=reason) for m in plan.skipped]
+        return WalkState(plan=plan, thresholds=self._thresholds, pending=pending, cheapest=self.cheapest_mode)
+
+    def decide(self, state: WalkState) -> Action:
+        """The next action for this sample; raises SchedulerError once the walk has ended."""
+        if state.finished:
+            raise SchedulerError("decide() called after the sample's walk ended (EXIT or FUSE)")
+        if state.pending:
+            return state.pending.pop(0)
+        if state.last_modality is not None and (state.last_passed or state.cheapest):
+            state.finished = True
+            return Action(ActionKind.EXIT, state.last_modality, state.last_exit)
+        order = state.plan.order
+        while state.position < len(order):
+            modality = order[state.position]
+            done = state.exits_done.get(modality, 0)
+            if done < self.num_exits[modality]:
+                return Action(ActionKind.CONTINUE, modality, done)
+            state.position += 1
+        state.finished = True
+        return Action(ActionKind.FUSE, modalities=tuple(state.computed))
+
+    def observe(self, state: WalkState, modality: str, exit_index: int, probs: np.ndarray) -> float:
+        """Record the softmax ``probs`` (shape (C,)) of ``modality``'s exit ``exit_index``.
+
+        Returns:
+            The exit's score under the rule in force.
+        """
+        expected = state.exits_done.get(modality, 0)
+        if exit_index != expected:
+            raise SchedulerError(f"{modality}: observed exit {exit_index}, but the walk expected exit {expected}")
+        rule = self.exit_rule
+        if rule == "entropy":
+            score = float(normalized_entropy(probs))
+            passed = score <= state.thresholds[modality]
+        elif rule == "max_prob":
+            score = float(max_prob(probs))
+            passed = score >= state.thresholds[modality]
+        elif rule == "patience":
+            cls = int(np.argmax(probs))
+            count = state.patience.get(modality, -1) + 1 if state.last_class.get(modality) == cls else 0
+            state.patience[modality], state.last_class[modality] = count, cls
+            score = float(count)
+            passed = score >= state.thresholds[modality]
+        else:
+            score, passed = 0.0, False
+        state.exits_done[modality] = expected + 1
+        if expected == 0:
+            state.computed.append(modality)
+        state.scores.setdefault(modality, []).append(score)
+        state.last_modality, state.last_exit, state.last_passed = modality, exit_index, bool(passed)
+        return score

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import devices.nvml as nvml_mod
+from devices import DeviceError, get_power_meter, probe_meters
+from devices.null import NullMeter
+from devices.psutil_meter import PsutilMeter
+from devices.rapl import RaplMeter
+from pipeline.cli import main
+from tests.devices.fakes import make_rapl_zone
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(nvml_mod, "pynvml", None)
+
+
+def test_auto_falls_back_to_psutil(tmp_path, no_gpu):
+    meter = get_power_meter("auto", rapl_root=str(tmp_path / "none"), jetson_root=str(tmp_path / "none"))
+    assert isinstance(meter, PsutilMeter)
+    meter.close()
+
+
+def test_auto_picks_rapl_when_readable(tmp_path, no_gpu):
+    make_rapl_zone(tmp_path, "0", "package-0", 5, 1000)
+    with get_power_meter("auto", rapl_root=str(tmp_path), jetson_root=str(tmp_path)) as meter:
+        assert isinstance(meter, RaplMeter)
+
+
+def test_explicit_names_and_errors(tmp_path, no_gpu):
+    assert isinstance(get_power_meter("null"), NullMeter)
+    with pytest.raises(DeviceError, match="replay_trace"):
+        get_power_meter("replay")
+    with pytest.raises(DeviceError, match="no RAPL zones"):
+        get_power_meter("rapl", rapl_root=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown power meter"):
+        get_power_meter("geiger")
+    with pytest.raises(ValueError, match="unknown meter option"):
+        get_power_meter("null", colour="red")
+
+
+def test_probe_gives_one_line_per_meter(tmp_path, no_gpu):
+    from devices import MeterOptions
+
+    chosen, results = probe_meters(MeterOptions(rapl_root=str(tmp_path), jetson_root=str(tmp_path)))
+    assert chosen == "psutil"
+    by_name = {r.name: r for r in results}
+    assert set(by_name) == {"nvml", "rapl", "jetson", "psutil", "replay", "mac_model", "null"}
+    assert not by_name["nvml"].available and "nvidia-ml-py" in by_name["nvml"].detail
+    assert by_name["psutil"].available and by_name["psutil"].estimated
+    assert all("\n" not in r.detail for r in results)
+
+
+def test_cli_devices_json(capsys, tmp_path, no_gpu):
+    rc = main(["--config", str(tmp_path / "absent.yaml"), "--set", "power.meter=psutil", "devices", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert out["selected"] == "psutil" and out["selected_available"]
+    assert "active_power_per_core_mw" in out["selected_description"]
+
+
+def test_cli_devices_text(capsys, tmp_path, no_gpu):
+    rc = main(["--config", str(tmp_path / "absent.yaml"), "--set", "power.meter=psutil", "devices"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "psutil: ESTIMATE" in out and "idle_power_w" in out

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+
+from pipeline.config import load_config
+from pipeline.data.avmnist import load_split
+from pipeline.data.commands import DIGITS, SLOTS, STATUS_DROPPED, STATUS_REPLACED, make_commands, parse_command
+from pipeline.data.roots import EMBEDDED_DATA, SHARED_DATA
+from pipeline.data.spectrogram import AudioInputError, spectrogram_112, stft_112
+from pipeline.errors import DataError
+from tests.conftest import requires_shared
+
+
+def test_stft_equals_librosa_stft() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(111 * 37).astype(np.float32)
+    ours = stft_112(x, 37)
+    ref = librosa.stft(x, n_fft=222, hop_length=37, win_length=222, window="hann", center=True, pad_mode="constant")
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_spectrogram_shape_range_and_bad_audio() -> None:
+    rng = np.random.default_rng(1)
+    for n in (200, 3500, 18262):
+        spec = spectrogram_112((rng.standard_normal(n) * 3000).astype(np.int16))
+        assert spec.shape == (112, 112) and spec.dtype == np.float32
+        assert spec.min() >= 0.0 and spec.max() == pytest.approx(1.0)
+    with pytest.raises(AudioInputError, match="NaN"):
+        spectrogram_112(np.array([0.1, np.nan] * 100, dtype=np.float32))
+    with pytest.raises(AudioInputError, match="too short"):
+        spectrogram_112(np.zeros(10, dtype=np.float32))
+    with pytest.raises(AudioInputError, match="mono"):
+        spectrogram_112(np.zeros((2, 400), dtype=np.float32))
+
+
+def test_spectrogram_resamples_other_rates() -> None:
+    t = np.arange(16000) / 16000.0
+    tone = np.sin(2 * np.pi * 1000 * t).astype(np.float32)  # 1 kHz at 16 kHz
+    spec = spectrogram_112(tone, 16000)
+    peak_bin = int(spec.mean(axis=1).argmax())
+    assert abs(peak_bin - round(1000 / 4000 * 111)) <= 1  # bins span 0..4 kHz
+
+
+def test_commands_follow_the_grid_grammar_and_error_rate() -> None:
+    labels = np.arange(4000) % 10
+    cmds = make_commands(labels, 0.3, seed=5)
+    for text, command, status, label in zip(cmds.text, cmds.command, cmds.status, labels, strict=True):
+        words = parse_command(command)
+        assert words[4] == DIGITS[label]
+        if status == STATUS_DROPPED:
+            assert len(text.split()) == 5 and not any(w in DIGITS for w in text.split())
+        elif status == STATUS_REPLACED:
+            assert text.split()[4] in DIGITS and text.split()[4] != DIGITS[label]
+        else:
+            assert text == command
+    assert 0.27 < np.mean(cmds.status > 0) < 0.33
+    assert make_commands(labels[:10], 0.3, seed=5, rows=np.arange(10)).text == cmds.text[:10]
+
+
+def test_grammar_matches_real_grid_transcripts() -> None:
+    path = SHARED_DATA / "grid_av_samples" / "transcripts.csv"
+    if not path.is_file():
+        pytest.skip("needs ../shared/data")
+    for line in path.read_text().splitlines()[1:]:
+        words = line.split(",")[2].split()
+        assert all(w in slot for w, slot in zip(words, SLOTS, strict=True)), line
+
+
+def test_embedded_slice_builds_test_split(embedded_cfg) -> None:
+    split = load_split(embedded_cfg, "test", "avmnist-t", progress=False)
+    assert len(split) == 1000
+    assert split.image.shape == (1000, 1, 28, 28) and split.image.dtype == np.float32
+    assert split.audio.shape == (1000, 1, 112, 112) and split.audio[3].shape == (1, 112, 112)
+    assert np.isfinite(split.image).all() and 0.0 <= split.audio[:50].min() and split.audio[:50].max() <= 1.0
+    # image/audio pairing never crosses labels: the recording's digit is the label
+    digits = np.array([int(name.split("_")[0]) for name in split.recording])
+    assert np.array_equal(digits, split.labels)
+    assert all(int(name.split("_")[2].split(".")[0]) >= 40 for name in split.recording)
+    with pytest.raises(DataError, match="holds only 'test'"):
+        load_split(embedded_cfg, "train", "avmnist", progress=False)
+
+
+def test_other_root_with_same_layout_and_determinism(tmp_path: Path, embedded_cfg) -> None:
+    root = tmp_path / "myroot"
+    shutil.copytree(EMBEDDED_DATA, root)
+    cfg = load_config(None, [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"])
+    a = load_split(cfg, "test", "avmnist", progress=False)
+    b = load_split(embedded_cfg, "test", "avmnist", progress=False)
+    assert a.digest() == b.digest()
+
+
+def test_bad_roots_and_names_give_clear_errors(tmp_path: Path) -> None:
+    cfg = load_config(None, [f"data.root={tmp_path / 'nowhere'}"])
+    with pytest.raises(DataError, match="does not exist"):
+        load_split(cfg, "test", progress=False)
+    root = tmp_path / "broken"
+    shutil.copytree(EMBEDDED_DATA, root)
+    (root / "mnist" / "mnist_test.npz").write_bytes(b"not a zip")
+    cfg = load_config(None, [f"data.root={root}", f"data.cache_dir={tmp_path / 'c'}"])
+    with pytest.raises(DataError, match="corrupt"):
+        load_split(cfg, "test", progress=False)
+    assert not any((tmp_path / "c").glob("*/manifest.json"))  # nothing half-written
+    with pytest.raises(DataError, match="unknown split"):
+        load_split(cfg, "tset", progress=False)
+
+
+@requires_shared
+@pytest.mark.slow
+def test_full_build_splits_and_slice_equivalence(shared_cfg, embedded_cfg) -> None:
+    train = load_split(shared_cfg, "train", "avmnist-t", progress=False)
+    val = load_split(shared_cfg, "val", "avmnist-t", progress=False)
+    test = load_split(shared_cfg, "test", "avmnist-t", progress=False)
+    assert (len(train), len(val), len(test)) == (55000, 5000, 8000)
+    assert np.array_equal(val.rows, np.arange(55000, 60000))
+    assert all(int(n.split("_")[2].split(".")[0]) < 40 for n in train.recording[:2000])
+    emb = load_split(embedded_cfg, "test", "avmnist-t", progress=False)
+    assert np.array_equal(test.image[:1000], emb.image)
+    assert np.array_equal(test.audio[np.arange(1000)], emb.audio[np.arange(1000)])
+    assert test.text[:1000] == emb.text
+    assert 0.27 < np.mean(test.text_status > 0) < 0.33
