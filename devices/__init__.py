@@ -1,6 +1,13 @@
 """Stage 1 of the data flow: power meters, measurement windows and device profiles.
 
 ``devices`` imports nothing else of exitflow.
+
+One interface, :class:`PowerMeter` (``begin_window(name)`` / ``end_window(name) -> Measurement``,
+overlapping windows, ``close()`` / ``with``), implemented per source: ``nvml`` (NVIDIA GPUs),
+``rapl`` (powercap counters), ``jetson`` (INA3221 rails), ``psutil_meter`` (CPU-time estimate),
+``replay`` (recorded trace on a virtual clock), ``mac_model`` (MACs x pJ/MAC), ``null``.
+``registry.get_power_meter("auto")`` picks one; ``profiles`` loads the sourced device figures
+in ``devices/profiles/*.yaml``. See docs/devices.md.
 """
 
 from devices.base import PowerMeter

@@ -9,7 +9,6 @@ nest freely, and a window costs two snapshots and two dict operations.
 
 from __future__ import annotations
 
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -18,6 +17,8 @@ from typing import Any
 
 from devices.errors import DeviceError
 from devices.measurement import Measurement
+
+_MISSING = object()
 
 
 class WindowResult:
@@ -42,7 +43,6 @@ class PowerMeter(ABC):
     def __init__(self, clock: Callable[[], float] | None = None):
         self._clock: Callable[[], float] = clock or time.perf_counter
         self._windows: dict[str, Any] = {}
-        self._windows_lock = threading.Lock()
         self._closed = False
 
     # -- the public window API -------------------------------------------------------------
@@ -55,13 +55,14 @@ class PowerMeter(ABC):
         if self._closed:
             raise DeviceError(f"{self.kind} meter is closed; create a new one with get_power_meter()")
         snapshot = self._snapshot()
-        with self._windows_lock:
-            if name in self._windows:
-                raise DeviceError(
-                    f"window {name!r} is already open on the {self.kind} meter; call "
-                    f"end_window({name!r}) first or give the new window a different name"
-                )
-            self._windows[name] = snapshot
+        # Single dict operations are atomic under the GIL; windows are keyed by name, so two
+        # threads only race here if they open the same name, which is already a caller error.
+        if name in self._windows:
+            raise DeviceError(
+                f"window {name!r} is already open on the {self.kind} meter; call "
+                f"end_window({name!r}) first or give the new window a different name"
+            )
+        self._windows[name] = snapshot
 
     def end_window(self, name: str) -> Measurement:
         """Close the window ``name`` and return what was spent since ``begin_window(name)``.
@@ -70,14 +71,13 @@ class PowerMeter(ABC):
             DeviceError: If no window of that name is open.
         """
         snapshot = self._snapshot()
-        with self._windows_lock:
-            start = self._windows.pop(name, None)
-            if start is None:
-                open_names = ", ".join(repr(n) for n in self._windows) or "none"
-                raise DeviceError(
-                    f"end_window({name!r}): no open window of that name on the {self.kind} meter "
-                    f"(open windows: {open_names}); call begin_window({name!r}) first"
-                )
+        start = self._windows.pop(name, _MISSING)
+        if start is _MISSING:
+            open_names = ", ".join(repr(n) for n in tuple(self._windows)) or "none"
+            raise DeviceError(
+                f"end_window({name!r}): no open window of that name on the {self.kind} meter "
+                f"(open windows: {open_names}); call begin_window({name!r}) first"
+            )
         return self._measure(name, start, snapshot)
 
     @contextmanager
@@ -93,8 +93,7 @@ class PowerMeter(ABC):
     @property
     def open_windows(self) -> tuple[str, ...]:
         """Names of the windows currently open."""
-        with self._windows_lock:
-            return tuple(self._windows)
+        return tuple(self._windows)
 
     def describe(self) -> str:
         """Human-readable text: what this meter measures and under which assumptions."""

@@ -212,9 +212,10 @@ class JetsonMeter(PowerMeter):
         t0, e0 = start
         t1, e1 = end
         rails = {rail: e1[rail] - e0[rail] for rail in e1}
+        notes: tuple[str, ...] = ()
         if self.total_rail is not None:
             total = rails[self.total_rail]
-            source, notes = "jetson:ina3221", ()
+            source = "jetson:ina3221"
         else:
             total = sum(rails.values())
             source = "jetson:ina3221(sum of rails)"

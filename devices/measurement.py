@@ -75,23 +75,29 @@ def make_measurement(
     Raises:
         ValueError: When ``energy_mj`` is clearly negative (a meter bug, never a valid result).
     """
-    duration_s = max(0.0, float(duration_s))
+    # Kept branch-light: this runs at every end_window (the window budget is 50 us in total).
+    if duration_s < 0:
+        duration_s = 0.0
+    avg_power_mw = None
     if energy_mj is not None:
-        energy_mj = float(energy_mj)
-        if energy_mj < -1e-9:
-            raise ValueError(
-                f"window {name!r}: energy_mj={energy_mj} from {source} is negative; meters must never "
-                "report negative energy (this is a bug in the meter, please report it)"
-            )
-        energy_mj = max(0.0, energy_mj)
-    avg_power_mw = energy_mj / duration_s if energy_mj is not None and duration_s > 0 else None
+        if energy_mj < 0:
+            if energy_mj < -1e-9:
+                raise ValueError(
+                    f"window {name!r}: energy_mj={energy_mj} from {source} is negative; meters must never "
+                    "report negative energy (this is a bug in the meter, please report it)"
+                )
+            energy_mj = 0.0
+        if duration_s > 0:
+            avg_power_mw = energy_mj / duration_s
+    if rails:
+        rails = {k: (v if v > 0.0 else 0.0) for k, v in rails.items()}
     return Measurement(
         energy_mj=energy_mj,
         duration_s=duration_s,
         avg_power_mw=avg_power_mw,
         source=source,
         estimated=estimated,
-        rails={k: max(0.0, float(v)) for k, v in (rails or {}).items()},
+        rails=rails or {},
         name=name,
-        notes=tuple(notes),
+        notes=notes,
     )

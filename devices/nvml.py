@@ -192,8 +192,9 @@ class NvmlMeter(PowerMeter):
                 pass  # shutting down a half-initialised library is best effort
 
     def close(self) -> None:
-        if getattr(self, "_sampler", None) is not None:
-            self._sampler.stop()
+        sampler = getattr(self, "_sampler", None)
+        if sampler is not None:
+            sampler.stop()
         self._shutdown()
         super().close()
 

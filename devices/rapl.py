@@ -172,7 +172,10 @@ class RaplMeter(PowerMeter):
         """Read every counter once and accumulate the deltas (one negative delta = one wrap)."""
         with self._lock:
             for zone in self.zones:
-                raw = self._read_zone(zone)
+                try:
+                    raw = zone.counter.read_int()
+                except (OSError, ValueError):
+                    raw = self._read_zone(zone)  # retry once; raises a DeviceError with the fix
                 delta = raw - zone.last_uj
                 if delta < 0:
                     if zone.max_range_uj is not None:
@@ -194,8 +197,12 @@ class RaplMeter(PowerMeter):
     def _measure(self, name: str, start, end) -> Measurement:
         t0, uj0, unknown0 = start
         t1, uj1, unknown1 = end
-        rails_uj = {z.key: b - a for z, a, b in zip(self.zones, uj0, uj1, strict=True)}
-        total_uj = sum(rails_uj[z.key] for z in self.zones if z.in_total)
+        total_uj = 0
+        rails = {}
+        for zone, a, b in zip(self.zones, uj0, uj1, strict=True):
+            rails[zone.key] = (b - a) / 1000.0
+            if zone.in_total:
+                total_uj += b - a
         notes: tuple[str, ...] = ()
         if unknown1 > unknown0:
             notes = (
@@ -207,7 +214,7 @@ class RaplMeter(PowerMeter):
             t1 - t0,
             source="rapl",
             estimated=unknown1 > unknown0,
-            rails={k: v / 1000.0 for k, v in rails_uj.items()},
+            rails=rails,
             notes=notes,
         )
 

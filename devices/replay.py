@@ -139,8 +139,10 @@ def load_trace(path: str | Path) -> PowerTrace:
         if header[:2] != ["t_s", "power_mw"]:
             raise ValueError(f"header starts with {header[:2]}, expected ['t_s', 'power_mw']")
         data = [[float(x) for x in row] for row in reader if row]
-        cols = list(zip(*data, strict=True)) if data else [[] for _ in header]
-        rails = {name: list(cols[j]) for j, name in enumerate(header) if j >= 2}
+        if any(len(row) != len(header) for row in data):
+            raise ValueError(f"every row needs {len(header)} values like the header {header}")
+        cols = [[row[j] for row in data] for j in range(len(header))]
+        rails = {name: cols[j] for j, name in enumerate(header) if j >= 2}
         return PowerTrace(cols[0], cols[1], rails, path.name)
     except (ValueError, KeyError, TypeError, StopIteration, IndexError) as e:
         raise DeviceError(f"power trace {path} is malformed ({e}); expected a {layout}") from e
@@ -160,7 +162,7 @@ class ReplayMeter(PowerMeter):
         super().__init__(clock=None)
         if on_end not in ("loop", "hold", "error"):
             raise ValueError(f"on_end must be 'loop', 'hold' or 'error', got {on_end!r}")
-        self.trace = trace if isinstance(trace, PowerTrace) else load_trace(trace)
+        self.trace = trace if isinstance(trace, PowerTrace) else load_trace(os.fspath(trace))
         self.on_end: OnEnd = on_end
         self.now_s = 0.0
         self._clock = lambda: self.now_s

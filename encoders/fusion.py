@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from encoders import exit_rules
 from encoders.trim import (
     Count,
     HeadMaskMode,
@@ -119,6 +120,8 @@ def cosine_to_previous(
 ) -> torch.Tensor:
     """Per-sample cosine similarity of two token-state tensors over their kept tokens.
 
+    The MuE rule of ``encoders.exit_rules`` with trimmed and padding tokens zeroed first.
+
     Args:
         h: (B, N, D) states after a layer.
         h_prev: (B, N, D) states before it.
@@ -130,7 +133,7 @@ def cosine_to_previous(
     if keep is not None:
         w = keep.unsqueeze(-1).to(h.dtype)  # (B, N, 1)
         h, h_prev = h * w, h_prev * w
-    return nn.functional.cosine_similarity(h.flatten(1), h_prev.flatten(1), dim=1, eps=1e-8)  # (B,)
+    return exit_rules.cosine_to_previous(h, h_prev)  # (B,)
 
 
 class CoAttentionBlock(nn.Module):

@@ -97,10 +97,14 @@ class DoubleStageReweighter:
         for m, n in self.exits.items():
             if m not in signals:
                 continue
-            value = torch.as_tensor(
-                [float(v) for v in signals[m]] if not isinstance(signals[m], Tensor) else signals[m],
-                dtype=torch.float64,
-            ).detach().flatten()  # (m_i,)
+            value = (
+                torch.as_tensor(
+                    [float(v) for v in signals[m]] if not isinstance(signals[m], Tensor) else signals[m],
+                    dtype=torch.float64,
+                )
+                .detach()
+                .flatten()
+            )  # (m_i,)
             if value.numel() != n:
                 raise ValueError(f"{m}: expected {n} exit signals, got {value.numel()}")
             if not torch.isfinite(value).all():
@@ -144,7 +148,9 @@ class DoubleStageReweighter:
         """
         unknown = set(loss_per_exit) - set(self.exits) - {FUSION_KEY}
         if unknown:
-            raise ValueError(f"unknown modalities {sorted(unknown)}; expected {sorted(self.exits)} and 'fusion'")
+            raise ValueError(
+                f"unknown modalities {sorted(unknown)}; expected {sorted(self.exits)} and 'fusion'"
+            )
         losses = {
             m: torch.stack(list(v)) if not isinstance(v, Tensor) else v.reshape(-1)  # (m_i,)
             for m, v in loss_per_exit.items()

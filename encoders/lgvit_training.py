@@ -173,7 +173,7 @@ def train_vit(
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
         history["stage1"].append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
         log(f"stage 1 epoch {epoch + 1}: loss {np.mean(losses):.4f}")
@@ -234,7 +234,7 @@ def train_vit(
             loss.backward()
             opt2.step()
             sched2.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             for k, v in parts.items():
                 parts_sum[k] += v
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
@@ -290,7 +290,7 @@ def _train_text_heads(
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         history.append(float(np.mean(losses)))
     return history
 

@@ -59,7 +59,9 @@ def accuracy(model: LateFusion, split: AVSplit) -> float:
     return float((predict(model, split) == split.labels).mean()) if len(split) else float("nan")
 
 
-def train_baseline(cfg: Config, name: str, dataset: str = "avmnist", progress: bool = True) -> BaselineResult:
+def train_baseline(
+    cfg: Config, name: str, dataset: str = "avmnist", progress: bool = True, command: str | None = None
+) -> BaselineResult:
     t = cfg.train
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
@@ -105,7 +107,7 @@ def train_baseline(cfg: Config, name: str, dataset: str = "avmnist", progress: b
         "best_epoch": best_epoch,
         "seed": t.seed,
     }
-    command = f"exitflow train baseline --name {name} --dataset {dataset}"
+    command = command or f"exitflow train baseline --name {name} --dataset {dataset}"
     card = _model_card(name, dataset, meta, command, cfg, n_train, len(val), train_s)
     save_checkpoint(folder, model, meta, card)
     return BaselineResult(name, best_acc, test_acc, macs, params, folder)

@@ -227,6 +227,41 @@ class FusionConfig:
 
 
 @dataclass(frozen=True)
+class SchedulerConfig:
+    """The MMExit scheduler (issue 5): exit profile, lambda, ordering and exit rule.
+
+    ``lam`` is accuracy per full-model cost (costs are normalized by running everything, see
+    ``scheduler.utility``); ``threshold`` (all modalities) and ``thresholds`` (per modality)
+    override the thresholds stored in the profile;
+    ``threshold_coupling`` > 0 lets thresholds follow lambda (smaller lambda, earlier exits).
+    """
+
+    profile: str | None = None
+    lam: float = field(default=1.0, metadata=bounds(min=1e-3, max=1e3, help="accuracy per full-model cost"))
+    cost_unit: Literal["macs", "mj"] = "macs"
+    ranking: Literal["phi", "exchange", "exhaustive"] = "phi"
+    exit_rule: Literal["entropy", "max_prob", "patience", "none"] = "entropy"
+    threshold: float | None = field(default=None, metadata=bounds(min=0.0, help="None = profile's"))
+    thresholds: dict[str, float] = field(default_factory=dict)
+    skip_negative: bool = True
+    threshold_coupling: float = field(default=0.0, metadata=bounds(min=0.0, max=4.0))
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Energy budget: a PI controller on log(lambda) (``mode: off`` disables it)."""
+
+    mode: Literal["off", "mj_per_sample", "power_w"] = "off"
+    mj_per_sample: float = field(default=50.0, metadata=bounds(min=0.0, min_exclusive=True))
+    power_w: float = field(default=10.0, metadata=bounds(min=0.0, min_exclusive=True))
+    window_s: float = field(default=5.0, metadata=bounds(min=0.0, min_exclusive=True))
+    lam_min: float = field(default=1e-3, metadata=bounds(min=1e-3, max=1e3))
+    lam_max: float = field(default=1e3, metadata=bounds(min=1e-3, max=1e3))
+    kp: float = field(default=0.5, metadata=bounds(min=0.0))
+    ki: float = field(default=0.15, metadata=bounds(min=0.0))
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; each field is one ``config.yaml`` section."""
 
@@ -240,6 +275,8 @@ class Config:
     stream: StreamConfig = StreamConfig()
     ray: RayConfig = RayConfig()
     fusion: FusionConfig = FusionConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    budget: BudgetConfig = BudgetConfig()
     source_path: str | None = None
 
 

@@ -24,10 +24,12 @@ import torch
 from torch import nn
 
 from encoders.base import EarlyExitEncoder, ExitOutput
+from pipeline.config import BudgetConfig, SchedulerConfig
 from pipeline.errors import ExitflowError
 from pipeline.messages import Decision, Sample
 from scheduler.budget import BudgetController
-from scheduler.policy import ActionKind, Policy
+from scheduler.policy import ActionKind, Policy, PolicySettings
+from scheduler.profile import Profile
 
 
 class EngineError(ExitflowError):
@@ -80,6 +82,46 @@ class MaskedLateFusion(nn.Module):
         return self.head(torch.cat(parts, dim=-1))  # (B, C)
 
     fuse = forward
+
+
+def policy_from_config(profile: Profile, cfg: SchedulerConfig) -> Policy:
+    """A :class:`Policy` for ``profile`` with the ``scheduler`` config section applied."""
+    thresholds = dict.fromkeys(profile.modalities, cfg.threshold) if cfg.threshold is not None else {}
+    settings = PolicySettings(
+        lam=cfg.lam,
+        cost_unit=cfg.cost_unit,
+        ranking=cfg.ranking,
+        exit_rule=cfg.exit_rule,
+        thresholds={**thresholds, **cfg.thresholds},
+        skip_negative=cfg.skip_negative,
+        threshold_coupling=cfg.threshold_coupling,
+    )
+    return Policy(profile, settings)
+
+
+def budget_from_config(
+    cfg: BudgetConfig, lam_ref: float, profile: Profile | None = None
+) -> BudgetController | None:
+    """The budget controller of the ``budget`` section (None for ``mode: off``).
+
+    With a profile that carries energy, its cheapest first exit sets ``cheapest_mj``.
+    """
+    if cfg.mode == "off":
+        return None
+    cheapest_mj = None
+    if profile is not None and profile.has_energy():
+        cheapest_mj = min(exits[0].energy_mj for exits in profile.exits.values()) or None  # type: ignore[type-var]
+    return BudgetController(
+        mj_per_sample=cfg.mj_per_sample if cfg.mode == "mj_per_sample" else None,
+        power_w=cfg.power_w if cfg.mode == "power_w" else None,
+        window_s=cfg.window_s,
+        lam_ref=min(max(lam_ref, cfg.lam_min), cfg.lam_max),
+        lam_min=cfg.lam_min,
+        lam_max=cfg.lam_max,
+        kp=cfg.kp,
+        ki=cfg.ki,
+        cheapest_mj=cheapest_mj,
+    )
 
 
 def default_input_adapter(modality: str, payload: Any) -> Any:
@@ -193,7 +235,7 @@ class Engine:
                 target.append(action.modality)  # type: ignore[arg-type]
             elif action.kind is ActionKind.CONTINUE:
                 m = action.modality
-                assert_name = f"{m}/{action.exit_index}"
+                window_name = f"{m}/{action.exit_index}"
                 enc = self.encoders[m]  # type: ignore[index]
 
                 def step(m: str = m, enc: EarlyExitEncoder = enc) -> ExitOutput:
@@ -201,7 +243,7 @@ class Engine:
                         states[m] = enc.start(self.input_adapter(m, sample.payloads[m]))
                     return enc.step(states[m])
 
-                out = self._measure(assert_name, step, decision, energy)
+                out = self._measure(window_name, step, decision, energy)
                 outputs[m] = out  # type: ignore[index]
                 probs = torch.softmax(out.logits[0].float(), dim=-1).numpy()  # (C,)
                 t0 = time.perf_counter()
@@ -212,7 +254,9 @@ class Engine:
                 break
             else:
                 fused = list(action.modalities)
-                logits = self._measure("fusion", lambda f=fused: self._fuse(outputs, f, decision), decision, energy)
+                logits = self._measure(
+                    "fusion", lambda f=fused: self._fuse(outputs, f, decision), decision, energy
+                )
                 decision.prediction = int(logits[0].argmax())
                 break
         decision.exits = {m: o.exit_index for m, o in outputs.items()}

@@ -35,7 +35,7 @@ WORDS = tuple(w for slot in SLOTS for w in slot)
 WORD_ID = {w: i + 3 for i, w in enumerate(WORDS)}
 VOCAB_SIZE = len(WORDS) + 3
 MODALITIES = ("image", "audio", "text")
-MUE_THETAS = (None, 0.999, 0.995, 0.99, 0.98, 0.95, 0.9)
+MUE_QUANTILES = (0.9, 0.7, 0.5, 0.3, 0.1)
 
 
 def encode_words(texts: list[str], length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,43 +148,67 @@ def _train_step(
 def evaluate(
     system: FusionSystem, fc: FusionConfig, split: AVSplit, limit: int | None, batch_size: int = 250
 ) -> dict:
-    """Accuracy, fusion MACs and kept ratios (hard masks), untrimmed accuracy, MuE sweep, decoder."""
+    """Accuracy, fusion MACs and kept ratios (hard masks), untrimmed accuracy, MuE sweep, decoder.
+
+    The MuE sweep sets each modality's threshold at quantiles of the similarities that
+    modality's stream showed (layers 1..L-1) in a pass without exits, plus the configured
+    ``exit_thresholds`` when given.
+    """
     system.eval()
     n = min(len(split), limit) if limit else len(split)
     labels = torch.from_numpy(split.labels[:n])
+    batches = list(batch_rows(n, batch_size))
     stats: dict[str, Any] = {"samples": n}
-    runs: dict[str, list[FusionOutput]] = {}
-    settings = {"full": (False, None)} | {f"theta={t}": (fc.trim, t) for t in MUE_THETAS}
-    dec_rows: list[dict] = []
     start = time.perf_counter()
-    for rows in batch_rows(n, batch_size):
+    runs: dict[str, list[FusionOutput]] = {"full": [], "trimmed": []}
+    dec_rows: list[dict] = []
+    for rows in batches:
         tokens, masks = system.stems(split, rows)
-        for name, (trim, theta) in settings.items():
-            thresholds = {m: theta for m in MODALITIES} if theta is not None else None
+        runs["full"].append(
+            _light(system.fusion(tokens, masks, trim=False, hard=True, all_layer_logits=False))
+        )
+        out = system.fusion(tokens, masks, trim=fc.trim, hard=True, all_layer_logits=False)
+        if system.decoder is not None:
+            dec_rows.append(_decode_batch(system, fc, split, rows, out))
+        runs["trimmed"].append(_light(out))
+    sims = {m: torch.cat([o.similarity[m][:, :-1] for o in runs["trimmed"]]).flatten() for m in MODALITIES}
+    settings = {
+        f"mue_q{q}": {m: float(torch.nanquantile(v, q)) for m, v in sims.items()} for q in MUE_QUANTILES
+    }
+    if fc.exit_thresholds:
+        settings["mue_config"] = dict(fc.exit_thresholds)
+    stats["mue_thresholds"] = settings
+    for name, thresholds in settings.items():
+        runs[name] = []
+        for rows in batches:
+            tokens, masks = system.stems(split, rows)
             out = system.fusion(
-                tokens, masks, thresholds=thresholds, trim=trim, hard=True, all_layer_logits=False
+                tokens, masks, thresholds=thresholds, trim=fc.trim, hard=True, all_layer_logits=False
             )
-            out.hidden, out.keep = ({}, {}) if system.decoder is None else (out.hidden, out.keep)
-            runs.setdefault(name, []).append(out)
-            if system.decoder is not None and name == "theta=None":
-                dec_rows.append(_decode_batch(system, fc, split, rows, out))
+            runs[name].append(_light(out))
     stats["eval_s"] = time.perf_counter() - start
     for name, outs in runs.items():
         pred = torch.cat([o.logits.argmax(-1) for o in outs])
-        layers = {m: torch.cat([o.exit_layers[m] for o in outs]).float() for m in MODALITIES}
+        layers = {m: torch.cat([o.exit_layers[m] for o in outs]) for m in MODALITIES}
         stats[name] = {
             "accuracy": float((pred == labels).float().mean()),
             "fusion_macs_mean": float(torch.cat([o.macs for o in outs]).float().mean()),
             "kept_token_ratio": float(torch.cat([o.kept_token_ratio for o in outs]).mean()),
             "kept_head_ratio": float(torch.cat([o.kept_head_ratio for o in outs]).mean()),
-            "fusion_layers_mean": {m: float(v.mean()) for m, v in layers.items()},
+            "fusion_layers_mean": {m: float(v.float().mean()) for m, v in layers.items()},
             "fusion_layer_hist": {
-                m: torch.bincount(v.long(), minlength=fc.layers + 1).tolist() for m, v in layers.items()
+                m: torch.bincount(v, minlength=fc.layers + 1).tolist()[1:] for m, v in layers.items()
             },
         }
     if dec_rows:
         stats["decoder"] = {k: _merge_decoder([d[k] for d in dec_rows]) for k in dec_rows[0]}
     return stats
+
+
+def _light(out: FusionOutput) -> FusionOutput:
+    """Drop the token states of an output that is only kept for its statistics."""
+    out.hidden, out.keep, out.token_ratios, out.head_ratios = {}, {}, [], []
+    return out
 
 
 def _decode_batch(

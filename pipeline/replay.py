@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from pipeline.config import Config
 from pipeline.data.avmnist import AVSplit, load_split
+from pipeline.data.roots import data_root
 from pipeline.messages import Sample
 from pipeline.systems import System, load_system
 
@@ -62,6 +63,7 @@ def replay(
     system: System | None = None,
 ) -> dict[str, Any]:
     """Replay ``split_name`` of ``dataset`` through ``system_name``; returns the summary."""
+    data_root(cfg)  # a wrong data root is reported before any model loads
     system = system or load_system(cfg, system_name, dataset)
     split = load_split(cfg, split_name, dataset, progress)
     n = len(split) if limit is None else min(limit, len(split))

@@ -179,7 +179,7 @@ class Synchronizer:
         out: list[Sample] = []
         while self._pending and self._pending[0].timestamp_ns + self.slop_ns <= now_ns:
             trig = self._pending.popleft()
-            out.append(self._assemble(trig.timestamp_ns, trig))
+            out.append(self._assemble_trigger(trig))
         out.extend(self._fallback(now_ns))
         return out
 
@@ -187,11 +187,17 @@ class Synchronizer:
         """Everything still pending, as if time had run on (end of a replay)."""
         out = []
         while self._pending:
-            trig = self._pending.popleft()
-            out.append(self._assemble(trig.timestamp_ns, trig))
+            out.append(self._assemble_trigger(self._pending.popleft()))
         return out
 
+    def _assemble_trigger(self, trig: SensorMessage) -> Sample:
+        sample = self._assemble(trig.timestamp_ns, trig)
+        if sample is None:  # cannot happen: the trigger payload is always there
+            raise RuntimeError("sync: a trigger sample came out empty")
+        return sample
+
     def _fallback(self, now_ns: int) -> list[Sample]:
+        """One sample per fallback period while the trigger is silent (none if nothing else is there)."""
         reference = self._last_trigger_ns if self._last_trigger_ns is not None else self._first_seen_ns
         if reference is None or now_ns - reference < self.trigger_timeout_ns:
             self._last_fallback_ns = None
@@ -199,28 +205,30 @@ class Synchronizer:
         if self._last_fallback_ns is not None and now_ns - self._last_fallback_ns < self.fallback_period_ns:
             return []
         self._last_fallback_ns = now_ns
-        if not any(self._buffers[m] for m in self.modalities if m != self.trigger):
-            return []
-        return [self._assemble(now_ns - self.slop_ns, None)]
+        sample = self._assemble(now_ns - self.slop_ns, None, allow_empty=False)
+        return [] if sample is None else [sample]
 
-    def _assemble(self, t_ns: int, trig: SensorMessage | None) -> Sample:
+    def _assemble(self, t_ns: int, trig: SensorMessage | None, allow_empty: bool = True) -> Sample | None:
         payloads: dict[str, Any] = {}
         stamps: dict[str, int] = {}
-        missing: set[str] = set()
+        reasons: dict[str, str] = {}
         for m in self.modalities:
             if m == self.trigger:
                 if trig is None:
-                    missing.add(m)
-                    self._count_missing(m, "trigger_timeout")
+                    reasons[m] = "trigger_timeout"
                 else:
                     payloads[m], stamps[m] = trig.payload, trig.timestamp_ns
                 continue
             picked, reason = self._pick(m, t_ns)
             if picked is None:
-                missing.add(m)
-                self._count_missing(m, reason)
+                reasons[m] = reason
             else:
                 payloads[m], stamps[m] = picked
+        if not payloads and not allow_empty:
+            return None
+        for m, reason in reasons.items():
+            self._count_missing(m, reason)
+        missing = set(reasons)
         sample = Sample(
             sample_id=self._next_id, timestamp_ns=t_ns, payloads=payloads, missing=frozenset(missing),
             timestamps_ns=stamps,

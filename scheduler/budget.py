@@ -39,7 +39,12 @@ ERROR_CLIP = 10.0  # lower clip of the relative error (a sample at 11x the budge
 def _positive_or_none(value: float | None, name: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value > 0
+        or not math.isfinite(value)
+    ):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
@@ -77,7 +82,9 @@ class BudgetController:
             raise ValueError(f"lam_min ({lam_min}) must not exceed lam_max ({lam_max})")
         self.lam_ref = check_lambda(lam_ref)
         if not self.lam_min <= self.lam_ref <= self.lam_max:
-            raise ValueError(f"lam_ref must lie in [lam_min, lam_max] = [{lam_min}, {lam_max}], got {lam_ref}")
+            raise ValueError(
+                f"lam_ref must lie in [lam_min, lam_max] = [{lam_min}, {lam_max}], got {lam_ref}"
+            )
         if kp < 0 or ki < 0:
             raise ValueError(f"gains must be >= 0, got kp={kp}, ki={ki}")
         self.window_s = _positive_or_none(window_s, "window_s")
@@ -117,7 +124,9 @@ class BudgetController:
         self._window.clear()
         self._window_s_sum = self._window_mj_sum = 0.0
         below = (
-            self.mj_per_sample is not None and self.cheapest_mj is not None and self.mj_per_sample < self.cheapest_mj
+            self.mj_per_sample is not None
+            and self.cheapest_mj is not None
+            and self.mj_per_sample < self.cheapest_mj
         )
         if below:
             warnings.warn(

@@ -80,7 +80,9 @@ def order_modalities(
     if unknown:
         raise ValueError(f"modalities {unknown} are not in the exit profile (it has {sorted(model.terms)})")
     if not mods:
-        raise SchedulerError(f"no modality present in the sample (missing: {sorted(missing)}); nothing to run")
+        raise SchedulerError(
+            f"no modality present in the sample (missing: {sorted(missing)}); nothing to run"
+        )
     order = model.rank(lam, mods, method)
     value = model.expected_utility(lam, order)
     skipped: list[str] = []

@@ -168,7 +168,9 @@ class Policy:
             raise SchedulerError(f"no modality present in the sample (missing: {sorted(missing)})")
         unknown = [m for m in mods if m not in self.model.terms]
         if unknown:
-            raise ValueError(f"modalities {unknown} are not in the exit profile (it has {sorted(self.model.terms)})")
+            raise ValueError(
+                f"modalities {unknown} are not in the exit profile (it has {sorted(self.model.terms)})"
+            )
         best = min(mods, key=lambda m: self.model.terms[m].cost_cum[0])
         return Plan(
             order=(best,),
@@ -213,7 +215,9 @@ class Policy:
         """
         expected = state.exits_done.get(modality, 0)
         if exit_index != expected:
-            raise SchedulerError(f"{modality}: observed exit {exit_index}, but the walk expected exit {expected}")
+            raise SchedulerError(
+                f"{modality}: observed exit {exit_index}, but the walk expected exit {expected}"
+            )
         rule = self.exit_rule
         if rule == "entropy":
             score = float(normalized_entropy(probs))

@@ -133,7 +133,9 @@ class Profile:
         try:
             return self.exits[modality]
         except KeyError:
-            raise ValueError(f"modality {modality!r} is not in the profile (it has {self.modalities})") from None
+            raise ValueError(
+                f"modality {modality!r} is not in the profile (it has {self.modalities})"
+            ) from None
 
     def has_energy(self) -> bool:
         """True when every exit and fusion entry carries an energy figure."""
@@ -193,9 +195,7 @@ class Profile:
                 "re-run `exitflow profile` with this version of exitflow"
             )
         try:
-            exits = {
-                m: tuple(ExitProfile(**ex) for ex in exs) for m, exs in dict(data["exits"]).items()
-            }
+            exits = {m: tuple(ExitProfile(**ex) for ex in exs) for m, exs in dict(data["exits"]).items()}
             fusion = tuple(
                 FusionProfile(**{**f, "modalities": tuple(f["modalities"])}) for f in data.get("fusion", [])
             )
@@ -315,13 +315,17 @@ def build_profile(
             raise ValueError(f"{modality}: {scores.shape[0]} samples, other modalities have {n_samples}")
         n_samples, num_exits = scores.shape
         if modality not in thresholds:
-            raise ValueError(f"no threshold for modality {modality!r}; got thresholds for {sorted(thresholds)}")
+            raise ValueError(
+                f"no threshold for modality {modality!r}; got thresholds for {sorted(thresholds)}"
+            )
         macs = np.broadcast_to(np.asarray(arrays.macs_cumulative, dtype=np.float64), scores.shape)
         energy_cum = None
         if arrays.energy_mj_step is not None:
             energy_step = np.asarray(arrays.energy_mj_step, dtype=np.float64)
             if energy_step.shape != scores.shape:
-                raise ValueError(f"{modality}: energy_mj_step must be {scores.shape}, got {energy_step.shape}")
+                raise ValueError(
+                    f"{modality}: energy_mj_step must be {scores.shape}, got {energy_step.shape}"
+                )
             energy_cum = np.cumsum(energy_step, axis=1).mean(axis=0)  # (E,)
         probs, n_reached, taken = _exit_probs(scores, exit_rule, float(thresholds[modality]))
         rows = []

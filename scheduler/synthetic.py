@@ -59,7 +59,9 @@ def random_profile(
         macs=float(rng.uniform(0.01, 0.5) * 1e6),
         energy_mj=float(rng.uniform(0.01, 0.5)),
     )
-    return Profile(exits=exits, fusion=(fusion,), exit_rule="entropy", thresholds=dict.fromkeys(modalities, 0.3))
+    return Profile(
+        exits=exits, fusion=(fusion,), exit_rule="entropy", thresholds=dict.fromkeys(modalities, 0.3)
+    )
 
 
 @dataclass
@@ -99,9 +101,7 @@ def simulate_budget(
     """
     rng = np.random.default_rng(seed)
     profile = policy.profile
-    step_mj = {
-        m: np.diff([0.0] + profile.cumulative_costs(m, "mj")).tolist() for m in profile.modalities
-    }
+    step_mj = {m: np.diff([0.0] + profile.cumulative_costs(m, "mj")).tolist() for m in profile.modalities}
     fusion = profile.fusion_for(profile.modalities)
     fusion_mj = 0.0 if fusion is None or fusion.energy_mj is None else fusion.energy_mj
     run = BudgetRun(energy_mj=[], lam=[])

@@ -6,6 +6,7 @@ import argparse
 
 from encoders.baseline import BASELINE_NAMES
 from pipeline.config import Config
+from pipeline.commands import command_line
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -18,7 +19,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 def _run(args: argparse.Namespace, cfg: Config) -> int:
     from pipeline.baseline_training import train_baseline
 
-    result = train_baseline(cfg, args.name, args.dataset)
+    result = train_baseline(cfg, args.name, args.dataset, command=command_line())
     print(
         f"{result.name}: val accuracy {result.val_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}, "
         f"{result.macs_per_sample:,} MACs/sample, {result.parameters:,} parameters -> {result.folder}"

@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     train.add_argument("--out", default=None, help="checkpoint folder (default: checkpoints/<modality>_<dataset>)")
     train.add_argument("--run-name", default=None, help="resumable run folder name under encoder.run_dir")
     train.add_argument("--fresh", action="store_true", help="ignore saved run state and start over")
+    train.add_argument("--eval-limit", type=int, default=None,
+                       help="evaluate the card's val/test figures on the first N samples of each split")
     train.set_defaults(func=_train)
     ev = groups["eval"].add_parser("encoder", help="per-exit accuracy and accuracy / speed-up curve")
     _common(ev)
@@ -160,7 +162,9 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
     t0 = time.perf_counter()
     if modality == "text":
         texts = [train_split.text[i] for i in rows]
-        history = train_text(encoder, texts, train_split.labels[rows], val_split.text, val_split.labels, settings)
+        n_val = len(val_split) if args.eval_limit is None else min(args.eval_limit, len(val_split))
+        history = train_text(encoder, texts, train_split.labels[rows], val_split.text[:n_val],
+                             val_split.labels[:n_val], settings)
     else:
         key = json.dumps({"enc": encoder.config.to_dict(), "set": settings.__dict__, "rows": len(rows),
                           "dataset": dataset}, sort_keys=True, default=str)
@@ -176,8 +180,8 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
     seconds = time.perf_counter() - t0
     encoder.eval()
     out = Path(args.out) if args.out else resolve_path(cfg, cfg.encoder.checkpoint_root) / f"{modality}_{dataset}"
-    val_res = evaluate_encoder(encoder, val_split, modality)
-    test_res = evaluate_encoder(encoder, _split(cfg, "test", dataset), modality)
+    val_res = evaluate_encoder(encoder, val_split, modality, args.eval_limit)
+    test_res = evaluate_encoder(encoder, _split(cfg, "test", dataset), modality, args.eval_limit)
     command = "exitflow " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "exitflow train encoder"
     meta = {"dataset": dataset, "command": command, "seed": settings.seed, "train_rows": int(len(rows)),
             "train_seconds": round(seconds, 1), "history": history,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -9,7 +10,7 @@ from devices import DeviceError, get_power_meter, probe_meters
 from devices.null import NullMeter
 from devices.psutil_meter import PsutilMeter
 from devices.rapl import RaplMeter
-from pipeline.cli import main
+from pipeline.commands import devices_cmd
 from tests.devices.fakes import make_rapl_zone
 
 
@@ -54,15 +55,35 @@ def test_probe_gives_one_line_per_meter(tmp_path, no_gpu):
     assert all("\n" not in r.detail for r in results)
 
 
-def test_cli_devices_json(capsys, tmp_path, no_gpu):
-    rc = main(["--config", str(tmp_path / "absent.yaml"), "--set", "power.meter=psutil", "devices", "--json"])
+def _run_devices(tmp_path, *argv):
+    """Run ``exitflow devices`` through its own parser (no other command modules imported)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default=str(tmp_path / "absent.yaml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=["power.meter=psutil"])
+    devices_cmd.register(parser.add_subparsers(dest="command"), {})
+    args = parser.parse_args(["devices", *argv])
+    return args.func(args, None)
+
+
+def test_devices_command_json(capsys, tmp_path, no_gpu):
+    rc = _run_devices(tmp_path, "--json")
     out = json.loads(capsys.readouterr().out)
     assert rc == 0
     assert out["selected"] == "psutil" and out["selected_available"]
     assert "active_power_per_core_mw" in out["selected_description"]
+    assert len(out["meters"]) == 7
 
 
-def test_cli_devices_text(capsys, tmp_path, no_gpu):
-    rc = main(["--config", str(tmp_path / "absent.yaml"), "--set", "power.meter=psutil", "devices"])
+def test_devices_command_text(capsys, tmp_path, no_gpu):
+    rc = _run_devices(tmp_path)
     out = capsys.readouterr().out
     assert rc == 0 and "psutil: ESTIMATE" in out and "idle_power_w" in out
+
+
+@pytest.mark.slow
+def test_devices_registered_in_cli(capsys, tmp_path, no_gpu):
+    from pipeline.cli import main
+
+    rc = main(["--config", str(tmp_path / "absent.yaml"), "--set", "power.meter=psutil", "devices", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["selected"] == "psutil"

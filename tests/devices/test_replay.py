@@ -90,3 +90,10 @@ def test_bad_traces(tmp_path):
         PowerTrace([0.0, 1.0], [1.0, -1.0])
     with pytest.raises(ValueError, match="never goes back"):
         ReplayMeter(PowerTrace([0.0, 1.0], [1.0, 1.0])).advance(-1)
+
+
+def test_csv_row_with_missing_value(tmp_path):
+    path = tmp_path / "short.csv"
+    path.write_text("t_s,power_mw,GPU\n0,1,1\n1,2\n")
+    with pytest.raises(DeviceError, match="every row needs 3 values"):
+        load_trace(path)

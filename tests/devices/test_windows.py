@@ -59,3 +59,11 @@ def test_null_meter_reports_none():
     assert m.energy_mj is None and m.avg_power_mw is None
     assert m.source == "none" and m.duration_s == 0.25
     assert m.to_dict()["energy_mj"] is None
+
+
+def test_begin_twice_at_the_same_virtual_time_is_an_error():
+    meter = _meter()
+    meter.advance(1.0)
+    meter.begin_window("a")
+    with pytest.raises(DeviceError, match="already open"):
+        meter.begin_window("a")

@@ -44,7 +44,9 @@ def test_rest_stage_weights_divide_by_remaining_exits():
     assert rw.stage(1) == "rest"
     denom = math.exp(3.0) + math.exp(2.0) + math.exp(5.0)
     # image exit 1 of 3: divisor 3; image exit 2 of 3: divisor 2; audio exit 1 of 2: divisor 2
-    assert w["image"].tolist() == pytest.approx([math.exp(3.0) / (3 * denom), math.exp(2.0) / (2 * denom), 0.0])
+    assert w["image"].tolist() == pytest.approx(
+        [math.exp(3.0) / (3 * denom), math.exp(2.0) / (2 * denom), 0.0]
+    )
     assert w["audio"].tolist() == pytest.approx([math.exp(5.0) / (2 * denom), 0.0])
 
 

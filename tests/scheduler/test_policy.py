@@ -43,7 +43,9 @@ def _walk(policy: Policy, present, missing, probs_for) -> list[Action]:
         action = policy.decide(state)
         actions.append(action)
         if action.kind is ActionKind.CONTINUE:
-            policy.observe(state, action.modality, action.exit_index, probs_for(action.modality, action.exit_index))
+            policy.observe(
+                state, action.modality, action.exit_index, probs_for(action.modality, action.exit_index)
+            )
         elif action.kind in (ActionKind.EXIT, ActionKind.FUSE):
             return actions
 
@@ -74,7 +76,12 @@ def test_plan_orders_by_phi_and_skips_negative_utility():
         # image never confident, audio at its first exit
         (
             lambda m, j: CONFIDENT if m == "audio" else UNSURE,
-            [("continue", "image", 0), ("continue", "image", 1), ("continue", "audio", 0), ("exit", "audio", 0)],
+            [
+                ("continue", "image", 0),
+                ("continue", "image", 1),
+                ("continue", "audio", 0),
+                ("exit", "audio", 0),
+            ],
         ),
         # nothing confident: everything runs, then fusion
         (
@@ -111,7 +118,12 @@ def test_rule_none_runs_everything_and_patience_rule():
     actions = _walk(policy, ["image", "audio", "text"], [], lambda m, j: CONFIDENT)
     assert sum(a.kind is ActionKind.CONTINUE for a in actions) == 6
     assert actions[-1].modalities == ("image", "audio", "text")
-    patient = Policy(_profile(), PolicySettings(lam=2.0, exit_rule="patience", thresholds=dict.fromkeys(("image", "audio", "text"), 1)))
+    patient = Policy(
+        _profile(),
+        PolicySettings(
+            lam=2.0, exit_rule="patience", thresholds=dict.fromkeys(("image", "audio", "text"), 1)
+        ),
+    )
     actions = _walk(patient, ["image", "audio"], [], lambda m, j: CONFIDENT)
     # same class at image/0 and image/1 -> patience count 1 at image/1
     assert _kinds(actions) == [("continue", "image", 0), ("continue", "image", 1), ("exit", "image", 1)]
@@ -121,7 +133,10 @@ def test_cheapest_mode_and_errors():
     policy = Policy(_profile(), PolicySettings(lam=2.0))
     policy.set_cheapest_mode(True)
     actions = _walk(policy, ["audio", "text", "image"], [], lambda m, j: UNSURE)
-    assert _kinds([a for a in actions if a.kind is not ActionKind.SKIP]) == [("continue", "image", 0), ("exit", "image", 0)]
+    assert _kinds([a for a in actions if a.kind is not ActionKind.SKIP]) == [
+        ("continue", "image", 0),
+        ("exit", "image", 0),
+    ]
     state = policy.start(["image"])
     policy.decide(state)
     with pytest.raises(SchedulerError, match="expected exit 0"):

@@ -44,7 +44,9 @@ def _arrays() -> dict[str, ExitArrays]:
 
 
 def test_build_profile_hand_case():
-    profile = build_profile(_arrays(), {"image": 0.5}, "entropy", fusion={("image",): (np.array([1, 1, 0, 1]), 5, 0.5)})
+    profile = build_profile(
+        _arrays(), {"image": 0.5}, "entropy", fusion={("image",): (np.array([1, 1, 0, 1]), 5, 0.5)}
+    )
     first, second = profile.exits["image"]
     # sample 0 exits at exit 0 (1 of 4); samples 1 and 3 exit at exit 1 (2 of the 3 reaching it)
     assert first.exit_prob == pytest.approx(0.25) and first.n_reached == 4
@@ -72,7 +74,9 @@ def test_profile_json_round_trip_and_fingerprint(tmp_path):
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"weights-v1")
     fp = fingerprint_checkpoints([ckpt])
-    profile = build_profile(_arrays(), {"image": 0.5}, fingerprint=fp, energy_source="rapl", energy_estimated=False)
+    profile = build_profile(
+        _arrays(), {"image": 0.5}, fingerprint=fp, energy_source="rapl", energy_estimated=False
+    )
     path = tmp_path / "profile.json"
     profile.save(path)
     loaded = load_profile(path, expected_fingerprint=fp)

@@ -58,11 +58,7 @@ def test_hand_expected_utility_by_enumeration():
     order = ("image", "audio")
     # exits: image/0 0.5, image/1 0.5*0.4=0.2, audio/0 0.3*0.2=0.06, audio/1 0.3*0.8*0.5=0.12, fusion 0.12
     expected = (
-        0.5 * (0.6 - 0.1)
-        + 0.2 * (0.8 - 0.3)
-        + 0.06 * (0.7 - 0.5)
-        + 0.12 * (0.9 - 0.9)
-        + 0.12 * (0.95 - 1.0)
+        0.5 * (0.6 - 0.1) + 0.2 * (0.8 - 0.3) + 0.06 * (0.7 - 0.5) + 0.12 * (0.9 - 0.9) + 0.12 * (0.95 - 1.0)
     )
     assert model.expected_utility(1.0, order) == pytest.approx(expected)
 
@@ -73,7 +69,9 @@ def test_expected_utility_matches_equations(seed):
     model = UtilityModel(random_profile(rng), "macs")
     lam = float(np.exp(rng.uniform(np.log(0.1), np.log(10))))
     for order in itertools.permutations(model.terms):
-        assert model.expected_utility(lam, order) == pytest.approx(_reference_expected_utility(model, lam, order))
+        assert model.expected_utility(lam, order) == pytest.approx(
+            _reference_expected_utility(model, lam, order)
+        )
 
 
 def _match(model: UtilityModel, lam: float, method: str) -> bool:
