@@ -123,3 +123,19 @@ def test_full_build_splits_and_slice_equivalence(shared_cfg, embedded_cfg) -> No
     assert np.array_equal(test.audio[np.arange(1000)], emb.audio[np.arange(1000)])
     assert test.text[:1000] == emb.text
     assert 0.27 < np.mean(test.text_status > 0) < 0.33
+
+
+def test_real_loaders_read_grid_fsdd_and_ljspeech() -> None:
+    from pipeline.data.commands import parse_command
+    from pipeline.data.realsets import read_fsdd_wavs, read_grid, read_ljspeech
+
+    if not (SHARED_DATA / "grid_av_samples").is_dir():
+        pytest.skip("needs ../shared/data")
+    clips = read_grid(SHARED_DATA)
+    assert len(clips) == 11 and clips[0].frames.shape == (75, 144, 180)
+    assert all(c.video_path.is_file() for c in clips)
+    assert all(len(parse_command(c.transcript)) == 6 for c in clips)
+    wavs = read_fsdd_wavs(SHARED_DATA)
+    assert len(wavs) == 20 and all(w.sample_rate_hz == 8000 and w.label is not None for w in wavs)
+    lj = read_ljspeech(SHARED_DATA)
+    assert len(lj) == 32 and lj[0].sample_rate_hz == 22050 and lj[0].transcript
