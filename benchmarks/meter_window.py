@@ -5,8 +5,12 @@ Usage::
     PYTHONPATH=. .venv/bin/python benchmarks/meter_window.py [--iterations 20000] [--repeats 5] [--json]
 
 RAPL runs on a fake powercap tree in a temporary folder (package-0 with core and dram subzones),
-with its background poller on; the other meters need no hardware. Each meter is timed
-``repeats`` times over ``iterations`` pairs; the median and the best repeat are printed.
+with its background poller on; the other meters need no hardware. Each meter is timed in
+``repeats`` batches of ``iterations`` pairs. Printed per pair: the median batch in wall-clock
+time, the best batch in wall-clock time, and the median batch in CPU time of the calling thread
+(``time.thread_time_ns``). On a shared, overloaded machine the wall-clock figures include time the
+thread spent descheduled; the CPU-time figure is the cost a window pair itself adds, and it is
+what the budget check uses.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -40,22 +45,24 @@ def _fake_rapl_tree(root: Path) -> None:
         (folder / "max_energy_range_uj").write_text("262143328850\n")
 
 
-def time_pairs_us(meter, iterations: int, repeats: int) -> list[float]:
-    """Microseconds per begin/end pair for each repeat."""
-    results = []
+def time_pairs_us(meter, iterations: int, repeats: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and thread-CPU microseconds per begin/end pair, one value per batch."""
+    wall_us, cpu_us = [], []
     for _ in range(repeats):
-        start_ns = time.perf_counter_ns()
+        wall0, cpu0 = time.perf_counter_ns(), time.thread_time_ns()
         for _ in range(iterations):
             meter.begin_window("w")
             meter.end_window("w")
-        results.append((time.perf_counter_ns() - start_ns) / iterations / 1000.0)
-    return results
+        cpu1, wall1 = time.thread_time_ns(), time.perf_counter_ns()
+        wall_us.append((wall1 - wall0) / iterations / 1000.0)
+        cpu_us.append((cpu1 - cpu0) / iterations / 1000.0)
+    return wall_us, cpu_us
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=2_000)
+    parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,11 +75,18 @@ def main(argv: list[str] | None = None) -> int:
             "mac_model": MacEnergyModel("x86-server"),
             "null": NullMeter(),
         }
-        rows = []
+        rows: list[dict[str, Any]] = []
         for name, meter in meters.items():
-            per_pair = time_pairs_us(meter, args.iterations, args.repeats)
+            wall_us, cpu_us = time_pairs_us(meter, args.iterations, args.repeats)
             meter.close()
-            rows.append({"meter": name, "median_us": statistics.median(per_pair), "best_us": min(per_pair)})
+            rows.append(
+                {
+                    "meter": name,
+                    "wall_median_us": statistics.median(wall_us),
+                    "wall_best_us": min(wall_us),
+                    "cpu_median_us": statistics.median(cpu_us),
+                }
+            )
     if args.json:
         print(
             json.dumps(
@@ -81,11 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         print(f"python {platform.python_version()}, {args.iterations} pairs x {args.repeats} repeats")
-        print(f"{'meter':<28} {'median us/pair':>15} {'best us/pair':>13}  budget {BUDGET_US:g} us")
+        print(f"us per begin/end pair; budget {BUDGET_US:g} us checked on the CPU-time median")
+        print(f"{'meter':<28} {'wall median':>12} {'wall best':>10} {'cpu median':>11}")
         for r in rows:
-            ok = "ok" if r["median_us"] <= BUDGET_US else "OVER"
-            print(f"{r['meter']:<28} {r['median_us']:>15.2f} {r['best_us']:>13.2f}  {ok}")
-    return 0 if all(r["median_us"] <= BUDGET_US for r in rows) else 1
+            ok = "ok" if r["cpu_median_us"] <= BUDGET_US else "OVER"
+            print(
+                f"{r['meter']:<28} {r['wall_median_us']:>12.2f} {r['wall_best_us']:>10.2f} "
+                f"{r['cpu_median_us']:>11.2f}  {ok}"
+            )
+    return 0 if all(r["cpu_median_us"] <= BUDGET_US for r in rows) else 1
 
 
 if __name__ == "__main__":

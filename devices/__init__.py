@@ -6,14 +6,14 @@ One interface, :class:`PowerMeter` (``begin_window(name)`` / ``end_window(name) 
 overlapping windows, ``close()`` / ``with``), implemented per source: ``nvml`` (NVIDIA GPUs),
 ``rapl`` (powercap counters), ``jetson`` (INA3221 rails), ``psutil_meter`` (CPU-time estimate),
 ``replay`` (recorded trace on a virtual clock), ``mac_model`` (MACs x pJ/MAC), ``null``.
-``registry.get_power_meter("auto")`` picks one; ``profiles`` loads the sourced device figures
+``registry.get_power_meter("auto")`` picks one; ``device_profiles`` loads the sourced device figures
 in ``devices/profiles/*.yaml``. See docs/devices.md.
 """
 
 from devices.base import PowerMeter
+from devices.device_profiles import DeviceProfile, ProfileError, available_profiles, load_profile
 from devices.errors import DeviceError
 from devices.measurement import Measurement
-from devices.profiles import DeviceProfile, ProfileError, available_profiles, load_profile
 from devices.registry import METER_NAMES, MeterOptions, ProbeResult, get_power_meter, probe_meters
 
 __all__ = [

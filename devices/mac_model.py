@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 
 from devices.base import PowerMeter
+from devices.device_profiles import DeviceProfile, ProfileError, load_profile
 from devices.measurement import Measurement, make_measurement
-from devices.profiles import DeviceProfile, ProfileError, load_profile
 
 PJ_TO_MJ = 1e-9
 

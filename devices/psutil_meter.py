@@ -22,9 +22,9 @@ from typing import Literal
 import psutil
 
 from devices.base import PowerMeter
+from devices.device_profiles import DeviceProfile, load_profile
 from devices.errors import DeviceError
 from devices.measurement import Measurement, make_measurement
-from devices.profiles import DeviceProfile, load_profile
 
 _PROC_STAT = "/proc/stat"
 

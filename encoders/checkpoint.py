@@ -34,7 +34,9 @@ def _trainable_state(encoder: EarlyExitEncoder) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def save_encoder(encoder: EarlyExitEncoder, folder: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+def save_encoder(
+    encoder: EarlyExitEncoder, folder: str | Path, metadata: dict[str, Any] | None = None
+) -> Path:
     """Write ``model.safetensors`` and ``config.json`` for ``encoder`` into ``folder``."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -43,7 +45,9 @@ def save_encoder(encoder: EarlyExitEncoder, folder: str | Path, metadata: dict[s
     elif isinstance(encoder, TextEarlyExitEncoder):
         kind, cfg = "text", encoder.config.to_dict()
     else:
-        raise TypeError(f"save_encoder supports ViTEarlyExitEncoder and TextEarlyExitEncoder, got {type(encoder).__name__}")
+        raise TypeError(
+            f"save_encoder supports ViTEarlyExitEncoder and TextEarlyExitEncoder, got {type(encoder).__name__}"
+        )
     save_file(_trainable_state(encoder), str(out / WEIGHTS_NAME))
     doc = {
         "kind": kind,
@@ -92,8 +96,9 @@ def load_encoder(folder: str | Path, **text_kwargs: Any) -> EarlyExitEncoder:
     if not strict:
         missing = [k for k in missing if k.startswith("heads.")]
     if missing or unexpected:
-        raise CheckpointLoadError(f"{folder}: weights do not match the encoder (missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]})")
+        raise CheckpointLoadError(
+            f"{folder}: weights do not match the encoder (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     return encoder.eval()
 
 
@@ -118,7 +123,16 @@ def write_model_card(folder: str | Path, card: dict[str, Any]) -> Path:
     if card.get("backbone"):
         lines += ["## Backbone", "", card["backbone"], ""]
     lines += ["## Exits (per-sample MACs measured with torch.utils.flop_counter, heads included)", ""]
-    cols = ["exit", "layer", "head", "head_params", "head_macs", "cumulative_macs", "val_accuracy", "test_accuracy"]
+    cols = [
+        "exit",
+        "layer",
+        "head",
+        "head_params",
+        "head_macs",
+        "cumulative_macs",
+        "val_accuracy",
+        "test_accuracy",
+    ]
     lines += [_table(card["exits"], cols), ""]
     if card.get("curve"):
         lines += ["## Test accuracy / speed-up over max-softmax thresholds", ""]

@@ -18,7 +18,25 @@ from encoders.base import EarlyExitEncoder
 from encoders.exit_rules import rule_score
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (
-    0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 1.01,
+    0.1,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.75,
+    0.8,
+    0.85,
+    0.9,
+    0.925,
+    0.95,
+    0.97,
+    0.98,
+    0.99,
+    0.995,
+    0.999,
+    1.01,
 )
 
 
@@ -44,7 +62,9 @@ def per_exit_accuracy(exit_logits: np.ndarray, labels: np.ndarray) -> list[float
 
 def exit_scores(exit_logits: np.ndarray, rule: str = "max_prob") -> np.ndarray:
     """Per-exit, per-sample scores (larger = more ready to exit), shape (E, N)."""
-    return np.stack([rule_score(rule, torch.from_numpy(exit_logits[e])).numpy() for e in range(exit_logits.shape[0])])
+    return np.stack(
+        [rule_score(rule, torch.from_numpy(exit_logits[e])).numpy() for e in range(exit_logits.shape[0])]
+    )
 
 
 def exits_at(scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -89,7 +109,9 @@ def threshold_curve(
     return rows
 
 
-def best_within(curve: list[dict[str, float]], reference_accuracy: float, max_drop: float = 0.02) -> dict | None:
+def best_within(
+    curve: list[dict[str, float]], reference_accuracy: float, max_drop: float = 0.02
+) -> dict | None:
     """The curve point with the largest MAC speed-up whose accuracy is within ``max_drop``."""
     ok = [row for row in curve if row["accuracy"] >= reference_accuracy - max_drop - 1e-12]
     return max(ok, key=lambda r: r["mac_speedup"]) if ok else None

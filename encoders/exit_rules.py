@@ -76,7 +76,9 @@ class PatienceCounter:
                     f"PatienceCounter holds {self.prediction.shape[0]} samples but got {prediction.shape[0]}; "
                     "call select(index) after dropping exited samples"
                 )
-            self.count = torch.where(prediction == self.prediction, self.count + 1, torch.zeros_like(self.count))
+            self.count = torch.where(
+                prediction == self.prediction, self.count + 1, torch.zeros_like(self.count)
+            )
         self.prediction = prediction
         return self.count.clone()
 
@@ -92,4 +94,6 @@ def rule_score(rule: str, logits: torch.Tensor) -> torch.Tensor:
         return max_prob(logits)
     if rule == "entropy":
         return 1.0 - normalized_entropy(logits)
-    raise ValueError(f"rule_score supports 'max_prob' and 'entropy', got {rule!r} (patience/cosine keep state)")
+    raise ValueError(
+        f"rule_score supports 'max_prob' and 'entropy', got {rule!r} (patience/cosine keep state)"
+    )

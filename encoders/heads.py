@@ -108,7 +108,9 @@ class LocalPerceptionHead(nn.Module):
         self.kernel_size = kernel_size
         self.norm = nn.LayerNorm(dim)
         self.expand = _conv_bn_gelu(dim, hidden, 1)
-        self.depthwise = _conv_bn_gelu(hidden, hidden, kernel_size, groups=hidden) if kernel_size else nn.Identity()
+        self.depthwise = (
+            _conv_bn_gelu(hidden, hidden, kernel_size, groups=hidden) if kernel_size else nn.Identity()
+        )
         self.project = _conv_bn_gelu(hidden, dim, 1)
         self.classifier = nn.Linear(dim, num_classes)
 

@@ -26,8 +26,12 @@ def kd_loss(
     if gamma == 0.0:
         return ce
     t = temperature
-    kl = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher.detach() / t, dim=-1), log_target=True,
-                  reduction="batchmean")
+    kl = F.kl_div(
+        F.log_softmax(student / t, dim=-1),
+        F.log_softmax(teacher.detach() / t, dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    )
     return (1.0 - gamma) * ce + gamma * (t * t) * kl
 
 
@@ -137,14 +141,18 @@ class LGViTDistillation(nn.Module):
         het = zero
         if self.het_heads:
             target = final_patches.detach()
-            het = sum(token_kl(features[i], self.align[str(i)](target)) for i in self.het_heads) / len(self.het_heads)
+            het = sum(token_kl(features[i], self.align[str(i)](target)) for i in self.het_heads) / len(
+                self.het_heads
+            )
         hom = zero
         if len(self.lph) > 1:
             ref = features[self.lph[-1]].detach()
             hom = hom + sum(F.mse_loss(features[i], ref) for i in self.lph[:-1]) / (len(self.lph) - 1)
         if len(self.gah) > 1:
             ref_gram = gram(features[self.gah[-1]].detach())
-            hom = hom + sum(F.mse_loss(gram(features[i]), ref_gram) for i in self.gah[:-1]) / (len(self.gah) - 1)
+            hom = hom + sum(F.mse_loss(gram(features[i]), ref_gram) for i in self.gah[:-1]) / (
+                len(self.gah) - 1
+            )
         total = pred + self.het_weight * het + self.hom_weight * hom
-        parts = {"pred": float(pred), "het": float(het), "hom": float(hom)}
+        parts = {"pred": float(pred.detach()), "het": float(het.detach()), "hom": float(hom.detach())}
         return total, parts

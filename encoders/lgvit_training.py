@@ -111,7 +111,9 @@ def vit_exit_accuracy(encoder: ViTEarlyExitEncoder, data: LabeledData, batch_siz
     return (correct / len(data)).tolist()
 
 
-def _stage1_loss(encoder: ViTEarlyExitEncoder, x: torch.Tensor, y: torch.Tensor, mode: str, step: int) -> torch.Tensor:
+def _stage1_loss(
+    encoder: ViTEarlyExitEncoder, x: torch.Tensor, y: torch.Tensor, mode: str, step: int
+) -> torch.Tensor:
     states = encoder.exit_states(x)
     final = encoder.head_forward(encoder.num_exits - 1, states[-1])
     loss = F.cross_entropy(final.logits, y)
@@ -134,7 +136,9 @@ def train_vit(
     """Two-stage LGViT training of ``encoder`` in place; returns the history (per-epoch losses,
     per-exit validation accuracy after each stage, seconds per stage)."""
     if settings.stage1_exit_loss not in ("none", "weighted", "alternating"):
-        raise ValueError(f"stage1_exit_loss must be none, weighted or alternating, got {settings.stage1_exit_loss!r}")
+        raise ValueError(
+            f"stage1_exit_loss must be none, weighted or alternating, got {settings.stage1_exit_loss!r}"
+        )
     if settings.num_threads > 0:
         torch.set_num_threads(settings.num_threads)
     seed_everything(settings.seed)
@@ -163,8 +167,12 @@ def train_vit(
         encoder.train()
         order = _epoch_order(len(train), settings.seed, epoch)
         losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"stage1 {epoch + 1}/{settings.stage1_epochs}",
-                   disable=not settings.progress, leave=False)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"stage1 {epoch + 1}/{settings.stage1_epochs}",
+            disable=not settings.progress,
+            leave=False,
+        )
         for step in bar:
             idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
             y = torch.from_numpy(train.labels[idx])
@@ -178,9 +186,17 @@ def train_vit(
         history["stage1"].append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
         log(f"stage 1 epoch {epoch + 1}: loss {np.mean(losses):.4f}")
         if run:
-            state = {k: v for k, v in encoder.state_dict().items() if train_heads or not k.startswith("heads.")}
-            _save(run / "stage1.pt", model=state, optimizer=opt.state_dict(),
-                  scheduler=sched.state_dict(), epoch=epoch, history=history)
+            state = {
+                k: v for k, v in encoder.state_dict().items() if train_heads or not k.startswith("heads.")
+            }
+            _save(
+                run / "stage1.pt",
+                model=state,
+                optimizer=opt.state_dict(),
+                scheduler=sched.state_dict(),
+                epoch=epoch,
+                history=history,
+            )
     history["stage1_seconds"] = history.get("stage1_seconds", 0.0) + time.perf_counter() - t0
     history["val_after_stage1"] = vit_exit_accuracy(encoder, val)
     log(f"val per-exit accuracy after stage 1: {[round(a, 4) for a in history['val_after_stage1']]}")
@@ -196,8 +212,15 @@ def train_vit(
     with torch.no_grad():
         tokens = [int(h(probe).feature.shape[1]) for h in encoder.heads]
     distill = LGViTDistillation(
-        encoder.head_kinds, tokens, cfg.hidden_size, cfg.grid, settings.kd_gamma, settings.kd_temperature,
-        settings.het_weight, settings.hom_weight, settings.pred_exits,
+        encoder.head_kinds,
+        tokens,
+        cfg.hidden_size,
+        cfg.grid,
+        settings.kd_gamma,
+        settings.kd_temperature,
+        settings.het_weight,
+        settings.hom_weight,
+        settings.pred_exits,
     )
     params2 = [*encoder.heads.parameters(), *distill.parameters()]
     opt2 = torch.optim.AdamW(params2, lr=settings.stage2_lr, weight_decay=settings.weight_decay)
@@ -219,8 +242,12 @@ def train_vit(
         distill.train()
         order = _epoch_order(len(train), settings.seed + 1000, epoch)
         losses, parts_sum = [], {"pred": 0.0, "het": 0.0, "hom": 0.0}
-        bar = tqdm(range(steps_per_epoch), desc=f"stage2 {epoch + 1}/{settings.stage2_epochs}",
-                   disable=not settings.progress, leave=False)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"stage2 {epoch + 1}/{settings.stage2_epochs}",
+            disable=not settings.progress,
+            leave=False,
+        )
         for step in bar:
             idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
             y = torch.from_numpy(train.labels[idx])
@@ -228,8 +255,9 @@ def train_vit(
                 states = encoder.exit_states(train.batch(idx))
                 final = encoder.head_forward(encoder.num_exits - 1, states[-1])
             outs = [encoder.head_forward(i, states[i]) for i in range(encoder.num_exits - 1)]
-            loss, parts = distill([o.logits for o in outs], [o.feature for o in outs], final.logits,
-                                  final.feature, y)
+            loss, parts = distill(
+                [o.logits for o in outs], [o.feature for o in outs], final.logits, final.feature, y
+            )
             opt2.zero_grad(set_to_none=True)
             loss.backward()
             opt2.step()
@@ -239,13 +267,23 @@ def train_vit(
                 parts_sum[k] += v
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
         n = max(1, len(losses))
-        history["stage2"].append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                                  **{k: v / n for k, v in parts_sum.items()}})
-        log(f"stage 2 epoch {epoch + 1}: loss {np.mean(losses):.4f} " +
-            " ".join(f"{k} {v / n:.4f}" for k, v in parts_sum.items()))
+        history["stage2"].append(
+            {"epoch": epoch + 1, "loss": float(np.mean(losses)), **{k: v / n for k, v in parts_sum.items()}}
+        )
+        log(
+            f"stage 2 epoch {epoch + 1}: loss {np.mean(losses):.4f} "
+            + " ".join(f"{k} {v / n:.4f}" for k, v in parts_sum.items())
+        )
         if run:
-            _save(run / "stage2.pt", model=encoder.state_dict(), distill=distill.state_dict(),
-                  optimizer=opt2.state_dict(), scheduler=sched2.state_dict(), epoch=epoch, history=history)
+            _save(
+                run / "stage2.pt",
+                model=encoder.state_dict(),
+                distill=distill.state_dict(),
+                optimizer=opt2.state_dict(),
+                scheduler=sched2.state_dict(),
+                epoch=epoch,
+                history=history,
+            )
     history["stage2_seconds"] = history.get("stage2_seconds", 0.0) + time.perf_counter() - t0
     for p in encoder.parameters():
         p.requires_grad_(True)
@@ -264,7 +302,9 @@ def pooled_exit_features(
     unique = sorted(set(texts))
     where = {t: i for i, t in enumerate(unique)}
     chunks = []
-    for lo in tqdm(range(0, len(unique), batch_size), desc="text features", disable=not progress, leave=False):
+    for lo in tqdm(
+        range(0, len(unique), batch_size), desc="text features", disable=not progress, leave=False
+    ):
         states, mask = encoder.exit_states(unique[lo : lo + batch_size])
         chunks.append(torch.stack([encoder.heads[e].pool(h, mask) for e, h in enumerate(states)], dim=1))
     feats = torch.cat(chunks)  # (U, E, D)
@@ -272,8 +312,13 @@ def pooled_exit_features(
 
 
 def _train_text_heads(
-    heads: list[nn.Module], feats: torch.Tensor, labels: torch.Tensor, epochs: int, settings: TrainSettings,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], desc: str,
+    heads: list[nn.Module],
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    settings: TrainSettings,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    desc: str,
 ) -> list[float]:
     params = [p for h in heads for p in h.parameters()]
     opt = torch.optim.AdamW(params, lr=settings.stage2_lr, weight_decay=settings.weight_decay)
@@ -318,8 +363,15 @@ def train_text(
     last = len(heads) - 1
     for h in heads:
         h.train()
-    hist1 = _train_text_heads([heads[last]], feats[:, last], y, settings.stage1_epochs, settings,
-                              lambda f, t: F.cross_entropy(heads[last].mlp(f), t), "text stage1")
+    hist1 = _train_text_heads(
+        [heads[last]],
+        feats[:, last],
+        y,
+        settings.stage1_epochs,
+        settings,
+        lambda f, t: F.cross_entropy(heads[last].mlp(f), t),
+        "text stage1",
+    )
 
     with torch.no_grad():
         teacher_all = heads[last].mlp(feats[:, last])  # (N, C)
@@ -330,14 +382,25 @@ def train_text(
     def stage2(rows: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         f = rows[:, : (last + 1) * dim].reshape(rows.shape[0], last + 1, dim)  # (B, E, D)
         teacher = rows[:, (last + 1) * dim :]
-        return sum(kd_loss(heads[e].mlp(f[:, e]), teacher, target, settings.kd_gamma, settings.kd_temperature)
-                   for e in range(last))
+        return sum(
+            kd_loss(heads[e].mlp(f[:, e]), teacher, target, settings.kd_gamma, settings.kd_temperature)
+            for e in range(last)
+        )
 
-    hist2 = _train_text_heads(heads[:last], rows_all, y, settings.stage2_epochs, settings, stage2, "text stage2")
+    hist2 = _train_text_heads(
+        heads[:last], rows_all, y, settings.stage2_epochs, settings, stage2, "text stage2"
+    )
     for h in heads:
         h.eval()
     with torch.no_grad():
-        val_acc = [float((heads[e].mlp(val_feats[:, e]).argmax(-1) == val_y).float().mean()) for e in range(last + 1)]
+        val_acc = [
+            float((heads[e].mlp(val_feats[:, e]).argmax(-1) == val_y).float().mean()) for e in range(last + 1)
+        ]
     log(f"text val per-exit accuracy: {[round(a, 4) for a in val_acc]}")
-    return {"settings": asdict(settings), "stage1": hist1, "stage2": hist2, "val_after_stage2": val_acc,
-            "seconds": time.perf_counter() - t0}
+    return {
+        "settings": asdict(settings),
+        "stage1": hist1,
+        "stage2": hist2,
+        "val_after_stage2": val_acc,
+        "seconds": time.perf_counter() - t0,
+    }

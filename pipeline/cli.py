@@ -19,9 +19,11 @@ COMMAND_MODULES = (
     "pipeline.commands.baseline_cmd",
     "pipeline.commands.replay_cmd",
     "pipeline.commands.demo_cmd",
+    "pipeline.commands.adaptive_cmd",
     "pipeline.commands.devices_cmd",
     "pipeline.commands.encoder_cmd",
     "pipeline.commands.fusion_cmd",
+    "pipeline.commands.live_cmd",
 )
 GROUPS = {"train": "train a model", "eval": "evaluate a trained model"}
 

@@ -262,6 +262,14 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class BenchConfig:
+    """``exitflow bench``: how many samples, and the lambda values of ``--sweep``."""
+
+    limit: int | None = field(default=1000, metadata=bounds(min=1))
+    lambdas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 50.0)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; each field is one ``config.yaml`` section."""
 
@@ -277,6 +285,7 @@ class Config:
     fusion: FusionConfig = FusionConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     budget: BudgetConfig = BudgetConfig()
+    bench: BenchConfig = BenchConfig()
     source_path: str | None = None
 
 

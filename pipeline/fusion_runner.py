@@ -25,10 +25,11 @@ from encoders.decoder import DecoderConfig, ExitingDecoder
 from encoders.fusion import FusionOutput, FusionTransformer, FusionTransformerConfig
 from encoders.fusion_training import curriculum_target, fusion_objective, layer_averaged_loss
 from pipeline.batches import batch_rows
-from pipeline.checkpoints import checkpoint_dir, save_checkpoint
+from pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_checkpoint
 from pipeline.config import Config, FusionConfig
 from pipeline.data.avmnist import AVSplit, load_split
 from pipeline.data.commands import DIGIT_SLOT, SLOTS
+from pipeline.errors import CheckpointError
 
 PAD, BOS, EOS = 0, 1, 2
 WORDS = tuple(w for slot in SLOTS for w in slot)
@@ -315,3 +316,16 @@ def _card(name: str, fc: FusionConfig, metrics: dict, n_train: int) -> str:
                 f"{row['kept_token_ratio']:.3f} | {row['kept_head_ratio']:.3f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def load_fusion(folder: str | Path) -> FusionSystem:
+    """Rebuild a trained :class:`FusionSystem` from ``checkpoints/fusion-NAME`` (eval mode)."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    if meta.get("kind") != "fusion":
+        raise CheckpointError(f"{folder} holds a {meta.get('kind')!r} checkpoint, not a fusion one")
+    fc = FusionConfig(**{k: v for k, v in meta["fusion"].items()})
+    system = FusionSystem(fc)
+    load_weights(folder, system)
+    system.fusion.exit_thresholds = dict(fc.exit_thresholds)
+    return system.eval()

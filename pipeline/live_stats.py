@@ -35,6 +35,7 @@ class LiveStats:
         self.energy_source: str | None = None
         self.estimated: bool | None = None
         self.lam: float | None = None
+        self.last_engine_error: str | None = None
 
     def observe_latency(self, stage: str, latency_ms: float) -> None:
         self.latency_ms.setdefault(stage, deque(maxlen=self.window)).append(float(latency_ms))
@@ -87,4 +88,5 @@ class LiveStats:
             "energy_source": self.energy_source,
             "estimated": self.estimated,
             "lam": self.lam,
+            "last_engine_error": self.last_engine_error,
         }

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from pipeline.config import RayConfig, SourceConfig, StreamConfig
 from pipeline.errors import ExitflowError
@@ -65,6 +65,7 @@ class SourceWorker:
     ):
         self.source = spec() if callable(spec) else build_source(spec, audio_rate_hz, backoff)
         self.queue: BoundedQueue[SensorMessage] = BoundedQueue(queue_size, queue_policy, name=self.source.name)
+        self.started_ns = time.monotonic_ns()  # tells one incarnation of a restarted actor from the next
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"source-{self.source.name}", daemon=True)
         self._thread.start()
@@ -80,6 +81,7 @@ class SourceWorker:
                 time.sleep(0.1)
                 continue
             if msg is not None:
+                msg.meta["worker_started_ns"] = self.started_ns
                 self.queue.put(msg, timeout_s=0.5)
             elif self.source.state != "connected":
                 time.sleep(0.01)
@@ -104,12 +106,23 @@ class SourceWorker:
 
 
 def resolve_engine_factory(path: str) -> Callable[..., Any]:
-    """``"package.module:function"`` -> the function.
+    """``"package.module:function"`` -> the function (called with the config), or
+    ``"system:NAME"`` -> a factory loading the named system from :mod:`pipeline.systems`.
 
     Raises:
         LiveRuntimeError: when the module or attribute does not exist.
     """
     module_name, sep, attr = path.partition(":")
+    if module_name == "system":
+        from pipeline.systems import load_system
+
+        try:  # the adaptive systems (exitflow, full, rexit) register themselves on request
+            from pipeline.adaptive_systems import register_adaptive_systems
+
+            register_adaptive_systems()
+        except ImportError:
+            pass
+        return lambda cfg: load_system(cfg, attr)
     if not sep:
         raise LiveRuntimeError(f"stream.engine must look like 'package.module:function', got {path!r}")
     try:
@@ -131,30 +144,47 @@ class EngineWorker:
     def __init__(self, factory: EngineFactory | str, cfg: Any = None, preprocess: bool = True):
         self.engine = resolve_engine_factory(factory)(cfg) if isinstance(factory, str) else factory()
         self.preprocess = preprocess
-        self.budget_mj_per_sample: float | None = None
+        self.budget: dict[str, Any] = {}
 
-    def process(self, sample: Sample) -> tuple[Decision, dict[str, float]]:
+    def process(self, sample: Sample) -> tuple[Decision | None, dict[str, float], str | None]:
+        """``(decision, stage latencies in ms, None)``, or ``(None, ..., error)`` when the sample failed."""
         t0 = time.perf_counter()
         if self.preprocess:
             from pipeline.preprocess import preprocess_sample
 
             sample = preprocess_sample(sample)
         t1 = time.perf_counter()
-        decision = self.engine.process(sample)
+        try:
+            decision = self.engine.process(sample)
+        except (ExitflowError, ValueError, TypeError, KeyError) as e:
+            log.warning("engine: sample %d failed: %s", sample.sample_id, e)
+            return None, {"preprocess": (t1 - t0) * 1e3}, f"{type(e).__name__}: {e}"
         t2 = time.perf_counter()
         if not decision.missing and sample.missing:
             decision.missing = sorted(sample.missing)
         if decision.timestamp_ns is None:
             decision.timestamp_ns = sample.timestamp_ns
-        return decision, {"preprocess": (t1 - t0) * 1e3, "engine": (t2 - t1) * 1e3}
+        return decision, {"preprocess": (t1 - t0) * 1e3, "engine": (t2 - t1) * 1e3}, None
 
-    def set_budget(self, budget_mj_per_sample: float | None) -> float | None:
-        self.engine.set_budget(budget_mj_per_sample)
-        self.budget_mj_per_sample = budget_mj_per_sample
-        return budget_mj_per_sample
+    def set_budget(self, mj_per_sample: float | None = None, power_w: float | None = None) -> dict[str, Any]:
+        """Change the energy budget of the running engine (``exitflow budget set``).
+
+        Raises:
+            LiveRuntimeError: when the engine has no budget to change.
+        """
+        inner = getattr(self.engine, "engine", None)  # a System wrapping an Engine
+        candidates = (self.engine, getattr(self.engine, "budget", None), getattr(inner, "budget", None))
+        target = next((c for c in candidates if c is not None and hasattr(c, "set_budget")), None)
+        if target is None:
+            raise LiveRuntimeError(
+                f"engine {type(self.engine).__name__} has no energy budget; configure budget control for it first"
+            )
+        target.set_budget(mj_per_sample=mj_per_sample, power_w=power_w)
+        self.budget = {"mj_per_sample": mj_per_sample, "power_w": power_w}
+        return self.budget
 
     def status(self) -> dict[str, Any]:
-        return {"budget_mj_per_sample": self.budget_mj_per_sample}
+        return {"budget": dict(self.budget)}
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -223,6 +253,8 @@ class _SourceHandle:
     state: str = "starting"
     health: dict[str, Any] = field(default_factory=dict)
     failures: int = 0
+    restarts: int = 0
+    incarnation: int | None = None
 
 
 class LivePipeline:
@@ -277,7 +309,8 @@ class LivePipeline:
         self._engine: Any = None
         self._in_flight: dict[Any, tuple[Sample, int]] = {}
         self._last_health_ns = 0
-        self.budget_mj_per_sample: float | None = None
+        self.budget: dict[str, Any] = {}
+        self._status_ref: Any = None
 
     @staticmethod
     def _modality_of(spec: SourceConfig | SourceFactory) -> str:
@@ -322,9 +355,8 @@ class LivePipeline:
     def engine(self) -> Any:
         return self._engine
 
-    def set_budget(self, budget_mj_per_sample: float | None) -> None:
-        ray.get(self._engine.set_budget.remote(budget_mj_per_sample), timeout=10)
-        self.budget_mj_per_sample = budget_mj_per_sample
+    def set_budget(self, mj_per_sample: float | None = None, power_w: float | None = None) -> None:
+        self.budget = ray.get(self._engine.set_budget.remote(mj_per_sample, power_w), timeout=10)
 
     def shutdown(self) -> None:
         """Stop the sources, wait for in-flight decisions briefly, close the recording, kill actors."""
@@ -392,6 +424,11 @@ class LivePipeline:
             h.state = "alive"
             now = time.monotonic_ns()
             for msg in messages:
+                incarnation = msg.meta.get("worker_started_ns")
+                if h.incarnation is not None and incarnation != h.incarnation:
+                    h.restarts += 1
+                    log.warning("source actor %s restarted (restart %d)", h.name, h.restarts)
+                h.incarnation = incarnation
                 self.received.append((msg.source, msg.seq, msg.timestamp_ns))
                 self.stats.observe_latency("source", (now - msg.timestamp_ns) / 1e6)
                 self.stats.count_message(msg.source)
@@ -419,9 +456,13 @@ class LivePipeline:
             sample, sent_ns = self._in_flight.pop(ref)
             self.limiter.release()
             try:
-                decision, stage_ms = ray.get(ref)
+                decision, stage_ms, error = ray.get(ref)
             except (RayActorError, GetTimeoutError) as e:
                 self.stats.count_drop("engine", f"engine_unavailable:{type(e).__name__}")
+                continue
+            if decision is None:
+                self.stats.count_drop("engine", f"sample_failed:{(error or '').split(':')[0]}")
+                self.stats.last_engine_error = error
                 continue
             now = time.monotonic_ns()
             for stage, ms in stage_ms.items():
@@ -437,6 +478,14 @@ class LivePipeline:
         return len(ready)
 
     def _refresh_health(self) -> None:
+        if self._status_ref is not None and ray.wait([self._status_ref], timeout=0)[0]:
+            try:
+                self.budget = ray.get(self._status_ref).get("budget", {})
+            except RayActorError:
+                pass
+            self._status_ref = None
+        if self._status_ref is None and self._engine is not None:
+            self._status_ref = self._engine.status.remote()
         for h in self._handles.values():
             if h.health_ref is not None:
                 done, _ = ray.wait([h.health_ref], timeout=0)
@@ -453,12 +502,100 @@ class LivePipeline:
         """Everything the live view and the benchmark show, as plain data."""
         return {
             "sources": {
-                name: {**h.health, "actor": h.state, "actor_failures": h.failures}
+                name: {**h.health, "actor": h.state, "actor_failures": h.failures, "actor_restarts": h.restarts}
                 for name, h in self._handles.items()
             },
             "sync": self.sync.stats.to_dict(),
             "engine_queue": self.sample_queue.stats().to_dict(),
             "in_flight": self.limiter.in_flight,
-            "budget_mj_per_sample": self.budget_mj_per_sample,
+            "budget": dict(self.budget),
             **self.stats.summary(),
         }
+
+
+# -- the whole live run (what `exitflow run` calls) --------------------------------------------
+def resolve_source_paths(cfg: Any) -> tuple[SourceConfig, ...]:
+    """``stream.sources`` with file paths made absolute against the config file's folder."""
+    import dataclasses
+
+    from pipeline.config import resolve_path
+    from pipeline.sources.camera import STREAM_PREFIXES
+
+    out = []
+    for spec in cfg.stream.sources:
+        is_file = spec.kind in ("audio_file", "text_file", "text_jsonl") or (
+            spec.kind == "camera" and not spec.uri.isdigit() and not spec.uri.startswith(STREAM_PREFIXES)
+        )
+        out.append(dataclasses.replace(spec, uri=str(resolve_path(cfg, spec.uri))) if is_file else spec)
+    return tuple(out)
+
+
+def run_live(
+    cfg: Any,
+    record: str | None = None,
+    duration_s: float | None = None,
+    view: bool = True,
+    engine_factory: EngineFactory | str | None = None,
+) -> dict[str, Any]:
+    """Start Ray and the actors, run until ``duration_s`` or Ctrl-C, shut down; returns the last snapshot.
+
+    Args:
+        cfg: The whole config (``stream`` and ``ray`` sections are used).
+        record: MCAP file for raw streams and decisions (overrides ``stream.record``).
+        duration_s: Stop after this long (overrides ``stream.duration_s``; None runs until Ctrl-C).
+        view: Show the rich live view.
+        engine_factory: Overrides ``stream.engine``.
+    """
+    import dataclasses
+
+    from pipeline.config import resolve_path
+    from pipeline.live_view import LiveView
+
+    stream = dataclasses.replace(cfg.stream, sources=resolve_source_paths(cfg))
+    record = record or stream.record
+    duration_s = duration_s if duration_s is not None else stream.duration_s
+    started = start_ray(cfg.ray)
+    recorder = RecordingWriter(resolve_path(cfg, record), stream.record_chunk_kib * 1024) if record else None
+    pipe = LivePipeline(stream, engine_factory or stream.engine, cfg=cfg, recorder=recorder)
+    snap: dict[str, Any] = {}
+    try:
+        pipe.start()
+        pipe.wait_ready()
+        if view and stream.live_view:
+            with LiveView() as live:
+                pipe.run(duration_s, on_tick=lambda p: live.update(p.snapshot()))
+        else:
+            pipe.run(duration_s)
+    except KeyboardInterrupt:
+        log.warning("interrupted; shutting down")
+    finally:
+        snap = pipe.snapshot()
+        pipe.shutdown()
+        if started:
+            ray.shutdown()
+    return snap
+
+
+def set_running_budget(ray_cfg: RayConfig, mj_per_sample: float | None, power_w: float | None) -> dict[str, Any]:
+    """Change the budget of a pipeline running in the Ray cluster at ``ray_cfg.address`` (or auto).
+
+    Raises:
+        LiveRuntimeError: when no running exitflow pipeline is found.
+    """
+    if mj_per_sample is None and power_w is None:
+        raise LiveRuntimeError("give a budget: --mj-per-sample X or --power-w W")
+    try:
+        ray.init(address=ray_cfg.address or "auto", namespace=ray_cfg.namespace, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError) as e:
+        raise LiveRuntimeError(f"no Ray cluster to connect to ({e}); is `exitflow run` running?") from e
+    try:
+        engine = ray.get_actor(ENGINE_ACTOR_NAME, namespace=ray_cfg.namespace)
+        return ray.get(engine.set_budget.remote(mj_per_sample, power_w), timeout=30)
+    except RayTaskError as e:
+        raise LiveRuntimeError(f"the engine refused the budget: {e.cause if e.cause else e}") from e
+    except ValueError as e:
+        raise LiveRuntimeError(
+            f"no running exitflow engine in namespace {ray_cfg.namespace!r}; start one with `exitflow run`"
+        ) from e
+    finally:
+        ray.shutdown()

@@ -65,7 +65,16 @@ _FACTORIES: dict[str, SystemFactory] = {
     "lf": lambda cfg, ds: BaselineSystem(cfg, "lf", ds),
     "image": lambda cfg, ds: BaselineSystem(cfg, "image", ds),
     "audio": lambda cfg, ds: BaselineSystem(cfg, "audio", ds),
+    "full": lambda cfg, ds: _adaptive(cfg, ds).full(),
+    "exitflow": lambda cfg, ds: _adaptive(cfg, ds).exitflow(),
+    "rexit": lambda cfg, ds: _adaptive(cfg, ds).rexit(),
 }
+
+
+def _adaptive(cfg: Config, dataset: str):
+    from pipeline.adaptive_systems import AdaptiveParts
+
+    return AdaptiveParts(cfg, dataset)
 
 
 def register_system(name: str, factory: SystemFactory) -> None:

@@ -239,3 +239,23 @@ class Policy:
         state.scores.setdefault(modality, []).append(score)
         state.last_modality, state.last_exit, state.last_passed = modality, exit_index, bool(passed)
         return score
+
+
+class RandomOrderPolicy(Policy):
+    """MMExit's RExit baseline: exits in a random modality order per sample, no UoE ranking or skipping.
+
+    Thresholds and the exit rule are those of the profile/settings; only the order differs, drawn
+    per sample from a generator seeded with ``seed`` (so a run is reproducible).
+    """
+
+    def __init__(self, profile: Profile, settings: PolicySettings | None = None, seed: int = 0):
+        super().__init__(profile, settings)
+        self._rng = np.random.default_rng(seed)
+
+    def plan(self, present: Iterable[str], missing: Iterable[str] = ()) -> Plan:
+        missing = tuple(missing)
+        mods = [m for m in present if m not in missing]
+        if not mods:
+            raise SchedulerError(f"no modality present in the sample (missing: {sorted(missing)})")
+        order = tuple(mods[i] for i in self._rng.permutation(len(mods)))
+        return Plan(order=order, missing=missing, lam=self.lam)

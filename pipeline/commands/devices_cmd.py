@@ -7,10 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from devices import DeviceError, MeterOptions, probe_meters
+from devices import DeviceError, probe_meters
 from devices.registry import describe_meter
 from pipeline.config import Config, config_from_dict, load_config, parse_overrides
 from pipeline.errors import ConfigError, ExitflowError
+from pipeline.meters import meter_options
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -32,9 +33,7 @@ def _config(args: argparse.Namespace) -> Config:
 def _devices(args: argparse.Namespace, cfg: Config | None) -> int:
     cfg = cfg or _config(args)
     power = cfg.power
-    opts = MeterOptions(
-        profile=power.device_profile, replay_trace=power.replay_trace, sample_hz=power.sample_hz
-    )
+    opts = meter_options(cfg)
     try:
         auto_choice, results = probe_meters(opts)
         selected = auto_choice if power.meter == "auto" else power.meter

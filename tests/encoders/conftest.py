@@ -8,8 +8,17 @@ from encoders.text import TextEarlyExitEncoder, TextEncoderConfig, bundled_minil
 from encoders.vit import ViTEarlyExitEncoder, ViTEncoderConfig
 
 TINY_VIT = ViTEncoderConfig(
-    modality="vision", image_size=8, num_channels=1, patch_size=2, hidden_size=16, num_layers=4,
-    num_heads=2, intermediate_size=32, num_classes=5, num_exits=4, gah_heads=2,
+    modality="vision",
+    image_size=8,
+    num_channels=1,
+    patch_size=2,
+    hidden_size=16,
+    num_layers=4,
+    num_heads=2,
+    intermediate_size=32,
+    num_classes=5,
+    num_exits=4,
+    gah_heads=2,
 )
 
 
@@ -34,8 +43,14 @@ def minilm_tokenizer():
 def tiny_text(minilm_tokenizer) -> TextEarlyExitEncoder:
     torch.manual_seed(0)
     bert = BertModel(
-        BertConfig(vocab_size=minilm_tokenizer.vocab_size, hidden_size=16, num_hidden_layers=3,
-                   num_attention_heads=2, intermediate_size=32, max_position_embeddings=24),
+        BertConfig(
+            vocab_size=minilm_tokenizer.vocab_size,
+            hidden_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=24,
+        ),
         add_pooling_layer=False,
     ).eval()
     cfg = TextEncoderConfig(exit_layers=(1, 2, 3), num_classes=4, head_hidden=8)

@@ -14,8 +14,10 @@ def test_vit_checkpoint_roundtrip(tiny_vit, tmp_path):
     x = torch.randn(3, 1, 8, 8)
     for a, b in zip(tiny_vit(x), loaded(x), strict=True):
         torch.testing.assert_close(a.logits, b.logits)
-    card = write_model_card(tmp_path, {"title": "t", "data": "d", "command": "c", "seed": 0,
-                                       "exits": tiny_vit.describe(), "curve": []})
+    card = write_model_card(
+        tmp_path,
+        {"title": "t", "data": "d", "command": "c", "seed": 0, "exits": tiny_vit.describe(), "curve": []},
+    )
     assert "| exit | layer |" in card.read_text()
 
 

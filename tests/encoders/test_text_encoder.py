@@ -30,8 +30,10 @@ def test_padding_does_not_change_a_sample(tiny_text):
 def test_batched_text_exits_equal_batch_of_one(tiny_text):
     words = ["place", "set", "lay", "bin", "red", "blue", "green", "at", "by", "b", "k", "7", "one", "now"]
     gen = torch.Generator().manual_seed(0)
-    texts = [" ".join(words[int(i)] for i in torch.randint(0, len(words), (int(n),), generator=gen))
-             for n in torch.randint(1, 8, (256,), generator=gen)]
+    texts = [
+        " ".join(words[int(i)] for i in torch.randint(0, len(words), (int(n),), generator=gen))
+        for n in torch.randint(1, 8, (256,), generator=gen)
+    ]
     with torch.no_grad():
         threshold = float(torch.quantile(tiny_text(texts)[0].confidence, 0.5))
     batched = run_early_exit(tiny_text, texts, "max_prob", threshold)

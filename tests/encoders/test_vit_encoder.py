@@ -62,9 +62,10 @@ def test_runner_matches_offline_thresholding(tiny_vit):
     logits = collect_exit_logits(tiny_vit, [x])
     scores = exit_scores(logits)
     for threshold in (0.2, 0.25, 0.3):
-        assert run_early_exit(tiny_vit, x, "max_prob", threshold).exit_index.tolist() == exits_at(
-            scores, threshold
-        ).tolist()
+        assert (
+            run_early_exit(tiny_vit, x, "max_prob", threshold).exit_index.tolist()
+            == exits_at(scores, threshold).tolist()
+        )
 
 
 @pytest.mark.parametrize("rule", ["entropy", "patience", "cosine"])

@@ -113,8 +113,8 @@ class RuleEngine:
             estimated=False, latency_ms={"engine": float(np.random.rand())}, timestamp_ns=sample.timestamp_ns,
         )
 
-    def set_budget(self, budget_mj_per_sample):
-        self.budget = budget_mj_per_sample
+    def set_budget(self, mj_per_sample=None, power_w=None):
+        self.budget = mj_per_sample
 
 
 @pytest.mark.skipif(not GRID_NPZ.exists(), reason="GRID decoded clips not found under ../shared/data")

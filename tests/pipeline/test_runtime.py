@@ -59,8 +59,8 @@ class RuleEngine:
             timestamp_ns=sample.timestamp_ns,
         )
 
-    def set_budget(self, budget_mj_per_sample):
-        self.budget = budget_mj_per_sample
+    def set_budget(self, mj_per_sample=None, power_w=None):
+        self.budget = mj_per_sample
 
 
 @pytest.fixture(scope="module")
@@ -210,12 +210,11 @@ def test_killed_source_actor_restarts_while_the_other_modalities_keep_flowing(ra
 
         assert run_until(pipe, image_missing_after_kill, timeout_s=20), "no decision marked image missing"
 
-        def camera_back():  # a restarted SourceWorker numbers its messages from 0 again
-            seqs = [q for s, q, _ in pipe.received if s == "cam"]
-            return any(b < a for a, b in zip(seqs, seqs[1:]))
+        def camera_back():  # frames from a new incarnation of the camera actor
+            return pipe.snapshot()["sources"]["cam"]["actor_restarts"] >= 1
 
         assert run_until(pipe, camera_back, timeout_s=60), (
-            f"camera actor did not come back: {[q for s, q, _ in pipe.received if s == 'cam'][-40:]} {pipe.snapshot()}"
+            f"camera actor did not come back: {pipe.snapshot()['sources']}"
         )
         run_until(pipe, lambda: False, timeout_s=1.0)
         after = pipe.decisions[decisions_before:]
@@ -224,9 +223,8 @@ def test_killed_source_actor_restarts_while_the_other_modalities_keep_flowing(ra
         pipe.shutdown()
     missing_image = [d for d in after if "image" in d.missing]
     assert missing_image and all("text" not in d.missing for d in missing_image)  # text kept flowing
-    cam = [(q, ts) for s, q, ts in pipe.received if s == "cam"]
-    restart = next(i for i in range(1, len(cam)) if cam[i][0] < cam[i - 1][0])
-    assert cam[restart][0] == 0 and cam[restart][1] > kill_ns  # a fresh SourceWorker after the kill
+    assert snap["sources"]["cam"]["actor_restarts"] == 1
+    assert sum(s == "cam" and ts > kill_ns for s, _, ts in pipe.received) >= 10  # frames flow again
     assert any(not d.missing for d in after[-5:]), "full samples did not resume after the restart"
     assert snap["sources"]["cam"]["actor_failures"] >= 1
     recorded = {(e.message.source, e.message.seq, e.message.timestamp_ns)

@@ -1,0 +1,120 @@
+"""Systems built on the early-exit encoders: ``full``, ``static``, ``rexit`` and ``exitflow``.
+
+- ``full``: every modality to its last layer (final head only, no internal heads) + fusion.
+- ``static``: every modality truncated at a fixed exit (only that exit's head runs); the
+  modalities' softmax outputs are averaged. The bench picks the truncation whose MACs match
+  ``exitflow``'s.
+- ``rexit``: MMExit's RExit: exits by threshold in a random modality order, no UoE.
+- ``exitflow``: the UoE scheduler (phi order, modality skipping, early exits, fusion exit) with
+  the configured power meter and, when ``budget.mode`` is set, the energy-budget controller.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from encoders.base import EarlyExitEncoder
+from pipeline.adaptive import DATASET_MODALITIES, load_dataset_profile, load_encoders, load_fusion
+from pipeline.config import Config
+from pipeline.engine import Engine, budget_from_config, default_input_adapter, policy_from_config
+from pipeline.errors import ExitflowError
+from pipeline.messages import Decision, Sample
+from scheduler.policy import PolicySettings, RandomOrderPolicy
+
+
+def truncated_macs(encoder: EarlyExitEncoder, exit_index: int) -> int:
+    """Per-sample MACs of the backbone up to ``exit_index`` plus that exit's head only."""
+    cumulative = encoder.exit_macs()
+    heads = encoder.head_macs()
+    return int(cumulative[exit_index] - sum(heads[: exit_index + 1]) + heads[exit_index])
+
+
+class TruncatedSystem:
+    """Each modality runs to a fixed exit; fused by the fusion exit or by averaging probabilities."""
+
+    def __init__(self, name: str, encoders: dict[str, EarlyExitEncoder], exits: dict[str, int], fusion: Any = None):
+        for m, k in exits.items():
+            if not 0 <= k < encoders[m].num_exits:
+                raise ExitflowError(f"{name}: exit {k} of {m} does not exist (it has {encoders[m].num_exits})")
+        self.name, self.encoders, self.exits, self.fusion = name, encoders, dict(exits), fusion
+        self.modalities = tuple(exits)
+        self.macs = sum(truncated_macs(encoders[m], k) for m, k in exits.items()) + int(getattr(fusion, "macs", 0))
+
+    @torch.inference_mode()
+    def process(self, sample: Sample) -> Decision:
+        start = time.perf_counter()
+        present = [m for m in self.modalities if m in sample.payloads and m not in sample.missing]
+        if not present:
+            raise ExitflowError(f"sample {sample.sample_id} has none of {self.modalities}")
+        outs = {}
+        for m in present:
+            enc = self.encoders[m]
+            state = enc.start(default_input_adapter(m, sample.payloads[m]))
+            state.next_exit = self.exits[m]  # jump: only this exit's head runs
+            outs[m] = enc.step(state)
+        if self.fusion is not None:
+            logits = self.fusion({m: outs[m].embedding for m in present}, present)  # (1, C)
+            probs = torch.softmax(logits, dim=-1)
+        else:
+            probs = torch.stack([torch.softmax(outs[m].logits, dim=-1) for m in present]).mean(dim=0)  # (1, C)
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        macs = sum(truncated_macs(self.encoders[m], self.exits[m]) for m in present)
+        return Decision(
+            sample_id=sample.sample_id, prediction=int(probs[0].argmax()), label=sample.label, system=self.name,
+            order=present, exits={m: self.exits[m] for m in present},
+            exit_layers={m: outs[m].layer for m in present},
+            missing=[m for m in self.modalities if m not in present],
+            macs=macs + int(getattr(self.fusion, "macs", 0) if self.fusion is not None else 0),
+            latency_ms={"total": latency_ms}, timestamp_ns=sample.timestamp_ns,
+        )
+
+
+class EngineSystem:
+    """An :class:`Engine` under a system name (``exitflow`` or ``rexit``)."""
+
+    def __init__(self, name: str, engine: Engine, modalities: tuple[str, ...]):
+        self.name, self.engine, self.modalities = name, engine, modalities
+
+    def process(self, sample: Sample) -> Decision:
+        return self.engine.process(sample)
+
+
+class AdaptiveParts:
+    """Encoders, fusion and profile of one data set, loaded once and shared by every system."""
+
+    def __init__(self, cfg: Config, dataset: str):
+        self.cfg, self.dataset = cfg, dataset
+        self.modalities = DATASET_MODALITIES[dataset]
+        self.encoders = load_encoders(cfg, dataset)
+        self.fusion = load_fusion(cfg, dataset)
+        self.profile = load_dataset_profile(cfg, dataset)
+
+    def full(self) -> TruncatedSystem:
+        last = {m: enc.num_exits - 1 for m, enc in self.encoders.items()}
+        return TruncatedSystem("full", self.encoders, last, self.fusion)
+
+    def static(self, exits: dict[str, int], name: str = "static") -> TruncatedSystem:
+        return TruncatedSystem(name, self.encoders, exits)
+
+    def exitflow(self, meter: Any = None, lam: float | None = None, budget: bool = True) -> EngineSystem:
+        sched = self.cfg.scheduler
+        policy = policy_from_config(self.profile, sched)
+        if lam is not None:
+            policy.set_lambda(lam)
+        controller = budget_from_config(self.cfg.budget, policy.lam, self.profile) if budget else None
+        engine = Engine(self.encoders, self.fusion, policy, meter=meter, budget=controller, system="exitflow")
+        return EngineSystem("exitflow", engine, self.modalities)
+
+    def rexit(self, meter: Any = None, seed: int = 0) -> EngineSystem:
+        sched = self.cfg.scheduler
+        thresholds = dict.fromkeys(self.profile.modalities, sched.threshold) if sched.threshold is not None else {}
+        settings = PolicySettings(
+            lam=sched.lam, cost_unit=sched.cost_unit, exit_rule=sched.exit_rule,
+            thresholds={**thresholds, **sched.thresholds}, skip_negative=False,
+        )
+        engine = Engine(self.encoders, self.fusion, RandomOrderPolicy(self.profile, settings, seed), meter=meter,
+                        system="rexit")
+        return EngineSystem("rexit", engine, self.modalities)

@@ -1,0 +1,109 @@
+"""Side-by-side bench: every system on the same samples, in one process, with one power meter.
+
+Rows: ``{"system", "n", "accuracy", "macs_per_sample", "ms_per_sample", "mj_per_sample",
+"energy_source", "estimated"}``. Time is the wall time around each ``process()`` call; energy is
+one meter window around each system's whole run, divided by the number of samples (robust on
+meters whose per-call resolution is coarse). Systems run in turn on the same in-memory samples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.adaptive_systems import AdaptiveParts, truncated_macs
+from pipeline.messages import Sample
+from pipeline.systems import BaselineSystem
+
+BENCH_SYSTEMS = ("full", "lf", "image", "audio", "static", "rexit", "exitflow")
+
+
+def run_system(system: Any, samples: Sequence[Sample], meter: Any, progress: bool = False) -> dict[str, Any]:
+    """Run ``system`` over ``samples``; returns the bench row plus the decisions."""
+    decisions, elapsed_s = [], 0.0
+    meter.begin_window("bench")
+    for sample in tqdm(samples, desc=system.name, disable=not progress, leave=False):
+        t0 = time.perf_counter()
+        decisions.append(system.process(sample))
+        elapsed_s += time.perf_counter() - t0
+    m = meter.end_window("bench")
+    n = len(samples)
+    labelled = [d for d in decisions if d.label is not None]
+    return {
+        "system": system.name,
+        "n": n,
+        "accuracy": float(np.mean([d.prediction == d.label for d in labelled])) if labelled else None,
+        "macs_per_sample": float(np.mean([d.macs for d in decisions])),
+        "ms_per_sample": elapsed_s * 1000.0 / n,
+        "mj_per_sample": None if m.energy_mj is None else m.energy_mj / n,
+        "energy_source": m.source,
+        "estimated": bool(m.estimated),
+        "decisions": decisions,
+    }
+
+
+def static_exits_matching(parts: AdaptiveParts, target_macs: float) -> dict[str, int]:
+    """The fixed truncation (one exit per modality) whose MACs are closest to ``target_macs``."""
+    options = [range(enc.num_exits) for enc in parts.encoders.values()]
+    best, best_gap = None, float("inf")
+    for combo in itertools.product(*options):
+        exits = dict(zip(parts.encoders, combo, strict=True))
+        macs = sum(truncated_macs(parts.encoders[m], k) for m, k in exits.items())
+        if abs(macs - target_macs) < best_gap:
+            best, best_gap = exits, abs(macs - target_macs)
+    return best or {}
+
+
+def bench(
+    parts: AdaptiveParts, samples: Sequence[Sample], meter: Any, systems: Sequence[str] = BENCH_SYSTEMS,
+    progress: bool = True, warmup: int = 20,
+) -> list[dict[str, Any]]:
+    """Run ``systems`` (exitflow before static, which matches its MACs) on ``samples``."""
+    cfg = parts.cfg
+    built: dict[str, Any] = {}
+    for name in systems:
+        if name == "full":
+            built[name] = parts.full()
+        elif name in ("lf", "image", "audio"):
+            built[name] = BaselineSystem(cfg, name, "avmnist")
+        elif name == "rexit":
+            built[name] = parts.rexit(seed=cfg.data.seed)
+        elif name == "exitflow":
+            built[name] = parts.exitflow(meter=meter)
+    rows: dict[str, dict[str, Any]] = {}
+    order = [s for s in systems if s != "static"] + (["static"] if "static" in systems else [])
+    for name in order:
+        if name == "static":
+            target = rows["exitflow"]["macs_per_sample"] if "exitflow" in rows else 0.5 * rows["full"]["macs_per_sample"]
+            built[name] = parts.static(static_exits_matching(parts, target))
+        system = built[name]
+        for sample in samples[:warmup]:  # warm caches and allocator, not measured
+            system.process(sample)
+        if name == "exitflow" and system.engine.budget is not None:
+            system = parts.exitflow(meter=meter)  # fresh controller state after warm-up
+        rows[name] = run_system(system, samples, meter, progress)
+        if name == "static":
+            rows[name]["static_exits"] = built[name].exits
+    return [rows[s] for s in systems]
+
+
+def format_table(rows: Sequence[dict[str, Any]], reference: str = "full") -> str:
+    ref = next((r for r in rows if r["system"] == reference), None)
+    header = f"{'system':<10}{'n':>6}{'accuracy':>10}{'MACs/sample':>14}{'ms/sample':>11}{'mJ/sample':>11}{'MACs x':>8}{'ms x':>7}  energy source"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        mac_ratio = ref["macs_per_sample"] / r["macs_per_sample"] if ref and r["macs_per_sample"] else float("nan")
+        ms_ratio = ref["ms_per_sample"] / r["ms_per_sample"] if ref and r["ms_per_sample"] else float("nan")
+        mj = f"{r['mj_per_sample']:.3f}" if r["mj_per_sample"] is not None else "-"
+        est = " (estimated)" if r["estimated"] else ""
+        lines.append(
+            f"{r['system']:<10}{r['n']:>6}{r['accuracy']:>10.4f}{r['macs_per_sample']:>14,.0f}"
+            f"{r['ms_per_sample']:>11.3f}{mj:>11}{mac_ratio:>8.2f}{ms_ratio:>7.2f}  {r['energy_source']}{est}"
+        )
+    lines.append(f"(MACs x and ms x: {reference}'s figure divided by the system's; > 1 means cheaper than {reference})")
+    return "\n".join(lines)

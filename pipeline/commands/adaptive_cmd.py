@@ -1,0 +1,146 @@
+"""``exitflow train joint``, ``exitflow profile`` and ``exitflow bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pipeline.commands import command_line
+from pipeline.config import Config
+
+DATASETS = ("avmnist", "avmnist-t")
+
+
+def register(sub: argparse._SubParsersAction, groups: dict) -> None:
+    joint = groups["train"].add_parser("joint", help="train the fusion exit on the trained encoders")
+    joint.add_argument("--dataset", choices=DATASETS, default=None)
+    joint.set_defaults(func=_joint)
+    profile = sub.add_parser("profile", help="measure every exit's accuracy, exit probability and cost (val split)")
+    profile.add_argument("--dataset", choices=DATASETS, default=None)
+    profile.add_argument("--energy-samples", type=int, default=100, help="samples timed at batch 1 per step")
+    profile.set_defaults(func=_profile)
+    bench = sub.add_parser("bench", help="every system side by side on the same samples")
+    bench.add_argument("--dataset", choices=DATASETS, default=None)
+    bench.add_argument("--split", choices=("val", "test"), default="test")
+    bench.add_argument("--limit", type=int, default=None, help="first N samples (default: bench.limit)")
+    bench.add_argument("--systems", default=None, help="comma list (default: all seven)")
+    bench.add_argument("--json", dest="json_out", default=None, help="write the rows as a JSON list")
+    bench.add_argument("--sweep", action="store_true", help="add a lambda sweep of exitflow and every static truncation")
+    bench.add_argument("--plot", default=None, help="PNG of the accuracy-energy Pareto front (with --sweep)")
+    bench.set_defaults(func=_bench)
+
+
+def _joint(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.adaptive import train_fusion
+
+    meta = train_fusion(cfg, args.dataset or cfg.data.dataset, command=command_line())
+    for subset, acc in meta["test_accuracy"].items():
+        print(f"fusion over {subset}: val {meta['val_accuracy'][subset]:.4f}  test {acc:.4f}")
+    print(f"fusion MACs/sample: {meta['macs_per_sample']:,}")
+    return 0
+
+
+def _profile(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.adaptive import make_profile, profile_path, profile_summary
+    from pipeline.meters import open_meter
+
+    dataset = args.dataset or cfg.data.dataset
+    with open_meter(cfg) as meter:
+        profile = make_profile(cfg, dataset, meter, args.energy_samples)
+    print(profile_summary(profile))
+    print(f"saved {profile_path(cfg, dataset)}")
+    return 0
+
+
+def _bench(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.adaptive_systems import AdaptiveParts
+    from pipeline.bench import BENCH_SYSTEMS, bench, format_table
+    from pipeline.data.avmnist import load_split
+    from pipeline.errors import ExitflowError
+    from pipeline.meters import open_meter
+    from pipeline.replay import split_samples, write_atomic
+
+    dataset = args.dataset or cfg.data.dataset
+    systems = tuple(s.strip() for s in args.systems.split(",")) if args.systems else BENCH_SYSTEMS
+    unknown = [s for s in systems if s not in BENCH_SYSTEMS]
+    if unknown:
+        raise ExitflowError(f"unknown system(s) {unknown}; choose from {', '.join(BENCH_SYSTEMS)}")
+    limit = args.limit if args.limit is not None else cfg.bench.limit
+    parts = AdaptiveParts(cfg, dataset)
+    samples = list(split_samples(load_split(cfg, args.split, dataset), limit))
+    with open_meter(cfg) as meter:
+        rows = bench(parts, samples, meter, systems)
+        sweep = run_sweep(parts, samples, meter, cfg.bench.lambdas) if args.sweep else []
+    print(format_table(rows))
+    out_rows = [{k: v for k, v in r.items() if k != "decisions"} for r in rows]
+    if args.json_out:
+        payload = out_rows if not sweep else out_rows + sweep
+        write_atomic(Path(args.json_out), json.dumps(payload, indent=2) + "\n")
+        print(f"rows: {args.json_out}")
+    if sweep:
+        print("\nsweep (system, setting, accuracy, MACs/sample, mJ/sample):")
+        for r in sweep:
+            print(f"  {r['system']:<9} {r['setting']:<28} {r['accuracy']:.4f} {r['macs_per_sample']:>12,.0f} "
+                  f"{r['mj_per_sample'] if r['mj_per_sample'] is None else round(r['mj_per_sample'], 3)}")
+        if args.plot:
+            plot_pareto(sweep, out_rows, Path(args.plot))
+            print(f"plot: {args.plot}")
+    return 0
+
+
+def run_sweep(parts, samples, meter, lambdas) -> list[dict]:
+    """exitflow at each lambda (no budget) and static at every truncation, on the same samples."""
+    import itertools
+
+    from pipeline.bench import run_system
+
+    rows = []
+    for lam in lambdas:
+        r = run_system(parts.exitflow(meter=meter, lam=lam, budget=False), samples, meter)
+        rows.append({**{k: v for k, v in r.items() if k != "decisions"}, "system": "exitflow", "setting": f"lambda={lam:g}"})
+    options = [range(enc.num_exits) for enc in parts.encoders.values()]
+    for combo in itertools.product(*options):
+        exits = dict(zip(parts.encoders, combo, strict=True))
+        r = run_system(parts.static(exits), samples, meter)
+        setting = ",".join(f"{m}@{k}" for m, k in exits.items())
+        rows.append({**{k: v for k, v in r.items() if k != "decisions"}, "system": "static", "setting": setting})
+    return rows
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (cost, accuracy) points not dominated by a cheaper, at-least-as-accurate one, by cost."""
+    front, best = [], -1.0
+    for cost, acc in sorted(points):
+        if acc > best:
+            front.append((cost, acc))
+            best = acc
+    return front
+
+
+def plot_pareto(sweep: list[dict], rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "mj_per_sample" if all(r["mj_per_sample"] is not None for r in sweep) else "macs_per_sample"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for system, color in (("static", "tab:gray"), ("exitflow", "tab:blue")):
+        pts = [(r[key], r["accuracy"]) for r in sweep if r["system"] == system]
+        ax.scatter(*zip(*pts, strict=True), s=12, color=color, alpha=0.4)
+        front = pareto(pts)
+        ax.plot(*zip(*front, strict=True), "-o", color=color, label=f"{system} (Pareto front)", markersize=4)
+    for r in rows:
+        if r["system"] in ("full", "lf", "image", "audio") and r[key] is not None:
+            ax.scatter([r[key]], [r["accuracy"]], marker="x", color="black")
+            ax.annotate(r["system"], (r[key], r["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    unit = "mJ per sample (" + (sweep[0]["energy_source"] or "") + ")" if key == "mj_per_sample" else "MACs per sample"
+    ax.set_xlabel(unit)
+    ax.set_ylabel("accuracy")
+    ax.set_title("exitflow vs static truncation: accuracy-energy trade-off")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
