@@ -269,7 +269,8 @@ def train_fusion(cfg: Config, name: str, progress: bool = True) -> FusionRunResu
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **val_stats})
         if progress:
             print(f"epoch {epoch + 1}: loss {np.mean(losses):.4f} val {val_stats}", flush=True)
-        if val_stats["val_accuracy"] >= best:
+        ramp_done = not fc.trim or step / max(steps_total, 1) >= fc.ramp_fraction
+        if ramp_done and val_stats["val_accuracy"] >= best:  # select only once the kept-ratio target holds
             best, best_state = val_stats["val_accuracy"], copy.deepcopy(system.state_dict())
     train_s = time.perf_counter() - start
     system.load_state_dict(best_state)

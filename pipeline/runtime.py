@@ -343,6 +343,10 @@ class LivePipeline:
             nodes = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s)))
         except GetTimeoutError as e:
             raise LiveRuntimeError(f"actors not ready after {timeout_s} s; is the cluster short of resources?") from e
+        except RayActorError as e:
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            cause = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else repr(e))
+            raise LiveRuntimeError(f"an actor failed to start: {cause}") from e
         for h in self._handles.values():
             h.state = "alive"
         return nodes

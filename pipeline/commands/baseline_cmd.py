@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from encoders.baseline import BASELINE_NAMES
-from pipeline.config import Config
 from pipeline.commands import command_line
+from pipeline.config import Config
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:

@@ -9,7 +9,14 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.data.avmnist import load_split
-from pipeline.data.commands import DIGITS, SLOTS, STATUS_DROPPED, STATUS_REPLACED, make_commands, parse_command
+from pipeline.data.commands import (
+    DIGITS,
+    SLOTS,
+    STATUS_DROPPED,
+    STATUS_REPLACED,
+    make_commands,
+    parse_command,
+)
 from pipeline.data.roots import EMBEDDED_DATA, SHARED_DATA
 from pipeline.data.spectrogram import AudioInputError, spectrogram_112, stft_112
 from pipeline.errors import DataError

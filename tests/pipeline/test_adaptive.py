@@ -1,0 +1,87 @@
+"""The adaptive path end to end on tiny encoders: fusion training, profiling, bench systems."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from devices import get_power_meter
+from encoders.audio import build_audio_encoder
+from encoders.checkpoint import save_encoder
+from encoders.vision import build_vision_encoder
+from pipeline.adaptive import encoder_folder, load_dataset_profile, make_profile, train_fusion
+from pipeline.adaptive_systems import AdaptiveParts, truncated_macs
+from pipeline.bench import BENCH_SYSTEMS, bench, format_table, static_exits_matching
+from pipeline.config import load_config
+from pipeline.data.avmnist import load_split
+from pipeline.data.roots import SHARED_DATA
+from pipeline.errors import CheckpointError
+from pipeline.replay import split_samples
+from tests.conftest import requires_shared
+
+TINY = {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size": 32, "num_exits": 2, "gah_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory: pytest.TempPathFactory, data_cache: Path):
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    cfg = load_config(None, [
+        f"data.root={SHARED_DATA}", f"data.cache_dir={data_cache}", f"train.checkpoint_dir={ckpt}",
+        "train.limit=512", "train.epochs=1", "train.batch_size=128", "scheduler.threshold=0.5",
+    ])
+    torch.manual_seed(0)
+    save_encoder(build_vision_encoder(**TINY), encoder_folder(cfg, "image"))
+    save_encoder(build_audio_encoder(**TINY), encoder_folder(cfg, "audio"))
+    return cfg
+
+
+@requires_shared
+@pytest.mark.slow
+def test_fusion_profile_and_bench_on_tiny_encoders(tiny_cfg) -> None:
+    meta = train_fusion(tiny_cfg, "avmnist", progress=False)
+    assert set(meta["test_accuracy"]) == {"image", "audio", "image+audio"}
+    with get_power_meter("psutil") as meter:
+        profile = make_profile(tiny_cfg, "avmnist", meter, energy_samples=3, progress=False)
+    assert profile.modalities == ("image", "audio") and all(len(e) == 2 for e in profile.exits.values())
+    assert profile.energy_estimated is True and all(e.energy_mj > 0 for e in profile.exits["image"])
+    assert len(profile.fusion) == 3
+    again = load_dataset_profile(tiny_cfg, "avmnist")
+    assert again.fingerprint == profile.fingerprint
+
+    parts = AdaptiveParts(tiny_cfg, "avmnist")
+    samples = list(split_samples(load_split(tiny_cfg, "test", "avmnist", progress=False), 30))
+    with get_power_meter("psutil") as meter:
+        rows = bench(parts, samples, meter, [s for s in BENCH_SYSTEMS if s not in ("lf", "image", "audio")],
+                     progress=False, warmup=2)
+    by = {r["system"]: r for r in rows}
+    full_macs = sum(enc.plain_macs() for enc in parts.encoders.values()) + parts.fusion.macs
+    assert by["full"]["macs_per_sample"] == full_macs
+    assert by["exitflow"]["macs_per_sample"] <= max(enc.exit_macs()[-1] for enc in parts.encoders.values()) * 2 + parts.fusion.macs
+    for r in rows:
+        assert r["n"] == 30 and 0.0 <= r["accuracy"] <= 1.0 and r["mj_per_sample"] > 0 and r["estimated"]
+        assert all(d.prediction in range(10) for d in r["decisions"])
+    target = by["exitflow"]["macs_per_sample"]
+    exits = static_exits_matching(parts, target)
+    gaps = [abs(sum(truncated_macs(parts.encoders[m], k) for m, k in zip(parts.encoders, combo, strict=True)) - target)
+            for combo in np.ndindex(2, 2)]
+    chosen = sum(truncated_macs(parts.encoders[m], k) for m, k in exits.items())
+    assert abs(chosen - target) == min(gaps)
+    assert "exitflow" in format_table(rows)
+    decision = by["exitflow"]["decisions"][0].to_json_dict()
+    assert json.loads(json.dumps(decision))["order"]
+
+
+@requires_shared
+def test_profile_of_other_weights_is_rejected(tiny_cfg, tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"schema_version": 1}))
+    cfg = load_config(None, [f"train.checkpoint_dir={tiny_cfg.train.checkpoint_dir}", f"scheduler.profile={path}"])
+    with pytest.raises(Exception, match="profile"):
+        load_dataset_profile(cfg, "avmnist")
+    missing = load_config(None, [f"train.checkpoint_dir={tmp_path}"])
+    with pytest.raises(CheckpointError, match="exitflow train encoder"):
+        AdaptiveParts(missing, "avmnist")
