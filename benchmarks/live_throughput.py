@@ -3,8 +3,8 @@
 Camera 30 fps 640x480 (MJPEG over HTTP from ffmpeg, the real GRID clip scaled up) + 16 kHz
 PCM over TCP (same clip) + text at 2 Hz over TCP, through Ray source actors -> sync ->
 preprocess -> a light rule engine, for ``--duration`` seconds. Prints achieved fps per source,
-drops by reason, p50/p95/p99 latency per stage and end to end, and CPU % (this process and its
-children, i.e. Ray workers and ffmpeg, over the whole machine). The engine is deliberately
+drops by reason, p50/p95/p99 latency per stage and end to end, and CPU: the pipeline's own
+processes (driver + Ray + workers + ffmpeg, in % of one core) and the whole machine (all users). The engine is deliberately
 cheap so the figures measure the streaming layer, not a model.
 
     PYTHONPATH=. .venv/bin/python benchmarks/live_throughput.py --duration 60 --out runs/live_throughput.json
@@ -47,8 +47,12 @@ class RuleEngine:
         votes = [int(float(np.mean(sample.payloads[m])) * 100) % 10 for m in present if m != "text"]
         votes += [len(sample.payloads["text"]) % 10] if "text" in present else []
         return Decision(
-            sample_id=sample.sample_id, prediction=max(votes) if votes else -1, system="rule",
-            order=present, exits={m: 0 for m in present}, missing=sorted(sample.missing),
+            sample_id=sample.sample_id,
+            prediction=max(votes) if votes else -1,
+            system="rule",
+            order=present,
+            exits={m: 0 for m in present},
+            missing=sorted(sample.missing),
             timestamp_ns=sample.timestamp_ns,
         )
 
@@ -59,6 +63,15 @@ class RuleEngine:
 def build_rule_engine(cfg: object = None) -> RuleEngine:
     """Engine factory for ``stream.engine: benchmarks.live_throughput:build_rule_engine``."""
     return RuleEngine()
+
+
+def _cpu_s(proc: psutil.Process) -> float:
+    """User + system CPU seconds of one process (0 when it is gone)."""
+    try:
+        t = proc.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return t.user + t.system
 
 
 def free_port() -> int:
@@ -110,23 +123,49 @@ def main() -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     video_port, audio_port = free_port(), free_port()
     base = ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(GRID_CLIP)]
-    video = subprocess.Popen(base + [
-        "-an", "-vf", f"scale={args.width}:{args.height},fps={args.fps}", "-c:v", "mjpeg", "-q:v", "5",
-        "-f", "mpjpeg", "-listen", "1", f"http://127.0.0.1:{video_port}/cam.mjpg"])
-    audio = subprocess.Popen(base + ["-vn", "-ac", "1", "-ar", "16000", "-f", "s16le",
-                                     f"tcp://127.0.0.1:{audio_port}?listen=1"])
+    video = subprocess.Popen(
+        base
+        + [
+            "-an",
+            "-vf",
+            f"scale={args.width}:{args.height},fps={args.fps}",
+            "-c:v",
+            "mjpeg",
+            "-q:v",
+            "5",
+            "-f",
+            "mpjpeg",
+            "-listen",
+            "1",
+            f"http://127.0.0.1:{video_port}/cam.mjpg",
+        ]
+    )
+    audio = subprocess.Popen(
+        base + ["-vn", "-ac", "1", "-ar", "16000", "-f", "s16le", f"tcp://127.0.0.1:{audio_port}?listen=1"]
+    )
     stop, text_port = threading.Event(), []
     threading.Thread(target=serve_text, args=(text_port, stop, 2.0), daemon=True).start()
     while not text_port:
         time.sleep(0.01)
     stream = StreamConfig(
         sources=(
-            SourceConfig(name="camera", kind="camera", uri=f"http://127.0.0.1:{video_port}/cam.mjpg", gray=False,
-                         queue_size=8),
-            SourceConfig(name="mic", kind="pcm_tcp", uri=f"127.0.0.1:{audio_port}", chunk_ms=100, queue_size=16),
+            SourceConfig(
+                name="camera",
+                kind="camera",
+                uri=f"http://127.0.0.1:{video_port}/cam.mjpg",
+                gray=False,
+                queue_size=8,
+            ),
+            SourceConfig(
+                name="mic", kind="pcm_tcp", uri=f"127.0.0.1:{audio_port}", chunk_ms=100, queue_size=16
+            ),
             SourceConfig(name="text", kind="text_tcp", uri=f"127.0.0.1:{text_port[0]}", queue_size=8),
         ),
-        slop_ms=60.0, audio_window_s=1.0, audio_rate_hz=16000, engine_queue_size=4, max_in_flight=2,
+        slop_ms=60.0,
+        audio_window_s=1.0,
+        audio_rate_hz=16000,
+        engine_queue_size=4,
+        max_in_flight=2,
         engine_num_cpus=1.0,
     )
     start_ray(RayConfig(num_cpus=args.num_cpus, namespace="exitflow-bench"))
@@ -138,11 +177,15 @@ def main() -> int:
         pipe.run(duration_s=3.0)  # warm-up: connections up, queues flowing
         warm = pipe.snapshot()
         cpu0 = psutil.cpu_times()
+        tree = [me, *me.children(recursive=True)]  # driver, Ray's raylet/GCS/workers, ffmpeg
+        tree0 = {p.pid: _cpu_s(p) for p in tree}
         t0 = time.monotonic()
         pipe.stats.latency_ms.clear()
         pipe.run(duration_s=args.duration)
         elapsed_s = time.monotonic() - t0
         cpu1 = psutil.cpu_times()
+        tree1 = {p.pid: _cpu_s(p) for p in tree}
+        load_1m = os.getloadavg()[0]
         snap = pipe.snapshot()
     finally:
         pipe.shutdown()
@@ -154,19 +197,26 @@ def main() -> int:
     busy = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system) + (cpu1.nice - cpu0.nice)
     total = busy + (cpu1.idle - cpu0.idle) + (cpu1.iowait - cpu0.iowait)
     achieved = {
-        name: (snap["messages"].get(name, 0) - warm["messages"].get(name, 0)) / elapsed_s for name in snap["messages"]
+        name: (snap["messages"].get(name, 0) - warm["messages"].get(name, 0)) / elapsed_s
+        for name in snap["messages"]
     }
     figures = {
         "duration_s": round(elapsed_s, 1),
         "camera": f"{args.width}x{args.height}@{args.fps} MJPEG over HTTP",
         "achieved_msgs_per_s": {k: round(v, 2) for k, v in achieved.items()},
         "decisions_per_s": round((snap["decisions"] - warm["decisions"]) / elapsed_s, 2),
-        "source_drops": {n: {**s.get("dropped", {}), **{f"queue:{k}": v for k, v in s["queue"]["dropped"].items()}}
-                         for n, s in snap["sources"].items()},
+        "source_drops": {
+            n: {**s.get("dropped", {}), **{f"queue:{k}": v for k, v in s["queue"]["dropped"].items()}}
+            for n, s in snap["sources"].items()
+        },
         "sync": snap["sync"],
         "engine_queue_drops": snap["engine_queue"]["dropped"],
         "latency_ms": {k: {q: round(v, 2) for q, v in p.items()} for k, p in snap["latency_ms"].items()},
-        "machine_cpu_percent": round(100.0 * busy / total, 1) if total else None,
+        "pipeline_cpu_percent_of_one_core": round(
+            100.0 * sum(tree1[pid] - tree0[pid] for pid in tree0 if pid in tree1) / elapsed_s, 1
+        ),
+        "machine_cpu_percent_all_users": round(100.0 * busy / total, 1) if total else None,
+        "load_average_1m": round(load_1m, 2),
         "cpu_count": psutil.cpu_count(),
         "driver_rss_mib": round(me.memory_info().rss / 2**20, 1),
     }

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -100,7 +101,8 @@ class DecoderLayer(nn.Module):
         self.norm_cross = nn.LayerNorm(dim)
         self.cq, self.ck, self.cv, self.co = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_ffn = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Linear(ffn_mult * dim, dim))
+        self.ffn_hidden = ffn_mult * dim
+        self.ffn = nn.Sequential(nn.Linear(dim, self.ffn_hidden), nn.GELU(), nn.Linear(self.ffn_hidden, dim))
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, dh)
@@ -148,7 +150,7 @@ class DecoderLayer(nn.Module):
         d = self.dim
         self_attn = 4 * d * d + 2 * n_keys * d
         cross = 2 * d * d + 2 * n_memory * d
-        ffn = 2 * d * self.ffn[0].out_features
+        ffn = 2 * d * self.ffn_hidden
         return self_attn + cross + ffn
 
 
@@ -170,6 +172,11 @@ class ExitingDecoder(nn.Module):
         )
         self.norm = nn.LayerNorm(config.dim)
         self.head = nn.Linear(config.dim, config.vocab_size)
+
+    @property
+    def blocks(self) -> list[DecoderLayer]:
+        """The decoder layers, typed."""
+        return cast(list[DecoderLayer], list(self.layers))
 
     def _check_memory(self, memory: torch.Tensor, memory_keep: torch.Tensor | None) -> torch.Tensor:
         if memory.dim() != 3 or memory.shape[-1] != self.config.dim:
@@ -202,7 +209,7 @@ class ExitingDecoder(nn.Module):
             )
         x = self.embed(inputs) + self.pos[: inputs.shape[1]]  # (B, T, D)
         per_layer = []
-        for layer in self.layers:
+        for layer in self.blocks:
             keys, values = layer.self_kv(x)
             x = layer(x, keys, values, layer.memory_kv(memory), memory_keep, causal=True)
             per_layer.append(self.head(self.norm(x)))  # (B, T, V)
@@ -237,7 +244,7 @@ class ExitingDecoder(nn.Module):
         memory_keep = self._check_memory(memory, memory_keep)
         cfg, batch, device = self.config, memory.shape[0], memory.device
         num_steps = cfg.max_len + 1
-        mem_kv = [layer.memory_kv(memory) for layer in self.layers]
+        mem_kv = [layer.memory_kv(memory) for layer in self.blocks]
         n_memory = memory_keep.sum(dim=1).long()  # (B,)
         macs = 2 * len(self.layers) * n_memory * cfg.dim * cfg.dim  # (B,) memory keys/values
         caches = [
@@ -252,12 +259,14 @@ class ExitingDecoder(nn.Module):
         similarity = torch.full((batch, cfg.max_len, len(self.layers)), float("nan"), device=device)
         for t in range(cfg.max_len):
             exits_on = theta is not None and t >= warmup_fraction * num_steps
-            limit = decaying_threshold(t, num_steps, theta, beta, tau) if exits_on else float("inf")
+            limit = float("inf")
+            if theta is not None and exits_on:
+                limit = decaying_threshold(t, num_steps, theta, beta, tau)
             thresholds.append(limit)
             x = self.embed(token)[:, None] + self.pos[t]  # (B, 1, D)
             active = torch.ones(batch, dtype=torch.bool, device=device)
             depth = torch.zeros(batch, dtype=torch.long, device=device)
-            for j, layer in enumerate(self.layers):
+            for j, layer in enumerate(self.blocks):
                 rows = torch.nonzero(active).flatten()
                 idle = torch.nonzero(~active).flatten()
                 k_cache, v_cache = caches[j]

@@ -28,6 +28,7 @@ the sizes that ran, equal to what ``torch.utils.flop_counter`` measures for a ba
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -228,8 +229,8 @@ class FusionTransformer(nn.Module):
     def set_head_target(self, target: float) -> None:
         """Kept-head ratio of random head masks (the ablation baseline); learned masks ignore it."""
         for layer in self.head_trimmers:
-            for trimmer in layer.values():
-                trimmer.target = float(target)
+            for trimmer in cast(nn.ModuleDict, layer).values():
+                cast(HeadTrimmer, trimmer).target = float(target)
 
     def classify(self, cls_tokens: list[torch.Tensor]) -> torch.Tensor:
         """Logits (B, C) from the per-modality CLS tokens, each (B, D)."""
@@ -268,7 +269,7 @@ class FusionTransformer(nn.Module):
         valid = torch.ones(x.shape[:2], device=x.device) if mask is None else (mask > 0).float()  # (B, N)
         if hard and mask is not None:
             x, valid = compact_tokens(x, valid)  # padding is never projected
-        proj = self.input_proj[m]
+        proj = cast(nn.Linear, self.input_proj[m])
         h = proj(x) + self.modality_embed[m]  # (B, N, D)
         cls = self.cls_token[m].expand(x.shape[0], 1, -1)  # (B, 1, D)
         h = torch.cat([cls, h], dim=1)  # (B, 1 + N, D)
@@ -336,9 +337,11 @@ class FusionTransformer(nn.Module):
                     r = rows[m]
                     if r.numel() == 0:
                         continue
-                    trimmer = self.token_trimmers[layer_idx][m]
-                    macs = macs.index_add(0, r, trimmer.macs(keep[m][r].sum(dim=1).long()))
-                    logits = trimmer(h[m][r], cls_all[m][r], cls_other[m][r])  # (R, N)
+                    token_trimmer = cast(TokenTrimmer, cast(nn.ModuleDict, self.token_trimmers[layer_idx])[m])
+                    macs = macs.index_add(
+                        0, r, torch.as_tensor(token_trimmer.macs(keep[m][r].sum(dim=1).long()))
+                    )
+                    logits = token_trimmer(h[m][r], cls_all[m][r], cls_other[m][r])  # (R, N)
                     mask = gumbel_sigmoid(logits, cfg.gumbel_tau, training=stochastic)  # (R, N)
                     mask = torch.cat([torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1)  # CLS always kept
                     keep[m] = keep[m].index_copy(0, r, keep[m][r] * mask)
@@ -361,23 +364,26 @@ class FusionTransformer(nn.Module):
                 }
                 if use_heads:
                     for kind in ("self", "cross") if others else ("self",):
-                        trimmer = self.head_trimmers[layer_idx][f"{m}/{kind}"]
-                        logits = trimmer(cls_all[m][r], cls_other[m][r])  # (R, H)
-                        head_masks[kind] = gumbel_sigmoid(logits, cfg.gumbel_tau, training=stochastic)
-                        n_heads[kind] = head_masks[kind].sum(dim=1)  # (R,)
-                        macs = macs.index_add(0, r, torch.full_like(r, trimmer.macs()))
+                        head_trimmer = cast(
+                            HeadTrimmer, cast(nn.ModuleDict, self.head_trimmers[layer_idx])[f"{m}/{kind}"]
+                        )
+                        logits = head_trimmer(cls_all[m][r], cls_other[m][r])  # (R, H)
+                        head_mask = gumbel_sigmoid(logits, cfg.gumbel_tau, training=stochastic)  # (R, H)
+                        head_masks[kind] = head_mask
+                        n_heads[kind] = head_mask.sum(dim=1)  # (R,)
+                        macs = macs.index_add(0, r, torch.full_like(r, head_trimmer.macs()))
                         ratio = torch.ones(batch, device=device).index_copy(
                             0, r, n_heads[kind] / cfg.num_heads
                         )
                         head_ratios.append(ratio)  # (B,)
                 n_tok = keep[m][r].sum(dim=1)  # (R,)
                 n_ctx = ctx_keep.sum(dim=1) if ctx_keep is not None else torch.zeros_like(n_tok)  # (R,)
-                block = blocks[m]
+                block = cast(CoAttentionBlock, cast(nn.ModuleDict, blocks)[m])
                 y = block(h[m][r], keep[m][r], ctx, ctx_keep, head_masks["self"], head_masks["cross"], hard)
                 block_macs = block.macs(
                     n_tok.long(), n_ctx.long(), n_heads["self"].long(), n_heads["cross"].long(), bool(others)
                 )
-                macs = macs.index_add(0, r, block_macs)
+                macs = macs.index_add(0, r, torch.as_tensor(block_macs))
                 modules = 2 if others else 1
                 tokens_kept = tokens_kept.index_add(0, r, n_tok.detach())
                 tokens_total = tokens_total.index_add(0, r, valid_count[m][r])

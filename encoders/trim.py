@@ -79,13 +79,12 @@ class TokenTrimmer(nn.Module):
             raise ValueError(f"TokenTrimmer: mode must be 'cross' or 'local', got {mode!r}")
         self.mode = mode
         self.proj = nn.Linear(dim, score_dim)
-        self.local = nn.Sequential(
-            nn.GELU(), nn.Linear(score_dim, score_dim // 2), nn.GELU(), nn.Linear(score_dim // 2, 1)
-        )
+        self.local_out = nn.Linear(score_dim // 2, 1)
+        self.local = nn.Sequential(nn.GELU(), nn.Linear(score_dim, score_dim // 2), nn.GELU(), self.local_out)
         self.global_mlp = nn.Sequential(nn.Linear(2 * dim, score_dim), nn.GELU()) if mode == "cross" else None
         self.bilinear = nn.Linear(score_dim, score_dim, bias=False) if mode == "cross" else None
-        nn.init.zeros_(self.local[-1].weight)
-        nn.init.constant_(self.local[-1].bias, KEEP_ALL_BIAS)
+        nn.init.zeros_(self.local_out.weight)
+        nn.init.constant_(self.local_out.bias, KEEP_ALL_BIAS)
         if self.bilinear is not None:
             nn.init.normal_(self.bilinear.weight, std=1e-3)
 
@@ -102,7 +101,7 @@ class TokenTrimmer(nn.Module):
         """
         h = self.proj(tokens)  # (B, N, D')
         score = self.local(h).squeeze(-1)  # (B, N)
-        if self.mode == "cross":
+        if self.global_mlp is not None and self.bilinear is not None:
             g = self.global_mlp(torch.cat([cls_self, cls_other], dim=-1))  # (B, D')
             score = score + torch.einsum("bd,bnd->bn", self.bilinear(g), h)  # (B, N)
         return score
@@ -137,9 +136,11 @@ class HeadTrimmer(nn.Module):
         self.num_heads = num_heads
         self.target = 1.0
         in_dim = 2 * dim if cross else dim
-        self.mlp = nn.Sequential(nn.Linear(in_dim, dim // 2), nn.GELU(), nn.Linear(dim // 2, num_heads))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.constant_(self.mlp[-1].bias, KEEP_ALL_BIAS)
+        self.mlp_in = nn.Linear(in_dim, dim // 2)
+        self.mlp_out = nn.Linear(dim // 2, num_heads)
+        self.mlp = nn.Sequential(self.mlp_in, nn.GELU(), self.mlp_out)
+        nn.init.zeros_(self.mlp_out.weight)
+        nn.init.constant_(self.mlp_out.bias, KEEP_ALL_BIAS)
 
     def forward(self, cls_self: torch.Tensor, cls_other: torch.Tensor) -> torch.Tensor:
         """Keep logits of every head, (B, H); random mode returns +/-1 logits of a random subset."""
@@ -156,7 +157,7 @@ class HeadTrimmer(nn.Module):
         """Per-sample MACs of scoring the heads (none for random masks)."""
         if self.mode == "random":
             return 0
-        first, last = self.mlp[0], self.mlp[-1]
+        first, last = self.mlp_in, self.mlp_out
         return first.in_features * first.out_features + last.in_features * last.out_features
 
 
@@ -253,6 +254,13 @@ class HeadSlicedAttention(nn.Module):
         n_h = int(heads.numel())
         if n_h == 0:
             return self.out.bias.expand(batch, n_q, self.dim)  # (B, Nq, D)
+        wq: torch.Tensor
+        bq: torch.Tensor
+        wk: torch.Tensor
+        bk: torch.Tensor
+        wv: torch.Tensor
+        bv: torch.Tensor
+        wo: torch.Tensor
         if n_h == self.num_heads:
             wq, bq, wk, bk = self.q.weight, self.q.bias, self.k.weight, self.k.bias
             wv, bv, wo = self.v.weight, self.v.bias, self.out.weight

@@ -47,15 +47,25 @@ def fusion_folder(cfg: Config, dataset: str) -> Path:
     return checkpoint_dir(f"fusion_late_{dataset}", cfg.train.checkpoint_dir)
 
 
+def joint_folder(cfg: Config, dataset: str) -> Path:
+    return checkpoint_dir(f"joint_{dataset}", cfg.train.checkpoint_dir)
+
+
+def use_joint(cfg: Config, dataset: str) -> bool:
+    """Whether the jointly fine-tuned set is used: ``joint.use`` and it exists."""
+    return cfg.joint.use and (joint_folder(cfg, dataset) / "fusion" / "config.json").is_file()
+
+
 def profile_path(cfg: Config, dataset: str) -> Path:
     return checkpoint_dir(f"profile_{dataset}.json", cfg.train.checkpoint_dir)
 
 
-def load_encoders(cfg: Config, dataset: str) -> dict[str, EarlyExitEncoder]:
-    """The trained encoder of each modality of ``dataset`` (eval mode)."""
+def load_encoders(cfg: Config, dataset: str, prefer_joint: bool = True) -> dict[str, EarlyExitEncoder]:
+    """The trained encoder of each modality of ``dataset`` (eval mode); the joint set if in use."""
+    joint = prefer_joint and use_joint(cfg, dataset)
     encoders = {}
     for m in DATASET_MODALITIES[dataset]:
-        folder = encoder_folder(cfg, m)
+        folder = joint_folder(cfg, dataset) / m if joint else encoder_folder(cfg, m)
         if not (folder / "config.json").is_file():
             raise CheckpointError(
                 f"no {m} encoder checkpoint at {folder}; train it with "
@@ -68,7 +78,12 @@ def load_encoders(cfg: Config, dataset: str) -> dict[str, EarlyExitEncoder]:
     return encoders
 
 
-def weight_files(cfg: Config, dataset: str, with_fusion: bool = True) -> list[Path]:
+def weight_files(cfg: Config, dataset: str, with_fusion: bool = True, prefer_joint: bool = True) -> list[Path]:
+    """The weight files the adaptive systems load (their fingerprint keys the exit profile)."""
+    if prefer_joint and use_joint(cfg, dataset):
+        base = joint_folder(cfg, dataset)
+        files = [base / m / "model.safetensors" for m in DATASET_MODALITIES[dataset]]
+        return files + ([base / "fusion" / "model.safetensors"] if with_fusion else [])
     files = [encoder_folder(cfg, m) / "model.safetensors" for m in DATASET_MODALITIES[dataset]]
     return files + ([fusion_folder(cfg, dataset) / "model.safetensors"] if with_fusion else [])
 
@@ -130,7 +145,7 @@ def train_fusion(cfg: Config, dataset: str, progress: bool = True, command: str 
     torch.manual_seed(t.seed)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
-    encoders = load_encoders(cfg, dataset)
+    encoders = load_encoders(cfg, dataset, prefer_joint=False)
     train, val, test = (load_split(cfg, s, dataset, progress) for s in ("train", "val", "test"))
     rec_train = collect_exits(encoders, train, t.limit, progress=progress)
     rec_val = collect_exits(encoders, val, progress=progress)
@@ -160,7 +175,8 @@ def train_fusion(cfg: Config, dataset: str, progress: bool = True, command: str 
     meta = {
         "kind": "fusion_late", "dataset": dataset, "dims": dims, "hidden_dim": 64, "num_classes": NUM_CLASSES,
         "val_accuracy": val_acc, "test_accuracy": test_acc, "macs_per_sample": macs, "train_samples": int(n),
-        "encoders": fingerprint_checkpoints(weight_files(cfg, dataset, with_fusion=False)), "seed": t.seed,
+        "encoders": fingerprint_checkpoints(weight_files(cfg, dataset, with_fusion=False, prefer_joint=False)),
+        "seed": t.seed,
     }
     rows_md = "\n".join(f"| {k} | {val_acc[k]:.4f} | {test_acc[k]:.4f} |" for k in val_acc)
     card = f"""# Fusion exit on {dataset}
@@ -182,12 +198,13 @@ Fusion MACs per sample: {macs:,} (flop counter). Encoders fingerprint: `{meta['e
     return meta
 
 
-def load_fusion(cfg: Config, dataset: str) -> MaskedLateFusion:
-    folder = fusion_folder(cfg, dataset)
+def load_fusion(cfg: Config, dataset: str, prefer_joint: bool = True) -> MaskedLateFusion:
+    joint = prefer_joint and use_joint(cfg, dataset)
+    folder = joint_folder(cfg, dataset) / "fusion" if joint else fusion_folder(cfg, dataset)
     meta = read_meta(folder)
     if meta.get("kind") != "fusion_late":
         raise CheckpointError(f"{folder} is not a fusion checkpoint")
-    expected = fingerprint_checkpoints(weight_files(cfg, dataset, with_fusion=False))
+    expected = fingerprint_checkpoints(weight_files(cfg, dataset, with_fusion=False, prefer_joint=joint))
     if meta.get("encoders") != expected:
         raise CheckpointError(
             f"{folder} was trained on other encoder weights; retrain it with `exitflow train joint --dataset {dataset}`"

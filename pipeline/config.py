@@ -97,7 +97,15 @@ class SourceConfig:
 
     name: str = "camera0"
     kind: Literal[
-        "camera", "microphone", "pcm_tcp", "pcm_udp", "audio_file", "text_stdin", "text_file", "text_jsonl", "text_tcp"
+        "camera",
+        "microphone",
+        "pcm_tcp",
+        "pcm_udp",
+        "audio_file",
+        "text_stdin",
+        "text_file",
+        "text_jsonl",
+        "text_tcp",
     ] = "camera"
     uri: str = "0"
     gray: bool = True
@@ -262,6 +270,20 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class JointConfig:
+    """``exitflow train joint``: fusion exit training, then the MMExit joint fine-tune (epochs > 0)."""
+
+    epochs: int = field(default=2, metadata=bounds(min=0, help="joint fine-tune epochs; 0 = fusion only"))
+    limit: int | None = field(default=8000, metadata=bounds(min=1))
+    lr: float = field(default=1e-4, metadata=bounds(min=0.0, min_exclusive=True))
+    alpha: float = field(default=0.9, metadata=bounds(min=0.0, max=0.999))
+    tau_start: float = field(default=1.0, metadata=bounds(min=0.0, min_exclusive=True))
+    tau_end: float = field(default=0.1, metadata=bounds(min=0.0, min_exclusive=True))
+    eval_limit: int | None = field(default=None, metadata=bounds(min=1))
+    use: bool = True
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     """``exitflow bench``: how many samples, and the lambda values of ``--sweep``."""
 
@@ -285,6 +307,7 @@ class Config:
     fusion: FusionConfig = FusionConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     budget: BudgetConfig = BudgetConfig()
+    joint: JointConfig = JointConfig()
     bench: BenchConfig = BenchConfig()
     source_path: str | None = None
 

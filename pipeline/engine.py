@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from encoders.base import EarlyExitEncoder, ExitOutput
+from encoders.macs import count_macs
 from pipeline.config import BudgetConfig, SchedulerConfig
 from pipeline.errors import ExitflowError
 from pipeline.messages import Decision, Sample
@@ -58,6 +59,7 @@ class MaskedLateFusion(nn.Module):
     def __init__(self, dims: Mapping[str, int], num_classes: int, hidden_dim: int = 0):
         super().__init__()
         self.modalities = list(dims)
+        self.dims, self.hidden_dim, self.num_classes = dict(dims), int(hidden_dim), int(num_classes)
         self.placeholders = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m, d in dims.items()})
         width = sum(dims.values())
         self.head: nn.Module = (
@@ -65,7 +67,7 @@ class MaskedLateFusion(nn.Module):
             if hidden_dim == 0
             else nn.Sequential(nn.Linear(width, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_classes))
         )
-        self.macs = width * (hidden_dim or num_classes) + (hidden_dim * num_classes if hidden_dim else 0)
+        self.macs = count_macs(self, {m: torch.zeros(1, d) for m, d in dims.items()}, list(dims))
 
     def forward(self, embeddings: dict[str, torch.Tensor], present: list[str]) -> torch.Tensor:
         unknown = [m for m in present if m not in self.placeholders]

@@ -29,7 +29,7 @@ from pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_c
 from pipeline.config import Config, FusionConfig
 from pipeline.data.avmnist import AVSplit, load_split
 from pipeline.data.commands import DIGIT_SLOT, SLOTS
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, DataError
 
 PAD, BOS, EOS = 0, 1, 2
 WORDS = tuple(w for slot in SLOTS for w in slot)
@@ -65,6 +65,8 @@ class PatchStems(nn.Module):
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         image = torch.from_numpy(np.ascontiguousarray(split.image[rows]))  # (B, 1, 28, 28)
         audio = torch.from_numpy(split.audio[rows])  # (B, 1, 112, 112)
+        if split.text is None:
+            raise DataError(f"{split.dataset} has no text modality; fusion trains on avmnist-t")
         ids, mask = encode_words([split.text[i] for i in rows.tolist()], 6)  # (B, 6)
         tokens = {
             "image": self.image(image).flatten(2).transpose(1, 2) + self.pos["image"],  # (B, 49, D)
@@ -112,6 +114,8 @@ def memory_of(out: FusionOutput) -> tuple[torch.Tensor, torch.Tensor]:
 
 def command_targets(split: AVSplit, rows: np.ndarray) -> torch.Tensor:
     """(B, 7) true command word ids followed by EOS."""
+    if split.command is None:
+        raise DataError(f"{split.dataset} has no commands; the command task needs avmnist-t")
     ids, _ = encode_words([split.command[i] for i in rows.tolist()], 6)
     return torch.cat([ids, torch.full((len(rows), 1), EOS)], dim=1)
 
@@ -215,6 +219,8 @@ def _light(out: FusionOutput) -> FusionOutput:
 def _decode_batch(
     system: FusionSystem, fc: FusionConfig, split: AVSplit, rows: np.ndarray, out: FusionOutput
 ) -> dict:
+    if system.decoder is None:
+        raise ValueError("decoding needs a FusionSystem built with fusion.task=command")
     target = command_targets(split, rows)[:, :6]  # (B, 6) words without EOS
     memory, keep = memory_of(out)
     result = {}
@@ -273,7 +279,8 @@ def train_fusion(cfg: Config, name: str, progress: bool = True) -> FusionRunResu
         if ramp_done and val_stats["val_accuracy"] >= best:  # select only once the kept-ratio target holds
             best, best_state = val_stats["val_accuracy"], copy.deepcopy(system.state_dict())
     train_s = time.perf_counter() - start
-    system.load_state_dict(best_state)
+    if best_state is not None:
+        system.load_state_dict(best_state)
     metrics = {"train_s": train_s, "history": history, "test": evaluate(system, fc, test, fc.eval_limit)}
     folder = checkpoint_dir(f"fusion-{name}", t.checkpoint_dir)
     meta = {"kind": "fusion", "name": name, "fusion": asdict(fc), "train": asdict(t), "metrics": metrics}

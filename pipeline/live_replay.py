@@ -73,7 +73,9 @@ def replay_recording(
         raise ValueError(f"rate must be > 0, got {rate}")
     messages = [ev.message for ev in read_recording(path) if ev.message is not None]
     if not messages:
-        raise DataError(f"{path} holds no sensor messages; record one with: exitflow record --config X out.mcap")
+        raise DataError(
+            f"{path} holds no sensor messages; record one with: exitflow record --config X out.mcap"
+        )
     messages.sort(key=lambda m: (m.timestamp_ns, m.source, m.seq))
     t0_ns = messages[0].timestamp_ns + int(start_s * 1e9)
     decisions: list[Decision] = []

@@ -28,7 +28,17 @@ def _fmt_counts(counts: dict[str, Any]) -> str:
 def render(snap: dict[str, Any]) -> Group:
     """Rich renderable of one pipeline snapshot."""
     sources = Table(title="sources", expand=True)
-    for col in ("source", "modality", "state", "fps", "msgs", "reconnects", "restarts", "drops", "last error"):
+    for col in (
+        "source",
+        "modality",
+        "state",
+        "fps",
+        "msgs",
+        "reconnects",
+        "restarts",
+        "drops",
+        "last error",
+    ):
         sources.add_column(col)
     for name, s in snap.get("sources", {}).items():
         state = s.get("state", s.get("actor", "?"))
@@ -38,9 +48,15 @@ def render(snap: dict[str, Any]) -> Group:
         for reason, n in s.get("queue", {}).get("dropped", {}).items():
             drops[f"queue:{reason}"] = n
         sources.add_row(
-            name, str(s.get("modality", "?")), f"[{STATE_STYLE.get(state, 'yellow')}]{state}[/]",
-            f"{s.get('fps', 0.0):.1f}", str(s.get("messages", 0)), str(s.get("reconnects", 0)),
-            str(s.get("actor_restarts", 0)), _fmt_counts(drops), (s.get("last_error") or "")[:60],
+            name,
+            str(s.get("modality", "?")),
+            f"[{STATE_STYLE.get(state, 'yellow')}]{state}[/]",
+            f"{s.get('fps', 0.0):.1f}",
+            str(s.get("messages", 0)),
+            str(s.get("reconnects", 0)),
+            str(s.get("actor_restarts", 0)),
+            _fmt_counts(drops),
+            (s.get("last_error") or "")[:60],
         )
 
     sync = snap.get("sync", {})
@@ -50,11 +66,18 @@ def render(snap: dict[str, Any]) -> Group:
     flow.add_row("samples emitted / decisions", f"{sync.get('emitted', 0)} / {snap.get('decisions', 0)}")
     flow.add_row("sync drops", _fmt_counts(sync.get("dropped", {})))
     flow.add_row("unmatched", _fmt_counts(sync.get("unmatched", {})))
-    flow.add_row("missing", "; ".join(f"{m}: {_fmt_counts(r)}" for m, r in sync.get("missing", {}).items()) or "-")
+    flow.add_row(
+        "missing", "; ".join(f"{m}: {_fmt_counts(r)}" for m, r in sync.get("missing", {}).items()) or "-"
+    )
     q = snap.get("engine_queue", {})
-    flow.add_row("engine queue", f"{q.get('size', 0)}/{q.get('maxsize', '?')} ({q.get('policy', '?')}), "
-                                 f"drops {_fmt_counts(q.get('dropped', {}))}, in flight {snap.get('in_flight', 0)}")
-    flow.add_row("engine drops", "; ".join(f"{k}: {_fmt_counts(v)}" for k, v in snap.get("drops", {}).items()) or "-")
+    flow.add_row(
+        "engine queue",
+        f"{q.get('size', 0)}/{q.get('maxsize', '?')} ({q.get('policy', '?')}), "
+        f"drops {_fmt_counts(q.get('dropped', {}))}, in flight {snap.get('in_flight', 0)}",
+    )
+    flow.add_row(
+        "engine drops", "; ".join(f"{k}: {_fmt_counts(v)}" for k, v in snap.get("drops", {}).items()) or "-"
+    )
     if snap.get("last_engine_error"):
         flow.add_row("last engine error", str(snap["last_engine_error"])[:80])
 
@@ -63,12 +86,16 @@ def render(snap: dict[str, Any]) -> Group:
     exits.add_column("histogram (exit: count)")
     exits.add_column("skipped")
     exits.add_column("missing")
-    modalities = sorted(set(snap.get("exits", {})) | set(snap.get("missing", {})) | set(snap.get("skipped", {})))
+    modalities = sorted(
+        set(snap.get("exits", {})) | set(snap.get("missing", {})) | set(snap.get("skipped", {}))
+    )
     for m in modalities:
         hist = snap.get("exits", {}).get(m, {})
         total = max(1, sum(hist.values()))
         bars = "  ".join(f"{k}:{v} {'#' * max(1, round(10 * v / total))}" for k, v in sorted(hist.items()))
-        exits.add_row(m, bars or "-", str(snap.get("skipped", {}).get(m, 0)), str(snap.get("missing", {}).get(m, 0)))
+        exits.add_row(
+            m, bars or "-", str(snap.get("skipped", {}).get(m, 0)), str(snap.get("missing", {}).get(m, 0))
+        )
 
     power = Table(title="power and budget", expand=True)
     power.add_column("what")

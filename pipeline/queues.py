@@ -72,7 +72,11 @@ class BoundedQueue(Generic[T]):
     """
 
     def __init__(
-        self, maxsize: int, policy: str = "drop_oldest", name: str = "queue", block_timeout_s: float | None = 1.0
+        self,
+        maxsize: int,
+        policy: str = "drop_oldest",
+        name: str = "queue",
+        block_timeout_s: float | None = 1.0,
     ):
         if not isinstance(maxsize, int) or maxsize < 1:
             raise ValueError(f"queue '{name}': maxsize must be an integer >= 1, got {maxsize!r}")

@@ -60,7 +60,9 @@ def encode_sensor_message(msg: SensorMessage) -> bytes:
         header.update(kind="ndarray", dtype=arr.dtype.str, shape=list(arr.shape))
         body = arr.tobytes()
     else:
-        raise TypeError(f"can record str or np.ndarray payloads, got {type(msg.payload).__name__} from {msg.source}")
+        raise TypeError(
+            f"can record str or np.ndarray payloads, got {type(msg.payload).__name__} from {msg.source}"
+        )
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     return _HEADER_LEN.pack(len(head)) + head + body
 
@@ -126,7 +128,9 @@ class RecordingWriter:
 
     def _channel(self, topic: str, encoding: str) -> int:
         if topic not in self._channels:
-            self._channels[topic] = self._writer.register_channel(topic=topic, message_encoding=encoding, schema_id=0)
+            self._channels[topic] = self._writer.register_channel(
+                topic=topic, message_encoding=encoding, schema_id=0
+            )
         return self._channels[topic]
 
     def write_message(self, msg: SensorMessage) -> None:
@@ -137,7 +141,11 @@ class RecordingWriter:
                 return
             channel = self._channel(SENSOR_TOPIC_PREFIX + msg.source, SENSOR_ENCODING)
             self._writer.add_message(
-                channel, log_time=int(msg.timestamp_ns), data=data, publish_time=int(msg.timestamp_ns), sequence=msg.seq
+                channel,
+                log_time=int(msg.timestamp_ns),
+                data=data,
+                publish_time=int(msg.timestamp_ns),
+                sequence=msg.seq,
             )
             self.messages_written += 1
 
@@ -148,7 +156,9 @@ class RecordingWriter:
             if self._closed:
                 return
             channel = self._channel(DECISION_TOPIC, "json")
-            self._writer.add_message(channel, log_time=int(log_time_ns), data=data, publish_time=int(log_time_ns))
+            self._writer.add_message(
+                channel, log_time=int(log_time_ns), data=data, publish_time=int(log_time_ns)
+            )
             self.decisions_written += 1
 
     def flush(self) -> None:
@@ -211,4 +221,6 @@ def read_recording(path: str | Path) -> Iterator[RecordedEvent]:
             if channel.topic == DECISION_TOPIC:
                 yield RecordedEvent(channel.topic, record.log_time, decision=json.loads(record.data))
             elif channel.message_encoding == SENSOR_ENCODING:
-                yield RecordedEvent(channel.topic, record.log_time, message=decode_sensor_message(record.data))
+                yield RecordedEvent(
+                    channel.topic, record.log_time, message=decode_sensor_message(record.data)
+                )

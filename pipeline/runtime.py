@@ -64,7 +64,9 @@ class SourceWorker:
         backoff: Backoff | None = None,
     ):
         self.source = spec() if callable(spec) else build_source(spec, audio_rate_hz, backoff)
-        self.queue: BoundedQueue[SensorMessage] = BoundedQueue(queue_size, queue_policy, name=self.source.name)
+        self.queue: BoundedQueue[SensorMessage] = BoundedQueue(
+            queue_size, queue_policy, name=self.source.name
+        )
         self.started_ns = time.monotonic_ns()  # tells one incarnation of a restarted actor from the next
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"source-{self.source.name}", daemon=True)
@@ -128,7 +130,9 @@ def resolve_engine_factory(path: str) -> Callable[..., Any]:
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
-        raise LiveRuntimeError(f"cannot load engine factory {path!r}: {e}; set stream.engine to an importable one") from e
+        raise LiveRuntimeError(
+            f"cannot load engine factory {path!r}: {e}; set stream.engine to an importable one"
+        ) from e
 
 
 class EngineWorker:
@@ -223,11 +227,18 @@ def source_actor(spec: SourceConfig | SourceFactory, stream: StreamConfig, name:
         "name": f"exitflow-source-{name}",
     }
     opts.update(options)
-    backoff = Backoff(stream.reconnect_initial_s, max(stream.reconnect_max_s, stream.reconnect_initial_s),
-                      max_attempts=stream.max_reconnects)
+    backoff = Backoff(
+        stream.reconnect_initial_s,
+        max(stream.reconnect_max_s, stream.reconnect_initial_s),
+        max_attempts=stream.max_reconnects,
+    )
     queue_size = spec.queue_size if is_spec else 16
     policy = spec.queue_policy if is_spec else "drop_oldest"
-    return ray.remote(SourceWorker).options(**opts).remote(spec, queue_size, policy, stream.audio_rate_hz, backoff)
+    return (
+        ray.remote(SourceWorker)
+        .options(**opts)
+        .remote(spec, queue_size, policy, stream.audio_rate_hz, backoff)
+    )
 
 
 def engine_actor(factory: EngineFactory | str, stream: StreamConfig, cfg: Any = None, **options: Any) -> Any:
@@ -283,13 +294,19 @@ class LivePipeline:
         self.stream = stream
         specs = sources if sources is not None else {s.name: s for s in stream.sources}
         if not specs:
-            raise LiveRuntimeError("no sources configured; add entries under stream.sources (see docs/streaming.md)")
+            raise LiveRuntimeError(
+                "no sources configured; add entries under stream.sources (see docs/streaming.md)"
+            )
         modalities = sorted({self._modality_of(spec) for spec in specs.values()})
         trigger = stream.trigger if stream.trigger in modalities else modalities[0]
         self.sync = Synchronizer(
-            modalities=modalities, trigger=trigger, policies=dict(stream.policies),
-            slop_ns=int(stream.slop_ms * 1e6), audio_window_s=stream.audio_window_s,
-            audio_rate_hz=stream.audio_rate_hz, max_age_ns={"text": int(stream.text_max_age_s * 1e9)},
+            modalities=modalities,
+            trigger=trigger,
+            policies=dict(stream.policies),
+            slop_ns=int(stream.slop_ms * 1e6),
+            audio_window_s=stream.audio_window_s,
+            audio_rate_hz=stream.audio_rate_hz,
+            max_age_ns={"text": int(stream.text_max_age_s * 1e9)},
             trigger_timeout_ns=int(stream.trigger_timeout_ms * 1e6),
             fallback_period_ns=int(1e9 / stream.fallback_hz),
         )
@@ -320,11 +337,15 @@ class LivePipeline:
             return "text" if spec.kind.startswith("text") else "audio"
         modality = getattr(spec, "modality", None)
         if modality is None:
-            raise LiveRuntimeError("a source factory needs a 'modality' attribute ('image', 'audio' or 'text')")
+            raise LiveRuntimeError(
+                "a source factory needs a 'modality' attribute ('image', 'audio' or 'text')"
+            )
         return modality
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self, source_options: dict[str, dict[str, Any]] | None = None, engine_options: dict | None = None) -> None:
+    def start(
+        self, source_options: dict[str, dict[str, Any]] | None = None, engine_options: dict | None = None
+    ) -> None:
         """Create the engine and source actors (``*_options`` override Ray options, e.g. resources)."""
         self._engine = engine_actor(self._engine_factory, self.stream, self._cfg, **(engine_options or {}))
         for name, spec in self._specs.items():
@@ -340,12 +361,16 @@ class LivePipeline:
         refs = {name: h.actor.node_id.remote() for name, h in self._handles.items()}
         refs["engine"] = self._engine.node_id.remote()
         try:
-            nodes = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s)))
+            nodes = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s), strict=True))
         except GetTimeoutError as e:
-            raise LiveRuntimeError(f"actors not ready after {timeout_s} s; is the cluster short of resources?") from e
+            raise LiveRuntimeError(
+                f"actors not ready after {timeout_s} s; is the cluster short of resources?"
+            ) from e
         except RayActorError as e:
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            cause = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else repr(e))
+            cause = next(
+                (line for line in reversed(lines) if "Error" in line), lines[-1] if lines else repr(e)
+            )
             raise LiveRuntimeError(f"an actor failed to start: {cause}") from e
         for h in self._handles.values():
             h.state = "alive"
@@ -399,8 +424,13 @@ class LivePipeline:
             self._last_health_ns = now
         return n
 
-    def run(self, duration_s: float | None = None, stop: threading.Event | None = None,
-            on_tick: Callable[[LivePipeline], None] | None = None, tick_s: float = 0.25) -> None:
+    def run(
+        self,
+        duration_s: float | None = None,
+        stop: threading.Event | None = None,
+        on_tick: Callable[[LivePipeline], None] | None = None,
+        tick_s: float = 0.25,
+    ) -> None:
         """Loop :meth:`step` until ``duration_s`` passes, ``stop`` is set or Ctrl-C."""
         end = None if duration_s is None else time.monotonic() + duration_s
         last_tick = 0.0
@@ -506,7 +536,12 @@ class LivePipeline:
         """Everything the live view and the benchmark show, as plain data."""
         return {
             "sources": {
-                name: {**h.health, "actor": h.state, "actor_failures": h.failures, "actor_restarts": h.restarts}
+                name: {
+                    **h.health,
+                    "actor": h.state,
+                    "actor_failures": h.failures,
+                    "actor_restarts": h.restarts,
+                }
                 for name, h in self._handles.items()
             },
             "sync": self.sync.stats.to_dict(),
@@ -580,7 +615,9 @@ def run_live(
     return snap
 
 
-def set_running_budget(ray_cfg: RayConfig, mj_per_sample: float | None, power_w: float | None) -> dict[str, Any]:
+def set_running_budget(
+    ray_cfg: RayConfig, mj_per_sample: float | None, power_w: float | None
+) -> dict[str, Any]:
     """Change the budget of a pipeline running in the Ray cluster at ``ray_cfg.address`` (or auto).
 
     Raises:
@@ -589,7 +626,9 @@ def set_running_budget(ray_cfg: RayConfig, mj_per_sample: float | None, power_w:
     if mj_per_sample is None and power_w is None:
         raise LiveRuntimeError("give a budget: --mj-per-sample X or --power-w W")
     try:
-        ray.init(address=ray_cfg.address or "auto", namespace=ray_cfg.namespace, logging_level=logging.WARNING)
+        ray.init(
+            address=ray_cfg.address or "auto", namespace=ray_cfg.namespace, logging_level=logging.WARNING
+        )
     except (ConnectionError, RuntimeError) as e:
         raise LiveRuntimeError(f"no Ray cluster to connect to ({e}); is `exitflow run` running?") from e
     try:

@@ -141,7 +141,10 @@ class Synchronizer:
         last = self._last_ts.get(msg.source)
         if last is not None and msg.timestamp_ns < last:
             log.warning(
-                "sync: %s timestamp went backwards (%d < %d ns); message dropped", msg.source, msg.timestamp_ns, last
+                "sync: %s timestamp went backwards (%d < %d ns); message dropped",
+                msg.source,
+                msg.timestamp_ns,
+                last,
             )
             _bump(self.stats.dropped, "non_monotonic")
             return False
@@ -230,7 +233,10 @@ class Synchronizer:
             self._count_missing(m, reason)
         missing = set(reasons)
         sample = Sample(
-            sample_id=self._next_id, timestamp_ns=t_ns, payloads=payloads, missing=frozenset(missing),
+            sample_id=self._next_id,
+            timestamp_ns=t_ns,
+            payloads=payloads,
+            missing=frozenset(missing),
             timestamps_ns=stamps,
         )
         self._next_id += 1
@@ -278,7 +284,9 @@ class Synchronizer:
                 return
             self._evict(modality, msg)
 
-    def _pick_audio(self, buf: deque[SensorMessage], t_ns: int, policy: str) -> tuple[tuple[Any, int] | None, str]:
+    def _pick_audio(
+        self, buf: deque[SensorMessage], t_ns: int, policy: str
+    ) -> tuple[tuple[Any, int] | None, str]:
         if policy == "exact":
             idx = next((i for i, msg in enumerate(buf) if msg.timestamp_ns == t_ns), None)
             if idx is None:
@@ -288,7 +296,9 @@ class Synchronizer:
             if abs(buf[idx].timestamp_ns - t_ns) > self.slop_ns:
                 return None, "outside_slop"
         else:
-            idx = max((i for i, msg in enumerate(buf) if msg.timestamp_ns <= t_ns + self.slop_ns), default=None)
+            idx = max(
+                (i for i, msg in enumerate(buf) if msg.timestamp_ns <= t_ns + self.slop_ns), default=None
+            )
             if idx is None:
                 return None, "no_data"
         chunks: list[np.ndarray] = []
@@ -302,5 +312,7 @@ class Synchronizer:
         if window.shape[0] < self.min_audio_fill * self.audio_window_samples:
             return None, "audio_underfill"
         if window.shape[0] < self.audio_window_samples:
-            window = np.concatenate([np.zeros(self.audio_window_samples - window.shape[0], np.float32), window])
+            window = np.concatenate(
+                [np.zeros(self.audio_window_samples - window.shape[0], np.float32), window]
+            )
         return (AudioClip(window, self.audio_rate_hz), buf[idx].timestamp_ns), ""

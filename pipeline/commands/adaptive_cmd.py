@@ -38,6 +38,15 @@ def _joint(args: argparse.Namespace, cfg: Config) -> int:
     for subset, acc in meta["test_accuracy"].items():
         print(f"fusion over {subset}: val {meta['val_accuracy'][subset]:.4f}  test {acc:.4f}")
     print(f"fusion MACs/sample: {meta['macs_per_sample']:,}")
+    if cfg.joint.epochs > 0:
+        from pipeline.joint_training import joint_finetune
+
+        result = joint_finetune(cfg, args.dataset or cfg.data.dataset, command=command_line())
+        for m, accs in result["per_exit_val_after"].items():
+            before = result["per_exit_val_before"][m]
+            print(f"joint {m}: val per exit " + "  ".join(f"{b:.3f}->{a:.3f}" for b, a in zip(before, accs, strict=True)))
+        for k, acc in result["fusion_val_after"].items():
+            print(f"joint fusion {k}: val {result['fusion_val_before'][k]:.4f} -> {acc:.4f}")
     return 0
 
 

@@ -14,7 +14,9 @@ from pipeline.config import Config
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     run = sub.add_parser("run", help="run the live pipeline on the sources in stream.sources")
-    run.add_argument("--record", default=None, metavar="OUT.mcap", help="record raw streams and decisions (MCAP)")
+    run.add_argument(
+        "--record", default=None, metavar="OUT.mcap", help="record raw streams and decisions (MCAP)"
+    )
     _common(run)
     run.set_defaults(func=_run)
 
@@ -34,7 +36,9 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
-    parser.add_argument("--no-view", action="store_true", help="no live terminal view (print a summary at the end)")
+    parser.add_argument(
+        "--no-view", action="store_true", help="no live terminal view (print a summary at the end)"
+    )
 
 
 def _run(args: argparse.Namespace, cfg: Config) -> int:

@@ -40,11 +40,15 @@ def split_host_port(uri: str, source_name: str) -> tuple[str, int]:
     text = uri.split("://", 1)[-1]
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise SourceError(f"source '{source_name}': expected uri 'host:port' (e.g. 127.0.0.1:5000), got {uri!r}")
+        raise SourceError(
+            f"source '{source_name}': expected uri 'host:port' (e.g. 127.0.0.1:5000), got {uri!r}"
+        )
     return host, int(port)
 
 
-def build_source(spec: SourceConfig, audio_rate_hz: int | None = None, backoff: Backoff | None = None) -> Source:
+def build_source(
+    spec: SourceConfig, audio_rate_hz: int | None = None, backoff: Backoff | None = None
+) -> Source:
     """Make the source ``spec`` describes.
 
     Args:
@@ -63,7 +67,12 @@ def build_source(spec: SourceConfig, audio_rate_hz: int | None = None, backoff: 
     if spec.kind == "camera":
         shape = (spec.height, spec.width) if spec.height and spec.width else None
         return CameraSource(
-            spec.uri, spec.name, gray=spec.gray, expected_shape=shape, realtime=spec.realtime, loop=spec.loop,
+            spec.uri,
+            spec.name,
+            gray=spec.gray,
+            expected_shape=shape,
+            realtime=spec.realtime,
+            loop=spec.loop,
             backoff=backoff,
         )
     if spec.kind in ("pcm_tcp", "pcm_udp"):
@@ -78,8 +87,13 @@ def build_source(spec: SourceConfig, audio_rate_hz: int | None = None, backoff: 
         return StdinTextSource(spec.name, **text)
     if spec.kind in ("text_file", "text_jsonl"):
         return TextFileSource(
-            spec.uri, spec.name, jsonl=spec.kind == "text_jsonl", line_rate_hz=spec.line_rate_hz,
-            realtime=spec.realtime, loop=spec.loop, **text,
+            spec.uri,
+            spec.name,
+            jsonl=spec.kind == "text_jsonl",
+            line_rate_hz=spec.line_rate_hz,
+            realtime=spec.realtime,
+            loop=spec.loop,
+            **text,
         )
     if spec.kind == "text_tcp":
         host, port = split_host_port(spec.uri, spec.name)

@@ -240,7 +240,19 @@ class Source:
         delay_s = self.backoff.next_delay_s()
         self._next_attempt_s = time.monotonic() + delay_s
         self.state = "reconnecting"
-        log.warning("source %s: %s; retrying in %.2f s", self.name, error, delay_s)
+        level = (
+            logging.WARNING
+            if self.backoff.attempts in (1, 10) or self.backoff.attempts % 100 == 0
+            else logging.DEBUG
+        )
+        log.log(
+            level,
+            "source %s: %s; retrying in %.2f s (attempt %d)",
+            self.name,
+            error,
+            delay_s,
+            self.backoff.attempts,
+        )
 
     def _safe_close(self) -> None:
         try:

@@ -123,7 +123,12 @@ class CameraSource(Source):
 
     def check_frame(self, frame: np.ndarray, source_time_ns: int | None = None) -> SensorMessage | None:
         """Validate and convert one decoded frame; garbage is counted and gives None."""
-        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim not in (2, 3) or frame.size == 0:
+        if (
+            not isinstance(frame, np.ndarray)
+            or frame.dtype != np.uint8
+            or frame.ndim not in (2, 3)
+            or frame.size == 0
+        ):
             self.count_drop("decode_failure")
             return None
         if frame.ndim == 3 and frame.shape[2] not in (1, 3, 4):

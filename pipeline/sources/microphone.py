@@ -101,7 +101,9 @@ class AudioSource(Source):
                 f"{self.target_rate_hz} Hz; set on_rate_mismatch: resample or fix the stream's rate"
             )
         if not self._warned:
-            log.warning("audio source %s: resampling %d Hz -> %d Hz", self.name, actual_hz, self.target_rate_hz)
+            log.warning(
+                "audio source %s: resampling %d Hz -> %d Hz", self.name, actual_hz, self.target_rate_hz
+            )
             self._warned = True
 
     def audio_message(self, samples: np.ndarray) -> SensorMessage | None:
@@ -119,7 +121,9 @@ class AudioSource(Source):
             rate = self.target_rate_hz
             self.dropped["resampled"] = self.dropped.get("resampled", 0) + 1
         return self.new_message(
-            np.ascontiguousarray(samples, dtype=np.float32), source_time_ns=source_time_ns, sample_rate_hz=rate
+            np.ascontiguousarray(samples, dtype=np.float32),
+            source_time_ns=source_time_ns,
+            sample_rate_hz=rate,
         )
 
 
@@ -154,7 +158,13 @@ class PcmSocketSource(AudioSource):
             raise ValueError(f"protocol must be 'tcp' or 'udp', got {protocol!r}")
         if fmt not in PCM_DTYPES:
             raise ValueError(f"fmt must be one of {sorted(PCM_DTYPES)}, got {fmt!r}")
-        self.host, self.port, self.protocol, self.fmt, self.channels = host, int(port), protocol, fmt, channels
+        self.host, self.port, self.protocol, self.fmt, self.channels = (
+            host,
+            int(port),
+            protocol,
+            fmt,
+            channels,
+        )
         self.timeout_s, self.stall_s = timeout_s, stall_s
         self._sock: socket.socket | None = None
         self._buf = bytearray()
@@ -218,7 +228,9 @@ class AudioFileSource(AudioSource):
         **kwargs: See :class:`AudioSource` (``sample_rate_hz`` is read from the file).
     """
 
-    def __init__(self, path: str, name: str = "mic0", realtime: bool = True, loop: bool = False, **kwargs: Any):
+    def __init__(
+        self, path: str, name: str = "mic0", realtime: bool = True, loop: bool = False, **kwargs: Any
+    ):
         kwargs.setdefault("sample_rate_hz", 16000)
         super().__init__(name, **kwargs)
         self.path, self.realtime, self.loop = path, realtime, loop
@@ -268,7 +280,13 @@ class MicrophoneSource(AudioSource):
         **kwargs: See :class:`AudioSource`.
     """
 
-    def __init__(self, device: int | str | None = None, name: str = "mic0", max_buffered_chunks: int = 50, **kwargs: Any):
+    def __init__(
+        self,
+        device: int | str | None = None,
+        name: str = "mic0",
+        max_buffered_chunks: int = 50,
+        **kwargs: Any,
+    ):
         super().__init__(name, **kwargs)
         self.device = device
         self._chunks: deque[np.ndarray] = deque(maxlen=max_buffered_chunks)
@@ -286,8 +304,9 @@ class MicrophoneSource(AudioSource):
         try:
             sounddevice.query_devices(self.device, kind="input")
         except (ValueError, sounddevice.PortAudioError) as e:
-            raise SourceError(f"no audio input device {self.device!r}: {e}; list devices with "
-                              "python -m sounddevice") from e
+            raise SourceError(
+                f"no audio input device {self.device!r}: {e}; list devices with python -m sounddevice"
+            ) from e
         self.check_rate(self.sample_rate_hz)
 
         def callback(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -297,8 +316,12 @@ class MicrophoneSource(AudioSource):
                 self._chunks.append(indata.mean(axis=1).astype(np.float32))
 
         self._stream = sounddevice.InputStream(
-            device=self.device, channels=1, samplerate=self.sample_rate_hz,
-            blocksize=self.chunk_samples, dtype="float32", callback=callback,
+            device=self.device,
+            channels=1,
+            samplerate=self.sample_rate_hz,
+            blocksize=self.chunk_samples,
+            dtype="float32",
+            callback=callback,
         )
         self._stream.start()
 

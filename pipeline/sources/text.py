@@ -54,7 +54,13 @@ class TextSource(Source):
 
     modality = "text"
 
-    def __init__(self, name: str, max_rate_hz: float | None = 20.0, max_chars: int = 512, backoff: Backoff | None = None):
+    def __init__(
+        self,
+        name: str,
+        max_rate_hz: float | None = 20.0,
+        max_chars: int = 512,
+        backoff: Backoff | None = None,
+    ):
         super().__init__(name, "text", backoff)
         self.max_chars = max_chars
         self._bucket = TokenBucket(max_rate_hz)

@@ -13,13 +13,21 @@ from devices import get_power_meter
 from encoders.audio import build_audio_encoder
 from encoders.checkpoint import save_encoder
 from encoders.vision import build_vision_encoder
-from pipeline.adaptive import encoder_folder, load_dataset_profile, make_profile, train_fusion
+from pipeline.adaptive import (
+    encoder_folder,
+    load_dataset_profile,
+    load_encoders,
+    make_profile,
+    train_fusion,
+    use_joint,
+)
 from pipeline.adaptive_systems import AdaptiveParts, truncated_macs
 from pipeline.bench import BENCH_SYSTEMS, bench, format_table, static_exits_matching
 from pipeline.config import load_config
 from pipeline.data.avmnist import load_split
 from pipeline.data.roots import SHARED_DATA
 from pipeline.errors import CheckpointError
+from pipeline.joint_training import joint_finetune
 from pipeline.replay import split_samples
 from tests.conftest import requires_shared
 
@@ -32,6 +40,7 @@ def tiny_cfg(tmp_path_factory: pytest.TempPathFactory, data_cache: Path):
     cfg = load_config(None, [
         f"data.root={SHARED_DATA}", f"data.cache_dir={data_cache}", f"train.checkpoint_dir={ckpt}",
         "train.limit=512", "train.epochs=1", "train.batch_size=128", "scheduler.threshold=0.5",
+        "joint.epochs=2", "joint.limit=256", "joint.eval_limit=300",
     ])
     torch.manual_seed(0)
     save_encoder(build_vision_encoder(**TINY), encoder_folder(cfg, "image"))
@@ -44,6 +53,13 @@ def tiny_cfg(tmp_path_factory: pytest.TempPathFactory, data_cache: Path):
 def test_fusion_profile_and_bench_on_tiny_encoders(tiny_cfg) -> None:
     meta = train_fusion(tiny_cfg, "avmnist", progress=False)
     assert set(meta["test_accuracy"]) == {"image", "audio", "image+audio"}
+    result = joint_finetune(tiny_cfg, "avmnist", progress=False)
+    assert [h["stage"] for h in result["history"]] == ["final", "rest"]
+    assert set(result["per_exit_val_after"]) == {"image", "audio"}
+    assert use_joint(tiny_cfg, "avmnist")
+    before = load_encoders(tiny_cfg, "avmnist", prefer_joint=False)["image"].state_dict()
+    after = load_encoders(tiny_cfg, "avmnist")["image"].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the joint set really changed
     with get_power_meter("psutil") as meter:
         profile = make_profile(tiny_cfg, "avmnist", meter, energy_samples=3, progress=False)
     assert profile.modalities == ("image", "audio") and all(len(e) == 2 for e in profile.exits.values())

@@ -24,13 +24,26 @@ MS = 1_000_000
 
 def test_sensor_message_round_trips_bit_exact():
     msgs = [
-        SensorMessage("image", "cam", 5, np.arange(12, dtype=np.uint8).reshape(3, 4), seq=3, source_time_ns=40, meta={"shape": [3, 4]}),
+        SensorMessage(
+            "image",
+            "cam",
+            5,
+            np.arange(12, dtype=np.uint8).reshape(3, 4),
+            seq=3,
+            source_time_ns=40,
+            meta={"shape": [3, 4]},
+        ),
         SensorMessage("audio", "mic", 6, np.linspace(-1, 1, 7, dtype=np.float32), sample_rate_hz=16000),
         SensorMessage("text", "txt", 7, "lay blue by c two again ✓"),
     ]
     for m in msgs:
         back = decode_sensor_message(encode_sensor_message(m))
-        assert (back.modality, back.source, back.timestamp_ns, back.seq) == (m.modality, m.source, m.timestamp_ns, m.seq)
+        assert (back.modality, back.source, back.timestamp_ns, back.seq) == (
+            m.modality,
+            m.source,
+            m.timestamp_ns,
+            m.seq,
+        )
         assert back.source_time_ns == m.source_time_ns and back.sample_rate_hz == m.sample_rate_hz
         if isinstance(m.payload, str):
             assert back.payload == m.payload
@@ -108,9 +121,16 @@ class RuleEngine:
             exits["audio"] = 1
         t_s = (sample.timestamp_ns - self.t0_ns) / 1e9
         return Decision(
-            sample_id=sample.sample_id, prediction=max(votes) if votes else -1, system="rule", exits=exits,
-            missing=sorted(sample.missing), energy_mj=self.trace.energy_mj(t_s, 0.02), energy_source="replay",
-            estimated=False, latency_ms={"engine": float(np.random.rand())}, timestamp_ns=sample.timestamp_ns,
+            sample_id=sample.sample_id,
+            prediction=max(votes) if votes else -1,
+            system="rule",
+            exits=exits,
+            missing=sorted(sample.missing),
+            energy_mj=self.trace.energy_mj(t_s, 0.02),
+            energy_source="replay",
+            estimated=False,
+            latency_ms={"engine": float(np.random.rand())},
+            timestamp_ns=sample.timestamp_ns,
         )
 
     def set_budget(self, mj_per_sample=None, power_w=None):
@@ -125,10 +145,21 @@ def test_record_then_replay_twice_gives_identical_decision_logs(tmp_path):
     path = tmp_path / "grid.mcap"
     w = RecordingWriter(path, chunk_size_bytes=64 * 1024)
     msgs = [SensorMessage("image", "cam", t0 + 40 * MS * i + 3 * MS, frames[i], seq=i) for i in range(75)]
-    msgs += [SensorMessage("audio", "mic", t0 + 100 * MS * (k + 1), audio[1600 * k : 1600 * (k + 1)], seq=k,
-                           sample_rate_hz=16000) for k in range(29)]
-    msgs += [SensorMessage("text", "txt", t0 + 500 * MS * k, w_, seq=k)
-             for k, w_ in enumerate("bin blue at f two now".split())]
+    msgs += [
+        SensorMessage(
+            "audio",
+            "mic",
+            t0 + 100 * MS * (k + 1),
+            audio[1600 * k : 1600 * (k + 1)],
+            seq=k,
+            sample_rate_hz=16000,
+        )
+        for k in range(29)
+    ]
+    msgs += [
+        SensorMessage("text", "txt", t0 + 500 * MS * k, w_, seq=k)
+        for k, w_ in enumerate("bin blue at f two now".split())
+    ]
     for m in sorted(msgs, key=lambda m: m.timestamp_ns):
         w.write_message(m)
     w.close()

@@ -28,7 +28,8 @@ GRID = Path("/work/shared/data/grid_av_samples")
 GRID_CLIP = GRID / "mpg" / "bbaf2n.mpg"
 needs_grid = pytest.mark.skipif(not GRID_CLIP.exists(), reason="GRID clips not found under ../shared/data")
 needs_ffmpeg = pytest.mark.skipif(
-    shutil.which("ffmpeg") is None, reason="ffmpeg not installed (apt-get install -y ffmpeg; see .ci/apt-packages.txt)"
+    shutil.which("ffmpeg") is None,
+    reason="ffmpeg not installed (apt-get install -y ffmpeg; see .ci/apt-packages.txt)",
 )
 
 
@@ -54,8 +55,12 @@ class RuleEngine:
         if "text" in present:
             votes.append(len(sample.payloads["text"]) % 10)
         return Decision(
-            sample_id=sample.sample_id, prediction=max(votes) if votes else -1, system="rule",
-            order=present, exits={m: 0 for m in present}, missing=sorted(sample.missing),
+            sample_id=sample.sample_id,
+            prediction=max(votes) if votes else -1,
+            system="rule",
+            order=present,
+            exits={m: 0 for m in present},
+            missing=sorted(sample.missing),
             timestamp_ns=sample.timestamp_ns,
         )
 
@@ -132,24 +137,49 @@ def run_until(pipe: LivePipeline, condition, timeout_s: float) -> bool:
 
 
 @pytest.mark.network
+@pytest.mark.slow
 @needs_ffmpeg
 @needs_grid
 def test_grid_clip_over_loopback_flows_through_ray_actors_to_decisions(ray_local, tmp_path):
     video_port, audio_port = free_port(), free_port()
     common = ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(GRID_CLIP)]
-    video = subprocess.Popen(common + ["-an", "-c:v", "mjpeg", "-q:v", "5", "-f", "mpjpeg", "-listen", "1",
-                                       f"http://127.0.0.1:{video_port}/cam.mjpg"])
-    audio = subprocess.Popen(common + ["-vn", "-ac", "1", "-ar", "16000", "-f", "s16le",
-                                       f"tcp://127.0.0.1:{audio_port}?listen=1"])
+    video = subprocess.Popen(
+        common
+        + [
+            "-an",
+            "-c:v",
+            "mjpeg",
+            "-q:v",
+            "5",
+            "-f",
+            "mpjpeg",
+            "-listen",
+            "1",
+            f"http://127.0.0.1:{video_port}/cam.mjpg",
+        ]
+    )
+    audio = subprocess.Popen(
+        common + ["-vn", "-ac", "1", "-ar", "16000", "-f", "s16le", f"tcp://127.0.0.1:{audio_port}?listen=1"]
+    )
     text = TextServer("bin blue at f two now".split(), rate_hz=2.0)
     stream = StreamConfig(
         sources=(
-            SourceConfig(name="cam", kind="camera", uri=f"http://127.0.0.1:{video_port}/cam.mjpg", queue_size=8),
-            SourceConfig(name="mic", kind="pcm_tcp", uri=f"127.0.0.1:{audio_port}", chunk_ms=100, queue_size=8),
+            SourceConfig(
+                name="cam", kind="camera", uri=f"http://127.0.0.1:{video_port}/cam.mjpg", queue_size=8
+            ),
+            SourceConfig(
+                name="mic", kind="pcm_tcp", uri=f"127.0.0.1:{audio_port}", chunk_ms=100, queue_size=8
+            ),
             SourceConfig(name="txt", kind="text_tcp", uri=f"127.0.0.1:{text.port}", queue_size=8),
         ),
-        slop_ms=60.0, audio_window_s=1.0, audio_rate_hz=16000, engine_queue_size=4, max_in_flight=2,
-        engine_num_cpus=0.5, reconnect_initial_s=0.1, reconnect_max_s=0.5,
+        slop_ms=60.0,
+        audio_window_s=1.0,
+        audio_rate_hz=16000,
+        engine_queue_size=4,
+        max_in_flight=2,
+        engine_num_cpus=0.5,
+        reconnect_initial_s=0.1,
+        reconnect_max_s=0.5,
     )
     recorder = RecordingWriter(tmp_path / "live.mcap", chunk_size_bytes=256 * 1024)
     pipe = LivePipeline(stream, RuleEngine, recorder=recorder)
@@ -178,10 +208,13 @@ def test_grid_clip_over_loopback_flows_through_ray_actors_to_decisions(ray_local
     assert snap["engine_queue"]["high_water"] <= stream.engine_queue_size
     assert pipe.limiter.high_water <= stream.max_in_flight
     assert "end_to_end" in snap["latency_ms"]
-    recorded = {(e.message.source, e.message.seq) for e in read_recording(tmp_path / "live.mcap") if e.message}
+    recorded = {
+        (e.message.source, e.message.seq) for e in read_recording(tmp_path / "live.mcap") if e.message
+    }
     assert recorded == {(s, q) for s, q, _ in pipe.received}
 
 
+@pytest.mark.slow
 @needs_grid
 def test_killed_source_actor_restarts_while_the_other_modalities_keep_flowing(ray_local, tmp_path):
     lines = tmp_path / "ops.txt"
@@ -191,7 +224,11 @@ def test_killed_source_actor_restarts_while_the_other_modalities_keep_flowing(ra
             SourceConfig(name="cam", kind="camera", uri=str(GRID_CLIP), loop=True, queue_size=8),
             SourceConfig(name="txt", kind="text_file", uri=str(lines), line_rate_hz=10.0, queue_size=8),
         ),
-        slop_ms=60.0, trigger_timeout_ms=400.0, fallback_hz=5.0, engine_num_cpus=0.5, max_restarts=2,
+        slop_ms=60.0,
+        trigger_timeout_ms=400.0,
+        fallback_hz=5.0,
+        engine_num_cpus=0.5,
+        max_restarts=2,
         text_max_age_s=2.0,
     )
     recorder = RecordingWriter(tmp_path / "fault.mcap", chunk_size_bytes=64 * 1024)
@@ -227,6 +264,73 @@ def test_killed_source_actor_restarts_while_the_other_modalities_keep_flowing(ra
     assert sum(s == "cam" and ts > kill_ns for s, _, ts in pipe.received) >= 10  # frames flow again
     assert any(not d.missing for d in after[-5:]), "full samples did not resume after the restart"
     assert snap["sources"]["cam"]["actor_failures"] >= 1
-    recorded = {(e.message.source, e.message.seq, e.message.timestamp_ns)
-                for e in read_recording(tmp_path / "fault.mcap") if e.message}
+    recorded = {
+        (e.message.source, e.message.seq, e.message.timestamp_ns)
+        for e in read_recording(tmp_path / "fault.mcap")
+        if e.message
+    }
     assert set(before_kill) <= recorded  # every message received before the kill was recorded
+
+
+def test_live_view_renders_a_snapshot_with_every_section():
+    from rich.console import Console
+
+    from pipeline.live_stats import LiveStats
+    from pipeline.live_view import render
+
+    stats = LiveStats()
+    stats.observe_latency("end_to_end", 70.0)
+    stats.observe_latency("end_to_end", 90.0)
+    stats.observe_decision(
+        Decision(
+            sample_id=0,
+            prediction=1,
+            system="t",
+            exits={"image": 2},
+            missing=["audio"],
+            energy_mj=3.5,
+            energy_source="rapl",
+            estimated=False,
+            lam=0.1,
+        )
+    )
+    snap = {
+        "sources": {
+            "cam": {
+                "modality": "image",
+                "state": "reconnecting",
+                "fps": 24.5,
+                "messages": 10,
+                "reconnects": 1,
+                "actor_restarts": 0,
+                "dropped": {"wrong_shape": 2},
+                "queue": {"dropped": {"drop_oldest": 3}},
+                "last_error": "connect failed",
+            }
+        },
+        "sync": {
+            "emitted": 5,
+            "dropped": {"non_monotonic": 1},
+            "unmatched": {},
+            "missing": {"audio": {"no_data": 1}},
+        },
+        "engine_queue": {"size": 1, "maxsize": 4, "policy": "drop_oldest", "dropped": {}},
+        "budget": {"mj_per_sample": 12.5},
+        **stats.summary(),
+    }
+    console = Console(record=True, width=160)
+    console.print(render(snap))
+    text = console.export_text()
+    for needle in (
+        "reconnecting",
+        "24.5",
+        "wrong_shape=2",
+        "queue:drop_oldest=3",
+        "non_monotonic=1",
+        "2:1",
+        "3.50 mJ from rapl",
+        "mj_per_sample=12.5",
+        "end_to_end",
+        "90.0",
+    ):
+        assert needle in text, needle

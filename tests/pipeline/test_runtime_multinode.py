@@ -42,10 +42,15 @@ def test_sources_and_engine_run_on_different_nodes(tmp_path):
         lines.write_text("".join(f"line {i}\n" for i in range(50)))
         stream = StreamConfig(
             sources=(
-                SourceConfig(name="cam", kind="camera", uri=str(GRID_CLIP), loop=True, resources={"sensor_node": 1}),
-                SourceConfig(name="txt", kind="text_file", uri=str(lines), line_rate_hz=5, resources={"sensor_node": 1}),
+                SourceConfig(
+                    name="cam", kind="camera", uri=str(GRID_CLIP), loop=True, resources={"sensor_node": 1}
+                ),
+                SourceConfig(
+                    name="txt", kind="text_file", uri=str(lines), line_rate_hz=5, resources={"sensor_node": 1}
+                ),
             ),
-            engine_num_cpus=0.5, engine_resources={"engine_node": 1},
+            engine_num_cpus=0.5,
+            engine_resources={"engine_node": 1},
         )
         pipe = LivePipeline(stream, RuleEngine)
         pipe.start()

@@ -170,8 +170,15 @@ class PcmServer:
 def test_pcm_tcp_source_delivers_real_audio_and_reconnects_after_the_peer_leaves():
     audio = grid_audio_int16()[:16000]  # 1 s of real speech
     server = PcmServer(audio.tobytes())
-    src = PcmSocketSource("127.0.0.1", server.port, "tcp", name="mic", sample_rate_hz=16000, chunk_ms=100,
-                          backoff=Backoff(0.01, 0.05))
+    src = PcmSocketSource(
+        "127.0.0.1",
+        server.port,
+        "tcp",
+        name="mic",
+        sample_rate_hz=16000,
+        chunk_ms=100,
+        backoff=Backoff(0.01, 0.05),
+    )
     msgs = read_until(src, 10)
     assert len(msgs) == 10
     got = np.concatenate([m.payload for m in msgs])
@@ -205,7 +212,9 @@ def test_pcm_udp_source_receives_datagrams():
 def test_pcm_at_an_unexpected_rate_is_resampled_with_a_count():
     audio = grid_audio_int16()[::2][:8000]  # 1 s at 8 kHz
     server = PcmServer(audio.tobytes())
-    src = PcmSocketSource("127.0.0.1", server.port, "tcp", sample_rate_hz=8000, target_rate_hz=16000, chunk_ms=100)
+    src = PcmSocketSource(
+        "127.0.0.1", server.port, "tcp", sample_rate_hz=8000, target_rate_hz=16000, chunk_ms=100
+    )
     msgs = read_until(src, 3)
     assert len(msgs) == 3
     assert all(m.sample_rate_hz == 16000 and m.payload.shape == (1600,) for m in msgs)
@@ -231,6 +240,26 @@ def test_flac_file_source_reads_chunks_and_finishes(tmp_path):
     assert [m.payload.shape[0] for m in msgs] == [1600, 1600, 800]
     np.testing.assert_allclose(np.concatenate([m.payload for m in msgs]), ramp, atol=1e-4)
     assert src.health().state == "finished"
+
+
+def test_microphone_without_sounddevice_fails_with_an_actionable_error(monkeypatch):
+    import builtins
+
+    from pipeline.sources import MicrophoneSource
+
+    real_import = builtins.__import__
+
+    def no_sounddevice(name, *args, **kwargs):
+        if name == "sounddevice":
+            raise ImportError("No module named 'sounddevice'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sounddevice)
+    src = MicrophoneSource(None, "mic", sample_rate_hz=16000)
+    assert src.read() is None
+    h = src.health()
+    assert h.state == "failed"
+    assert "exitflow[mic]" in h.last_error and "PCM over TCP/UDP" in h.last_error
 
 
 # -- text ------------------------------------------------------------------------------------
@@ -264,7 +293,12 @@ def test_text_socket_flood_is_limited_and_counted():
 
 def test_jsonl_text_is_replayed_at_its_timestamps_and_bad_lines_are_counted(tmp_path):
     path = tmp_path / "ops.jsonl"
-    lines = [{"t_s": 0.0, "text": "bin blue"}, "not json", {"t_s": 0.2, "text": "at f"}, {"timestamp_ns": 300_000_000, "text": "two now"}]
+    lines = [
+        {"t_s": 0.0, "text": "bin blue"},
+        "not json",
+        {"t_s": 0.2, "text": "at f"},
+        {"timestamp_ns": 300_000_000, "text": "two now"},
+    ]
     path.write_text("\n".join(json.dumps(x) if isinstance(x, dict) else x for x in lines) + "\n")
     src = TextFileSource(str(path), "txt", jsonl=True)
     t0 = time.monotonic()

@@ -162,6 +162,8 @@ def test_preprocess_turns_real_grid_payloads_into_model_inputs():
     assert 0.0 <= ready.payloads["image"].min() and ready.payloads["image"].max() <= 1.0
     assert ready.payloads["text"] == "bin blue at f two now" and ready.missing == frozenset()
     bad = preprocess_sample(
-        type(sample)(sample_id=1, timestamp_ns=0, payloads={"audio": AudioClip(np.zeros(10, np.float32), 16000)})
+        type(sample)(
+            sample_id=1, timestamp_ns=0, payloads={"audio": AudioClip(np.zeros(10, np.float32), 16000)}
+        )
     )
     assert bad.missing == {"audio"}
