@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -99,14 +100,21 @@ class AdaptiveParts:
     def static(self, exits: dict[str, int], name: str = "static") -> TruncatedSystem:
         return TruncatedSystem(name, self.encoders, exits)
 
-    def exitflow(self, meter: Any = None, lam: float | None = None, budget: bool = True) -> EngineSystem:
+    def exitflow(
+        self, meter: Any = None, lam: float | None = None, budget: bool = True, budget_mj: float | None = None,
+        name: str = "exitflow",
+    ) -> EngineSystem:
+        """The UoE-scheduled system; ``budget_mj`` sets a per-sample budget (overriding the config)."""
         sched = self.cfg.scheduler
         policy = policy_from_config(self.profile, sched)
         if lam is not None:
             policy.set_lambda(lam)
-        controller = budget_from_config(self.cfg.budget, policy.lam, self.profile) if budget else None
-        engine = Engine(self.encoders, self.fusion, policy, meter=meter, budget=controller, system="exitflow")
-        return EngineSystem("exitflow", engine, self.modalities)
+        budget_cfg = self.cfg.budget
+        if budget_mj is not None:
+            budget_cfg = dataclasses.replace(budget_cfg, mode="mj_per_sample", mj_per_sample=budget_mj)
+        controller = budget_from_config(budget_cfg, policy.lam, self.profile) if budget else None
+        engine = Engine(self.encoders, self.fusion, policy, meter=meter, budget=controller, system=name)
+        return EngineSystem(name, engine, self.modalities)
 
     def rexit(self, meter: Any = None, seed: int = 0) -> EngineSystem:
         sched = self.cfg.scheduler

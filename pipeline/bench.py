@@ -92,6 +92,41 @@ def bench(
     return [rows[s] for s in systems]
 
 
+def engine_mj(parts: AdaptiveParts, samples: Sequence[Sample], meter: Any) -> float:
+    """Mean per-sample energy of ``full`` measured the way the engine measures (one window per sample)."""
+    system = parts.full()
+    total = 0.0
+    for sample in samples:
+        meter.begin_window("full")
+        system.process(sample)
+        total += meter.end_window("full").energy_mj or 0.0
+    return total / len(samples)
+
+
+def budget_run(parts: AdaptiveParts, samples: Sequence[Sample], meter: Any, budget_mj: float,
+               skip: int = 200, progress: bool = False) -> dict[str, Any]:
+    """exitflow under a per-sample energy budget; how closely the running average tracks it.
+
+    The running average is over the engine's own per-sample energy (the sum of its step
+    windows); ``max_dev_after_skip`` is the largest relative gap |avg_k - budget| / budget over
+    every k > ``skip``, ``tail_mean_mj`` the mean of samples after ``skip``.
+    """
+    system = parts.exitflow(meter=meter, budget_mj=budget_mj, name="exitflow@budget")
+    row = run_system(system, samples, meter, progress)
+    energy = np.array([d.energy_mj for d in row["decisions"]], dtype=np.float64)
+    running = np.cumsum(energy) / np.arange(1, energy.shape[0] + 1)
+    tail = running[skip:] if energy.shape[0] > skip else running[-1:]
+    row.update({
+        "budget_mj_per_sample": budget_mj,
+        "engine_mj_per_sample": float(energy.mean()),
+        "final_running_avg_mj": float(running[-1]),
+        "max_dev_after_skip": float(np.max(np.abs(tail - budget_mj)) / budget_mj),
+        "tail_mean_mj": float(energy[skip:].mean()) if energy.shape[0] > skip else None,
+        "lambda_final": row["decisions"][-1].lam,
+    })
+    return row
+
+
 def format_table(rows: Sequence[dict[str, Any]], reference: str = "full") -> str:
     ref = next((r for r in rows if r["system"] == reference), None)
     header = f"{'system':<10}{'n':>6}{'accuracy':>10}{'MACs/sample':>14}{'ms/sample':>11}{'mJ/sample':>11}{'MACs x':>8}{'ms x':>7}  energy source"

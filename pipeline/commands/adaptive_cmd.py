@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     bench.add_argument("--json", dest="json_out", default=None, help="write the rows as a JSON list")
     bench.add_argument("--sweep", action="store_true", help="add a lambda sweep of exitflow and every static truncation")
     bench.add_argument("--plot", default=None, help="PNG of the accuracy-energy Pareto front (with --sweep)")
+    bench.add_argument("--budget-fraction", type=float, default=None,
+                       help="also run exitflow with budget.mj_per_sample = this fraction of full's engine mJ/sample")
     bench.set_defaults(func=_bench)
 
 
@@ -64,7 +66,7 @@ def _profile(args: argparse.Namespace, cfg: Config) -> int:
 
 def _bench(args: argparse.Namespace, cfg: Config) -> int:
     from pipeline.adaptive_systems import AdaptiveParts
-    from pipeline.bench import BENCH_SYSTEMS, bench, format_table
+    from pipeline.bench import BENCH_SYSTEMS, bench, budget_run, engine_mj, format_table
     from pipeline.data.avmnist import load_split
     from pipeline.errors import ExitflowError
     from pipeline.meters import open_meter
@@ -80,8 +82,22 @@ def _bench(args: argparse.Namespace, cfg: Config) -> int:
     samples = list(split_samples(load_split(cfg, args.split, dataset), limit))
     with open_meter(cfg) as meter:
         rows = bench(parts, samples, meter, systems)
+        budget_row = None
+        if args.budget_fraction is not None:
+            if not 0 < args.budget_fraction <= 2:
+                raise ExitflowError(f"--budget-fraction must be in (0, 2], got {args.budget_fraction}")
+            full_mj = engine_mj(parts, samples, meter)
+            budget_row = budget_run(parts, samples, meter, args.budget_fraction * full_mj)
+            budget_row["full_engine_mj_per_sample"] = full_mj
+            rows.append(budget_row)
         sweep = run_sweep(parts, samples, meter, cfg.bench.lambdas) if args.sweep else []
     print(format_table(rows))
+    if budget_row is not None:
+        b = budget_row
+        print(f"budget {b['budget_mj_per_sample']:.3f} mJ/sample ({args.budget_fraction:g} x full's "
+              f"{b['full_engine_mj_per_sample']:.3f}): running average {b['final_running_avg_mj']:.3f} mJ at the end, "
+              f"max deviation after 200 samples {100 * b['max_dev_after_skip']:.1f} %, accuracy {b['accuracy']:.4f}, "
+              f"final lambda {b['lambda_final']:.3g}")
     out_rows = [{k: v for k, v in r.items() if k != "decisions"} for r in rows]
     if args.json_out:
         payload = out_rows if not sweep else out_rows + sweep
