@@ -79,12 +79,12 @@ class TokenTrimmer(nn.Module):
             raise ValueError(f"TokenTrimmer: mode must be 'cross' or 'local', got {mode!r}")
         self.mode = mode
         self.proj = nn.Linear(dim, score_dim)
-        self.local_out = nn.Linear(score_dim // 2, 1)
-        self.local = nn.Sequential(nn.GELU(), nn.Linear(score_dim, score_dim // 2), nn.GELU(), self.local_out)
+        local_out = nn.Linear(score_dim // 2, 1)
+        self.local = nn.Sequential(nn.GELU(), nn.Linear(score_dim, score_dim // 2), nn.GELU(), local_out)
         self.global_mlp = nn.Sequential(nn.Linear(2 * dim, score_dim), nn.GELU()) if mode == "cross" else None
         self.bilinear = nn.Linear(score_dim, score_dim, bias=False) if mode == "cross" else None
-        nn.init.zeros_(self.local_out.weight)
-        nn.init.constant_(self.local_out.bias, KEEP_ALL_BIAS)
+        nn.init.zeros_(local_out.weight)
+        nn.init.constant_(local_out.bias, KEEP_ALL_BIAS)
         if self.bilinear is not None:
             nn.init.normal_(self.bilinear.weight, std=1e-3)
 
@@ -136,11 +136,13 @@ class HeadTrimmer(nn.Module):
         self.num_heads = num_heads
         self.target = 1.0
         in_dim = 2 * dim if cross else dim
-        self.mlp_in = nn.Linear(in_dim, dim // 2)
-        self.mlp_out = nn.Linear(dim // 2, num_heads)
-        self.mlp = nn.Sequential(self.mlp_in, nn.GELU(), self.mlp_out)
-        nn.init.zeros_(self.mlp_out.weight)
-        nn.init.constant_(self.mlp_out.bias, KEEP_ALL_BIAS)
+        mlp_in, mlp_out = nn.Linear(in_dim, dim // 2), nn.Linear(dim // 2, num_heads)
+        self.mlp = nn.Sequential(mlp_in, nn.GELU(), mlp_out)
+        self.macs_per_sample = (
+            mlp_in.in_features * mlp_in.out_features + mlp_out.in_features * mlp_out.out_features
+        )
+        nn.init.zeros_(mlp_out.weight)
+        nn.init.constant_(mlp_out.bias, KEEP_ALL_BIAS)
 
     def forward(self, cls_self: torch.Tensor, cls_other: torch.Tensor) -> torch.Tensor:
         """Keep logits of every head, (B, H); random mode returns +/-1 logits of a random subset."""
@@ -157,8 +159,7 @@ class HeadTrimmer(nn.Module):
         """Per-sample MACs of scoring the heads (none for random masks)."""
         if self.mode == "random":
             return 0
-        first, last = self.mlp_in, self.mlp_out
-        return first.in_features * first.out_features + last.in_features * last.out_features
+        return self.macs_per_sample
 
 
 def compact_tokens(tokens: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

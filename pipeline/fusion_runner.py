@@ -337,3 +337,32 @@ def load_fusion(folder: str | Path) -> FusionSystem:
     load_weights(folder, system)
     system.fusion.exit_thresholds = dict(fc.exit_thresholds)
     return system.eval()
+
+
+@torch.no_grad()
+def latency_benchmark(
+    system: FusionSystem, split: AVSplit, samples: int = 200, thresholds: dict | None = None
+) -> dict:
+    """Batch-of-one fusion latency_ms (median) untrimmed vs trimmed (vs trimmed + MuE), interleaved.
+
+    The stems run outside the timed region; each sample runs every setting back to back so
+    that load from other processes hits all settings alike.
+    """
+    system.eval()
+    settings: dict[str, dict[str, Any]] = {
+        "full": {"trim": False},
+        "trimmed": {"trim": True},
+    }
+    if thresholds:
+        settings["trimmed+mue"] = {"trim": True, "thresholds": thresholds}
+    times: dict[str, list[float]] = {k: [] for k in settings}
+    for i in range(min(samples, len(split))):
+        tokens, masks = system.stems(split, np.array([i]))
+        for name, kwargs in settings.items():
+            start = time.perf_counter_ns()
+            system.fusion(tokens, masks, hard=True, all_layer_logits=False, **kwargs)
+            times[name].append((time.perf_counter_ns() - start) / 1e6)
+    return {
+        name: {"latency_ms_median": float(np.median(v)), "latency_ms_mean": float(np.mean(v))}
+        for name, v in times.items()
+    }

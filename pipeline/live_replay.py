@@ -103,3 +103,11 @@ def replay_recording(
             for d in decisions:
                 f.write(json.dumps(d.to_json_dict()) + "\n")
     return decisions
+
+
+def recorded_modalities(path: str | Path) -> list[str]:
+    """The sorted modalities of the sensor messages in a recording."""
+    found = {event.message.modality for event in read_recording(path) if event.message is not None}
+    if not found:
+        raise DataError(f"{path} holds no sensor messages")
+    return sorted(found)

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
 from mcap.exceptions import McapError
@@ -118,7 +118,9 @@ class RecordingWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = _UnbufferedFile(self.path)
-        self._writer = Writer(self._file, chunk_size=chunk_size_bytes, compression=codecs[compression])
+        self._writer = Writer(
+            cast(IO[Any], self._file), chunk_size=chunk_size_bytes, compression=codecs[compression]
+        )
         self._writer.start(profile="exitflow", library="exitflow")
         self._channels: dict[str, int] = {}
         self._lock = threading.Lock()

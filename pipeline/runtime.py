@@ -1,6 +1,7 @@
 """Stage 3 of the live data flow: run sources and the engine as Ray actors, driven by one loop.
 
-Plain classes hold the logic (:class:`SourceWorker`, :class:`EngineWorker`); only
+Plain classes hold the logic (:class:`~pipeline.live_workers.SourceWorker`,
+:class:`~pipeline.live_workers.EngineWorker`); only
 :func:`source_actor` / :func:`engine_actor` call ``ray.remote(...).options(...)`` with
 ``max_restarts`` and the resources that place them (e.g. ``{"gpu_node": 1}`` for the engine).
 The driver (:class:`LivePipeline`) drains each source actor's bounded queue, records raw
@@ -12,7 +13,6 @@ the other modalities keep flowing (the sync fallback clock marks the absent one 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -21,177 +21,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError
 
 from pipeline.config import RayConfig, SourceConfig, StreamConfig
-from pipeline.errors import ExitflowError
 from pipeline.live_stats import LiveStats
-from pipeline.messages import Decision, Sample, SensorMessage
+from pipeline.live_workers import EngineFactory, EngineWorker, LiveRuntimeError, SourceFactory, SourceWorker
+from pipeline.messages import Decision, Sample
 from pipeline.queues import BoundedQueue, Empty, InFlightLimiter
 from pipeline.recording import RecordingWriter
-from pipeline.sources import Backoff, Source, build_source
-from pipeline.sync import Synchronizer
+from pipeline.sources import Backoff
+from pipeline.sync import make_synchronizer
 
 log = logging.getLogger(__name__)
 
 ENGINE_ACTOR_NAME = "exitflow-engine"
-SourceFactory = Callable[[], Source]
-EngineFactory = Callable[[], Any]
-
-
-class LiveRuntimeError(ExitflowError):
-    """The live runtime cannot start (Ray unreachable, engine factory missing...)."""
-
-
-# -- plain workers (no Ray inside) -----------------------------------------------------------
-class SourceWorker:
-    """Reads one source on a background thread into a bounded queue; the driver drains it.
-
-    Args:
-        spec: A ``stream.sources`` entry, or a zero-argument factory returning a Source.
-        queue_size: Bound of the source -> driver edge.
-        queue_policy: Full-queue policy of that edge.
-        audio_rate_hz: Rate audio sources deliver (resampling/rejecting per spec).
-        backoff: Reconnect policy.
-    """
-
-    def __init__(
-        self,
-        spec: SourceConfig | SourceFactory,
-        queue_size: int = 16,
-        queue_policy: str = "drop_oldest",
-        audio_rate_hz: int | None = None,
-        backoff: Backoff | None = None,
-    ):
-        self.source = spec() if callable(spec) else build_source(spec, audio_rate_hz, backoff)
-        self.queue: BoundedQueue[SensorMessage] = BoundedQueue(
-            queue_size, queue_policy, name=self.source.name
-        )
-        self.started_ns = time.monotonic_ns()  # tells one incarnation of a restarted actor from the next
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"source-{self.source.name}", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                msg = self.source.read()
-            except Exception as e:  # noqa: BLE001 - a source bug must not kill the actor silently
-                self.source.last_error = f"{type(e).__name__}: {e}"
-                self.source.count_drop("source_exception")
-                log.exception("source %s raised", self.source.name)
-                time.sleep(0.1)
-                continue
-            if msg is not None:
-                msg.meta["worker_started_ns"] = self.started_ns
-                self.queue.put(msg, timeout_s=0.5)
-            elif self.source.state != "connected":
-                time.sleep(0.01)
-        self.source.close()
-
-    def drain(self, max_items: int = 256) -> list[SensorMessage]:
-        return self.queue.drain(max_items)
-
-    def health(self) -> dict[str, Any]:
-        out = self.source.health().to_dict()
-        out["queue"] = self.queue.stats().to_dict()
-        return out
-
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
-
-    def stop(self) -> bool:
-        self._stop.set()
-        self._thread.join(timeout=2.0)
-        self.queue.close()
-        return True
-
-
-def resolve_engine_factory(path: str) -> Callable[..., Any]:
-    """``"package.module:function"`` -> the function (called with the config), or
-    ``"system:NAME"`` -> a factory loading the named system from :mod:`pipeline.systems`.
-
-    Raises:
-        LiveRuntimeError: when the module or attribute does not exist.
-    """
-    module_name, sep, attr = path.partition(":")
-    if module_name == "system":
-        from pipeline.systems import load_system
-
-        try:  # the adaptive systems (exitflow, full, rexit) register themselves on request
-            from pipeline.adaptive_systems import register_adaptive_systems
-
-            register_adaptive_systems()
-        except ImportError:
-            pass
-        return lambda cfg: load_system(cfg, attr)
-    if not sep:
-        raise LiveRuntimeError(f"stream.engine must look like 'package.module:function', got {path!r}")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise LiveRuntimeError(
-            f"cannot load engine factory {path!r}: {e}; set stream.engine to an importable one"
-        ) from e
-
-
-class EngineWorker:
-    """Holds the engine; preprocesses and processes one sample per call.
-
-    Args:
-        factory: Zero-argument callable returning the engine, or a ``"module:function"`` path
-            called with ``cfg``.
-        cfg: Passed to a factory given by path.
-        preprocess: Convert raw payloads to model inputs first (pipeline.preprocess).
-    """
-
-    def __init__(self, factory: EngineFactory | str, cfg: Any = None, preprocess: bool = True):
-        self.engine = resolve_engine_factory(factory)(cfg) if isinstance(factory, str) else factory()
-        self.preprocess = preprocess
-        self.budget: dict[str, Any] = {}
-
-    def process(self, sample: Sample) -> tuple[Decision | None, dict[str, float], str | None]:
-        """``(decision, stage latencies in ms, None)``, or ``(None, ..., error)`` when the sample failed."""
-        t0 = time.perf_counter()
-        if self.preprocess:
-            from pipeline.preprocess import preprocess_sample
-
-            sample = preprocess_sample(sample)
-        t1 = time.perf_counter()
-        try:
-            decision = self.engine.process(sample)
-        except (ExitflowError, ValueError, TypeError, KeyError) as e:
-            log.warning("engine: sample %d failed: %s", sample.sample_id, e)
-            return None, {"preprocess": (t1 - t0) * 1e3}, f"{type(e).__name__}: {e}"
-        t2 = time.perf_counter()
-        if not decision.missing and sample.missing:
-            decision.missing = sorted(sample.missing)
-        if decision.timestamp_ns is None:
-            decision.timestamp_ns = sample.timestamp_ns
-        return decision, {"preprocess": (t1 - t0) * 1e3, "engine": (t2 - t1) * 1e3}, None
-
-    def set_budget(self, mj_per_sample: float | None = None, power_w: float | None = None) -> dict[str, Any]:
-        """Change the energy budget of the running engine (``exitflow budget set``).
-
-        Raises:
-            LiveRuntimeError: when the engine has no budget to change.
-        """
-        inner = getattr(self.engine, "engine", None)  # a System wrapping an Engine
-        candidates = (self.engine, getattr(self.engine, "budget", None), getattr(inner, "budget", None))
-        target = next((c for c in candidates if c is not None and hasattr(c, "set_budget")), None)
-        if target is None:
-            raise LiveRuntimeError(
-                f"engine {type(self.engine).__name__} has no energy budget; configure budget control for it first"
-            )
-        target.set_budget(mj_per_sample=mj_per_sample, power_w=power_w)
-        self.budget = {"mj_per_sample": mj_per_sample, "power_w": power_w}
-        return self.budget
-
-    def status(self) -> dict[str, Any]:
-        return {"budget": dict(self.budget)}
-
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
+__all__ = [
+    "ENGINE_ACTOR_NAME",
+    "LivePipeline",
+    "LiveRuntimeError",
+    "engine_actor",
+    "source_actor",
+    "start_ray",
+]
 
 
 # -- Ray wrapping ----------------------------------------------------------------------------
@@ -218,12 +69,12 @@ def start_ray(cfg: RayConfig) -> bool:
 
 def source_actor(spec: SourceConfig | SourceFactory, stream: StreamConfig, name: str, **options: Any) -> Any:
     """A restartable Ray actor running :class:`SourceWorker` (placed by ``spec.resources``)."""
-    is_spec = isinstance(spec, SourceConfig)
+    cfg = spec if isinstance(spec, SourceConfig) else SourceConfig(name=name)  # placement defaults
     opts: dict[str, Any] = {
         "max_restarts": stream.max_restarts,
         "max_task_retries": 0,
-        "num_cpus": spec.num_cpus if is_spec else 0.25,
-        "resources": dict(spec.resources) if is_spec else {},
+        "num_cpus": cfg.num_cpus,
+        "resources": dict(cfg.resources),
         "name": f"exitflow-source-{name}",
     }
     opts.update(options)
@@ -232,12 +83,10 @@ def source_actor(spec: SourceConfig | SourceFactory, stream: StreamConfig, name:
         max(stream.reconnect_max_s, stream.reconnect_initial_s),
         max_attempts=stream.max_reconnects,
     )
-    queue_size = spec.queue_size if is_spec else 16
-    policy = spec.queue_policy if is_spec else "drop_oldest"
     return (
         ray.remote(SourceWorker)
         .options(**opts)
-        .remote(spec, queue_size, policy, stream.audio_rate_hz, backoff)
+        .remote(spec, cfg.queue_size, cfg.queue_policy, stream.audio_rate_hz, backoff)
     )
 
 
@@ -298,18 +147,8 @@ class LivePipeline:
                 "no sources configured; add entries under stream.sources (see docs/streaming.md)"
             )
         modalities = sorted({self._modality_of(spec) for spec in specs.values()})
-        trigger = stream.trigger if stream.trigger in modalities else modalities[0]
-        self.sync = Synchronizer(
-            modalities=modalities,
-            trigger=trigger,
-            policies=dict(stream.policies),
-            slop_ns=int(stream.slop_ms * 1e6),
-            audio_window_s=stream.audio_window_s,
-            audio_rate_hz=stream.audio_rate_hz,
-            max_age_ns={"text": int(stream.text_max_age_s * 1e9)},
-            trigger_timeout_ns=int(stream.trigger_timeout_ms * 1e6),
-            fallback_period_ns=int(1e9 / stream.fallback_hz),
-        )
+        trigger = stream.trigger
+        self.sync = make_synchronizer(stream, modalities, trigger)
         self.sample_queue: BoundedQueue[tuple[Sample, int]] = BoundedQueue(
             stream.engine_queue_size, stream.engine_queue_policy, name="sync->engine", block_timeout_s=0.0
         )
@@ -550,95 +389,3 @@ class LivePipeline:
             "budget": dict(self.budget),
             **self.stats.summary(),
         }
-
-
-# -- the whole live run (what `exitflow run` calls) --------------------------------------------
-def resolve_source_paths(cfg: Any) -> tuple[SourceConfig, ...]:
-    """``stream.sources`` with file paths made absolute against the config file's folder."""
-    import dataclasses
-
-    from pipeline.config import resolve_path
-    from pipeline.sources.camera import STREAM_PREFIXES
-
-    out = []
-    for spec in cfg.stream.sources:
-        is_file = spec.kind in ("audio_file", "text_file", "text_jsonl") or (
-            spec.kind == "camera" and not spec.uri.isdigit() and not spec.uri.startswith(STREAM_PREFIXES)
-        )
-        out.append(dataclasses.replace(spec, uri=str(resolve_path(cfg, spec.uri))) if is_file else spec)
-    return tuple(out)
-
-
-def run_live(
-    cfg: Any,
-    record: str | None = None,
-    duration_s: float | None = None,
-    view: bool = True,
-    engine_factory: EngineFactory | str | None = None,
-) -> dict[str, Any]:
-    """Start Ray and the actors, run until ``duration_s`` or Ctrl-C, shut down; returns the last snapshot.
-
-    Args:
-        cfg: The whole config (``stream`` and ``ray`` sections are used).
-        record: MCAP file for raw streams and decisions (overrides ``stream.record``).
-        duration_s: Stop after this long (overrides ``stream.duration_s``; None runs until Ctrl-C).
-        view: Show the rich live view.
-        engine_factory: Overrides ``stream.engine``.
-    """
-    import dataclasses
-
-    from pipeline.config import resolve_path
-    from pipeline.live_view import LiveView
-
-    stream = dataclasses.replace(cfg.stream, sources=resolve_source_paths(cfg))
-    record = record or stream.record
-    duration_s = duration_s if duration_s is not None else stream.duration_s
-    started = start_ray(cfg.ray)
-    recorder = RecordingWriter(resolve_path(cfg, record), stream.record_chunk_kib * 1024) if record else None
-    pipe = LivePipeline(stream, engine_factory or stream.engine, cfg=cfg, recorder=recorder)
-    snap: dict[str, Any] = {}
-    try:
-        pipe.start()
-        pipe.wait_ready()
-        if view and stream.live_view:
-            with LiveView() as live:
-                pipe.run(duration_s, on_tick=lambda p: live.update(p.snapshot()))
-        else:
-            pipe.run(duration_s)
-    except KeyboardInterrupt:
-        log.warning("interrupted; shutting down")
-    finally:
-        snap = pipe.snapshot()
-        pipe.shutdown()
-        if started:
-            ray.shutdown()
-    return snap
-
-
-def set_running_budget(
-    ray_cfg: RayConfig, mj_per_sample: float | None, power_w: float | None
-) -> dict[str, Any]:
-    """Change the budget of a pipeline running in the Ray cluster at ``ray_cfg.address`` (or auto).
-
-    Raises:
-        LiveRuntimeError: when no running exitflow pipeline is found.
-    """
-    if mj_per_sample is None and power_w is None:
-        raise LiveRuntimeError("give a budget: --mj-per-sample X or --power-w W")
-    try:
-        ray.init(
-            address=ray_cfg.address or "auto", namespace=ray_cfg.namespace, logging_level=logging.WARNING
-        )
-    except (ConnectionError, RuntimeError) as e:
-        raise LiveRuntimeError(f"no Ray cluster to connect to ({e}); is `exitflow run` running?") from e
-    try:
-        engine = ray.get_actor(ENGINE_ACTOR_NAME, namespace=ray_cfg.namespace)
-        return ray.get(engine.set_budget.remote(mj_per_sample, power_w), timeout=30)
-    except RayTaskError as e:
-        raise LiveRuntimeError(f"the engine refused the budget: {e.cause if e.cause else e}") from e
-    except ValueError as e:
-        raise LiveRuntimeError(
-            f"no running exitflow engine in namespace {ray_cfg.namespace!r}; start one with `exitflow run`"
-        ) from e
-    finally:
-        ray.shutdown()

@@ -22,11 +22,14 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.messages import MODALITIES, Sample, SensorMessage
+
+if TYPE_CHECKING:
+    from pipeline.config import StreamConfig
 
 log = logging.getLogger(__name__)
 
@@ -316,3 +319,19 @@ class Synchronizer:
                 [np.zeros(self.audio_window_samples - window.shape[0], np.float32), window]
             )
         return (AudioClip(window, self.audio_rate_hz), buf[idx].timestamp_ns), ""
+
+
+def make_synchronizer(stream: StreamConfig, modalities: list[str], trigger: str | None = None) -> Synchronizer:
+    """The synchronizer the ``stream`` section describes, for ``modalities`` (live runs and replays)."""
+    trigger = trigger or stream.trigger
+    return Synchronizer(
+        modalities=modalities,
+        trigger=trigger if trigger in modalities else modalities[0],
+        policies=dict(stream.policies),
+        slop_ns=int(stream.slop_ms * 1e6),
+        audio_window_s=stream.audio_window_s,
+        audio_rate_hz=stream.audio_rate_hz,
+        max_age_ns={"text": int(stream.text_max_age_s * 1e9)},
+        trigger_timeout_ns=int(stream.trigger_timeout_ms * 1e6),
+        fallback_period_ns=int(1e9 / stream.fallback_hz),
+    )

@@ -10,7 +10,14 @@ from pipeline.config import Config, resolve_path
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
-    parser = sub.add_parser("replay", help="replay a data set split through a system and summarise")
+    parser = sub.add_parser(
+        "replay", help="replay a data set split (or a FILE.mcap recording) through a system and summarise"
+    )
+    parser.add_argument("recording", nargs="?", default=None, help="an MCAP recording from `exitflow run --record`")
+    parser.add_argument("--realtime", action="store_true", help="recording: keep event-time spacing (default --fast)")
+    parser.add_argument("--fast", action="store_true", help="recording: as fast as possible (default)")
+    parser.add_argument("--rate", type=float, default=1.0, help="recording: speed factor with --realtime")
+    parser.add_argument("--start", type=float, default=0.0, help="recording: skip the first S seconds")
     parser.add_argument("--dataset", choices=("avmnist", "avmnist-t"), default=None, help="default: data.dataset")
     parser.add_argument("--split", choices=("train", "val", "test"), default=None, help="default: replay.split")
     parser.add_argument("--system", default=None, help="default: replay.system (lf, image, audio, ...)")
@@ -35,6 +42,8 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
     from pipeline.errors import ExitflowError
     from pipeline.replay import replay, write_atomic
 
+    if args.recording is not None:
+        return _replay_recording(args, cfg)
     system = args.system or cfg.replay.system
     dataset = args.dataset or cfg.data.dataset
     split = args.split or cfg.replay.split
@@ -53,4 +62,30 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
     if args.json_out:
         write_atomic(Path(args.json_out), json.dumps(summary, indent=2) + "\n")
         print(f"summary: {args.json_out}")
+    return 0
+
+
+def _replay_recording(args: argparse.Namespace, cfg: Config) -> int:
+    """Replay an MCAP recording in event time through ``--system`` (default: the stream's engine)."""
+    from pipeline.errors import ExitflowError
+    from pipeline.live_replay import recorded_modalities, replay_recording
+    from pipeline.live_workers import resolve_engine_factory
+    from pipeline.sync import make_synchronizer
+
+    if args.realtime and args.fast:
+        raise ExitflowError("choose one of --realtime and --fast")
+    path = Path(args.recording)
+    spec = f"system:{args.system}" if args.system else cfg.stream.engine
+    engine = resolve_engine_factory(spec)(cfg)
+    sync = make_synchronizer(cfg.stream, recorded_modalities(path))
+    decisions_path = Path(args.decisions) if args.decisions else path.with_suffix(".replay.jsonl")
+    decisions = replay_recording(
+        path, engine, sync, mode="realtime" if args.realtime else "fast", rate=args.rate, start_s=args.start,
+        decisions_path=decisions_path,
+    )
+    labelled = [d for d in decisions if d.label is not None]
+    missing = sum(1 for d in decisions if d.missing)
+    print(f"replayed {path}: {len(decisions)} decisions ({missing} with a modality missing)"
+          + (f", accuracy {sum(d.prediction == d.label for d in labelled) / len(labelled):.4f}" if labelled else ""))
+    print(f"decisions: {decisions_path}")
     return 0

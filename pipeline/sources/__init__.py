@@ -7,6 +7,8 @@ and ``health()``; :func:`build_source` makes one from a ``stream.sources`` confi
 
 from __future__ import annotations
 
+from typing import Any
+
 from pipeline.config import SourceConfig
 from pipeline.sources.base import Backoff, Source, SourceDisconnected, SourceError, SourceHealth
 from pipeline.sources.camera import CameraSource
@@ -56,14 +58,14 @@ def build_source(
         audio_rate_hz: Rate the pipeline wants for audio (sources resample or reject per spec).
         backoff: Reconnect policy shared by the source.
     """
-    audio = {
+    audio: dict[str, Any] = {
         "sample_rate_hz": spec.sample_rate_hz,
         "target_rate_hz": audio_rate_hz,
         "on_rate_mismatch": spec.on_rate_mismatch,
         "chunk_ms": spec.chunk_ms,
         "backoff": backoff,
     }
-    text = {"max_rate_hz": spec.max_rate_hz, "backoff": backoff}
+    text: dict[str, Any] = {"max_rate_hz": spec.max_rate_hz, "backoff": backoff}
     if spec.kind == "camera":
         shape = (spec.height, spec.width) if spec.height and spec.width else None
         return CameraSource(

@@ -11,29 +11,30 @@ and an input device; without them the source fails with an error saying so.
 from __future__ import annotations
 
 import logging
-import math
 import socket
 import threading
 from collections import deque
 from typing import Any
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from pipeline.messages import SensorMessage
 from pipeline.sources.base import Backoff, EndOfStream, Pacer, Source, SourceDisconnected, SourceError
 
 log = logging.getLogger(__name__)
 
-PCM_DTYPES = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
+PCM_DTYPES: dict[str, np.dtype[Any]] = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 
 
 def resample_audio(samples: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
-    """Polyphase resampling of float32 mono audio from ``from_hz`` to ``to_hz``."""
+    """Resample float32 mono audio from ``from_hz`` to ``to_hz`` (librosa, as the data sets do)."""
     if from_hz == to_hz:
         return samples.astype(np.float32, copy=False)
-    g = math.gcd(int(from_hz), int(to_hz))
-    return resample_poly(samples, int(to_hz) // g, int(from_hz) // g).astype(np.float32)
+    import librosa
+
+    return librosa.resample(samples.astype(np.float32), orig_sr=int(from_hz), target_sr=int(to_hz)).astype(
+        np.float32
+    )
 
 
 def pcm_to_float(raw: bytes, fmt: str, channels: int) -> np.ndarray:

@@ -22,14 +22,9 @@ TINY_VIT = ViTEncoderConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-
-
 @pytest.fixture
 def tiny_vit() -> ViTEarlyExitEncoder:
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     return ViTEarlyExitEncoder(TINY_VIT).eval()
 
@@ -41,6 +36,7 @@ def minilm_tokenizer():
 
 @pytest.fixture
 def tiny_text(minilm_tokenizer) -> TextEarlyExitEncoder:
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     bert = BertModel(
         BertConfig(

@@ -1,0 +1,102 @@
+"""The whole live run behind ``exitflow run`` / ``exitflow record`` / ``exitflow budget set``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, cast
+
+import ray
+from ray.exceptions import RayTaskError
+
+from pipeline.config import RayConfig, SourceConfig, resolve_path
+from pipeline.live_workers import EngineFactory, LiveRuntimeError
+from pipeline.recording import RecordingWriter
+from pipeline.runtime import ENGINE_ACTOR_NAME, LivePipeline, start_ray
+
+log = logging.getLogger(__name__)
+
+
+def resolve_source_paths(cfg: Any) -> tuple[SourceConfig, ...]:
+    """``stream.sources`` with file paths made absolute against the config file's folder."""
+    from pipeline.sources.camera import STREAM_PREFIXES
+
+    out = []
+    for spec in cfg.stream.sources:
+        is_file = spec.kind in ("audio_file", "text_file", "text_jsonl") or (
+            spec.kind == "camera" and not spec.uri.isdigit() and not spec.uri.startswith(STREAM_PREFIXES)
+        )
+        out.append(dataclasses.replace(spec, uri=str(resolve_path(cfg, spec.uri))) if is_file else spec)
+    return tuple(out)
+
+
+def run_live(
+    cfg: Any,
+    record: str | None = None,
+    duration_s: float | None = None,
+    view: bool = True,
+    engine_factory: EngineFactory | str | None = None,
+) -> dict[str, Any]:
+    """Start Ray and the actors, run until ``duration_s`` or Ctrl-C, shut down; returns the last snapshot.
+
+    Args:
+        cfg: The whole config (``stream`` and ``ray`` sections are used).
+        record: MCAP file for raw streams and decisions (overrides ``stream.record``).
+        duration_s: Stop after this long (overrides ``stream.duration_s``; None runs until Ctrl-C).
+        view: Show the rich live view.
+        engine_factory: Overrides ``stream.engine``.
+    """
+    from pipeline.live_view import LiveView
+
+    stream = dataclasses.replace(cfg.stream, sources=resolve_source_paths(cfg))
+    record = record or stream.record
+    duration_s = duration_s if duration_s is not None else stream.duration_s
+    started = start_ray(cfg.ray)
+    recorder = RecordingWriter(resolve_path(cfg, record), stream.record_chunk_kib * 1024) if record else None
+    pipe = LivePipeline(stream, engine_factory or stream.engine, cfg=cfg, recorder=recorder)
+    snap: dict[str, Any] = {}
+    try:
+        pipe.start()
+        pipe.wait_ready()
+        if view and stream.live_view:
+            with LiveView() as live:
+                pipe.run(duration_s, on_tick=lambda p: live.update(p.snapshot()))
+        else:
+            pipe.run(duration_s)
+    except KeyboardInterrupt:
+        log.warning("interrupted; shutting down")
+    finally:
+        snap = pipe.snapshot()
+        pipe.shutdown()
+        if started:
+            ray.shutdown()
+    return snap
+
+
+def set_running_budget(
+    ray_cfg: RayConfig, mj_per_sample: float | None, power_w: float | None
+) -> dict[str, Any]:
+    """Change the budget of a pipeline running in the Ray cluster at ``ray_cfg.address`` (or auto).
+
+    Raises:
+        LiveRuntimeError: when no running exitflow pipeline is found.
+    """
+    if mj_per_sample is None and power_w is None:
+        raise LiveRuntimeError("give a budget: --mj-per-sample X or --power-w W")
+    try:
+        ray.init(
+            address=ray_cfg.address or "auto", namespace=ray_cfg.namespace, logging_level=logging.WARNING
+        )
+    except (ConnectionError, RuntimeError) as e:
+        raise LiveRuntimeError(f"no Ray cluster to connect to ({e}); is `exitflow run` running?") from e
+    try:
+        engine = ray.get_actor(ENGINE_ACTOR_NAME, namespace=ray_cfg.namespace)
+        return cast(dict[str, Any], ray.get(engine.set_budget.remote(mj_per_sample, power_w), timeout=30))
+    except RayTaskError as e:
+        raise LiveRuntimeError(f"the engine refused the budget: {e.cause if e.cause else e}") from e
+    except ValueError as e:
+        raise LiveRuntimeError(
+            f"no running exitflow engine in namespace {ray_cfg.namespace!r}; start one with `exitflow run`"
+        ) from e
+    finally:
+        ray.shutdown()
