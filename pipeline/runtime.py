@@ -147,8 +147,7 @@ class LivePipeline:
                 "no sources configured; add entries under stream.sources (see docs/streaming.md)"
             )
         modalities = sorted({self._modality_of(spec) for spec in specs.values()})
-        trigger = stream.trigger
-        self.sync = make_synchronizer(stream, modalities, trigger)
+        self.sync = make_synchronizer(stream, modalities)
         self.sample_queue: BoundedQueue[tuple[Sample, int]] = BoundedQueue(
             stream.engine_queue_size, stream.engine_queue_policy, name="sync->engine", block_timeout_s=0.0
         )
