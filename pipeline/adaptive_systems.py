@@ -87,6 +87,9 @@ class AdaptiveParts:
     """Encoders, fusion and profile of one data set, loaded once and shared by every system."""
 
     def __init__(self, cfg: Config, dataset: str):
+        from pipeline.systems import apply_engine_settings
+
+        apply_engine_settings(cfg)
         self.cfg, self.dataset = cfg, dataset
         self.modalities = DATASET_MODALITIES[dataset]
         self.encoders = load_encoders(cfg, dataset)

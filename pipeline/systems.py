@@ -86,7 +86,14 @@ def system_names() -> tuple[str, ...]:
     return tuple(_FACTORIES)
 
 
+def apply_engine_settings(cfg: Config) -> None:
+    """Set torch's intra-op threads for inference from ``engine.num_threads`` (0 leaves torch's default)."""
+    if cfg.engine.num_threads:
+        torch.set_num_threads(cfg.engine.num_threads)
+
+
 def load_system(cfg: Config, name: str, dataset: str = "avmnist") -> System:
+    apply_engine_settings(cfg)
     if name not in _FACTORIES:
         raise ExitflowError(f"unknown system {name!r}; choose one of {', '.join(_FACTORIES)}")
     return _FACTORIES[name](cfg, dataset)
