@@ -30,9 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import RayConfig, SourceConfig, StreamConfig  # noqa: E402
+from pipeline.data.roots import SHARED_DATA  # noqa: E402
 from pipeline.messages import Decision, Sample  # noqa: E402
 
-GRID_CLIP = Path("/work/shared/data/grid_av_samples/mpg/id2_vcd_swwp2s.mpg")
+GRID_CLIP = SHARED_DATA / Path("grid_av_samples/mpg/id2_vcd_swwp2s.mpg")
 WORDS = "set white with p two soon".split()
 
 

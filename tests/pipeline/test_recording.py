@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.data.roots import SHARED_DATA
 from pipeline.errors import DataError
 from pipeline.live_replay import decision_log_key, replay_recording
 from pipeline.messages import Decision, Sample, SensorMessage
@@ -18,7 +19,7 @@ from pipeline.recording import RecordingWriter, decode_sensor_message, encode_se
 from pipeline.sync import Synchronizer
 
 REPO = Path(__file__).resolve().parents[2]
-GRID_NPZ = Path("/work/shared/data/grid_av_samples/grid_decoded.npz")
+GRID_NPZ = SHARED_DATA / Path("grid_av_samples/grid_decoded.npz")
 MS = 1_000_000
 
 

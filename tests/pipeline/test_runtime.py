@@ -19,12 +19,13 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from pipeline.config import RayConfig, SourceConfig, StreamConfig  # noqa: E402
+from pipeline.data.roots import SHARED_DATA  # noqa: E402
 from pipeline.messages import Decision, Sample  # noqa: E402
 from pipeline.recording import RecordingWriter, read_recording  # noqa: E402
 from pipeline.runtime import LivePipeline, start_ray  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-GRID = Path("/work/shared/data/grid_av_samples")
+GRID = SHARED_DATA / Path("grid_av_samples")
 GRID_CLIP = GRID / "mpg" / "bbaf2n.mpg"
 needs_grid = pytest.mark.skipif(not GRID_CLIP.exists(), reason="GRID clips not found under ../shared/data")
 needs_ffmpeg = pytest.mark.skipif(

@@ -14,6 +14,7 @@ import pytest
 import soundfile
 
 from pipeline.config import SourceConfig
+from pipeline.data.roots import SHARED_DATA
 from pipeline.messages import SensorMessage
 from pipeline.sources import (
     AudioFileSource,
@@ -28,7 +29,7 @@ from pipeline.sources import (
     build_source,
 )
 
-GRID = Path("/work/shared/data/grid_av_samples")
+GRID = SHARED_DATA / Path("grid_av_samples")
 GRID_CLIP = GRID / "mpg" / "bbaf2n.mpg"
 needs_grid = pytest.mark.skipif(not GRID_CLIP.exists(), reason="GRID clips not found under ../shared/data")
 

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.data.roots import SHARED_DATA
 from pipeline.messages import SensorMessage
 from pipeline.preprocess import preprocess_sample
 from pipeline.sync import AudioClip, Synchronizer
 
 MS = 1_000_000
-GRID_NPZ = Path("/work/shared/data/grid_av_samples/grid_decoded.npz")
+GRID_NPZ = SHARED_DATA / Path("grid_av_samples/grid_decoded.npz")
 
 
 def img(t_ms: float, value: int = 0, source: str = "cam") -> SensorMessage:
