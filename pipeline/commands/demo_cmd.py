@@ -1,7 +1,8 @@
-"""``exitflow demo``: run the embedded default (``config.yaml``) and print its summary.
+"""``exitflow demo``: run the embedded default (``config.yaml``) and print the side-by-side table.
 
-Today the demo replays the first ``replay.limit`` AV-MNIST test samples through
-``replay.system``; with no ``../shared/data`` it uses the real slice embedded in the repo.
+The demo benches every system (``full``, ``lf``, ``image``, ``audio``, ``static``, ``rexit``,
+``exitflow``) on the first ``bench.limit`` test samples of ``data.dataset``; with no
+``../shared/data`` it uses the real slice embedded in the repo.
 """
 
 from __future__ import annotations
@@ -18,19 +19,24 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
 
 def _run(args: argparse.Namespace, cfg: Config) -> int:
-    from pipeline.commands.replay_cmd import print_summary
+    from pipeline.adaptive_systems import AdaptiveParts
+    from pipeline.bench import BENCH_SYSTEMS, bench, format_table
+    from pipeline.data.avmnist import load_split
     from pipeline.data.roots import data_root, is_embedded
-    from pipeline.replay import replay, write_atomic
+    from pipeline.meters import open_meter
+    from pipeline.replay import split_samples, write_atomic
 
     root = data_root(cfg)
     where = "the real slice embedded in the repo" if is_embedded(root) else str(root)
-    r = cfg.replay
-    print(f"exitflow demo: {cfg.data.dataset} {r.split} split (first {r.limit or 'all'} samples) "
-          f"from {where}, system {r.system!r}")
-    decisions = resolve_path(cfg, f"runs/demo-{r.system}.jsonl")
-    summary = replay(cfg, r.system, cfg.data.dataset, r.split, r.limit, decisions)
-    print_summary(summary)
-    out = resolve_path(cfg, "runs/demo-summary.json")
-    write_atomic(out, json.dumps(summary, indent=2) + "\n")
-    print(f"per-sample decisions: {decisions}\nsummary: {out}")
+    dataset, limit = cfg.data.dataset, cfg.bench.limit
+    print(f"exitflow demo: {dataset} test split (first {limit or 'all'} samples) from {where}")
+    parts = AdaptiveParts(cfg, dataset)
+    samples = list(split_samples(load_split(cfg, "test", dataset), limit))
+    with open_meter(cfg) as meter:
+        print(f"power meter: {meter.describe().splitlines()[0]}")
+        rows = bench(parts, samples, meter, BENCH_SYSTEMS)
+    print(format_table(rows))
+    out = resolve_path(cfg, "runs/demo-bench.json")
+    write_atomic(out, json.dumps([{k: v for k, v in r.items() if k != "decisions"} for r in rows], indent=2) + "\n")
+    print(f"rows: {out}")
     return 0
