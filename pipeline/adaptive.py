@@ -209,7 +209,11 @@ def load_fusion(cfg: Config, dataset: str, prefer_joint: bool = True) -> MaskedL
         raise CheckpointError(
             f"{folder} was trained on other encoder weights; retrain it with `exitflow train joint --dataset {dataset}`"
         )
-    fusion = MaskedLateFusion(meta["dims"], meta["num_classes"], hidden_dim=meta["hidden_dim"])
+    # JSON metadata is key-sorted; the fusion concatenates in the data set's modality order
+    dims = {m: int(meta["dims"][m]) for m in DATASET_MODALITIES[dataset] if m in meta["dims"]}
+    if len(dims) != len(meta["dims"]):
+        raise CheckpointError(f"{folder}: fusion modalities {sorted(meta['dims'])} do not fit data set {dataset}")
+    fusion = MaskedLateFusion(dims, meta["num_classes"], hidden_dim=meta["hidden_dim"])
     load_weights(folder, fusion)
     fusion.macs = int(meta["macs_per_sample"])
     return fusion.eval()

@@ -279,7 +279,12 @@ class BudgetConfig:
 
 @dataclass(frozen=True)
 class JointConfig:
-    """``exitflow train joint``: fusion exit training, then the MMExit joint fine-tune (epochs > 0)."""
+    """``exitflow train joint``: fusion exit training, then the MMExit joint fine-tune (epochs > 0).
+
+    ``use`` makes the adaptive systems load the jointly fine-tuned set instead of the separately
+    trained encoders + fusion exit. Off by default: at the CPU budget of the committed
+    checkpoints the fine-tune lowered the final exits (see docs/adaptive.md).
+    """
 
     epochs: int = field(default=2, metadata=bounds(min=0, help="joint fine-tune epochs; 0 = fusion only"))
     limit: int | None = field(default=8000, metadata=bounds(min=1))
@@ -288,7 +293,7 @@ class JointConfig:
     tau_start: float = field(default=1.0, metadata=bounds(min=0.0, min_exclusive=True))
     tau_end: float = field(default=0.1, metadata=bounds(min=0.0, min_exclusive=True))
     eval_limit: int | None = field(default=None, metadata=bounds(min=1))
-    use: bool = True
+    use: bool = False
 
 
 @dataclass(frozen=True)

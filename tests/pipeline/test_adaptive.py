@@ -14,9 +14,12 @@ from encoders.audio import build_audio_encoder
 from encoders.checkpoint import save_encoder
 from encoders.vision import build_vision_encoder
 from pipeline.adaptive import (
+    collect_exits,
     encoder_folder,
+    fusion_accuracy,
     load_dataset_profile,
     load_encoders,
+    load_fusion,
     make_profile,
     train_fusion,
     use_joint,
@@ -40,7 +43,7 @@ def tiny_cfg(tmp_path_factory: pytest.TempPathFactory, data_cache: Path):
     cfg = load_config(None, [
         f"data.root={SHARED_DATA}", f"data.cache_dir={data_cache}", f"train.checkpoint_dir={ckpt}",
         "train.limit=512", "train.epochs=1", "train.batch_size=128", "scheduler.threshold=0.5",
-        "joint.epochs=2", "joint.limit=256", "joint.eval_limit=300",
+        "joint.epochs=2", "joint.limit=256", "joint.eval_limit=300", "joint.use=true",
     ])
     torch.manual_seed(0)
     save_encoder(build_vision_encoder(**TINY), encoder_folder(cfg, "image"))
@@ -53,6 +56,11 @@ def tiny_cfg(tmp_path_factory: pytest.TempPathFactory, data_cache: Path):
 def test_fusion_profile_and_bench_on_tiny_encoders(tiny_cfg) -> None:
     meta = train_fusion(tiny_cfg, "avmnist", progress=False)
     assert set(meta["test_accuracy"]) == {"image", "audio", "image+audio"}
+    # a reloaded fusion exit predicts exactly as the trained one (modality order survives the JSON)
+    val = load_split(tiny_cfg, "val", "avmnist", progress=False)
+    records = collect_exits(load_encoders(tiny_cfg, "avmnist", prefer_joint=False), val, progress=False)
+    reloaded = fusion_accuracy(load_fusion(tiny_cfg, "avmnist", prefer_joint=False), records, val.labels)
+    assert reloaded == meta["val_accuracy"]
     result = joint_finetune(tiny_cfg, "avmnist", progress=False)
     assert [h["stage"] for h in result["history"]] == ["final", "rest"]
     assert set(result["per_exit_val_after"]) == {"image", "audio"}
