@@ -124,7 +124,11 @@ def test_full_build_splits_and_slice_equivalence(shared_cfg, embedded_cfg) -> No
     test = load_split(shared_cfg, "test", "avmnist-t", progress=False)
     assert (len(train), len(val), len(test)) == (55000, 5000, 8000)
     assert np.array_equal(val.rows, np.arange(55000, 60000))
-    assert all(int(n.split("_")[2].split(".")[0]) < 40 for n in train.recording[:2000])
+    def pool(split) -> set[int]:
+        return {int(n.split("_")[2].split(".")[0]) for n in split.recording}
+
+    assert pool(train) == set(range(5, 40)) and pool(val) == set(range(5)) and pool(test) == set(range(40, 50))
+    assert not set(train.recording) & set(val.recording)  # val audio is never trained on
     emb = load_split(embedded_cfg, "test", "avmnist-t", progress=False)
     assert np.array_equal(test.image[:1000], emb.image)
     assert np.array_equal(test.audio[np.arange(1000)], emb.audio[np.arange(1000)])
