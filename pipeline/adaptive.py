@@ -198,7 +198,7 @@ Fusion MACs per sample: {macs:,} (flop counter). Encoders fingerprint: `{meta['e
     return meta
 
 
-def load_fusion(cfg: Config, dataset: str, prefer_joint: bool = True) -> MaskedLateFusion:
+def load_fusion_exit(cfg: Config, dataset: str, prefer_joint: bool = True) -> MaskedLateFusion:
     joint = prefer_joint and use_joint(cfg, dataset)
     folder = joint_folder(cfg, dataset) / "fusion" if joint else fusion_folder(cfg, dataset)
     meta = read_meta(folder)
@@ -249,7 +249,7 @@ def make_profile(cfg: Config, dataset: str, meter, energy_samples: int = 100, pr
     """Profile every exit on the val split at the configured thresholds; saved beside the checkpoints."""
     s = cfg.scheduler
     encoders = load_encoders(cfg, dataset)
-    fusion = load_fusion(cfg, dataset)
+    fusion = load_fusion_exit(cfg, dataset)
     val = load_split(cfg, "val", dataset, progress)
     records = collect_exits(encoders, val, progress=progress)
     labels = val.labels

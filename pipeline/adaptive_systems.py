@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from encoders.base import EarlyExitEncoder
-from pipeline.adaptive import DATASET_MODALITIES, load_dataset_profile, load_encoders, load_fusion
+from pipeline.adaptive import DATASET_MODALITIES, load_dataset_profile, load_encoders, load_fusion_exit
 from pipeline.config import Config
 from pipeline.engine import Engine, budget_from_config, default_input_adapter, policy_from_config
 from pipeline.errors import ExitflowError
@@ -93,7 +93,7 @@ class AdaptiveParts:
         self.cfg, self.dataset = cfg, dataset
         self.modalities = DATASET_MODALITIES[dataset]
         self.encoders = load_encoders(cfg, dataset)
-        self.fusion = load_fusion(cfg, dataset)
+        self.fusion = load_fusion_exit(cfg, dataset)
         self.profile = load_dataset_profile(cfg, dataset)
 
     def full(self) -> TruncatedSystem:

@@ -22,7 +22,7 @@ from pipeline.adaptive import (
     fusion_accuracy,
     joint_folder,
     load_encoders,
-    load_fusion,
+    load_fusion_exit,
     subsets,
 )
 from pipeline.batches import batch_rows, modality_batch
@@ -43,7 +43,7 @@ def joint_finetune(cfg: Config, dataset: str, progress: bool = True, command: st
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     encoders = load_encoders(cfg, dataset, prefer_joint=False)
-    fusion = load_fusion(cfg, dataset, prefer_joint=False)
+    fusion = load_fusion_exit(cfg, dataset, prefer_joint=False)
     train, val = (load_split(cfg, s, dataset, progress) for s in ("train", "val"))
     before = collect_exits(encoders, val, j.eval_limit, progress=progress)
     labels_val = val.labels[: before[next(iter(before))].logits.shape[1]]
@@ -100,7 +100,7 @@ def joint_finetune(cfg: Config, dataset: str, progress: bool = True, command: st
 
 
 def fusion_accuracy_of(records, labels, cfg: Config, dataset: str) -> dict[str, float]:
-    return fusion_accuracy(load_fusion(cfg, dataset, prefer_joint=False), records, labels)
+    return fusion_accuracy(load_fusion_exit(cfg, dataset, prefer_joint=False), records, labels)
 
 
 def _card(r: dict, command: str | None, dataset: str) -> str:

@@ -19,7 +19,7 @@ from pipeline.adaptive import (
     fusion_accuracy,
     load_dataset_profile,
     load_encoders,
-    load_fusion,
+    load_fusion_exit,
     make_profile,
     train_fusion,
     use_joint,
@@ -59,7 +59,7 @@ def test_fusion_profile_and_bench_on_tiny_encoders(tiny_cfg) -> None:
     # a reloaded fusion exit predicts exactly as the trained one (modality order survives the JSON)
     val = load_split(tiny_cfg, "val", "avmnist", progress=False)
     records = collect_exits(load_encoders(tiny_cfg, "avmnist", prefer_joint=False), val, progress=False)
-    reloaded = fusion_accuracy(load_fusion(tiny_cfg, "avmnist", prefer_joint=False), records, val.labels)
+    reloaded = fusion_accuracy(load_fusion_exit(tiny_cfg, "avmnist", prefer_joint=False), records, val.labels)
     assert reloaded == meta["val_accuracy"]
     result = joint_finetune(tiny_cfg, "avmnist", progress=False)
     assert [h["stage"] for h in result["history"]] == ["final", "rest"]
