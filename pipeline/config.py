@@ -261,6 +261,9 @@ class SchedulerConfig:
     thresholds: dict[str, float] = field(default_factory=dict)
     skip_negative: bool = True
     threshold_coupling: float = field(default=0.0, metadata=bounds(min=0.0, max=4.0))
+    min_exit_prob: float = field(
+        default=0.0, metadata=bounds(min=0.0, max=1.0, help="evaluate only exits with profiled p >= this")
+    )
 
 
 @dataclass(frozen=True)

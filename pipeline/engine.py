@@ -97,6 +97,7 @@ def policy_from_config(profile: Profile, cfg: SchedulerConfig) -> Policy:
         thresholds={**thresholds, **cfg.thresholds},
         skip_negative=cfg.skip_negative,
         threshold_coupling=cfg.threshold_coupling,
+        min_exit_prob=cfg.min_exit_prob,
     )
     return Policy(profile, settings)
 
@@ -227,6 +228,7 @@ class Engine:
         states: dict[str, Any] = {}
         outputs: dict[str, ExitOutput] = {}
         energy: list[Any] = []
+        evaluated: dict[str, list[int]] = {}
         policy_s = 0.0
         while True:
             t0 = time.perf_counter()
@@ -240,13 +242,15 @@ class Engine:
                 window_name = f"{m}/{action.exit_index}"
                 enc = self.encoders[m]  # type: ignore[index]
 
-                def step(m: str = m, enc: EarlyExitEncoder = enc) -> ExitOutput:
+                def step(m: str = m, enc: EarlyExitEncoder = enc, index: int = action.exit_index) -> ExitOutput:
                     if m not in states:
                         states[m] = enc.start(self.input_adapter(m, sample.payloads[m]))
+                    states[m].next_exit = index  # exits the policy leaves out: their heads never run
                     return enc.step(states[m])
 
                 out = self._measure(window_name, step, decision, energy)
                 outputs[m] = out  # type: ignore[index]
+                evaluated.setdefault(m, []).append(out.exit_index)  # type: ignore[arg-type]
                 probs = torch.softmax(out.logits[0].float(), dim=-1).numpy()  # (C,)
                 t0 = time.perf_counter()
                 self.policy.observe(state, m, out.exit_index, probs)  # type: ignore[arg-type]
@@ -263,7 +267,7 @@ class Engine:
                 break
         decision.exits = {m: o.exit_index for m, o in outputs.items()}
         decision.exit_layers = {m: o.layer for m, o in outputs.items()}
-        decision.macs += sum(int(o.macs) for o in outputs.values())
+        decision.macs += sum(self._encoder_macs(m, o, evaluated[m]) for m, o in outputs.items())
         decision.latency_ms["policy"] = policy_s * 1000.0
         decision.latency_ms["total"] = (time.perf_counter() - total_start) * 1000.0
         self._record_energy(decision, energy)
@@ -272,6 +276,15 @@ class Engine:
             self.policy.set_lambda(lam)
             self.policy.set_cheapest_mode(self.budget.cheapest_mode)
         return decision
+
+    def _encoder_macs(self, modality: str, last: ExitOutput, evaluated: list[int]) -> int:
+        """MACs of what ran: ``last.macs`` counts every head up to its exit; drop the skipped ones."""
+        heads = getattr(self.encoders[modality], "head_macs", None)
+        if heads is None:
+            return int(last.macs)
+        head_macs = heads()
+        skipped = set(range(last.exit_index + 1)) - set(evaluated)
+        return int(last.macs) - sum(int(head_macs[j]) for j in skipped)
 
     @staticmethod
     def _record_energy(decision: Decision, energy: list[Any]) -> None:

@@ -47,6 +47,8 @@ class PolicySettings:
         thresholds: Modality -> threshold, overriding the profile's.
         skip_negative: Skip modalities whose marginal expected utility is negative.
         threshold_coupling: Kappa of :func:`scheduler.rules.couple_threshold` (0 = fixed thresholds).
+        min_exit_prob: Evaluate only the exits whose profiled exit probability p is at least this
+            (the last exit always): a head that rarely fires costs more than it saves. 0 = all.
     """
 
     lam: float = 1.0
@@ -56,6 +58,7 @@ class PolicySettings:
     thresholds: Mapping[str, float] = field(default_factory=dict)
     skip_negative: bool = True
     threshold_coupling: float = 0.0
+    min_exit_prob: float = 0.0
 
 
 class ActionKind(str, Enum):
@@ -83,7 +86,7 @@ class WalkState:
     pending: list[Action]
     cheapest: bool = False
     position: int = 0
-    exits_done: dict[str, int] = field(default_factory=dict)
+    exits_done: dict[str, int] = field(default_factory=dict)  # modality -> index after its last exit
     computed: list[str] = field(default_factory=list)
     scores: dict[str, list[float]] = field(default_factory=dict)
     last_modality: str | None = None
@@ -111,6 +114,16 @@ class Policy:
         self.settings = settings
         self.model = UtilityModel(profile, settings.cost_unit)
         self.num_exits = {m: profile.num_exits(m) for m in profile.modalities}
+        if not 0.0 <= settings.min_exit_prob <= 1.0:
+            raise ValueError(f"min_exit_prob must be in [0, 1], got {settings.min_exit_prob}")
+        self.exit_sets = {
+            m: tuple(
+                e.exit_index
+                for e in profile.exits[m]
+                if e.exit_index == self.num_exits[m] - 1 or e.exit_prob >= settings.min_exit_prob
+            )
+            for m in profile.modalities
+        }
         self.exit_rule = settings.exit_rule or profile.exit_rule
         check_rule(self.exit_rule)
         self._base_thresholds = {**profile.thresholds, **settings.thresholds}
@@ -200,12 +213,16 @@ class Policy:
         order = state.plan.order
         while state.position < len(order):
             modality = order[state.position]
-            done = state.exits_done.get(modality, 0)
-            if done < self.num_exits[modality]:
-                return Action(ActionKind.CONTINUE, modality, done)
+            nxt = self._next_exit(modality, state.exits_done.get(modality, 0))
+            if nxt is not None:
+                return Action(ActionKind.CONTINUE, modality, nxt)
             state.position += 1
         state.finished = True
         return Action(ActionKind.FUSE, modalities=tuple(state.computed))
+
+    def _next_exit(self, modality: str, start: int) -> int | None:
+        """The first evaluated exit of ``modality`` at index >= ``start``, or None."""
+        return next((j for j in self.exit_sets[modality] if j >= start), None)
 
     def observe(self, state: WalkState, modality: str, exit_index: int, probs: np.ndarray) -> float:
         """Record the softmax ``probs`` (shape (C,)) of ``modality``'s exit ``exit_index``.
@@ -213,7 +230,7 @@ class Policy:
         Returns:
             The exit's score under the rule in force.
         """
-        expected = state.exits_done.get(modality, 0)
+        expected = self._next_exit(modality, state.exits_done.get(modality, 0))
         if exit_index != expected:
             raise SchedulerError(
                 f"{modality}: observed exit {exit_index}, but the walk expected exit {expected}"
@@ -233,8 +250,8 @@ class Policy:
             passed = score >= state.thresholds[modality]
         else:
             score, passed = 0.0, False
-        state.exits_done[modality] = expected + 1
-        if expected == 0:
+        state.exits_done[modality] = exit_index + 1
+        if modality not in state.computed:
             state.computed.append(modality)
         state.scores.setdefault(modality, []).append(score)
         state.last_modality, state.last_exit, state.last_passed = modality, exit_index, bool(passed)

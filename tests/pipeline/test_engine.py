@@ -218,3 +218,32 @@ def test_config_sections_build_policy_and_budget():
         budget = budget_from_config(cfg.budget, policy.lam, _profile())
     assert budget is not None and budget.cheapest_mode  # 0.5 mJ < cheapest exit 2 mJ
     assert budget_from_config(config_from_dict({}).budget, 1.0) is None
+
+
+def test_engine_runs_only_the_selected_heads_and_counts_their_macs() -> None:
+    """A real ViT encoder: with exits 1..3 left out, their heads never run and are not counted."""
+    import torch
+
+    from encoders.vision import build_vision_encoder
+    from pipeline.engine import Engine
+    from pipeline.messages import Sample
+    from scheduler.policy import Policy, PolicySettings
+    from scheduler.profile import ExitProfile, Profile
+
+    torch.manual_seed(0)
+    enc = build_vision_encoder(hidden_size=16, num_layers=4, num_heads=2, intermediate_size=32, num_exits=4,
+                               gah_heads=2).eval()
+    probs = (0.5, 0.0, 0.0, 1.0)
+    exits = tuple(ExitProfile("image", j, 0.9, p, float(m)) for j, (p, m) in enumerate(zip(probs, enc.exit_macs(), strict=True)))
+    policy = Policy(Profile(exits={"image": exits}, thresholds={"image": -1.0}),
+                    PolicySettings(skip_negative=False, min_exit_prob=0.1))
+    calls = []
+    for j, head in enumerate(enc.heads):
+        head.register_forward_hook(lambda *a, j=j: calls.append(j))
+    sample = Sample(0, 0, {"image": np.zeros((1, 28, 28), dtype=np.float32)})
+    fusion = MaskedLateFusion({"image": 16}, 10)
+    decision = Engine({"image": enc}, fusion=fusion, policy=policy).process(sample)
+    assert calls == [0]  # heads 1 and 2 never ran (the final classifier is not in enc.heads)
+    head_macs = enc.head_macs()
+    assert decision.macs == enc.exit_macs()[3] - head_macs[1] - head_macs[2] + fusion.macs
+    assert decision.exit_layers == {"image": enc.exit_layers[3]}
