@@ -105,10 +105,12 @@ class AdaptiveParts:
 
     def exitflow(
         self, meter: Any = None, lam: float | None = None, budget: bool = True, budget_mj: float | None = None,
-        name: str = "exitflow",
+        name: str = "exitflow", threshold: float | None = None,
     ) -> EngineSystem:
-        """The UoE-scheduled system; ``budget_mj`` sets a per-sample budget (overriding the config)."""
+        """The UoE-scheduled system; ``budget_mj``/``threshold`` override the config's."""
         sched = self.cfg.scheduler
+        if threshold is not None:
+            sched = dataclasses.replace(sched, threshold=threshold, thresholds={})
         policy = policy_from_config(self.profile, sched)
         if lam is not None:
             policy.set_lambda(lam)

@@ -261,6 +261,7 @@ class SchedulerConfig:
     thresholds: dict[str, float] = field(default_factory=dict)
     skip_negative: bool = True
     threshold_coupling: float = field(default=0.0, metadata=bounds(min=0.0, max=4.0))
+    accuracy: Literal["exited", "overall"] = "exited"
     min_exit_prob: float = field(
         default=0.0, metadata=bounds(min=0.0, max=1.0, help="evaluate only exits with profiled p >= this")
     )
@@ -301,10 +302,11 @@ class JointConfig:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """``exitflow bench``: how many samples, and the lambda values of ``--sweep``."""
+    """``exitflow bench``: how many samples, and the lambda and threshold values of ``--sweep``."""
 
     limit: int | None = field(default=1000, metadata=bounds(min=1))
-    lambdas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 50.0)
+    lambdas: tuple[float, ...] = (1.0, 10.0, 30.0, 100.0, 1000.0)
+    thresholds: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,7 @@ def policy_from_config(profile: Profile, cfg: SchedulerConfig) -> Policy:
         skip_negative=cfg.skip_negative,
         threshold_coupling=cfg.threshold_coupling,
         min_exit_prob=cfg.min_exit_prob,
+        accuracy=cfg.accuracy,
     )
     return Policy(profile, settings)
 

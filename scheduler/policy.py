@@ -32,7 +32,7 @@ from scheduler.errors import SchedulerError
 from scheduler.plan import Plan, order_modalities
 from scheduler.profile import Profile
 from scheduler.rules import check_rule, couple_threshold, max_prob, normalized_entropy
-from scheduler.utility import CostUnit, Ranking, UtilityModel, check_lambda
+from scheduler.utility import AccuracyKind, CostUnit, Ranking, UtilityModel, check_lambda
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class PolicySettings:
         thresholds: Modality -> threshold, overriding the profile's.
         skip_negative: Skip modalities whose marginal expected utility is negative.
         threshold_coupling: Kappa of :func:`scheduler.rules.couple_threshold` (0 = fixed thresholds).
+        accuracy: Accuracy credited to an exit: ``exited`` (of the samples that exit there) or
+            ``overall`` (over all samples, as MMExit writes a); see :func:`scheduler.utility.exit_accuracy`.
         min_exit_prob: Evaluate only the exits whose profiled exit probability p is at least this
             (the last exit always): a head that rarely fires costs more than it saves. 0 = all.
     """
@@ -59,6 +61,7 @@ class PolicySettings:
     skip_negative: bool = True
     threshold_coupling: float = 0.0
     min_exit_prob: float = 0.0
+    accuracy: AccuracyKind = "exited"
 
 
 class ActionKind(str, Enum):
@@ -112,7 +115,7 @@ class Policy:
         settings = settings or PolicySettings()
         self.profile = profile
         self.settings = settings
-        self.model = UtilityModel(profile, settings.cost_unit)
+        self.model = UtilityModel(profile, settings.cost_unit, settings.accuracy)
         self.num_exits = {m: profile.num_exits(m) for m in profile.modalities}
         if not 0.0 <= settings.min_exit_prob <= 1.0:
             raise ValueError(f"min_exit_prob must be in [0, 1], got {settings.min_exit_prob}")

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from scheduler.profile import Profile
+from scheduler.profile import ExitProfile, Profile
 
 LAMBDA_MIN = 1e-3
 LAMBDA_MAX = 1e3
@@ -95,6 +95,22 @@ def _terms(name: str, accuracy: list[float], exit_prob: list[float], cost_cum: l
     )
 
 
+AccuracyKind = Literal["exited", "overall"]
+
+
+def exit_accuracy(ex: ExitProfile, kind: AccuracyKind) -> float:
+    """The accuracy credited to exiting at ``ex``.
+
+    ``overall`` is the exit's accuracy over every profiled sample (MMExit's a as written);
+    ``exited`` is the accuracy of the samples that actually exit there under the thresholds in
+    force (what an exit delivers when the policy takes it), falling back to ``overall`` where no
+    profiled sample exits.
+    """
+    if kind == "exited" and ex.accuracy_exited is not None:
+        return float(ex.accuracy_exited)
+    return float(ex.accuracy)
+
+
 class UtilityModel:
     """UoE, expected utility and orderings for one profile in one cost unit.
 
@@ -103,9 +119,11 @@ class UtilityModel:
         cost_unit: ``"macs"`` or ``"mj"`` (needs measured energy in the profile).
     """
 
-    def __init__(self, profile: Profile, cost_unit: CostUnit = "macs"):
+    def __init__(self, profile: Profile, cost_unit: CostUnit = "macs", accuracy: AccuracyKind = "exited"):
         if cost_unit not in ("macs", "mj"):
             raise ValueError(f"cost_unit must be 'macs' or 'mj', got {cost_unit!r}")
+        if accuracy not in ("exited", "overall"):
+            raise ValueError(f"accuracy must be 'exited' or 'overall', got {accuracy!r}")
         self.profile = profile
         self.cost_unit = cost_unit
         raw = {m: profile.cumulative_costs(m, cost_unit) for m in profile.modalities}
@@ -116,7 +134,7 @@ class UtilityModel:
         self.terms = {
             m: _terms(
                 m,
-                [ex.accuracy for ex in profile.exits[m]],
+                [exit_accuracy(ex, accuracy) for ex in profile.exits[m]],
                 [ex.exit_prob for ex in profile.exits[m]],
                 [c / self.scale for c in raw[m]],
             )

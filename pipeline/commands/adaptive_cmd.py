@@ -90,7 +90,7 @@ def _bench(args: argparse.Namespace, cfg: Config) -> int:
             budget_row = budget_run(parts, samples, meter, args.budget_fraction * full_mj)
             budget_row["full_engine_mj_per_sample"] = full_mj
             rows.append(budget_row)
-        sweep = run_sweep(parts, samples, meter, cfg.bench.lambdas) if args.sweep else []
+        sweep = run_sweep(parts, samples, meter, cfg.bench.lambdas, cfg.bench.thresholds) if args.sweep else []
     print(format_table(rows))
     if budget_row is not None:
         b = budget_row
@@ -114,16 +114,18 @@ def _bench(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def run_sweep(parts, samples, meter, lambdas) -> list[dict]:
-    """exitflow at each lambda (no budget) and static at every truncation, on the same samples."""
+def run_sweep(parts, samples, meter, lambdas, thresholds) -> list[dict]:
+    """exitflow at each lambda and each threshold (no budget) and static at every truncation."""
     import itertools
 
     from pipeline.bench import run_system
 
     rows = []
-    for lam in lambdas:
-        r = run_system(parts.exitflow(meter=meter, lam=lam, budget=False), samples, meter)
-        rows.append({**{k: v for k, v in r.items() if k != "decisions"}, "system": "exitflow", "setting": f"lambda={lam:g}"})
+    settings = [(lam, None) for lam in lambdas] + [(None, th) for th in thresholds]
+    for lam, th in settings:
+        r = run_system(parts.exitflow(meter=meter, lam=lam, threshold=th, budget=False), samples, meter)
+        setting = f"lambda={lam:g}" if lam is not None else f"threshold={th:g}"
+        rows.append({**{k: v for k, v in r.items() if k != "decisions"}, "system": "exitflow", "setting": setting})
     options = [range(enc.num_exits) for enc in parts.encoders.values()]
     for combo in itertools.product(*options):
         exits = dict(zip(parts.encoders, combo, strict=True))
