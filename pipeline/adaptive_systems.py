@@ -20,7 +20,14 @@ import torch
 from encoders.base import EarlyExitEncoder
 from pipeline.adaptive import DATASET_MODALITIES, load_dataset_profile, load_encoders, load_fusion_exit
 from pipeline.config import Config
-from pipeline.engine import Engine, budget_from_config, default_input_adapter, policy_from_config
+from pipeline.engine import (
+    Engine,
+    budget_from_config,
+    default_input_adapter,
+    device_input_adapter,
+    policy_from_config,
+    resolve_device,
+)
 from pipeline.errors import ExitflowError
 from pipeline.messages import Decision, Sample
 from scheduler.policy import PolicySettings, RandomOrderPolicy
@@ -36,11 +43,15 @@ def truncated_macs(encoder: EarlyExitEncoder, exit_index: int) -> int:
 class TruncatedSystem:
     """Each modality runs to a fixed exit; fused by the fusion exit or by averaging probabilities."""
 
-    def __init__(self, name: str, encoders: dict[str, EarlyExitEncoder], exits: dict[str, int], fusion: Any = None):
+    def __init__(
+        self, name: str, encoders: dict[str, EarlyExitEncoder], exits: dict[str, int], fusion: Any = None,
+        input_adapter: Any = default_input_adapter,
+    ):
         for m, k in exits.items():
             if not 0 <= k < encoders[m].num_exits:
                 raise ExitflowError(f"{name}: exit {k} of {m} does not exist (it has {encoders[m].num_exits})")
         self.name, self.encoders, self.exits, self.fusion = name, encoders, dict(exits), fusion
+        self.input_adapter = input_adapter
         self.modalities = tuple(exits)
         self.macs = sum(truncated_macs(encoders[m], k) for m, k in exits.items()) + int(getattr(fusion, "macs", 0))
 
@@ -53,7 +64,7 @@ class TruncatedSystem:
         outs = {}
         for m in present:
             enc = self.encoders[m]
-            state = enc.start(default_input_adapter(m, sample.payloads[m]))
+            state = enc.start(self.input_adapter(m, sample.payloads[m]))
             state.next_exit = self.exits[m]  # jump: only this exit's head runs
             outs[m] = enc.step(state)
         if self.fusion is not None:
@@ -92,16 +103,18 @@ class AdaptiveParts:
         apply_engine_settings(cfg)
         self.cfg, self.dataset = cfg, dataset
         self.modalities = DATASET_MODALITIES[dataset]
-        self.encoders = load_encoders(cfg, dataset)
-        self.fusion = load_fusion_exit(cfg, dataset)
+        self.device = resolve_device(cfg.engine.device)
+        self.encoders = {m: enc.to(self.device) for m, enc in load_encoders(cfg, dataset).items()}
+        self.fusion = load_fusion_exit(cfg, dataset).to(self.device)
         self.profile = load_dataset_profile(cfg, dataset)
+        self.input_adapter = device_input_adapter(self.device)
 
     def full(self) -> TruncatedSystem:
         last = {m: enc.num_exits - 1 for m, enc in self.encoders.items()}
-        return TruncatedSystem("full", self.encoders, last, self.fusion)
+        return TruncatedSystem("full", self.encoders, last, self.fusion, self.input_adapter)
 
     def static(self, exits: dict[str, int], name: str = "static") -> TruncatedSystem:
-        return TruncatedSystem(name, self.encoders, exits)
+        return TruncatedSystem(name, self.encoders, exits, input_adapter=self.input_adapter)
 
     def exitflow(
         self, meter: Any = None, lam: float | None = None, budget: bool = True, budget_mj: float | None = None,
@@ -118,7 +131,8 @@ class AdaptiveParts:
         if budget_mj is not None:
             budget_cfg = dataclasses.replace(budget_cfg, mode="mj_per_sample", mj_per_sample=budget_mj)
         controller = budget_from_config(budget_cfg, policy.lam, self.profile) if budget else None
-        engine = Engine(self.encoders, self.fusion, policy, meter=meter, budget=controller, system=name)
+        engine = Engine(self.encoders, self.fusion, policy, meter=meter, budget=controller, system=name,
+                        input_adapter=self.input_adapter)
         return EngineSystem(name, engine, self.modalities)
 
     def rexit(self, meter: Any = None, seed: int = 0) -> EngineSystem:
@@ -129,5 +143,5 @@ class AdaptiveParts:
             thresholds={**thresholds, **sched.thresholds}, skip_negative=False,
         )
         engine = Engine(self.encoders, self.fusion, RandomOrderPolicy(self.profile, settings, seed), meter=meter,
-                        system="rexit")
+                        system="rexit", input_adapter=self.input_adapter)
         return EngineSystem("rexit", engine, self.modalities)

@@ -128,6 +128,32 @@ def budget_from_config(
     )
 
 
+def device_input_adapter(device: torch.device) -> Callable[[str, Any], Any]:
+    """:func:`default_input_adapter`, with tensors moved to ``device``."""
+
+    def adapt(modality: str, payload: Any) -> Any:
+        x = default_input_adapter(modality, payload)
+        return x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x
+
+    return adapt
+
+
+def resolve_device(name: str) -> torch.device:
+    """``engine.device`` as a torch device; a CUDA device that is not there is an EngineError."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise EngineError(f"engine.device {name!r} is not a torch device ({e}); use cpu, cuda or cuda:N") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EngineError(f"engine.device is {name!r} but torch sees no CUDA GPU; set engine.device: cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise EngineError(f"engine.device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif device.type != "cpu":
+        raise EngineError(f"engine.device {name!r} is not supported; use cpu or cuda[:N]")
+    return device
+
+
 def default_input_adapter(modality: str, payload: Any) -> Any:
     """numpy array -> float tensor with a batch axis of 1; a string -> a one-item list."""
     if isinstance(payload, str):
@@ -252,7 +278,7 @@ class Engine:
                 out = self._measure(window_name, step, decision, energy)
                 outputs[m] = out  # type: ignore[index]
                 evaluated.setdefault(m, []).append(out.exit_index)  # type: ignore[arg-type]
-                probs = torch.softmax(out.logits[0].float(), dim=-1).numpy()  # (C,)
+                probs = torch.softmax(out.logits[0].float(), dim=-1).cpu().numpy()  # (C,)
                 t0 = time.perf_counter()
                 self.policy.observe(state, m, out.exit_index, probs)  # type: ignore[arg-type]
                 policy_s += time.perf_counter() - t0

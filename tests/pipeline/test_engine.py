@@ -247,3 +247,33 @@ def test_engine_runs_only_the_selected_heads_and_counts_their_macs() -> None:
     head_macs = enc.head_macs()
     assert decision.macs == enc.exit_macs()[3] - head_macs[1] - head_macs[2] + fusion.macs
     assert decision.exit_layers == {"image": enc.exit_layers[3]}
+
+
+def test_engine_device_is_validated() -> None:
+    from pipeline.engine import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(EngineError, match="not a torch device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_engine_runs_on_cuda() -> None:
+    from encoders.vision import build_vision_encoder
+    from pipeline.engine import device_input_adapter
+    from scheduler.policy import Policy, PolicySettings
+    from scheduler.profile import ExitProfile, Profile
+
+    device = torch.device("cuda")
+    enc = build_vision_encoder(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, num_exits=2,
+                               gah_heads=2).eval().to(device)
+    exits = tuple(ExitProfile("image", j, 0.9, 0.5, float(m)) for j, m in enumerate(enc.exit_macs()))
+    policy = Policy(Profile(exits={"image": exits}, thresholds={"image": 0.5}), PolicySettings(skip_negative=False))
+    fusion = MaskedLateFusion({"image": 16}, 10).to(device)
+    engine = Engine({"image": enc}, fusion, policy, input_adapter=device_input_adapter(device))
+    decision = engine.process(Sample(0, 0, {"image": np.zeros((1, 28, 28), dtype=np.float32)}))
+    assert 0 <= decision.prediction < 10
