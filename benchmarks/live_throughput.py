@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.config import RayConfig, SourceConfig, StreamConfig  # noqa: E402
 from pipeline.data.roots import SHARED_DATA  # noqa: E402
 from pipeline.messages import Decision, Sample  # noqa: E402
+from pipeline.sources.loopback import serve_clip  # noqa: E402
 
 GRID_CLIP = SHARED_DATA / Path("grid_av_samples/mpg/id2_vcd_swwp2s.mpg")
 WORDS = "set white with p two soon".split()
@@ -123,27 +123,8 @@ def main() -> int:
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     video_port, audio_port = free_port(), free_port()
-    base = ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(GRID_CLIP)]
-    video = subprocess.Popen(
-        base
-        + [
-            "-an",
-            "-vf",
-            f"scale={args.width}:{args.height},fps={args.fps}",
-            "-c:v",
-            "mjpeg",
-            "-q:v",
-            "5",
-            "-f",
-            "mpjpeg",
-            "-listen",
-            "1",
-            f"http://127.0.0.1:{video_port}/cam.mjpg",
-        ]
-    )
-    audio = subprocess.Popen(
-        base + ["-vn", "-ac", "1", "-ar", "16000", "-f", "s16le", f"tcp://127.0.0.1:{audio_port}?listen=1"]
-    )
+    served = serve_clip(GRID_CLIP, video_port, audio_port, size=(args.width, args.height), fps=args.fps)
+    video, audio = served.video, served.audio
     stop, text_port = threading.Event(), []
     threading.Thread(target=serve_text, args=(text_port, stop, 2.0), daemon=True).start()
     while not text_port:

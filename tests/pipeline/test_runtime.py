@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pipeline.data.roots import SHARED_DATA  # noqa: E402
 from pipeline.messages import Decision, Sample  # noqa: E402
 from pipeline.recording import RecordingWriter, read_recording  # noqa: E402
 from pipeline.runtime import LivePipeline, start_ray  # noqa: E402
+from pipeline.sources.loopback import serve_clip  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 GRID = SHARED_DATA / Path("grid_av_samples")
@@ -143,25 +143,8 @@ def run_until(pipe: LivePipeline, condition, timeout_s: float) -> bool:
 @needs_grid
 def test_grid_clip_over_loopback_flows_through_ray_actors_to_decisions(ray_local, tmp_path):
     video_port, audio_port = free_port(), free_port()
-    common = ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(GRID_CLIP)]
-    video = subprocess.Popen(
-        common
-        + [
-            "-an",
-            "-c:v",
-            "mjpeg",
-            "-q:v",
-            "5",
-            "-f",
-            "mpjpeg",
-            "-listen",
-            "1",
-            f"http://127.0.0.1:{video_port}/cam.mjpg",
-        ]
-    )
-    audio = subprocess.Popen(
-        common + ["-vn", "-ac", "1", "-ar", "16000", "-f", "s16le", f"tcp://127.0.0.1:{audio_port}?listen=1"]
-    )
+    served = serve_clip(GRID_CLIP, video_port, audio_port)
+    video, audio = served.video, served.audio
     text = TextServer("bin blue at f two now".split(), rate_hz=2.0)
     stream = StreamConfig(
         sources=(
