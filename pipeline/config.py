@@ -250,20 +250,22 @@ class SchedulerConfig:
     ``scheduler.utility``); ``threshold`` (all modalities) and ``thresholds`` (per modality)
     override the thresholds stored in the profile;
     ``threshold_coupling`` > 0 lets thresholds follow lambda (smaller lambda, earlier exits).
+    The defaults are the operating point chosen on the AV-MNIST validation split
+    (``benchmarks/tune_exitflow.py``, docs/adaptive.md).
     """
 
     profile: str | None = None
-    lam: float = field(default=1.0, metadata=bounds(min=1e-3, max=1e3, help="accuracy per full-model cost"))
+    lam: float = field(default=100.0, metadata=bounds(min=1e-3, max=1e3, help="accuracy per full-model cost"))
     cost_unit: Literal["macs", "mj"] = "macs"
     ranking: Literal["phi", "exchange", "exhaustive"] = "phi"
     exit_rule: Literal["entropy", "max_prob", "patience", "none"] = "entropy"
-    threshold: float | None = field(default=None, metadata=bounds(min=0.0, help="None = profile's"))
+    threshold: float | None = field(default=0.25, metadata=bounds(min=0.0, help="None = profile's"))
     thresholds: dict[str, float] = field(default_factory=dict)
     skip_negative: bool = True
-    threshold_coupling: float = field(default=0.0, metadata=bounds(min=0.0, max=4.0))
+    threshold_coupling: float = field(default=1.0, metadata=bounds(min=0.0, max=4.0))
     accuracy: Literal["exited", "overall"] = "exited"
     min_exit_prob: float = field(
-        default=0.0, metadata=bounds(min=0.0, max=1.0, help="evaluate only exits with profiled p >= this")
+        default=0.2, metadata=bounds(min=0.0, max=1.0, help="evaluate only exits with profiled p >= this")
     )
 
 

@@ -15,6 +15,7 @@ that way, and its fusion layers and kept token/head ratios go into the decision.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -31,6 +32,8 @@ from pipeline.messages import Decision, Sample
 from scheduler.budget import BudgetController
 from scheduler.policy import ActionKind, Policy, PolicySettings
 from scheduler.profile import Profile
+
+log = logging.getLogger(__name__)
 
 
 class EngineError(ExitflowError):
@@ -250,6 +253,14 @@ class Engine:
             lam=self.policy.lam,
             thresholds=self.policy.thresholds,
         )
+        if not present:
+            # nothing this engine can encode (e.g. a text-only moment for an image+audio model):
+            # a decision that says so, not an error that would stop a stream or a replay
+            decision.missing = missing
+            decision.latency_ms["total"] = (time.perf_counter() - total_start) * 1000.0
+            log.warning("sample %s has none of the modalities %s; no prediction", sample.sample_id,
+                        sorted(self.policy.num_exits))
+            return decision
         state = self.policy.start(present, missing)
         decision.order = list(state.plan.order)
         states: dict[str, Any] = {}

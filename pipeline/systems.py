@@ -66,9 +66,16 @@ _FACTORIES: dict[str, SystemFactory] = {
     "image": lambda cfg, ds: BaselineSystem(cfg, "image", ds),
     "audio": lambda cfg, ds: BaselineSystem(cfg, "audio", ds),
     "full": lambda cfg, ds: _adaptive(cfg, ds).full(),
-    "exitflow": lambda cfg, ds: _adaptive(cfg, ds).exitflow(),
+    "exitflow": lambda cfg, ds: _adaptive(cfg, ds).exitflow(meter=_meter(cfg)),
     "rexit": lambda cfg, ds: _adaptive(cfg, ds).rexit(),
 }
+
+
+def _meter(cfg: Config):
+    """The configured power meter, so a loaded ``exitflow`` reports energy (and can follow a budget)."""
+    from pipeline.meters import open_meter
+
+    return open_meter(cfg)
 
 
 def _adaptive(cfg: Config, dataset: str):

@@ -277,3 +277,17 @@ def test_engine_runs_on_cuda() -> None:
     engine = Engine({"image": enc}, fusion, policy, input_adapter=device_input_adapter(device))
     decision = engine.process(Sample(0, 0, {"image": np.zeros((1, 28, 28), dtype=np.float32)}))
     assert 0 <= decision.prediction < 10
+
+
+def test_sample_with_no_usable_modality_gives_a_decision_not_an_error() -> None:
+    from encoders.vision import build_vision_encoder
+    from scheduler.policy import Policy, PolicySettings
+    from scheduler.profile import ExitProfile, Profile
+
+    enc = build_vision_encoder(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, num_exits=2,
+                               gah_heads=2).eval()
+    exits = tuple(ExitProfile("image", j, 0.9, 0.5, float(m)) for j, m in enumerate(enc.exit_macs()))
+    policy = Policy(Profile(exits={"image": exits}, thresholds={"image": 0.5}), PolicySettings(skip_negative=False))
+    engine = Engine({"image": enc}, MaskedLateFusion({"image": 16}, 10), policy)
+    decision = engine.process(Sample(3, 0, {"text": "bin blue at f two now"}))
+    assert decision.prediction == -1 and decision.missing == ["image"] and decision.macs == 0
