@@ -209,10 +209,16 @@ def test_grid_clip_over_loopback_flows_through_ray_actors_to_decisions(ray_local
 @needs_grid
 def test_killed_source_actor_restarts_while_the_other_modalities_keep_flowing(ray_local, tmp_path):
     lines = tmp_path / "ops.txt"
-    lines.write_text("".join(f"operator line {i}\n" for i in range(400)))
+    # 10 lines/s for 400 s: the text must outlast actor start-up, the kill and the restart, or no
+    # modality is left flowing to carry image-missing decisions
+    lines.write_text("".join(f"operator line {i}\n" for i in range(4000)))
+    # the camera reads a copy that the test hides across the kill: an idle machine restarts an actor
+    # faster than the sync's trigger timeout, so only a real outage is sure to be seen
+    clip = tmp_path / "clip.mpg"
+    shutil.copyfile(GRID_CLIP, clip)
     stream = StreamConfig(
         sources=(
-            SourceConfig(name="cam", kind="camera", uri=str(GRID_CLIP), loop=True, queue_size=8),
+            SourceConfig(name="cam", kind="camera", uri=str(clip), loop=True, queue_size=8),
             SourceConfig(name="txt", kind="text_file", uri=str(lines), line_rate_hz=10.0, queue_size=8),
         ),
         slop_ms=60.0,
@@ -230,16 +236,22 @@ def test_killed_source_actor_restarts_while_the_other_modalities_keep_flowing(ra
         assert run_until(pipe, lambda: sum(s == "cam" for s, _, _ in pipe.received) >= 20, timeout_s=30)
         before_kill = list(pipe.received)
         decisions_before = len(pipe.decisions)
+        hidden = clip.rename(tmp_path / "clip.hidden")  # the running actor keeps its open handle
         ray.kill(pipe.source_actors["cam"], no_restart=False)
         kill_ns = time.monotonic_ns()
 
         def image_missing_after_kill():
             return any("image" in d.missing for d in pipe.decisions[decisions_before:])
 
-        assert run_until(pipe, image_missing_after_kill, timeout_s=60), "no decision marked image missing"
+        assert run_until(pipe, image_missing_after_kill, timeout_s=60), (
+            f"no decision marked image missing: {pipe.snapshot()['sources']}"
+        )
+
+        hidden.rename(clip)  # the camera returns
 
         def camera_back():  # frames from a new incarnation of the camera actor
-            return pipe.snapshot()["sources"]["cam"]["actor_restarts"] >= 1
+            restarted = pipe.snapshot()["sources"]["cam"]["actor_restarts"] >= 1
+            return restarted and sum(s == "cam" and ts > kill_ns for s, _, ts in pipe.received) >= 10
 
         assert run_until(pipe, camera_back, timeout_s=60), (
             f"camera actor did not come back: {pipe.snapshot()['sources']}"
