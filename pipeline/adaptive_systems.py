@@ -27,10 +27,11 @@ from pipeline.engine import (
     device_input_adapter,
     policy_from_config,
     resolve_device,
+    settings_from_config,
 )
 from pipeline.errors import ExitflowError
 from pipeline.messages import Decision, Sample
-from scheduler.policy import PolicySettings, RandomOrderPolicy
+from scheduler.policy import RandomOrderPolicy
 
 
 def truncated_macs(encoder: EarlyExitEncoder, exit_index: int) -> int:
@@ -53,7 +54,9 @@ class TruncatedSystem:
         self.name, self.encoders, self.exits, self.fusion = name, encoders, dict(exits), fusion
         self.input_adapter = input_adapter
         self.modalities = tuple(exits)
-        self.macs = sum(truncated_macs(encoders[m], k) for m, k in exits.items()) + int(getattr(fusion, "macs", 0))
+        self.fusion_macs = int(getattr(fusion, "macs", 0)) if fusion is not None else 0
+        self.encoder_macs = {m: truncated_macs(encoders[m], k) for m, k in exits.items()}  # fixed per modality
+        self.macs = sum(self.encoder_macs.values()) + self.fusion_macs
 
     @torch.inference_mode()
     def process(self, sample: Sample) -> Decision:
@@ -73,13 +76,13 @@ class TruncatedSystem:
         else:
             probs = torch.stack([torch.softmax(outs[m].logits, dim=-1) for m in present]).mean(dim=0)  # (1, C)
         latency_ms = (time.perf_counter() - start) * 1000.0
-        macs = sum(truncated_macs(self.encoders[m], self.exits[m]) for m in present)
+        macs = sum(self.encoder_macs[m] for m in present) + self.fusion_macs
         return Decision(
             sample_id=sample.sample_id, prediction=int(probs[0].argmax()), label=sample.label, system=self.name,
             order=present, exits={m: self.exits[m] for m in present},
             exit_layers={m: outs[m].layer for m in present},
             missing=[m for m in self.modalities if m not in present],
-            macs=macs + int(getattr(self.fusion, "macs", 0) if self.fusion is not None else 0),
+            macs=macs,
             latency_ms={"total": latency_ms}, timestamp_ns=sample.timestamp_ns,
         )
 
@@ -136,11 +139,10 @@ class AdaptiveParts:
         return EngineSystem(name, engine, self.modalities)
 
     def rexit(self, meter: Any = None, seed: int = 0) -> EngineSystem:
-        sched = self.cfg.scheduler
-        thresholds = dict.fromkeys(self.profile.modalities, sched.threshold) if sched.threshold is not None else {}
-        settings = PolicySettings(
-            lam=sched.lam, cost_unit=sched.cost_unit, exit_rule=sched.exit_rule,
-            thresholds={**thresholds, **sched.thresholds}, skip_negative=False,
+        # the same thresholds and rule, but every exit evaluated and no UoE skipping (MMExit's RExit)
+        settings = dataclasses.replace(
+            settings_from_config(self.profile, self.cfg.scheduler),
+            skip_negative=False, threshold_coupling=0.0, min_exit_prob=0.0,
         )
         engine = Engine(self.encoders, self.fusion, RandomOrderPolicy(self.profile, settings, seed), meter=meter,
                         system="rexit", input_adapter=self.input_adapter)

@@ -23,6 +23,20 @@ from pipeline.systems import BaselineSystem
 BENCH_SYSTEMS = ("full", "lf", "image", "audio", "static", "rexit", "exitflow")
 
 
+def bench_inputs(cfg: Any, dataset: str, split: str, limit: int | None) -> tuple[AdaptiveParts, list[Sample]]:
+    """The adaptive parts of ``dataset`` and the first ``limit`` samples of ``split``, loaded once."""
+    from pipeline.data.avmnist import load_split
+    from pipeline.replay import split_samples
+
+    parts = AdaptiveParts(cfg, dataset)
+    return parts, list(split_samples(load_split(cfg, split, dataset), limit))
+
+
+def json_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Bench rows without their per-sample decisions (what ``--json`` and the demo write)."""
+    return [{k: v for k, v in r.items() if k != "decisions"} for r in rows]
+
+
 def run_system(system: Any, samples: Sequence[Sample], meter: Any, progress: bool = False) -> dict[str, Any]:
     """Run ``system`` over ``samples``; returns the bench row plus the decisions."""
     decisions, elapsed_s = [], 0.0

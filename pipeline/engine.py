@@ -89,10 +89,10 @@ class MaskedLateFusion(nn.Module):
     fuse = forward
 
 
-def policy_from_config(profile: Profile, cfg: SchedulerConfig) -> Policy:
-    """A :class:`Policy` for ``profile`` with the ``scheduler`` config section applied."""
+def settings_from_config(profile: Profile, cfg: SchedulerConfig) -> PolicySettings:
+    """The :class:`PolicySettings` the ``scheduler`` config section describes for ``profile``."""
     thresholds = dict.fromkeys(profile.modalities, cfg.threshold) if cfg.threshold is not None else {}
-    settings = PolicySettings(
+    return PolicySettings(
         lam=cfg.lam,
         cost_unit=cfg.cost_unit,
         ranking=cfg.ranking,
@@ -103,7 +103,11 @@ def policy_from_config(profile: Profile, cfg: SchedulerConfig) -> Policy:
         min_exit_prob=cfg.min_exit_prob,
         accuracy=cfg.accuracy,
     )
-    return Policy(profile, settings)
+
+
+def policy_from_config(profile: Profile, cfg: SchedulerConfig) -> Policy:
+    """A :class:`Policy` for ``profile`` with the ``scheduler`` config section applied."""
+    return Policy(profile, settings_from_config(profile, cfg))
 
 
 def budget_from_config(

@@ -65,12 +65,18 @@ def _profile(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _bench(args: argparse.Namespace, cfg: Config) -> int:
-    from pipeline.adaptive_systems import AdaptiveParts
-    from pipeline.bench import BENCH_SYSTEMS, bench, budget_run, engine_mj, format_table
-    from pipeline.data.avmnist import load_split
+    from pipeline.bench import (
+        BENCH_SYSTEMS,
+        bench,
+        bench_inputs,
+        budget_run,
+        engine_mj,
+        format_table,
+        json_rows,
+    )
     from pipeline.errors import ExitflowError
     from pipeline.meters import open_meter
-    from pipeline.replay import split_samples, write_atomic
+    from pipeline.replay import write_atomic
 
     dataset = args.dataset or cfg.data.dataset
     systems = tuple(s.strip() for s in args.systems.split(",")) if args.systems else BENCH_SYSTEMS
@@ -78,8 +84,7 @@ def _bench(args: argparse.Namespace, cfg: Config) -> int:
     if unknown:
         raise ExitflowError(f"unknown system(s) {unknown}; choose from {', '.join(BENCH_SYSTEMS)}")
     limit = args.limit if args.limit is not None else cfg.bench.limit
-    parts = AdaptiveParts(cfg, dataset)
-    samples = list(split_samples(load_split(cfg, args.split, dataset), limit))
+    parts, samples = bench_inputs(cfg, dataset, args.split, limit)
     with open_meter(cfg) as meter:
         rows = bench(parts, samples, meter, systems)
         budget_row = None
@@ -98,7 +103,7 @@ def _bench(args: argparse.Namespace, cfg: Config) -> int:
               f"{b['full_engine_mj_per_sample']:.3f}): running average {b['final_running_avg_mj']:.3f} mJ at the end, "
               f"max deviation after 200 samples {100 * b['max_dev_after_skip']:.1f} %, accuracy {b['accuracy']:.4f}, "
               f"final lambda {b['lambda_final']:.3g}")
-    out_rows = [{k: v for k, v in r.items() if k != "decisions"} for r in rows]
+    out_rows = json_rows(rows)
     if args.json_out:
         payload = out_rows if not sweep else out_rows + sweep
         write_atomic(Path(args.json_out), json.dumps(payload, indent=2) + "\n")
@@ -118,20 +123,20 @@ def run_sweep(parts, samples, meter, lambdas, thresholds) -> list[dict]:
     """exitflow at each lambda and each threshold (no budget) and static at every truncation."""
     import itertools
 
-    from pipeline.bench import run_system
+    from pipeline.bench import json_rows, run_system
 
     rows = []
     settings = [(lam, None) for lam in lambdas] + [(None, th) for th in thresholds]
     for lam, th in settings:
         r = run_system(parts.exitflow(meter=meter, lam=lam, threshold=th, budget=False), samples, meter)
         setting = f"lambda={lam:g}" if lam is not None else f"threshold={th:g}"
-        rows.append({**{k: v for k, v in r.items() if k != "decisions"}, "system": "exitflow", "setting": setting})
+        rows.append({**json_rows([r])[0], "system": "exitflow", "setting": setting})
     options = [range(enc.num_exits) for enc in parts.encoders.values()]
     for combo in itertools.product(*options):
         exits = dict(zip(parts.encoders, combo, strict=True))
         r = run_system(parts.static(exits), samples, meter)
         setting = ",".join(f"{m}@{k}" for m, k in exits.items())
-        rows.append({**{k: v for k, v in r.items() if k != "decisions"}, "system": "static", "setting": setting})
+        rows.append({**json_rows([r])[0], "system": "static", "setting": setting})
     return rows
 
 
