@@ -22,7 +22,8 @@ and exits there.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -31,8 +32,10 @@ import numpy as np
 from scheduler.errors import SchedulerError
 from scheduler.plan import Plan, order_modalities
 from scheduler.profile import Profile
-from scheduler.rules import check_rule, couple_threshold, max_prob, normalized_entropy
+from scheduler.rules import check_rule, couple_threshold, entropy_of
 from scheduler.utility import AccuracyKind, CostUnit, Ranking, UtilityModel, check_lambda
+
+PLAN_LAMBDA_STEP = 0.05  # plans are made per 5 % band of lambda (log-spaced), see Policy.set_lambda
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class Action:
     reason: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class WalkState:
     """Where one sample's walk stands; created by :meth:`Policy.start`."""
 
@@ -95,8 +98,7 @@ class WalkState:
     last_modality: str | None = None
     last_exit: int | None = None
     last_passed: bool = False
-    last_class: dict[str, int] = field(default_factory=dict)
-    patience: dict[str, int] = field(default_factory=dict)
+    patience: dict[str, tuple[int, int]] | None = None  # modality -> (last class, count); patience rule only
     finished: bool = False
 
 
@@ -127,6 +129,14 @@ class Policy:
             )
             for m in profile.modalities
         }
+        # lookup tables so the per-sample walk allocates nothing: the next evaluated exit at or after
+        # each index, and one reusable (immutable) Action per (modality, exit)
+        self._next = {
+            m: tuple(next((j for j in exits if j >= i), None) for i in range(self.num_exits[m] + 1))
+            for m, exits in self.exit_sets.items()
+        }
+        self._continue = {m: tuple(Action(ActionKind.CONTINUE, m, j) for j in range(n)) for m, n in self.num_exits.items()}
+        self._exit = {m: tuple(Action(ActionKind.EXIT, m, j) for j in range(n)) for m, n in self.num_exits.items()}
         self.exit_rule = settings.exit_rule or profile.exit_rule
         check_rule(self.exit_rule)
         self._base_thresholds = {**profile.thresholds, **settings.thresholds}
@@ -134,7 +144,10 @@ class Policy:
         if absent and self.exit_rule != "none":
             raise ValueError(f"no exit threshold for {absent}; set them in the profile or the settings")
         self._lam_ref = check_lambda(settings.lam)
-        self._plans: dict[tuple[tuple[str, ...], tuple[str, ...]], Plan] = {}
+        self._plans: dict[tuple[int, tuple[str, ...], tuple[str, ...]], Plan] = {}  # (band, present, missing)
+        self._plan_band, self._plans_lam = 0, 1.0  # lambda band in force and the lambda its plans use
+        self._thresholds: dict[str, float] = {}
+        self._skips: dict[int, tuple[Plan, tuple[Action, ...]]] = {}  # id(cached plan) -> (plan, SKIPs)
         self.cheapest_mode = False
         self.set_lambda(settings.lam)
 
@@ -148,11 +161,21 @@ class Policy:
         return dict(self._thresholds)
 
     def set_lambda(self, lam: float) -> None:
-        """Change lambda (ValueError outside [LAMBDA_MIN, LAMBDA_MAX]); plans are re-made."""
+        """Change lambda (ValueError outside [LAMBDA_MIN, LAMBDA_MAX]); thresholds follow at once.
+
+        Plans are cached per band of lambda :data:`PLAN_LAMBDA_STEP` wide in log space and made at
+        the band's centre: a budget controller nudges lambda every sample, and re-ranking for a
+        change of a percent would cost more than the rest of the walk while (almost) never
+        changing the order; a lambda that wanders back finds its plans cached.
+        """
         self._lam = check_lambda(lam)
-        self._plans.clear()
+        band = round(math.log(self._lam) / PLAN_LAMBDA_STEP)
+        self._plan_band, self._plans_lam = band, math.exp(band * PLAN_LAMBDA_STEP)
+        coupling = self.settings.threshold_coupling
+        if coupling == 0.0 and self._thresholds:
+            return  # fixed thresholds: nothing follows lambda
         self._thresholds = {
-            m: couple_threshold(self.exit_rule, t, self._lam, self._lam_ref, self.settings.threshold_coupling)
+            m: couple_threshold(self.exit_rule, t, self._lam, self._lam_ref, coupling)
             for m, t in self._base_thresholds.items()
         }
 
@@ -161,17 +184,18 @@ class Policy:
         self.cheapest_mode = bool(on)
 
     def plan(self, present: Iterable[str], missing: Iterable[str] = ()) -> Plan:
-        """The (cached) plan for a sample with ``present`` modalities at the current lambda."""
-        key = (tuple(present), tuple(missing))
+        """The (cached) plan for ``present`` modalities at the current lambda's band
+        (:data:`PLAN_LAMBDA_STEP`; ``plan.lam`` is the lambda it was made at)."""
+        key = (self._plan_band, tuple(present), tuple(missing))
         plan = self._plans.get(key)
         if plan is None:
             plan = order_modalities(
                 self.model,
-                self._lam,
-                key[0],
+                self._plans_lam,
+                key[1],
                 method=self.settings.ranking,
                 skip_negative=self.settings.skip_negative,
-                missing=key[1],
+                missing=key[2],
             )
             self._plans[key] = plan
         return plan
@@ -198,11 +222,24 @@ class Policy:
     def start(self, present: Iterable[str], missing: Iterable[str] = ()) -> WalkState:
         """Begin one sample's walk."""
         present, missing = tuple(present), tuple(missing)
-        plan = self.cheapest_plan(present, missing) if self.cheapest_mode else self.plan(present, missing)
-        pending = [Action(ActionKind.SKIP, m, reason="missing") for m in plan.missing]
-        reason = "cheapest-exit mode" if self.cheapest_mode else "negative expected utility"
-        pending += [Action(ActionKind.SKIP, m, reason=reason) for m in plan.skipped]
-        return WalkState(plan=plan, thresholds=self._thresholds, pending=pending, cheapest=self.cheapest_mode)
+        if self.cheapest_mode:
+            plan = self.cheapest_plan(present, missing)
+            skips = self._skip_actions(plan, "cheapest-exit mode")
+        else:
+            plan = self.plan(present, missing)
+            entry = self._skips.get(id(plan))
+            if entry is not None and entry[0] is plan:
+                skips = entry[1]
+            else:
+                skips = self._skip_actions(plan, "negative expected utility")
+                if self._plans.get((self._plan_band, present, missing)) is plan:  # only plans kept here
+                    self._skips[id(plan)] = (plan, skips)
+        return WalkState(plan=plan, thresholds=self._thresholds, pending=list(skips), cheapest=self.cheapest_mode)
+
+    @staticmethod
+    def _skip_actions(plan: Plan, reason: str) -> tuple[Action, ...]:
+        actions = tuple(Action(ActionKind.SKIP, m, reason="missing") for m in plan.missing)
+        return actions + tuple(Action(ActionKind.SKIP, m, reason=reason) for m in plan.skipped)
 
     def decide(self, state: WalkState) -> Action:
         """The next action for this sample; raises SchedulerError once the walk has ended."""
@@ -210,25 +247,32 @@ class Policy:
             raise SchedulerError("decide() called after the sample's walk ended (EXIT or FUSE)")
         if state.pending:
             return state.pending.pop(0)
-        if state.last_modality is not None and (state.last_passed or state.cheapest):
+        last = state.last_modality
+        if last is not None and (state.last_passed or state.cheapest):
             state.finished = True
-            return Action(ActionKind.EXIT, state.last_modality, state.last_exit)
+            return self._exit[last][state.last_exit]  # type: ignore[index]
         order = state.plan.order
         while state.position < len(order):
             modality = order[state.position]
-            nxt = self._next_exit(modality, state.exits_done.get(modality, 0))
+            nxt = self._next[modality][state.exits_done.get(modality, 0)]
             if nxt is not None:
-                return Action(ActionKind.CONTINUE, modality, nxt)
+                return self._continue[modality][nxt]
             state.position += 1
         state.finished = True
         return Action(ActionKind.FUSE, modalities=tuple(state.computed))
 
     def _next_exit(self, modality: str, start: int) -> int | None:
         """The first evaluated exit of ``modality`` at index >= ``start``, or None."""
-        return next((j for j in self.exit_sets[modality] if j >= start), None)
+        table = self._next[modality]
+        return table[start] if start < len(table) else None
 
-    def observe(self, state: WalkState, modality: str, exit_index: int, probs: np.ndarray) -> float:
-        """Record the softmax ``probs`` (shape (C,)) of ``modality``'s exit ``exit_index``.
+    def observe(
+        self, state: WalkState, modality: str, exit_index: int, probs: np.ndarray | Sequence[float]
+    ) -> float:
+        """Record the softmax ``probs`` (shape (C,); a 1-D array or a list) of ``modality``'s exit.
+
+        The rule's score is computed in plain Python over the C values (a list is the fast path:
+        a numpy call costs several microseconds per exit, which is the whole budget here).
 
         Returns:
             The exit's score under the rule in force.
@@ -238,17 +282,21 @@ class Policy:
             raise SchedulerError(
                 f"{modality}: observed exit {exit_index}, but the walk expected exit {expected}"
             )
+        values = probs.tolist() if isinstance(probs, np.ndarray) else probs
         rule = self.exit_rule
         if rule == "entropy":
-            score = float(normalized_entropy(probs))
+            score = entropy_of(values)
             passed = score <= state.thresholds[modality]
         elif rule == "max_prob":
-            score = float(max_prob(probs))
+            score = float(max(values))
             passed = score >= state.thresholds[modality]
         elif rule == "patience":
-            cls = int(np.argmax(probs))
-            count = state.patience.get(modality, -1) + 1 if state.last_class.get(modality) == cls else 0
-            state.patience[modality], state.last_class[modality] = count, cls
+            cls = max(range(len(values)), key=values.__getitem__)
+            if state.patience is None:
+                state.patience = {}
+            last_cls, last_count = state.patience.get(modality, (-1, -1))
+            count = last_count + 1 if last_cls == cls else 0
+            state.patience[modality] = (cls, count)
             score = float(count)
             passed = score >= state.thresholds[modality]
         else:
@@ -256,9 +304,18 @@ class Policy:
         state.exits_done[modality] = exit_index + 1
         if modality not in state.computed:
             state.computed.append(modality)
-        state.scores.setdefault(modality, []).append(score)
-        state.last_modality, state.last_exit, state.last_passed = modality, exit_index, bool(passed)
+            state.scores[modality] = [score]
+        else:
+            state.scores[modality].append(score)
+        state.last_modality, state.last_exit, state.last_passed = modality, exit_index, passed
         return score
+
+    def advance(
+        self, state: WalkState, modality: str, exit_index: int, probs: np.ndarray | Sequence[float]
+    ) -> Action:
+        """:meth:`observe` then :meth:`decide` in one call (the engine's loop): the next action."""
+        self.observe(state, modality, exit_index, probs)
+        return self.decide(state)
 
 
 class RandomOrderPolicy(Policy):

@@ -14,6 +14,7 @@ score each rule compares with its threshold:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -36,6 +37,22 @@ def normalized_entropy(probs: np.ndarray) -> np.ndarray:
         raise ValueError(f"probabilities need at least 2 classes on the last axis, got shape {probs.shape}")
     safe = np.clip(probs, 1e-12, 1.0)
     return -(probs * np.log(safe)).sum(axis=-1) / math.log(num_classes)
+
+
+def entropy_of(probs: Sequence[float]) -> float:
+    """Normalized entropy of one probability vector (C >= 2 values), in plain Python.
+
+    The same value as :func:`normalized_entropy` for a 1-D input (zeros contribute nothing), at
+    a fraction of its cost for small C: the policy calls it once per evaluated exit.
+    """
+    num_classes = len(probs)
+    if num_classes < 2:
+        raise ValueError(f"probabilities need at least 2 classes, got {num_classes}")
+    h = 0.0
+    for p in probs:
+        if p > 1e-12:
+            h -= p * math.log(p)
+    return h / math.log(num_classes)
 
 
 def max_prob(probs: np.ndarray) -> np.ndarray:

@@ -163,3 +163,25 @@ def test_lambda_changes_plan_and_coupled_thresholds():
     rich = policy.plan(["image", "audio"])
     assert cheap.order == ("image",) and cheap.skipped == ("audio",)
     assert rich.order == ("image", "audio") and rich.skipped == ()
+
+
+def test_advance_is_observe_then_decide():
+    a, b = Policy(_profile()), Policy(_profile())
+    sa, sb = a.start(["image", "audio"]), b.start(["image", "audio"])
+    first = a.decide(sa)
+    assert b.decide(sb) == first and first.kind is ActionKind.CONTINUE
+    got = a.advance(sa, first.modality, first.exit_index, UNSURE.tolist())
+    b.observe(sb, first.modality, first.exit_index, UNSURE)
+    assert got == b.decide(sb)
+
+
+def test_plans_are_cached_per_lambda_band():
+    policy = Policy(_profile(), PolicySettings(lam=1.0))
+    first = policy.plan(["image", "audio"])
+    policy.set_lambda(1.01)  # same 5 % band: the cached plan, made at the band's centre
+    assert policy.plan(["image", "audio"]) is first and first.lam == pytest.approx(1.0)
+    policy.set_lambda(1.2)  # another band: planned afresh near the new lambda
+    moved = policy.plan(["image", "audio"])
+    assert moved is not first and moved.lam == pytest.approx(1.2, rel=0.03)
+    policy.set_lambda(0.99)  # back to the first band: found in the cache
+    assert policy.plan(["image", "audio"]) is first

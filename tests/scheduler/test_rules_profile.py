@@ -95,3 +95,12 @@ def test_profile_format_errors(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(ProfileFormatError, match="schema version"):
         load_profile(path)
+
+
+@pytest.mark.parametrize("probs", [[0.97, 0.01, 0.01, 0.01], [0.25] * 4, [1.0, 0.0, 0.0], [0.5, 0.5]])
+def test_entropy_of_matches_numpy_rule(probs):
+    from scheduler.rules import entropy_of, normalized_entropy
+
+    assert entropy_of(probs) == pytest.approx(float(normalized_entropy(np.array(probs))), abs=1e-9)
+    with pytest.raises(ValueError, match="at least 2"):
+        entropy_of([1.0])
