@@ -52,12 +52,17 @@ def joint_folder(cfg: Config, dataset: str) -> Path:
 
 
 def use_joint(cfg: Config, dataset: str) -> bool:
-    """Whether the jointly fine-tuned set is used: ``joint.use`` and it exists."""
-    return cfg.joint.use and (joint_folder(cfg, dataset) / "fusion" / "config.json").is_file()
+    """Whether the jointly fine-tuned set is used: ``joint.use``, it exists, and the fusion exit is late."""
+    return (
+        cfg.joint.use and cfg.fusion.exit == "late"
+        and (joint_folder(cfg, dataset) / "fusion" / "config.json").is_file()
+    )
 
 
 def profile_path(cfg: Config, dataset: str) -> Path:
-    return checkpoint_dir(f"profile_{dataset}.json", cfg.train.checkpoint_dir)
+    """The exit profile of the systems ``cfg`` loads (one per fusion exit kind: the weights differ)."""
+    suffix = "_transformer" if cfg.fusion.exit == "transformer" else ""
+    return checkpoint_dir(f"profile_{dataset}{suffix}.json", cfg.train.checkpoint_dir)
 
 
 def load_encoders(cfg: Config, dataset: str, prefer_joint: bool = True) -> dict[str, EarlyExitEncoder]:
@@ -85,6 +90,10 @@ def weight_files(cfg: Config, dataset: str, with_fusion: bool = True, prefer_joi
         files = [base / m / "model.safetensors" for m in DATASET_MODALITIES[dataset]]
         return files + ([base / "fusion" / "model.safetensors"] if with_fusion else [])
     files = [encoder_folder(cfg, m) / "model.safetensors" for m in DATASET_MODALITIES[dataset]]
+    if cfg.fusion.exit == "transformer":
+        from pipeline.fusion_exit import transformer_folder
+
+        return files + ([transformer_folder(cfg, dataset) / "model.safetensors"] if with_fusion else [])
     return files + ([fusion_folder(cfg, dataset) / "model.safetensors"] if with_fusion else [])
 
 
@@ -219,6 +228,46 @@ def load_fusion_exit(cfg: Config, dataset: str, prefer_joint: bool = True) -> Ma
     return fusion.eval()
 
 
+def load_fusion(cfg: Config, dataset: str) -> Any:
+    """The fusion exit ``fusion.exit`` selects: the late (concat) fusion or the transformer."""
+    if cfg.fusion.exit == "transformer":
+        from pipeline.fusion_exit import load_transformer_exit
+
+        return load_transformer_exit(cfg, dataset)
+    return load_fusion_exit(cfg, dataset)
+
+
+def _fuse_batch(fusion: Any, outs: dict[str, Any], subset: tuple[str, ...]) -> torch.Tensor:
+    """Logits of ``fusion`` over the ExitOutputs of ``subset`` (either fusion protocol)."""
+    if hasattr(fusion, "fuse_exits"):
+        return fusion.fuse_exits({m: outs[m] for m in subset}).logits
+    return fusion({m: outs[m].embedding for m in subset}, list(subset))
+
+
+def fusion_entries(
+    cfg: Config, fusion: Any, encoders: dict[str, EarlyExitEncoder], split: AVSplit,
+    records: dict[str, ExitRecords], fusion_mj: dict, progress: bool = True,
+) -> dict[tuple[str, ...], tuple[np.ndarray, float, float]]:
+    """Per modality subset: (correct per sample, MACs per sample, mJ per sample) of the fusion exit."""
+    labels = split.labels
+    if hasattr(fusion, "fuse_exits"):
+        from pipeline.fusion_exit import collect_tokens, run_records
+
+        tokens = collect_tokens(encoders, split, progress=progress)
+        out = {}
+        for sub in subsets(tuple(records)):
+            res = run_records(fusion, tokens, sub, thresholds=fusion.exit_thresholds)
+            out[sub] = (res["correct"], float(res["macs"].mean()), fusion_mj[sub])
+        return out
+    rows = np.arange(labels.shape[0])
+    with torch.no_grad():
+        return {
+            sub: ((_fusion_logits(fusion, records, sub, rows).argmax(1).numpy() == labels), float(fusion.macs),
+                  fusion_mj[sub])
+            for sub in subsets(tuple(records))
+        }
+
+
 def _step_energy(encoders, fusion, split: AVSplit, meter, n: int) -> tuple[dict[str, np.ndarray], dict, str, bool]:
     """Mean energy (mJ) of each encoder step and of fusion per subset, at batch 1 over ``n`` samples."""
     per_step = {m: np.zeros(enc.num_exits) for m, enc in encoders.items()}
@@ -240,7 +289,7 @@ def _step_energy(encoders, fusion, split: AVSplit, meter, n: int) -> tuple[dict[
         for s in subsets(tuple(encoders)):
             meter.begin_window("fusion")
             for _ in range(n):
-                fusion({m: outs[m].embedding for m in s}, list(s))
+                _fuse_batch(fusion, outs, s)
             fusion_mj[s] = (meter.end_window("fusion").energy_mj or 0.0) / n
     return per_step, fusion_mj, "+".join(sorted(sources)), estimated
 
@@ -249,7 +298,7 @@ def make_profile(cfg: Config, dataset: str, meter, energy_samples: int = 100, pr
     """Profile every exit on the val split at the configured thresholds; saved beside the checkpoints."""
     s = cfg.scheduler
     encoders = load_encoders(cfg, dataset)
-    fusion = load_fusion_exit(cfg, dataset)
+    fusion = load_fusion(cfg, dataset)
     val = load_split(cfg, "val", dataset, progress)
     records = collect_exits(encoders, val, progress=progress)
     labels = val.labels
@@ -266,17 +315,11 @@ def make_profile(cfg: Config, dataset: str, meter, energy_samples: int = 100, pr
             energy_mj_step=np.broadcast_to(per_step[m], correct.shape).copy(),
             layers=tuple(encoders[m].exit_layers),
         )
-    rows = np.arange(labels.shape[0])
-    with torch.no_grad():
-        fusion_entries = {
-            sub: ((_fusion_logits(fusion, records, sub, rows).argmax(1).numpy() == labels), float(fusion.macs),
-                  fusion_mj[sub])
-            for sub in subsets(tuple(records))
-        }
+    fusion_rows = fusion_entries(cfg, fusion, encoders, val, records, fusion_mj, progress)
     thresholds = {m: s.thresholds.get(m, s.threshold if s.threshold is not None else DEFAULT_THRESHOLD[s.exit_rule])
                   for m in records}
     profile = build_profile(
-        per_exit, thresholds, exit_rule=s.exit_rule, fusion=fusion_entries,
+        per_exit, thresholds, exit_rule=s.exit_rule, fusion=fusion_rows,
         fingerprint=fingerprint_checkpoints(weight_files(cfg, dataset)), energy_source=source,
         energy_estimated=estimated, device=cfg.engine.device,
     )

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from encoders.base import EarlyExitEncoder
-from pipeline.adaptive import DATASET_MODALITIES, load_dataset_profile, load_encoders, load_fusion_exit
+from pipeline.adaptive import DATASET_MODALITIES, load_dataset_profile, load_encoders, load_fusion
 from pipeline.config import Config
 from pipeline.engine import (
     Engine,
@@ -70,13 +70,17 @@ class TruncatedSystem:
             state = enc.start(self.input_adapter(m, sample.payloads[m]))
             state.next_exit = self.exits[m]  # jump: only this exit's head runs
             outs[m] = enc.step(state)
-        if self.fusion is not None:
+        fusion_macs = self.fusion_macs
+        if self.fusion is not None and hasattr(self.fusion, "fuse_exits"):  # transformer: MACs vary per sample
+            fused = self.fusion.fuse_exits({m: outs[m] for m in present})
+            probs, fusion_macs = torch.softmax(fused.logits, dim=-1), int(fused.macs[0])
+        elif self.fusion is not None:
             logits = self.fusion({m: outs[m].embedding for m in present}, present)  # (1, C)
             probs = torch.softmax(logits, dim=-1)
         else:
             probs = torch.stack([torch.softmax(outs[m].logits, dim=-1) for m in present]).mean(dim=0)  # (1, C)
         latency_ms = (time.perf_counter() - start) * 1000.0
-        macs = sum(self.encoder_macs[m] for m in present) + self.fusion_macs
+        macs = sum(self.encoder_macs[m] for m in present) + fusion_macs
         return Decision(
             sample_id=sample.sample_id, prediction=int(probs[0].argmax()), label=sample.label, system=self.name,
             order=present, exits={m: self.exits[m] for m in present},
@@ -108,7 +112,7 @@ class AdaptiveParts:
         self.modalities = DATASET_MODALITIES[dataset]
         self.device = resolve_device(cfg.engine.device)
         self.encoders = {m: enc.to(self.device) for m, enc in load_encoders(cfg, dataset).items()}
-        self.fusion = load_fusion_exit(cfg, dataset).to(self.device)
+        self.fusion = load_fusion(cfg, dataset).to(self.device)
         self.profile = load_dataset_profile(cfg, dataset)
         self.input_adapter = device_input_adapter(self.device)
 

@@ -21,6 +21,21 @@ from pipeline.messages import Sample
 from pipeline.systems import BaselineSystem
 
 BENCH_SYSTEMS = ("full", "lf", "image", "audio", "static", "rexit", "exitflow")
+CONCAT_SYSTEM = "exitflow_concat"  # exitflow with the late (concat) fusion exit, beside a transformer-fusion run
+ALL_SYSTEMS = (*BENCH_SYSTEMS, CONCAT_SYSTEM)
+
+
+def default_systems(cfg: Any) -> tuple[str, ...]:
+    """The seven systems, plus ``exitflow_concat`` when the fusion exit is the transformer."""
+    return ALL_SYSTEMS if cfg.fusion.exit == "transformer" else BENCH_SYSTEMS
+
+
+def concat_parts(parts: AdaptiveParts) -> AdaptiveParts:
+    """The same data set's parts with the late (concat) fusion exit and its own profile."""
+    import dataclasses
+
+    cfg = dataclasses.replace(parts.cfg, fusion=dataclasses.replace(parts.cfg.fusion, exit="late"))
+    return AdaptiveParts(cfg, parts.dataset)
 
 
 def bench_inputs(cfg: Any, dataset: str, split: str, limit: int | None) -> tuple[AdaptiveParts, list[Sample]]:
@@ -89,6 +104,8 @@ def bench(
             built[name] = parts.rexit(seed=cfg.data.seed)
         elif name == "exitflow":
             built[name] = parts.exitflow(meter=meter)
+        elif name == CONCAT_SYSTEM:
+            built[name] = concat_parts(parts).exitflow(meter=meter, name=CONCAT_SYSTEM)
     rows: dict[str, dict[str, Any]] = {}
     order = [s for s in systems if s != "static"] + (["static"] if "static" in systems else [])
     for name in order:
@@ -100,6 +117,8 @@ def bench(
             system.process(sample)
         if name == "exitflow" and system.engine.budget is not None:
             system = parts.exitflow(meter=meter)  # fresh controller state after warm-up
+        if name == CONCAT_SYSTEM and system.engine.budget is not None:
+            system = concat_parts(parts).exitflow(meter=meter, name=CONCAT_SYSTEM)
         rows[name] = run_system(system, samples, meter, progress)
         if name == "static":
             rows[name]["static_exits"] = built[name].exits

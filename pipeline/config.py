@@ -213,12 +213,17 @@ class LGViTConfig:
 class FusionConfig:
     """Adaptive fusion (issue 6): co-attention transformer, MuE exits, SmartTrim, decoder head.
 
+    ``exit`` picks exitflow's fusion exit: ``late`` (concatenation of the encoders' pooled
+    embeddings) or ``transformer`` (this co-attention fusion over their token states, trained
+    with ``exitflow train fusion --inputs encoders``).
+
     ``exit_thresholds`` maps a modality to its MuE cosine threshold (absent = never exits);
     the ``decoder_*`` fields set the command-completion decoder and its decaying threshold
     Theta(t) = beta * theta + (1 - beta) * exp(-tau * t / N), with no exits in the first
     ``decoder_warmup_fraction`` of the N steps.
     """
 
+    exit: Literal["late", "transformer"] = "late"
     task: Literal["classify", "command"] = "classify"
     dim: int = field(default=64, metadata=bounds(min=8))
     layers: int = field(default=3, metadata=bounds(min=1))

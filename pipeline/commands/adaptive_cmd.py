@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     bench.add_argument("--dataset", choices=DATASETS, default=None)
     bench.add_argument("--split", choices=("val", "test"), default="test")
     bench.add_argument("--limit", type=int, default=None, help="first N samples (default: bench.limit)")
-    bench.add_argument("--systems", default=None, help="comma list (default: all seven)")
+    bench.add_argument("--systems", default=None, help="comma list (default: all seven, plus exitflow_concat "
+                       "when fusion.exit is transformer)")
     bench.add_argument("--json", dest="json_out", default=None, help="write the rows as a JSON list")
     bench.add_argument("--sweep", action="store_true", help="add a lambda sweep of exitflow and every static truncation")
     bench.add_argument("--plot", default=None, help="PNG of the accuracy-energy Pareto front (with --sweep)")
@@ -66,10 +67,11 @@ def _profile(args: argparse.Namespace, cfg: Config) -> int:
 
 def _bench(args: argparse.Namespace, cfg: Config) -> int:
     from pipeline.bench import (
-        BENCH_SYSTEMS,
+        ALL_SYSTEMS,
         bench,
         bench_inputs,
         budget_run,
+        default_systems,
         engine_mj,
         format_table,
         json_rows,
@@ -79,10 +81,10 @@ def _bench(args: argparse.Namespace, cfg: Config) -> int:
     from pipeline.replay import write_atomic
 
     dataset = args.dataset or cfg.data.dataset
-    systems = tuple(s.strip() for s in args.systems.split(",")) if args.systems else BENCH_SYSTEMS
-    unknown = [s for s in systems if s not in BENCH_SYSTEMS]
+    systems = tuple(s.strip() for s in args.systems.split(",")) if args.systems else default_systems(cfg)
+    unknown = [s for s in systems if s not in ALL_SYSTEMS]
     if unknown:
-        raise ExitflowError(f"unknown system(s) {unknown}; choose from {', '.join(BENCH_SYSTEMS)}")
+        raise ExitflowError(f"unknown system(s) {unknown}; choose from {', '.join(ALL_SYSTEMS)}")
     limit = args.limit if args.limit is not None else cfg.bench.limit
     parts, samples = bench_inputs(cfg, dataset, args.split, limit)
     with open_meter(cfg) as meter:

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
 
 def _run(args: argparse.Namespace, cfg: Config) -> int:
-    from pipeline.bench import BENCH_SYSTEMS, bench, bench_inputs, format_table, json_rows
+    from pipeline.bench import bench, bench_inputs, default_systems, format_table, json_rows
     from pipeline.data.roots import data_root, is_embedded
     from pipeline.meters import open_meter
     from pipeline.replay import write_atomic
@@ -31,7 +31,7 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
     parts, samples = bench_inputs(cfg, dataset, "test", limit)
     with open_meter(cfg) as meter:
         print(f"power meter: {meter.describe().splitlines()[0]}")
-        rows = bench(parts, samples, meter, BENCH_SYSTEMS)
+        rows = bench(parts, samples, meter, default_systems(cfg))
     print(format_table(rows))
     out = resolve_path(cfg, "runs/demo-bench.json")
     write_atomic(out, json.dumps(json_rows(rows), indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""``exitflow train fusion --name NAME``: adaptive fusion on avmnist-t (settings in ``fusion:``)."""
+"""``exitflow train fusion [--inputs encoders|stems]``: adaptive fusion on avmnist-t (settings in ``fusion:``)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,26 @@ from pipeline.config import Config
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     parser = groups["train"].add_parser("fusion", help="train adaptive fusion (MuE + SmartTrim) on avmnist-t")
-    parser.add_argument("--name", default="default", help="checkpoint name: checkpoints/fusion-NAME")
+    parser.add_argument(
+        "--inputs", choices=("encoders", "stems"), default="encoders",
+        help="encoders: the engine's fusion exit over the trained encoders' tokens "
+        "(checkpoints/fusion_transformer_<dataset>); stems: the patch-stem study (checkpoints/fusion-NAME)",
+    )
+    parser.add_argument("--name", default="default", help="stems only: checkpoint name checkpoints/fusion-NAME")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace, cfg: Config) -> int:
+    if args.inputs == "encoders":
+        import sys
+
+        from pipeline.fusion_exit import train_transformer_exit, transformer_folder
+
+        meta = train_transformer_exit(cfg, cfg.data.dataset, command="exitflow " + " ".join(sys.argv[1:]))
+        print(json.dumps({k: v["test"]["accuracy"] for k, v in meta["subsets"].items()}, indent=2))
+        print(f"MuE thresholds: {meta['exit_thresholds']}")
+        print(f"saved -> {transformer_folder(cfg, cfg.data.dataset)}")
+        return 0
     from pipeline.fusion_runner import train_fusion
 
     result = train_fusion(cfg, args.name)

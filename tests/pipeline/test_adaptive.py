@@ -109,3 +109,89 @@ def test_profile_of_other_weights_is_rejected(tiny_cfg, tmp_path: Path) -> None:
     missing = load_config(None, [f"train.checkpoint_dir={tmp_path}"])
     with pytest.raises(CheckpointError, match="exitflow train encoder"):
         AdaptiveParts(missing, "avmnist")
+
+
+@pytest.fixture(scope="module")
+def tiny_transformer_cfg(tmp_path_factory: pytest.TempPathFactory, data_cache: Path):
+    ckpt = tmp_path_factory.mktemp("ckpt_transformer")
+    cfg = load_config(None, [
+        f"data.root={SHARED_DATA}", f"data.cache_dir={data_cache}", f"train.checkpoint_dir={ckpt}",
+        "train.limit=256", "train.epochs=2", "train.batch_size=64", "scheduler.threshold=0.5",
+        "fusion.exit=transformer", "fusion.dim=16", "fusion.layers=2", "fusion.heads=2", "fusion.eval_limit=120",
+        "fusion.ramp_fraction=0.25",
+    ])
+    torch.manual_seed(0)
+    save_encoder(build_vision_encoder(**TINY), encoder_folder(cfg, "image"))
+    save_encoder(build_audio_encoder(**TINY), encoder_folder(cfg, "audio"))
+    return cfg
+
+
+@requires_shared
+@pytest.mark.slow
+def test_transformer_fusion_exit_trains_profiles_and_benches(tiny_transformer_cfg) -> None:
+    import dataclasses
+
+    from pipeline.bench import CONCAT_SYSTEM, default_systems
+    from pipeline.fusion_exit import (
+        collect_tokens,
+        load_transformer_exit,
+        run_records,
+        train_transformer_exit,
+        transformer_folder,
+    )
+
+    cfg = tiny_transformer_cfg
+    meta = train_transformer_exit(cfg, "avmnist", progress=False)
+    assert set(meta["subsets"]) == {"image", "audio", "image+audio"}
+    assert meta["untrimmed_test"] is not None and [r["setting"] for r in meta["mue_sweep"]][0] == "no exits"
+    # the reloaded exit predicts exactly as the trained one did on val (no exits, hard masks)
+    fusion = load_transformer_exit(cfg, "avmnist")
+    val = load_split(cfg, "val", "avmnist", progress=False)
+    tokens = collect_tokens(load_encoders(cfg, "avmnist"), val, limit=120, progress=False)
+    again = run_records(fusion, tokens, ("image", "audio"))
+    assert float(again["correct"].mean()) == meta["subsets"]["image+audio"]["val"]["accuracy"]
+    assert (transformer_folder(cfg, "avmnist") / "MODEL_CARD.md").read_text().count("|") > 20
+
+    with get_power_meter("psutil") as meter:
+        profile = make_profile(cfg, "avmnist", meter, energy_samples=3, progress=False)
+    assert len(profile.fusion) == 3 and all(f.macs > 0 for f in profile.fusion)
+    assert load_dataset_profile(cfg, "avmnist").fingerprint == profile.fingerprint
+    # the concat comparison needs its own fusion exit and profile (other weights, other fingerprint)
+    late = dataclasses.replace(cfg, fusion=dataclasses.replace(cfg.fusion, exit="late"))
+    train_fusion(late, "avmnist", progress=False)
+    with get_power_meter("psutil") as meter:
+        make_profile(late, "avmnist", meter, energy_samples=3, progress=False)
+
+    parts = AdaptiveParts(cfg, "avmnist")
+    assert hasattr(parts.fusion, "fuse_exits") and CONCAT_SYSTEM in default_systems(cfg)
+    samples = list(split_samples(load_split(cfg, "test", "avmnist", progress=False), 20))
+    with get_power_meter("psutil") as meter:
+        rows = bench(parts, samples, meter, ["full", "exitflow", CONCAT_SYSTEM], progress=False, warmup=2)
+    by = {r["system"]: r for r in rows}
+    encoder_macs = sum(enc.plain_macs() for enc in parts.encoders.values())
+    assert by["full"]["macs_per_sample"] > encoder_macs  # the transformer's own MACs are counted
+    fused = [d for d in by["exitflow"]["decisions"] if d.fusion_layers]
+    plain = [d for d in by["exitflow"]["decisions"] if not d.fusion_layers]
+    assert fused or plain
+    for d in fused:  # a fused decision reports the fusion's per-stream layers and kept ratios
+        assert set(d.fusion_layers) <= {"image", "audio"} and all(1 <= v <= 2 for v in d.fusion_layers.values())
+        assert 0 < d.kept_heads <= 1
+    assert by[CONCAT_SYSTEM]["n"] == 20 and all(d.system == CONCAT_SYSTEM for d in by[CONCAT_SYSTEM]["decisions"])
+
+
+@requires_shared
+def test_transformer_exit_of_other_encoders_is_refused(tiny_transformer_cfg, tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.fusion_exit import load_transformer_exit, transformer_folder
+
+    cfg = tiny_transformer_cfg
+    if not (transformer_folder(cfg, "avmnist") / "config.json").is_file():
+        pytest.skip("needs the transformer exit trained by the test above")
+    other = load_config(None, [f"train.checkpoint_dir={tmp_path}", "fusion.exit=transformer"])
+    shutil.copytree(transformer_folder(cfg, "avmnist"), transformer_folder(other, "avmnist"))
+    torch.manual_seed(1)  # other encoder weights
+    save_encoder(build_vision_encoder(**TINY), encoder_folder(other, "image"))
+    save_encoder(build_audio_encoder(**TINY), encoder_folder(other, "audio"))
+    with pytest.raises(CheckpointError, match="other encoder weights"):
+        load_transformer_exit(other, "avmnist")

@@ -1,0 +1,334 @@
+"""The cross-modal transformer as exitflow's fusion exit, trained on the early-exit encoders' tokens.
+
+``fusion.exit: transformer`` makes :class:`encoders.fusion.FusionTransformer` the engine's fusion
+exit in place of the concatenation (:class:`pipeline.engine.MaskedLateFusion`). It reads the token
+states each encoder produced at the layer where it stopped (``ExitOutput.hidden`` and its
+``attention_mask``) for whichever modalities ran, with SmartTrim trimming and MuE exits inside.
+
+- ``collect_tokens`` runs the frozen encoders over a split and keeps their final-exit token
+  states (float16): the scheduler fuses only after every planned modality ran out of exits, so
+  the fusion exit sees final-layer tokens of a subset of the modalities.
+- ``train_transformer_exit`` trains the fusion on those tokens with a random modality subset per
+  batch (the full set half of the time), MuE's layer-averaged loss and, with ``fusion.trim``,
+  SmartTrim's curriculum, cost loss and self-distillation; it picks MuE thresholds on val and
+  saves ``checkpoints/fusion_transformer_<dataset>`` with a model card.
+- ``load_transformer_exit`` rebuilds it, refusing weights trained on other encoders.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from encoders.base import EarlyExitEncoder
+from encoders.fusion import FusionOutput, FusionTransformer, FusionTransformerConfig
+from encoders.fusion_training import curriculum_target, fusion_objective
+from pipeline.batches import batch_rows, modality_batch
+from pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_checkpoint
+from pipeline.config import Config, FusionConfig
+from pipeline.data.avmnist import AVSplit, load_split
+from pipeline.errors import CheckpointError
+from scheduler.profile import fingerprint_checkpoints
+
+NUM_CLASSES = 10
+MUE_QUANTILES = (0.9, 0.7, 0.5, 0.3, 0.1)
+MUE_TOLERANCE = 0.005  # MuE thresholds: fewest fusion layers within this much val accuracy of no exits
+
+
+@dataclass
+class TokenRecords:
+    """Final-exit token states of every modality over the first ``n`` rows of a split."""
+
+    hidden: dict[str, torch.Tensor]  # modality -> (N, T_m, D_m) float16
+    masks: dict[str, torch.Tensor | None]  # modality -> (N, T_m) validity, or None (no padding)
+    labels: np.ndarray  # (N,)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, rows: np.ndarray, present: tuple[str, ...]) -> tuple[dict, dict]:
+        idx = torch.from_numpy(np.asarray(rows))
+        tokens = {m: self.hidden[m][idx].float() for m in present}
+        masks = {m: (None if self.masks[m] is None else self.masks[m][idx]) for m in present}
+        return tokens, masks
+
+
+@torch.no_grad()
+def collect_tokens(
+    encoders: dict[str, EarlyExitEncoder], split: AVSplit, limit: int | None = None, batch_size: int = 256,
+    progress: bool = True,
+) -> TokenRecords:
+    n = len(split) if limit is None else min(limit, len(split))
+    hidden, masks = {}, {}
+    for m, enc in encoders.items():
+        parts, mparts = [], []
+        for rows in tqdm(list(batch_rows(n, batch_size)), desc=f"tokens {m}", disable=not progress, leave=False):
+            last = enc(modality_batch(split, [m], rows)[m])[-1]
+            parts.append(last.hidden.to(torch.float16))  # (B, T, D)
+            if last.attention_mask is not None:
+                mparts.append(last.attention_mask.float())  # (B, T)
+        hidden[m] = torch.cat(parts)
+        masks[m] = torch.cat(mparts) if mparts else None
+    return TokenRecords(hidden, masks, split.labels[:n])
+
+
+def transformer_folder(cfg: Config, dataset: str) -> Path:
+    return checkpoint_dir(f"fusion_transformer_{dataset}", cfg.train.checkpoint_dir)
+
+
+def build_transformer(fc: FusionConfig, dims: dict[str, int]) -> FusionTransformer:
+    return FusionTransformer(
+        FusionTransformerConfig(
+            modality_dims=dims, num_classes=NUM_CLASSES, dim=fc.dim, num_layers=fc.layers, num_heads=fc.heads,
+            ffn_mult=fc.ffn_mult, trim_tokens=fc.trim, trim_heads=fc.trim, token_score_mode=fc.token_score_mode,
+            head_mask_mode=fc.head_mask_mode, gumbel_tau=fc.gumbel_tau,
+        )
+    )
+
+
+def _subsets(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
+    from pipeline.adaptive import subsets
+
+    return subsets(modalities)
+
+
+@torch.no_grad()
+def run_records(
+    fusion: FusionTransformer, records: TokenRecords, present: tuple[str, ...], trim: bool = True,
+    thresholds: dict[str, float] | None = None, batch_size: int = 250,
+) -> dict[str, Any]:
+    """Inference (hard masks) over ``records`` with the ``present`` modalities; per-sample results."""
+    fusion.eval()
+    preds, macs, tokens_kept, heads_kept = [], [], [], []
+    layers: dict[str, list[torch.Tensor]] = {m: [] for m in present}
+    sims: dict[str, list[torch.Tensor]] = {m: [] for m in present}
+    for rows in batch_rows(len(records), batch_size):
+        tokens, masks = records.batch(rows, present)
+        out: FusionOutput = fusion(tokens, masks, thresholds=thresholds, trim=trim, hard=True, all_layer_logits=False)
+        preds.append(out.logits.argmax(-1))
+        macs.append(out.macs.float())
+        tokens_kept.append(out.kept_token_ratio.float())
+        heads_kept.append(out.kept_head_ratio.float())
+        for m in present:
+            layers[m].append(out.exit_layers[m])
+            if m in out.similarity:
+                sims[m].append(out.similarity[m])
+    pred = torch.cat(preds).numpy()
+    return {
+        "correct": pred == records.labels,
+        "macs": torch.cat(macs).numpy(),
+        "kept_token_ratio": float(torch.cat(tokens_kept).mean()),
+        "kept_head_ratio": float(torch.cat(heads_kept).mean()),
+        "exit_layers": {m: torch.cat(v).numpy() for m, v in layers.items()},
+        "similarity": {m: torch.cat(v).numpy() for m, v in sims.items() if v},
+    }
+
+
+def summary(result: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    layers = result["exit_layers"]
+    return {
+        "accuracy": float(result["correct"].mean()),
+        "fusion_macs_mean": float(result["macs"].mean()),
+        "kept_token_ratio": result["kept_token_ratio"],
+        "kept_head_ratio": result["kept_head_ratio"],
+        "mean_fusion_layers": {m: float(v.mean()) for m, v in layers.items()},
+        "exit_layer_counts": {
+            m: [int((v == k).sum()) for k in range(1, num_layers + 1)] for m, v in layers.items()
+        },
+    }
+
+
+def mue_sweep(
+    fusion: FusionTransformer, val: TokenRecords, test: TokenRecords, modalities: tuple[str, ...]
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Thresholds at quantiles of each stream's layer-to-layer similarity (val, no exits).
+
+    Returns the chosen thresholds (fewest mean fusion layers within :data:`MUE_TOLERANCE` of the
+    no-exit val accuracy; empty when none qualifies) and the sweep rows (val and test).
+    """
+    num_layers = fusion.config.num_layers
+    base_val = run_records(fusion, val, modalities)
+    base = summary(base_val, num_layers)
+    rows = [{"setting": "no exits", "thresholds": {}, "val": base,
+             "test": summary(run_records(fusion, test, modalities), num_layers)}]
+    chosen: dict[str, float] = {}
+    best_layers = float(np.mean(list(base["mean_fusion_layers"].values())))
+    for q in MUE_QUANTILES:
+        thresholds = {}
+        for m in modalities:
+            sim = base_val["similarity"].get(m)
+            if sim is None or sim.shape[1] < 2:
+                continue
+            values = sim[:, : num_layers - 1].ravel()  # a stream can only stop after layers 1..L-1
+            values = values[np.isfinite(values)]
+            if values.size:
+                thresholds[m] = float(np.quantile(values, q))
+        v = summary(run_records(fusion, val, modalities, thresholds=thresholds), num_layers)
+        t = summary(run_records(fusion, test, modalities, thresholds=thresholds), num_layers)
+        rows.append({"setting": f"mue_q{q}", "thresholds": thresholds, "val": v, "test": t})
+        mean_layers = float(np.mean(list(v["mean_fusion_layers"].values())))
+        if v["accuracy"] >= base["accuracy"] - MUE_TOLERANCE and mean_layers < best_layers:
+            chosen, best_layers = thresholds, mean_layers
+    return chosen, rows
+
+
+def _train_epoch(
+    fusion: FusionTransformer, fc: FusionConfig, records: TokenRecords, opt: torch.optim.Optimizer,
+    rng: np.random.Generator, batch_size: int, seed: int, epoch: int, step: int, steps_total: int,
+) -> tuple[float, int]:
+    choices = _subsets(fusion.modalities)
+    fusion.train()
+    losses = []
+    for rows in batch_rows(len(records), batch_size, shuffle=True, seed=seed, epoch=epoch):
+        present = choices[-1] if rng.random() < 0.5 else choices[int(rng.integers(len(choices)))]
+        tokens, masks = records.batch(rows, present)
+        labels = torch.from_numpy(records.labels[rows])
+        progress = step / max(steps_total, 1)
+        token_t = curriculum_target(progress, fc.token_target, fc.ramp_fraction) if fc.trim else 1.0
+        head_t = curriculum_target(progress, fc.head_target, fc.ramp_fraction) if fc.trim else 1.0
+        fusion.set_head_target(head_t)
+        trimmed = fusion(tokens, masks, trim=fc.trim, hard=False, all_layer_logits=True)
+        full = None
+        if fc.trim and fc.lambda_sd > 0:
+            full = fusion(tokens, masks, trim=False, hard=False, all_layer_logits=True)
+        parts = fusion_objective(trimmed, full, labels, token_t, head_t, fc.lambda_sd, fc.lambda_cost)
+        opt.zero_grad()
+        parts.total.backward()
+        opt.step()
+        losses.append(float(parts.total.detach()))
+        step += 1
+    return float(np.mean(losses)), step
+
+
+def train_transformer_exit(
+    cfg: Config, dataset: str, progress: bool = True, command: str | None = None
+) -> dict[str, Any]:
+    """Train the transformer fusion exit on the frozen encoders' tokens; returns its metadata."""
+    from pipeline.adaptive import DATASET_MODALITIES, load_encoders, weight_files
+
+    fc, t = cfg.fusion, cfg.train
+    torch.manual_seed(t.seed)
+    torch.set_num_threads(t.num_threads or 1)
+    encoders = load_encoders(cfg, dataset, prefer_joint=False)
+    modalities = DATASET_MODALITIES[dataset]
+    train, val, test = (load_split(cfg, s, dataset, progress) for s in ("train", "val", "test"))
+    rec_train = collect_tokens(encoders, train, t.limit, progress=progress)
+    rec_val = collect_tokens(encoders, val, fc.eval_limit, progress=progress)
+    rec_test = collect_tokens(encoders, test, fc.eval_limit, progress=progress)
+    dims = {m: int(rec_train.hidden[m].shape[-1]) for m in modalities}
+    fusion = build_transformer(fc, dims)
+    opt = torch.optim.AdamW(fusion.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    steps_total = t.epochs * -(-len(rec_train) // t.batch_size)
+    rng = np.random.default_rng(t.seed)
+    step, best, best_state, history = 0, -1.0, None, []
+    start = time.perf_counter()
+    for epoch in range(t.epochs):
+        loss, step = _train_epoch(fusion, fc, rec_train, opt, rng, t.batch_size, t.seed, epoch, step, steps_total)
+        val_acc = float(run_records(fusion, rec_val, modalities)["correct"].mean())
+        history.append({"epoch": epoch + 1, "loss": loss, "val_accuracy": val_acc})
+        if progress:
+            print(f"epoch {epoch + 1}: loss {loss:.4f} val accuracy {val_acc:.4f}", flush=True)
+        ramp_done = not fc.trim or step / max(steps_total, 1) >= fc.ramp_fraction
+        if ramp_done and val_acc >= best:  # select only once the kept-ratio target holds
+            best, best_state = val_acc, copy.deepcopy(fusion.state_dict())
+    train_s = time.perf_counter() - start
+    if best_state is not None:
+        fusion.load_state_dict(best_state)
+    fusion.eval()
+    layers = fc.layers
+    per_subset = {}
+    for sub in _subsets(modalities):
+        v = summary(run_records(fusion, rec_val, sub), layers)
+        te = summary(run_records(fusion, rec_test, sub), layers)
+        per_subset["+".join(sub)] = {"val": v, "test": te}
+    untrimmed = summary(run_records(fusion, rec_test, modalities, trim=False), layers) if fc.trim else None
+    thresholds, sweep = mue_sweep(fusion, rec_val, rec_test, modalities)
+    meta = {
+        "kind": "fusion_transformer", "dataset": dataset, "dims": dims, "num_classes": NUM_CLASSES,
+        "fusion": asdict(replace(fc, exit_thresholds=thresholds)), "exit_thresholds": thresholds,
+        "subsets": per_subset, "untrimmed_test": untrimmed, "mue_sweep": sweep, "history": history,
+        "train_samples": len(rec_train), "eval_samples": {"val": len(rec_val), "test": len(rec_test)},
+        "train_s": train_s, "seed": t.seed, "command": command,
+        "encoders": fingerprint_checkpoints(weight_files(cfg, dataset, with_fusion=False, prefer_joint=False)),
+    }
+    meta["macs_per_sample"] = per_subset["+".join(modalities)]["val"]["fusion_macs_mean"]
+    save_checkpoint(transformer_folder(cfg, dataset), fusion, meta, _card(meta, fc, t))
+    return meta
+
+
+def load_transformer_exit(cfg: Config, dataset: str) -> FusionTransformer:
+    """The trained transformer fusion exit of ``dataset`` (eval mode, MuE thresholds set)."""
+    from pipeline.adaptive import DATASET_MODALITIES, weight_files
+
+    folder = transformer_folder(cfg, dataset)
+    meta = read_meta(folder)
+    if meta.get("kind") != "fusion_transformer":
+        raise CheckpointError(f"{folder} holds a {meta.get('kind')!r} checkpoint, not a transformer fusion exit")
+    expected = fingerprint_checkpoints(weight_files(cfg, dataset, with_fusion=False, prefer_joint=False))
+    if meta.get("encoders") != expected:
+        raise CheckpointError(
+            f"{folder} was trained on other encoder weights; retrain it with "
+            f"`exitflow --set data.dataset={dataset} train fusion --inputs encoders`"
+        )
+    dims = {m: int(meta["dims"][m]) for m in DATASET_MODALITIES[dataset] if m in meta["dims"]}
+    fc = FusionConfig(**meta["fusion"])
+    fusion = build_transformer(fc, dims)
+    load_weights(folder, fusion)
+    configured = cfg.fusion.exit_thresholds
+    fusion.exit_thresholds = dict(configured) if configured else dict(meta["exit_thresholds"])
+    fusion.macs = float(meta["macs_per_sample"])  # mean over val (trimming and MuE make it per sample)
+    return fusion.eval()
+
+
+def _card(meta: dict[str, Any], fc: FusionConfig, t: Any) -> str:
+    rows = "\n".join(
+        f"| {k} | {v['val']['accuracy']:.4f} | {v['test']['accuracy']:.4f} | {v['test']['fusion_macs_mean']:,.0f} | "
+        f"{v['test']['kept_token_ratio']:.3f} | {v['test']['kept_head_ratio']:.3f} |"
+        for k, v in meta["subsets"].items()
+    )
+    sweep = "\n".join(
+        f"| {r['setting']} | {r['val']['accuracy']:.4f} | {r['test']['accuracy']:.4f} | "
+        f"{r['test']['fusion_macs_mean']:,.0f} | "
+        + " / ".join(f"{x:.2f}" for x in r["test"]["mean_fusion_layers"].values()) + " |"
+        for r in meta["mue_sweep"]
+    )
+    untrimmed = meta["untrimmed_test"]
+    untrimmed_line = (
+        f"Same weights with the trimmers off (test, all modalities): accuracy {untrimmed['accuracy']:.4f}, "
+        f"{untrimmed['fusion_macs_mean']:,.0f} fusion MACs per sample."
+        if untrimmed else "Trained without trimmers (`fusion.trim: false`)."
+    )
+    return f"""# Transformer fusion exit on {meta['dataset']}
+
+Co-attention fusion transformer (`encoders/fusion.py`) over the final-exit token states of the frozen
+early-exit encoders ({', '.join(f'{m}: {d}' for m, d in meta['dims'].items())} dims), D = {fc.dim},
+{fc.layers} layers, {fc.heads} heads, SmartTrim {'on' if fc.trim else 'off'} (targets {fc.token_target} tokens /
+{fc.head_target} heads), MuE exits. Trained on {meta['train_samples']} {meta['dataset']} training samples for
+{t.epochs} epochs (AdamW lr {t.lr}, batch {t.batch_size}, seed {t.seed}) with a random modality subset per batch
+(the full set half of the time); {meta['train_s']:.0f} s on CPU. Evaluated on the first
+{meta['eval_samples']['val']} val / {meta['eval_samples']['test']} test samples, hard masks.
+
+Command: `{meta['command'] or 'exitflow train fusion --inputs encoders'}`
+
+| modalities fused | val accuracy | test accuracy | fusion MACs (test mean) | kept tokens | kept heads |
+|---|---|---|---|---|---|
+{rows}
+
+{untrimmed_line}
+
+MuE thresholds (quantiles of each stream's layer-to-layer cosine on val; chosen: fewest layers within
+{MUE_TOLERANCE * 100:.1f} points of no exits on val): `{meta['exit_thresholds']}`
+
+| setting | val accuracy | test accuracy | fusion MACs (test) | mean fusion layers per stream |
+|---|---|---|---|---|
+{sweep}
+
+Encoders fingerprint: `{meta['encoders'][:16]}`.
+"""
