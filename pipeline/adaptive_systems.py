@@ -146,7 +146,7 @@ class AdaptiveParts:
         # the same thresholds and rule, but every exit evaluated and no UoE skipping (MMExit's RExit)
         settings = dataclasses.replace(
             settings_from_config(self.profile, self.cfg.scheduler),
-            skip_negative=False, threshold_coupling=0.0, min_exit_prob=0.0,
+            skip_negative=False, threshold_coupling=0.0, min_exit_prob=0.0, min_exit_accuracy=0.0,
         )
         engine = Engine(self.encoders, self.fusion, RandomOrderPolicy(self.profile, settings, seed), meter=meter,
                         system="rexit", input_adapter=self.input_adapter)

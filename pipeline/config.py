@@ -272,6 +272,9 @@ class SchedulerConfig:
     min_exit_prob: float = field(
         default=0.2, metadata=bounds(min=0.0, max=1.0, help="evaluate only exits with profiled p >= this")
     )
+    min_exit_accuracy: float = field(
+        default=0.0, metadata=bounds(min=0.0, max=1.0, help="evaluate only exits with profiled accuracy >= this")
+    )
 
 
 @dataclass(frozen=True)

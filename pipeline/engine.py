@@ -101,6 +101,7 @@ def settings_from_config(profile: Profile, cfg: SchedulerConfig) -> PolicySettin
         skip_negative=cfg.skip_negative,
         threshold_coupling=cfg.threshold_coupling,
         min_exit_prob=cfg.min_exit_prob,
+        min_exit_accuracy=cfg.min_exit_accuracy,
         accuracy=cfg.accuracy,
     )
 

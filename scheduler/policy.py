@@ -54,6 +54,9 @@ class PolicySettings:
             ``overall`` (over all samples, as MMExit writes a); see :func:`scheduler.utility.exit_accuracy`.
         min_exit_prob: Evaluate only the exits whose profiled exit probability p is at least this
             (the last exit always): a head that rarely fires costs more than it saves. 0 = all.
+        min_exit_accuracy: Evaluate only the exits whose profiled accuracy (over the samples that exit
+            there; overall where none do) is at least this (the last always): an exit that is often
+            confidently wrong costs accuracy whatever the threshold. 0 = all.
     """
 
     lam: float = 1.0
@@ -64,6 +67,7 @@ class PolicySettings:
     skip_negative: bool = True
     threshold_coupling: float = 0.0
     min_exit_prob: float = 0.0
+    min_exit_accuracy: float = 0.0
     accuracy: AccuracyKind = "exited"
 
 
@@ -119,16 +123,18 @@ class Policy:
         self.settings = settings
         self.model = UtilityModel(profile, settings.cost_unit, settings.accuracy)
         self.num_exits = {m: profile.num_exits(m) for m in profile.modalities}
-        if not 0.0 <= settings.min_exit_prob <= 1.0:
-            raise ValueError(f"min_exit_prob must be in [0, 1], got {settings.min_exit_prob}")
-        self.exit_sets = {
-            m: tuple(
-                e.exit_index
-                for e in profile.exits[m]
-                if e.exit_index == self.num_exits[m] - 1 or e.exit_prob >= settings.min_exit_prob
-            )
-            for m in profile.modalities
-        }
+        for name in ("min_exit_prob", "min_exit_accuracy"):
+            value = getattr(settings, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+        def evaluated(e) -> bool:  # noqa: ANN001 - an ExitProfile
+            if e.exit_index == self.num_exits[e.modality] - 1:
+                return True  # the last exit always runs
+            accuracy = e.accuracy_exited if e.accuracy_exited is not None else e.accuracy
+            return e.exit_prob >= settings.min_exit_prob and accuracy >= settings.min_exit_accuracy
+
+        self.exit_sets = {m: tuple(e.exit_index for e in profile.exits[m] if evaluated(e)) for m in profile.modalities}
         # lookup tables so the per-sample walk allocates nothing: the next evaluated exit at or after
         # each index, and one reusable (immutable) Action per (modality, exit)
         self._next = {

@@ -47,3 +47,13 @@ def test_zero_min_exit_prob_keeps_every_exit_and_bad_values_are_rejected() -> No
     assert policy.exit_sets == {"a": (0, 1, 2, 3), "b": (0, 1, 2)}
     with pytest.raises(ValueError, match="min_exit_prob"):
         Policy(profile(), PolicySettings(min_exit_prob=1.5))
+
+
+def test_min_exit_accuracy_drops_weak_exits_but_never_the_last() -> None:
+    # accuracies 0.5, 0.6, 0.7, 0.8 (a) and 0.5, 0.6, 0.7 (b); the last exit of each always stays
+    policy = Policy(profile(), PolicySettings(skip_negative=False, min_exit_accuracy=0.65))
+    assert policy.exit_sets == {"a": (2, 3), "b": (2,)}
+    both = Policy(profile(), PolicySettings(skip_negative=False, min_exit_accuracy=0.55, min_exit_prob=0.1))
+    assert both.exit_sets == {"a": (3,), "b": (1, 2)}
+    with pytest.raises(ValueError, match="min_exit_accuracy"):
+        Policy(profile(), PolicySettings(min_exit_accuracy=-0.1))
