@@ -28,7 +28,7 @@ the sizes that ran, equal to what ``torch.utils.flop_counter`` measures for a ba
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -67,6 +67,8 @@ class FusionTransformerConfig:
         head_mask_mode: ``"learned"`` or ``"random"``.
         score_dim: Width D' of the token trimmer's projected features.
         gumbel_tau: Gumbel-sigmoid temperature in training.
+        exit_embedding_token: :meth:`FusionTransformer.fuse_exits` puts each encoder's pooled exit
+            embedding in front of its tokens (see :func:`exit_tokens`).
     """
 
     modality_dims: dict[str, int]
@@ -81,6 +83,29 @@ class FusionTransformerConfig:
     head_mask_mode: HeadMaskMode = "learned"
     score_dim: int = 32
     gumbel_tau: float = 1.0
+    exit_embedding_token: bool = False
+
+
+def exit_tokens(output: Any, with_embedding: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The token sequence fusion reads from one encoder's ``ExitOutput``, and its validity mask.
+
+    ``hidden`` (B, N, D) as it is, or with the exit head's pooled ``embedding`` (B, D) in front
+    (``with_embedding``): the feature the encoder's own exit classified, so fusion starts from at
+    least what a concatenation of pooled features would see.
+    """
+    hidden, mask = output.hidden, output.attention_mask
+    if not with_embedding:
+        return hidden, mask
+    emb = output.embedding
+    if emb.shape[-1] != hidden.shape[-1]:
+        raise FusionInputError(
+            f"exit embedding width {emb.shape[-1]} differs from the token width {hidden.shape[-1]}; "
+            "set exit_embedding_token=False for this encoder"
+        )
+    tokens = torch.cat([emb.unsqueeze(1).to(hidden.dtype), hidden], dim=1)  # (B, 1 + N, D)
+    if mask is None:
+        return tokens, None
+    return tokens, torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)  # (B, 1 + N)
 
 
 @dataclass
@@ -443,7 +468,6 @@ class FusionTransformer(nn.Module):
         )
 
     def fuse_exits(self, outputs: dict) -> FusionOutput:
-        """:meth:`fuse` over ``{modality: ExitOutput}`` as the encoders return them."""
-        return self.fuse(
-            {m: o.hidden for m, o in outputs.items()}, {m: o.attention_mask for m, o in outputs.items()}
-        )
+        """:meth:`fuse` over ``{modality: ExitOutput}`` as the encoders return them (see :func:`exit_tokens`)."""
+        pairs = {m: exit_tokens(o, self.config.exit_embedding_token) for m, o in outputs.items()}
+        return self.fuse({m: t for m, (t, _) in pairs.items()}, {m: k for m, (_, k) in pairs.items()})

@@ -253,7 +253,8 @@ def fusion_entries(
     if hasattr(fusion, "fuse_exits"):
         from pipeline.fusion_exit import collect_tokens, run_records
 
-        tokens = collect_tokens(encoders, split, progress=progress)
+        with_embedding = fusion.config.exit_embedding_token
+        tokens = collect_tokens(encoders, split, progress=progress, with_embedding=with_embedding)
         out = {}
         for sub in subsets(tuple(records)):
             res = run_records(fusion, tokens, sub, thresholds=fusion.exit_thresholds)

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from encoders.base import EarlyExitEncoder
-from encoders.fusion import FusionOutput, FusionTransformer, FusionTransformerConfig
+from encoders.fusion import FusionOutput, FusionTransformer, FusionTransformerConfig, exit_tokens
 from encoders.fusion_training import curriculum_target, fusion_objective
 from pipeline.batches import batch_rows, modality_batch
 from pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_checkpoint
@@ -63,7 +63,7 @@ class TokenRecords:
 @torch.no_grad()
 def collect_tokens(
     encoders: dict[str, EarlyExitEncoder], split: AVSplit, limit: int | None = None, batch_size: int = 256,
-    progress: bool = True,
+    progress: bool = True, with_embedding: bool = True,
 ) -> TokenRecords:
     n = len(split) if limit is None else min(limit, len(split))
     hidden, masks = {}, {}
@@ -71,9 +71,10 @@ def collect_tokens(
         parts, mparts = [], []
         for rows in tqdm(list(batch_rows(n, batch_size)), desc=f"tokens {m}", disable=not progress, leave=False):
             last = enc(modality_batch(split, [m], rows)[m])[-1]
-            parts.append(last.hidden.to(torch.float16))  # (B, T, D)
-            if last.attention_mask is not None:
-                mparts.append(last.attention_mask.float())  # (B, T)
+            tokens, mask = exit_tokens(last, with_embedding)  # what fuse_exits will give the fusion
+            parts.append(tokens.to(torch.float16))  # (B, T, D)
+            if mask is not None:
+                mparts.append(mask.float())  # (B, T)
         hidden[m] = torch.cat(parts)
         masks[m] = torch.cat(mparts) if mparts else None
     return TokenRecords(hidden, masks, split.labels[:n])
@@ -88,7 +89,7 @@ def build_transformer(fc: FusionConfig, dims: dict[str, int]) -> FusionTransform
         FusionTransformerConfig(
             modality_dims=dims, num_classes=NUM_CLASSES, dim=fc.dim, num_layers=fc.layers, num_heads=fc.heads,
             ffn_mult=fc.ffn_mult, trim_tokens=fc.trim, trim_heads=fc.trim, token_score_mode=fc.token_score_mode,
-            head_mask_mode=fc.head_mask_mode, gumbel_tau=fc.gumbel_tau,
+            head_mask_mode=fc.head_mask_mode, gumbel_tau=fc.gumbel_tau, exit_embedding_token=True,
         )
     )
 

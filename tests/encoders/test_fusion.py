@@ -206,3 +206,27 @@ def test_fuse_uses_exit_thresholds_and_no_grad():
     out = model.fuse(tokens, masks)
     assert not out.logits.requires_grad
     assert out.exit_layers["image"].tolist() == [1, 1, 1]
+
+
+def test_exit_tokens_put_the_pooled_embedding_first_and_extend_the_mask() -> None:
+    from encoders.base import ExitOutput
+    from encoders.fusion import exit_tokens
+
+    hidden, emb = torch.randn(2, 5, 8), torch.randn(2, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    out = ExitOutput(logits=torch.zeros(2, 3), embedding=emb, hidden=hidden, confidence=torch.ones(2), layer=1,
+                     exit_index=0, macs=0, attention_mask=mask)
+    assert exit_tokens(out, False)[0] is hidden
+    tokens, keep = exit_tokens(out, True)
+    assert tokens.shape == (2, 6, 8) and torch.equal(tokens[:, 0], emb) and torch.equal(tokens[:, 1:], hidden)
+    assert keep.tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]]
+    wide = ExitOutput(logits=torch.zeros(2, 3), embedding=torch.randn(2, 4), hidden=hidden, confidence=torch.ones(2),
+                      layer=1, exit_index=0, macs=0)
+    with pytest.raises(FusionInputError, match="embedding width 4"):
+        exit_tokens(wide, True)
+    # fuse_exits reads exactly those tokens
+    fusion = FusionTransformer(FusionTransformerConfig({"a": 8}, num_classes=3, dim=8, num_layers=1, num_heads=2,
+                                                       trim_tokens=False, trim_heads=False, exit_embedding_token=True))
+    fusion.eval()
+    direct = fusion.fuse({"a": tokens}, {"a": keep}).logits
+    assert torch.allclose(fusion.fuse_exits({"a": out}).logits, direct)
