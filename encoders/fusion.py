@@ -212,6 +212,8 @@ class FusionTransformer(nn.Module):
     Attributes:
         exit_thresholds: Per-modality MuE cosine thresholds used by :meth:`fuse` (a modality
             missing here never exits early); set from the config by the caller.
+        trim_at_inference: Whether :meth:`fuse` runs the trimmers (hard masks); False runs the
+            same weights untrimmed (on a CPU at small width that can be the faster choice).
     """
 
     def __init__(self, config: FusionTransformerConfig):
@@ -250,6 +252,7 @@ class FusionTransformer(nn.Module):
         self.head_norm = nn.LayerNorm(dim)
         self.classifier = nn.Linear(dim, config.num_classes)
         self.exit_thresholds: dict[str, float] = {}
+        self.trim_at_inference = True  # fuse() with the trimmers on (False: same weights, full model)
 
     def set_head_target(self, target: float) -> None:
         """Kept-head ratio of random head masks (the ablation baseline); learned masks ignore it."""
@@ -464,7 +467,8 @@ class FusionTransformer(nn.Module):
             masks: Modality -> (B, N_m) validity masks (``ExitOutput.attention_mask``).
         """
         return self.forward(
-            hidden, masks, thresholds=self.exit_thresholds, trim=True, hard=True, all_layer_logits=False
+            hidden, masks, thresholds=self.exit_thresholds, trim=self.trim_at_inference, hard=True,
+            all_layer_logits=False,
         )
 
     def fuse_exits(self, outputs: dict) -> FusionOutput:

@@ -61,7 +61,9 @@ def use_joint(cfg: Config, dataset: str) -> bool:
 
 def profile_path(cfg: Config, dataset: str) -> Path:
     """The exit profile of the systems ``cfg`` loads (one per fusion exit kind: the weights differ)."""
-    suffix = "_transformer" if cfg.fusion.exit == "transformer" else ""
+    suffix = ""
+    if cfg.fusion.exit == "transformer":  # its accuracy and MACs depend on how it runs, so the name says
+        suffix = "_transformer" if cfg.fusion.trim_at_inference else "_transformer_untrimmed"
     return checkpoint_dir(f"profile_{dataset}{suffix}.json", cfg.train.checkpoint_dir)
 
 
@@ -257,7 +259,7 @@ def fusion_entries(
         tokens = collect_tokens(encoders, split, progress=progress, with_embedding=with_embedding)
         out = {}
         for sub in subsets(tuple(records)):
-            res = run_records(fusion, tokens, sub, thresholds=fusion.exit_thresholds)
+            res = run_records(fusion, tokens, sub, trim=fusion.trim_at_inference, thresholds=fusion.exit_thresholds)
             out[sub] = (res["correct"], float(res["macs"].mean()), fusion_mj[sub])
         return out
     rows = np.arange(labels.shape[0])

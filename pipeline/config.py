@@ -215,7 +215,8 @@ class FusionConfig:
 
     ``exit`` picks exitflow's fusion exit: ``late`` (concatenation of the encoders' pooled
     embeddings) or ``transformer`` (this co-attention fusion over their token states, trained
-    with ``exitflow train fusion --inputs encoders``).
+    with ``exitflow train fusion --inputs encoders``). ``trim`` trains with SmartTrim;
+    ``trim_at_inference: false`` runs a trimmed checkpoint with its trimmers off in the engine.
 
     ``exit_thresholds`` maps a modality to its MuE cosine threshold (absent = never exits);
     the ``decoder_*`` fields set the command-completion decoder and its decaying threshold
@@ -230,6 +231,7 @@ class FusionConfig:
     heads: int = field(default=4, metadata=bounds(min=1))
     ffn_mult: int = field(default=2, metadata=bounds(min=1))
     trim: bool = True
+    trim_at_inference: bool = True
     token_score_mode: Literal["cross", "local"] = "cross"
     head_mask_mode: Literal["learned", "random"] = "learned"
     token_target: float = field(default=0.5, metadata=bounds(min=0.0, max=1.0, min_exclusive=True))

@@ -284,6 +284,7 @@ def load_transformer_exit(cfg: Config, dataset: str) -> FusionTransformer:
     load_weights(folder, fusion)
     configured = cfg.fusion.exit_thresholds
     fusion.exit_thresholds = dict(configured) if configured else dict(meta["exit_thresholds"])
+    fusion.trim_at_inference = cfg.fusion.trim_at_inference
     fusion.macs = float(meta["macs_per_sample"])  # mean over val (trimming and MuE make it per sample)
     return fusion.eval()
 

@@ -230,3 +230,17 @@ def test_exit_tokens_put_the_pooled_embedding_first_and_extend_the_mask() -> Non
     fusion.eval()
     direct = fusion.fuse({"a": tokens}, {"a": keep}).logits
     assert torch.allclose(fusion.fuse_exits({"a": out}).logits, direct)
+
+
+def test_trim_at_inference_off_runs_the_same_weights_untrimmed() -> None:
+    torch.manual_seed(0)
+    fusion = FusionTransformer(FusionTransformerConfig({"a": 8, "b": 8}, num_classes=3, dim=8, num_layers=2,
+                                                       num_heads=2))
+    fusion.eval()
+    tokens = {"a": torch.randn(2, 5, 8), "b": torch.randn(2, 4, 8)}
+    fusion.trim_at_inference = False
+    off = fusion.fuse(tokens)
+    full = fusion(tokens, trim=False, hard=True, all_layer_logits=False)
+    assert torch.allclose(off.logits, full.logits) and torch.equal(off.macs, full.macs)
+    fusion.trim_at_inference = True
+    assert torch.equal(fusion.fuse(tokens).macs, fusion(tokens, trim=True, hard=True, all_layer_logits=False).macs)
