@@ -269,6 +269,11 @@ def load_transformer_exit(cfg: Config, dataset: str) -> FusionTransformer:
     from pipeline.adaptive import DATASET_MODALITIES, weight_files
 
     folder = transformer_folder(cfg, dataset)
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(
+            f"no transformer fusion exit at {folder}; train it with "
+            f"`exitflow --set data.dataset={dataset} train fusion --inputs encoders` or set fusion.exit: late"
+        )
     meta = read_meta(folder)
     if meta.get("kind") != "fusion_transformer":
         raise CheckpointError(f"{folder} holds a {meta.get('kind')!r} checkpoint, not a transformer fusion exit")

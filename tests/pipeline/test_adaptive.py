@@ -195,3 +195,11 @@ def test_transformer_exit_of_other_encoders_is_refused(tiny_transformer_cfg, tmp
     save_encoder(build_audio_encoder(**TINY), encoder_folder(other, "audio"))
     with pytest.raises(CheckpointError, match="other encoder weights"):
         load_transformer_exit(other, "avmnist")
+
+
+def test_missing_transformer_exit_names_the_training_command(tmp_path: Path) -> None:
+    from pipeline.fusion_exit import load_transformer_exit
+
+    cfg = load_config(None, [f"train.checkpoint_dir={tmp_path}", "fusion.exit=transformer"])
+    with pytest.raises(CheckpointError, match="train fusion --inputs encoders"):
+        load_transformer_exit(cfg, "avmnist-t")
