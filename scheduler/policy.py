@@ -13,6 +13,9 @@ Usage (the engine's loop, no torch here)::
         else:                                    # EXIT (predict from this exit) or FUSE
             break
 
+``advance(state, modality, exit_index, probs)`` is ``observe`` then ``decide`` in one call (what
+the engine uses: every call costs microseconds between torch kernels).
+
 The walk follows the plan (modalities in phi order, their exits in depth order), exits as soon
 as an exit's score passes its threshold, and otherwise ends with the fusion exit over the
 modalities computed so far. In cheapest-exit mode (set by the budget controller when the budget
