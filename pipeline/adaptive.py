@@ -209,21 +209,32 @@ Fusion MACs per sample: {macs:,} (flop counter). Encoders fingerprint: `{meta['e
     return meta
 
 
-def load_fusion_exit(cfg: Config, dataset: str, prefer_joint: bool = True) -> MaskedLateFusion:
-    joint = prefer_joint and use_joint(cfg, dataset)
-    folder = joint_folder(cfg, dataset) / "fusion" if joint else fusion_folder(cfg, dataset)
+def read_fusion_meta(
+    cfg: Config, dataset: str, folder: Path, kind: str, retrain: str, prefer_joint: bool = False
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """A fusion checkpoint's metadata and its modality widths, checked against ``kind``, the encoders
+    it was trained on (``retrain`` is the command named when they differ) and the data set's modalities.
+
+    The widths come back in the data set's modality order (JSON metadata is key-sorted).
+    """
     meta = read_meta(folder)
-    if meta.get("kind") != "fusion_late":
-        raise CheckpointError(f"{folder} is not a fusion checkpoint")
-    expected = fingerprint_checkpoints(weight_files(cfg, dataset, with_fusion=False, prefer_joint=joint))
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"{folder} holds a {meta.get('kind')!r} checkpoint, not a {kind!r} one")
+    expected = fingerprint_checkpoints(weight_files(cfg, dataset, with_fusion=False, prefer_joint=prefer_joint))
     if meta.get("encoders") != expected:
-        raise CheckpointError(
-            f"{folder} was trained on other encoder weights; retrain it with `exitflow train joint --dataset {dataset}`"
-        )
-    # JSON metadata is key-sorted; the fusion concatenates in the data set's modality order
+        raise CheckpointError(f"{folder} was trained on other encoder weights; retrain it with `{retrain}`")
     dims = {m: int(meta["dims"][m]) for m in DATASET_MODALITIES[dataset] if m in meta["dims"]}
     if len(dims) != len(meta["dims"]):
         raise CheckpointError(f"{folder}: fusion modalities {sorted(meta['dims'])} do not fit data set {dataset}")
+    return meta, dims
+
+
+def load_fusion_exit(cfg: Config, dataset: str, prefer_joint: bool = True) -> MaskedLateFusion:
+    joint = prefer_joint and use_joint(cfg, dataset)
+    folder = joint_folder(cfg, dataset) / "fusion" if joint else fusion_folder(cfg, dataset)
+    meta, dims = read_fusion_meta(
+        cfg, dataset, folder, "fusion_late", f"exitflow train joint --dataset {dataset}", prefer_joint=joint
+    )
     fusion = MaskedLateFusion(dims, meta["num_classes"], hidden_dim=meta["hidden_dim"])
     load_weights(folder, fusion)
     fusion.macs = int(meta["macs_per_sample"])

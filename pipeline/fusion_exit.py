@@ -30,8 +30,9 @@ from tqdm import tqdm
 from encoders.base import EarlyExitEncoder
 from encoders.fusion import FusionOutput, FusionTransformer, FusionTransformerConfig, exit_tokens
 from encoders.fusion_training import curriculum_target, fusion_objective
+from pipeline.adaptive import DATASET_MODALITIES, load_encoders, read_fusion_meta, subsets, weight_files
 from pipeline.batches import batch_rows, modality_batch
-from pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_checkpoint
+from pipeline.checkpoints import checkpoint_dir, load_weights, save_checkpoint
 from pipeline.config import Config, FusionConfig
 from pipeline.data.avmnist import AVSplit, load_split
 from pipeline.errors import CheckpointError
@@ -92,12 +93,6 @@ def build_transformer(fc: FusionConfig, dims: dict[str, int]) -> FusionTransform
             head_mask_mode=fc.head_mask_mode, gumbel_tau=fc.gumbel_tau, exit_embedding_token=True,
         )
     )
-
-
-def _subsets(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
-    from pipeline.adaptive import subsets
-
-    return subsets(modalities)
 
 
 @torch.no_grad()
@@ -184,7 +179,7 @@ def _train_epoch(
     fusion: FusionTransformer, fc: FusionConfig, records: TokenRecords, opt: torch.optim.Optimizer,
     rng: np.random.Generator, batch_size: int, seed: int, epoch: int, step: int, steps_total: int,
 ) -> tuple[float, int]:
-    choices = _subsets(fusion.modalities)
+    choices = subsets(fusion.modalities)
     fusion.train()
     losses = []
     for rows in batch_rows(len(records), batch_size, shuffle=True, seed=seed, epoch=epoch):
@@ -212,8 +207,6 @@ def train_transformer_exit(
     cfg: Config, dataset: str, progress: bool = True, command: str | None = None
 ) -> dict[str, Any]:
     """Train the transformer fusion exit on the frozen encoders' tokens; returns its metadata."""
-    from pipeline.adaptive import DATASET_MODALITIES, load_encoders, weight_files
-
     fc, t = cfg.fusion, cfg.train
     torch.manual_seed(t.seed)
     torch.set_num_threads(t.num_threads or 1)
@@ -245,7 +238,7 @@ def train_transformer_exit(
     fusion.eval()
     layers = fc.layers
     per_subset = {}
-    for sub in _subsets(modalities):
+    for sub in subsets(modalities):
         v = summary(run_records(fusion, rec_val, sub), layers)
         te = summary(run_records(fusion, rec_test, sub), layers)
         per_subset["+".join(sub)] = {"val": v, "test": te}
@@ -266,24 +259,15 @@ def train_transformer_exit(
 
 def load_transformer_exit(cfg: Config, dataset: str) -> FusionTransformer:
     """The trained transformer fusion exit of ``dataset`` (eval mode, MuE thresholds set)."""
-    from pipeline.adaptive import DATASET_MODALITIES, weight_files
-
     folder = transformer_folder(cfg, dataset)
     if not (folder / "config.json").is_file():
         raise CheckpointError(
             f"no transformer fusion exit at {folder}; train it with "
             f"`exitflow --set data.dataset={dataset} train fusion --inputs encoders` or set fusion.exit: late"
         )
-    meta = read_meta(folder)
-    if meta.get("kind") != "fusion_transformer":
-        raise CheckpointError(f"{folder} holds a {meta.get('kind')!r} checkpoint, not a transformer fusion exit")
-    expected = fingerprint_checkpoints(weight_files(cfg, dataset, with_fusion=False, prefer_joint=False))
-    if meta.get("encoders") != expected:
-        raise CheckpointError(
-            f"{folder} was trained on other encoder weights; retrain it with "
-            f"`exitflow --set data.dataset={dataset} train fusion --inputs encoders`"
-        )
-    dims = {m: int(meta["dims"][m]) for m in DATASET_MODALITIES[dataset] if m in meta["dims"]}
+    meta, dims = read_fusion_meta(
+        cfg, dataset, folder, "fusion_transformer", f"exitflow --set data.dataset={dataset} train fusion --inputs encoders"
+    )
     fc = FusionConfig(**meta["fusion"])
     fusion = build_transformer(fc, dims)
     load_weights(folder, fusion)

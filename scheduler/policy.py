@@ -156,7 +156,7 @@ class Policy:
         self._plans: dict[tuple[int, tuple[str, ...], tuple[str, ...]], Plan] = {}  # (band, present, missing)
         self._plan_band, self._plans_lam = 0, 1.0  # lambda band in force and the lambda its plans use
         self._thresholds: dict[str, float] = {}
-        self._skips: dict[int, tuple[Plan, tuple[Action, ...]]] = {}  # id(cached plan) -> (plan, SKIPs)
+        self._walks: dict[tuple[int, tuple[str, ...], tuple[str, ...]], tuple[Plan, tuple[Action, ...]]] = {}
         self.cheapest_mode = False
         self.set_lambda(settings.lam)
 
@@ -235,14 +235,14 @@ class Policy:
             plan = self.cheapest_plan(present, missing)
             skips = self._skip_actions(plan, "cheapest-exit mode")
         else:
-            plan = self.plan(present, missing)
-            entry = self._skips.get(id(plan))
-            if entry is not None and entry[0] is plan:
-                skips = entry[1]
-            else:
-                skips = self._skip_actions(plan, "negative expected utility")
-                if self._plans.get((self._plan_band, present, missing)) is plan:  # only plans kept here
-                    self._skips[id(plan)] = (plan, skips)
+            key = (self._plan_band, present, missing)
+            entry = self._walks.get(key)
+            if entry is None:
+                plan = self.plan(present, missing)
+                entry = (plan, self._skip_actions(plan, "negative expected utility"))
+                if self._plans.get(key) is plan:  # only plans this policy caches (not RExit's random ones)
+                    self._walks[key] = entry
+            plan, skips = entry
         return WalkState(plan=plan, thresholds=self._thresholds, pending=list(skips), cheapest=self.cheapest_mode)
 
     @staticmethod

@@ -37,6 +37,12 @@ from tests.conftest import requires_shared
 TINY = {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size": 32, "num_exits": 2, "gah_heads": 2}
 
 
+def _save_tiny_encoders(cfg, seed: int) -> None:
+    torch.manual_seed(seed)
+    save_encoder(build_vision_encoder(**TINY), encoder_folder(cfg, "image"))
+    save_encoder(build_audio_encoder(**TINY), encoder_folder(cfg, "audio"))
+
+
 @pytest.fixture(scope="module")
 def tiny_cfg(tmp_path_factory: pytest.TempPathFactory, data_cache: Path):
     ckpt = tmp_path_factory.mktemp("ckpt")
@@ -45,9 +51,7 @@ def tiny_cfg(tmp_path_factory: pytest.TempPathFactory, data_cache: Path):
         "train.limit=512", "train.epochs=1", "train.batch_size=128", "scheduler.threshold=0.5",
         "joint.epochs=2", "joint.limit=256", "joint.eval_limit=300", "joint.use=true",
     ])
-    torch.manual_seed(0)
-    save_encoder(build_vision_encoder(**TINY), encoder_folder(cfg, "image"))
-    save_encoder(build_audio_encoder(**TINY), encoder_folder(cfg, "audio"))
+    _save_tiny_encoders(cfg, seed=0)
     return cfg
 
 
@@ -120,9 +124,7 @@ def tiny_transformer_cfg(tmp_path_factory: pytest.TempPathFactory, data_cache: P
         "fusion.exit=transformer", "fusion.dim=16", "fusion.layers=2", "fusion.heads=2", "fusion.eval_limit=120",
         "fusion.ramp_fraction=0.25",
     ])
-    torch.manual_seed(0)
-    save_encoder(build_vision_encoder(**TINY), encoder_folder(cfg, "image"))
-    save_encoder(build_audio_encoder(**TINY), encoder_folder(cfg, "audio"))
+    _save_tiny_encoders(cfg, seed=0)
     return cfg
 
 
@@ -190,9 +192,7 @@ def test_transformer_exit_of_other_encoders_is_refused(tiny_transformer_cfg, tmp
         pytest.skip("needs the transformer exit trained by the test above")
     other = load_config(None, [f"train.checkpoint_dir={tmp_path}", "fusion.exit=transformer"])
     shutil.copytree(transformer_folder(cfg, "avmnist"), transformer_folder(other, "avmnist"))
-    torch.manual_seed(1)  # other encoder weights
-    save_encoder(build_vision_encoder(**TINY), encoder_folder(other, "image"))
-    save_encoder(build_audio_encoder(**TINY), encoder_folder(other, "audio"))
+    _save_tiny_encoders(other, seed=1)  # other encoder weights
     with pytest.raises(CheckpointError, match="other encoder weights"):
         load_transformer_exit(other, "avmnist")
 
