@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from encoders.evaluation import best_within, speedup_at
-from encoders.lgvit_training import LabeledData, train_vit
-from pipeline.commands.encoder_cmd import (
+from exitflow.encoders.evaluation import best_within, speedup_at
+from exitflow.encoders.lgvit_training import LabeledData, train_vit
+from exitflow.pipeline.commands.encoder_cmd import (
     _batch_fn,
     _settings,
     _split,
@@ -37,7 +36,7 @@ from pipeline.commands.encoder_cmd import (
     build_encoder,
     evaluate_encoder,
 )
-from pipeline.config import load_config, resolve_path
+from exitflow.pipeline.config import load_config, resolve_path
 
 VARIANTS = ("lgvit", "mlp", "lgvit-ce", "stage1-only")
 

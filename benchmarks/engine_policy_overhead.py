@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
-from pipeline.bench import bench_inputs, run_system
-from pipeline.config import load_config
-from pipeline.meters import open_meter
+from exitflow.pipeline.bench import bench_inputs, run_system
+from exitflow.pipeline.config import load_config
+from exitflow.pipeline.meters import open_meter
 
 
 def main() -> None:

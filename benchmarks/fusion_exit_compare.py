@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from devices import get_power_meter
-from pipeline.bench import bench_inputs, concat_parts, json_rows, run_system
-from pipeline.config import load_config
+from exitflow.devices import get_power_meter
+from exitflow.pipeline.bench import bench_inputs, concat_parts, json_rows, run_system
+from exitflow.pipeline.config import load_config
 
 
 def main() -> None:

@@ -13,11 +13,10 @@ import time
 
 import numpy as np
 import torch
-
-from pipeline.adaptive import load_encoders
-from pipeline.config import load_config
-from pipeline.data.avmnist import load_split
-from pipeline.fusion_exit import collect_tokens, load_transformer_exit
+from exitflow.pipeline.adaptive import load_encoders
+from exitflow.pipeline.config import load_config
+from exitflow.pipeline.data.avmnist import load_split
+from exitflow.pipeline.fusion_exit import collect_tokens, load_transformer_exit
 
 
 def main() -> None:

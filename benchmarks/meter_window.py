@@ -27,11 +27,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from devices.mac_model import MacEnergyModel  # noqa: E402
-from devices.null import NullMeter  # noqa: E402
-from devices.psutil_meter import PsutilMeter  # noqa: E402
-from devices.rapl import RaplMeter  # noqa: E402
-from devices.replay import PowerTrace, ReplayMeter  # noqa: E402
+from exitflow.devices.mac_model import MacEnergyModel  # noqa: E402
+from exitflow.devices.null import NullMeter  # noqa: E402
+from exitflow.devices.psutil_meter import PsutilMeter  # noqa: E402
+from exitflow.devices.rapl import RaplMeter  # noqa: E402
+from exitflow.devices.replay import PowerTrace, ReplayMeter  # noqa: E402
 
 BUDGET_US = 50.0
 

@@ -15,10 +15,9 @@ import argparse
 import time
 
 import numpy as np
-
-from scheduler.policy import ActionKind, Policy, PolicySettings
-from scheduler.synthetic import random_profile
-from scheduler.utility import UtilityModel
+from exitflow.scheduler.policy import ActionKind, Policy, PolicySettings
+from exitflow.scheduler.synthetic import random_profile
+from exitflow.scheduler.utility import UtilityModel
 
 
 def decision_overhead(num_samples: int, seed: int = 0) -> dict[str, float]:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import itertools
 
-from devices import get_power_meter
-from pipeline.adaptive_systems import AdaptiveParts
-from pipeline.bench import run_system
-from pipeline.config import load_config
-from pipeline.data.avmnist import load_split
-from pipeline.replay import split_samples
+from exitflow.devices import get_power_meter
+from exitflow.pipeline.adaptive_systems import AdaptiveParts
+from exitflow.pipeline.bench import run_system
+from exitflow.pipeline.config import load_config
+from exitflow.pipeline.data.avmnist import load_split
+from exitflow.pipeline.replay import split_samples
 
 
 def main() -> None:

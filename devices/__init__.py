@@ -10,11 +10,11 @@ overlapping windows, ``close()`` / ``with``), implemented per source: ``nvml`` (
 in ``devices/profiles/*.yaml``. See docs/devices.md.
 """
 
-from devices.base import PowerMeter
-from devices.device_profiles import DeviceProfile, ProfileError, available_profiles, load_profile
-from devices.errors import DeviceError
-from devices.measurement import Measurement
-from devices.registry import METER_NAMES, MeterOptions, ProbeResult, get_power_meter, probe_meters
+from exitflow.devices.base import PowerMeter
+from exitflow.devices.device_profiles import DeviceProfile, ProfileError, available_profiles, load_profile
+from exitflow.devices.errors import DeviceError
+from exitflow.devices.measurement import Measurement
+from exitflow.devices.registry import METER_NAMES, MeterOptions, ProbeResult, get_power_meter, probe_meters
 
 __all__ = [
     "METER_NAMES",

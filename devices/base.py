@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from devices.errors import DeviceError
-from devices.measurement import Measurement
+from exitflow.devices.errors import DeviceError
+from exitflow.devices.measurement import Measurement
 
 _MISSING = object()
 

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from devices.errors import DeviceError
+from exitflow.devices.errors import DeviceError
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 _TOP_KEYS = {

@@ -25,11 +25,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from devices.base import PowerMeter
-from devices.errors import DeviceError
-from devices.measurement import Measurement, make_measurement
-from devices.sampler import PeriodicThread, PowerIntegrator
-from devices.sysfs import SysfsFile, read_text
+from exitflow.devices.base import PowerMeter
+from exitflow.devices.errors import DeviceError
+from exitflow.devices.measurement import Measurement, make_measurement
+from exitflow.devices.sampler import PeriodicThread, PowerIntegrator
+from exitflow.devices.sysfs import SysfsFile, read_text
 
 DEFAULT_JETSON_ROOT = "/sys/bus/i2c/drivers"
 TOTAL_RAIL_NAMES = ("VDD_IN", "POM_5V_IN", "5V_IN")

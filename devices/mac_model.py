@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import threading
 
-from devices.base import PowerMeter
-from devices.device_profiles import DeviceProfile, ProfileError, load_profile
-from devices.measurement import Measurement, make_measurement
+from exitflow.devices.base import PowerMeter
+from exitflow.devices.device_profiles import DeviceProfile, ProfileError, load_profile
+from exitflow.devices.measurement import Measurement, make_measurement
 
 PJ_TO_MJ = 1e-9
 

@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-from devices.base import PowerMeter
-from devices.measurement import Measurement, make_measurement
+from exitflow.devices.base import PowerMeter
+from exitflow.devices.measurement import Measurement, make_measurement
 
 
 class NullMeter(PowerMeter):

@@ -20,10 +20,10 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from devices.base import PowerMeter
-from devices.errors import DeviceError
-from devices.measurement import Measurement, make_measurement
-from devices.sampler import PeriodicThread, PowerIntegrator
+from exitflow.devices.base import PowerMeter
+from exitflow.devices.errors import DeviceError
+from exitflow.devices.measurement import Measurement, make_measurement
+from exitflow.devices.sampler import PeriodicThread, PowerIntegrator
 
 try:
     import pynvml

@@ -20,11 +20,10 @@ import time
 from typing import Literal
 
 import psutil
-
-from devices.base import PowerMeter
-from devices.device_profiles import DeviceProfile, load_profile
-from devices.errors import DeviceError
-from devices.measurement import Measurement, make_measurement
+from exitflow.devices.base import PowerMeter
+from exitflow.devices.device_profiles import DeviceProfile, load_profile
+from exitflow.devices.errors import DeviceError
+from exitflow.devices.measurement import Measurement, make_measurement
 
 _PROC_STAT = "/proc/stat"
 

@@ -31,11 +31,11 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devices.base import PowerMeter
-from devices.errors import DeviceError
-from devices.measurement import Measurement, make_measurement
-from devices.sampler import PeriodicThread
-from devices.sysfs import SysfsFile, read_text
+from exitflow.devices.base import PowerMeter
+from exitflow.devices.errors import DeviceError
+from exitflow.devices.measurement import Measurement, make_measurement
+from exitflow.devices.sampler import PeriodicThread
+from exitflow.devices.sysfs import SysfsFile, read_text
 
 DEFAULT_RAPL_ROOT = "/sys/class/powercap"
 _PERMISSION_FIX = (

@@ -10,15 +10,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from devices.base import PowerMeter
-from devices.errors import DeviceError
-from devices.jetson import DEFAULT_JETSON_ROOT, JetsonMeter
-from devices.mac_model import MacEnergyModel
-from devices.null import NullMeter
-from devices.nvml import NvmlMeter
-from devices.psutil_meter import PsutilMeter
-from devices.rapl import DEFAULT_RAPL_ROOT, RaplMeter
-from devices.replay import ReplayMeter
+from exitflow.devices.base import PowerMeter
+from exitflow.devices.errors import DeviceError
+from exitflow.devices.jetson import DEFAULT_JETSON_ROOT, JetsonMeter
+from exitflow.devices.mac_model import MacEnergyModel
+from exitflow.devices.null import NullMeter
+from exitflow.devices.nvml import NvmlMeter
+from exitflow.devices.psutil_meter import PsutilMeter
+from exitflow.devices.rapl import DEFAULT_RAPL_ROOT, RaplMeter
+from exitflow.devices.replay import ReplayMeter
 
 METER_NAMES = ("auto", "nvml", "rapl", "jetson", "psutil", "replay", "mac_model", "null")
 AUTO_ORDER = ("nvml", "rapl", "jetson")

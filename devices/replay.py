@@ -29,9 +29,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-from devices.base import PowerMeter
-from devices.errors import DeviceError
-from devices.measurement import Measurement, make_measurement
+from exitflow.devices.base import PowerMeter
+from exitflow.devices.errors import DeviceError
+from exitflow.devices.measurement import Measurement, make_measurement
 
 OnEnd = Literal["loop", "hold", "error"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from encoders.vit import ViTEarlyExitEncoder, ViTEncoderConfig
+from exitflow.encoders.vit import ViTEarlyExitEncoder, ViTEncoderConfig
 
 AVMNIST_AUDIO = ViTEncoderConfig(
     modality="audio",

@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from exitflow.encoders.base import EncoderInputError
 from torch import nn
-
-from encoders.base import EncoderInputError
 
 BASELINE_NAMES = ("lf", "image", "audio")
 INPUT_SHAPES = {"image": (1, 28, 28), "audio": (1, 112, 112)}

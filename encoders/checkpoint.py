@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from exitflow.encoders.base import EarlyExitEncoder
+from exitflow.encoders.text import TextEarlyExitEncoder, TextEncoderConfig
+from exitflow.encoders.vit import ViTEarlyExitEncoder, ViTEncoderConfig
 from safetensors.torch import load_file, save_file
-
-from encoders.base import EarlyExitEncoder
-from encoders.text import TextEarlyExitEncoder, TextEncoderConfig
-from encoders.vit import ViTEarlyExitEncoder, ViTEncoderConfig
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"

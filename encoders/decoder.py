@@ -28,10 +28,9 @@ from dataclasses import dataclass
 from typing import cast
 
 import torch
+from exitflow.encoders.fusion import cosine_to_previous
+from exitflow.encoders.trim import masked_attention_weights
 from torch import nn
-
-from encoders.fusion import cosine_to_previous
-from encoders.trim import masked_attention_weights
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from encoders.base import EarlyExitEncoder
-from encoders.exit_rules import PatienceCounter, cosine_to_previous, rule_score
+from exitflow.encoders.base import EarlyExitEncoder
+from exitflow.encoders.exit_rules import PatienceCounter, cosine_to_previous, rule_score
 
 
 @dataclass

@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from encoders.base import EarlyExitEncoder
-from encoders.exit_rules import rule_score
+from exitflow.encoders.base import EarlyExitEncoder
+from exitflow.encoders.exit_rules import rule_score
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (
     0.1,

@@ -31,10 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
-from torch import nn
-
-from encoders import exit_rules
-from encoders.trim import (
+from exitflow.encoders import exit_rules
+from exitflow.encoders.trim import (
     Count,
     HeadMaskMode,
     HeadSlicedAttention,
@@ -44,6 +42,7 @@ from encoders.trim import (
     compact_tokens,
     gumbel_sigmoid,
 )
+from torch import nn
 
 
 class FusionInputError(ValueError):

@@ -24,12 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
+from exitflow.encoders.lgvit_losses import LGViTDistillation, kd_loss
+from exitflow.encoders.text import TextEarlyExitEncoder
+from exitflow.encoders.vit import ViTEarlyExitEncoder
 from torch import nn
 from tqdm.auto import tqdm
-
-from encoders.lgvit_losses import LGViTDistillation, kd_loss
-from encoders.text import TextEarlyExitEncoder
-from encoders.vit import ViTEarlyExitEncoder
 
 BatchFn = Callable[[np.ndarray], Any]
 

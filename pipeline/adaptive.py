@@ -20,19 +20,24 @@ from typing import Any
 
 import numpy as np
 import torch
+from exitflow.encoders.base import EarlyExitEncoder
+from exitflow.encoders.checkpoint import load_encoder
+from exitflow.encoders.macs import count_macs
+from exitflow.pipeline.batches import batch_rows, modality_batch
+from exitflow.pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_checkpoint
+from exitflow.pipeline.config import Config
+from exitflow.pipeline.data.avmnist import AVSplit, load_split
+from exitflow.pipeline.engine import MaskedLateFusion, default_input_adapter
+from exitflow.pipeline.errors import CheckpointError
+from exitflow.scheduler.profile import (
+    ExitArrays,
+    Profile,
+    build_profile,
+    fingerprint_checkpoints,
+    load_profile,
+)
+from exitflow.scheduler.rules import scores_from_probs
 from tqdm import tqdm
-
-from encoders.base import EarlyExitEncoder
-from encoders.checkpoint import load_encoder
-from encoders.macs import count_macs
-from pipeline.batches import batch_rows, modality_batch
-from pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_checkpoint
-from pipeline.config import Config
-from pipeline.data.avmnist import AVSplit, load_split
-from pipeline.engine import MaskedLateFusion, default_input_adapter
-from pipeline.errors import CheckpointError
-from scheduler.profile import ExitArrays, Profile, build_profile, fingerprint_checkpoints, load_profile
-from scheduler.rules import scores_from_probs
 
 DATASET_MODALITIES = {"avmnist": ("image", "audio"), "avmnist-t": ("image", "audio", "text")}
 ENCODER_CHECKPOINTS = {"image": "vision_avmnist", "audio": "audio_avmnist", "text": "text_avmnist-t"}
@@ -93,7 +98,7 @@ def weight_files(cfg: Config, dataset: str, with_fusion: bool = True, prefer_joi
         return files + ([base / "fusion" / "model.safetensors"] if with_fusion else [])
     files = [encoder_folder(cfg, m) / "model.safetensors" for m in DATASET_MODALITIES[dataset]]
     if cfg.fusion.exit == "transformer":
-        from pipeline.fusion_exit import transformer_folder
+        from exitflow.pipeline.fusion_exit import transformer_folder
 
         return files + ([transformer_folder(cfg, dataset) / "model.safetensors"] if with_fusion else [])
     return files + ([fusion_folder(cfg, dataset) / "model.safetensors"] if with_fusion else [])
@@ -244,7 +249,7 @@ def load_fusion_exit(cfg: Config, dataset: str, prefer_joint: bool = True) -> Ma
 def load_fusion(cfg: Config, dataset: str) -> Any:
     """The fusion exit ``fusion.exit`` selects: the late (concat) fusion or the transformer."""
     if cfg.fusion.exit == "transformer":
-        from pipeline.fusion_exit import load_transformer_exit
+        from exitflow.pipeline.fusion_exit import load_transformer_exit
 
         return load_transformer_exit(cfg, dataset)
     return load_fusion_exit(cfg, dataset)
@@ -264,7 +269,7 @@ def fusion_entries(
     """Per modality subset: (correct per sample, MACs per sample, mJ per sample) of the fusion exit."""
     labels = split.labels
     if hasattr(fusion, "fuse_exits"):
-        from pipeline.fusion_exit import collect_tokens, run_records
+        from exitflow.pipeline.fusion_exit import collect_tokens, run_records
 
         with_embedding = fusion.config.exit_embedding_token
         tokens = collect_tokens(encoders, split, progress=progress, with_embedding=with_embedding)

@@ -16,11 +16,10 @@ import time
 from typing import Any
 
 import torch
-
-from encoders.base import EarlyExitEncoder
-from pipeline.adaptive import DATASET_MODALITIES, load_dataset_profile, load_encoders, load_fusion
-from pipeline.config import Config
-from pipeline.engine import (
+from exitflow.encoders.base import EarlyExitEncoder
+from exitflow.pipeline.adaptive import DATASET_MODALITIES, load_dataset_profile, load_encoders, load_fusion
+from exitflow.pipeline.config import Config
+from exitflow.pipeline.engine import (
     Engine,
     budget_from_config,
     default_input_adapter,
@@ -29,9 +28,9 @@ from pipeline.engine import (
     resolve_device,
     settings_from_config,
 )
-from pipeline.errors import ExitflowError
-from pipeline.messages import Decision, Sample
-from scheduler.policy import RandomOrderPolicy
+from exitflow.pipeline.errors import ExitflowError
+from exitflow.pipeline.messages import Decision, Sample
+from exitflow.scheduler.policy import RandomOrderPolicy
 
 
 def truncated_macs(encoder: EarlyExitEncoder, exit_index: int) -> int:
@@ -105,7 +104,7 @@ class AdaptiveParts:
     """Encoders, fusion and profile of one data set, loaded once and shared by every system."""
 
     def __init__(self, cfg: Config, dataset: str):
-        from pipeline.systems import apply_engine_settings
+        from exitflow.pipeline.systems import apply_engine_settings
 
         apply_engine_settings(cfg)
         self.cfg, self.dataset = cfg, dataset

@@ -15,15 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from exitflow.encoders.baseline import INPUT_SHAPES, BaselineConfig, LateFusion
+from exitflow.encoders.macs import count_macs
+from exitflow.pipeline.batches import batch_rows, modality_batch
+from exitflow.pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_checkpoint
+from exitflow.pipeline.config import Config
+from exitflow.pipeline.data.avmnist import AVSplit, load_split
+from exitflow.pipeline.errors import CheckpointError
 from tqdm import tqdm
-
-from encoders.baseline import INPUT_SHAPES, BaselineConfig, LateFusion
-from encoders.macs import count_macs
-from pipeline.batches import batch_rows, modality_batch
-from pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_checkpoint
-from pipeline.config import Config
-from pipeline.data.avmnist import AVSplit, load_split
-from pipeline.errors import CheckpointError
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-
-from pipeline.data.avmnist import AVSplit
+from exitflow.pipeline.data.avmnist import AVSplit
 
 
 def modality_batch(split: AVSplit, modalities: Sequence[str], rows: np.ndarray) -> dict[str, torch.Tensor]:

@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from exitflow.pipeline.adaptive_systems import AdaptiveParts, truncated_macs
+from exitflow.pipeline.messages import Sample
+from exitflow.pipeline.systems import BaselineSystem
 from tqdm import tqdm
-
-from pipeline.adaptive_systems import AdaptiveParts, truncated_macs
-from pipeline.messages import Sample
-from pipeline.systems import BaselineSystem
 
 BENCH_SYSTEMS = ("full", "lf", "image", "audio", "static", "rexit", "exitflow")
 CONCAT_SYSTEM = "exitflow_concat"  # exitflow with the late (concat) fusion exit, beside a transformer-fusion run
@@ -40,8 +39,8 @@ def concat_parts(parts: AdaptiveParts) -> AdaptiveParts:
 
 def bench_inputs(cfg: Any, dataset: str, split: str, limit: int | None) -> tuple[AdaptiveParts, list[Sample]]:
     """The adaptive parts of ``dataset`` and the first ``limit`` samples of ``split``, loaded once."""
-    from pipeline.data.avmnist import load_split
-    from pipeline.replay import split_samples
+    from exitflow.pipeline.data.avmnist import load_split
+    from exitflow.pipeline.replay import split_samples
 
     parts = AdaptiveParts(cfg, dataset)
     return parts, list(split_samples(load_split(cfg, split, dataset), limit))

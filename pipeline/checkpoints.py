@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from exitflow.pipeline.config import REPO_ROOT
+from exitflow.pipeline.errors import CheckpointError
 from safetensors.torch import load_file, save_file
-
-from pipeline.config import REPO_ROOT
-from pipeline.errors import CheckpointError
 
 WEIGHTS = "model.safetensors"
 META = "config.json"

@@ -10,30 +10,30 @@ import argparse
 import importlib
 import sys
 
-from pipeline.config import DEFAULT_CONFIG_PATH, load_config
-from pipeline.errors import ConfigError, ExitflowError
+from exitflow.pipeline.config import DEFAULT_CONFIG_PATH, load_config
+from exitflow.pipeline.errors import ConfigError, ExitflowError
 
 COMMAND_MODULES = (
-    "pipeline.commands.config_cmd",
-    "pipeline.commands.data_cmd",
-    "pipeline.commands.baseline_cmd",
-    "pipeline.commands.replay_cmd",
-    "pipeline.commands.demo_cmd",
-    "pipeline.commands.adaptive_cmd",
-    "pipeline.commands.devices_cmd",
-    "pipeline.commands.encoder_cmd",
-    "pipeline.commands.fusion_cmd",
-    "pipeline.commands.live_cmd",
+    "exitflow.pipeline.commands.config_cmd",
+    "exitflow.pipeline.commands.data_cmd",
+    "exitflow.pipeline.commands.baseline_cmd",
+    "exitflow.pipeline.commands.replay_cmd",
+    "exitflow.pipeline.commands.demo_cmd",
+    "exitflow.pipeline.commands.adaptive_cmd",
+    "exitflow.pipeline.commands.devices_cmd",
+    "exitflow.pipeline.commands.encoder_cmd",
+    "exitflow.pipeline.commands.fusion_cmd",
+    "exitflow.pipeline.commands.live_cmd",
 )
 GROUPS = {"train": "train a model", "eval": "evaluate a trained model"}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors a user can act on: printed as one line. Anything else is a bug and keeps its traceback."""
-    from devices.errors import DeviceError
-    from encoders.base import EncoderInputError
-    from pipeline.data.spectrogram import AudioInputError
-    from scheduler.errors import SchedulerError
+    from exitflow.devices.errors import DeviceError
+    from exitflow.encoders.base import EncoderInputError
+    from exitflow.pipeline.data.spectrogram import AudioInputError
+    from exitflow.scheduler.errors import SchedulerError
 
     return (ExitflowError, DeviceError, EncoderInputError, AudioInputError, SchedulerError)
 

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-
-from pipeline.config_schema import bounds, build, parse_scalar, to_dict
-from pipeline.errors import ConfigError
+from exitflow.pipeline.config_schema import bounds, build, parse_scalar, to_dict
+from exitflow.pipeline.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = REPO_ROOT / "config.yaml"
@@ -150,7 +149,7 @@ class StreamConfig:
     engine_queue_size: int = field(default=4, metadata=bounds(min=1))
     engine_queue_policy: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
     max_in_flight: int = field(default=2, metadata=bounds(min=1))
-    engine: str = "pipeline.engine:build_engine"
+    engine: str = "exitflow.pipeline.engine:build_engine"
     engine_num_cpus: float = field(default=1.0, metadata=bounds(min=0.0))
     engine_num_gpus: float = field(default=0.0, metadata=bounds(min=0.0))
     engine_resources: dict[str, float] = field(default_factory=dict)

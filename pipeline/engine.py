@@ -22,16 +22,15 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from exitflow.encoders.base import EarlyExitEncoder, ExitOutput
+from exitflow.encoders.macs import count_macs
+from exitflow.pipeline.config import BudgetConfig, SchedulerConfig
+from exitflow.pipeline.errors import ExitflowError
+from exitflow.pipeline.messages import Decision, Sample
+from exitflow.scheduler.budget import BudgetController
+from exitflow.scheduler.policy import ActionKind, Policy, PolicySettings
+from exitflow.scheduler.profile import Profile
 from torch import nn
-
-from encoders.base import EarlyExitEncoder, ExitOutput
-from encoders.macs import count_macs
-from pipeline.config import BudgetConfig, SchedulerConfig
-from pipeline.errors import ExitflowError
-from pipeline.messages import Decision, Sample
-from scheduler.budget import BudgetController
-from scheduler.policy import ActionKind, Policy, PolicySettings
-from scheduler.profile import Profile
 
 log = logging.getLogger(__name__)
 

@@ -25,18 +25,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from exitflow.encoders.base import EarlyExitEncoder
+from exitflow.encoders.fusion import FusionOutput, FusionTransformer, FusionTransformerConfig, exit_tokens
+from exitflow.encoders.fusion_training import curriculum_target, fusion_objective
+from exitflow.pipeline.adaptive import (
+    DATASET_MODALITIES,
+    load_encoders,
+    read_fusion_meta,
+    subsets,
+    weight_files,
+)
+from exitflow.pipeline.batches import batch_rows, modality_batch
+from exitflow.pipeline.checkpoints import checkpoint_dir, load_weights, save_checkpoint
+from exitflow.pipeline.config import Config, FusionConfig
+from exitflow.pipeline.data.avmnist import AVSplit, load_split
+from exitflow.pipeline.errors import CheckpointError
+from exitflow.scheduler.profile import fingerprint_checkpoints
 from tqdm import tqdm
-
-from encoders.base import EarlyExitEncoder
-from encoders.fusion import FusionOutput, FusionTransformer, FusionTransformerConfig, exit_tokens
-from encoders.fusion_training import curriculum_target, fusion_objective
-from pipeline.adaptive import DATASET_MODALITIES, load_encoders, read_fusion_meta, subsets, weight_files
-from pipeline.batches import batch_rows, modality_batch
-from pipeline.checkpoints import checkpoint_dir, load_weights, save_checkpoint
-from pipeline.config import Config, FusionConfig
-from pipeline.data.avmnist import AVSplit, load_split
-from pipeline.errors import CheckpointError
-from scheduler.profile import fingerprint_checkpoints
 
 NUM_CLASSES = 10
 MUE_QUANTILES = (0.9, 0.7, 0.5, 0.3, 0.1)

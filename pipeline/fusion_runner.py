@@ -19,17 +19,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from exitflow.encoders.decoder import DecoderConfig, ExitingDecoder
+from exitflow.encoders.fusion import FusionOutput, FusionTransformer, FusionTransformerConfig
+from exitflow.encoders.fusion_training import curriculum_target, fusion_objective, layer_averaged_loss
+from exitflow.pipeline.batches import batch_rows
+from exitflow.pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_checkpoint
+from exitflow.pipeline.config import Config, FusionConfig
+from exitflow.pipeline.data.avmnist import AVSplit, load_split
+from exitflow.pipeline.data.commands import DIGIT_SLOT, SLOTS
+from exitflow.pipeline.errors import CheckpointError, DataError
 from torch import nn
-
-from encoders.decoder import DecoderConfig, ExitingDecoder
-from encoders.fusion import FusionOutput, FusionTransformer, FusionTransformerConfig
-from encoders.fusion_training import curriculum_target, fusion_objective, layer_averaged_loss
-from pipeline.batches import batch_rows
-from pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_checkpoint
-from pipeline.config import Config, FusionConfig
-from pipeline.data.avmnist import AVSplit, load_split
-from pipeline.data.commands import DIGIT_SLOT, SLOTS
-from pipeline.errors import CheckpointError, DataError
 
 PAD, BOS, EOS = 0, 1, 2
 WORDS = tuple(w for slot in SLOTS for w in slot)

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
-from encoders.checkpoint import save_encoder
-from encoders.joint_loss import FUSION_KEY, DoubleStageReweighter
-from pipeline.adaptive import (
+from exitflow.encoders.checkpoint import save_encoder
+from exitflow.encoders.joint_loss import FUSION_KEY, DoubleStageReweighter
+from exitflow.pipeline.adaptive import (
     collect_exits,
     fusion_accuracy,
     joint_folder,
@@ -25,11 +23,12 @@ from pipeline.adaptive import (
     load_fusion_exit,
     subsets,
 )
-from pipeline.batches import batch_rows, modality_batch
-from pipeline.checkpoints import save_checkpoint
-from pipeline.config import Config
-from pipeline.data.avmnist import load_split
-from scheduler.profile import fingerprint_checkpoints
+from exitflow.pipeline.batches import batch_rows, modality_batch
+from exitflow.pipeline.checkpoints import save_checkpoint
+from exitflow.pipeline.config import Config
+from exitflow.pipeline.data.avmnist import load_split
+from exitflow.scheduler.profile import fingerprint_checkpoints
+from tqdm import tqdm
 
 
 def _per_exit_accuracy(records, labels: np.ndarray) -> dict[str, list[float]]:

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.errors import DataError
-from pipeline.messages import Decision, Sample
-from pipeline.preprocess import preprocess_sample
-from pipeline.recording import read_recording
-from pipeline.sync import Synchronizer
+from exitflow.pipeline.errors import DataError
+from exitflow.pipeline.messages import Decision, Sample
+from exitflow.pipeline.preprocess import preprocess_sample
+from exitflow.pipeline.recording import read_recording
+from exitflow.pipeline.sync import Synchronizer
 
 
 class Engine(Protocol):

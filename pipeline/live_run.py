@@ -7,19 +7,18 @@ import logging
 from typing import Any, cast
 
 import ray
+from exitflow.pipeline.config import RayConfig, SourceConfig, resolve_path
+from exitflow.pipeline.live_workers import EngineFactory, LiveRuntimeError
+from exitflow.pipeline.recording import RecordingWriter
+from exitflow.pipeline.runtime import ENGINE_ACTOR_NAME, LivePipeline, start_ray
 from ray.exceptions import RayTaskError
-
-from pipeline.config import RayConfig, SourceConfig, resolve_path
-from pipeline.live_workers import EngineFactory, LiveRuntimeError
-from pipeline.recording import RecordingWriter
-from pipeline.runtime import ENGINE_ACTOR_NAME, LivePipeline, start_ray
 
 log = logging.getLogger(__name__)
 
 
 def resolve_source_paths(cfg: Any) -> tuple[SourceConfig, ...]:
     """``stream.sources`` with file paths made absolute against the config file's folder."""
-    from pipeline.sources.camera import STREAM_PREFIXES
+    from exitflow.pipeline.sources.camera import STREAM_PREFIXES
 
     out = []
     for spec in cfg.stream.sources:
@@ -46,7 +45,7 @@ def run_live(
         view: Show the rich live view.
         engine_factory: Overrides ``stream.engine``.
     """
-    from pipeline.live_view import LiveView
+    from exitflow.pipeline.live_view import LiveView
 
     stream = dataclasses.replace(cfg.stream, sources=resolve_source_paths(cfg))
     record = record or stream.record

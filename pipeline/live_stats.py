@@ -10,8 +10,7 @@ from collections import Counter, deque
 from typing import Any
 
 import numpy as np
-
-from pipeline.messages import Decision
+from exitflow.pipeline.messages import Decision
 
 
 class LiveStats:

@@ -16,12 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
-
-from pipeline.config import SourceConfig
-from pipeline.errors import ExitflowError
-from pipeline.messages import Decision, Sample, SensorMessage
-from pipeline.queues import BoundedQueue
-from pipeline.sources import Backoff, Source, build_source
+from exitflow.pipeline.config import SourceConfig
+from exitflow.pipeline.errors import ExitflowError
+from exitflow.pipeline.messages import Decision, Sample, SensorMessage
+from exitflow.pipeline.queues import BoundedQueue
+from exitflow.pipeline.sources import Backoff, Source, build_source
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ def resolve_engine_factory(path: str) -> Callable[..., Any]:
     """
     module_name, sep, attr = path.partition(":")
     if module_name == "system":
-        from pipeline.systems import load_system
+        from exitflow.pipeline.systems import load_system
 
         return lambda cfg: load_system(cfg, attr)
     if not sep:
@@ -137,7 +136,7 @@ class EngineWorker:
         """``(decision, stage latencies in ms, None)``, or ``(None, ..., error)`` when the sample failed."""
         t0 = time.perf_counter()
         if self.preprocess:
-            from pipeline.preprocess import preprocess_sample
+            from exitflow.pipeline.preprocess import preprocess_sample
 
             sample = preprocess_sample(sample)
         t1 = time.perf_counter()

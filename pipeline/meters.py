@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from devices import DeviceError, MeterOptions, PowerMeter
-from devices.registry import get_power_meter
-from pipeline.config import Config, resolve_path
-from pipeline.errors import ExitflowError
+from exitflow.devices import DeviceError, MeterOptions, PowerMeter
+from exitflow.devices.registry import get_power_meter
+from exitflow.pipeline.config import Config, resolve_path
+from exitflow.pipeline.errors import ExitflowError
 
 
 def meter_options(cfg: Config) -> MeterOptions:

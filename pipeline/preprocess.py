@@ -18,10 +18,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-from pipeline.data.spectrogram import AudioInputError, spectrogram_112
-from pipeline.messages import Sample
-from pipeline.sync import AudioClip
+from exitflow.pipeline.data.spectrogram import AudioInputError, spectrogram_112
+from exitflow.pipeline.messages import Sample
+from exitflow.pipeline.sync import AudioClip
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from exitflow.pipeline.config import Config
+from exitflow.pipeline.data.avmnist import AVSplit, load_split
+from exitflow.pipeline.data.roots import data_root
+from exitflow.pipeline.messages import Sample
+from exitflow.pipeline.systems import System, load_system
 from tqdm import tqdm
-
-from pipeline.config import Config
-from pipeline.data.avmnist import AVSplit, load_split
-from pipeline.data.roots import data_root
-from pipeline.messages import Sample
-from pipeline.systems import System, load_system
 
 
 def split_samples(split: AVSplit, limit: int | None = None) -> Iterator[Sample]:

@@ -21,16 +21,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig
+from exitflow.pipeline.live_stats import LiveStats
+from exitflow.pipeline.live_workers import (
+    EngineFactory,
+    EngineWorker,
+    LiveRuntimeError,
+    SourceFactory,
+    SourceWorker,
+)
+from exitflow.pipeline.messages import Decision, Sample
+from exitflow.pipeline.queues import BoundedQueue, Empty, InFlightLimiter
+from exitflow.pipeline.recording import RecordingWriter
+from exitflow.pipeline.sources import Backoff
+from exitflow.pipeline.sync import make_synchronizer
 from ray.exceptions import GetTimeoutError, RayActorError
-
-from pipeline.config import RayConfig, SourceConfig, StreamConfig
-from pipeline.live_stats import LiveStats
-from pipeline.live_workers import EngineFactory, EngineWorker, LiveRuntimeError, SourceFactory, SourceWorker
-from pipeline.messages import Decision, Sample
-from pipeline.queues import BoundedQueue, Empty, InFlightLimiter
-from pipeline.recording import RecordingWriter
-from pipeline.sources import Backoff
-from pipeline.sync import make_synchronizer
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from pipeline.messages import MODALITIES, Sample, SensorMessage
+from exitflow.pipeline.messages import MODALITIES, Sample, SensorMessage
 
 if TYPE_CHECKING:
-    from pipeline.config import StreamConfig
+    from exitflow.pipeline.config import StreamConfig
 
 log = logging.getLogger(__name__)
 

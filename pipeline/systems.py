@@ -12,10 +12,9 @@ from typing import Protocol
 
 import numpy as np
 import torch
-
-from pipeline.config import Config
-from pipeline.errors import ExitflowError
-from pipeline.messages import Decision, Sample
+from exitflow.pipeline.config import Config
+from exitflow.pipeline.errors import ExitflowError
+from exitflow.pipeline.messages import Decision, Sample
 
 
 class System(Protocol):
@@ -29,7 +28,7 @@ class BaselineSystem:
     """A trained late-fusion or uni-modal baseline: always runs its whole network."""
 
     def __init__(self, cfg: Config, name: str, dataset: str = "avmnist"):
-        from pipeline.baseline_training import load_baseline, measure_macs
+        from exitflow.pipeline.baseline_training import load_baseline, measure_macs
 
         self.name = name
         self.model = load_baseline(cfg, name, dataset)
@@ -73,13 +72,13 @@ _FACTORIES: dict[str, SystemFactory] = {
 
 def _meter(cfg: Config):
     """The configured power meter, so a loaded ``exitflow`` reports energy (and can follow a budget)."""
-    from pipeline.meters import open_meter
+    from exitflow.pipeline.meters import open_meter
 
     return open_meter(cfg)
 
 
 def _adaptive(cfg: Config, dataset: str):
-    from pipeline.adaptive_systems import AdaptiveParts
+    from exitflow.pipeline.adaptive_systems import AdaptiveParts
 
     return AdaptiveParts(cfg, dataset)
 

@@ -30,8 +30,8 @@ import math
 import warnings
 from collections import deque
 
-from scheduler.errors import BudgetWarning
-from scheduler.utility import LAMBDA_MAX, LAMBDA_MIN, check_lambda
+from exitflow.scheduler.errors import BudgetWarning
+from exitflow.scheduler.utility import LAMBDA_MAX, LAMBDA_MIN, check_lambda
 
 ERROR_CLIP = 10.0  # lower clip of the relative error (a sample at 11x the budget counts as 11x)
 

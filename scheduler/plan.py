@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from scheduler.errors import SchedulerError
-from scheduler.profile import Profile
-from scheduler.utility import CostUnit, Ranking, UtilityModel, check_lambda
+from exitflow.scheduler.errors import SchedulerError
+from exitflow.scheduler.profile import Profile
+from exitflow.scheduler.utility import CostUnit, Ranking, UtilityModel, check_lambda
 
 
 @dataclass(frozen=True)

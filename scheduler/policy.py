@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
-
-from scheduler.errors import SchedulerError
-from scheduler.plan import Plan, order_modalities
-from scheduler.profile import Profile
-from scheduler.rules import check_rule, couple_threshold, entropy_of
-from scheduler.utility import AccuracyKind, CostUnit, Ranking, UtilityModel, check_lambda
+from exitflow.scheduler.errors import SchedulerError
+from exitflow.scheduler.plan import Plan, order_modalities
+from exitflow.scheduler.profile import Profile
+from exitflow.scheduler.rules import check_rule, couple_threshold, entropy_of
+from exitflow.scheduler.utility import AccuracyKind, CostUnit, Ranking, UtilityModel, check_lambda
 
 PLAN_LAMBDA_STEP = 0.05  # plans are made per 5 % band of lambda (log-spaced), see Policy.set_lambda
 

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from scheduler.errors import ProfileFormatError, ProfileMismatchError
-from scheduler.rules import check_rule, passes
+from exitflow.scheduler.errors import ProfileFormatError, ProfileMismatchError
+from exitflow.scheduler.rules import check_rule, passes
 
 SCHEMA_VERSION = 1
 

@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from scheduler.budget import BudgetController
-from scheduler.policy import ActionKind, Policy
-from scheduler.profile import ExitProfile, FusionProfile, Profile
+from exitflow.scheduler.budget import BudgetController
+from exitflow.scheduler.policy import ActionKind, Policy
+from exitflow.scheduler.profile import ExitProfile, FusionProfile, Profile
 
 
 def random_profile(

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from scheduler.profile import ExitProfile, Profile
+from exitflow.scheduler.profile import ExitProfile, Profile
 
 LAMBDA_MIN = 1e-3
 LAMBDA_MAX = 1e3

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from pipeline.config import load_config
-from pipeline.data.roots import EMBEDDED_DATA, SHARED_DATA
+from exitflow.pipeline.config import load_config
+from exitflow.pipeline.data.roots import EMBEDDED_DATA, SHARED_DATA
 
 requires_shared = pytest.mark.skipif(
     not (SHARED_DATA / "mnist" / "mnist_train.npz").is_file(), reason="needs ../shared/data beside the repo"

@@ -5,8 +5,7 @@ import time
 
 import numpy as np
 import torch
-
-from encoders.fusion import FusionTransformer, FusionTransformerConfig
+from exitflow.encoders.fusion import FusionTransformer, FusionTransformerConfig
 
 torch.set_num_threads(1)
 out = {}

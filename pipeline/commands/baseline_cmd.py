@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from encoders.baseline import BASELINE_NAMES
-from pipeline.commands import command_line
-from pipeline.config import Config
+from exitflow.encoders.baseline import BASELINE_NAMES
+from exitflow.pipeline.commands import command_line
+from exitflow.pipeline.config import Config
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
 
 def _run(args: argparse.Namespace, cfg: Config) -> int:
-    from pipeline.baseline_training import train_baseline
+    from exitflow.pipeline.baseline_training import train_baseline
 
     result = train_baseline(cfg, args.name, args.dataset, command=command_line())
     print(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.config import Config, dump_config, load_config
-from pipeline.errors import ConfigError
+from exitflow.pipeline.config import Config, dump_config, load_config
+from exitflow.pipeline.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:

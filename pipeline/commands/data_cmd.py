@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.config import Config
+from exitflow.pipeline.config import Config
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 def _build(args: argparse.Namespace, cfg: Config) -> int:
     import json
 
-    from pipeline.data.avmnist import SPLITS, dataset_dir, load_split
+    from exitflow.pipeline.data.avmnist import SPLITS, dataset_dir, load_split
 
     dataset = args.dataset or cfg.data.dataset
     folder = dataset_dir(cfg, dataset)
@@ -37,8 +37,8 @@ def _build(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _embed(args: argparse.Namespace, cfg: Config) -> int:
-    from pipeline.data.embedded import make_embedded_slice
-    from pipeline.data.roots import EMBEDDED_DATA, data_root
+    from exitflow.pipeline.data.embedded import make_embedded_slice
+    from exitflow.pipeline.data.roots import EMBEDDED_DATA, data_root
 
     out = Path(args.out) if args.out else EMBEDDED_DATA
     sizes = make_embedded_slice(data_root(cfg), out, args.images)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.config import Config, resolve_path
+from exitflow.pipeline.config import Config, resolve_path
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -19,10 +19,10 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
 
 def _run(args: argparse.Namespace, cfg: Config) -> int:
-    from pipeline.bench import bench, bench_inputs, default_systems, format_table, json_rows
-    from pipeline.data.roots import data_root, is_embedded
-    from pipeline.meters import open_meter
-    from pipeline.replay import write_atomic
+    from exitflow.pipeline.bench import bench, bench_inputs, default_systems, format_table, json_rows
+    from exitflow.pipeline.data.roots import data_root, is_embedded
+    from exitflow.pipeline.meters import open_meter
+    from exitflow.pipeline.replay import write_atomic
 
     root = data_root(cfg)
     where = "the real slice embedded in the repo" if is_embedded(root) else str(root)

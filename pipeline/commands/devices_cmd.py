@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from devices import DeviceError, probe_meters
-from devices.registry import describe_meter
-from pipeline.config import Config, config_from_dict, load_config, parse_overrides
-from pipeline.errors import ConfigError, ExitflowError
-from pipeline.meters import meter_options
+from exitflow.devices import DeviceError, probe_meters
+from exitflow.devices.registry import describe_meter
+from exitflow.pipeline.config import Config, config_from_dict, load_config, parse_overrides
+from exitflow.pipeline.errors import ConfigError, ExitflowError
+from exitflow.pipeline.meters import meter_options
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:

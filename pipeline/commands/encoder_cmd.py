@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from pipeline.config import Config, resolve_path
-from pipeline.errors import CheckpointError, ExitflowError
+from exitflow.pipeline.config import Config, resolve_path
+from exitflow.pipeline.errors import CheckpointError, ExitflowError
 
 MODALITIES = ("vision", "audio", "text")
 DEFAULT_DATASET = {"vision": "avmnist", "audio": "avmnist", "text": "avmnist-t"}
@@ -69,14 +68,14 @@ def build_encoder(cfg: Config, modality: str) -> Any:
     """The encoder for ``modality`` sized by ``cfg.encoder``."""
     e = cfg.encoder
     if modality == "text":
-        from encoders.text import TextEarlyExitEncoder, TextEncoderConfig
+        from exitflow.encoders.text import TextEarlyExitEncoder, TextEncoderConfig
 
         return TextEarlyExitEncoder(
             TextEncoderConfig(model=e.text_model, exit_layers=tuple(e.text_exit_layers))
         )
-    from encoders.audio import audio_config
-    from encoders.vision import vision_config
-    from encoders.vit import ViTEarlyExitEncoder
+    from exitflow.encoders.audio import audio_config
+    from exitflow.encoders.vision import vision_config
+    from exitflow.encoders.vit import ViTEarlyExitEncoder
 
     make = vision_config if modality == "vision" else audio_config
     vit_cfg = make(
@@ -94,7 +93,7 @@ def build_encoder(cfg: Config, modality: str) -> Any:
 
 
 def _split(cfg: Config, split: str, dataset: str) -> Any:
-    from pipeline.data.avmnist import load_split
+    from exitflow.pipeline.data.avmnist import load_split
 
     return load_split(cfg, split, dataset, progress=False)
 
@@ -115,7 +114,7 @@ def _subset(n: int, limit: int | None, seed: int) -> np.ndarray:
 
 
 def _settings(cfg: Config) -> Any:
-    from encoders.lgvit_training import TrainSettings
+    from exitflow.encoders.lgvit_training import TrainSettings
 
     g = cfg.lgvit
     return TrainSettings(
@@ -146,7 +145,7 @@ def evaluate_encoder(
     rule: str = "max_prob",
 ) -> dict[str, Any]:
     """Per-exit accuracy and the threshold curve of ``encoder`` on ``split``."""
-    from encoders.evaluation import collect_exit_logits, per_exit_accuracy, threshold_curve
+    from exitflow.encoders.evaluation import collect_exit_logits, per_exit_accuracy, threshold_curve
 
     n = len(split) if limit is None else min(limit, len(split))
     rows = np.arange(n)
@@ -179,7 +178,7 @@ def evaluate_encoder(
 
 
 def _print_eval(result: dict[str, Any]) -> None:
-    from encoders.evaluation import format_curve
+    from exitflow.encoders.evaluation import format_curve
 
     print(f"{result['modality']} on {result['dataset']}/{result['split']} ({result['samples']} samples)")
     print("exit  layer  cumulative MACs  accuracy")
@@ -193,8 +192,8 @@ def _print_eval(result: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------- commands
 def _train(args: argparse.Namespace, cfg: Config) -> int:
-    from encoders.checkpoint import save_encoder, write_model_card
-    from encoders.lgvit_training import LabeledData, train_text, train_vit
+    from exitflow.encoders.checkpoint import save_encoder, write_model_card
+    from exitflow.encoders.lgvit_training import LabeledData, train_text, train_vit
 
     modality = args.modality
     dataset = args.dataset or DEFAULT_DATASET[modality]
@@ -293,7 +292,7 @@ def _card(
     ]
     backbone = ""
     if modality == "text":
-        from encoders.text import BUNDLED_MINILM, bundled_minilm_version
+        from exitflow.encoders.text import BUNDLED_MINILM, bundled_minilm_version
 
         model = encoder.config.model
         version = bundled_minilm_version() if model == BUNDLED_MINILM else "n/a"
@@ -328,7 +327,7 @@ def _card(
 
 
 def _eval(args: argparse.Namespace, cfg: Config) -> int:
-    from encoders.checkpoint import CheckpointLoadError, load_encoder
+    from exitflow.encoders.checkpoint import CheckpointLoadError, load_encoder
 
     modality = args.modality
     dataset = args.dataset or DEFAULT_DATASET[modality]

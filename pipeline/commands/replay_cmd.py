@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.config import Config, resolve_path
+from exitflow.pipeline.config import Config, resolve_path
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -39,8 +39,8 @@ def print_summary(summary: dict) -> None:
 
 
 def _run(args: argparse.Namespace, cfg: Config) -> int:
-    from pipeline.errors import ExitflowError
-    from pipeline.replay import replay, write_atomic
+    from exitflow.pipeline.errors import ExitflowError
+    from exitflow.pipeline.replay import replay, write_atomic
 
     if args.recording is not None:
         return _replay_recording(args, cfg)
@@ -67,10 +67,10 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
 
 def _replay_recording(args: argparse.Namespace, cfg: Config) -> int:
     """Replay an MCAP recording in event time through ``--system`` (default: the stream's engine)."""
-    from pipeline.errors import ExitflowError
-    from pipeline.live_replay import recorded_modalities, replay_recording
-    from pipeline.live_workers import resolve_engine_factory
-    from pipeline.sync import make_synchronizer
+    from exitflow.pipeline.errors import ExitflowError
+    from exitflow.pipeline.live_replay import recorded_modalities, replay_recording
+    from exitflow.pipeline.live_workers import resolve_engine_factory
+    from exitflow.pipeline.sync import make_synchronizer
 
     if args.realtime and args.fast:
         raise ExitflowError("choose one of --realtime and --fast")

@@ -35,12 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.config import Config, resolve_path
-from pipeline.data.commands import make_commands
-from pipeline.data.roots import data_root, file_digest, load_npz, read_fsdd, read_mnist
-from pipeline.data.spectrogram import SPEC_BINS, spectrogram_112
-from pipeline.errors import DataError
+from exitflow.pipeline.config import Config, resolve_path
+from exitflow.pipeline.data.commands import make_commands
+from exitflow.pipeline.data.roots import data_root, file_digest, load_npz, read_fsdd, read_mnist
+from exitflow.pipeline.data.spectrogram import SPEC_BINS, spectrogram_112
+from exitflow.pipeline.errors import DataError
 
 BUILDER_VERSION = 3
 SPLITS = ("train", "val", "test")

@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.data.avmnist import TEST_POOL_MIN_INDEX, _pca_basis
-from pipeline.data.roots import FSDD_KEYS, load_npz, read_mnist
-from pipeline.errors import DataError
+from exitflow.pipeline.data.avmnist import TEST_POOL_MIN_INDEX, _pca_basis
+from exitflow.pipeline.data.roots import FSDD_KEYS, load_npz, read_mnist
+from exitflow.pipeline.errors import DataError
 
 
 def make_embedded_slice(src_root: Path, out: Path, n_images: int = 1000) -> dict[str, int]:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-
-from pipeline.data.roots import load_npz
-from pipeline.errors import DataError
+from exitflow.pipeline.data.roots import load_npz
+from exitflow.pipeline.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.config import REPO_ROOT, Config, resolve_path
-from pipeline.errors import DataError
+from exitflow.pipeline.config import REPO_ROOT, Config, resolve_path
+from exitflow.pipeline.errors import DataError
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 EMBEDDED_DATA = Path(__file__).resolve().parent.parent / "embedded_data"

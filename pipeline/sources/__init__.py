@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import SourceConfig
-from pipeline.sources.base import Backoff, Source, SourceDisconnected, SourceError, SourceHealth
-from pipeline.sources.camera import CameraSource
-from pipeline.sources.microphone import AudioFileSource, MicrophoneSource, PcmSocketSource
-from pipeline.sources.text import StdinTextSource, TextFileSource, TextSocketSource
+from exitflow.pipeline.config import SourceConfig
+from exitflow.pipeline.sources.base import Backoff, Source, SourceDisconnected, SourceError, SourceHealth
+from exitflow.pipeline.sources.camera import CameraSource
+from exitflow.pipeline.sources.microphone import AudioFileSource, MicrophoneSource, PcmSocketSource
+from exitflow.pipeline.sources.text import StdinTextSource, TextFileSource, TextSocketSource
 
 __all__ = [
     "AudioFileSource",

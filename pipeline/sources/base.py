@@ -17,8 +17,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pipeline.errors import ExitflowError
-from pipeline.messages import SensorMessage
+from exitflow.pipeline.errors import ExitflowError
+from exitflow.pipeline.messages import SensorMessage
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ import time
 
 import cv2
 import numpy as np
-
-from pipeline.messages import SensorMessage
-from pipeline.sources.base import Backoff, EndOfStream, Pacer, Source, SourceDisconnected
+from exitflow.pipeline.messages import SensorMessage
+from exitflow.pipeline.sources.base import Backoff, EndOfStream, Pacer, Source, SourceDisconnected
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,15 @@ from collections import deque
 from typing import Any
 
 import numpy as np
-
-from pipeline.messages import SensorMessage
-from pipeline.sources.base import Backoff, EndOfStream, Pacer, Source, SourceDisconnected, SourceError
+from exitflow.pipeline.messages import SensorMessage
+from exitflow.pipeline.sources.base import (
+    Backoff,
+    EndOfStream,
+    Pacer,
+    Source,
+    SourceDisconnected,
+    SourceError,
+)
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from exitflow.devices import DeviceError
+from exitflow.devices.rapl import RaplMeter
 
-from devices import DeviceError
-from devices.rapl import RaplMeter
 from tests.devices.fakes import FakeClock, make_rapl_zone, set_counter
 
 MAX_UJ = 262_143_328_850  # a real max_energy_range_uj value (2^32 units of 61 uJ)
@@ -108,7 +108,7 @@ def test_rapl_permission_error_says_how_to_fix(tmp_path, monkeypatch):
     def denied(self, path):
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr("devices.sysfs.SysfsFile.__init__", denied)
+    monkeypatch.setattr("exitflow.devices.sysfs.SysfsFile.__init__", denied)
     with pytest.raises(DeviceError, match=r"chmod o\+r .*power.meter: psutil") as info:
         RaplMeter(tmp_path, start_poller=False)
     assert isinstance(info.value.__cause__, PermissionError)

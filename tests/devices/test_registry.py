@@ -3,14 +3,14 @@ from __future__ import annotations
 import argparse
 import json
 
+import exitflow.devices.nvml as nvml_mod
 import pytest
+from exitflow.devices import DeviceError, get_power_meter, probe_meters
+from exitflow.devices.null import NullMeter
+from exitflow.devices.psutil_meter import PsutilMeter
+from exitflow.devices.rapl import RaplMeter
+from exitflow.pipeline.commands import devices_cmd
 
-import devices.nvml as nvml_mod
-from devices import DeviceError, get_power_meter, probe_meters
-from devices.null import NullMeter
-from devices.psutil_meter import PsutilMeter
-from devices.rapl import RaplMeter
-from pipeline.commands import devices_cmd
 from tests.devices.fakes import make_rapl_zone
 
 
@@ -44,7 +44,7 @@ def test_explicit_names_and_errors(tmp_path, no_gpu):
 
 
 def test_probe_gives_one_line_per_meter(tmp_path, no_gpu):
-    from devices import MeterOptions
+    from exitflow.devices import MeterOptions
 
     chosen, results = probe_meters(MeterOptions(rapl_root=str(tmp_path), jetson_root=str(tmp_path)))
     assert chosen == "psutil"
@@ -82,7 +82,7 @@ def test_devices_command_text(capsys, tmp_path, no_gpu):
 
 @pytest.mark.slow
 def test_devices_registered_in_cli(capsys, tmp_path, no_gpu):
-    from pipeline.cli import main
+    from exitflow.pipeline.cli import main
 
     rc = main(["--config", str(tmp_path / "absent.yaml"), "--set", "power.meter=psutil", "devices", "--json"])
     out = json.loads(capsys.readouterr().out)

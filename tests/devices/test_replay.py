@@ -3,9 +3,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from devices import DeviceError
-from devices.replay import PowerTrace, ReplayMeter, load_trace
+from exitflow.devices import DeviceError
+from exitflow.devices.replay import PowerTrace, ReplayMeter, load_trace
 
 
 def _csv(tmp_path):

@@ -2,10 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from exitflow.encoders.text import TextEarlyExitEncoder, TextEncoderConfig, bundled_minilm_path
+from exitflow.encoders.vit import ViTEarlyExitEncoder, ViTEncoderConfig
 from transformers import AutoTokenizer, BertConfig, BertModel
-
-from encoders.text import TextEarlyExitEncoder, TextEncoderConfig, bundled_minilm_path
-from encoders.vit import ViTEarlyExitEncoder, ViTEncoderConfig
 
 TINY_VIT = ViTEncoderConfig(
     modality="vision",

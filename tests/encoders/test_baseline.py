@@ -2,10 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from encoders.base import EncoderInputError
-from encoders.baseline import BaselineConfig, LateFusion
-from encoders.macs import count_macs
+from exitflow.encoders.base import EncoderInputError
+from exitflow.encoders.baseline import BaselineConfig, LateFusion
+from exitflow.encoders.macs import count_macs
 
 
 @pytest.mark.parametrize(("name", "width"), [("lf", 48 + 192), ("image", 48), ("audio", 192)])

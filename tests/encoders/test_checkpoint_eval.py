@@ -3,9 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from encoders.checkpoint import CheckpointLoadError, load_encoder, save_encoder, write_model_card
-from encoders.evaluation import best_within, per_exit_accuracy, speedup_at, threshold_curve
+from exitflow.encoders.checkpoint import CheckpointLoadError, load_encoder, save_encoder, write_model_card
+from exitflow.encoders.evaluation import best_within, per_exit_accuracy, speedup_at, threshold_curve
 
 
 def test_vit_checkpoint_roundtrip(tiny_vit, tmp_path):

@@ -3,8 +3,7 @@ from __future__ import annotations
 import math
 
 import torch
-
-from encoders.exit_rules import PatienceCounter, cosine_to_previous, max_prob, normalized_entropy
+from exitflow.encoders.exit_rules import PatienceCounter, cosine_to_previous, max_prob, normalized_entropy
 
 
 def test_max_prob_and_entropy_per_sample():

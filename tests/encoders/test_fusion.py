@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from exitflow.encoders.fusion import (
+    FusionInputError,
+    FusionTransformer,
+    FusionTransformerConfig,
+    cosine_to_previous,
+)
 from torch.utils.flop_counter import FlopCounterMode
-
-from encoders.fusion import FusionInputError, FusionTransformer, FusionTransformerConfig, cosine_to_previous
 
 DIMS = {"image": 24, "audio": 20, "text": 16}
 
@@ -209,8 +213,8 @@ def test_fuse_uses_exit_thresholds_and_no_grad():
 
 
 def test_exit_tokens_put_the_pooled_embedding_first_and_extend_the_mask() -> None:
-    from encoders.base import ExitOutput
-    from encoders.fusion import exit_tokens
+    from exitflow.encoders.base import ExitOutput
+    from exitflow.encoders.fusion import exit_tokens
 
     hidden, emb = torch.randn(2, 5, 8), torch.randn(2, 8)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])

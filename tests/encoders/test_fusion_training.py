@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from encoders.fusion import FusionTransformer, FusionTransformerConfig
-from encoders.fusion_training import (
+from exitflow.encoders.fusion import FusionTransformer, FusionTransformerConfig
+from exitflow.encoders.fusion_training import (
     cost_loss,
     curriculum_target,
     fusion_objective,

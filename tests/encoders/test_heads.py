@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from encoders.heads import (
+from exitflow.encoders.heads import (
     GlobalAggregationHead,
     LocalPerceptionHead,
     MLPHead,

@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-
-from encoders.joint_loss import DoubleStageReweighter
+from exitflow.encoders.joint_loss import DoubleStageReweighter
 
 
 def _losses(image: list[float], audio: list[float], fusion: float, grad: bool = False) -> dict:

@@ -3,9 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from encoders.lgvit_losses import AlignModule, LGViTDistillation, gram, kd_loss, token_kl
-from encoders.lgvit_training import LabeledData, TrainSettings, train_text, train_vit
+from exitflow.encoders.lgvit_losses import AlignModule, LGViTDistillation, gram, kd_loss, token_kl
+from exitflow.encoders.lgvit_training import LabeledData, TrainSettings, train_text, train_vit
 
 
 def test_kd_loss_reduces_to_ce_and_matches_teacher():
@@ -61,7 +60,7 @@ def test_two_stage_training_is_seeded_resumable_and_freezes_backbone(tiny_vit, t
             torch.testing.assert_close(v, saved1[k])
     assert backbone_before is not None
     # a rerun with the same run folder resumes (no extra epochs) and lands on the same weights
-    from encoders.vit import ViTEarlyExitEncoder
+    from exitflow.encoders.vit import ViTEarlyExitEncoder
 
     again = ViTEarlyExitEncoder(tiny_vit.config)
     hist2 = train_vit(again, train, val, settings, run_dir=tmp_path, log=lambda s: None)

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from encoders.base import EncoderInputError
-from encoders.early_exit_runner import run_early_exit
+from exitflow.encoders.base import EncoderInputError
+from exitflow.encoders.early_exit_runner import run_early_exit
 
 TEXTS = ["place red at b 7 now", "set blue by k please", "lay green with y seven again soon", "bin"]
 
@@ -70,7 +69,7 @@ def test_long_text_is_truncated_with_a_warning(tiny_text):
 
 
 def test_bad_exit_layers(tiny_text):
-    from encoders.text import TextEarlyExitEncoder, TextEncoderConfig
+    from exitflow.encoders.text import TextEarlyExitEncoder, TextEncoderConfig
 
     with pytest.raises(ValueError, match="exit_layers"):
         TextEarlyExitEncoder(TextEncoderConfig(exit_layers=(1, 2)), tiny_text.backbone, tiny_text.tokenizer)

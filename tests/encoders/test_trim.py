@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-from encoders.trim import (
+from exitflow.encoders.trim import (
     HeadSlicedAttention,
     HeadTrimmer,
     TokenTrimmer,
@@ -14,6 +12,7 @@ from encoders.trim import (
     gumbel_sigmoid,
     masked_attention_weights,
 )
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def _flop_macs(fn) -> int:

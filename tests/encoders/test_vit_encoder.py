@@ -2,13 +2,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from encoders.base import EncoderInputError
-from encoders.early_exit_runner import run_early_exit
-from encoders.evaluation import collect_exit_logits, exit_scores, exits_at
-from encoders.macs import equal_mac_exit_layers
-from encoders.vision import vision_config
-from encoders.vit import ViTEarlyExitEncoder
+from exitflow.encoders.base import EncoderInputError
+from exitflow.encoders.early_exit_runner import run_early_exit
+from exitflow.encoders.evaluation import collect_exit_logits, exit_scores, exits_at
+from exitflow.encoders.macs import equal_mac_exit_layers
+from exitflow.encoders.vision import vision_config
+from exitflow.encoders.vit import ViTEarlyExitEncoder
 
 
 def test_forcing_last_exit_equals_plain_vit(tiny_vit):

@@ -5,9 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from pipeline.config import DEFAULT_CONFIG_PATH, dump_config, load_config
-from pipeline.errors import ConfigError
+from exitflow.pipeline.config import DEFAULT_CONFIG_PATH, dump_config, load_config
+from exitflow.pipeline.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -70,7 +69,7 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "exitflow.pipeline.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_cli_validate_reports_unknown_key_and_wrong_type(tmp_path: Path) -> None:

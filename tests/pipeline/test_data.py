@@ -6,10 +6,9 @@ from pathlib import Path
 import librosa
 import numpy as np
 import pytest
-
-from pipeline.config import load_config
-from pipeline.data.avmnist import load_split
-from pipeline.data.commands import (
+from exitflow.pipeline.config import load_config
+from exitflow.pipeline.data.avmnist import load_split
+from exitflow.pipeline.data.commands import (
     DIGITS,
     SLOTS,
     STATUS_DROPPED,
@@ -17,9 +16,10 @@ from pipeline.data.commands import (
     make_commands,
     parse_command,
 )
-from pipeline.data.roots import EMBEDDED_DATA, SHARED_DATA
-from pipeline.data.spectrogram import AudioInputError, spectrogram_112, stft_112
-from pipeline.errors import DataError
+from exitflow.pipeline.data.roots import EMBEDDED_DATA, SHARED_DATA
+from exitflow.pipeline.data.spectrogram import AudioInputError, spectrogram_112, stft_112
+from exitflow.pipeline.errors import DataError
+
 from tests.conftest import requires_shared
 
 
@@ -137,8 +137,8 @@ def test_full_build_splits_and_slice_equivalence(shared_cfg, embedded_cfg) -> No
 
 
 def test_real_loaders_read_grid_fsdd_and_ljspeech() -> None:
-    from pipeline.data.commands import parse_command
-    from pipeline.data.realsets import read_fsdd_wavs, read_grid, read_ljspeech
+    from exitflow.pipeline.data.commands import parse_command
+    from exitflow.pipeline.data.realsets import read_fsdd_wavs, read_grid, read_ljspeech
 
     if not (SHARED_DATA / "grid_av_samples").is_dir():
         pytest.skip("needs ../shared/data")

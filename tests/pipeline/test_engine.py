@@ -7,14 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from exitflow.encoders.base import EarlyExitEncoder, EncoderState, ExitOutput
+from exitflow.pipeline.engine import Engine, EngineError, MaskedLateFusion
+from exitflow.pipeline.messages import Sample
+from exitflow.scheduler.budget import BudgetController
+from exitflow.scheduler.policy import Policy, PolicySettings
+from exitflow.scheduler.profile import ExitProfile, FusionProfile, Profile
 from torch import nn
-
-from encoders.base import EarlyExitEncoder, EncoderState, ExitOutput
-from pipeline.engine import Engine, EngineError, MaskedLateFusion
-from pipeline.messages import Sample
-from scheduler.budget import BudgetController
-from scheduler.policy import Policy, PolicySettings
-from scheduler.profile import ExitProfile, FusionProfile, Profile
 
 NUM_CLASSES = 4
 DIM = 8
@@ -203,8 +202,8 @@ def test_budget_updates_lambda_and_errors():
 
 
 def test_config_sections_build_policy_and_budget():
-    from pipeline.config import config_from_dict
-    from pipeline.engine import budget_from_config, policy_from_config
+    from exitflow.pipeline.config import config_from_dict
+    from exitflow.pipeline.engine import budget_from_config, policy_from_config
 
     cfg = config_from_dict(
         {
@@ -223,12 +222,11 @@ def test_config_sections_build_policy_and_budget():
 def test_engine_runs_only_the_selected_heads_and_counts_their_macs() -> None:
     """A real ViT encoder: with exits 1..3 left out, their heads never run and are not counted."""
     import torch
-
-    from encoders.vision import build_vision_encoder
-    from pipeline.engine import Engine
-    from pipeline.messages import Sample
-    from scheduler.policy import Policy, PolicySettings
-    from scheduler.profile import ExitProfile, Profile
+    from exitflow.encoders.vision import build_vision_encoder
+    from exitflow.pipeline.engine import Engine
+    from exitflow.pipeline.messages import Sample
+    from exitflow.scheduler.policy import Policy, PolicySettings
+    from exitflow.scheduler.profile import ExitProfile, Profile
 
     torch.manual_seed(0)
     enc = build_vision_encoder(hidden_size=16, num_layers=4, num_heads=2, intermediate_size=32, num_exits=4,
@@ -250,7 +248,7 @@ def test_engine_runs_only_the_selected_heads_and_counts_their_macs() -> None:
 
 
 def test_engine_device_is_validated() -> None:
-    from pipeline.engine import resolve_device
+    from exitflow.pipeline.engine import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(EngineError, match="not a torch device"):
@@ -263,10 +261,10 @@ def test_engine_device_is_validated() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_engine_runs_on_cuda() -> None:
-    from encoders.vision import build_vision_encoder
-    from pipeline.engine import device_input_adapter
-    from scheduler.policy import Policy, PolicySettings
-    from scheduler.profile import ExitProfile, Profile
+    from exitflow.encoders.vision import build_vision_encoder
+    from exitflow.pipeline.engine import device_input_adapter
+    from exitflow.scheduler.policy import Policy, PolicySettings
+    from exitflow.scheduler.profile import ExitProfile, Profile
 
     device = torch.device("cuda")
     enc = build_vision_encoder(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, num_exits=2,
@@ -280,9 +278,9 @@ def test_engine_runs_on_cuda() -> None:
 
 
 def test_sample_with_no_usable_modality_gives_a_decision_not_an_error() -> None:
-    from encoders.vision import build_vision_encoder
-    from scheduler.policy import Policy, PolicySettings
-    from scheduler.profile import ExitProfile, Profile
+    from exitflow.encoders.vision import build_vision_encoder
+    from exitflow.scheduler.policy import Policy, PolicySettings
+    from exitflow.scheduler.profile import ExitProfile, Profile
 
     enc = build_vision_encoder(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, num_exits=2,
                                gah_heads=2).eval()

@@ -10,13 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pipeline.data.roots import SHARED_DATA
-from pipeline.errors import DataError
-from pipeline.live_replay import decision_log_key, replay_recording
-from pipeline.messages import Decision, Sample, SensorMessage
-from pipeline.recording import RecordingWriter, decode_sensor_message, encode_sensor_message, read_recording
-from pipeline.sync import Synchronizer
+from exitflow.pipeline.data.roots import SHARED_DATA
+from exitflow.pipeline.errors import DataError
+from exitflow.pipeline.live_replay import decision_log_key, replay_recording
+from exitflow.pipeline.messages import Decision, Sample, SensorMessage
+from exitflow.pipeline.recording import (
+    RecordingWriter,
+    decode_sensor_message,
+    encode_sensor_message,
+    read_recording,
+)
+from exitflow.pipeline.sync import Synchronizer
 
 REPO = Path(__file__).resolve().parents[2]
 GRID_NPZ = SHARED_DATA / Path("grid_av_samples/grid_decoded.npz")
@@ -78,8 +82,8 @@ def test_a_crashed_writer_loses_at_most_the_open_chunk(tmp_path):
         import os, sys
         import numpy as np
         sys.path.insert(0, {str(REPO)!r})
-        from pipeline.messages import SensorMessage
-        from pipeline.recording import RecordingWriter
+        from exitflow.pipeline.messages import SensorMessage
+        from exitflow.pipeline.recording import RecordingWriter
         w = RecordingWriter({str(path)!r}, chunk_size_bytes=8192, compression="none")
         for i in range(200):
             w.write_message(SensorMessage("image", "cam", 10_000 + i, np.full((30, 30), i % 256, np.uint8), seq=i))

@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from exitflow.pipeline.baseline_training import baseline_folder, load_baseline, train_baseline
+from exitflow.pipeline.config import load_config
+from exitflow.pipeline.data.roots import SHARED_DATA
+from exitflow.pipeline.replay import replay
 
-from pipeline.baseline_training import baseline_folder, load_baseline, train_baseline
-from pipeline.config import load_config
-from pipeline.data.roots import SHARED_DATA
-from pipeline.replay import replay
 from tests.conftest import requires_shared
 
 
@@ -37,7 +37,7 @@ def test_train_tiny_baseline_then_replay(tmp_path: Path, data_cache: Path) -> No
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "exitflow.pipeline.cli", *args], capture_output=True, text=True,
                           timeout=300, cwd=cwd)
 
 

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-
-from pipeline.config import SourceConfig
-from pipeline.data.roots import SHARED_DATA
-from pipeline.messages import SensorMessage
-from pipeline.sources import (
+from exitflow.pipeline.config import SourceConfig
+from exitflow.pipeline.data.roots import SHARED_DATA
+from exitflow.pipeline.messages import SensorMessage
+from exitflow.pipeline.sources import (
     AudioFileSource,
     Backoff,
     CameraSource,
@@ -246,7 +245,7 @@ def test_flac_file_source_reads_chunks_and_finishes(tmp_path):
 def test_microphone_without_sounddevice_fails_with_an_actionable_error(monkeypatch):
     import builtins
 
-    from pipeline.sources import MicrophoneSource
+    from exitflow.pipeline.sources import MicrophoneSource
 
     real_import = builtins.__import__
 
@@ -323,7 +322,7 @@ def test_build_source_from_config_and_bad_uri():
     assert isinstance(cam, CameraSource) and cam.uri == 0
     txt = build_source(SourceConfig(name="t", kind="text_tcp", uri="127.0.0.1:6000"))
     assert isinstance(txt, TextSocketSource) and txt.port == 6000
-    from pipeline.sources import SourceError
+    from exitflow.pipeline.sources import SourceError
 
     with pytest.raises(SourceError, match="host:port"):
         build_source(SourceConfig(name="m", kind="pcm_tcp", uri="localhost"))

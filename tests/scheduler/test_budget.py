@@ -6,12 +6,11 @@ import warnings
 
 import numpy as np
 import pytest
-
-from scheduler.budget import BudgetController
-from scheduler.errors import BudgetWarning
-from scheduler.policy import Policy, PolicySettings
-from scheduler.profile import ExitProfile, FusionProfile, Profile
-from scheduler.synthetic import simulate_budget
+from exitflow.scheduler.budget import BudgetController
+from exitflow.scheduler.errors import BudgetWarning
+from exitflow.scheduler.policy import Policy, PolicySettings
+from exitflow.scheduler.profile import ExitProfile, FusionProfile, Profile
+from exitflow.scheduler.synthetic import simulate_budget
 
 
 def _ex(m: str, j: int, a: float, mj: float) -> ExitProfile:

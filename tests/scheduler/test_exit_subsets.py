@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from scheduler.policy import ActionKind, Policy, PolicySettings
-from scheduler.profile import ExitProfile, FusionProfile, Profile
+from exitflow.scheduler.policy import ActionKind, Policy, PolicySettings
+from exitflow.scheduler.profile import ExitProfile, FusionProfile, Profile
 
 
 def profile() -> Profile:

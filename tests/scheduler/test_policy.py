@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from scheduler.errors import SchedulerError
-from scheduler.plan import order_modalities
-from scheduler.policy import Action, ActionKind, Policy, PolicySettings
-from scheduler.profile import ExitProfile, FusionProfile, Profile
+from exitflow.scheduler.errors import SchedulerError
+from exitflow.scheduler.plan import order_modalities
+from exitflow.scheduler.policy import Action, ActionKind, Policy, PolicySettings
+from exitflow.scheduler.profile import ExitProfile, FusionProfile, Profile
 
 CONFIDENT = np.array([0.97, 0.01, 0.01, 0.01])  # normalized entropy ~0.12
 UNSURE = np.full(4, 0.25)  # normalized entropy 1.0

@@ -7,10 +7,9 @@ import math
 
 import numpy as np
 import pytest
-
-from scheduler.errors import ProfileFormatError, ProfileMismatchError
-from scheduler.profile import ExitArrays, build_profile, fingerprint_checkpoints, load_profile
-from scheduler.rules import couple_threshold, normalized_entropy, passes, patience_counts
+from exitflow.scheduler.errors import ProfileFormatError, ProfileMismatchError
+from exitflow.scheduler.profile import ExitArrays, build_profile, fingerprint_checkpoints, load_profile
+from exitflow.scheduler.rules import couple_threshold, normalized_entropy, passes, patience_counts
 
 
 def test_normalized_entropy_bounds():
@@ -99,7 +98,7 @@ def test_profile_format_errors(tmp_path):
 
 @pytest.mark.parametrize("probs", [[0.97, 0.01, 0.01, 0.01], [0.25] * 4, [1.0, 0.0, 0.0], [0.5, 0.5]])
 def test_entropy_of_matches_numpy_rule(probs):
-    from scheduler.rules import entropy_of, normalized_entropy
+    from exitflow.scheduler.rules import entropy_of, normalized_entropy
 
     assert entropy_of(probs) == pytest.approx(float(normalized_entropy(np.array(probs))), abs=1e-9)
     with pytest.raises(ValueError, match="at least 2"):

@@ -6,10 +6,9 @@ import itertools
 
 import numpy as np
 import pytest
-
-from scheduler.profile import ExitProfile, FusionProfile, Profile
-from scheduler.synthetic import random_profile
-from scheduler.utility import UtilityModel, check_lambda
+from exitflow.scheduler.profile import ExitProfile, FusionProfile, Profile
+from exitflow.scheduler.synthetic import random_profile
+from exitflow.scheduler.utility import UtilityModel, check_lambda
 
 
 def _ex(m: str, j: int, a: float, p: float, macs: float) -> ExitProfile:
