@@ -23,10 +23,10 @@ import torch
 from exitflow.encoders.base import EarlyExitEncoder
 from exitflow.encoders.checkpoint import load_encoder
 from exitflow.encoders.macs import count_macs
-from exitflow.pipeline.batches import batch_rows, modality_batch
 from exitflow.pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_checkpoint
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
+from exitflow.pipeline.data.batches import batch_rows, modality_batch
 from exitflow.pipeline.engine import MaskedLateFusion, default_input_adapter
 from exitflow.pipeline.errors import CheckpointError
 from exitflow.scheduler.profile import (

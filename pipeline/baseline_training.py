@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from exitflow.encoders.baseline import INPUT_SHAPES, BaselineConfig, LateFusion
 from exitflow.encoders.macs import count_macs
-from exitflow.pipeline.batches import batch_rows, modality_batch
 from exitflow.pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_checkpoint
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
+from exitflow.pipeline.data.batches import batch_rows, modality_batch
 from exitflow.pipeline.errors import CheckpointError
 from tqdm import tqdm
 

@@ -35,10 +35,10 @@ from exitflow.pipeline.adaptive import (
     subsets,
     weight_files,
 )
-from exitflow.pipeline.batches import batch_rows, modality_batch
 from exitflow.pipeline.checkpoints import checkpoint_dir, load_weights, save_checkpoint
 from exitflow.pipeline.config import Config, FusionConfig
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
+from exitflow.pipeline.data.batches import batch_rows, modality_batch
 from exitflow.pipeline.errors import CheckpointError
 from exitflow.scheduler.profile import fingerprint_checkpoints
 from tqdm import tqdm

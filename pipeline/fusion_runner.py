@@ -22,11 +22,11 @@ import torch
 from exitflow.encoders.decoder import DecoderConfig, ExitingDecoder
 from exitflow.encoders.fusion import FusionOutput, FusionTransformer, FusionTransformerConfig
 from exitflow.encoders.fusion_training import curriculum_target, fusion_objective, layer_averaged_loss
-from exitflow.pipeline.batches import batch_rows
 from exitflow.pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_checkpoint
 from exitflow.pipeline.config import Config, FusionConfig
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
-from exitflow.pipeline.data.commands import DIGIT_SLOT, SLOTS
+from exitflow.pipeline.data.batches import batch_rows
+from exitflow.pipeline.data.grid_commands import DIGIT_SLOT, SLOTS
 from exitflow.pipeline.errors import CheckpointError, DataError
 from torch import nn
 

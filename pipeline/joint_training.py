@@ -23,10 +23,10 @@ from exitflow.pipeline.adaptive import (
     load_fusion_exit,
     subsets,
 )
-from exitflow.pipeline.batches import batch_rows, modality_batch
 from exitflow.pipeline.checkpoints import save_checkpoint
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import load_split
+from exitflow.pipeline.data.batches import batch_rows, modality_batch
 from exitflow.scheduler.profile import fingerprint_checkpoints
 from tqdm import tqdm
 

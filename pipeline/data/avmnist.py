@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 from exitflow.pipeline.config import Config, resolve_path
-from exitflow.pipeline.data.commands import make_commands
+from exitflow.pipeline.data.grid_commands import make_commands
 from exitflow.pipeline.data.roots import data_root, file_digest, load_npz, read_fsdd, read_mnist
 from exitflow.pipeline.data.spectrogram import SPEC_BINS, spectrogram_112
 from exitflow.pipeline.errors import DataError

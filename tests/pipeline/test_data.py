@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from exitflow.pipeline.config import load_config
 from exitflow.pipeline.data.avmnist import load_split
-from exitflow.pipeline.data.commands import (
+from exitflow.pipeline.data.grid_commands import (
     DIGITS,
     SLOTS,
     STATUS_DROPPED,
@@ -137,7 +137,7 @@ def test_full_build_splits_and_slice_equivalence(shared_cfg, embedded_cfg) -> No
 
 
 def test_real_loaders_read_grid_fsdd_and_ljspeech() -> None:
-    from exitflow.pipeline.data.commands import parse_command
+    from exitflow.pipeline.data.grid_commands import parse_command
     from exitflow.pipeline.data.realsets import read_fsdd_wavs, read_grid, read_ljspeech
 
     if not (SHARED_DATA / "grid_av_samples").is_dir():
