@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from exitflow.pipeline.bench import bench_inputs, run_system
 from exitflow.pipeline.config import load_config
+from exitflow.pipeline.evaluation.bench import bench_inputs, run_system
 from exitflow.pipeline.meters import open_meter
 
 

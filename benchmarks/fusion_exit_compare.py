@@ -13,8 +13,8 @@ import argparse
 import json
 
 from exitflow.devices import get_power_meter
-from exitflow.pipeline.bench import bench_inputs, concat_parts, json_rows, run_system
 from exitflow.pipeline.config import load_config
+from exitflow.pipeline.evaluation.bench import bench_inputs, concat_parts, json_rows, run_system
 
 
 def main() -> None:

@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 import torch
-from exitflow.pipeline.adaptive import load_encoders
 from exitflow.pipeline.config import load_config
 from exitflow.pipeline.data.avmnist import load_split
-from exitflow.pipeline.fusion_exit import collect_tokens, load_transformer_exit
+from exitflow.pipeline.training.profile import load_encoders
+from exitflow.pipeline.training.transformer_exit import collect_tokens, load_transformer_exit
 
 
 def main() -> None:

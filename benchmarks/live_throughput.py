@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO))
 
 from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig  # noqa: E402
 from exitflow.pipeline.data.roots import SHARED_DATA  # noqa: E402
+from exitflow.pipeline.live.sources.loopback import serve_clip  # noqa: E402
 from exitflow.pipeline.messages import Decision, Sample  # noqa: E402
-from exitflow.pipeline.sources.loopback import serve_clip  # noqa: E402
 
 GRID_CLIP = SHARED_DATA / Path("grid_av_samples/mpg/id2_vcd_swwp2s.mpg")
 WORDS = "set white with p two soon".split()
@@ -118,7 +118,7 @@ def main() -> int:
         sys.exit("ffmpeg is needed: apt-get install -y ffmpeg")
 
     import ray
-    from exitflow.pipeline.runtime import LivePipeline, start_ray
+    from exitflow.pipeline.live.runtime import LivePipeline, start_ray
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     video_port, audio_port = free_port(), free_port()

@@ -13,11 +13,11 @@ import argparse
 import itertools
 
 from exitflow.devices import get_power_meter
-from exitflow.pipeline.adaptive_systems import AdaptiveParts
-from exitflow.pipeline.bench import run_system
 from exitflow.pipeline.config import load_config
 from exitflow.pipeline.data.avmnist import load_split
-from exitflow.pipeline.replay import split_samples
+from exitflow.pipeline.evaluation.bench import run_system
+from exitflow.pipeline.evaluation.replay import split_samples
+from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts
 
 
 def main() -> None:

@@ -149,7 +149,7 @@ class StreamConfig:
     engine_queue_size: int = field(default=4, metadata=bounds(min=1))
     engine_queue_policy: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
     max_in_flight: int = field(default=2, metadata=bounds(min=1))
-    engine: str = "exitflow.pipeline.engine:build_engine"
+    engine: str = "exitflow.pipeline.inference.engine:build_engine"
     engine_num_cpus: float = field(default=1.0, metadata=bounds(min=0.0))
     engine_num_gpus: float = field(default=0.0, metadata=bounds(min=0.0))
     engine_resources: dict[str, float] = field(default_factory=dict)

@@ -6,7 +6,7 @@ import sys
 import torch
 from exitflow.pipeline.config import load_config
 from exitflow.pipeline.data.avmnist import load_split
-from exitflow.pipeline.fusion_runner import latency_benchmark, load_fusion
+from exitflow.pipeline.training.fusion_stems import latency_benchmark, load_fusion
 
 torch.set_num_threads(1)
 cfg = load_config(None, ["data.root=/work/shared/data"])

@@ -35,14 +35,14 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
 
 def _joint(args: argparse.Namespace, cfg: Config) -> int:
-    from exitflow.pipeline.adaptive import train_fusion
+    from exitflow.pipeline.training.profile import train_fusion
 
     meta = train_fusion(cfg, args.dataset or cfg.data.dataset, command=command_line())
     for subset, acc in meta["test_accuracy"].items():
         print(f"fusion over {subset}: val {meta['val_accuracy'][subset]:.4f}  test {acc:.4f}")
     print(f"fusion MACs/sample: {meta['macs_per_sample']:,}")
     if cfg.joint.epochs > 0:
-        from exitflow.pipeline.joint_training import joint_finetune
+        from exitflow.pipeline.training.joint import joint_finetune
 
         result = joint_finetune(cfg, args.dataset or cfg.data.dataset, command=command_line())
         for m, accs in result["per_exit_val_after"].items():
@@ -54,8 +54,8 @@ def _joint(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _profile(args: argparse.Namespace, cfg: Config) -> int:
-    from exitflow.pipeline.adaptive import make_profile, profile_path, profile_summary
     from exitflow.pipeline.meters import open_meter
+    from exitflow.pipeline.training.profile import make_profile, profile_path, profile_summary
 
     dataset = args.dataset or cfg.data.dataset
     with open_meter(cfg) as meter:
@@ -66,7 +66,8 @@ def _profile(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _bench(args: argparse.Namespace, cfg: Config) -> int:
-    from exitflow.pipeline.bench import (
+    from exitflow.pipeline.errors import ExitflowError
+    from exitflow.pipeline.evaluation.bench import (
         ALL_SYSTEMS,
         bench,
         bench_inputs,
@@ -76,9 +77,8 @@ def _bench(args: argparse.Namespace, cfg: Config) -> int:
         format_table,
         json_rows,
     )
-    from exitflow.pipeline.errors import ExitflowError
+    from exitflow.pipeline.evaluation.replay import write_atomic
     from exitflow.pipeline.meters import open_meter
-    from exitflow.pipeline.replay import write_atomic
 
     dataset = args.dataset or cfg.data.dataset
     systems = tuple(s.strip() for s in args.systems.split(",")) if args.systems else default_systems(cfg)
@@ -125,7 +125,7 @@ def run_sweep(parts, samples, meter, lambdas, thresholds) -> list[dict]:
     """exitflow at each lambda and each threshold (no budget) and static at every truncation."""
     import itertools
 
-    from exitflow.pipeline.bench import json_rows, run_system
+    from exitflow.pipeline.evaluation.bench import json_rows, run_system
 
     rows = []
     settings = [(lam, None) for lam in lambdas] + [(None, th) for th in thresholds]

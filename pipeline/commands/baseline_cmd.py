@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
 
 def _run(args: argparse.Namespace, cfg: Config) -> int:
-    from exitflow.pipeline.baseline_training import train_baseline
+    from exitflow.pipeline.training.baseline import train_baseline
 
     result = train_baseline(cfg, args.name, args.dataset, command=command_line())
     print(

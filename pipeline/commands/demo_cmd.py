@@ -19,10 +19,16 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
 
 def _run(args: argparse.Namespace, cfg: Config) -> int:
-    from exitflow.pipeline.bench import bench, bench_inputs, default_systems, format_table, json_rows
     from exitflow.pipeline.data.roots import data_root, is_embedded
+    from exitflow.pipeline.evaluation.bench import (
+        bench,
+        bench_inputs,
+        default_systems,
+        format_table,
+        json_rows,
+    )
+    from exitflow.pipeline.evaluation.replay import write_atomic
     from exitflow.pipeline.meters import open_meter
-    from exitflow.pipeline.replay import write_atomic
 
     root = data_root(cfg)
     where = "the real slice embedded in the repo" if is_embedded(root) else str(root)

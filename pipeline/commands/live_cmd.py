@@ -42,7 +42,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace, cfg: Config) -> int:
-    from exitflow.pipeline.live_run import run_live
+    from exitflow.pipeline.live.run import run_live
 
     snap = run_live(cfg, record=args.record, duration_s=args.duration, view=not args.no_view)
     if args.no_view:
@@ -56,7 +56,7 @@ def _record(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _budget_set(args: argparse.Namespace, cfg: Config) -> int:
-    from exitflow.pipeline.live_run import set_running_budget
+    from exitflow.pipeline.live.run import set_running_budget
 
     budget = set_running_budget(cfg.ray, args.mj_per_sample, args.power_w)
     print(f"budget set: {budget}")

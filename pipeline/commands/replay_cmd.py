@@ -40,7 +40,7 @@ def print_summary(summary: dict) -> None:
 
 def _run(args: argparse.Namespace, cfg: Config) -> int:
     from exitflow.pipeline.errors import ExitflowError
-    from exitflow.pipeline.replay import replay, write_atomic
+    from exitflow.pipeline.evaluation.replay import replay, write_atomic
 
     if args.recording is not None:
         return _replay_recording(args, cfg)
@@ -68,9 +68,9 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
 def _replay_recording(args: argparse.Namespace, cfg: Config) -> int:
     """Replay an MCAP recording in event time through ``--system`` (default: the stream's engine)."""
     from exitflow.pipeline.errors import ExitflowError
-    from exitflow.pipeline.live_replay import recorded_modalities, replay_recording
-    from exitflow.pipeline.live_workers import resolve_engine_factory
-    from exitflow.pipeline.sync import make_synchronizer
+    from exitflow.pipeline.live.playback import recorded_modalities, replay_recording
+    from exitflow.pipeline.live.sync import make_synchronizer
+    from exitflow.pipeline.live.workers import resolve_engine_factory
 
     if args.realtime and args.fast:
         raise ExitflowError("choose one of --realtime and --fast")

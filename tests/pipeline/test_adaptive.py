@@ -12,7 +12,15 @@ from exitflow.devices import get_power_meter
 from exitflow.encoders.audio import build_audio_encoder
 from exitflow.encoders.checkpoint import save_encoder
 from exitflow.encoders.vision import build_vision_encoder
-from exitflow.pipeline.adaptive import (
+from exitflow.pipeline.config import load_config
+from exitflow.pipeline.data.avmnist import load_split
+from exitflow.pipeline.data.roots import SHARED_DATA
+from exitflow.pipeline.errors import CheckpointError
+from exitflow.pipeline.evaluation.bench import BENCH_SYSTEMS, bench, format_table, static_exits_matching
+from exitflow.pipeline.evaluation.replay import split_samples
+from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts, truncated_macs
+from exitflow.pipeline.training.joint import joint_finetune
+from exitflow.pipeline.training.profile import (
     collect_exits,
     encoder_folder,
     fusion_accuracy,
@@ -23,14 +31,6 @@ from exitflow.pipeline.adaptive import (
     train_fusion,
     use_joint,
 )
-from exitflow.pipeline.adaptive_systems import AdaptiveParts, truncated_macs
-from exitflow.pipeline.bench import BENCH_SYSTEMS, bench, format_table, static_exits_matching
-from exitflow.pipeline.config import load_config
-from exitflow.pipeline.data.avmnist import load_split
-from exitflow.pipeline.data.roots import SHARED_DATA
-from exitflow.pipeline.errors import CheckpointError
-from exitflow.pipeline.joint_training import joint_finetune
-from exitflow.pipeline.replay import split_samples
 
 from tests.conftest import requires_shared
 
@@ -133,8 +133,8 @@ def tiny_transformer_cfg(tmp_path_factory: pytest.TempPathFactory, data_cache: P
 def test_transformer_fusion_exit_trains_profiles_and_benches(tiny_transformer_cfg) -> None:
     import dataclasses
 
-    from exitflow.pipeline.bench import CONCAT_SYSTEM, default_systems
-    from exitflow.pipeline.fusion_exit import (
+    from exitflow.pipeline.evaluation.bench import CONCAT_SYSTEM, default_systems
+    from exitflow.pipeline.training.transformer_exit import (
         collect_tokens,
         load_transformer_exit,
         run_records,
@@ -185,7 +185,7 @@ def test_transformer_fusion_exit_trains_profiles_and_benches(tiny_transformer_cf
 def test_transformer_exit_of_other_encoders_is_refused(tiny_transformer_cfg, tmp_path: Path) -> None:
     import shutil
 
-    from exitflow.pipeline.fusion_exit import load_transformer_exit, transformer_folder
+    from exitflow.pipeline.training.transformer_exit import load_transformer_exit, transformer_folder
 
     cfg = tiny_transformer_cfg
     if not (transformer_folder(cfg, "avmnist") / "config.json").is_file():
@@ -198,7 +198,7 @@ def test_transformer_exit_of_other_encoders_is_refused(tiny_transformer_cfg, tmp
 
 
 def test_missing_transformer_exit_names_the_training_command(tmp_path: Path) -> None:
-    from exitflow.pipeline.fusion_exit import load_transformer_exit
+    from exitflow.pipeline.training.transformer_exit import load_transformer_exit
 
     cfg = load_config(None, [f"train.checkpoint_dir={tmp_path}", "fusion.exit=transformer"])
     with pytest.raises(CheckpointError, match="train fusion --inputs encoders"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from exitflow.encoders.base import EarlyExitEncoder, EncoderState, ExitOutput
-from exitflow.pipeline.engine import Engine, EngineError, MaskedLateFusion
+from exitflow.pipeline.inference.engine import Engine, EngineError, MaskedLateFusion
 from exitflow.pipeline.messages import Sample
 from exitflow.scheduler.budget import BudgetController
 from exitflow.scheduler.policy import Policy, PolicySettings
@@ -203,7 +203,7 @@ def test_budget_updates_lambda_and_errors():
 
 def test_config_sections_build_policy_and_budget():
     from exitflow.pipeline.config import config_from_dict
-    from exitflow.pipeline.engine import budget_from_config, policy_from_config
+    from exitflow.pipeline.inference.engine import budget_from_config, policy_from_config
 
     cfg = config_from_dict(
         {
@@ -223,7 +223,7 @@ def test_engine_runs_only_the_selected_heads_and_counts_their_macs() -> None:
     """A real ViT encoder: with exits 1..3 left out, their heads never run and are not counted."""
     import torch
     from exitflow.encoders.vision import build_vision_encoder
-    from exitflow.pipeline.engine import Engine
+    from exitflow.pipeline.inference.engine import Engine
     from exitflow.pipeline.messages import Sample
     from exitflow.scheduler.policy import Policy, PolicySettings
     from exitflow.scheduler.profile import ExitProfile, Profile
@@ -248,7 +248,7 @@ def test_engine_runs_only_the_selected_heads_and_counts_their_macs() -> None:
 
 
 def test_engine_device_is_validated() -> None:
-    from exitflow.pipeline.engine import resolve_device
+    from exitflow.pipeline.inference.engine import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(EngineError, match="not a torch device"):
@@ -262,7 +262,7 @@ def test_engine_device_is_validated() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_engine_runs_on_cuda() -> None:
     from exitflow.encoders.vision import build_vision_encoder
-    from exitflow.pipeline.engine import device_input_adapter
+    from exitflow.pipeline.inference.engine import device_input_adapter
     from exitflow.scheduler.policy import Policy, PolicySettings
     from exitflow.scheduler.profile import ExitProfile, Profile
 

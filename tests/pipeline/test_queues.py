@@ -8,7 +8,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from exitflow.pipeline.queues import BoundedQueue, Empty, InFlightLimiter
+from exitflow.pipeline.live.queues import BoundedQueue, Empty, InFlightLimiter
 
 
 def test_drop_oldest_keeps_the_newest_items():

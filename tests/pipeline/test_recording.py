@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from exitflow.pipeline.data.roots import SHARED_DATA
 from exitflow.pipeline.errors import DataError
-from exitflow.pipeline.live_replay import decision_log_key, replay_recording
-from exitflow.pipeline.messages import Decision, Sample, SensorMessage
-from exitflow.pipeline.recording import (
+from exitflow.pipeline.live.playback import decision_log_key, replay_recording
+from exitflow.pipeline.live.recording import (
     RecordingWriter,
     decode_sensor_message,
     encode_sensor_message,
     read_recording,
 )
-from exitflow.pipeline.sync import Synchronizer
+from exitflow.pipeline.live.sync import Synchronizer
+from exitflow.pipeline.messages import Decision, Sample, SensorMessage
 
 REPO = Path(__file__).resolve().parents[2]
 GRID_NPZ = SHARED_DATA / Path("grid_av_samples/grid_decoded.npz")
@@ -83,7 +83,7 @@ def test_a_crashed_writer_loses_at_most_the_open_chunk(tmp_path):
         import numpy as np
         sys.path.insert(0, {str(REPO)!r})
         from exitflow.pipeline.messages import SensorMessage
-        from exitflow.pipeline.recording import RecordingWriter
+        from exitflow.pipeline.live.recording import RecordingWriter
         w = RecordingWriter({str(path)!r}, chunk_size_bytes=8192, compression="none")
         for i in range(200):
             w.write_message(SensorMessage("image", "cam", 10_000 + i, np.full((30, 30), i % 256, np.uint8), seq=i))

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from exitflow.pipeline.baseline_training import baseline_folder, load_baseline, train_baseline
 from exitflow.pipeline.config import load_config
 from exitflow.pipeline.data.roots import SHARED_DATA
-from exitflow.pipeline.replay import replay
+from exitflow.pipeline.evaluation.replay import replay
+from exitflow.pipeline.training.baseline import baseline_folder, load_baseline, train_baseline
 
 from tests.conftest import requires_shared
 

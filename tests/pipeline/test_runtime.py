@@ -19,10 +19,10 @@ ray = pytest.importorskip("ray")
 
 from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig  # noqa: E402
 from exitflow.pipeline.data.roots import SHARED_DATA  # noqa: E402
+from exitflow.pipeline.live.recording import RecordingWriter, read_recording  # noqa: E402
+from exitflow.pipeline.live.runtime import LivePipeline, start_ray  # noqa: E402
+from exitflow.pipeline.live.sources.loopback import serve_clip  # noqa: E402
 from exitflow.pipeline.messages import Decision, Sample  # noqa: E402
-from exitflow.pipeline.recording import RecordingWriter, read_recording  # noqa: E402
-from exitflow.pipeline.runtime import LivePipeline, start_ray  # noqa: E402
-from exitflow.pipeline.sources.loopback import serve_clip  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 GRID = SHARED_DATA / Path("grid_av_samples")
@@ -276,8 +276,8 @@ def test_killed_source_actor_restarts_while_the_other_modalities_keep_flowing(ra
 
 
 def test_live_view_renders_a_snapshot_with_every_section():
-    from exitflow.pipeline.live_stats import LiveStats
-    from exitflow.pipeline.live_view import render
+    from exitflow.pipeline.live.stats import LiveStats
+    from exitflow.pipeline.live.view import render
     from rich.console import Console
 
     stats = LiveStats()

@@ -14,7 +14,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 from exitflow.pipeline.config import SourceConfig, StreamConfig  # noqa: E402
-from exitflow.pipeline.runtime import LivePipeline  # noqa: E402
+from exitflow.pipeline.live.runtime import LivePipeline  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from tests.pipeline.test_runtime import GRID_CLIP, RuleEngine, needs_grid  # noqa: E402

@@ -14,8 +14,7 @@ import pytest
 import soundfile
 from exitflow.pipeline.config import SourceConfig
 from exitflow.pipeline.data.roots import SHARED_DATA
-from exitflow.pipeline.messages import SensorMessage
-from exitflow.pipeline.sources import (
+from exitflow.pipeline.live.sources import (
     AudioFileSource,
     Backoff,
     CameraSource,
@@ -27,6 +26,7 @@ from exitflow.pipeline.sources import (
     TextSocketSource,
     build_source,
 )
+from exitflow.pipeline.messages import SensorMessage
 
 GRID = SHARED_DATA / Path("grid_av_samples")
 GRID_CLIP = GRID / "mpg" / "bbaf2n.mpg"
@@ -245,7 +245,7 @@ def test_flac_file_source_reads_chunks_and_finishes(tmp_path):
 def test_microphone_without_sounddevice_fails_with_an_actionable_error(monkeypatch):
     import builtins
 
-    from exitflow.pipeline.sources import MicrophoneSource
+    from exitflow.pipeline.live.sources import MicrophoneSource
 
     real_import = builtins.__import__
 
@@ -322,7 +322,7 @@ def test_build_source_from_config_and_bad_uri():
     assert isinstance(cam, CameraSource) and cam.uri == 0
     txt = build_source(SourceConfig(name="t", kind="text_tcp", uri="127.0.0.1:6000"))
     assert isinstance(txt, TextSocketSource) and txt.port == 6000
-    from exitflow.pipeline.sources import SourceError
+    from exitflow.pipeline.live.sources import SourceError
 
     with pytest.raises(SourceError, match="host:port"):
         build_source(SourceConfig(name="m", kind="pcm_tcp", uri="localhost"))

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from exitflow.pipeline.data.roots import SHARED_DATA
+from exitflow.pipeline.live.preprocess import preprocess_sample
+from exitflow.pipeline.live.sync import AudioClip, Synchronizer
 from exitflow.pipeline.messages import SensorMessage
-from exitflow.pipeline.preprocess import preprocess_sample
-from exitflow.pipeline.sync import AudioClip, Synchronizer
 
 MS = 1_000_000
 GRID_NPZ = SHARED_DATA / Path("grid_av_samples/grid_decoded.npz")

@@ -17,8 +17,7 @@ from collections import deque
 from typing import Any
 
 import numpy as np
-from exitflow.pipeline.messages import SensorMessage
-from exitflow.pipeline.sources.base import (
+from exitflow.pipeline.live.sources.base import (
     Backoff,
     EndOfStream,
     Pacer,
@@ -26,6 +25,7 @@ from exitflow.pipeline.sources.base import (
     SourceDisconnected,
     SourceError,
 )
+from exitflow.pipeline.messages import SensorMessage
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from exitflow.pipeline.adaptive_systems import AdaptiveParts, truncated_macs
+from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts, truncated_macs
+from exitflow.pipeline.inference.systems import BaselineSystem
 from exitflow.pipeline.messages import Sample
-from exitflow.pipeline.systems import BaselineSystem
 from tqdm import tqdm
 
 BENCH_SYSTEMS = ("full", "lf", "image", "audio", "static", "rexit", "exitflow")
@@ -40,7 +40,7 @@ def concat_parts(parts: AdaptiveParts) -> AdaptiveParts:
 def bench_inputs(cfg: Any, dataset: str, split: str, limit: int | None) -> tuple[AdaptiveParts, list[Sample]]:
     """The adaptive parts of ``dataset`` and the first ``limit`` samples of ``split``, loaded once."""
     from exitflow.pipeline.data.avmnist import load_split
-    from exitflow.pipeline.replay import split_samples
+    from exitflow.pipeline.evaluation.replay import split_samples
 
     parts = AdaptiveParts(cfg, dataset)
     return parts, list(split_samples(load_split(cfg, split, dataset), limit))

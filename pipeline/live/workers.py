@@ -18,9 +18,9 @@ from typing import Any
 import ray
 from exitflow.pipeline.config import SourceConfig
 from exitflow.pipeline.errors import ExitflowError
+from exitflow.pipeline.live.queues import BoundedQueue
+from exitflow.pipeline.live.sources import Backoff, Source, build_source
 from exitflow.pipeline.messages import Decision, Sample, SensorMessage
-from exitflow.pipeline.queues import BoundedQueue
-from exitflow.pipeline.sources import Backoff, Source, build_source
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def resolve_engine_factory(path: str) -> Callable[..., Any]:
     """
     module_name, sep, attr = path.partition(":")
     if module_name == "system":
-        from exitflow.pipeline.systems import load_system
+        from exitflow.pipeline.inference.systems import load_system
 
         return lambda cfg: load_system(cfg, attr)
     if not sep:
@@ -136,7 +136,7 @@ class EngineWorker:
         """``(decision, stage latencies in ms, None)``, or ``(None, ..., error)`` when the sample failed."""
         t0 = time.perf_counter()
         if self.preprocess:
-            from exitflow.pipeline.preprocess import preprocess_sample
+            from exitflow.pipeline.live.preprocess import preprocess_sample
 
             sample = preprocess_sample(sample)
         t1 = time.perf_counter()

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from exitflow.pipeline.config import SourceConfig
-from exitflow.pipeline.sources.base import Backoff, Source, SourceDisconnected, SourceError, SourceHealth
-from exitflow.pipeline.sources.camera import CameraSource
-from exitflow.pipeline.sources.microphone import AudioFileSource, MicrophoneSource, PcmSocketSource
-from exitflow.pipeline.sources.text import StdinTextSource, TextFileSource, TextSocketSource
+from exitflow.pipeline.live.sources.base import Backoff, Source, SourceDisconnected, SourceError, SourceHealth
+from exitflow.pipeline.live.sources.camera import CameraSource
+from exitflow.pipeline.live.sources.microphone import AudioFileSource, MicrophoneSource, PcmSocketSource
+from exitflow.pipeline.live.sources.text import StdinTextSource, TextFileSource, TextSocketSource
 
 __all__ = [
     "AudioFileSource",

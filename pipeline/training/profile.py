@@ -27,8 +27,8 @@ from exitflow.pipeline.checkpoints import checkpoint_dir, load_weights, read_met
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
 from exitflow.pipeline.data.batches import batch_rows, modality_batch
-from exitflow.pipeline.engine import MaskedLateFusion, default_input_adapter
 from exitflow.pipeline.errors import CheckpointError
+from exitflow.pipeline.inference.engine import MaskedLateFusion, default_input_adapter
 from exitflow.scheduler.profile import (
     ExitArrays,
     Profile,
@@ -98,7 +98,7 @@ def weight_files(cfg: Config, dataset: str, with_fusion: bool = True, prefer_joi
         return files + ([base / "fusion" / "model.safetensors"] if with_fusion else [])
     files = [encoder_folder(cfg, m) / "model.safetensors" for m in DATASET_MODALITIES[dataset]]
     if cfg.fusion.exit == "transformer":
-        from exitflow.pipeline.fusion_exit import transformer_folder
+        from exitflow.pipeline.training.transformer_exit import transformer_folder
 
         return files + ([transformer_folder(cfg, dataset) / "model.safetensors"] if with_fusion else [])
     return files + ([fusion_folder(cfg, dataset) / "model.safetensors"] if with_fusion else [])
@@ -249,7 +249,7 @@ def load_fusion_exit(cfg: Config, dataset: str, prefer_joint: bool = True) -> Ma
 def load_fusion(cfg: Config, dataset: str) -> Any:
     """The fusion exit ``fusion.exit`` selects: the late (concat) fusion or the transformer."""
     if cfg.fusion.exit == "transformer":
-        from exitflow.pipeline.fusion_exit import load_transformer_exit
+        from exitflow.pipeline.training.transformer_exit import load_transformer_exit
 
         return load_transformer_exit(cfg, dataset)
     return load_fusion_exit(cfg, dataset)
@@ -269,7 +269,7 @@ def fusion_entries(
     """Per modality subset: (correct per sample, MACs per sample, mJ per sample) of the fusion exit."""
     labels = split.labels
     if hasattr(fusion, "fuse_exits"):
-        from exitflow.pipeline.fusion_exit import collect_tokens, run_records
+        from exitflow.pipeline.training.transformer_exit import collect_tokens, run_records
 
         with_embedding = fusion.config.exit_embedding_token
         tokens = collect_tokens(encoders, split, progress=progress, with_embedding=with_embedding)

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 from exitflow.encoders.base import EarlyExitEncoder
-from exitflow.pipeline.adaptive import DATASET_MODALITIES, load_dataset_profile, load_encoders, load_fusion
 from exitflow.pipeline.config import Config
-from exitflow.pipeline.engine import (
+from exitflow.pipeline.errors import ExitflowError
+from exitflow.pipeline.inference.engine import (
     Engine,
     budget_from_config,
     default_input_adapter,
@@ -28,8 +28,13 @@ from exitflow.pipeline.engine import (
     resolve_device,
     settings_from_config,
 )
-from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.messages import Decision, Sample
+from exitflow.pipeline.training.profile import (
+    DATASET_MODALITIES,
+    load_dataset_profile,
+    load_encoders,
+    load_fusion,
+)
 from exitflow.scheduler.policy import RandomOrderPolicy
 
 
@@ -104,7 +109,7 @@ class AdaptiveParts:
     """Encoders, fusion and profile of one data set, loaded once and shared by every system."""
 
     def __init__(self, cfg: Config, dataset: str):
-        from exitflow.pipeline.systems import apply_engine_settings
+        from exitflow.pipeline.inference.systems import apply_engine_settings
 
         apply_engine_settings(cfg)
         self.cfg, self.dataset = cfg, dataset

@@ -22,8 +22,12 @@ from typing import Any
 
 import ray
 from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig
-from exitflow.pipeline.live_stats import LiveStats
-from exitflow.pipeline.live_workers import (
+from exitflow.pipeline.live.queues import BoundedQueue, Empty, InFlightLimiter
+from exitflow.pipeline.live.recording import RecordingWriter
+from exitflow.pipeline.live.sources import Backoff
+from exitflow.pipeline.live.stats import LiveStats
+from exitflow.pipeline.live.sync import make_synchronizer
+from exitflow.pipeline.live.workers import (
     EngineFactory,
     EngineWorker,
     LiveRuntimeError,
@@ -31,10 +35,6 @@ from exitflow.pipeline.live_workers import (
     SourceWorker,
 )
 from exitflow.pipeline.messages import Decision, Sample
-from exitflow.pipeline.queues import BoundedQueue, Empty, InFlightLimiter
-from exitflow.pipeline.recording import RecordingWriter
-from exitflow.pipeline.sources import Backoff
-from exitflow.pipeline.sync import make_synchronizer
 from ray.exceptions import GetTimeoutError, RayActorError
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from typing import Any
 import cv2
 import numpy as np
 from exitflow.pipeline.data.spectrogram import AudioInputError, spectrogram_112
+from exitflow.pipeline.live.sync import AudioClip
 from exitflow.pipeline.messages import Sample
-from exitflow.pipeline.sync import AudioClip
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,11 @@ import numpy as np
 import torch
 from exitflow.encoders.checkpoint import save_encoder
 from exitflow.encoders.joint_loss import FUSION_KEY, DoubleStageReweighter
-from exitflow.pipeline.adaptive import (
+from exitflow.pipeline.checkpoints import save_checkpoint
+from exitflow.pipeline.config import Config
+from exitflow.pipeline.data.avmnist import load_split
+from exitflow.pipeline.data.batches import batch_rows, modality_batch
+from exitflow.pipeline.training.profile import (
     collect_exits,
     fusion_accuracy,
     joint_folder,
@@ -23,10 +27,6 @@ from exitflow.pipeline.adaptive import (
     load_fusion_exit,
     subsets,
 )
-from exitflow.pipeline.checkpoints import save_checkpoint
-from exitflow.pipeline.config import Config
-from exitflow.pipeline.data.avmnist import load_split
-from exitflow.pipeline.data.batches import batch_rows, modality_batch
 from exitflow.scheduler.profile import fingerprint_checkpoints
 from tqdm import tqdm
 

@@ -17,8 +17,8 @@ import time
 from collections import deque
 from typing import IO, Any
 
+from exitflow.pipeline.live.sources.base import Backoff, EndOfStream, Pacer, Source, SourceDisconnected
 from exitflow.pipeline.messages import SensorMessage
-from exitflow.pipeline.sources.base import Backoff, EndOfStream, Pacer, Source, SourceDisconnected
 
 
 class TokenBucket:

@@ -14,8 +14,8 @@ import time
 
 import cv2
 import numpy as np
+from exitflow.pipeline.live.sources.base import Backoff, EndOfStream, Pacer, Source, SourceDisconnected
 from exitflow.pipeline.messages import SensorMessage
-from exitflow.pipeline.sources.base import Backoff, EndOfStream, Pacer, Source, SourceDisconnected
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import numpy as np
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
 from exitflow.pipeline.data.roots import data_root
+from exitflow.pipeline.inference.systems import System, load_system
 from exitflow.pipeline.messages import Sample
-from exitflow.pipeline.systems import System, load_system
 from tqdm import tqdm
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from exitflow.pipeline.errors import DataError
+from exitflow.pipeline.live.preprocess import preprocess_sample
+from exitflow.pipeline.live.recording import read_recording
+from exitflow.pipeline.live.sync import Synchronizer
 from exitflow.pipeline.messages import Decision, Sample
-from exitflow.pipeline.preprocess import preprocess_sample
-from exitflow.pipeline.recording import read_recording
-from exitflow.pipeline.sync import Synchronizer
 
 
 class Engine(Protocol):

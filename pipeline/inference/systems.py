@@ -28,7 +28,7 @@ class BaselineSystem:
     """A trained late-fusion or uni-modal baseline: always runs its whole network."""
 
     def __init__(self, cfg: Config, name: str, dataset: str = "avmnist"):
-        from exitflow.pipeline.baseline_training import load_baseline, measure_macs
+        from exitflow.pipeline.training.baseline import load_baseline, measure_macs
 
         self.name = name
         self.model = load_baseline(cfg, name, dataset)
@@ -78,7 +78,7 @@ def _meter(cfg: Config):
 
 
 def _adaptive(cfg: Config, dataset: str):
-    from exitflow.pipeline.adaptive_systems import AdaptiveParts
+    from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts
 
     return AdaptiveParts(cfg, dataset)
 

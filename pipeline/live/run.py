@@ -8,9 +8,9 @@ from typing import Any, cast
 
 import ray
 from exitflow.pipeline.config import RayConfig, SourceConfig, resolve_path
-from exitflow.pipeline.live_workers import EngineFactory, LiveRuntimeError
-from exitflow.pipeline.recording import RecordingWriter
-from exitflow.pipeline.runtime import ENGINE_ACTOR_NAME, LivePipeline, start_ray
+from exitflow.pipeline.live.recording import RecordingWriter
+from exitflow.pipeline.live.runtime import ENGINE_ACTOR_NAME, LivePipeline, start_ray
+from exitflow.pipeline.live.workers import EngineFactory, LiveRuntimeError
 from ray.exceptions import RayTaskError
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def resolve_source_paths(cfg: Any) -> tuple[SourceConfig, ...]:
     """``stream.sources`` with file paths made absolute against the config file's folder."""
-    from exitflow.pipeline.sources.camera import STREAM_PREFIXES
+    from exitflow.pipeline.live.sources.camera import STREAM_PREFIXES
 
     out = []
     for spec in cfg.stream.sources:
@@ -45,7 +45,7 @@ def run_live(
         view: Show the rich live view.
         engine_factory: Overrides ``stream.engine``.
     """
-    from exitflow.pipeline.live_view import LiveView
+    from exitflow.pipeline.live.view import LiveView
 
     stream = dataclasses.replace(cfg.stream, sources=resolve_source_paths(cfg))
     record = record or stream.record

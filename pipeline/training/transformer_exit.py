@@ -28,18 +28,18 @@ import torch
 from exitflow.encoders.base import EarlyExitEncoder
 from exitflow.encoders.fusion import FusionOutput, FusionTransformer, FusionTransformerConfig, exit_tokens
 from exitflow.encoders.fusion_training import curriculum_target, fusion_objective
-from exitflow.pipeline.adaptive import (
+from exitflow.pipeline.checkpoints import checkpoint_dir, load_weights, save_checkpoint
+from exitflow.pipeline.config import Config, FusionConfig
+from exitflow.pipeline.data.avmnist import AVSplit, load_split
+from exitflow.pipeline.data.batches import batch_rows, modality_batch
+from exitflow.pipeline.errors import CheckpointError
+from exitflow.pipeline.training.profile import (
     DATASET_MODALITIES,
     load_encoders,
     read_fusion_meta,
     subsets,
     weight_files,
 )
-from exitflow.pipeline.checkpoints import checkpoint_dir, load_weights, save_checkpoint
-from exitflow.pipeline.config import Config, FusionConfig
-from exitflow.pipeline.data.avmnist import AVSplit, load_split
-from exitflow.pipeline.data.batches import batch_rows, modality_batch
-from exitflow.pipeline.errors import CheckpointError
 from exitflow.scheduler.profile import fingerprint_checkpoints
 from tqdm import tqdm
 
