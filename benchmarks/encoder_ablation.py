@@ -11,7 +11,7 @@ Variants (all on the same training rows and seed):
 The two-stage variants reuse the stage-1 state of ``--stage1-run`` (a run folder written by
 ``exitflow train encoder``) so they differ only in their heads / stage 2. Usage::
 
-    python benchmarks/encoder_ablation.py --modality vision --stage1-run .cache/runs/vision-avmnist-lgvit \
+    python benchmarks/encoder_ablation.py --modality image --stage1-run .cache/runs/image-avmnist-lgvit \
         --set train.limit=8000 --set lgvit.stage1_epochs=3 --set lgvit.stage2_epochs=2 --json out.json
 """
 
@@ -28,15 +28,15 @@ import numpy as np
 import torch
 from exitflow.encoders.evaluation import best_within, speedup_at
 from exitflow.encoders.lgvit_training import LabeledData, train_vit
-from exitflow.pipeline.commands.encoder_cmd import (
-    _batch_fn,
-    _settings,
-    _split,
-    _subset,
+from exitflow.pipeline.config import load_config, output_path
+from exitflow.pipeline.training.encoder import (
+    batch_fn,
     build_encoder,
+    encoder_split,
     evaluate_encoder,
+    train_settings,
+    train_subset,
 )
-from exitflow.pipeline.config import load_config, resolve_path
 
 VARIANTS = ("lgvit", "mlp", "lgvit-ce", "stage1-only")
 
@@ -44,12 +44,12 @@ VARIANTS = ("lgvit", "mlp", "lgvit-ce", "stage1-only")
 def run_variant(cfg, variant: str, modality: str, stage1_run: Path, train, val, test) -> dict:
     head_type = "mlp" if variant == "mlp" else "lgvit"
     cfg_v = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, head_type=head_type))
-    settings = _settings(cfg_v)
+    settings = train_settings(cfg_v)
     if variant == "lgvit-ce":
         settings = dataclasses.replace(settings, kd_gamma=0.0, het_weight=0.0, hom_weight=0.0)
     if variant == "stage1-only":
         settings = dataclasses.replace(settings, stage1_exit_loss="weighted", stage2_epochs=0)
-    run_dir = resolve_path(cfg, cfg.encoder.run_dir) / f"ablation-{modality}-{variant}"
+    run_dir = output_path(cfg, cfg.encoder.run_dir) / f"ablation-{modality}-{variant}"
     run_dir.mkdir(parents=True, exist_ok=True)
     if variant != "stage1-only" and not (run_dir / "stage1.pt").exists():
         shutil.copy(stage1_run / "stage1.pt", run_dir / "stage1.pt")
@@ -88,7 +88,7 @@ def summarize(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--modality", default="vision", choices=("vision", "audio"))
+    parser.add_argument("--modality", default="image", choices=("image", "audio"))
     parser.add_argument("--stage1-run", required=True, help="run folder holding stage1.pt of the lgvit run")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
@@ -96,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(None, args.overrides)
     torch.set_num_threads(cfg.train.num_threads or 2)
-    train_split, val_split = _split(cfg, "train", "avmnist"), _split(cfg, "val", "avmnist")
-    test = _split(cfg, "test", "avmnist")
-    rows = _subset(len(train_split), cfg.train.limit, cfg.train.seed)
-    train = LabeledData(_batch_fn(train_split, args.modality, rows), train_split.labels[rows])
-    val = LabeledData(_batch_fn(val_split, args.modality, np.arange(len(val_split))), val_split.labels)
+    train_split, val_split = encoder_split(cfg, "train", "avmnist"), encoder_split(cfg, "val", "avmnist")
+    test = encoder_split(cfg, "test", "avmnist")
+    rows = train_subset(len(train_split), cfg.train.limit, cfg.train.seed)
+    train = LabeledData(batch_fn(train_split, args.modality, rows), train_split.labels[rows])
+    val = LabeledData(batch_fn(val_split, args.modality, np.arange(len(val_split))), val_split.labels)
     results = []
     for variant in args.variants.split(","):
         if variant not in VARIANTS:

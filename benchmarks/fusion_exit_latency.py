@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from exitflow.pipeline.config import load_config
 from exitflow.pipeline.data.avmnist import load_split
-from exitflow.pipeline.training.profile import load_encoders
-from exitflow.pipeline.training.transformer_exit import collect_tokens, load_transformer_exit
+from exitflow.pipeline.inference.loading import load_encoders, load_transformer_exit
+from exitflow.pipeline.training.records import collect_tokens
 
 
 def main() -> None:

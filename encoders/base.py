@@ -58,7 +58,7 @@ class EncoderState:
 
 
 class EarlyExitEncoder(nn.Module, ABC):
-    """Base class of every early-exit encoder (vision, audio, text).
+    """Base class of every early-exit encoder (image, audio, text).
 
     Subclasses define ``exit_layers`` (1-based backbone layer after which each exit sits,
     strictly increasing, the last one equal to the backbone depth), ``start`` and ``step``.

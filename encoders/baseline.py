@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from exitflow.encoders.base import EncoderInputError
+from exitflow.encoders.macs import count_macs
 from torch import nn
 
 BASELINE_NAMES = ("lf", "image", "audio")
@@ -98,3 +99,9 @@ class LateFusion(nn.Module):
             check_input(m, inputs[m])
             feats.append(self.encoders[m](inputs[m]))  # (B, C_m)
         return self.head(torch.cat(feats, dim=1))  # (B, num_classes)
+
+
+def measure_macs(model: LateFusion) -> int:
+    """MACs of one sample through the whole baseline (flop counter)."""
+    inputs = {m: torch.zeros(1, *INPUT_SHAPES[m]) for m in model.modalities}
+    return count_macs(model, inputs)

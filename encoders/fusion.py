@@ -252,6 +252,17 @@ class FusionTransformer(nn.Module):
         self.classifier = nn.Linear(dim, config.num_classes)
         self.exit_thresholds: dict[str, float] = {}
         self.trim_at_inference = True  # fuse() with the trimmers on (False: same weights, full model)
+        self.macs = 0.0  # mean MACs per fused sample, as measured on validation data (0 = not measured)
+
+    def configure_inference(
+        self, exit_thresholds: dict[str, float], trim: bool = True, macs_per_sample: float = 0.0
+    ) -> None:
+        """How :meth:`fuse` runs: MuE thresholds per modality, trimmers on or off, its measured mean MACs."""
+        if any(not 0.0 <= float(v) <= 1.0 for v in exit_thresholds.values()):
+            raise ValueError(f"MuE thresholds are cosine similarities in [0, 1], got {exit_thresholds}")
+        self.exit_thresholds = {m: float(v) for m, v in exit_thresholds.items()}
+        self.trim_at_inference = bool(trim)
+        self.macs = float(macs_per_sample)
 
     def set_head_target(self, target: float) -> None:
         """Kept-head ratio of random head masks (the ablation baseline); learned masks ignore it."""

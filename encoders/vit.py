@@ -27,7 +27,7 @@ class ViTEncoderConfig:
     """Size of the backbone and of its exit heads.
 
     Attributes:
-        modality: ``"vision"`` or ``"audio"`` (names the encoder; no effect on compute).
+        modality: ``"image"`` or ``"audio"`` (names the encoder; no effect on compute).
         image_size: Height and width of the (square) input in pixels.
         num_channels: Input channels.
         patch_size: Patch side in pixels; the token grid is ``image_size / patch_size`` square.
@@ -47,7 +47,7 @@ class ViTEncoderConfig:
         dropout: Dropout inside the backbone during training.
     """
 
-    modality: str = "vision"
+    modality: str = "image"
     image_size: int = 28
     num_channels: int = 1
     patch_size: int = 4

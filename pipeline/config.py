@@ -24,9 +24,10 @@ from exitflow.pipeline.config_schema import (
     to_dict,
 )
 from exitflow.pipeline.errors import ConfigError
+from exitflow.pipeline.home import default_config_path, output_base, resource_root
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG_PATH = REPO_ROOT / "config.yaml"
+REPO_ROOT = resource_root()  # the checkout, or the installed package's resources
+DEFAULT_CONFIG_PATH = default_config_path()
 
 # Upper bounds that only stop absurd values (a typo, a fuzzer) before any work starts.
 MAX_THREADS = 1024
@@ -53,12 +54,14 @@ class DataConfig:
 
     root: str = "auto"
     cache_dir: str = ".cache/data"
-    dataset: Literal["avmnist", "avmnist-t"] = "avmnist"
+    dataset: Literal["avmnist", "avmnist-t", "avmnist-noisy"] = "avmnist"
     seed: int = field(default=0, metadata=bounds(min=0, max=MAX_SEED))
     image_energy_removed: float = field(
         default=0.75, metadata=bounds(min=0.0, max=0.99, help="share of PCA variance removed")
     )
     audio_snr_db: float | None = field(default=None, metadata=bounds(min=-20, max=80))
+    noise_snr_db: float = field(default=0.0, metadata=bounds(min=-20, max=80, help="avmnist-noisy speech-to-noise"))
+    noise_kind: Literal["babble", "talker", "white"] = "babble"
     text_error_rate: float = field(default=0.3, metadata=bounds(min=0.0, max=1.0))
     val_size: int = field(default=5000, metadata=bounds(min=0, max=MAX_SAMPLES))
 
@@ -537,6 +540,12 @@ def config_dir(cfg: Config) -> Path:
     if cfg.source_path and Path(cfg.source_path).exists():
         return Path(cfg.source_path).resolve().parent
     return REPO_ROOT
+
+
+def output_path(cfg: Config, value: str | Path) -> Path:
+    """Where a relative output path of ``cfg`` goes (the packaged config writes to ``$EXITFLOW_HOME``)."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (output_base(cfg.source_path) / path).resolve()
 
 
 def resolve_path(cfg: Config, value: str | Path) -> Path:

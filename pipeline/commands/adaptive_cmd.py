@@ -35,9 +35,9 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
 
 def _joint(args: argparse.Namespace, cfg: Config) -> int:
-    from exitflow.pipeline.training.profile import train_fusion
+    from exitflow.pipeline.training.late_fusion import train_late_fusion
 
-    meta = train_fusion(cfg, args.dataset or cfg.data.dataset, command=command_line())
+    meta = train_late_fusion(cfg, args.dataset or cfg.data.dataset, command=command_line())
     for subset, acc in meta["test_accuracy"].items():
         print(f"fusion over {subset}: val {meta['val_accuracy'][subset]:.4f}  test {acc:.4f}")
     print(f"fusion MACs/sample: {meta['macs_per_sample']:,}")
@@ -54,8 +54,9 @@ def _joint(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _profile(args: argparse.Namespace, cfg: Config) -> int:
+    from exitflow.pipeline.artifacts import profile_path
     from exitflow.pipeline.meters import open_meter
-    from exitflow.pipeline.training.profile import make_profile, profile_path, profile_summary
+    from exitflow.pipeline.training.profile import make_profile, profile_summary
 
     dataset = args.dataset or cfg.data.dataset
     with open_meter(cfg) as meter:
@@ -74,10 +75,12 @@ def _bench(args: argparse.Namespace, cfg: Config) -> int:
         budget_run,
         default_systems,
         engine_mj,
+        format_budget,
         format_table,
         json_rows,
     )
     from exitflow.pipeline.evaluation.replay import write_atomic
+    from exitflow.pipeline.evaluation.sweep import format_sweep, plot_pareto, run_sweep
     from exitflow.pipeline.meters import open_meter
 
     dataset = args.dataset or cfg.data.dataset
@@ -85,14 +88,14 @@ def _bench(args: argparse.Namespace, cfg: Config) -> int:
     unknown = [s for s in systems if s not in ALL_SYSTEMS]
     if unknown:
         raise ExitflowError(f"unknown system(s) {unknown}; choose from {', '.join(ALL_SYSTEMS)}")
+    if args.budget_fraction is not None and not 0 < args.budget_fraction <= 2:
+        raise ExitflowError(f"--budget-fraction must be in (0, 2], got {args.budget_fraction}")
     limit = args.limit if args.limit is not None else cfg.bench.limit
     parts, samples = bench_inputs(cfg, dataset, args.split, limit)
     with open_meter(cfg) as meter:
         rows = bench(parts, samples, meter, systems)
         budget_row = None
         if args.budget_fraction is not None:
-            if not 0 < args.budget_fraction <= 2:
-                raise ExitflowError(f"--budget-fraction must be in (0, 2], got {args.budget_fraction}")
             full_mj = engine_mj(parts, samples, meter)
             budget_row = budget_run(parts, samples, meter, args.budget_fraction * full_mj)
             budget_row["full_engine_mj_per_sample"] = full_mj
@@ -100,81 +103,21 @@ def _bench(args: argparse.Namespace, cfg: Config) -> int:
         sweep = run_sweep(parts, samples, meter, cfg.bench.lambdas, cfg.bench.thresholds) if args.sweep else []
     print(format_table(rows))
     if budget_row is not None:
-        b = budget_row
-        print(f"budget {b['budget_mj_per_sample']:.3f} mJ/sample ({args.budget_fraction:g} x full's "
-              f"{b['full_engine_mj_per_sample']:.3f}): running average {b['final_running_avg_mj']:.3f} mJ at the end, "
-              f"max deviation after 200 samples {100 * b['max_dev_after_skip']:.1f} %, accuracy {b['accuracy']:.4f}, "
-              f"final lambda {b['lambda_final']:.3g}")
+        print(format_budget(budget_row, args.budget_fraction))
     out_rows = json_rows(rows)
     if args.json_out:
         payload = out_rows if not sweep else out_rows + sweep
         write_atomic(Path(args.json_out), json.dumps(payload, indent=2) + "\n")
         print(f"rows: {args.json_out}")
     if sweep:
-        print("\nsweep (system, setting, accuracy, MACs/sample, mJ/sample):")
-        for r in sweep:
-            print(f"  {r['system']:<9} {r['setting']:<28} {r['accuracy']:.4f} {r['macs_per_sample']:>12,.0f} "
-                  f"{r['mj_per_sample'] if r['mj_per_sample'] is None else round(r['mj_per_sample'], 3)}")
+        print(format_sweep(sweep))
         if args.plot:
             plot_pareto(sweep, out_rows, Path(args.plot))
             print(f"plot: {args.plot}")
     return 0
 
 
-def run_sweep(parts, samples, meter, lambdas, thresholds) -> list[dict]:
-    """exitflow at each lambda and each threshold (no budget) and static at every truncation."""
-    import itertools
-
-    from exitflow.pipeline.evaluation.bench import json_rows, run_system
-
-    rows = []
-    settings = [(lam, None) for lam in lambdas] + [(None, th) for th in thresholds]
-    for lam, th in settings:
-        r = run_system(parts.exitflow(meter=meter, lam=lam, threshold=th, budget=False), samples, meter)
-        setting = f"lambda={lam:g}" if lam is not None else f"threshold={th:g}"
-        rows.append({**json_rows([r])[0], "system": "exitflow", "setting": setting})
-    options = [range(enc.num_exits) for enc in parts.encoders.values()]
-    for combo in itertools.product(*options):
-        exits = dict(zip(parts.encoders, combo, strict=True))
-        r = run_system(parts.static(exits), samples, meter)
-        setting = ",".join(f"{m}@{k}" for m, k in exits.items())
-        rows.append({**json_rows([r])[0], "system": "static", "setting": setting})
-    return rows
 
 
-def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The (cost, accuracy) points not dominated by a cheaper, at-least-as-accurate one, by cost."""
-    front, best = [], -1.0
-    for cost, acc in sorted(points):
-        if acc > best:
-            front.append((cost, acc))
-            best = acc
-    return front
 
 
-def plot_pareto(sweep: list[dict], rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    key = "mj_per_sample" if all(r["mj_per_sample"] is not None for r in sweep) else "macs_per_sample"
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for system, color in (("static", "tab:gray"), ("exitflow", "tab:blue")):
-        pts = [(r[key], r["accuracy"]) for r in sweep if r["system"] == system]
-        ax.scatter(*zip(*pts, strict=True), s=12, color=color, alpha=0.4)
-        front = pareto(pts)
-        ax.plot(*zip(*front, strict=True), "-o", color=color, label=f"{system} (Pareto front)", markersize=4)
-    for r in rows:
-        if r["system"] in ("full", "lf", "image", "audio") and r[key] is not None:
-            ax.scatter([r[key]], [r["accuracy"]], marker="x", color="black")
-            ax.annotate(r["system"], (r[key], r["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    unit = "mJ per sample (" + (sweep[0]["energy_source"] or "") + ")" if key == "mj_per_sample" else "MACs per sample"
-    ax.set_xlabel(unit)
-    ax.set_ylabel("accuracy")
-    ax.set_title("exitflow vs static truncation: accuracy-energy trade-off")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     parser = sub.add_parser("data", help="build data sets or the embedded slice")
     what = parser.add_subparsers(dest="data_what", metavar="WHAT")
     build = what.add_parser("build", help="build (or find cached) avmnist / avmnist-t splits and print their digests")
-    build.add_argument("--dataset", choices=("avmnist", "avmnist-t"), default=None)
+    build.add_argument("--dataset", choices=("avmnist", "avmnist-t", "avmnist-noisy"), default=None)
     build.set_defaults(func=_build)
     embed = what.add_parser("embed", help="write the small real slice shipped in the repo (developers)")
     embed.add_argument("--out", default=None, help="output folder (default: pipeline/embedded_data)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from exitflow.pipeline.config import Config, resolve_path
+from exitflow.pipeline.config import Config, output_path
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -39,7 +39,7 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
         print(f"power meter: {meter.describe().splitlines()[0]}")
         rows = bench(parts, samples, meter, default_systems(cfg))
     print(format_table(rows))
-    out = resolve_path(cfg, "runs/demo-bench.json")
+    out = output_path(cfg, "runs/demo-bench.json")
     write_atomic(out, json.dumps(json_rows(rows), indent=2) + "\n")
     print(f"rows: {out}")
     return 0

@@ -23,16 +23,17 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
     if args.inputs == "encoders":
         import sys
 
-        from exitflow.pipeline.training.transformer_exit import train_transformer_exit, transformer_folder
+        from exitflow.pipeline.artifacts import transformer_folder
+        from exitflow.pipeline.training.transformer_exit import train_transformer_exit
 
         meta = train_transformer_exit(cfg, cfg.data.dataset, command="exitflow " + " ".join(sys.argv[1:]))
         print(json.dumps({k: v["test"]["accuracy"] for k, v in meta["subsets"].items()}, indent=2))
         print(f"MuE thresholds: {meta['exit_thresholds']}")
         print(f"saved -> {transformer_folder(cfg, cfg.data.dataset)}")
         return 0
-    from exitflow.pipeline.training.fusion_stems import train_fusion
+    from exitflow.pipeline.training.fusion_stems import train_fusion_stems
 
-    result = train_fusion(cfg, args.name)
+    result = train_fusion_stems(cfg, args.name)
     print(json.dumps(result.metrics["test"], indent=2))
     print(f"saved -> {result.folder}")
     return 0

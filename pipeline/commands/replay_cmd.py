@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from exitflow.pipeline.config import Config, resolve_path
+from exitflow.pipeline.config import Config, output_path, resolve_path
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -55,7 +55,7 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
     elif cfg.replay.decisions_path:
         decisions = resolve_path(cfg, cfg.replay.decisions_path)
     else:
-        decisions = resolve_path(cfg, f"runs/replay-{system}-{dataset}-{split}.jsonl")
+        decisions = output_path(cfg, f"runs/replay-{system}-{dataset}-{split}.jsonl")
     summary = replay(cfg, system, dataset, split, limit, decisions)
     print_summary(summary)
     print(f"decisions: {decisions}")

@@ -1,0 +1,1 @@
+"""Evaluation: bench (systems side by side), data-set replay, operating-point sweeps and plots."""

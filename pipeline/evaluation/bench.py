@@ -175,3 +175,14 @@ def format_table(rows: Sequence[dict[str, Any]], reference: str = "full") -> str
         )
     lines.append(f"(MACs x and ms x: {reference}'s figure divided by the system's; > 1 means cheaper than {reference})")
     return "\n".join(lines)
+
+
+def format_budget(row: dict[str, Any], fraction: float) -> str:
+    """One line on how the budget run tracked ``fraction`` of full's energy."""
+    return (
+        f"budget {row['budget_mj_per_sample']:.3f} mJ/sample ({fraction:g} x full's "
+        f"{row['full_engine_mj_per_sample']:.3f}): running average {row['final_running_avg_mj']:.3f} mJ at the end, "
+        f"max deviation after 200 samples {100 * row['max_dev_after_skip']:.1f} %, accuracy {row['accuracy']:.4f}, "
+        f"final lambda {row['lambda_final']:.3g}"
+    )
+

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from exitflow.encoders.base import EarlyExitEncoder
+from exitflow.pipeline.artifacts import DATASET_MODALITIES
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.inference.engine import (
@@ -28,13 +29,8 @@ from exitflow.pipeline.inference.engine import (
     resolve_device,
     settings_from_config,
 )
+from exitflow.pipeline.inference.loading import load_dataset_profile, load_encoders, load_fusion
 from exitflow.pipeline.messages import Decision, Sample
-from exitflow.pipeline.training.profile import (
-    DATASET_MODALITIES,
-    load_dataset_profile,
-    load_encoders,
-    load_fusion,
-)
 from exitflow.scheduler.policy import RandomOrderPolicy
 
 
@@ -109,7 +105,7 @@ class AdaptiveParts:
     """Encoders, fusion and profile of one data set, loaded once and shared by every system."""
 
     def __init__(self, cfg: Config, dataset: str):
-        from exitflow.pipeline.inference.systems import apply_engine_settings
+        from exitflow.pipeline.inference.engine import apply_engine_settings
 
         apply_engine_settings(cfg)
         self.cfg, self.dataset = cfg, dataset

@@ -23,14 +23,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from exitflow.encoders.base import EarlyExitEncoder, ExitOutput
-from exitflow.encoders.macs import count_macs
-from exitflow.pipeline.config import BudgetConfig, SchedulerConfig
+from exitflow.pipeline.config import BudgetConfig, Config, SchedulerConfig
 from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.messages import Decision, Sample
 from exitflow.scheduler.budget import BudgetController
 from exitflow.scheduler.policy import ActionKind, Policy, PolicySettings
 from exitflow.scheduler.profile import Profile
-from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -49,43 +47,6 @@ class PowerMeterLike(Protocol):
     def end_window(self, name: str) -> Any: ...
 
 
-class MaskedLateFusion(nn.Module):
-    """Late fusion over whichever modalities ran: absent ones get a learned placeholder.
-
-    Args:
-        dims: Modality -> embedding width D_m, in a fixed order.
-        num_classes: Output classes C.
-        hidden_dim: Width of the hidden layer (0 = a single linear layer).
-    """
-
-    def __init__(self, dims: Mapping[str, int], num_classes: int, hidden_dim: int = 0):
-        super().__init__()
-        self.modalities = list(dims)
-        self.dims, self.hidden_dim, self.num_classes = dict(dims), int(hidden_dim), int(num_classes)
-        self.placeholders = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m, d in dims.items()})
-        width = sum(dims.values())
-        self.head: nn.Module = (
-            nn.Linear(width, num_classes)
-            if hidden_dim == 0
-            else nn.Sequential(nn.Linear(width, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_classes))
-        )
-        self.macs = count_macs(self, {m: torch.zeros(1, d) for m, d in dims.items()}, list(dims))
-
-    def forward(self, embeddings: dict[str, torch.Tensor], present: list[str]) -> torch.Tensor:
-        unknown = [m for m in present if m not in self.placeholders]
-        if unknown:
-            raise ValueError(f"fusion knows {self.modalities}, got present modalities {unknown}")
-        ref = next((embeddings[m] for m in present if m in embeddings), None)
-        batch = 1 if ref is None else ref.shape[0]
-        parts = []
-        for m in self.modalities:
-            if m in present and m in embeddings:
-                parts.append(embeddings[m])  # (B, D_m)
-            else:
-                parts.append(self.placeholders[m].expand(batch, -1))  # (B, D_m)
-        return self.head(torch.cat(parts, dim=-1))  # (B, C)
-
-    fuse = forward
 
 
 def settings_from_config(profile: Profile, cfg: SchedulerConfig) -> PolicySettings:
@@ -344,3 +305,9 @@ class Engine:
         decision.energy_source = "+".join(sources)
         decision.estimated = any(bool(m.estimated) for m in energy)
         decision.energy_mj = None if any(v is None for v in values) else float(sum(values))
+
+
+def apply_engine_settings(cfg: Config) -> None:
+    """Set torch's intra-op threads for inference from ``engine.num_threads`` (0 leaves torch's default)."""
+    if cfg.engine.num_threads:
+        torch.set_num_threads(cfg.engine.num_threads)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.errors import ExitflowError
+from exitflow.pipeline.inference.engine import apply_engine_settings
 from exitflow.pipeline.messages import Decision, Sample
 
 
@@ -28,7 +29,8 @@ class BaselineSystem:
     """A trained late-fusion or uni-modal baseline: always runs its whole network."""
 
     def __init__(self, cfg: Config, name: str, dataset: str = "avmnist"):
-        from exitflow.pipeline.training.baseline import load_baseline, measure_macs
+        from exitflow.encoders.baseline import measure_macs
+        from exitflow.pipeline.inference.loading import load_baseline
 
         self.name = name
         self.model = load_baseline(cfg, name, dataset)
@@ -92,10 +94,6 @@ def system_names() -> tuple[str, ...]:
     return tuple(_FACTORIES)
 
 
-def apply_engine_settings(cfg: Config) -> None:
-    """Set torch's intra-op threads for inference from ``engine.num_threads`` (0 leaves torch's default)."""
-    if cfg.engine.num_threads:
-        torch.set_num_threads(cfg.engine.num_threads)
 
 
 def load_system(cfg: Config, name: str, dataset: str = "avmnist") -> System:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any, cast
 
 import ray
@@ -35,6 +37,8 @@ def run_live(
     duration_s: float | None = None,
     view: bool = True,
     engine_factory: EngineFactory | str | None = None,
+    on_decision: Callable[[Any], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Start Ray and the actors, run until ``duration_s`` or Ctrl-C, shut down; returns the last snapshot.
 
@@ -44,6 +48,8 @@ def run_live(
         duration_s: Stop after this long (overrides ``stream.duration_s``; None runs until Ctrl-C).
         view: Show the rich live view.
         engine_factory: Overrides ``stream.engine``.
+        on_decision: Called on the driver with every :class:`Decision`.
+        stop: Set it (from another thread) to end the run.
     """
     from exitflow.pipeline.live.view import LiveView
 
@@ -52,16 +58,16 @@ def run_live(
     duration_s = duration_s if duration_s is not None else stream.duration_s
     started = start_ray(cfg.ray)
     recorder = RecordingWriter(resolve_path(cfg, record), stream.record_chunk_kib * 1024) if record else None
-    pipe = LivePipeline(stream, engine_factory or stream.engine, cfg=cfg, recorder=recorder)
+    pipe = LivePipeline(stream, engine_factory or stream.engine, cfg=cfg, recorder=recorder, on_decision=on_decision)
     snap: dict[str, Any] = {}
     try:
         pipe.start()
         pipe.wait_ready()
         if view and stream.live_view:
             with LiveView() as live:
-                pipe.run(duration_s, on_tick=lambda p: live.update(p.snapshot()))
+                pipe.run(duration_s, stop=stop, on_tick=lambda p: live.update(p.snapshot()))
         else:
-            pipe.run(duration_s)
+            pipe.run(duration_s, stop=stop)
     except KeyboardInterrupt:
         log.warning("interrupted; shutting down")
     finally:
@@ -82,12 +88,14 @@ def set_running_budget(
     """
     if mj_per_sample is None and power_w is None:
         raise LiveRuntimeError("give a budget: --mj-per-sample X or --power-w W")
-    try:
-        ray.init(
-            address=ray_cfg.address or "auto", namespace=ray_cfg.namespace, logging_level=logging.WARNING
-        )
-    except (ConnectionError, RuntimeError) as e:
-        raise LiveRuntimeError(f"no Ray cluster to connect to ({e}); is `exitflow run` running?") from e
+    connected_here = not ray.is_initialized()  # in the process that runs the pipeline, Ray is up already
+    if connected_here:
+        try:
+            ray.init(
+                address=ray_cfg.address or "auto", namespace=ray_cfg.namespace, logging_level=logging.WARNING
+            )
+        except (ConnectionError, RuntimeError) as e:
+            raise LiveRuntimeError(f"no Ray cluster to connect to ({e}); is `exitflow run` running?") from e
     try:
         engine = ray.get_actor(ENGINE_ACTOR_NAME, namespace=ray_cfg.namespace)
         return cast(dict[str, Any], ray.get(engine.set_budget.remote(mj_per_sample, power_w), timeout=30))
@@ -98,4 +106,5 @@ def set_running_budget(
             f"no running exitflow engine in namespace {ray_cfg.namespace!r}; start one with `exitflow run`"
         ) from e
     finally:
-        ray.shutdown()
+        if connected_here:
+            ray.shutdown()

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from exitflow.encoders.baseline import INPUT_SHAPES, BaselineConfig, LateFusion
-from exitflow.encoders.macs import count_macs
-from exitflow.pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_checkpoint
+from exitflow.encoders.baseline import BaselineConfig, LateFusion, measure_macs
+from exitflow.pipeline.artifacts import baseline_folder
+from exitflow.pipeline.checkpoints import save_checkpoint
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
 from exitflow.pipeline.data.batches import batch_rows, modality_batch
-from exitflow.pipeline.errors import CheckpointError
 from tqdm import tqdm
 
 
@@ -35,13 +34,8 @@ class BaselineResult:
     folder: Path
 
 
-def baseline_folder(cfg: Config, name: str, dataset: str = "avmnist") -> Path:
-    return checkpoint_dir(f"baseline_{name}_{dataset}", cfg.train.checkpoint_dir)
 
 
-def measure_macs(model: LateFusion) -> int:
-    inputs = {m: torch.zeros(1, *INPUT_SHAPES[m]) for m in model.modalities}
-    return count_macs(model, inputs)
 
 
 @torch.no_grad()
@@ -112,14 +106,6 @@ def train_baseline(
     return BaselineResult(name, best_acc, test_acc, macs, params, folder)
 
 
-def load_baseline(cfg: Config, name: str, dataset: str = "avmnist") -> LateFusion:
-    folder = baseline_folder(cfg, name, dataset)
-    meta = read_meta(folder)
-    if meta.get("kind") != "baseline":
-        raise CheckpointError(f"{folder} is not a baseline checkpoint (kind={meta.get('kind')!r})")
-    model = LateFusion(BaselineConfig(**meta["arch"]))
-    load_weights(folder, model)
-    return model.eval()
 
 
 def _model_card(name: str, dataset: str, meta: dict, command: str, cfg: Config, n_train: int, n_val: int, train_s: float) -> str:

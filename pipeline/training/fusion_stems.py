@@ -19,22 +19,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from exitflow.encoders.decoder import DecoderConfig, ExitingDecoder
-from exitflow.encoders.fusion import FusionOutput, FusionTransformer, FusionTransformerConfig
+from exitflow.encoders.decoder import DecoderConfig
+from exitflow.encoders.fusion import FusionOutput, FusionTransformerConfig
+from exitflow.encoders.fusion_stems import STEM_MODALITIES as MODALITIES
+from exitflow.encoders.fusion_stems import FusionSystem
 from exitflow.encoders.fusion_training import curriculum_target, fusion_objective, layer_averaged_loss
+from exitflow.pipeline.artifacts import NUM_CLASSES
 from exitflow.pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_checkpoint
 from exitflow.pipeline.config import Config, FusionConfig
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
 from exitflow.pipeline.data.batches import batch_rows
 from exitflow.pipeline.data.grid_commands import DIGIT_SLOT, SLOTS
 from exitflow.pipeline.errors import CheckpointError, DataError
-from torch import nn
 
 PAD, BOS, EOS = 0, 1, 2
 WORDS = tuple(w for slot in SLOTS for w in slot)
 WORD_ID = {w: i + 3 for i, w in enumerate(WORDS)}
 VOCAB_SIZE = len(WORDS) + 3
-MODALITIES = ("image", "audio", "text")
 MUE_QUANTILES = (0.9, 0.7, 0.5, 0.3, 0.1)
 
 
@@ -47,62 +48,31 @@ def encode_words(texts: list[str], length: int) -> tuple[torch.Tensor, torch.Ten
     return ids, (ids != PAD).float()
 
 
-class PatchStems(nn.Module):
-    """Token sequences from raw inputs: image and spectrogram patches, command words."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.image = nn.Conv2d(1, dim, kernel_size=4, stride=4)  # 28x28 -> 7x7
-        self.audio = nn.Conv2d(1, dim, kernel_size=16, stride=16)  # 112x112 -> 7x7
-        self.words = nn.Embedding(VOCAB_SIZE, dim, padding_idx=PAD)
-        self.pos = nn.ParameterDict(
-            {m: nn.Parameter(torch.randn(49 if m != "text" else 6, dim) * 0.02) for m in MODALITIES}
-        )
-
-    def forward(
-        self, split: AVSplit, rows: np.ndarray
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        image = torch.from_numpy(np.ascontiguousarray(split.image[rows]))  # (B, 1, 28, 28)
-        audio = torch.from_numpy(split.audio[rows])  # (B, 1, 112, 112)
-        if split.text is None:
-            raise DataError(f"{split.dataset} has no text modality; fusion trains on avmnist-t")
-        ids, mask = encode_words([split.text[i] for i in rows.tolist()], 6)  # (B, 6)
-        tokens = {
-            "image": self.image(image).flatten(2).transpose(1, 2) + self.pos["image"],  # (B, 49, D)
-            "audio": self.audio(audio).flatten(2).transpose(1, 2) + self.pos["audio"],  # (B, 49, D)
-            "text": self.words(ids) + self.pos["text"],  # (B, 6, D)
-        }
-        return tokens, {"text": mask}
+def stem_inputs(split: AVSplit, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The raw inputs :class:`PatchStems` embeds, for ``rows`` of ``split``: image, spectrogram, word ids."""
+    if split.text is None:
+        raise DataError(f"{split.dataset} has no text modality; fusion trains on avmnist-t")
+    image = torch.from_numpy(np.ascontiguousarray(split.image[rows]))  # (B, 1, 28, 28)
+    audio = torch.from_numpy(split.audio[rows])  # (B, 1, 112, 112)
+    ids, _ = encode_words([split.text[i] for i in rows.tolist()], 6)  # (B, 6)
+    return image, audio, ids
 
 
-class FusionSystem(nn.Module):
-    """Stems + fusion transformer + (for the command task) the exiting decoder."""
+def stem_tokens(system: FusionSystem, split: AVSplit, rows: np.ndarray) -> tuple[dict, dict]:
+    return system.stems(*stem_inputs(split, rows))
 
-    def __init__(self, fc: FusionConfig):
-        super().__init__()
-        self.stems = PatchStems(fc.dim)
-        self.fusion = FusionTransformer(
-            FusionTransformerConfig(
-                modality_dims={m: fc.dim for m in MODALITIES},
-                num_classes=10,
-                dim=fc.dim,
-                num_layers=fc.layers,
-                num_heads=fc.heads,
-                ffn_mult=fc.ffn_mult,
-                trim_tokens=fc.trim,
-                trim_heads=fc.trim,
-                token_score_mode=fc.token_score_mode,
-                head_mask_mode=fc.head_mask_mode,
-                gumbel_tau=fc.gumbel_tau,
-            )
-        )
-        self.decoder = (
-            ExitingDecoder(
-                DecoderConfig(VOCAB_SIZE, fc.dim, fc.decoder_layers, fc.heads, fc.ffn_mult, 7, BOS)
-            )
-            if fc.task == "command"
-            else None
-        )
+
+def build_system(fc: FusionConfig) -> FusionSystem:
+    """The stems + fusion (+ decoder) that ``fusion`` config describes."""
+    fusion = FusionTransformerConfig(
+        modality_dims={m: fc.dim for m in MODALITIES}, num_classes=NUM_CLASSES, dim=fc.dim, num_layers=fc.layers,
+        num_heads=fc.heads, ffn_mult=fc.ffn_mult, trim_tokens=fc.trim, trim_heads=fc.trim,
+        token_score_mode=fc.token_score_mode, head_mask_mode=fc.head_mask_mode, gumbel_tau=fc.gumbel_tau,
+    )
+    decoder = (
+        DecoderConfig(VOCAB_SIZE, fc.dim, fc.decoder_layers, fc.heads, fc.ffn_mult, 7, BOS) if fc.task == "command" else None
+    )
+    return FusionSystem(fusion, decoder, vocab_size=VOCAB_SIZE, pad_id=PAD)
 
 
 def memory_of(out: FusionOutput) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +98,7 @@ class FusionRunResult:
 def _train_step(
     system: FusionSystem, fc: FusionConfig, split: AVSplit, rows: np.ndarray, progress: float
 ) -> float:
-    tokens, masks = system.stems(split, rows)
+    tokens, masks = stem_tokens(system, split, rows)
     labels = torch.from_numpy(split.labels[rows])
     token_t = curriculum_target(progress, fc.token_target, fc.ramp_fraction) if fc.trim else 1.0
     head_t = curriculum_target(progress, fc.head_target, fc.ramp_fraction) if fc.trim else 1.0
@@ -167,7 +137,7 @@ def evaluate(
     runs: dict[str, list[FusionOutput]] = {"full": [], "trimmed": []}
     dec_rows: list[dict] = []
     for rows in batches:
-        tokens, masks = system.stems(split, rows)
+        tokens, masks = stem_tokens(system, split, rows)
         runs["full"].append(
             _light(system.fusion(tokens, masks, trim=False, hard=True, all_layer_logits=False))
         )
@@ -185,7 +155,7 @@ def evaluate(
     for name, thresholds in settings.items():
         runs[name] = []
         for rows in batches:
-            tokens, masks = system.stems(split, rows)
+            tokens, masks = stem_tokens(system, split, rows)
             out = system.fusion(
                 tokens, masks, thresholds=thresholds, trim=fc.trim, hard=True, all_layer_logits=False
             )
@@ -250,13 +220,13 @@ def _merge_decoder(parts: list[dict]) -> dict:
     }
 
 
-def train_fusion(cfg: Config, name: str, progress: bool = True) -> FusionRunResult:
+def train_fusion_stems(cfg: Config, name: str, progress: bool = True) -> FusionRunResult:
     """Train on avmnist-t train, select on val accuracy (hard masks), evaluate on test, save."""
     fc, t = cfg.fusion, cfg.train
     torch.set_num_threads(t.num_threads or 1)
     torch.manual_seed(t.seed)
     train, val, test = (load_split(cfg, s, "avmnist-t", progress) for s in ("train", "val", "test"))
-    system = FusionSystem(fc)
+    system = build_system(fc)
     opt = torch.optim.AdamW(system.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     n_train = min(len(train), t.limit) if t.limit else len(train)
     steps_total = t.epochs * -(-n_train // t.batch_size)
@@ -296,7 +266,7 @@ def evaluate_quick(system: FusionSystem, split: AVSplit, limit: int | None) -> d
     n = min(len(split), limit) if limit else len(split)
     correct, macs = 0, 0.0
     for rows in batch_rows(n, 250):
-        tokens, masks = system.stems(split, rows)
+        tokens, masks = stem_tokens(system, split, rows)
         out = system.fusion(tokens, masks, hard=True, all_layer_logits=False)
         correct += int((out.logits.argmax(-1) == torch.from_numpy(split.labels[rows])).sum())
         macs += float(out.macs.float().sum())
@@ -325,16 +295,16 @@ def _card(name: str, fc: FusionConfig, metrics: dict, n_train: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_fusion(folder: str | Path) -> FusionSystem:
+def load_fusion_stems(folder: str | Path) -> FusionSystem:
     """Rebuild a trained :class:`FusionSystem` from ``checkpoints/fusion-NAME`` (eval mode)."""
     folder = Path(folder)
     meta = read_meta(folder)
     if meta.get("kind") != "fusion":
         raise CheckpointError(f"{folder} holds a {meta.get('kind')!r} checkpoint, not a fusion one")
     fc = FusionConfig(**{k: v for k, v in meta["fusion"].items()})
-    system = FusionSystem(fc)
+    system = build_system(fc)
     load_weights(folder, system)
-    system.fusion.exit_thresholds = dict(fc.exit_thresholds)
+    system.fusion.configure_inference(dict(fc.exit_thresholds))
     return system.eval()
 
 
@@ -356,7 +326,7 @@ def latency_benchmark(
         settings["trimmed+mue"] = {"trim": True, "thresholds": thresholds}
     times: dict[str, list[float]] = {k: [] for k in settings}
     for i in range(min(samples, len(split))):
-        tokens, masks = system.stems(split, np.array([i]))
+        tokens, masks = stem_tokens(system, split, np.array([i]))
         for name, kwargs in settings.items():
             start = time.perf_counter_ns()
             system.fusion(tokens, masks, hard=True, all_layer_logits=False, **kwargs)

@@ -15,18 +15,14 @@ import numpy as np
 import torch
 from exitflow.encoders.checkpoint import save_encoder
 from exitflow.encoders.joint_loss import FUSION_KEY, DoubleStageReweighter
+from exitflow.pipeline.artifacts import joint_folder
 from exitflow.pipeline.checkpoints import save_checkpoint
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import load_split
 from exitflow.pipeline.data.batches import batch_rows, modality_batch
-from exitflow.pipeline.training.profile import (
-    collect_exits,
-    fusion_accuracy,
-    joint_folder,
-    load_encoders,
-    load_fusion_exit,
-    subsets,
-)
+from exitflow.pipeline.inference.loading import load_encoders, load_fusion_exit
+from exitflow.pipeline.training.late_fusion import fusion_accuracy
+from exitflow.pipeline.training.records import collect_exits, subsets
 from exitflow.scheduler.profile import fingerprint_checkpoints
 from tqdm import tqdm
 

@@ -19,117 +19,34 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
 import torch
-from exitflow.encoders.base import EarlyExitEncoder
-from exitflow.encoders.fusion import FusionOutput, FusionTransformer, FusionTransformerConfig, exit_tokens
+from exitflow.encoders.fusion import FusionTransformer
 from exitflow.encoders.fusion_training import curriculum_target, fusion_objective
-from exitflow.pipeline.checkpoints import checkpoint_dir, load_weights, save_checkpoint
+from exitflow.pipeline.artifacts import DATASET_MODALITIES, NUM_CLASSES, transformer_folder, weight_files
+from exitflow.pipeline.checkpoints import save_checkpoint
 from exitflow.pipeline.config import Config, FusionConfig
-from exitflow.pipeline.data.avmnist import AVSplit, load_split
-from exitflow.pipeline.data.batches import batch_rows, modality_batch
-from exitflow.pipeline.errors import CheckpointError
-from exitflow.pipeline.training.profile import (
-    DATASET_MODALITIES,
-    load_encoders,
-    read_fusion_meta,
-    subsets,
-    weight_files,
-)
+from exitflow.pipeline.data.avmnist import load_split
+from exitflow.pipeline.data.batches import batch_rows
+from exitflow.pipeline.inference.loading import build_transformer, load_encoders
+from exitflow.pipeline.training.records import TokenRecords, collect_tokens, run_records, subsets
 from exitflow.scheduler.profile import fingerprint_checkpoints
-from tqdm import tqdm
 
-NUM_CLASSES = 10
 MUE_QUANTILES = (0.9, 0.7, 0.5, 0.3, 0.1)
 MUE_TOLERANCE = 0.005  # MuE thresholds: fewest fusion layers within this much val accuracy of no exits
 
 
-@dataclass
-class TokenRecords:
-    """Final-exit token states of every modality over the first ``n`` rows of a split."""
-
-    hidden: dict[str, torch.Tensor]  # modality -> (N, T_m, D_m) float16
-    masks: dict[str, torch.Tensor | None]  # modality -> (N, T_m) validity, or None (no padding)
-    labels: np.ndarray  # (N,)
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def batch(self, rows: np.ndarray, present: tuple[str, ...]) -> tuple[dict, dict]:
-        idx = torch.from_numpy(np.asarray(rows))
-        tokens = {m: self.hidden[m][idx].float() for m in present}
-        masks = {m: (None if self.masks[m] is None else self.masks[m][idx]) for m in present}
-        return tokens, masks
 
 
-@torch.no_grad()
-def collect_tokens(
-    encoders: dict[str, EarlyExitEncoder], split: AVSplit, limit: int | None = None, batch_size: int = 256,
-    progress: bool = True, with_embedding: bool = True,
-) -> TokenRecords:
-    n = len(split) if limit is None else min(limit, len(split))
-    hidden, masks = {}, {}
-    for m, enc in encoders.items():
-        parts, mparts = [], []
-        for rows in tqdm(list(batch_rows(n, batch_size)), desc=f"tokens {m}", disable=not progress, leave=False):
-            last = enc(modality_batch(split, [m], rows)[m])[-1]
-            tokens, mask = exit_tokens(last, with_embedding)  # what fuse_exits will give the fusion
-            parts.append(tokens.to(torch.float16))  # (B, T, D)
-            if mask is not None:
-                mparts.append(mask.float())  # (B, T)
-        hidden[m] = torch.cat(parts)
-        masks[m] = torch.cat(mparts) if mparts else None
-    return TokenRecords(hidden, masks, split.labels[:n])
 
 
-def transformer_folder(cfg: Config, dataset: str) -> Path:
-    return checkpoint_dir(f"fusion_transformer_{dataset}", cfg.train.checkpoint_dir)
 
 
-def build_transformer(fc: FusionConfig, dims: dict[str, int]) -> FusionTransformer:
-    return FusionTransformer(
-        FusionTransformerConfig(
-            modality_dims=dims, num_classes=NUM_CLASSES, dim=fc.dim, num_layers=fc.layers, num_heads=fc.heads,
-            ffn_mult=fc.ffn_mult, trim_tokens=fc.trim, trim_heads=fc.trim, token_score_mode=fc.token_score_mode,
-            head_mask_mode=fc.head_mask_mode, gumbel_tau=fc.gumbel_tau, exit_embedding_token=True,
-        )
-    )
 
 
-@torch.no_grad()
-def run_records(
-    fusion: FusionTransformer, records: TokenRecords, present: tuple[str, ...], trim: bool = True,
-    thresholds: dict[str, float] | None = None, batch_size: int = 250,
-) -> dict[str, Any]:
-    """Inference (hard masks) over ``records`` with the ``present`` modalities; per-sample results."""
-    fusion.eval()
-    preds, macs, tokens_kept, heads_kept = [], [], [], []
-    layers: dict[str, list[torch.Tensor]] = {m: [] for m in present}
-    sims: dict[str, list[torch.Tensor]] = {m: [] for m in present}
-    for rows in batch_rows(len(records), batch_size):
-        tokens, masks = records.batch(rows, present)
-        out: FusionOutput = fusion(tokens, masks, thresholds=thresholds, trim=trim, hard=True, all_layer_logits=False)
-        preds.append(out.logits.argmax(-1))
-        macs.append(out.macs.float())
-        tokens_kept.append(out.kept_token_ratio.float())
-        heads_kept.append(out.kept_head_ratio.float())
-        for m in present:
-            layers[m].append(out.exit_layers[m])
-            if m in out.similarity:
-                sims[m].append(out.similarity[m])
-    pred = torch.cat(preds).numpy()
-    return {
-        "correct": pred == records.labels,
-        "macs": torch.cat(macs).numpy(),
-        "kept_token_ratio": float(torch.cat(tokens_kept).mean()),
-        "kept_head_ratio": float(torch.cat(heads_kept).mean()),
-        "exit_layers": {m: torch.cat(v).numpy() for m, v in layers.items()},
-        "similarity": {m: torch.cat(v).numpy() for m, v in sims.items() if v},
-    }
 
 
 def summary(result: dict[str, Any], num_layers: int) -> dict[str, Any]:
@@ -262,25 +179,6 @@ def train_transformer_exit(
     return meta
 
 
-def load_transformer_exit(cfg: Config, dataset: str) -> FusionTransformer:
-    """The trained transformer fusion exit of ``dataset`` (eval mode, MuE thresholds set)."""
-    folder = transformer_folder(cfg, dataset)
-    if not (folder / "config.json").is_file():
-        raise CheckpointError(
-            f"no transformer fusion exit at {folder}; train it with "
-            f"`exitflow --set data.dataset={dataset} train fusion --inputs encoders` or set fusion.exit: late"
-        )
-    meta, dims = read_fusion_meta(
-        cfg, dataset, folder, "fusion_transformer", f"exitflow --set data.dataset={dataset} train fusion --inputs encoders"
-    )
-    fc = FusionConfig(**meta["fusion"])
-    fusion = build_transformer(fc, dims)
-    load_weights(folder, fusion)
-    configured = cfg.fusion.exit_thresholds
-    fusion.exit_thresholds = dict(configured) if configured else dict(meta["exit_thresholds"])
-    fusion.trim_at_inference = cfg.fusion.trim_at_inference
-    fusion.macs = float(meta["macs_per_sample"])  # mean over val (trimming and MuE make it per sample)
-    return fusion.eval()
 
 
 def _card(meta: dict[str, Any], fc: FusionConfig, t: Any) -> str:

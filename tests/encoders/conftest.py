@@ -7,7 +7,7 @@ from exitflow.encoders.vit import ViTEarlyExitEncoder, ViTEncoderConfig
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 TINY_VIT = ViTEncoderConfig(
-    modality="vision",
+    modality="image",
     image_size=8,
     num_channels=1,
     patch_size=2,

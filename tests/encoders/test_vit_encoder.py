@@ -6,7 +6,7 @@ from exitflow.encoders.base import EncoderInputError
 from exitflow.encoders.early_exit_runner import run_early_exit
 from exitflow.encoders.evaluation import collect_exit_logits, exit_scores, exits_at
 from exitflow.encoders.macs import equal_mac_exit_layers
-from exitflow.encoders.vision import vision_config
+from exitflow.encoders.presets import vit_config
 from exitflow.encoders.vit import ViTEarlyExitEncoder
 
 
@@ -98,6 +98,6 @@ def test_single_image_without_batch_dim(tiny_vit):
 
 
 def test_presets_and_mlp_ablation_build():
-    enc = ViTEarlyExitEncoder(vision_config(num_layers=2, num_exits=2, head_type="mlp"))
+    enc = ViTEarlyExitEncoder(vit_config("image", num_layers=2, num_exits=2, head_type="mlp"))
     assert enc.head_kinds == ["mlp"] and enc.exit_layers == (1, 2)
     assert enc.config.grid == (7, 7)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 from exitflow.devices import get_power_meter
-from exitflow.encoders.audio import build_audio_encoder
 from exitflow.encoders.checkpoint import save_encoder
-from exitflow.encoders.vision import build_vision_encoder
+from exitflow.encoders.presets import build_vit_encoder
+from exitflow.pipeline.artifacts import encoder_folder, use_joint
 from exitflow.pipeline.config import load_config
 from exitflow.pipeline.data.avmnist import load_split
 from exitflow.pipeline.data.roots import SHARED_DATA
@@ -19,18 +19,11 @@ from exitflow.pipeline.errors import CheckpointError
 from exitflow.pipeline.evaluation.bench import BENCH_SYSTEMS, bench, format_table, static_exits_matching
 from exitflow.pipeline.evaluation.replay import split_samples
 from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts, truncated_macs
+from exitflow.pipeline.inference.loading import load_dataset_profile, load_encoders, load_fusion_exit
 from exitflow.pipeline.training.joint import joint_finetune
-from exitflow.pipeline.training.profile import (
-    collect_exits,
-    encoder_folder,
-    fusion_accuracy,
-    load_dataset_profile,
-    load_encoders,
-    load_fusion_exit,
-    make_profile,
-    train_fusion,
-    use_joint,
-)
+from exitflow.pipeline.training.late_fusion import fusion_accuracy, train_late_fusion
+from exitflow.pipeline.training.profile import make_profile
+from exitflow.pipeline.training.records import collect_exits
 
 from tests.conftest import requires_shared
 
@@ -39,8 +32,8 @@ TINY = {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size":
 
 def _save_tiny_encoders(cfg, seed: int) -> None:
     torch.manual_seed(seed)
-    save_encoder(build_vision_encoder(**TINY), encoder_folder(cfg, "image"))
-    save_encoder(build_audio_encoder(**TINY), encoder_folder(cfg, "audio"))
+    save_encoder(build_vit_encoder("image", **TINY), encoder_folder(cfg, "image"))
+    save_encoder(build_vit_encoder("audio", **TINY), encoder_folder(cfg, "audio"))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +51,7 @@ def tiny_cfg(tmp_path_factory: pytest.TempPathFactory, data_cache: Path):
 @requires_shared
 @pytest.mark.slow
 def test_fusion_profile_and_bench_on_tiny_encoders(tiny_cfg) -> None:
-    meta = train_fusion(tiny_cfg, "avmnist", progress=False)
+    meta = train_late_fusion(tiny_cfg, "avmnist", progress=False)
     assert set(meta["test_accuracy"]) == {"image", "audio", "image+audio"}
     # a reloaded fusion exit predicts exactly as the trained one (modality order survives the JSON)
     val = load_split(tiny_cfg, "val", "avmnist", progress=False)
@@ -133,14 +126,11 @@ def tiny_transformer_cfg(tmp_path_factory: pytest.TempPathFactory, data_cache: P
 def test_transformer_fusion_exit_trains_profiles_and_benches(tiny_transformer_cfg) -> None:
     import dataclasses
 
+    from exitflow.pipeline.artifacts import transformer_folder
     from exitflow.pipeline.evaluation.bench import CONCAT_SYSTEM, default_systems
-    from exitflow.pipeline.training.transformer_exit import (
-        collect_tokens,
-        load_transformer_exit,
-        run_records,
-        train_transformer_exit,
-        transformer_folder,
-    )
+    from exitflow.pipeline.inference.loading import load_transformer_exit
+    from exitflow.pipeline.training.records import collect_tokens, run_records
+    from exitflow.pipeline.training.transformer_exit import train_transformer_exit
 
     cfg = tiny_transformer_cfg
     meta = train_transformer_exit(cfg, "avmnist", progress=False)
@@ -160,7 +150,7 @@ def test_transformer_fusion_exit_trains_profiles_and_benches(tiny_transformer_cf
     assert load_dataset_profile(cfg, "avmnist").fingerprint == profile.fingerprint
     # the concat comparison needs its own fusion exit and profile (other weights, other fingerprint)
     late = dataclasses.replace(cfg, fusion=dataclasses.replace(cfg.fusion, exit="late"))
-    train_fusion(late, "avmnist", progress=False)
+    train_late_fusion(late, "avmnist", progress=False)
     with get_power_meter("psutil") as meter:
         make_profile(late, "avmnist", meter, energy_samples=3, progress=False)
 
@@ -185,7 +175,8 @@ def test_transformer_fusion_exit_trains_profiles_and_benches(tiny_transformer_cf
 def test_transformer_exit_of_other_encoders_is_refused(tiny_transformer_cfg, tmp_path: Path) -> None:
     import shutil
 
-    from exitflow.pipeline.training.transformer_exit import load_transformer_exit, transformer_folder
+    from exitflow.pipeline.artifacts import transformer_folder
+    from exitflow.pipeline.inference.loading import load_transformer_exit
 
     cfg = tiny_transformer_cfg
     if not (transformer_folder(cfg, "avmnist") / "config.json").is_file():
@@ -198,7 +189,7 @@ def test_transformer_exit_of_other_encoders_is_refused(tiny_transformer_cfg, tmp
 
 
 def test_missing_transformer_exit_names_the_training_command(tmp_path: Path) -> None:
-    from exitflow.pipeline.training.transformer_exit import load_transformer_exit
+    from exitflow.pipeline.inference.loading import load_transformer_exit
 
     cfg = load_config(None, [f"train.checkpoint_dir={tmp_path}", "fusion.exit=transformer"])
     with pytest.raises(CheckpointError, match="train fusion --inputs encoders"):

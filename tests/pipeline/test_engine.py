@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 from exitflow.encoders.base import EarlyExitEncoder, EncoderState, ExitOutput
-from exitflow.pipeline.inference.engine import Engine, EngineError, MaskedLateFusion
+from exitflow.encoders.late_fusion import MaskedLateFusion
+from exitflow.pipeline.inference.engine import Engine, EngineError
 from exitflow.pipeline.messages import Sample
 from exitflow.scheduler.budget import BudgetController
 from exitflow.scheduler.policy import Policy, PolicySettings
@@ -222,14 +223,14 @@ def test_config_sections_build_policy_and_budget():
 def test_engine_runs_only_the_selected_heads_and_counts_their_macs() -> None:
     """A real ViT encoder: with exits 1..3 left out, their heads never run and are not counted."""
     import torch
-    from exitflow.encoders.vision import build_vision_encoder
+    from exitflow.encoders.presets import build_vit_encoder
     from exitflow.pipeline.inference.engine import Engine
     from exitflow.pipeline.messages import Sample
     from exitflow.scheduler.policy import Policy, PolicySettings
     from exitflow.scheduler.profile import ExitProfile, Profile
 
     torch.manual_seed(0)
-    enc = build_vision_encoder(hidden_size=16, num_layers=4, num_heads=2, intermediate_size=32, num_exits=4,
+    enc = build_vit_encoder("image", hidden_size=16, num_layers=4, num_heads=2, intermediate_size=32, num_exits=4,
                                gah_heads=2).eval()
     probs = (0.5, 0.0, 0.0, 1.0)
     exits = tuple(ExitProfile("image", j, 0.9, p, float(m)) for j, (p, m) in enumerate(zip(probs, enc.exit_macs(), strict=True)))
@@ -261,13 +262,13 @@ def test_engine_device_is_validated() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_engine_runs_on_cuda() -> None:
-    from exitflow.encoders.vision import build_vision_encoder
+    from exitflow.encoders.presets import build_vit_encoder
     from exitflow.pipeline.inference.engine import device_input_adapter
     from exitflow.scheduler.policy import Policy, PolicySettings
     from exitflow.scheduler.profile import ExitProfile, Profile
 
     device = torch.device("cuda")
-    enc = build_vision_encoder(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, num_exits=2,
+    enc = build_vit_encoder("image", hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, num_exits=2,
                                gah_heads=2).eval().to(device)
     exits = tuple(ExitProfile("image", j, 0.9, 0.5, float(m)) for j, m in enumerate(enc.exit_macs()))
     policy = Policy(Profile(exits={"image": exits}, thresholds={"image": 0.5}), PolicySettings(skip_negative=False))
@@ -278,11 +279,11 @@ def test_engine_runs_on_cuda() -> None:
 
 
 def test_sample_with_no_usable_modality_gives_a_decision_not_an_error() -> None:
-    from exitflow.encoders.vision import build_vision_encoder
+    from exitflow.encoders.presets import build_vit_encoder
     from exitflow.scheduler.policy import Policy, PolicySettings
     from exitflow.scheduler.profile import ExitProfile, Profile
 
-    enc = build_vision_encoder(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, num_exits=2,
+    enc = build_vit_encoder("image", hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, num_exits=2,
                                gah_heads=2).eval()
     exits = tuple(ExitProfile("image", j, 0.9, 0.5, float(m)) for j, m in enumerate(enc.exit_macs()))
     policy = Policy(Profile(exits={"image": exits}, thresholds={"image": 0.5}), PolicySettings(skip_negative=False))

@@ -1,0 +1,68 @@
+"""Where every trained artifact lives: checkpoint and profile folder names, in one place.
+
+The engine, the trainers and the CLI find encoder, fusion, joint, baseline and transformer
+checkpoints and exit profiles only through these functions (under ``train.checkpoint_dir``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from exitflow.pipeline.checkpoints import checkpoint_dir
+from exitflow.pipeline.config import Config
+
+NUM_CLASSES = 10  # every built-in data set classifies the ten digits
+DATASET_MODALITIES = {"avmnist": ("image", "audio"), "avmnist-t": ("image", "audio", "text")}
+
+
+ENCODER_CHECKPOINTS = {"image": "image_avmnist", "audio": "audio_avmnist", "text": "text_avmnist-t"}
+
+
+def encoder_folder(cfg: Config, modality: str) -> Path:
+    return checkpoint_dir(ENCODER_CHECKPOINTS[modality], cfg.train.checkpoint_dir)
+
+
+def fusion_folder(cfg: Config, dataset: str) -> Path:
+    return checkpoint_dir(f"fusion_late_{dataset}", cfg.train.checkpoint_dir)
+
+
+def joint_folder(cfg: Config, dataset: str) -> Path:
+    return checkpoint_dir(f"joint_{dataset}", cfg.train.checkpoint_dir)
+
+
+def use_joint(cfg: Config, dataset: str) -> bool:
+    """Whether the jointly fine-tuned set is used: ``joint.use``, it exists, and the fusion exit is late."""
+    return (
+        cfg.joint.use and cfg.fusion.exit == "late"
+        and (joint_folder(cfg, dataset) / "fusion" / "config.json").is_file()
+    )
+
+
+def profile_path(cfg: Config, dataset: str) -> Path:
+    """The exit profile of the systems ``cfg`` loads (one per fusion exit kind: the weights differ)."""
+    suffix = ""
+    if cfg.fusion.exit == "transformer":  # its accuracy and MACs depend on how it runs, so the name says
+        suffix = "_transformer" if cfg.fusion.trim_at_inference else "_transformer_untrimmed"
+    return checkpoint_dir(f"profile_{dataset}{suffix}.json", cfg.train.checkpoint_dir)
+
+
+def weight_files(cfg: Config, dataset: str, with_fusion: bool = True, prefer_joint: bool = True) -> list[Path]:
+    """The weight files the adaptive systems load (their fingerprint keys the exit profile)."""
+    if prefer_joint and use_joint(cfg, dataset):
+        base = joint_folder(cfg, dataset)
+        files = [base / m / "model.safetensors" for m in DATASET_MODALITIES[dataset]]
+        return files + ([base / "fusion" / "model.safetensors"] if with_fusion else [])
+    files = [encoder_folder(cfg, m) / "model.safetensors" for m in DATASET_MODALITIES[dataset]]
+    if cfg.fusion.exit == "transformer":
+        from exitflow.pipeline.artifacts import transformer_folder
+
+        return files + ([transformer_folder(cfg, dataset) / "model.safetensors"] if with_fusion else [])
+    return files + ([fusion_folder(cfg, dataset) / "model.safetensors"] if with_fusion else [])
+
+
+def transformer_folder(cfg: Config, dataset: str) -> Path:
+    return checkpoint_dir(f"fusion_transformer_{dataset}", cfg.train.checkpoint_dir)
+
+
+def baseline_folder(cfg: Config, name: str, dataset: str = "avmnist") -> Path:
+    return checkpoint_dir(f"baseline_{name}_{dataset}", cfg.train.checkpoint_dir)

@@ -1,0 +1,143 @@
+"""Every ``load_*``: rebuild trained encoders, fusion exits, baselines and the exit profile.
+
+Each loader checks what it reads (checkpoint kind, the encoder weights a fusion exit was trained
+on, the modalities of the data set) and names the command that rebuilds a missing or stale piece.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from exitflow.encoders.base import EarlyExitEncoder
+from exitflow.encoders.baseline import BaselineConfig, LateFusion
+from exitflow.encoders.checkpoint import load_encoder
+from exitflow.encoders.fusion import FusionTransformer, FusionTransformerConfig
+from exitflow.encoders.late_fusion import MaskedLateFusion
+from exitflow.pipeline.artifacts import (
+    DATASET_MODALITIES,
+    NUM_CLASSES,
+    baseline_folder,
+    encoder_folder,
+    fusion_folder,
+    joint_folder,
+    profile_path,
+    transformer_folder,
+    use_joint,
+    weight_files,
+)
+from exitflow.pipeline.checkpoints import load_weights, read_meta
+from exitflow.pipeline.config import Config, FusionConfig
+from exitflow.pipeline.errors import CheckpointError
+from exitflow.scheduler.profile import (
+    Profile,
+    fingerprint_checkpoints,
+    load_profile,
+)
+
+
+def load_encoders(cfg: Config, dataset: str, prefer_joint: bool = True) -> dict[str, EarlyExitEncoder]:
+    """The trained encoder of each modality of ``dataset`` (eval mode); the joint set if in use."""
+    joint = prefer_joint and use_joint(cfg, dataset)
+    encoders = {}
+    for m in DATASET_MODALITIES[dataset]:
+        folder = joint_folder(cfg, dataset) / m if joint else encoder_folder(cfg, m)
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(
+                f"no {m} encoder checkpoint at {folder}; train it with "
+                f"`exitflow train encoder --modality {m}`"
+            )
+        try:
+            encoders[m] = load_encoder(folder).eval()
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
+    return encoders
+
+
+def read_fusion_meta(
+    cfg: Config, dataset: str, folder: Path, kind: str, retrain: str, prefer_joint: bool = False
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """A fusion checkpoint's metadata and its modality widths, checked against ``kind``, the encoders
+    it was trained on (``retrain`` is the command named when they differ) and the data set's modalities.
+
+    The widths come back in the data set's modality order (JSON metadata is key-sorted).
+    """
+    meta = read_meta(folder)
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"{folder} holds a {meta.get('kind')!r} checkpoint, not a {kind!r} one")
+    expected = fingerprint_checkpoints(weight_files(cfg, dataset, with_fusion=False, prefer_joint=prefer_joint))
+    if meta.get("encoders") != expected:
+        raise CheckpointError(f"{folder} was trained on other encoder weights; retrain it with `{retrain}`")
+    dims = {m: int(meta["dims"][m]) for m in DATASET_MODALITIES[dataset] if m in meta["dims"]}
+    if len(dims) != len(meta["dims"]):
+        raise CheckpointError(f"{folder}: fusion modalities {sorted(meta['dims'])} do not fit data set {dataset}")
+    return meta, dims
+
+
+def load_fusion_exit(cfg: Config, dataset: str, prefer_joint: bool = True) -> MaskedLateFusion:
+    joint = prefer_joint and use_joint(cfg, dataset)
+    folder = joint_folder(cfg, dataset) / "fusion" if joint else fusion_folder(cfg, dataset)
+    meta, dims = read_fusion_meta(
+        cfg, dataset, folder, "fusion_late", f"exitflow train joint --dataset {dataset}", prefer_joint=joint
+    )
+    fusion = MaskedLateFusion(dims, meta["num_classes"], hidden_dim=meta["hidden_dim"])
+    load_weights(folder, fusion)
+    return fusion.eval()
+
+
+def load_fusion(cfg: Config, dataset: str) -> Any:
+    """The fusion exit ``fusion.exit`` selects: the late (concat) fusion or the transformer."""
+    if cfg.fusion.exit == "transformer":
+        from exitflow.pipeline.inference.loading import load_transformer_exit
+
+        return load_transformer_exit(cfg, dataset)
+    return load_fusion_exit(cfg, dataset)
+
+
+def load_dataset_profile(cfg: Config, dataset: str) -> Profile:
+    path = Path(cfg.scheduler.profile) if cfg.scheduler.profile else profile_path(cfg, dataset)
+    if not path.is_file():
+        raise CheckpointError(f"no exit profile at {path}; build it with `exitflow profile --dataset {dataset}`")
+    return load_profile(path, fingerprint_checkpoints(weight_files(cfg, dataset)))
+
+
+def build_transformer(fc: FusionConfig, dims: dict[str, int]) -> FusionTransformer:
+    return FusionTransformer(
+        FusionTransformerConfig(
+            modality_dims=dims, num_classes=NUM_CLASSES, dim=fc.dim, num_layers=fc.layers, num_heads=fc.heads,
+            ffn_mult=fc.ffn_mult, trim_tokens=fc.trim, trim_heads=fc.trim, token_score_mode=fc.token_score_mode,
+            head_mask_mode=fc.head_mask_mode, gumbel_tau=fc.gumbel_tau, exit_embedding_token=True,
+        )
+    )
+
+
+def load_transformer_exit(cfg: Config, dataset: str) -> FusionTransformer:
+    """The trained transformer fusion exit of ``dataset`` (eval mode, MuE thresholds set)."""
+    folder = transformer_folder(cfg, dataset)
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(
+            f"no transformer fusion exit at {folder}; train it with "
+            f"`exitflow --set data.dataset={dataset} train fusion --inputs encoders` or set fusion.exit: late"
+        )
+    meta, dims = read_fusion_meta(
+        cfg, dataset, folder, "fusion_transformer", f"exitflow --set data.dataset={dataset} train fusion --inputs encoders"
+    )
+    fc = FusionConfig(**meta["fusion"])
+    fusion = build_transformer(fc, dims)
+    load_weights(folder, fusion)
+    configured = cfg.fusion.exit_thresholds
+    fusion.configure_inference(  # MACs: mean over val (trimming and MuE make them per sample)
+        dict(configured) if configured else dict(meta["exit_thresholds"]),
+        trim=cfg.fusion.trim_at_inference, macs_per_sample=float(meta["macs_per_sample"]),
+    )
+    return fusion.eval()
+
+
+def load_baseline(cfg: Config, name: str, dataset: str = "avmnist") -> LateFusion:
+    folder = baseline_folder(cfg, name, dataset)
+    meta = read_meta(folder)
+    if meta.get("kind") != "baseline":
+        raise CheckpointError(f"{folder} is not a baseline checkpoint (kind={meta.get('kind')!r})")
+    model = LateFusion(BaselineConfig(**meta["arch"]))
+    load_weights(folder, model)
+    return model.eval()
