@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 
 from exitflow.devices.base import PowerMeter
-from exitflow.devices.device_profiles import DeviceProfile, ProfileError, load_profile
+from exitflow.devices.cpu_power import resolve_profile
+from exitflow.devices.device_profiles import DeviceProfile, ProfileError
 from exitflow.devices.measurement import Measurement, make_measurement
 
 PJ_TO_MJ = 1e-9
@@ -32,6 +33,7 @@ class MacEnergyModel(PowerMeter):
     """
 
     kind = "mac_model"
+    estimating = True
 
     def __init__(
         self,
@@ -41,12 +43,15 @@ class MacEnergyModel(PowerMeter):
         clock=None,
     ):
         super().__init__(clock)
-        self.profile = load_profile(profile) if isinstance(profile, str) else profile
+        self.profile = resolve_profile(profile)
         if precision not in self.profile.pj_per_mac:
-            raise ProfileError(
-                f"profile {self.profile.name!r} has no pj_per_mac for {precision!r}; "
-                f"it has {sorted(self.profile.pj_per_mac)}"
+            hint = (
+                "the detected host profile has no pJ/MAC figures; pass a shipped profile "
+                "(power.device_profile: x86-server, jetson-orin-nano, ...) for the MAC model"
+                if self.profile.name == "host"
+                else f"it has {sorted(self.profile.pj_per_mac)}"
             )
+            raise ProfileError(f"profile {self.profile.name!r} has no pj_per_mac for {precision!r}; {hint}")
         self.precision = precision
         self.pj_per_mac = self.profile.pj_per_mac[precision].value
         self.include_static = include_static
@@ -56,6 +61,9 @@ class MacEnergyModel(PowerMeter):
             else 0.0
         )
         self.source = f"mac_model:{self.profile.name}"
+        self.set_idle_floor(
+            self.static_power_mw, "model: static_power_w" if include_static else "model: MACs only"
+        )
         self._macs_total = 0
         self._lock = threading.Lock()
 
@@ -79,6 +87,8 @@ class MacEnergyModel(PowerMeter):
             self.source,
             True,
             {"dynamic": dynamic_mj, "static": static_mj},
+            idle_floor_mw=self.static_power_mw,
+            idle_basis=self.idle_floor_basis,
         )
 
     def _snapshot(self) -> tuple[float, int]:

@@ -1,4 +1,13 @@
-"""The result of one measurement window: energy with its unit, duration, source and honesty flag."""
+"""The result of one measurement window: energy with its unit, duration, source and honesty flag.
+
+Every window splits its total into an *idle* part and a *dynamic* (attributable) part:
+``energy_mj = idle_energy_mj + dynamic_energy_mj``. The idle part is the meter's idle floor
+(``PowerMeter.idle_floor_mw``: measured with ``calibrate_idle()``, configured, or - for the
+estimates - the model's idle term) times the window duration, capped at the total; the dynamic
+part is the rest, i.e. what the measured work added on top of a device that would have been
+powered anyway. Both are ``None`` when the floor is unknown (a measured meter that was not
+calibrated) or nothing was measured (the null meter).
+"""
 
 from __future__ import annotations
 
@@ -27,6 +36,12 @@ class Measurement:
             (a RAPL core zone lies inside its package), so they need not sum to ``energy_mj``.
         name: The window name.
         notes: Caveats that apply to this window (e.g. an uncorrectable counter wrap).
+        idle_energy_mj: The idle floor's share of ``energy_mj`` (floor power x duration, capped at
+            the total); ``None`` when the floor is unknown.
+        dynamic_energy_mj: ``energy_mj - idle_energy_mj``: the energy attributable to the work in
+            the window (>= 0); ``None`` when the floor is unknown.
+        idle_basis: Where the idle floor came from (``"measured: 2 s idle before the run"``,
+            ``"configured"``, ``"model: ..."``); empty when unknown.
     """
 
     energy_mj: float | None
@@ -37,6 +52,14 @@ class Measurement:
     rails: dict[str, float] = field(default_factory=dict)
     name: str = ""
     notes: tuple[str, ...] = ()
+    idle_energy_mj: float | None = None
+    dynamic_energy_mj: float | None = None
+    idle_basis: str = ""
+
+    @property
+    def attributable_energy_mj(self) -> float | None:
+        """``dynamic_energy_mj``; the energy a budget on "attributable" energy should count."""
+        return self.dynamic_energy_mj
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (for decision logs and ``--json`` output)."""
@@ -49,6 +72,9 @@ class Measurement:
             "estimated": self.estimated,
             "rails": dict(self.rails),
             "notes": list(self.notes),
+            "idle_energy_mj": self.idle_energy_mj,
+            "dynamic_energy_mj": self.dynamic_energy_mj,
+            "idle_basis": self.idle_basis,
         }
 
 
@@ -60,6 +86,8 @@ def make_measurement(
     estimated: bool,
     rails: dict[str, float] | None = None,
     notes: tuple[str, ...] = (),
+    idle_floor_mw: float | None = None,
+    idle_basis: str = "",
 ) -> Measurement:
     """Build a :class:`Measurement`, deriving ``avg_power_mw`` and clamping tiny negative noise.
 
@@ -71,6 +99,9 @@ def make_measurement(
         estimated: Whether the number is modelled rather than measured.
         rails: Per-rail energy in mJ.
         notes: Caveats for this window.
+        idle_floor_mw: Idle floor power in mW; with it the window is split into idle and
+            dynamic energy (see the module docstring). ``None``: the split stays unknown.
+        idle_basis: Where the floor came from (kept in the measurement).
 
     Raises:
         ValueError: When ``energy_mj`` is clearly negative (a meter bug, never a valid result).
@@ -91,6 +122,13 @@ def make_measurement(
             avg_power_mw = energy_mj / duration_s
     if rails:
         rails = {k: (v if v > 0.0 else 0.0) for k, v in rails.items()}
+    idle_mj = dynamic_mj = None
+    if idle_floor_mw is not None and energy_mj is not None:
+        idle_mj = idle_floor_mw * duration_s
+        if idle_mj > energy_mj:
+            idle_mj = energy_mj
+            notes = (*notes, "window drew less than the idle floor over its duration; dynamic energy is 0")
+        dynamic_mj = energy_mj - idle_mj
     return Measurement(
         energy_mj=energy_mj,
         duration_s=duration_s,
@@ -100,4 +138,14 @@ def make_measurement(
         rails=rails or {},
         name=name,
         notes=notes,
+        idle_energy_mj=idle_mj,
+        dynamic_energy_mj=dynamic_mj,
+        idle_basis=idle_basis if idle_mj is not None else "",
+    )
+
+
+def split_idle(m: Measurement, idle_floor_mw: float, idle_basis: str) -> Measurement:
+    """``m`` with its idle and dynamic parts filled in from an idle floor in mW."""
+    return make_measurement(
+        m.name, m.energy_mj, m.duration_s, m.source, m.estimated, m.rails, m.notes, idle_floor_mw, idle_basis
     )

@@ -28,11 +28,16 @@ AUTO_ORDER = ("nvml", "rapl", "jetson")
 class MeterOptions:
     """Settings shared by the meters (``pipeline`` fills them from ``cfg.power``)."""
 
-    profile: str = "x86-server"
+    profile: str = "host"
     replay_trace: str | None = None
     sample_hz: float = 50.0
     rapl_root: str = DEFAULT_RAPL_ROOT
     jetson_root: str = DEFAULT_JETSON_ROOT
+    #: Idle floor of measured meters in mW, when known (e.g. from an earlier calibration).
+    idle_floor_mw: float | None = None
+    #: Seconds of idle calibration at open for measured meters without ``idle_floor_mw``
+    #: (0 = none: their windows then carry no dynamic energy). Estimating meters ignore both.
+    idle_calibration_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,21 @@ def _open(name: str, opts: MeterOptions, start_threads: bool = True) -> PowerMet
     raise ValueError(f"unknown power meter {name!r}; expected one of {', '.join(METER_NAMES)}")
 
 
+def _with_idle_floor(meter: PowerMeter, opts: MeterOptions) -> PowerMeter:
+    """Apply the configured idle floor or run the idle calibration (measured meters only)."""
+    if meter.estimating or meter.kind == "null":
+        return meter
+    try:
+        if opts.idle_floor_mw is not None:
+            meter.set_idle_floor(opts.idle_floor_mw, "configured (power.idle_floor_mw)")
+        elif opts.idle_calibration_s > 0:
+            meter.calibrate_idle(opts.idle_calibration_s)
+    except BaseException:
+        meter.close()
+        raise
+    return meter
+
+
 def get_power_meter(name: str = "auto", options: MeterOptions | None = None, **kwargs: Any) -> PowerMeter:
     """Open a power meter by name.
 
@@ -93,12 +113,13 @@ def get_power_meter(name: str = "auto", options: MeterOptions | None = None, **k
             )
         opts = MeterOptions(**{**asdict(opts), **kwargs})
     if name != "auto":
-        return _open(name, opts)
+        return _with_idle_floor(_open(name, opts), opts)
     for candidate in AUTO_ORDER:
         try:
-            return _open(candidate, opts)
+            meter = _open(candidate, opts)
         except DeviceError:
             continue
+        return _with_idle_floor(meter, opts)
     return _open("psutil", opts)
 
 

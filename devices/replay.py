@@ -3,14 +3,21 @@
 Trace files:
 
 * CSV with header ``t_s,power_mw[,<rail>...]`` - time in seconds, total power in mW, optional
-  per-rail power columns in mW.
+  per-rail power columns in mW. Lines starting with ``#`` before the header are metadata, one
+  ``# key=value`` per line; known keys: ``interpolation`` (``linear`` or ``step``) and
+  ``idle_floor_mw`` (the recording meter's idle floor); the rest is kept in ``PowerTrace.meta``.
+  :class:`devices.trace.TraceRecorder` writes this format.
 * JSON: a list of ``{"t_s": ..., "power_mw": ..., "rails": {<rail>: mW}}`` objects (other numeric
-  keys are taken as rails too).
+  keys are taken as rails too); always linear.
 
-Model: power is piecewise linear between samples, so the energy between two trace times is the
-trapezoidal area (mW x s = mJ). The trace starts at virtual time 0 (its first ``t_s`` is
-subtracted). After the last sample the trace either repeats (``on_end="loop"``, period = last -
-first ``t_s``; the default), holds its last value (``"hold"``), or raises (``"error"``).
+Model: with ``interpolation=linear`` (the default) power is piecewise linear between samples, so
+the energy between two trace times is the trapezoidal area (mW x s = mJ). With ``step`` each
+row's power is the *average over the interval that ends at its time* (what a recorder that reads
+energy counters produces): power is constant on ``(t[i-1], t[i]]`` and equal to row ``i``, so
+the energy of any interval between two sample times is reproduced exactly. The trace starts at
+virtual time 0 (its first ``t_s`` is subtracted). After the last sample the trace either repeats
+(``on_end="loop"``, period = last - first ``t_s``; the default), holds its last value
+(``"hold"``), or raises (``"error"``).
 
 The virtual clock moves only when the caller says so: :meth:`ReplayMeter.advance` (seconds) or
 :meth:`ReplayMeter.run_window` (a window of a given duration). A window's energy is the integral
@@ -27,13 +34,14 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from exitflow.devices.base import PowerMeter
 from exitflow.devices.errors import DeviceError
 from exitflow.devices.measurement import Measurement, make_measurement
 
 OnEnd = Literal["loop", "hold", "error"]
+Interpolation = Literal["linear", "step"]
 
 
 class PowerTrace:
@@ -44,9 +52,13 @@ class PowerTrace:
         power_mw: Total power per sample in mW (>= 0).
         rails: Optional per-rail power series (same length) in mW.
         name: Label used in ``Measurement.source``.
+        interpolation: ``"linear"`` or ``"step"`` (see the module docstring).
+        idle_floor_mw: Idle floor of the meter that recorded the trace, if known.
+        meta: Other metadata of the trace file.
 
     Raises:
-        DeviceError: Lengths differ, times not increasing, or values negative / not finite.
+        DeviceError: Lengths differ, times not increasing, values negative / not finite, or an
+            unknown interpolation.
     """
 
     def __init__(
@@ -55,8 +67,22 @@ class PowerTrace:
         power_mw: Sequence[float],
         rails: Mapping[str, Sequence[float]] | None = None,
         name: str = "trace",
+        interpolation: Interpolation = "linear",
+        idle_floor_mw: float | None = None,
+        meta: Mapping[str, str] | None = None,
     ):
         self.name = name
+        if interpolation not in ("linear", "step"):
+            raise DeviceError(
+                f"power trace {name!r}: interpolation must be 'linear' or 'step', got {interpolation!r}"
+            )
+        self.interpolation: Interpolation = interpolation
+        if idle_floor_mw is not None and not (math.isfinite(idle_floor_mw) and idle_floor_mw >= 0):
+            raise DeviceError(
+                f"power trace {name!r}: idle_floor_mw must be a finite power >= 0, got {idle_floor_mw!r}"
+            )
+        self.idle_floor_mw = idle_floor_mw
+        self.meta = dict(meta or {})
         if len(t_s) == 0:
             raise DeviceError(f"power trace {name!r} is empty; it needs at least one row t_s,power_mw")
         columns = {"total": list(map(float, power_mw))}
@@ -82,10 +108,12 @@ class PowerTrace:
         self.columns = columns
         self.rail_names = [c for c in columns if c != "total"]
         self._cum_mj = {}
+        step = interpolation == "step"
         for col, p in columns.items():
             cum = [0.0]
             for i in range(1, len(self.t_s)):
-                cum.append(cum[-1] + 0.5 * (p[i - 1] + p[i]) * (self.t_s[i] - self.t_s[i - 1]))
+                level = p[i] if step else 0.5 * (p[i - 1] + p[i])
+                cum.append(cum[-1] + level * (self.t_s[i] - self.t_s[i - 1]))
             self._cum_mj[col] = cum
 
     def cumulative_mj(self, column: str, tau_s: float, on_end: OnEnd = "loop") -> float:
@@ -105,6 +133,8 @@ class PowerTrace:
         i = max(0, bisect.bisect_right(t, tau_s) - 1)
         if i >= len(t) - 1:
             return cum[-1]
+        if self.interpolation == "step":
+            return cum[i] + p[i + 1] * (tau_s - t[i])
         frac = (tau_s - t[i]) / (t[i + 1] - t[i])
         p_tau = p[i] + (p[i + 1] - p[i]) * frac
         return cum[i] + 0.5 * (p[i] + p_tau) * (tau_s - t[i])
@@ -134,7 +164,13 @@ def load_trace(path: str | Path) -> PowerTrace:
                 for k, v in extra.items():
                     rails.setdefault(str(k), []).append(float(v))
             return PowerTrace([r["t_s"] for r in rows], [r["power_mw"] for r in rows], rails, path.name)
-        reader = csv.reader(text.splitlines())
+        lines = text.splitlines()
+        meta: dict[str, str] = {}
+        while lines and (lines[0].startswith("#") or not lines[0].strip()):
+            key, sep, value = lines.pop(0).lstrip("#").partition("=")
+            if sep:
+                meta[key.strip()] = value.strip()
+        reader = csv.reader(lines)
         header = [h.strip() for h in next(reader)]
         if header[:2] != ["t_s", "power_mw"]:
             raise ValueError(f"header starts with {header[:2]}, expected ['t_s', 'power_mw']")
@@ -143,7 +179,19 @@ def load_trace(path: str | Path) -> PowerTrace:
             raise ValueError(f"every row needs {len(header)} values like the header {header}")
         cols = [[row[j] for row in data] for j in range(len(header))]
         rails = {name: cols[j] for j, name in enumerate(header) if j >= 2}
-        return PowerTrace(cols[0], cols[1], rails, path.name)
+        idle = meta.pop("idle_floor_mw", "")
+        interpolation = meta.pop("interpolation", "linear")
+        if interpolation not in ("linear", "step"):
+            raise ValueError(f"interpolation={interpolation!r} in the metadata; expected linear or step")
+        return PowerTrace(
+            cols[0],
+            cols[1],
+            rails,
+            path.name,
+            interpolation=cast(Interpolation, interpolation),
+            idle_floor_mw=float(idle) if idle else None,
+            meta=meta,
+        )
     except (ValueError, KeyError, TypeError, StopIteration, IndexError) as e:
         raise DeviceError(f"power trace {path} is malformed ({e}); expected a {layout}") from e
 
@@ -157,6 +205,7 @@ class ReplayMeter(PowerMeter):
     """
 
     kind = "replay"
+    estimating = True
 
     def __init__(self, trace: PowerTrace | str | os.PathLike, on_end: OnEnd = "loop"):
         super().__init__(clock=None)
@@ -167,6 +216,14 @@ class ReplayMeter(PowerMeter):
         self.now_s = 0.0
         self._clock = lambda: self.now_s
         self.source = f"replay:{self.trace.name}"
+        if self.trace.idle_floor_mw is not None:
+            basis = self.trace.meta.get("idle_basis", "")
+            self.set_idle_floor(
+                self.trace.idle_floor_mw, "recorded with the trace" + (f" ({basis})" if basis else "")
+            )
+
+    def _idle_wait(self, seconds: float) -> None:
+        self.advance(seconds)
 
     def advance(self, seconds: float) -> None:
         """Move the virtual clock forward by ``seconds`` (>= 0)."""
@@ -200,7 +257,8 @@ class ReplayMeter(PowerMeter):
             [
                 f"replay: trace {t.name!r}, {len(t.t_s)} samples over {t.period_s:g} s, rails: "
                 f"{', '.join(t.rail_names) or 'none'}",
-                f"  power linear between samples; virtual clock advanced by the caller; past the end: {self.on_end}",
+                f"  power {'linear between samples' if t.interpolation == 'linear' else 'constant per interval (step)'}; "
+                f"virtual clock advanced by the caller; past the end: {self.on_end}",
                 "  replayed numbers are marked estimated=True (they were measured on another run)",
             ]
         )

@@ -68,3 +68,30 @@ def make_iio_sensor(
             if value is not None:
                 (folder / f"{stem}{n}_input").write_text(f"{value}\n")
     return folder
+
+
+def make_cpuinfo(
+    root: Path,
+    model_name: str,
+    sockets: int = 1,
+    cores_per_socket: int = 2,
+    threads_per_core: int = 1,
+    vendor: str = "GenuineIntel",
+    hypervisor: bool = False,
+) -> Path:
+    """A fake ``<root>/proc/cpuinfo`` with one block per logical CPU; returns the proc folder."""
+    proc = root / "proc"
+    proc.mkdir(parents=True, exist_ok=True)
+    flags = "fpu vme sse sse2 avx2" + (" hypervisor" if hypervisor else "")
+    blocks, n = [], 0
+    for socket in range(sockets):
+        for core in range(cores_per_socket):
+            for _ in range(threads_per_core):
+                blocks.append(
+                    f"processor\t: {n}\nvendor_id\t: {vendor}\ncpu family\t: 6\nmodel\t\t: 106\n"
+                    f"model name\t: {model_name}\nphysical id\t: {socket}\ncore id\t\t: {core}\n"
+                    f"flags\t\t: {flags}\n"
+                )
+                n += 1
+    (proc / "cpuinfo").write_text("\n".join(blocks) + "\n")
+    return proc
