@@ -1,23 +1,21 @@
-"""AV-MNIST (image + spoken digit) and AV-MNIST-T (+ a GRID-style command), built from a data root.
+"""AV-MNIST (image + spoken digit), AV-MNIST-T (+ a GRID-style command) and AV-MNIST-noisy.
 
 Follows ``../shared/data/AVMNIST_RECIPE.md`` (later generator version) with these choices:
 
-- Image: PCA over the flattened uint8 MNIST images; keep the smallest k whose cumulative
-  explained variance exceeds ``1 - image_energy_removed`` (k = 3 at the default 0.75), and
-  reconstruct from those k components *without* adding the mean back, then divide by 255
-  (as MultiBench's loader does). One PCA is fitted on the 60,000 training images and applied
-  to every split (the recipe fits the test split on its own, which lets test images shape
-  their own degradation; fitting once on train avoids that and lets a small slice be
-  degraded exactly like the full set).
-- Audio: FSDD pools by repetition index: 40-49 for test (the recipe's), 5-39 for train and
-  0-4 (FSDD's official test recordings) for val, per digit in (speaker, index) order. The
-  recipe pairs val with the training pool; then validation audio is recordings the model was
-  trained on (measured: 99.9 % val vs 95.8 % test for the audio encoder), which makes val
-  useless for calibrating exits. Disjoint pools make val behave like test; walking the MNIST labels in order, each sample takes the next
-  recording of its digit's pool, cycling (labels never cross). Spectrogram: see
-  ``pipeline.data.spectrogram``. Optional white noise at ``audio_snr_db``.
+- Image: the top-k PCA reconstruction of the recipe (k = 3 at ``image_energy_removed`` 0.75),
+  mean not added back, /255, with ONE stored basis for every root and exact integer arithmetic
+  (``pipeline.data.pca``), so every CPU builds the same bytes.
+- Audio: speaker-disjoint pools (``pipeline.data.speakers``): train on the train speakers'
+  recordings 0-39, calibrate (``val``) on a speaker never trained on, ``test`` on another unseen
+  speaker, ``test_id`` on the train speakers' unheard recordings 40-49. Walking the MNIST labels in
+  order, each sample takes the next recording of its digit's pool, cycling (labels never cross).
+  Spectrogram: ``pipeline.data.spectrogram``.
+- ``avmnist-noisy``: the same pairs with real background (babble of LJ Speech / GRID talkers by
+  default) mixed in at ``data.noise_snr_db`` (``pipeline.data.noise``); each recording gets
+  ``NOISE_VARIANTS`` differently-noised versions, the k-th use of a recording in a split takes
+  variant ``k % NOISE_VARIANTS``. ``data.audio_snr_db`` still adds white noise to any data set.
 - Splits: train = MNIST train rows [0, 60000 - val_size), val = the last ``val_size`` rows,
-  test = every MNIST test row present (8,000 in ../shared/data, 1,000 in the embedded slice).
+  test and test_id = every MNIST test row present (8,000 in ../shared/data, 1,000 embedded).
 
 Built arrays go to ``data.cache_dir`` (outside git) keyed by every parameter and the source
 files' digests; a build writes a temporary folder and renames it, so nothing is left half.
@@ -35,20 +33,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from exitflow.pipeline.config import Config, resolve_path
+from exitflow.pipeline.config import Config, output_path
 from exitflow.pipeline.data.grid_commands import make_commands
+from exitflow.pipeline.data.noise import BANK_FILE, mix_noise, noise_rng, read_noise_bank
+from exitflow.pipeline.data.pca import PCA_BASIS_PATH, degrade_images, load_pca_basis
 from exitflow.pipeline.data.roots import data_root, file_digest, load_npz, read_fsdd, read_mnist
-from exitflow.pipeline.data.spectrogram import SPEC_BINS, spectrogram_112
+from exitflow.pipeline.data.speakers import ROLES_FILE, speaker_roles, split_pools
+from exitflow.pipeline.data.spectrogram import spectrogram_112
 from exitflow.pipeline.errors import DataError
 
-BUILDER_VERSION = 3
-SPLITS = ("train", "val", "test")
-DATASETS = ("avmnist", "avmnist-t")
-TEST_POOL_MIN_INDEX = 40
-# FSDD repetition-index ranges [lo, hi) of each split's recording pool: test 40-49 (the recipe's),
-# val 0-4 (FSDD's official test recordings), train 5-39 -- no recording is shared between splits.
-POOL_INDEX_RANGES = {"train": (5, TEST_POOL_MIN_INDEX), "val": (0, 5), "test": (TEST_POOL_MIN_INDEX, 50)}
-PCA_KEEP_COMPONENTS = 50
+BUILDER_VERSION = 4
+SPLITS = ("train", "val", "test", "test_id")
+DATASETS = ("avmnist", "avmnist-t", "avmnist-noisy")
+NOISE_VARIANTS = 10
 
 
 class LazyRows:
@@ -115,41 +112,6 @@ class AVSplit:
         return h.hexdigest()
 
 
-def _pca_basis(root: Path) -> dict[str, np.ndarray]:
-    """Top components of the MNIST training images, from the train archive or a shipped basis."""
-    train_path = root / "mnist" / "mnist_train.npz"
-    if train_path.is_file():
-        x = read_mnist(root, "train").images.reshape(-1, 784).astype(np.float64)
-        mean = x.mean(axis=0)
-        cov = np.cov(x - mean, rowvar=False)  # (784, 784)
-        eigvals, eigvecs = np.linalg.eigh(cov)
-        order = np.argsort(eigvals)[::-1]
-        eigvals, eigvecs = eigvals[order], eigvecs[:, order]
-        comps = eigvecs[:, :PCA_KEEP_COMPONENTS].T  # (K, 784)
-        comps *= np.sign(comps[np.arange(comps.shape[0]), np.abs(comps).argmax(axis=1)])[:, None]
-        return {"mean": mean, "components": comps, "explained_ratio": eigvals / eigvals.sum()}
-    basis_path = root / "mnist" / "pca_basis.npz"
-    if basis_path.is_file():
-        return load_npz(basis_path, ("mean", "components", "explained_ratio"))
-    raise DataError(
-        f"{root / 'mnist'} has neither mnist_train.npz nor pca_basis.npz; the image PCA needs one of them"
-    )
-
-
-def _degrade_images(images: np.ndarray, basis: dict[str, np.ndarray], energy_removed: float) -> np.ndarray:
-    ratio = np.cumsum(basis["explained_ratio"])
-    k = int(np.searchsorted(ratio, 1.0 - energy_removed, side="right")) + 1
-    if k > basis["components"].shape[0]:
-        raise DataError(
-            f"image_energy_removed={energy_removed} needs {k} PCA components but only "
-            f"{basis['components'].shape[0]} are available; raise data.image_energy_removed"
-        )
-    comps = basis["components"][:k]  # (k, 784)
-    x = images.reshape(-1, 784).astype(np.float64) - basis["mean"]
-    recon = (x @ comps.T) @ comps  # (N, 784), mean not added back (recipe)
-    return (recon / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
-
-
 def _pair_audio(labels: np.ndarray, pool_labels: np.ndarray, name: str) -> np.ndarray:
     """For each label, the next recording (an index into the pool) of that digit, cycling."""
     out = np.empty(labels.shape[0], dtype=np.int64)
@@ -164,98 +126,126 @@ def _pair_audio(labels: np.ndarray, pool_labels: np.ndarray, name: str) -> np.nd
     return out
 
 
-def _noisy_clip(clip: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
-    x = clip.astype(np.float32) / 32768.0
-    signal_power = float(np.mean(x**2)) or 1e-12
-    noise = rng.standard_normal(x.shape[0]).astype(np.float32) * np.sqrt(signal_power / 10 ** (snr_db / 10))
-    return np.clip(x + noise, -1.0, 1.0)
-
-
 def _to_uint8(spec: np.ndarray) -> np.ndarray:
     return np.round(spec * 255.0).astype(np.uint8)
 
 
+def _noise_setting(cfg: Config, dataset: str) -> tuple[str, float] | None:
+    """(kind, snr_db) of the noise this build mixes in, or None for clean audio."""
+    if dataset == "avmnist-noisy":
+        return cfg.data.noise_kind, cfg.data.noise_snr_db
+    if cfg.data.audio_snr_db is not None:
+        return "white", cfg.data.audio_snr_db
+    return None
+
+
 def cache_key(cfg: Config, root: Path, dataset: str) -> str:
     d = cfg.data
+    noise = _noise_setting(cfg, dataset)
+    sources = [root / "mnist" / f for f in ("mnist_train.npz", "mnist_test.npz")] + [
+        root / "fsdd" / f for f in ("fsdd_train.npz", "fsdd_test.npz", ROLES_FILE)
+    ]
+    if noise is not None and noise[0] != "white":
+        sources += [root / BANK_FILE, root / "grid_av_samples" / "grid_decoded.npz"]
+        sources += sorted((root / "ljspeech_subset" / "wavs").glob("*.wav"))
     params = {
         "v": BUILDER_VERSION,
         "dataset": dataset,
         "energy_removed": d.image_energy_removed,
-        "snr_db": d.audio_snr_db,
+        "noise": noise,
         "seed": d.seed,
         "val_size": d.val_size,
         "text_error_rate": d.text_error_rate if dataset == "avmnist-t" else None,
-        "sources": file_digest(
-            [root / "mnist" / f for f in ("mnist_train.npz", "mnist_test.npz", "pca_basis.npz")]
-            + [root / "fsdd" / f for f in ("fsdd_train.npz", "fsdd_test.npz")]
-        ),
+        "basis": file_digest([PCA_BASIS_PATH]),
+        "sources": file_digest(sources),
     }
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _build(cfg: Config, root: Path, dataset: str, out: Path, progress: bool) -> None:
-    """Build every split present in ``root`` into folder ``out`` (which must not exist)."""
+def _audio_bank(
+    cfg: Config, dataset: str, split: str, rec: np.ndarray, fsdd, noise_pool, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 spectrogram bank (M, 112, 112) and each row's index into it, for recordings ``rec``."""
     from tqdm import tqdm
 
+    noise = _noise_setting(cfg, dataset)
+    if noise is None:
+        keys = rec[:, None]  # (N, 1): one spectrogram per recording
+    else:
+        uses = np.zeros(rec.shape[0], dtype=np.int64)
+        seen: dict[int, int] = {}
+        for i, r in enumerate(rec.tolist()):
+            uses[i] = seen.get(r, 0) % NOISE_VARIANTS
+            seen[r] = seen.get(r, 0) + 1
+        keys = np.stack([rec, uses], axis=1)  # (N, 2): (recording, variant)
+    uniq, audio_index = np.unique(keys, axis=0, return_inverse=True)
+    bank = np.empty((uniq.shape[0], 112, 112), dtype=np.uint8)
+    for j in tqdm(range(uniq.shape[0]), desc=f"spectrograms ({split})", disable=not progress, unit="clip"):
+        clip = fsdd.clips[int(uniq[j, 0])]
+        if noise is not None:
+            name = str(fsdd.filenames[int(uniq[j, 0])])  # keyed by file name: equal in every root
+            rng = noise_rng(cfg.data.seed, split, int(hashlib.sha256(name.encode()).hexdigest()[:12], 16), int(uniq[j, 1]))
+            clip = mix_noise(clip, noise_pool(split), noise[0], noise[1], rng)
+        bank[j] = _to_uint8(spectrogram_112(clip, fsdd.sample_rate_hz))
+    return bank, audio_index.reshape(-1).astype(np.int64)
+
+
+def _build(cfg: Config, root: Path, dataset: str, out: Path, progress: bool) -> None:
+    """Build every split ``root`` can provide into folder ``out`` (which must not exist)."""
     d = cfg.data
-    basis = _pca_basis(root)
+    basis = load_pca_basis()
     fsdd = read_fsdd(root)
-    spec_bank = {}
     has_train = (root / "mnist" / "mnist_train.npz").is_file()
+    roles = speaker_roles(root, fsdd.speakers, has_train)
+    pools = split_pools(roles, fsdd.speakers, fsdd.indices)
+    noise = _noise_setting(cfg, dataset)
+    bank_cache = {}
+
+    def noise_pool(split: str) -> list[np.ndarray]:
+        if "bank" not in bank_cache:
+            bank_cache["bank"] = read_noise_bank(root)
+        return bank_cache["bank"].pool(split)
+
+    if noise is not None and noise[0] == "white":
+        noise_pool = lambda split: []  # noqa: E731 -- white noise needs no recordings
     mnist = {"test": read_mnist(root, "test")}
     if has_train:
         mnist["train"] = read_mnist(root, "train")
+        if mnist["train"].labels.shape[0] - d.val_size <= 0:
+            raise DataError(f"data.val_size={d.val_size} leaves no training rows")
+    n_train = mnist["train"].labels.shape[0] - d.val_size if has_train else 0
+    plan = {  # split -> (MNIST source, rows)
+        "train": ("train", np.arange(n_train)),
+        "val": ("train", np.arange(n_train, n_train + d.val_size)),
+        "test": ("test", np.arange(mnist["test"].labels.shape[0])),
+        "test_id": ("test", np.arange(mnist["test"].labels.shape[0])),
+    }
+    images = {name: degrade_images(m.images, basis, d.image_energy_removed) for name, m in mnist.items()}
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
-        manifest = {"dataset": dataset, "splits": {}, "root": str(root)}
-        for source_split, m in mnist.items():
-            test = source_split == "test"
-            n_train = m.labels.shape[0] - d.val_size
-            if not test and n_train <= 0:
-                raise DataError(f"data.val_size={d.val_size} leaves no training rows")
-            rec = np.empty(m.labels.shape[0], dtype=np.int64)
-            spans = {"test": (0, m.labels.shape[0])} if test else {"train": (0, n_train), "val": (n_train, None)}
-            for pool_name, (lo, hi) in spans.items():
-                lo_idx, hi_idx = POOL_INDEX_RANGES[pool_name]
-                pool = np.flatnonzero((fsdd.indices >= lo_idx) & (fsdd.indices < hi_idx))
-                rec[lo:hi] = pool[_pair_audio(m.labels[lo:hi], fsdd.labels[pool], pool_name)]
-            images = _degrade_images(m.images, basis, d.image_energy_removed)
-            if d.audio_snr_db is None:
-                needed = np.unique(rec)
-                todo = [r for r in needed.tolist() if r not in spec_bank]
-                for r in tqdm(todo, desc=f"spectrograms ({source_split})", disable=not progress, unit="clip"):
-                    spec_bank[r] = _to_uint8(spectrogram_112(fsdd.clips[r], fsdd.sample_rate_hz))
-                bank_ids = needed
-                bank = np.stack([spec_bank[r] for r in bank_ids.tolist()])
-                audio_index = np.searchsorted(bank_ids, rec)
-            else:
-                rng = np.random.default_rng([d.seed, 1 if test else 0])
-                bank = np.empty((rec.shape[0], SPEC_BINS, SPEC_BINS), dtype=np.uint8)
-                for i in tqdm(range(rec.shape[0]), desc=f"noisy spectrograms ({source_split})", disable=not progress):
-                    clip = _noisy_clip(fsdd.clips[rec[i]], d.audio_snr_db, rng)
-                    bank[i] = _to_uint8(spectrogram_112(clip, fsdd.sample_rate_hz))
-                audio_index = np.arange(rec.shape[0])
-            if test:
-                parts = {"test": np.arange(m.labels.shape[0])}
-            else:
-                parts = {"train": np.arange(n_train), "val": np.arange(n_train, m.labels.shape[0])}
-            for split, rows in parts.items():
-                arrays = {
-                    "image": images[rows],
-                    "audio_bank": bank,
-                    "audio_index": audio_index[rows].astype(np.int64),
-                    "labels": m.labels[rows],
-                    "rows": rows.astype(np.int64),
-                    "recording": fsdd.filenames[rec[rows]],
-                }
-                if dataset == "avmnist-t":
-                    seed = d.seed * 2 + (1 if test else 0)  # train/val rows and test rows differ
-                    cmds = make_commands(m.labels[rows], d.text_error_rate, seed, rows=rows)
-                    arrays["text"] = np.array(cmds.text)
-                    arrays["command"] = np.array(cmds.command)
-                    arrays["text_status"] = cmds.status
-                np.savez(tmp / f"{split}.npz", **arrays)
-                manifest["splits"][split] = int(rows.shape[0])
+        manifest = {"dataset": dataset, "splits": {}, "root": str(root), "speakers": roles.to_dict()}
+        for split, (source, rows) in plan.items():
+            if source not in mnist or split not in pools or rows.size == 0:
+                continue
+            m, pool = mnist[source], pools[split]
+            rec = pool[_pair_audio(m.labels[rows], fsdd.labels[pool], split)]
+            bank, audio_index = _audio_bank(cfg, dataset, split, rec, fsdd, noise_pool, progress)
+            arrays = {
+                "image": images[source][rows],
+                "audio_bank": bank,
+                "audio_index": audio_index,
+                "labels": m.labels[rows],
+                "rows": rows.astype(np.int64),
+                "recording": fsdd.filenames[rec],
+            }
+            if dataset == "avmnist-t":
+                seed = d.seed * 2 + (1 if source == "test" else 0)  # train/val rows and test rows differ
+                cmds = make_commands(m.labels[rows], d.text_error_rate, seed, rows=rows)
+                arrays["text"] = np.array(cmds.text)
+                arrays["command"] = np.array(cmds.command)
+                arrays["text_status"] = cmds.status
+            np.savez(tmp / f"{split}.npz", **arrays)
+            manifest["splits"][split] = int(rows.shape[0])
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         os.replace(tmp, out)
     except BaseException:
@@ -269,7 +259,7 @@ def dataset_dir(cfg: Config, dataset: str | None = None, progress: bool = True) 
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     root = data_root(cfg)
-    cache = resolve_path(cfg, cfg.data.cache_dir)
+    cache = output_path(cfg, cfg.data.cache_dir)
     out = cache / f"{dataset}-{cache_key(cfg, root, dataset)}"
     if not (out / "manifest.json").is_file():
         cache.mkdir(parents=True, exist_ok=True)
@@ -303,8 +293,8 @@ def load_split(cfg: Config, split: str, dataset: str | None = None, progress: bo
         available = json.loads((folder / "manifest.json").read_text())["splits"]
         raise DataError(
             f"split {split!r} is not available from data root {data_root(cfg)} (it has: "
-            f"{', '.join(available)}); the embedded slice holds only 'test' — point data.root "
-            f"(or --data-root) at a full data root such as ../shared/data"
+            f"{', '.join(available)}); the embedded slice holds only 'test' — point "
+            f"data.root (or --data-root) at a full data root such as ../shared/data"
         )
     dataset = dataset or cfg.data.dataset
     keys = ("image", "audio_bank", "audio_index", "labels", "rows", "recording")

@@ -12,6 +12,11 @@ The STFT is assembled from librosa's own pieces (``librosa.filters.get_window``,
 ``librosa.util.frame``) and numpy's ``rfft``: it equals ``librosa.stft`` to float precision
 (tested) but costs ~0.2 ms instead of ~20 ms per clip here, because ``librosa.stft`` redoes
 set-up work for every new hop length and AV-MNIST clips all have different lengths.
+
+The FFT, power and dB steps run in float64 and only the result is rounded to float32: float32
+transcendentals (``log10``) differ by a few ulp between CPUs (SIMD paths), which would flip a
+few hundred uint8 spectrogram values of a build; in float64 the differences stay far below the
+float32 rounding step, so built data sets are byte-identical across CPUs.
 """
 
 from __future__ import annotations
@@ -32,14 +37,14 @@ class AudioInputError(ValueError):
     """Audio that cannot become a spectrogram (empty, NaN, wrong shape)."""
 
 
-_WINDOW = librosa.filters.get_window("hann", N_FFT, fftbins=True).astype(np.float32)
+_WINDOW = librosa.filters.get_window("hann", N_FFT, fftbins=True).astype(np.float64)
 
 
 def stft_112(padded: np.ndarray, hop: int) -> np.ndarray:
     """``librosa.stft(padded, n_fft=222, hop_length=hop, center=True, pad_mode="constant")``."""
-    centred = np.pad(padded, N_FFT // 2)  # zero padding, as librosa's center=True
+    centred = np.pad(padded.astype(np.float64), N_FFT // 2)  # zero padding, as librosa's center=True
     frames = librosa.util.frame(centred, frame_length=N_FFT, hop_length=hop, axis=0)  # (T, 222)
-    return np.fft.rfft(frames * _WINDOW, axis=1).T.astype(np.complex64)  # (112, T)
+    return np.fft.rfft(frames * _WINDOW, axis=1).T  # (112, T) complex128
 
 
 def spectrogram_112(audio: np.ndarray, sample_rate_hz: int = SPEC_SAMPLE_RATE_HZ) -> np.ndarray:
@@ -56,9 +61,9 @@ def spectrogram_112(audio: np.ndarray, sample_rate_hz: int = SPEC_SAMPLE_RATE_HZ
     if x.ndim != 1:
         raise AudioInputError(f"expected mono audio of shape (L,), got shape {x.shape}; mix channels first")
     if x.dtype == np.int16:
-        x = x.astype(np.float32) / 32768.0
+        x = x.astype(np.float64) / 32768.0
     else:
-        x = x.astype(np.float32, copy=False)
+        x = x.astype(np.float64, copy=False)
     if not np.all(np.isfinite(x)):
         raise AudioInputError("audio contains NaN or infinite samples")
     if sample_rate_hz <= 0:
@@ -68,7 +73,7 @@ def spectrogram_112(audio: np.ndarray, sample_rate_hz: int = SPEC_SAMPLE_RATE_HZ
     if x.shape[0] < MIN_SAMPLES:
         raise AudioInputError(f"audio too short: {x.shape[0]} samples at 8 kHz, need at least {MIN_SAMPLES}")
     hop = math.ceil(x.shape[0] / (SPEC_BINS - 1))
-    padded = np.zeros(hop * (SPEC_BINS - 1), dtype=np.float32)
+    padded = np.zeros(hop * (SPEC_BINS - 1), dtype=np.float64)
     padded[: x.shape[0]] = x
     power = np.abs(stft_112(padded, hop)) ** 2  # (112, 112)
     if power.max() <= 0:

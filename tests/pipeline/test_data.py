@@ -7,7 +7,7 @@ import librosa
 import numpy as np
 import pytest
 from exitflow.pipeline.config import load_config
-from exitflow.pipeline.data.avmnist import load_split
+from exitflow.pipeline.data.avmnist import SPLITS, load_split
 from exitflow.pipeline.data.grid_commands import (
     DIGITS,
     SLOTS,
@@ -87,7 +87,7 @@ def test_embedded_slice_builds_test_split(embedded_cfg) -> None:
     # image/audio pairing never crosses labels: the recording's digit is the label
     digits = np.array([int(name.split("_")[0]) for name in split.recording])
     assert np.array_equal(digits, split.labels)
-    assert all(int(name.split("_")[2].split(".")[0]) >= 40 for name in split.recording)
+    assert {name.split("_")[1] for name in split.recording} == {"theo"}  # the unseen test speaker
     with pytest.raises(DataError, match="holds only 'test'"):
         load_split(embedded_cfg, "train", "avmnist", progress=False)
 
@@ -119,21 +119,30 @@ def test_bad_roots_and_names_give_clear_errors(tmp_path: Path) -> None:
 @requires_shared
 @pytest.mark.slow
 def test_full_build_splits_and_slice_equivalence(shared_cfg, embedded_cfg) -> None:
-    train = load_split(shared_cfg, "train", "avmnist-t", progress=False)
-    val = load_split(shared_cfg, "val", "avmnist-t", progress=False)
-    test = load_split(shared_cfg, "test", "avmnist-t", progress=False)
-    assert (len(train), len(val), len(test)) == (55000, 5000, 8000)
-    assert np.array_equal(val.rows, np.arange(55000, 60000))
+    splits = {name: load_split(shared_cfg, name, "avmnist-t", progress=False) for name in SPLITS}
+    assert [len(splits[n]) for n in SPLITS] == [55000, 5000, 8000, 8000]
+    assert np.array_equal(splits["val"].rows, np.arange(55000, 60000))
+
+    def speakers(split) -> set[str]:
+        return {n.split("_")[1] for n in split.recording}
+
     def pool(split) -> set[int]:
         return {int(n.split("_")[2].split(".")[0]) for n in split.recording}
 
-    assert pool(train) == set(range(5, 40)) and pool(val) == set(range(5)) and pool(test) == set(range(40, 50))
-    assert not set(train.recording) & set(val.recording)  # val audio is never trained on
+    assert speakers(splits["train"]) == speakers(splits["test_id"]) == {"george", "jackson", "lucas"}
+    assert speakers(splits["val"]) == {"nicolas"} and speakers(splits["test"]) == {"theo"}
+    assert pool(splits["train"]) == set(range(40)) and pool(splits["test_id"]) == set(range(40, 50))
+    assert not set(splits["train"].recording) & set(splits["test_id"].recording)
+    test = splits["test"]
     emb = load_split(embedded_cfg, "test", "avmnist-t", progress=False)
     assert np.array_equal(test.image[:1000], emb.image)
     assert np.array_equal(test.audio[np.arange(1000)], emb.audio[np.arange(1000)])
     assert test.text[:1000] == emb.text
     assert 0.27 < np.mean(test.text_status > 0) < 0.33
+    noisy = load_split(shared_cfg, "test", "avmnist-noisy", progress=False)
+    noisy_emb = load_split(embedded_cfg, "test", "avmnist-noisy", progress=False)
+    assert np.array_equal(noisy.audio[np.arange(1000)], noisy_emb.audio[np.arange(1000)])
+    assert not np.array_equal(noisy.audio[np.arange(50)], test.audio[np.arange(50)])
 
 
 def test_real_loaders_read_grid_fsdd_and_ljspeech() -> None:
