@@ -59,8 +59,10 @@ class PowerMeter(ABC):
         self.idle_floor_mw: float | None = None
         #: Where :attr:`idle_floor_mw` came from.
         self.idle_floor_basis: str = ""
-        #: Called at every window edge while a trace recorder is attached (see devices.trace).
-        self._edge_hook: Callable[[], None] | None = None
+        #: While a trace recorder is attached: called as ``hook("begin" | "end", name)`` at every
+        #: window edge *instead of* ``_snapshot()``; it cuts the trace and returns the snapshot it
+        #: used, so the window and the trace share one reading (see devices.trace).
+        self._edge_hook: Callable[[str, str], Any] | None = None
 
     # -- the public window API -------------------------------------------------------------
     def begin_window(self, name: str) -> None:
@@ -71,9 +73,8 @@ class PowerMeter(ABC):
         """
         if self._closed:
             raise DeviceError(f"{self.kind} meter is closed; create a new one with get_power_meter()")
-        if self._edge_hook is not None:
-            self._edge_hook()
-        snapshot = self._snapshot()
+        hook = self._edge_hook
+        snapshot = self._snapshot() if hook is None else hook("begin", name)
         # Single dict operations are atomic under the GIL; windows are keyed by name, so two
         # threads only race here if they open the same name, which is already a caller error.
         if name in self._windows:
@@ -89,9 +90,8 @@ class PowerMeter(ABC):
         Raises:
             DeviceError: If no window of that name is open.
         """
-        if self._edge_hook is not None:
-            self._edge_hook()
-        snapshot = self._snapshot()
+        hook = self._edge_hook
+        snapshot = self._snapshot() if hook is None else hook("end", name)
         start = self._windows.pop(name, _MISSING)
         if start is _MISSING:
             open_names = ", ".join(repr(n) for n in tuple(self._windows)) or "none"
@@ -113,6 +113,10 @@ class PowerMeter(ABC):
         Raises:
             DeviceError: If no window of that name is open.
         """
+        return self._rollover(name)[1]
+
+    def _rollover(self, name: str) -> tuple[Any, Measurement]:
+        """:meth:`rollover_window` that also returns the snapshot it took (for the edge hook)."""
         snapshot = self._snapshot()
         start = self._windows.get(name, _MISSING)
         if start is _MISSING:
@@ -123,7 +127,7 @@ class PowerMeter(ABC):
         m = self._measure(name, start, snapshot)
         if self.idle_floor_mw is not None and m.idle_energy_mj is None and m.energy_mj is not None:
             m = split_idle(m, self.idle_floor_mw, self.idle_floor_basis)
-        return m
+        return snapshot, m
 
     # -- the idle floor ----------------------------------------------------------------------
     def set_idle_floor(self, power_mw: float, basis: str = "configured") -> None:
@@ -188,6 +192,19 @@ class PowerMeter(ABC):
             yield result
         finally:
             result.measurement = self.end_window(name)
+
+    def clock_s(self) -> float:
+        """The meter's clock now, in seconds (wall-clock monotonic, or the replay meter's virtual clock)."""
+        return self._clock()
+
+    def set_edge_hook(self, hook: Callable[[str, str], Any] | None) -> None:
+        """At every window edge call ``hook("begin" | "end", name)`` instead of taking a snapshot;
+        the hook returns the snapshot the window uses (``None`` removes the hook).
+
+        Used by :class:`~devices.trace.TraceRecorder` to cut its trace where windows start and end,
+        with the very reading the window itself uses.
+        """
+        self._edge_hook = hook
 
     @property
     def open_windows(self) -> tuple[str, ...]:
