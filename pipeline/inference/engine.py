@@ -37,10 +37,6 @@ class EngineError(ExitflowError):
     """The engine cannot run a sample (no encoder for a modality, missing payload, bad fusion)."""
 
 
-class Fusion(Protocol):
-    def fuse(self, embeddings: dict[str, torch.Tensor], present: list[str]) -> torch.Tensor: ...
-
-
 class PowerMeterLike(Protocol):
     def begin_window(self, name: str) -> None: ...
 

@@ -85,11 +85,6 @@ def _adaptive(cfg: Config, dataset: str):
     return AdaptiveParts(cfg, dataset)
 
 
-def register_system(name: str, factory: SystemFactory) -> None:
-    """Make ``name`` available to replay and bench (used by the engine's adaptive systems)."""
-    _FACTORIES[name] = factory
-
-
 def system_names() -> tuple[str, ...]:
     return tuple(_FACTORIES)
 

@@ -2,7 +2,7 @@
 
 - image: uint8 HxW (gray) or HxWx3 (BGR) -> gray, area-resized to 28x28, float32 in [0, 1],
   shape (1, 28, 28);
-- audio: :class:`~pipeline.sync.AudioClip` -> the data sets' spectrogram
+- audio: :class:`~exitflow.pipeline.live.sync.AudioWindow` -> the data sets' spectrogram
   (:func:`pipeline.data.spectrogram.spectrogram_112`), shape (1, 112, 112) float32;
 - text: unchanged ``str``.
 
@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 from exitflow.pipeline.data.spectrogram import AudioInputError, spectrogram_112
-from exitflow.pipeline.live.sync import AudioClip
+from exitflow.pipeline.live.sync import AudioWindow
 from exitflow.pipeline.messages import Sample
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ def preprocess_image(frame: np.ndarray) -> np.ndarray:
     return (small.astype(np.float32) / scale)[None]  # (1, 28, 28)
 
 
-def preprocess_audio(clip: AudioClip) -> np.ndarray:
-    """AudioClip -> float32 (1, 112, 112) spectrogram (same transform as the data sets)."""
+def preprocess_audio(clip: AudioWindow) -> np.ndarray:
+    """AudioWindow -> float32 (1, 112, 112) spectrogram (same transform as the data sets)."""
     return spectrogram_112(clip.samples, clip.sample_rate_hz)[None]  # (1, 112, 112)
 
 
@@ -58,7 +58,7 @@ def preprocess_sample(sample: Sample) -> Sample:
         try:
             if modality == "image" and isinstance(payload, np.ndarray) and payload.dtype == np.uint8:
                 payloads[modality] = preprocess_image(payload)
-            elif modality == "audio" and isinstance(payload, AudioClip):
+            elif modality == "audio" and isinstance(payload, AudioWindow):
                 payloads[modality] = preprocess_audio(payload)
             else:
                 payloads[modality] = payload

@@ -36,7 +36,7 @@ SYNC_POLICIES = ("exact", "approximate", "latest")
 
 
 @dataclass
-class AudioClip:
+class AudioWindow:
     """A raw audio window: float32 mono samples at ``sample_rate_hz`` (what preprocessing takes)."""
 
     samples: np.ndarray
@@ -317,7 +317,7 @@ class Synchronizer:
             window = np.concatenate(
                 [np.zeros(self.audio_window_samples - window.shape[0], np.float32), window]
             )
-        return (AudioClip(window, self.audio_rate_hz), buf[idx].timestamp_ns), ""
+        return (AudioWindow(window, self.audio_rate_hz), buf[idx].timestamp_ns), ""
 
 
 def make_synchronizer(stream: StreamConfig, modalities: list[str], trigger: str | None = None) -> Synchronizer:

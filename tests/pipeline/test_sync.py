@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from exitflow.pipeline.data.roots import SHARED_DATA
 from exitflow.pipeline.live.preprocess import preprocess_sample
-from exitflow.pipeline.live.sync import AudioClip, Synchronizer
+from exitflow.pipeline.live.sync import AudioWindow, Synchronizer
 from exitflow.pipeline.messages import SensorMessage
 
 MS = 1_000_000
@@ -78,7 +78,7 @@ def test_audio_window_is_assembled_from_the_last_chunks():
     sync.push(img(1000))
     (sample,) = sync.poll(2000 * MS)
     clip = sample.payloads["audio"]
-    assert isinstance(clip, AudioClip) and clip.sample_rate_hz == 1000
+    assert isinstance(clip, AudioWindow) and clip.sample_rate_hz == 1000
     assert clip.samples.shape == (500,) and clip.samples.dtype == np.float32
     np.testing.assert_array_equal(clip.samples, np.repeat(np.arange(5, 10), 100).astype(np.float32))
     assert sample.timestamps_ns["audio"] == 1000 * MS
@@ -163,7 +163,7 @@ def test_preprocess_turns_real_grid_payloads_into_model_inputs():
     assert ready.payloads["text"] == "bin blue at f two now" and ready.missing == frozenset()
     bad = preprocess_sample(
         type(sample)(
-            sample_id=1, timestamp_ns=0, payloads={"audio": AudioClip(np.zeros(10, np.float32), 16000)}
+            sample_id=1, timestamp_ns=0, payloads={"audio": AudioWindow(np.zeros(10, np.float32), 16000)}
         )
     )
     assert bad.missing == {"audio"}
