@@ -1,6 +1,6 @@
 # exitflow: two commands do all the set-up on a fresh machine.
 #   make demo   - create/reuse .venv, install, run the embedded default (config.yaml)
-#   make test   - create/reuse .venv, install, run ruff and the whole test suite
+#   make test   - create/reuse .venv, install, run ruff, mypy and the whole test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -26,6 +26,7 @@ demo: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .
+	PYTHON=$(BIN)/python bash scripts/typecheck.sh
 	$(BIN)/python -m pytest -q
 
 clean-cache:
