@@ -154,6 +154,7 @@ class SourceConfig:
     queue_policy: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
     num_cpus: float = field(default=0.25, metadata=bounds(min=0.0, max=MAX_THREADS))
     resources: dict[str, float] = field(default_factory=dict, metadata=bounds(min=0.0))
+    allowed_peers: tuple[str, ...] = ()  # pcm_udp/pcm_tcp/text_tcp: accept only these peer IPs (empty: any)
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ class StreamConfig:
     engine_queue_size: int = field(default=4, metadata=bounds(min=1, max=MAX_QUEUE))
     engine_queue_policy: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
     max_in_flight: int = field(default=2, metadata=bounds(min=1, max=MAX_QUEUE))
-    engine: str = "exitflow.pipeline.inference.engine:build_engine"
+    engine: str = "system:exitflow"  # system:NAME, an `exitflow.engines` entry point, or exitflow.*:factory
     engine_num_cpus: float = field(default=1.0, metadata=bounds(min=0.0, max=MAX_THREADS))
     engine_num_gpus: float = field(default=0.0, metadata=bounds(min=0.0, max=1024.0))
     engine_resources: dict[str, float] = field(default_factory=dict, metadata=bounds(min=0.0))
@@ -186,6 +187,7 @@ class StreamConfig:
     record_chunk_kib: int = field(default=1024, metadata=bounds(min=1, max=1 << 20))
     duration_s: float | None = field(default=None, metadata=bounds(min=0.0, max=1e8, min_exclusive=True))
     live_view: bool = True
+    circuit_breaker_s: float = field(default=30.0, metadata=bounds(min=0.0, max=MAX_SECONDS, help="0 = off"))
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,8 @@ class RayConfig:
     address: str | None = None
     num_cpus: int | None = field(default=2, metadata=bounds(min=1, max=MAX_THREADS))
     namespace: str = "exitflow"
+    node_ip_address: str = "127.0.0.1"  # a local Ray binds here (loopback); set the host's IP to serve a cluster
+    connect_timeout_s: float = field(default=15.0, metadata=bounds(min=0.1, max=MAX_SECONDS))
 
 
 @dataclass(frozen=True)
