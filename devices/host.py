@@ -86,13 +86,20 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def parse_cpuinfo(text: str) -> dict[str, Any]:
+@dataclass
+class CpuinfoFields:
+    """What :func:`parse_cpuinfo` extracts: first-seen values per key, and counts."""
+
+    first: dict[str, str] = field(default_factory=dict)
+    processors: int = 0
+    cores: set[tuple[str, str]] = field(default_factory=set)
+    sockets: set[str] = field(default_factory=set)
+    flags: set[str] = field(default_factory=set)
+
+
+def parse_cpuinfo(text: str) -> CpuinfoFields:
     """The fields of ``/proc/cpuinfo`` this module needs: first-seen values plus counts."""
-    first: dict[str, str] = {}
-    processors = 0
-    cores: set[tuple[str, str]] = set()
-    sockets: set[str] = set()
-    flags: set[str] = set()
+    out = CpuinfoFields()
     physical_id = "0"
     for line in text.splitlines():
         key, sep, value = line.partition(":")
@@ -100,16 +107,16 @@ def parse_cpuinfo(text: str) -> dict[str, Any]:
             continue
         key, value = key.strip().lower(), value.strip()
         if key == "processor":
-            processors += 1
+            out.processors += 1
         elif key == "physical id":
             physical_id = value
-            sockets.add(value)
+            out.sockets.add(value)
         elif key == "core id":
-            cores.add((physical_id, value))
+            out.cores.add((physical_id, value))
         elif key in ("flags", "features"):
-            flags.update(value.split())
-        first.setdefault(key, value)
-    return {"first": first, "processors": processors, "cores": cores, "sockets": sockets, "flags": flags}
+            out.flags.update(value.split())
+        out.first.setdefault(key, value)
+    return out
 
 
 def _cgroup_quota_cpus(sys_root: Path) -> float | None:
@@ -139,12 +146,8 @@ def detect_host(proc_root: str | Path = "/proc", sys_root: str | Path = "/sys") 
     evidence: list[str] = []
     vm_evidence: list[str] = []
     text = _read(proc / "cpuinfo")
-    info = (
-        parse_cpuinfo(text)
-        if text
-        else {"first": {}, "processors": 0, "cores": set(), "sockets": set(), "flags": set()}
-    )
-    first = info["first"]
+    info = parse_cpuinfo(text or "")
+    first = info.first
     model_name = first.get("model name") or first.get("hardware") or first.get("model") or ""
     if model_name and not first.get("model name") and model_name.isdigit():
         model_name = ""  # Arm's "model" can be a bare number; not a name
@@ -156,7 +159,7 @@ def detect_host(proc_root: str | Path = "/proc", sys_root: str | Path = "/sys") 
     if not model_name:
         model_name = platform.processor() or ""
         evidence.append("model_name: platform.processor()" if model_name else "model_name: not found")
-    if "hypervisor" in info["flags"]:
+    if "hypervisor" in info.flags:
         vm_evidence.append("cpuinfo flag hypervisor")
     for attr in ("sys_vendor", "product_name"):
         value = _read(sys_ / "class" / "dmi" / "id" / attr)
@@ -165,11 +168,9 @@ def detect_host(proc_root: str | Path = "/proc", sys_root: str | Path = "/sys") 
     hv_type = _read(sys_ / "hypervisor" / "type")
     if hv_type:
         vm_evidence.append(f"/sys/hypervisor/type={hv_type}")
-    logical = info["processors"] or os.cpu_count() or 1
+    logical = info.processors or os.cpu_count() or 1
     evidence.append(
-        "logical_cpus: /proc/cpuinfo processor lines"
-        if info["processors"]
-        else "logical_cpus: os.cpu_count()"
+        "logical_cpus: /proc/cpuinfo processor lines" if info.processors else "logical_cpus: os.cpu_count()"
     )
     try:
         usable: float = float(len(os.sched_getaffinity(0)))
@@ -187,8 +188,8 @@ def detect_host(proc_root: str | Path = "/proc", sys_root: str | Path = "/sys") 
         family=_int_or_none(first.get("cpu family")),
         model=_int_or_none(first.get("model")) if first.get("model name") else None,
         logical_cpus=int(logical),
-        physical_cores=len(info["cores"]) or None,
-        sockets=len(info["sockets"]) or None,
+        physical_cores=len(info.cores) or None,
+        sockets=len(info.sockets) or None,
         usable_cpus=usable,
         vm=bool(vm_evidence),
         vm_evidence=tuple(vm_evidence),

@@ -1,7 +1,9 @@
 """Choosing a meter: ``get_power_meter(name)`` and ``probe_meters()`` for ``exitflow devices``.
 
-``"auto"`` tries NVML, then RAPL, then the Jetson INA3221 monitors, and falls back to the psutil
-estimate; the first that opens wins. Explicit names: ``nvml``, ``rapl``, ``jetson``, ``psutil``,
+``"auto"`` tries Zeus (GPUs + CPU packages + DRAM in one window, when the optional ``zeus``
+package is installed and finds something to measure), then exitflow's own readers - NVML, RAPL,
+the Jetson INA3221 monitors - and falls back to the psutil estimate for the detected host CPU;
+the first that opens wins. Explicit names: ``zeus``, ``nvml``, ``rapl``, ``jetson``, ``psutil``,
 ``replay`` (needs a trace), ``mac_model`` and ``null``.
 """
 
@@ -11,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from exitflow.devices.base import PowerMeter
+from exitflow.devices.cpu_power import describe_host
 from exitflow.devices.errors import DeviceError
 from exitflow.devices.jetson import DEFAULT_JETSON_ROOT, JetsonMeter
 from exitflow.devices.mac_model import MacEnergyModel
@@ -19,9 +22,10 @@ from exitflow.devices.nvml import NvmlMeter
 from exitflow.devices.psutil_meter import PsutilMeter
 from exitflow.devices.rapl import DEFAULT_RAPL_ROOT, RaplMeter
 from exitflow.devices.replay import ReplayMeter
+from exitflow.devices.zeus_meter import ZeusMeter
 
-METER_NAMES = ("auto", "nvml", "rapl", "jetson", "psutil", "replay", "mac_model", "null")
-AUTO_ORDER = ("nvml", "rapl", "jetson")
+METER_NAMES = ("auto", "zeus", "nvml", "rapl", "jetson", "psutil", "replay", "mac_model", "null")
+AUTO_ORDER = ("zeus", "nvml", "rapl", "jetson")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class ProbeResult:
 
 
 def _open(name: str, opts: MeterOptions, start_threads: bool = True) -> PowerMeter:
+    if name == "zeus":
+        return ZeusMeter()
     if name == "nvml":
         return NvmlMeter(sample_hz=opts.sample_hz, start_sampler=start_threads)
     if name == "rapl":
@@ -148,6 +154,36 @@ def probe_meters(options: MeterOptions | None = None) -> tuple[str, list[ProbeRe
     return chosen, results
 
 
+def devices_report(configured: str = "auto", options: MeterOptions | None = None) -> dict[str, Any]:
+    """Everything ``exitflow devices --json`` prints, as a JSON-ready dict.
+
+    Keys: ``configured``, ``auto_choice``, ``selected``, ``selected_available``,
+    ``selected_description`` (``None`` when not available), ``meters`` (one
+    :meth:`ProbeResult.to_dict` per meter kind, ``zeus`` included with its reason when
+    unavailable), ``profile`` (the configured device profile) and ``host`` (:func:`describe_host`:
+    the CPU model as detected, cores, VM, matched table row or fallback, figures, assumptions).
+
+    Raises:
+        ValueError: ``configured`` is not a meter name.
+    """
+    if configured not in METER_NAMES:
+        raise ValueError(f"unknown power meter {configured!r}; expected one of {', '.join(METER_NAMES)}")
+    opts = options or MeterOptions()
+    auto_choice, results = probe_meters(opts)
+    selected = auto_choice if configured == "auto" else configured
+    available = any(r.name == selected and r.available for r in results)
+    return {
+        "configured": configured,
+        "auto_choice": auto_choice,
+        "selected": selected,
+        "selected_available": available,
+        "selected_description": describe_meter(selected, opts) if available else None,
+        "meters": [r.to_dict() for r in results],
+        "profile": opts.profile,
+        "host": describe_host(),
+    }
+
+
 def describe_meter(name: str, options: MeterOptions | None = None) -> str:
     """The ``describe()`` text of meter ``name`` (opened and closed again)."""
     meter = _open(name, options or MeterOptions(), start_threads=False)
@@ -157,4 +193,12 @@ def describe_meter(name: str, options: MeterOptions | None = None) -> str:
         meter.close()
 
 
-__all__ = ["METER_NAMES", "MeterOptions", "ProbeResult", "get_power_meter", "probe_meters", "describe_meter"]
+__all__ = [
+    "METER_NAMES",
+    "MeterOptions",
+    "ProbeResult",
+    "describe_meter",
+    "devices_report",
+    "get_power_meter",
+    "probe_meters",
+]

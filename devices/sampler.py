@@ -13,12 +13,12 @@ class PeriodicThread:
     meter can report it at the next window edge instead of losing it on a background thread.
 
     Args:
-        fn: The periodic action (a poll or a sample).
+        fn: The periodic action (a poll or a sample); what it returns is ignored.
         interval_s: Period in seconds (> 0).
         name: Thread name, shown in debuggers.
     """
 
-    def __init__(self, fn: Callable[[], None], interval_s: float, name: str):
+    def __init__(self, fn: Callable[[], object], interval_s: float, name: str):
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0 seconds, got {interval_s!r}")
         self._fn = fn

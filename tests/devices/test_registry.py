@@ -4,6 +4,7 @@ import argparse
 import json
 
 import exitflow.devices.nvml as nvml_mod
+import exitflow.devices.zeus_meter as zeus_meter
 import pytest
 from exitflow.devices import DeviceError, get_power_meter, probe_meters
 from exitflow.devices.null import NullMeter
@@ -17,6 +18,11 @@ from tests.devices.fakes import make_rapl_zone
 @pytest.fixture
 def no_gpu(monkeypatch):
     monkeypatch.setattr(nvml_mod, "pynvml", None)
+
+    def no_zeus():
+        raise DeviceError("zeus is not installed (test); install it with pip install 'exitflow[zeus]'")
+
+    monkeypatch.setattr(zeus_meter, "load_zeus_monitor", no_zeus)
 
 
 def test_auto_falls_back_to_psutil(tmp_path, no_gpu):
@@ -49,7 +55,8 @@ def test_probe_gives_one_line_per_meter(tmp_path, no_gpu):
     chosen, results = probe_meters(MeterOptions(rapl_root=str(tmp_path), jetson_root=str(tmp_path)))
     assert chosen == "psutil"
     by_name = {r.name: r for r in results}
-    assert set(by_name) == {"nvml", "rapl", "jetson", "psutil", "replay", "mac_model", "null"}
+    assert set(by_name) == {"zeus", "nvml", "rapl", "jetson", "psutil", "replay", "mac_model", "null"}
+    assert not by_name["zeus"].available and "exitflow[zeus]" in by_name["zeus"].detail
     assert not by_name["nvml"].available and "nvidia-ml-py" in by_name["nvml"].detail
     assert by_name["psutil"].available and by_name["psutil"].estimated
     assert all("\n" not in r.detail for r in results)
@@ -71,7 +78,7 @@ def test_devices_command_json(capsys, tmp_path, no_gpu):
     assert rc == 0
     assert out["selected"] == "psutil" and out["selected_available"]
     assert "active_power_per_core_mw" in out["selected_description"]
-    assert len(out["meters"]) == 7
+    assert len(out["meters"]) == 8
 
 
 def test_devices_command_text(capsys, tmp_path, no_gpu):
@@ -87,3 +94,30 @@ def test_devices_registered_in_cli(capsys, tmp_path, no_gpu):
     rc = main(["--config", str(tmp_path / "absent.yaml"), "--set", "power.meter=psutil", "devices", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["selected"] == "psutil"
+
+
+def test_auto_prefers_zeus_when_it_measures(tmp_path, monkeypatch):
+    from exitflow.devices.zeus_meter import ZeusMeter
+
+    from tests.devices.test_zeus import FakeZeusMonitor
+
+    monkeypatch.setattr(zeus_meter, "ZeusMonitor", lambda **kw: FakeZeusMonitor(**kw))
+    make_rapl_zone(tmp_path, "0", "package-0", 5, 1000)
+    with get_power_meter("auto", rapl_root=str(tmp_path), jetson_root=str(tmp_path)) as meter:
+        assert isinstance(meter, ZeusMeter)
+
+
+def test_devices_report_names_host_and_zeus(tmp_path, no_gpu):
+    from exitflow.devices import MeterOptions
+    from exitflow.devices.registry import devices_report
+
+    report = devices_report("auto", MeterOptions(rapl_root=str(tmp_path), jetson_root=str(tmp_path)))
+    json.dumps(report)
+    assert report["selected"] == "psutil" and report["selected_available"] and report["profile"] == "host"
+    assert "host detected" in report["selected_description"]
+    assert any(m["name"] == "zeus" and not m["available"] for m in report["meters"])
+    host = report["host"]
+    assert host["host"]["model_name"] is not None and host["host"]["logical_cpus"] >= 1
+    assert host["basis"] and host["assumptions"]
+    with pytest.raises(ValueError, match="unknown power meter"):
+        devices_report("geiger")

@@ -12,7 +12,7 @@ from exitflow.devices.null import NullMeter
 from exitflow.devices.psutil_meter import PsutilMeter
 from exitflow.devices.rapl import RaplMeter
 from exitflow.devices.replay import PowerTrace, ReplayMeter, load_trace
-from exitflow.devices.trace import TraceRecorder, record_trace
+from exitflow.devices.trace import TraceRecorder, TraceRow, record_trace
 
 from tests.devices.fakes import FakeClock, make_rapl_zone, set_counter
 
@@ -38,7 +38,7 @@ def test_fake_psutil_trace_replays_window_energies(tmp_path, monkeypatch):
     clock = FakeClock()
     meter = PsutilMeter("host", clock=clock, host=HOST)
     path = tmp_path / "trace.csv"
-    rows = []
+    rows: list[TraceRow] = []
     recorder = TraceRecorder(
         meter, path, sample_hz=100, on_row=rows.append, start_thread=False, keep_edges=True
     ).start()
