@@ -5,7 +5,9 @@ adding the internal exits' losses: ``weighted`` sums them with weights growing w
 ``alternating`` switches between the final loss and all exits' losses every step). Stage 2
 freezes the backbone and the final classifier and trains only the internal heads with
 :class:`encoders.lgvit_losses.LGViTDistillation`. Runs are seeded and resumable: after every
-epoch the model, optimizer, scheduler and history go to ``run_dir/stage{1,2}.pt``.
+epoch the model, optimizer, scheduler and history go to ``run_dir/stage{1,2}.pt``. Those files
+are read with ``torch.load(weights_only=True)`` (tensors and plain containers only, never
+arbitrary objects); a damaged, foreign or non-finite one raises :class:`ResumeStateError`.
 
 The text encoder keeps its pretrained backbone frozen: exit-layer features are computed once
 (pooled per exit), then the final head is trained with cross-entropy (stage 1) and the
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
+from exitflow.encoders.checkpoint import CheckpointLoadError
 from exitflow.encoders.lgvit_losses import LGViTDistillation, kd_loss
 from exitflow.encoders.text import TextEarlyExitEncoder
 from exitflow.encoders.vit import ViTEarlyExitEncoder
@@ -31,6 +34,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 BatchFn = Callable[[np.ndarray], Any]
+RESUME_KEYS = frozenset({"model", "optimizer", "scheduler", "epoch", "history"})
+
+
+class ResumeStateError(CheckpointLoadError):
+    """A resume file in the run folder is damaged, foreign or does not fit this run."""
 
 
 @dataclass(frozen=True)
@@ -92,9 +100,33 @@ def _save(path: Path, **state: Any) -> None:
 
 
 def _load(path: Path | None) -> dict[str, Any] | None:
+    """A resume file written by :func:`_save`, loaded without running code from it; None if absent."""
     if path is None or not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    fix = f"delete {path} (or train with --fresh) to start this stage over"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, foreign, or holding objects other than tensors and containers
+        reason = " ".join(str(e).split())[:160]
+        raise ResumeStateError(f"{path}: not a resume file that can be read safely ({reason}); {fix}") from e
+    if not isinstance(state, dict) or not RESUME_KEYS <= state.keys() or not isinstance(state["model"], dict):
+        found = [str(k)[:20] for k in list(state)[:6]] if isinstance(state, dict) else type(state).__name__
+        raise ResumeStateError(f"{path}: not a resume file of this trainer (found {found}); {fix}")
+    if not isinstance(state["epoch"], int) or not isinstance(state["history"], dict):
+        raise ResumeStateError(f"{path}: epoch or history has the wrong type; {fix}")
+    for name, tensor in state["model"].items():
+        if not isinstance(tensor, torch.Tensor) or (
+            tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+        ):
+            raise ResumeStateError(f"{path}: model tensor {name} is not a finite tensor; {fix}")
+    return state
+
+
+def _resume_error(path: Path, error: Exception) -> ResumeStateError:
+    reason = " ".join(str(error).split())[:160]
+    return ResumeStateError(
+        f"{path}: saved state does not fit this run ({reason}); delete it (or train with --fresh) to start over"
+    )
 
 
 @torch.no_grad()
@@ -153,12 +185,15 @@ def train_vit(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_lambda(total, max(1, total // 20)))
     start_epoch = 0
     saved = _load(run / "stage1.pt" if run else None)
-    if saved is not None:
-        missing, _ = encoder.load_state_dict(saved["model"], strict=False)
-        if any(not k.startswith("heads.") for k in missing):
-            raise ValueError(f"stage-1 state in {run} does not fit this backbone (missing {missing[:5]})")
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
+    if saved is not None and run is not None:
+        try:
+            missing, _ = encoder.load_state_dict(saved["model"], strict=False)
+            if any(not k.startswith("heads.") for k in missing):
+                raise ValueError(f"missing backbone tensors {missing[:5]}")
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise _resume_error(run / "stage1.pt", e) from e
         start_epoch, history = saved["epoch"] + 1, saved["history"]
         log(f"resumed stage 1 after epoch {saved['epoch'] + 1} from {run}")
     t0 = time.perf_counter()
@@ -227,11 +262,14 @@ def train_vit(
     sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, _cosine_lambda(total2, max(1, total2 // 20)))
     start2 = 0
     saved2 = _load(run / "stage2.pt" if run else None)
-    if saved2 is not None:
-        encoder.load_state_dict(saved2["model"])
-        distill.load_state_dict(saved2["distill"])
-        opt2.load_state_dict(saved2["optimizer"])
-        sched2.load_state_dict(saved2["scheduler"])
+    if saved2 is not None and run is not None:
+        try:
+            encoder.load_state_dict(saved2["model"])
+            distill.load_state_dict(saved2["distill"])
+            opt2.load_state_dict(saved2["optimizer"])
+            sched2.load_state_dict(saved2["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise _resume_error(run / "stage2.pt", e) from e
         start2, history = saved2["epoch"] + 1, saved2["history"]
         log(f"resumed stage 2 after epoch {saved2['epoch'] + 1} from {run}")
     t0 = time.perf_counter()
