@@ -6,8 +6,9 @@
   (:func:`pipeline.data.spectrogram.spectrogram_112`), shape (1, 112, 112) float32;
 - text: unchanged ``str``.
 
-A payload that cannot be converted (empty frame, silent or too-short audio) moves its modality
-to ``missing`` and is counted by the caller; it never stops the pipeline.
+A payload that cannot be converted (empty frame, wrong dtype or shape, silent, too-short or
+non-finite audio) moves its modality to ``missing`` and is counted in ``drops`` as
+``"<modality>:<ExceptionType>"``; whatever the payload, it never raises.
 """
 
 from __future__ import annotations
@@ -48,8 +49,13 @@ def preprocess_audio(clip: AudioWindow) -> np.ndarray:
     return spectrogram_112(clip.samples, clip.sample_rate_hz)[None]  # (1, 112, 112)
 
 
-def preprocess_sample(sample: Sample) -> Sample:
-    """A copy of ``sample`` with model-ready payloads; failures become ``missing``."""
+def preprocess_sample(sample: Sample, drops: dict[str, int] | None = None) -> Sample:
+    """A copy of ``sample`` with model-ready payloads; failures become ``missing``.
+
+    Args:
+        sample: Raw synced payloads.
+        drops: Counter bumped per failed payload (``"audio:AudioInputError"``), or None.
+    """
     payloads: dict[str, Any] = {}
     missing = set(sample.missing)
     for modality, payload in sample.payloads.items():
@@ -62,7 +68,11 @@ def preprocess_sample(sample: Sample) -> Sample:
                 payloads[modality] = preprocess_audio(payload)
             else:
                 payloads[modality] = payload
-        except (ValueError, AudioInputError) as e:
-            log.warning("preprocess: sample %d: %s dropped: %s", sample.sample_id, modality, e)
+        except Exception as e:  # noqa: BLE001 - cv2.error, MemoryError, ...: this payload is dropped
+            key = f"{modality}:{type(e).__name__}"
+            if drops is not None:
+                drops[key] = drops.get(key, 0) + 1
+            level = logging.WARNING if isinstance(e, (ValueError, AudioInputError)) else logging.ERROR
+            log.log(level, "preprocess: sample %s: %s dropped: %s", sample.sample_id, modality, e)
             missing.add(modality)
     return dataclasses.replace(sample, payloads=payloads, missing=frozenset(missing))

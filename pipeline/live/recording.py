@@ -4,7 +4,9 @@ Layout: one channel per source, topic ``/sensor/<source>``, message encoding
 ``exitflow.sensor.v1`` (a little-endian uint32 header length, a JSON header with the
 :class:`~pipeline.messages.SensorMessage` fields plus ``dtype``/``shape``, then the raw payload
 bytes: ndarray data or UTF-8 text); decisions go to ``/decisions`` as JSON
-(:meth:`Decision.to_json_dict`). ``log_time`` is the message's ``timestamp_ns``.
+(:meth:`Decision.to_json_dict`; a failed sample's decision carries ``error``) and source outages
+to ``/events`` as JSON. ``log_time`` is the message's ``timestamp_ns``. :class:`DecisionLog`
+streams the same decisions and outage events to a JSONL file, one line each, as they happen.
 
 Crash safety: the file is opened unbuffered and the MCAP writer emits a whole chunk at a time,
 so a process that dies without :meth:`RecordingWriter.close` loses at most the chunk that was
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SENSOR_ENCODING = "exitflow.sensor.v1"
 DECISION_TOPIC = "/decisions"
+EVENT_TOPIC = "/events"
 SENSOR_TOPIC_PREFIX = "/sensor/"
 _HEADER_LEN = struct.Struct("<I")
 
@@ -162,6 +165,16 @@ class RecordingWriter:
             )
             self.decisions_written += 1
 
+    def write_event(self, event: Any) -> None:
+        """Append one outage event (topic ``/events``, JSON of ``event.to_json_dict()``)."""
+        data = json.dumps(event.to_json_dict(), separators=(",", ":")).encode("utf-8")
+        with self._lock:
+            if self._closed:
+                return
+            channel = self._channel(EVENT_TOPIC, "json")
+            t_ns = int(event.timestamp_ns)
+            self._writer.add_message(channel, log_time=t_ns, data=data, publish_time=t_ns)
+
     def flush(self) -> None:
         """Close the open chunk now (call periodically to bound what a crash can lose in time too)."""
         with self._lock:
@@ -175,6 +188,42 @@ class RecordingWriter:
                 return
             self._closed = True
             self._writer.finish()
+            self._file.close()
+
+
+class DecisionLog:
+    """Decisions and outage events as JSON lines, written (and flushed) as they happen; thread-safe.
+
+    Memory stays flat however long the run: nothing is kept after a line is written.
+
+    Args:
+        path: Output ``.jsonl`` file (parent folders are created; an existing file is replaced).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w", encoding="utf-8", buffering=1)
+        self._lock = threading.Lock()
+        self.decisions_written = 0
+        self.events_written = 0
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        line = json.dumps(obj, separators=(",", ":")) + "\n"
+        with self._lock:
+            if not self._file.closed:
+                self._file.write(line)
+
+    def write_decision(self, decision: Decision, log_time_ns: int | None = None) -> None:
+        self._write(decision.to_json_dict())
+        self.decisions_written += 1
+
+    def write_event(self, event: Any) -> None:
+        self._write(event.to_json_dict())
+        self.events_written += 1
+
+    def close(self) -> None:
+        with self._lock:
             self._file.close()
 
 

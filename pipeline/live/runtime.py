@@ -7,23 +7,45 @@ Plain classes hold the logic (:class:`~pipeline.live_workers.SourceWorker`,
 The driver (:class:`LivePipeline`) drains each source actor's bounded queue, records raw
 messages (MCAP), aligns them (:class:`~pipeline.sync.Synchronizer`), queues samples on a
 bounded edge and keeps at most ``max_in_flight`` samples inside the engine. A source actor
-that dies is restarted by Ray; meanwhile its calls fail, the driver marks it ``restarting`` and
-the other modalities keep flowing (the sync fallback clock marks the absent one missing).
+that dies is restarted by Ray; its first failed call marks it down at once (an ``actor_down``
+outage event in the decision log), the other modalities keep flowing (the sync fallback clock
+marks the absent one missing), and its first message from the new incarnation logs ``actor_up``.
+
+Nothing in the driver grows with the run's length: only the last ``keep_decisions`` decisions
+and ``keep_received`` message ids stay in memory (totals are counters); every decision and
+outage streams to the recording and/or the JSONL decision log. A failure of one sample, of one
+message or of one loop turn is counted and logged, never fatal; only the circuit breaker
+(every sample failing for ``stream.circuit_breaker_s``) stops a run.
+
+A local Ray binds to loopback (``ray.node_ip_address``) with the dashboard off; a remote
+``ray.address`` is probed first and refused within ``ray.connect_timeout_s`` with one line.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
 from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig
+from exitflow.pipeline.live.failures import (
+    CircuitBreaker,
+    CircuitOpenError,
+    OutageEvent,
+    describe_error,
+    error_kind,
+    failed_decision,
+)
 from exitflow.pipeline.live.queues import BoundedQueue, Empty, InFlightLimiter
-from exitflow.pipeline.live.recording import RecordingWriter
+from exitflow.pipeline.live.recording import DecisionLog, RecordingWriter
 from exitflow.pipeline.live.sources import Backoff
 from exitflow.pipeline.live.stats import LiveStats
 from exitflow.pipeline.live.sync import make_synchronizer
@@ -42,6 +64,7 @@ log = logging.getLogger(__name__)
 ENGINE_ACTOR_NAME = "exitflow-engine"
 __all__ = [
     "ENGINE_ACTOR_NAME",
+    "CircuitOpenError",
     "LivePipeline",
     "LiveRuntimeError",
     "engine_actor",
@@ -52,7 +75,15 @@ __all__ = [
 
 # -- Ray wrapping ----------------------------------------------------------------------------
 def start_ray(cfg: RayConfig) -> bool:
-    """``ray.init`` (local unless ``cfg.address``), quiet and dashboard-free; True if it started Ray."""
+    """``ray.init``, quiet and dashboard-free; True if this call started Ray.
+
+    Without ``cfg.address`` a local instance starts bound to ``cfg.node_ip_address`` (loopback by
+    default). With one, the head is probed first: an address nobody answers on fails within
+    ``cfg.connect_timeout_s`` with one line, before Ray prints anything.
+
+    Raises:
+        LiveRuntimeError: when Ray cannot be started or reached.
+    """
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {
@@ -62,14 +93,83 @@ def start_ray(cfg: RayConfig) -> bool:
         "configure_logging": True,
     }
     if cfg.address:
-        kwargs["address"] = cfg.address
+        kwargs["address"] = probe_ray_address(cfg.address, cfg.connect_timeout_s)
     else:
         kwargs["num_cpus"] = cfg.num_cpus
-    try:
-        ray.init(**kwargs)
-    except (ConnectionError, RuntimeError) as e:
-        raise LiveRuntimeError(f"cannot start/reach Ray (address={cfg.address!r}): {e}") from e
+        kwargs["_node_ip_address"] = cfg.node_ip_address
+    _init_with_timeout(kwargs, cfg)
     return True
+
+
+def _ray_address_file() -> Path:
+    return Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+
+
+def probe_ray_address(address: str, timeout_s: float) -> str:
+    """The ``host:port`` Ray should join, after checking something listens there.
+
+    ``"auto"`` means ``$RAY_ADDRESS`` or the cluster ``ray start`` last started on this machine.
+
+    Raises:
+        LiveRuntimeError: when no cluster is found or nothing answers within ``timeout_s``.
+    """
+    target = address
+    if address == "auto":
+        target = os.environ.get("RAY_ADDRESS", "")
+        if not target:
+            try:
+                target = _ray_address_file().read_text().strip()
+            except OSError:
+                target = ""
+        if not target:
+            raise LiveRuntimeError(
+                "ray.address is 'auto' but no Ray cluster runs here; start one with `ray start --head` "
+                "or set ray.address: null for a local instance"
+            )
+    hostport = target.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise LiveRuntimeError(f"ray.address must look like HOST:PORT (e.g. 10.0.0.5:6379), got {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__)
+        raise LiveRuntimeError(
+            f"cannot reach Ray at {target} ({reason} within {timeout_s:g} s); check ray.address and that "
+            f"`ray start --head` runs there, or raise ray.connect_timeout_s"
+        ) from None
+    return target
+
+
+def _init_with_timeout(kwargs: dict[str, Any], cfg: RayConfig) -> None:
+    """``ray.init(**kwargs)`` that gives up after ``cfg.connect_timeout_s`` (joining) with one line."""
+    outcome: dict[str, BaseException | None] = {}
+
+    def init() -> None:
+        try:
+            ray.init(**kwargs)
+            outcome["error"] = None
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            outcome["error"] = e
+
+    if not cfg.address:  # a local start has no network wait; run it here (signals, Ctrl-C)
+        init()
+    else:
+        thread = threading.Thread(target=init, name="ray-init", daemon=True)
+        thread.start()
+        thread.join(cfg.connect_timeout_s)
+        if "error" not in outcome:
+            raise LiveRuntimeError(
+                f"Ray at {kwargs.get('address')} did not accept the connection within "
+                f"{cfg.connect_timeout_s:g} s; check the cluster or raise ray.connect_timeout_s"
+            )
+    error = outcome.get("error")
+    if error is not None:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise LiveRuntimeError(
+            f"cannot start/reach Ray (address={cfg.address!r}): {lines[0] if lines else type(error).__name__}"
+        ) from error
 
 
 def source_actor(spec: SourceConfig | SourceFactory, stream: StreamConfig, name: str, **options: Any) -> Any:
@@ -109,6 +209,9 @@ def engine_actor(factory: EngineFactory | str, stream: StreamConfig, cfg: Any = 
 
 
 # -- the driver ------------------------------------------------------------------------------
+MAX_RECENT_OUTAGES = 50
+
+
 @dataclass
 class _SourceHandle:
     name: str
@@ -120,6 +223,7 @@ class _SourceHandle:
     failures: int = 0
     restarts: int = 0
     incarnation: int | None = None
+    outages: int = 0
 
 
 class LivePipeline:
@@ -127,13 +231,17 @@ class LivePipeline:
 
     Args:
         stream: The ``stream`` config section.
-        engine_factory: Zero-argument engine factory, or a ``"module:function"`` path (called
-            with ``cfg`` inside the engine actor).
-        cfg: Whole config, handed to a factory given by path.
+        engine_factory: Zero-argument engine factory, or a ``stream.engine`` name (see
+            :func:`~exitflow.pipeline.live.workers.resolve_engine_factory`; called with ``cfg``
+            inside the engine actor).
+        cfg: Whole config, handed to a factory given by name.
         sources: Name -> factory to use instead of ``stream.sources`` (tests, custom sensors);
             each value may also be a SourceConfig.
-        recorder: Where raw messages and decisions are written, or None.
-        on_decision: Called with every decision on the driver.
+        recorder: Where raw messages, decisions and outage events are written, or None.
+        on_decision: Called with every decision (failed ones included) on the driver.
+        decision_log: JSONL file that receives every decision and outage event, or None.
+        keep_decisions: How many recent decisions :attr:`decisions` holds.
+        keep_received: How many recent ``(source, seq, timestamp_ns)`` :attr:`received` holds.
     """
 
     def __init__(
@@ -144,6 +252,9 @@ class LivePipeline:
         sources: dict[str, SourceConfig | SourceFactory] | None = None,
         recorder: RecordingWriter | None = None,
         on_decision: Callable[[Decision], None] | None = None,
+        decision_log: str | Path | DecisionLog | None = None,
+        keep_decisions: int = 1000,
+        keep_received: int = 4096,
     ):
         self.stream = stream
         specs = sources if sources is not None else {s.name: s for s in stream.sources}
@@ -159,9 +270,20 @@ class LivePipeline:
         self.limiter = InFlightLimiter(stream.max_in_flight)
         self.recorder = recorder
         self.on_decision = on_decision
+        if decision_log is None or isinstance(decision_log, DecisionLog):
+            self.decision_log = decision_log
+        else:
+            self.decision_log = DecisionLog(decision_log)
         self.stats = LiveStats()
-        self.decisions: list[Decision] = []
-        self.received: list[tuple[str, int, int]] = []  # (source, seq, timestamp_ns) seen by the driver
+        self.breaker = CircuitBreaker(getattr(stream, "circuit_breaker_s", 30.0))
+        self.decisions: deque[Decision] = deque(maxlen=keep_decisions)  # the most recent ones
+        # (source, seq, timestamp_ns) of the most recent messages the driver saw
+        self.received: deque[tuple[str, int, int]] = deque(maxlen=keep_received)
+        self.decisions_total = 0
+        self.failed_total = 0
+        self.received_total = 0
+        self.outages: deque[OutageEvent] = deque(maxlen=MAX_RECENT_OUTAGES)
+        self.outage_counts: Counter[str] = Counter()  # event kind -> n
         self._specs = specs
         self._engine_factory = engine_factory
         self._cfg = cfg
@@ -170,6 +292,7 @@ class LivePipeline:
         self._in_flight: dict[Any, tuple[Sample, int]] = {}
         self._last_health_ns = 0
         self.budget: dict[str, Any] = {}
+        self.preprocess_drops: dict[str, int] = {}  # "modality:ExceptionType" -> n, from the engine actor
         self._status_ref: Any = None
 
     @staticmethod
@@ -231,7 +354,7 @@ class LivePipeline:
         self.budget = ray.get(self._engine.set_budget.remote(mj_per_sample, power_w), timeout=10)
 
     def shutdown(self) -> None:
-        """Stop the sources, wait for in-flight decisions briefly, close the recording, kill actors."""
+        """Stop the sources, wait for in-flight decisions briefly, close the logs, kill actors."""
         stops = []
         for h in self._handles.values():
             try:
@@ -249,6 +372,8 @@ class LivePipeline:
             ray.kill(self._engine, no_restart=True)
         if self.recorder is not None:
             self.recorder.close()
+        if self.decision_log is not None:
+            self.decision_log.close()
 
     # -- one turn of the loop ----------------------------------------------------------------
     def step(self, wait_s: float = 0.01) -> int:
@@ -274,14 +399,57 @@ class LivePipeline:
         on_tick: Callable[[LivePipeline], None] | None = None,
         tick_s: float = 0.25,
     ) -> None:
-        """Loop :meth:`step` until ``duration_s`` passes, ``stop`` is set or Ctrl-C."""
+        """Loop :meth:`step` until ``duration_s`` passes, ``stop`` is set or Ctrl-C.
+
+        A turn that raises is counted (``driver`` drops) and the loop goes on.
+
+        Raises:
+            CircuitOpenError: when every sample failed for ``stream.circuit_breaker_s``.
+        """
         end = None if duration_s is None else time.monotonic() + duration_s
         last_tick = 0.0
         while (end is None or time.monotonic() < end) and not (stop and stop.is_set()):
-            self.step()
-            if on_tick is not None and time.monotonic() - last_tick >= tick_s:
-                on_tick(self)
-                last_tick = time.monotonic()
+            try:
+                self.step()
+                if on_tick is not None and time.monotonic() - last_tick >= tick_s:
+                    last_tick = time.monotonic()
+                    on_tick(self)
+            except (CircuitOpenError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # noqa: BLE001 - one broken turn must not end the run
+                error = describe_error("driver", e)
+                self.stats.count_drop("driver", error_kind(error))
+                self.stats.last_engine_error = error
+                log.warning("live driver: %s (counted; the loop goes on)", error)
+                self.breaker.failure(error)
+                time.sleep(0.01)
+
+    # -- sources -----------------------------------------------------------------------------
+    def _event(self, h: _SourceHandle | None, source: str, event: str, reason: str) -> None:
+        """Note an outage event: counters, the live view and the decision log."""
+        ev = OutageEvent(source, event, reason, time.monotonic_ns())
+        self._log_outage(ev)
+        if h is not None and event in ("actor_down", "disconnected"):
+            h.outages += 1
+
+    def _log_outage(self, ev: OutageEvent) -> None:
+        self.outages.append(ev)
+        self.outage_counts[ev.event] += 1
+        log.warning("source %s: %s (%s)", ev.source, ev.event, ev.reason)
+        for sink in (self.recorder, self.decision_log):
+            if sink is None:
+                continue
+            try:
+                sink.write_event(ev)
+            except Exception as e:  # noqa: BLE001 - a full disk must not end the run; counted
+                self.stats.count_drop("log", f"event_write:{type(e).__name__}")
+
+    def _mark_down(self, h: _SourceHandle, error: BaseException) -> None:
+        h.failures += 1
+        if h.state != "restarting":
+            self._event(h, h.name, "actor_down", type(error).__name__)
+        h.state = "restarting"
+        h.health_ref = None  # a call to the old incarnation would only fail again
 
     def _drain_sources(self, wait_s: float) -> None:
         for h in self._handles.values():
@@ -294,26 +462,38 @@ class LivePipeline:
             h.drain_ref = None
             try:
                 messages = ray.get(ref)
-            except RayActorError as e:
-                h.state, h.failures = "restarting", h.failures + 1
-                log.warning("source actor %s unavailable (%s); Ray restarts it", h.name, type(e).__name__)
+            except RayActorError as e:  # ActorDiedError, ActorUnavailableError: down now, no waiting
+                self._mark_down(h, e)
                 continue
-            h.state = "alive"
+            except Exception as e:  # noqa: BLE001 - e.g. a message that does not unpickle
+                self.stats.count_drop(h.name, f"drain_failed:{type(e).__name__}")
+                continue
             now = time.monotonic_ns()
             for msg in messages:
-                incarnation = msg.meta.get("worker_started_ns")
-                if h.incarnation is not None and incarnation != h.incarnation:
-                    h.restarts += 1
-                    log.warning("source actor %s restarted (restart %d)", h.name, h.restarts)
-                h.incarnation = incarnation
-                self.received.append((msg.source, msg.seq, msg.timestamp_ns))
-                self.stats.observe_latency("source", (now - msg.timestamp_ns) / 1e6)
-                self.stats.count_message(msg.source)
-                if self.recorder is not None:
-                    self.recorder.write_message(msg)
-                if not self.sync.push(msg):
-                    self.stats.count_drop(msg.source, "sync_refused")
+                try:
+                    self._take_message(h, msg, now)
+                except Exception as e:  # noqa: BLE001 - one malformed message is dropped, counted
+                    self.stats.count_drop(h.name, f"message_failed:{type(e).__name__}")
 
+    def _take_message(self, h: _SourceHandle, msg: Any, now: int) -> None:
+        incarnation = msg.meta.get("worker_started_ns")
+        if h.incarnation is not None and incarnation != h.incarnation:
+            h.restarts += 1
+            self._event(h, h.name, "actor_up", f"restart {h.restarts}")
+        elif h.state == "restarting":  # the same incarnation answers again (a transient outage)
+            self._event(h, h.name, "actor_up", "reachable again")
+        h.state = "alive"
+        h.incarnation = incarnation
+        self.received.append((msg.source, msg.seq, msg.timestamp_ns))
+        self.received_total += 1
+        self.stats.observe_latency("source", (now - msg.timestamp_ns) / 1e6)
+        self.stats.count_message(msg.source)
+        if self.recorder is not None:
+            self.recorder.write_message(msg)
+        if not self.sync.push(msg):
+            self.stats.count_drop(msg.source, "sync_refused")
+
+    # -- engine ------------------------------------------------------------------------------
     def _dispatch(self) -> None:
         while self.limiter.try_acquire():
             try:
@@ -323,7 +503,13 @@ class LivePipeline:
                 return
             now = time.monotonic_ns()
             self.stats.observe_latency("queue", (now - emitted_ns) / 1e6)
-            self._in_flight[self._engine.process.remote(sample)] = (sample, now)
+            try:
+                ref = self._engine.process.remote(sample)
+            except Exception as e:  # noqa: BLE001 - e.g. a payload Ray cannot serialise
+                self.limiter.release()
+                self._emit(failed_decision(sample, describe_error("dispatch", e)), sample)
+                continue
+            self._in_flight[ref] = (sample, now)
 
     def _collect(self, timeout_s: float) -> int:
         if not self._in_flight:
@@ -334,31 +520,56 @@ class LivePipeline:
             self.limiter.release()
             try:
                 decision, stage_ms, error = ray.get(ref)
-            except (RayActorError, GetTimeoutError) as e:
-                self.stats.count_drop("engine", f"engine_unavailable:{type(e).__name__}")
+            except RayActorError as e:
+                self._emit(failed_decision(sample, describe_error("engine_unavailable", e)), sample)
                 continue
-            if decision is None:
-                self.stats.count_drop("engine", f"sample_failed:{(error or '').split(':')[0]}")
-                self.stats.last_engine_error = error
+            except Exception as e:  # noqa: BLE001 - RayTaskError and anything else: this sample failed
+                cause = getattr(e, "cause", None) or e
+                self._emit(failed_decision(sample, describe_error("engine_call", cause)), sample)
                 continue
             now = time.monotonic_ns()
             for stage, ms in stage_ms.items():
                 self.stats.observe_latency(stage, ms)
-            self.stats.observe_latency("engine_call", (now - sent_ns) / 1e6)
-            self.stats.observe_latency("end_to_end", (now - sample.timestamp_ns) / 1e6)
-            self.stats.observe_decision(decision)
-            self.decisions.append(decision)
-            if self.recorder is not None:
-                self.recorder.write_decision(decision, sample.timestamp_ns)
-            if self.on_decision is not None:
-                self.on_decision(decision)
+            if error is None:
+                self.stats.observe_latency("engine_call", (now - sent_ns) / 1e6)
+                self.stats.observe_latency("end_to_end", (now - sample.timestamp_ns) / 1e6)
+            self._emit(decision, sample)
         return len(ready)
+
+    def _emit(self, decision: Decision, sample: Sample) -> None:
+        """Count, keep (bounded), log and hand on one decision; a failed one feeds the breaker."""
+        error = getattr(decision, "error", None)
+        self.decisions.append(decision)
+        self.decisions_total += 1
+        if error:
+            self.failed_total += 1
+            self.stats.observe_failure(error)
+        else:
+            self.stats.observe_decision(decision)
+        for sink in (self.recorder, self.decision_log):
+            if sink is None:
+                continue
+            try:
+                sink.write_decision(decision, sample.timestamp_ns)
+            except Exception as e:  # noqa: BLE001 - counted, the run goes on
+                self.stats.count_drop("log", f"decision_write:{type(e).__name__}")
+        if self.on_decision is not None:
+            try:
+                self.on_decision(decision)
+            except Exception as e:  # noqa: BLE001 - a user callback's bug is counted, not fatal
+                self.stats.count_drop("on_decision", type(e).__name__)
+        if error:
+            self.breaker.failure(error)
+        else:
+            self.breaker.success()
 
     def _refresh_health(self) -> None:
         if self._status_ref is not None and ray.wait([self._status_ref], timeout=0)[0]:
             try:
-                self.budget = ray.get(self._status_ref).get("budget", {})
-            except RayActorError:
+                status = ray.get(self._status_ref)
+                self.budget = status.get("budget", {})
+                self.preprocess_drops = dict(status.get("preprocess_drops", {}))
+            except Exception:  # noqa: BLE001 - the engine restarting; asked again next time
                 pass
             self._status_ref = None
         if self._status_ref is None and self._engine is not None:
@@ -369,10 +580,20 @@ class LivePipeline:
                 if not done:
                     continue
                 try:
-                    h.health = ray.get(h.health_ref)
-                    h.state = "alive"
-                except RayActorError:
-                    h.state = "restarting"
+                    health = ray.get(h.health_ref)
+                except RayActorError as e:
+                    self._mark_down(h, e)
+                    health = None
+                except Exception as e:  # noqa: BLE001
+                    self.stats.count_drop(h.name, f"health_failed:{type(e).__name__}")
+                    health = None
+                h.health_ref = None
+                if health is not None:
+                    for ev in health.pop("events", []):
+                        self._log_outage(ev)
+                        if ev.event == "disconnected":
+                            h.outages += 1
+                    h.health = health
             h.health_ref = h.actor.health.remote()
 
     def snapshot(self) -> dict[str, Any]:
@@ -384,6 +605,7 @@ class LivePipeline:
                     "actor": h.state,
                     "actor_failures": h.failures,
                     "actor_restarts": h.restarts,
+                    "outages": h.outages,
                 }
                 for name, h in self._handles.items()
             },
@@ -391,5 +613,11 @@ class LivePipeline:
             "engine_queue": self.sample_queue.stats().to_dict(),
             "in_flight": self.limiter.in_flight,
             "budget": dict(self.budget),
+            "decisions_total": self.decisions_total,
+            "failed_decisions": self.failed_total,
+            "received_total": self.received_total,
+            "outage_events": dict(self.outage_counts),
+            "preprocess_drops": dict(self.preprocess_drops),
+            "recent_outages": [f"{e.source} {e.event} ({e.reason})" for e in list(self.outages)[-5:]],
             **self.stats.summary(),
         }

@@ -10,6 +10,7 @@ from collections import Counter, deque
 from typing import Any
 
 import numpy as np
+from exitflow.pipeline.live.failures import error_kind
 from exitflow.pipeline.messages import Decision
 
 
@@ -35,6 +36,8 @@ class LiveStats:
         self.estimated: bool | None = None
         self.lam: float | None = None
         self.last_engine_error: str | None = None
+        self.failed = 0
+        self.failures: Counter[str] = Counter()  # "stage:ExceptionType" -> n (a bounded key set)
 
     def observe_latency(self, stage: str, latency_ms: float) -> None:
         self.latency_ms.setdefault(stage, deque(maxlen=self.window)).append(float(latency_ms))
@@ -63,6 +66,12 @@ class LiveStats:
             self.energy_source, self.estimated = decision.energy_source, decision.estimated
         self.lam = decision.lam
 
+    def observe_failure(self, error: str) -> None:
+        """A sample that failed (``"stage: Type: message"``): counted by stage and type."""
+        self.failed += 1
+        self.failures[error_kind(error)] += 1
+        self.last_engine_error = error
+
     def percentiles(self) -> dict[str, dict[str, float]]:
         """Stage -> ``{"p50", "p95", "p99", "n"}`` in ms over the rolling window."""
         out = {}
@@ -76,6 +85,8 @@ class LiveStats:
     def summary(self) -> dict[str, Any]:
         return {
             "decisions": self.decisions,
+            "failed": self.failed,
+            "failures": dict(self.failures),
             "messages": dict(self.messages),
             "drops": {k: dict(v) for k, v in self.drops.items()},
             "exits": {m: dict(sorted(c.items())) for m, c in self.exits.items()},

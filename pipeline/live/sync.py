@@ -13,7 +13,10 @@ before it are concatenated (zero-padded at the front when at least ``min_audio_f
 When the trigger source goes quiet for ``trigger_timeout`` the synchronizer falls back to a clock
 at ``fallback_hz`` so the other modalities keep flowing, with the trigger in ``missing``.
 Every drop is counted with its reason; a timestamp that goes backwards is logged, dropped and
-counted as ``non_monotonic``, never fatal. Time comes in through ``poll(now_ns)``, so the same
+counted as ``non_monotonic``, never fatal. A malformed message (payload of the wrong type, shape
+or dtype, NaN/inf audio, a bad timestamp, empty or oversized text) is refused at :meth:`push` and
+counted as ``malformed_<what>``, so it can never poison a later :meth:`poll`. With ``trigger:
+audio`` every audio chunk ends a sample whose audio is the assembled window, as for the others. Time comes in through ``poll(now_ns)``, so the same
 code runs on the wall clock (live) and on event time (replay) with identical results.
 """
 
@@ -33,6 +36,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SYNC_POLICIES = ("exact", "approximate", "latest")
+MAX_TEXT_CHARS = 65_536  # longer text is refused (sources cut lines far shorter)
+MAX_SOURCES = 256  # distinct source names tracked; more are refused (a fuzzer, a misconfiguration)
+MAX_TIMESTAMP_NS = 2**63 - 1
 
 
 @dataclass
@@ -134,13 +140,59 @@ class Synchronizer:
         self.stats = SyncStats()
 
     # -- input -------------------------------------------------------------------------------
+    def check(self, msg: Any) -> str | None:
+        """Why ``msg`` cannot be used (a drop reason), or None when it is well formed."""
+        modality = getattr(msg, "modality", None)
+        if not isinstance(modality, str) or not isinstance(getattr(msg, "source", None), str):
+            return "malformed_message"
+        if modality not in self.modalities:
+            return "unknown_modality"
+        ts = getattr(msg, "timestamp_ns", None)
+        if isinstance(ts, bool) or not isinstance(ts, (int, np.integer)) or not 0 <= int(ts) <= MAX_TIMESTAMP_NS:
+            return "malformed_timestamp"
+        payload = getattr(msg, "payload", None)
+        if modality == "text":
+            if not isinstance(payload, str):
+                return "malformed_text"
+            if not payload.strip():
+                return "empty_text"
+            return "text_too_long" if len(payload) > MAX_TEXT_CHARS else None
+        if not isinstance(payload, np.ndarray) or payload.size == 0 or payload.dtype.kind not in "uif":
+            return f"malformed_{modality}"
+        if payload.dtype.kind == "f" and not np.isfinite(payload).all():
+            return f"non_finite_{modality}"
+        if modality == "image":
+            ok = payload.ndim == 2 or (payload.ndim == 3 and payload.shape[2] in (1, 3, 4))
+            return None if ok else "malformed_image"
+        if payload.ndim != 1:
+            return "malformed_audio"
+        rate = getattr(msg, "sample_rate_hz", None)
+        if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)):
+            return "malformed_audio"
+        return None
+
     def push(self, msg: SensorMessage) -> bool:
-        """Offer one message; False when it was dropped (the reason is counted)."""
+        """Offer one message; False when it was dropped (the reason is counted). Never raises."""
         self.stats.received += 1
-        if msg.modality not in self.modalities:
-            _bump(self.stats.dropped, "unknown_modality")
+        try:
+            return self._push(msg)
+        except Exception as e:  # noqa: BLE001 - a message that slips past check() is dropped, not fatal
+            log.warning("sync: message dropped: %s: %s", type(e).__name__, e)
+            _bump(self.stats.dropped, f"push_failed:{type(e).__name__}")
+            return False
+
+    def _push(self, msg: SensorMessage) -> bool:
+        reason = self.check(msg)
+        if reason is not None:
+            _bump(self.stats.dropped, reason)
+            return False
+        if msg.source not in self._last_ts and len(self._last_ts) >= MAX_SOURCES:
+            _bump(self.stats.dropped, "too_many_sources")
             return False
         last = self._last_ts.get(msg.source)
+        if last is not None and msg.timestamp_ns == last:
+            _bump(self.stats.dropped, "duplicate_timestamp")
+            return False
         if last is not None and msg.timestamp_ns < last:
             log.warning(
                 "sync: %s timestamp went backwards (%d < %d ns); message dropped",
@@ -162,12 +214,13 @@ class Synchronizer:
                 self._pending.popleft()
                 _bump(self.stats.dropped, "trigger_overflow")
             self._pending.append(msg)
-            return True
+            if msg.modality != "audio":  # an audio trigger also joins the window buffer below
+                return True
         buf = self._buffers[msg.modality]
         buf.append(msg)
         if msg.modality == "audio":
             while buf and msg.timestamp_ns - buf[0].timestamp_ns > self._audio_keep_ns:
-                buf.popleft()
+                self._evict("audio", buf.popleft())
         while len(buf) > self._buffer_size:
             self._evict(msg.modality, buf.popleft())
         return True
@@ -183,21 +236,38 @@ class Synchronizer:
         """Samples whose partners had ``slop`` to arrive by ``now_ns`` (plus fallback samples)."""
         out: list[Sample] = []
         while self._pending and self._pending[0].timestamp_ns + self.slop_ns <= now_ns:
-            trig = self._pending.popleft()
-            out.append(self._assemble_trigger(trig))
-        out.extend(self._fallback(now_ns))
+            self._emit_trigger(self._pending.popleft(), out)
+        try:
+            out.extend(self._fallback(now_ns))
+        except Exception as e:  # noqa: BLE001 - see _recover
+            self._recover(e)
         return out
 
     def flush(self) -> list[Sample]:
         """Everything still pending, as if time had run on (end of a replay)."""
-        out = []
+        out: list[Sample] = []
         while self._pending:
-            out.append(self._assemble_trigger(self._pending.popleft()))
+            self._emit_trigger(self._pending.popleft(), out)
         return out
+
+    def _emit_trigger(self, trig: SensorMessage, out: list[Sample]) -> None:
+        try:
+            out.append(self._assemble_trigger(trig))
+        except Exception as e:  # noqa: BLE001 - see _recover
+            self._recover(e)
+
+    def _recover(self, e: Exception) -> None:
+        """A sample that could not be assembled: count it and empty the partner buffers, so
+        whatever caused it cannot fail the next poll too."""
+        log.warning("sync: sample dropped (%s: %s); partner buffers cleared", type(e).__name__, e)
+        _bump(self.stats.dropped, f"assemble_failed:{type(e).__name__}")
+        for buf in self._buffers.values():
+            buf.clear()
+        self._used.clear()
 
     def _assemble_trigger(self, trig: SensorMessage) -> Sample:
         sample = self._assemble(trig.timestamp_ns, trig)
-        if sample is None:  # cannot happen: the trigger payload is always there
+        if sample is None:  # cannot happen: allow_empty is True for triggers
             raise RuntimeError("sync: a trigger sample came out empty")
         return sample
 
@@ -221,6 +291,12 @@ class Synchronizer:
             if m == self.trigger:
                 if trig is None:
                     reasons[m] = "trigger_timeout"
+                elif m == "audio":  # the window that this chunk ends, not the bare chunk
+                    picked, reason = self._pick_audio(self._buffers[m], trig.timestamp_ns, "exact")
+                    if picked is None:
+                        reasons[m] = reason
+                    else:
+                        payloads[m], stamps[m] = picked
                 else:
                     payloads[m], stamps[m] = trig.payload, trig.timestamp_ns
                 continue

@@ -78,6 +78,15 @@ def render(snap: dict[str, Any]) -> Group:
     flow.add_row(
         "engine drops", "; ".join(f"{k}: {_fmt_counts(v)}" for k, v in snap.get("drops", {}).items()) or "-"
     )
+    flow.add_row(
+        "failed samples",
+        f"{snap.get('failed', 0)} ({_fmt_counts(snap.get('failures', {}))})" if snap.get("failed") else "0",
+    )
+    if snap.get("preprocess_drops"):
+        flow.add_row("preprocess drops", _fmt_counts(snap["preprocess_drops"]))
+    if snap.get("outage_events"):
+        flow.add_row("outages", _fmt_counts(snap["outage_events"]))
+        flow.add_row("last outages", "; ".join(snap.get("recent_outages", [])[-3:])[:120])
     if snap.get("last_engine_error"):
         flow.add_row("last engine error", str(snap["last_engine_error"])[:80])
 

@@ -1,23 +1,33 @@
 """The plain classes inside the live pipeline's Ray actors: one source reader, one engine holder.
 
 No ``ray.remote`` here (see ``pipeline.runtime``): :class:`SourceWorker` reads a source on a
-background thread into a bounded queue that the driver drains; :class:`EngineWorker` holds the
-engine and preprocesses + processes one sample per call, turning a failed sample into an error
-string instead of an exception so one bad sample never stops the loop.
+background thread into a bounded queue that the driver drains, and notes every disconnect and
+reconnect as an :class:`~exitflow.pipeline.live.failures.OutageEvent`; :class:`EngineWorker`
+holds the engine and preprocesses + processes one sample per call, turning *any* exception of
+preprocessing, the engine or its meter into a
+:class:`~exitflow.pipeline.live.failures.FailedDecision` so one bad sample never stops the loop.
+
+Which engines a config may name (``stream.engine``) is closed: ``system:NAME`` (the project's
+systems), an entry point registered under the group ``exitflow.engines`` (by its name), or a
+``module:function`` inside the ``exitflow`` package. A config cannot import arbitrary modules.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import ray
 from exitflow.pipeline.config import SourceConfig
 from exitflow.pipeline.errors import ExitflowError
+from exitflow.pipeline.live.failures import OutageEvent, describe_error, failed_decision
+from exitflow.pipeline.live.preprocess import preprocess_sample
 from exitflow.pipeline.live.queues import BoundedQueue
 from exitflow.pipeline.live.sources import Backoff, Source, build_source
 from exitflow.pipeline.messages import Decision, Sample, SensorMessage
@@ -26,6 +36,9 @@ log = logging.getLogger(__name__)
 
 SourceFactory = Callable[[], Source]
 EngineFactory = Callable[[], Any]
+ENGINE_ENTRY_POINT_GROUP = "exitflow.engines"
+PROJECT_PACKAGE = "exitflow"
+MAX_PENDING_EVENTS = 64
 
 
 class LiveRuntimeError(ExitflowError):
@@ -56,6 +69,8 @@ class SourceWorker:
             queue_size, queue_policy, name=self.source.name
         )
         self.started_ns = time.monotonic_ns()  # tells one incarnation of a restarted actor from the next
+        self._events: deque[OutageEvent] = deque(maxlen=MAX_PENDING_EVENTS)  # handed out by health()
+        self._was_connected = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"source-{self.source.name}", daemon=True)
         self._thread.start()
@@ -70,6 +85,7 @@ class SourceWorker:
                 log.exception("source %s raised", self.source.name)
                 time.sleep(0.1)
                 continue
+            self._note_state()
             if msg is not None:
                 msg.meta["worker_started_ns"] = self.started_ns
                 self.queue.put(msg, timeout_s=0.5)
@@ -77,12 +93,32 @@ class SourceWorker:
                 time.sleep(0.01)
         self.source.close()
 
+    def _note_state(self) -> None:
+        """Queue an outage event when the source's connection went down or came back."""
+        connected = self.source.state == "connected"
+        if connected == self._was_connected:
+            return
+        if connected:
+            event, reason = "reconnected", f"reconnects={self.source.reconnects}"
+        else:
+            event, reason = "disconnected", f"{self.source.state}: {self.source.last_error or ''}".strip()
+        if connected or self.source.state != "finished":
+            self._events.append(OutageEvent(self.source.name, event, reason, time.monotonic_ns()))
+        self._was_connected = connected
+
+    @ray.method(enable_task_events=False)  # called ~100/s: no per-call record in Ray's GCS
     def drain(self, max_items: int = 256) -> list[SensorMessage]:
         return self.queue.drain(max_items)
 
+    @ray.method(enable_task_events=False)  # called ~100/s: no per-call record in Ray's GCS
     def health(self) -> dict[str, Any]:
+        """The source's health, its queue's counters and the outage events since the last call."""
         out = self.source.health().to_dict()
         out["queue"] = self.queue.stats().to_dict()
+        events = []
+        while self._events:
+            events.append(self._events.popleft())
+        out["events"] = events
         return out
 
     def node_id(self) -> str:
@@ -95,20 +131,48 @@ class SourceWorker:
         return True
 
 
+def engine_entry_points() -> dict[str, Any]:
+    """Name -> entry point of every engine registered under the ``exitflow.engines`` group."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENGINE_ENTRY_POINT_GROUP)}
+
+
 def resolve_engine_factory(path: str) -> Callable[..., Any]:
-    """``"package.module:function"`` -> the function (called with the config), or
-    ``"system:NAME"`` -> a factory loading the named system from :mod:`pipeline.systems`.
+    """The engine factory (called with the config) that ``stream.engine`` names.
+
+    ``"system:NAME"`` loads a system from :mod:`exitflow.pipeline.inference.systems`; a bare
+    ``"NAME"`` is an entry point of the group ``exitflow.engines`` (register your own in your
+    package's ``pyproject.toml``: ``[project.entry-points."exitflow.engines"] my = "pkg.mod:factory"``);
+    ``"exitflow.module:function"`` is one of the project's own factories. Nothing else is imported.
 
     Raises:
-        LiveRuntimeError: when the module or attribute does not exist.
+        LiveRuntimeError: for a name outside those, or one that does not load.
     """
     module_name, sep, attr = path.partition(":")
     if module_name == "system":
-        from exitflow.pipeline.inference.systems import load_system
+        from exitflow.pipeline.inference.systems import load_system, system_names
 
+        if attr not in system_names():
+            raise LiveRuntimeError(
+                f"stream.engine {path!r}: unknown system {attr!r}; choose one of {', '.join(system_names())}"
+            )
         return lambda cfg: load_system(cfg, attr)
     if not sep:
-        raise LiveRuntimeError(f"stream.engine must look like 'package.module:function', got {path!r}")
+        points = engine_entry_points()
+        if path not in points:
+            known = ", ".join(sorted(points)) or "none installed"
+            raise LiveRuntimeError(
+                f"stream.engine {path!r} is not an engine registered under the entry-point group "
+                f"{ENGINE_ENTRY_POINT_GROUP!r} ({known}); use system:NAME or register it (docs/streaming.md)"
+            )
+        try:
+            return points[path].load()
+        except Exception as e:  # noqa: BLE001 - a broken plug-in is reported as one line
+            raise LiveRuntimeError(f"cannot load engine entry point {path!r}: {type(e).__name__}: {e}") from e
+    if module_name.split(".")[0] != PROJECT_PACKAGE:
+        raise LiveRuntimeError(
+            f"stream.engine {path!r}: only exitflow's own factories load by module path; register "
+            f"{path!r} under the entry-point group {ENGINE_ENTRY_POINT_GROUP!r} and name it, or use system:NAME"
+        )
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
@@ -131,26 +195,38 @@ class EngineWorker:
         self.engine = resolve_engine_factory(factory)(cfg) if isinstance(factory, str) else factory()
         self.preprocess = preprocess
         self.budget: dict[str, Any] = {}
+        self.failures = 0
+        self.preprocess_drops: dict[str, int] = {}
 
-    def process(self, sample: Sample) -> tuple[Decision | None, dict[str, float], str | None]:
-        """``(decision, stage latencies in ms, None)``, or ``(None, ..., error)`` when the sample failed."""
+    @ray.method(enable_task_events=False)  # called ~100/s: no per-call record in Ray's GCS
+    def process(self, sample: Sample) -> tuple[Decision, dict[str, float], str | None]:
+        """``(decision, stage latencies in ms, None)``, or ``(FailedDecision, ..., error)`` when the
+        sample failed anywhere (preprocessing, the engine, its meter): never raises for one sample."""
         t0 = time.perf_counter()
-        if self.preprocess:
-            from exitflow.pipeline.live.preprocess import preprocess_sample
-
-            sample = preprocess_sample(sample)
-        t1 = time.perf_counter()
+        stage_ms: dict[str, float] = {}
+        stage = "preprocess"
         try:
+            if self.preprocess:
+                sample = preprocess_sample(sample, self.preprocess_drops)
+            t1 = time.perf_counter()
+            stage_ms["preprocess"] = (t1 - t0) * 1e3
+            stage = "engine"
             decision = self.engine.process(sample)
-        except (ExitflowError, ValueError, TypeError, KeyError) as e:
-            log.warning("engine: sample %d failed: %s", sample.sample_id, e)
-            return None, {"preprocess": (t1 - t0) * 1e3}, f"{type(e).__name__}: {e}"
-        t2 = time.perf_counter()
-        if not decision.missing and sample.missing:
-            decision.missing = sorted(sample.missing)
-        if decision.timestamp_ns is None:
-            decision.timestamp_ns = sample.timestamp_ns
-        return decision, {"preprocess": (t1 - t0) * 1e3, "engine": (t2 - t1) * 1e3}, None
+            if not isinstance(decision, Decision):
+                raise TypeError(f"engine returned {type(decision).__name__}, expected a Decision")
+            t2 = time.perf_counter()
+            stage_ms["engine"] = (t2 - t1) * 1e3
+            if not decision.missing and sample.missing:
+                decision.missing = sorted(sample.missing)
+            if decision.timestamp_ns is None:
+                decision.timestamp_ns = sample.timestamp_ns
+        except Exception as e:  # noqa: BLE001 - one sample's failure (even CUDA OOM) must not end the run
+            error = describe_error(stage, e)
+            self.failures += 1
+            if self.failures <= 10 or self.failures % 1000 == 0:
+                log.warning("engine: sample %s failed (%d so far): %s", sample.sample_id, self.failures, error)
+            return failed_decision(sample, error), stage_ms, error
+        return decision, stage_ms, None
 
     def set_budget(self, mj_per_sample: float | None = None, power_w: float | None = None) -> dict[str, Any]:
         """Change the energy budget of the running engine (``exitflow budget set``).
@@ -169,8 +245,13 @@ class EngineWorker:
         self.budget = {"mj_per_sample": mj_per_sample, "power_w": power_w}
         return self.budget
 
+    @ray.method(enable_task_events=False)  # called ~100/s: no per-call record in Ray's GCS
     def status(self) -> dict[str, Any]:
-        return {"budget": dict(self.budget)}
+        return {
+            "budget": dict(self.budget),
+            "failures": self.failures,
+            "preprocess_drops": dict(self.preprocess_drops),
+        }
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
