@@ -145,7 +145,28 @@ def make_measurement(
 
 
 def split_idle(m: Measurement, idle_floor_mw: float, idle_basis: str) -> Measurement:
-    """``m`` with its idle and dynamic parts filled in from an idle floor in mW."""
-    return make_measurement(
-        m.name, m.energy_mj, m.duration_s, m.source, m.estimated, m.rails, m.notes, idle_floor_mw, idle_basis
-    )
+    """``m`` with its idle and dynamic parts filled in from an idle floor in mW.
+
+    Runs at every ``end_window`` of a meter with a floor, so the usual case builds the result
+    directly (``m`` is already validated) instead of going through :func:`make_measurement`.
+    """
+    energy_mj = m.energy_mj
+    if energy_mj is None:
+        return m
+    idle_mj = idle_floor_mw * m.duration_s
+    if idle_mj > energy_mj:
+        return make_measurement(
+            m.name,
+            energy_mj,
+            m.duration_s,
+            m.source,
+            m.estimated,
+            m.rails,
+            m.notes,
+            idle_floor_mw,
+            idle_basis,
+        )
+    return Measurement(
+        energy_mj, m.duration_s, m.avg_power_mw, m.source, m.estimated, m.rails, m.name, m.notes,
+        idle_mj, energy_mj - idle_mj, idle_basis,
+    )  # fmt: skip
