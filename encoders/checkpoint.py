@@ -198,7 +198,7 @@ def read_json_object(path: Path, rebuild: str) -> dict[str, Any]:
     return doc
 
 
-def _check_fields(cls: type, data: Any, where: str) -> list[str]:
+def check_fields(cls: type, data: Any, where: str) -> list[str]:
     """Type problems of ``data`` against dataclass ``cls`` (types taken from the defaults)."""
     if not isinstance(data, dict):
         return [f"{where}: expected an object, found {type(data).__name__}"]
@@ -249,7 +249,7 @@ def read_checkpoint_config(folder: str | Path) -> dict[str, Any]:
         problems.append("metadata: expected an object")
     if kind in ("vit", "text"):
         cls = ViTEncoderConfig if kind == "vit" else TextEncoderConfig
-        problems += _check_fields(cls, doc.get("encoder_config"), "encoder_config")
+        problems += check_fields(cls, doc.get("encoder_config"), "encoder_config")
     if problems:
         raise CheckpointLoadError(f"{path}: {'; '.join(problems[:3])}; rebuild it with `{rebuild}`")
     try:

@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from exitflow.encoders.baseline import BaselineConfig
 from exitflow.encoders.checkpoint import (
     CHECKSUM_KEY,
     CheckpointLoadError,
+    check_fields,
     check_shapes,
     checksum_lines,
     file_sha256,
@@ -33,7 +35,8 @@ from exitflow.encoders.checkpoint import (
     read_state,
     recorded_sha256,
 )
-from exitflow.pipeline.config import REPO_ROOT
+from exitflow.pipeline.config import REPO_ROOT, FusionConfig
+from exitflow.pipeline.config_schema import build
 from exitflow.pipeline.errors import CheckpointError
 from safetensors.torch import save_file
 
@@ -50,6 +53,31 @@ REBUILD_BY_PREFIX = {
     "fusion": "exitflow train fusion",
     "joint_": "exitflow train joint --dataset {b}",
 }
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1 << 16
+
+
+def _meta_problems(meta: dict[str, Any]) -> list[str]:
+    """What the loaders read from ``config.json`` by kind, checked before anything is built from it."""
+    kind = meta.get("kind")
+    problems: list[str] = []
+    if kind == "baseline":
+        problems += check_fields(BaselineConfig, meta.get("arch"), "arch")
+    if kind in ("fusion_late", "fusion_transformer"):
+        dims = meta.get("dims")
+        if not (isinstance(dims, dict) and dims and all(_count(v) for v in dims.values())):
+            problems.append("dims: expected an object of modality -> width (1..65536)")
+        if not _count(meta.get("num_classes")):
+            problems.append("num_classes: expected an integer in 1..65536")
+        if kind == "fusion_late" and not _count(meta.get("hidden_dim")):
+            problems.append("hidden_dim: expected an integer in 1..65536")
+    if kind in ("fusion", "fusion_transformer"):
+        errors: list[str] = []
+        build(FusionConfig, meta.get("fusion"), "fusion", errors)
+        problems += errors
+    return problems
 
 
 def checkpoint_dir(name: str, base: str | Path = "checkpoints") -> Path:
@@ -110,6 +138,9 @@ def read_meta(folder: Path) -> dict[str, Any]:
     try:
         meta = read_json_object(path, rebuild_command(folder))
         recorded_sha256(meta)
+        problems = _meta_problems(meta)
+        if problems:
+            raise CheckpointLoadError(f"{path}: {'; '.join(problems[:3])}")
     except CheckpointLoadError as e:
         message = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
         if "rebuild it with" not in message:

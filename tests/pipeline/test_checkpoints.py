@@ -31,7 +31,7 @@ def _model(width: int = 4) -> torch.nn.Module:
 
 def _saved(tmp_path: Path, model: torch.nn.Module | None = None) -> Path:
     folder = tmp_path / "baseline_lf_avmnist"
-    return save_checkpoint(folder, model or _model(), {"kind": "baseline", "command": REBUILD}, "# card\n")
+    return save_checkpoint(folder, model or _model(), {"kind": "test", "command": REBUILD}, "# card\n")
 
 
 def _error(folder: Path, model: torch.nn.Module | None = None) -> str:
@@ -113,3 +113,24 @@ def test_committed_checkpoints_match_their_recorded_checksums() -> None:
             assert file_sha256(path.parent / name) == digest, path
             stamped += 1
     assert stamped >= 1
+
+
+@pytest.mark.parametrize(
+    ("meta", "needle"),
+    [
+        ({"kind": "baseline", "arch": {"hidden": "wide"}}, "arch.hidden"),
+        ({"kind": "baseline", "arch": [1]}, "arch: expected an object"),
+        ({"kind": "fusion_late", "dims": {"image": 10**9}, "num_classes": 10, "hidden_dim": 64}, "dims"),
+        (
+            {"kind": "fusion_transformer", "dims": {"image": 64}, "num_classes": 10, "fusion": {"dim": 0.5}},
+            "fusion.dim",
+        ),
+    ],
+)
+def test_meta_read_by_loaders_is_checked(tmp_path: Path, meta: dict, needle: str) -> None:
+    folder = tmp_path / "baseline_lf_avmnist"
+    folder.mkdir()
+    (folder / META).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as info:
+        read_meta(folder)
+    assert needle in str(info.value) and "\n" not in str(info.value)
