@@ -175,10 +175,9 @@ class PowerMeter(ABC):
                 f"the idle calibration window of the {self.kind} meter lasted 0 s; its clock did not advance "
                 "during wait() - pass a wait that moves the meter's clock"
             )
-        self.set_idle_floor(
-            m.energy_mj / m.duration_s, f"measured: {m.duration_s:.2f} s idle window ({m.source})"
-        )
-        return self.idle_floor_mw
+        floor_mw = m.energy_mj / m.duration_s  # mJ / s = mW
+        self.set_idle_floor(floor_mw, f"measured: {m.duration_s:.2f} s idle window ({m.source})")
+        return floor_mw
 
     def _idle_wait(self, seconds: float) -> None:
         time.sleep(seconds)
