@@ -114,3 +114,11 @@ def test_registry_applies_configured_floor_to_measured_meters(tmp_path, monkeypa
     # estimating meters keep their model floor whatever is configured
     with get_power_meter("psutil", idle_floor_mw=1.0) as meter:
         assert meter.idle_floor_basis.startswith("model")
+
+
+def test_registry_calibrates_measured_meters_at_open(tmp_path, monkeypatch):
+    monkeypatch.setattr(nvml_mod, "pynvml", None)
+    make_rapl_zone(tmp_path, "0", "package-0", 0, 10**9)  # a counter that never moves: floor 0 mW
+    with get_power_meter("rapl", rapl_root=str(tmp_path), idle_calibration_s=0.01) as meter:
+        assert meter.idle_floor_mw == 0.0 and meter.idle_floor_basis.startswith("measured")
+        assert "idle floor: 0.0 mW" in meter.describe_idle_floor()
