@@ -83,6 +83,10 @@ class EarlyExitEncoder(nn.Module, ABC):
     def done(self, state: EncoderState) -> bool:
         return state.next_exit >= self.num_exits
 
+    def select(self, state: EncoderState, index: torch.Tensor) -> EncoderState:
+        """Keep only the samples at ``index`` (B',) of ``state``: those still in flight."""
+        raise NotImplementedError(f"{type(self).__name__} cannot drop samples from a batch")
+
     def forward(self, x: Any) -> list[ExitOutput]:
         state = self.start(x)
         outputs = []
@@ -93,3 +97,7 @@ class EarlyExitEncoder(nn.Module, ABC):
     def exit_macs(self) -> list[int]:
         """Cumulative per-sample MACs at each exit (heads counted), from the flop counter."""
         raise NotImplementedError(f"{type(self).__name__} does not report MACs")
+
+    def head_macs(self) -> list[int]:
+        """Per-sample MACs of each exit's head alone (the final classifier last)."""
+        raise NotImplementedError(f"{type(self).__name__} does not report its heads' MACs")

@@ -79,8 +79,9 @@ class LateFusion(nn.Module):
         super().__init__()
         self.cfg = cfg
         blocks = {"image": cfg.image_blocks, "audio": cfg.audio_blocks}
-        self.encoders = nn.ModuleDict({m: LeNet(1, cfg.width, blocks[m]) for m in cfg.modalities()})
-        width = sum(enc.out_features for enc in self.encoders.values())
+        lenets = {m: LeNet(1, cfg.width, blocks[m]) for m in cfg.modalities()}
+        self.encoders = nn.ModuleDict(lenets)
+        width = sum(enc.out_features for enc in lenets.values())
         self.head = nn.Sequential(
             nn.Linear(width, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.num_classes)
         )

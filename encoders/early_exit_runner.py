@@ -98,7 +98,7 @@ def run_early_exit(
         keep = (~fire).nonzero().flatten()
         if keep.numel() == 0:
             break
-        state = encoder.select(state, keep)  # type: ignore[attr-defined]
+        state = encoder.select(state, keep)
         _keep_memory(memory, keep)
         active = active[keep]
     if logits_out is None:

@@ -11,11 +11,19 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
+
+
+def _sum(losses: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``sum(losses)`` in the same order, typed as a tensor (no ``0`` start; at least one loss)."""
+    return functools.reduce(operator.add, losses)
 
 
 def kd_loss(
@@ -136,21 +144,21 @@ class LGViTDistillation(nn.Module):
             pred_idx = list(range(len(logits)))
         else:
             pred_idx = sorted({*(self.lph[-1:]), *(self.gah[-1:])})
-        pred = sum(kd_loss(logits[i], final_logits, labels, self.gamma, self.temperature) for i in pred_idx)
+        pred = _sum(kd_loss(logits[i], final_logits, labels, self.gamma, self.temperature) for i in pred_idx)
         zero = final_logits.new_zeros(())
         het = zero
         if self.het_heads:
             target = final_patches.detach()
-            het = sum(token_kl(features[i], self.align[str(i)](target)) for i in self.het_heads) / len(
+            het = _sum(token_kl(features[i], self.align[str(i)](target)) for i in self.het_heads) / len(
                 self.het_heads
             )
         hom = zero
         if len(self.lph) > 1:
             ref = features[self.lph[-1]].detach()
-            hom = hom + sum(F.mse_loss(features[i], ref) for i in self.lph[:-1]) / (len(self.lph) - 1)
+            hom = hom + _sum(F.mse_loss(features[i], ref) for i in self.lph[:-1]) / (len(self.lph) - 1)
         if len(self.gah) > 1:
             ref_gram = gram(features[self.gah[-1]].detach())
-            hom = hom + sum(F.mse_loss(gram(features[i]), ref_gram) for i in self.gah[:-1]) / (
+            hom = hom + _sum(F.mse_loss(gram(features[i]), ref_gram) for i in self.gah[:-1]) / (
                 len(self.gah) - 1
             )
         total = pred + self.het_weight * het + self.hom_weight * hom

@@ -8,12 +8,12 @@ from typing import Any
 
 from exitflow.encoders.vit import ViTEarlyExitEncoder, ViTEncoderConfig
 
-_SHARED = dict(
+_SHARED = ViTEncoderConfig(
     num_channels=1, hidden_size=64, num_layers=6, num_heads=4, intermediate_size=256, num_classes=10, num_exits=6
 )
 PRESETS = {
-    "image": ViTEncoderConfig(modality="image", image_size=28, patch_size=4, **_SHARED),  # type: ignore[arg-type]
-    "audio": ViTEncoderConfig(modality="audio", image_size=112, patch_size=16, **_SHARED),  # type: ignore[arg-type]
+    "image": dataclasses.replace(_SHARED, modality="image", image_size=28, patch_size=4),
+    "audio": dataclasses.replace(_SHARED, modality="audio", image_size=112, patch_size=16),
 }
 
 

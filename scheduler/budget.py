@@ -36,9 +36,7 @@ from exitflow.scheduler.utility import LAMBDA_MAX, LAMBDA_MIN, check_lambda
 ERROR_CLIP = 10.0  # lower clip of the relative error (a sample at 11x the budget counts as 11x)
 
 
-def _positive_or_none(value: float | None, name: str) -> float | None:
-    if value is None:
-        return None
+def _positive(value: float | None, name: str) -> float:
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -47,6 +45,10 @@ def _positive_or_none(value: float | None, name: str) -> float | None:
     ):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+def _positive_or_none(value: float | None, name: str) -> float | None:
+    return None if value is None else _positive(value, name)
 
 
 class BudgetController:
@@ -87,7 +89,7 @@ class BudgetController:
             )
         if kp < 0 or ki < 0:
             raise ValueError(f"gains must be >= 0, got kp={kp}, ki={ki}")
-        self.window_s = _positive_or_none(window_s, "window_s")
+        self.window_s = _positive(window_s, "window_s")
         self.kp, self.ki = float(kp), float(ki)
         self.cheapest_mj = _positive_or_none(cheapest_mj, "cheapest_mj")
         self._integral = 0.0
@@ -121,6 +123,8 @@ class BudgetController:
             )
         self.mj_per_sample = _positive_or_none(mj_per_sample, "mj_per_sample")
         self.power_w = _positive_or_none(power_w, "power_w")
+        # the budget in its own unit (mJ per sample or W): exactly one of the two is set
+        self._budget = self.mj_per_sample if self.mj_per_sample is not None else _positive(power_w, "power_w")
         self._window.clear()
         self._window_s_sum = self._window_mj_sum = 0.0
         below = (
@@ -141,16 +145,16 @@ class BudgetController:
     def _measured(self, energy_mj: float, duration_s: float) -> tuple[float, float]:
         """(measured, budget) in the budget's unit."""
         if self.mj_per_sample is not None:
-            return energy_mj, self.mj_per_sample
+            return energy_mj, self._budget
         self._window.append((energy_mj, duration_s))
         self._window_mj_sum += energy_mj
         self._window_s_sum += duration_s
-        while len(self._window) > 1 and self._window_s_sum - self._window[0][1] >= self.window_s:  # type: ignore[operator]
+        while len(self._window) > 1 and self._window_s_sum - self._window[0][1] >= self.window_s:
             old_mj, old_s = self._window.popleft()
             self._window_mj_sum -= old_mj
             self._window_s_sum -= old_s
         power_w = self._window_mj_sum / self._window_s_sum / 1000.0 if self._window_s_sum > 0 else 0.0
-        return power_w, self.power_w  # type: ignore[return-value]
+        return power_w, self._budget
 
     def update(self, energy_mj: float, duration_s: float = 0.0) -> float:
         """Feed one sample's measured energy (and duration); returns the new lambda.

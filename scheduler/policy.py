@@ -82,11 +82,19 @@ class ActionKind(str, Enum):
 
 @dataclass(frozen=True)
 class Action:
+    """One step of a walk: CONTINUE and EXIT name a modality and exit, SKIP a modality, FUSE modalities."""
+
     kind: ActionKind
     modality: str | None = None
     exit_index: int | None = None
     modalities: tuple[str, ...] = ()
     reason: str = ""
+
+    def target(self) -> tuple[str, int]:
+        """``(modality, exit_index)`` of a CONTINUE or EXIT action; SchedulerError for the others."""
+        if self.modality is None or self.exit_index is None:
+            raise SchedulerError(f"a {self.kind.value} action names no exit (only continue and exit do)")
+        return self.modality, self.exit_index
 
 
 @dataclass(slots=True)
@@ -255,10 +263,10 @@ class Policy:
             raise SchedulerError("decide() called after the sample's walk ended (EXIT or FUSE)")
         if state.pending:
             return state.pending.pop(0)
-        last = state.last_modality
-        if last is not None and (state.last_passed or state.cheapest):
+        last, last_exit = state.last_modality, state.last_exit
+        if last is not None and last_exit is not None and (state.last_passed or state.cheapest):
             state.finished = True
-            return self._exit[last][state.last_exit]  # type: ignore[index]
+            return self._exit[last][last_exit]
         order = state.plan.order
         while state.position < len(order):
             modality = order[state.position]

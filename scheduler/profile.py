@@ -148,12 +148,15 @@ class Profile:
         if unit == "macs":
             return [float(ex.macs) for ex in exits]
         if unit == "mj":
-            if any(ex.energy_mj is None for ex in exits):
-                raise ValueError(
-                    f"cost_unit 'mj' needs measured energy, but the profile of {modality!r} has none; "
-                    "profile with a power meter or use cost_unit 'macs'"
-                )
-            return [float(ex.energy_mj) for ex in exits]  # type: ignore[arg-type]
+            costs_mj = []
+            for ex in exits:
+                if ex.energy_mj is None:
+                    raise ValueError(
+                        f"cost_unit 'mj' needs measured energy, but the profile of {modality!r} has none; "
+                        "profile with a power meter or use cost_unit 'macs'"
+                    )
+                costs_mj.append(float(ex.energy_mj))
+            return costs_mj
         raise ValueError(f"cost unit must be 'macs' or 'mj', got {unit!r}")
 
     def fusion_for(self, modalities: Iterable[str]) -> FusionProfile | None:

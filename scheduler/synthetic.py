@@ -114,11 +114,11 @@ def simulate_budget(
         while True:
             action = policy.decide(state)
             if action.kind is ActionKind.CONTINUE:
-                m, j = action.modality, action.exit_index
-                energy_mj += step_mj[m][j]  # type: ignore[index]
-                depth = (j + 1) / policy.num_exits[m]  # type: ignore[operator, index]
+                m, j = action.target()
+                energy_mj += step_mj[m][j]
+                depth = (j + 1) / policy.num_exits[m]
                 confidence = 1.0 / (1.0 + np.exp(-8.0 * (depth - difficulty)))
-                policy.observe(state, m, j, _probs(float(confidence), num_classes))  # type: ignore[arg-type]
+                policy.observe(state, m, j, _probs(float(confidence), num_classes))
             elif action.kind is ActionKind.FUSE:
                 energy_mj += fusion_mj
                 break

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from exitflow.scheduler.profile import ExitProfile, Profile
+from exitflow.scheduler.profile import ExitProfile, FusionProfile, Profile
 
 LAMBDA_MIN = 1e-3
 LAMBDA_MAX = 1e3
@@ -142,7 +142,7 @@ class UtilityModel:
         }
         self._fusion_cache: dict[frozenset[str], tuple[float, float]] = {}
 
-    def _fusion_raw_cost(self, entry) -> float | None:  # type: ignore[no-untyped-def]
+    def _fusion_raw_cost(self, entry: FusionProfile | None) -> float | None:
         if entry is None:
             return None
         if self.cost_unit == "macs":
