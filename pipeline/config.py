@@ -499,17 +499,17 @@ def _path_problem(path: Path, want: Literal["file", "dir"]) -> str | None:
 
 def _check_output_paths(cfg: Config) -> list[str]:
     """Output paths named by the config must be creatable: not under a file, no folder for a file."""
-    outputs: list[tuple[str, str | None, Literal["file", "dir"]]] = [
-        ("replay.decisions_path", cfg.replay.decisions_path, "file"),
-        ("stream.record", cfg.stream.record, "file"),
-        ("data.cache_dir", cfg.data.cache_dir, "dir"),
-        ("encoder.run_dir", cfg.encoder.run_dir, "dir"),
-        ("encoder.checkpoint_root", cfg.encoder.checkpoint_root, "dir"),
+    outputs: list[tuple[str, str | None, Literal["file", "dir"], Any]] = [  # resolved as their users do
+        ("replay.decisions_path", cfg.replay.decisions_path, "file", resolve_path),
+        ("stream.record", cfg.stream.record, "file", resolve_path),
+        ("data.cache_dir", cfg.data.cache_dir, "dir", output_path),
+        ("encoder.run_dir", cfg.encoder.run_dir, "dir", output_path),
+        ("encoder.checkpoint_root", cfg.encoder.checkpoint_root, "dir", resolve_path),
     ]
     errors = []
-    for key, value, want in outputs:
+    for key, value, want, resolve in outputs:
         if value:
-            problem = _path_problem(resolve_path(cfg, value), want)
+            problem = _path_problem(resolve(cfg, value), want)
             if problem:
                 errors.append(f"{key}: {problem}")
     base = Path(cfg.train.checkpoint_dir).expanduser()  # resolved like pipeline.checkpoints does
