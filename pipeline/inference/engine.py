@@ -15,10 +15,11 @@ that way, and its fusion layers and kept token/head ratios go into the decision.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +32,8 @@ from exitflow.scheduler.policy import ActionKind, Policy, PolicySettings
 from exitflow.scheduler.profile import Profile
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class EngineError(ExitflowError):
@@ -78,7 +81,7 @@ def budget_from_config(
         return None
     cheapest_mj = None
     if profile is not None and profile.has_energy():
-        cheapest_mj = min(exits[0].energy_mj for exits in profile.exits.values()) or None  # type: ignore[type-var]
+        cheapest_mj = min(profile.cumulative_costs(m, "mj")[0] for m in profile.modalities) or None
     return BudgetController(
         mj_per_sample=cfg.mj_per_sample if cfg.mode == "mj_per_sample" else None,
         power_w=cfg.power_w if cfg.mode == "power_w" else None,
@@ -172,7 +175,7 @@ class Engine:
             policy.set_lambda(budget.lam)
             policy.set_cheapest_mode(budget.cheapest_mode)
 
-    def _measure(self, name: str, fn: Callable[[], Any], decision: Decision, energy: list[Any]) -> Any:
+    def _measure(self, name: str, fn: Callable[[], T], decision: Decision, energy: list[Any]) -> T:
         if self.meter is not None:
             self.meter.begin_window(name)
         start = time.perf_counter()
@@ -235,16 +238,20 @@ class Engine:
         policy_s += time.perf_counter() - t0
         while True:
             if action.kind is ActionKind.SKIP:
+                if action.modality is None:
+                    raise EngineError(f"the policy skipped no modality ({action.reason}); a scheduler bug")
                 target = decision.missing if action.reason == "missing" else decision.skipped
-                target.append(action.modality)  # type: ignore[arg-type]
+                target.append(action.modality)
                 t0 = time.perf_counter()
                 action = self.policy.decide(state)
                 policy_s += time.perf_counter() - t0
             elif action.kind is ActionKind.CONTINUE:
-                m = action.modality
-                enc = self.encoders[m]  # type: ignore[index]
+                m, index = action.target()
+                enc = self.encoders[m]
 
-                def step(m: str = m, enc: EarlyExitEncoder = enc, index: int = action.exit_index) -> ExitOutput:
+                def step(
+                    m: str = m, enc: EarlyExitEncoder = enc, index: int = index
+                ) -> tuple[ExitOutput, list[float]]:
                     if m not in states:
                         states[m] = enc.start(self.input_adapter(m, sample.payloads[m]))
                     states[m].next_exit = index  # exits the policy leaves out: their heads never run
@@ -252,20 +259,20 @@ class Engine:
                     # the exit's class probabilities are part of the exit's output (its window)
                     return out, torch.softmax(out.logits[0].float(), dim=-1).tolist()  # C floats
 
-                out, probs = self._measure(f"{m}/{action.exit_index}", step, decision, energy)
-                outputs[m] = out  # type: ignore[index]
-                evaluated.setdefault(m, []).append(out.exit_index)  # type: ignore[arg-type]
+                out, probs = self._measure(f"{m}/{index}", step, decision, energy)
+                outputs[m] = out
+                evaluated.setdefault(m, []).append(out.exit_index)
                 t0 = time.perf_counter()
-                action = self.policy.advance(state, m, out.exit_index, probs)  # type: ignore[arg-type]
+                action = self.policy.advance(state, m, out.exit_index, probs)
                 policy_s += time.perf_counter() - t0
             elif action.kind is ActionKind.EXIT:
-                decision.prediction = int(outputs[action.modality].logits[0].argmax())  # type: ignore[index]
+                m, _ = action.target()
+                decision.prediction = int(outputs[m].logits[0].argmax())
                 break
             else:
                 fused = list(action.modalities)
-                logits = self._measure(
-                    "fusion", lambda f=fused: self._fuse(outputs, f, decision), decision, energy
-                )
+                fuse = functools.partial(self._fuse, outputs, fused, decision)
+                logits = self._measure("fusion", fuse, decision, energy)
                 decision.prediction = int(logits[0].argmax())
                 break
         decision.exits = {m: o.exit_index for m, o in outputs.items()}
@@ -285,10 +292,10 @@ class Engine:
 
     def _encoder_macs(self, modality: str, last: ExitOutput, evaluated: list[int]) -> int:
         """MACs of what ran: ``last.macs`` counts every head up to its exit; drop the skipped ones."""
-        heads = getattr(self.encoders[modality], "head_macs", None)
-        if heads is None:
+        try:
+            head_macs = self.encoders[modality].head_macs()
+        except NotImplementedError:  # an encoder that does not count its heads apart
             return int(last.macs)
-        head_macs = heads()
         skipped = set(range(last.exit_index + 1)) - set(evaluated)
         return int(last.macs) - sum(int(head_macs[j]) for j in skipped)
 
