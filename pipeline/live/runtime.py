@@ -23,13 +23,14 @@ A local Ray binds to loopback (``ray.node_ip_address``) with the dashboard off; 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,11 +95,46 @@ def start_ray(cfg: RayConfig) -> bool:
     }
     if cfg.address:
         kwargs["address"] = probe_ray_address(cfg.address, cfg.connect_timeout_s)
+        _init_with_timeout(kwargs, cfg)
+        return True
+    kwargs["num_cpus"] = cfg.num_cpus
+    kwargs["_node_ip_address"] = cfg.node_ip_address
+    if cfg.node_ip_address in LOOPBACK_HOSTS:
+        with _loopback_only_ray():
+            _init_with_timeout(kwargs, cfg)
     else:
-        kwargs["num_cpus"] = cfg.num_cpus
-        kwargs["_node_ip_address"] = cfg.node_ip_address
-    _init_with_timeout(kwargs, cfg)
+        _init_with_timeout(kwargs, cfg)
     return True
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_RAY_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _loopback_only_ray() -> Iterator[None]:
+    """Make a local Ray keep 127.0.0.1 as its node address (so GCS, raylet, object manager and
+    every worker listen on loopback only).
+
+    Ray on Linux replaces a loopback ``_node_ip_address`` with the host's routable address unless
+    clusters are disabled, which is what its ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` does (the
+    default on macOS and Windows). The setting is restored afterwards: it only matters while the
+    node starts, and the processes started then keep their loopback addresses.
+    """
+    from ray._private import ray_constants
+
+    old_env = os.environ.get(_RAY_LOCAL_ONLY_ENV)
+    old_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_RAY_LOCAL_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(_RAY_LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[_RAY_LOCAL_ONLY_ENV] = old_env
 
 
 def _ray_address_file() -> Path:

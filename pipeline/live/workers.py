@@ -71,6 +71,7 @@ class SourceWorker:
         self.started_ns = time.monotonic_ns()  # tells one incarnation of a restarted actor from the next
         self._events: deque[OutageEvent] = deque(maxlen=MAX_PENDING_EVENTS)  # handed out by health()
         self._was_connected = False
+        self._ever_connected = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"source-{self.source.name}", daemon=True)
         self._thread.start()
@@ -98,13 +99,17 @@ class SourceWorker:
         connected = self.source.state == "connected"
         if connected == self._was_connected:
             return
+        first = connected and not self._ever_connected
+        self._was_connected = connected
+        if first:  # the first connection is not an outage's end
+            self._ever_connected = True
+            return
         if connected:
             event, reason = "reconnected", f"reconnects={self.source.reconnects}"
         else:
             event, reason = "disconnected", f"{self.source.state}: {self.source.last_error or ''}".strip()
         if connected or self.source.state != "finished":
             self._events.append(OutageEvent(self.source.name, event, reason, time.monotonic_ns()))
-        self._was_connected = connected
 
     @ray.method(enable_task_events=False)  # called ~100/s: no per-call record in Ray's GCS
     def drain(self, max_items: int = 256) -> list[SensorMessage]:

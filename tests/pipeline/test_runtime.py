@@ -5,6 +5,7 @@ One local Ray instance is shared by the whole module (Ray is slow to start on 2 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -166,7 +167,7 @@ def test_grid_clip_over_loopback_flows_through_ray_actors_to_decisions(ray_local
         reconnect_max_s=0.5,
     )
     recorder = RecordingWriter(tmp_path / "live.mcap", chunk_size_bytes=256 * 1024)
-    pipe = LivePipeline(stream, RuleEngine, recorder=recorder)
+    pipe = LivePipeline(stream, RuleEngine, recorder=recorder, keep_decisions=100_000, keep_received=100_000)
     try:
         pipe.start()
         pipe.wait_ready(timeout_s=90)
@@ -229,7 +230,10 @@ def test_killed_source_actor_restarts_while_the_other_modalities_keep_flowing(ra
         text_max_age_s=2.0,
     )
     recorder = RecordingWriter(tmp_path / "fault.mcap", chunk_size_bytes=64 * 1024)
-    pipe = LivePipeline(stream, RuleEngine, recorder=recorder)
+    log_path = tmp_path / "decisions.jsonl"
+    pipe = LivePipeline(
+        stream, RuleEngine, recorder=recorder, decision_log=log_path, keep_decisions=100_000, keep_received=100_000
+    )
     try:
         pipe.start()
         pipe.wait_ready(timeout_s=90)
@@ -241,7 +245,7 @@ def test_killed_source_actor_restarts_while_the_other_modalities_keep_flowing(ra
         kill_ns = time.monotonic_ns()
 
         def image_missing_after_kill():
-            return any("image" in d.missing for d in pipe.decisions[decisions_before:])
+            return any("image" in d.missing for d in list(pipe.decisions)[decisions_before:])
 
         assert run_until(pipe, image_missing_after_kill, timeout_s=60), (
             f"no decision marked image missing: {pipe.snapshot()['sources']}"
@@ -257,7 +261,7 @@ def test_killed_source_actor_restarts_while_the_other_modalities_keep_flowing(ra
             f"camera actor did not come back: {pipe.snapshot()['sources']}"
         )
         run_until(pipe, lambda: False, timeout_s=1.0)
-        after = pipe.decisions[decisions_before:]
+        after = list(pipe.decisions)[decisions_before:]
         snap = pipe.snapshot()
     finally:
         pipe.shutdown()
@@ -267,6 +271,12 @@ def test_killed_source_actor_restarts_while_the_other_modalities_keep_flowing(ra
     assert sum(s == "cam" and ts > kill_ns for s, _, ts in pipe.received) >= 10  # frames flow again
     assert any(not d.missing for d in after[-5:]), "full samples did not resume after the restart"
     assert snap["sources"]["cam"]["actor_failures"] >= 1
+    # the outage is in the decision log, between the decisions: down, then up again
+    events = [json.loads(line)["outage"] for line in log_path.read_text().splitlines() if '"outage"' in line]
+    kinds = [(e["source"], e["event"]) for e in events]
+    assert ("cam", "actor_down") in kinds and ("cam", "actor_up") in kinds, kinds
+    assert kinds.index(("cam", "actor_down")) < kinds.index(("cam", "actor_up"))
+    assert snap["outage_events"]["actor_down"] >= 1
     recorded = {
         (e.message.source, e.message.seq, e.message.timestamp_ns)
         for e in read_recording(tmp_path / "fault.mcap")
@@ -336,3 +346,58 @@ def test_live_view_renders_a_snapshot_with_every_section():
         "89.8",
     ):
         assert needle in text, needle
+
+
+class SyntheticCamera:
+    """A source factory (importable by the actor): gray 32x32 frames at ~100 fps, forever."""
+
+    modality = "image"
+
+    def __call__(self):
+        from exitflow.pipeline.live.sources import Source
+
+        class Frames(Source):
+            def _open(self):
+                self.i = 0
+
+            def _read_raw(self):
+                time.sleep(0.01)
+                self.i += 1
+                return self.new_message(np.full((32, 32), self.i % 256, np.uint8))
+
+        return Frames("synth", "image")
+
+
+class OnePercentFailingEngine(RuleEngine):
+    """Raises a simulated CUDA out-of-memory error on 1 % of the samples (sample_id % 100 == 42)."""
+
+    def process(self, sample: Sample) -> Decision:
+        if sample.sample_id % 100 == 42:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return super().process(sample)
+
+
+@pytest.mark.slow
+def test_engine_failing_on_one_percent_of_samples_leaves_the_other_99_percent_decided(ray_local, tmp_path):
+    stream = StreamConfig(engine_num_cpus=0.5, engine_queue_size=64, engine_queue_policy="block", max_in_flight=4,
+                          circuit_breaker_s=5.0)
+    log_path = tmp_path / "decisions.jsonl"
+    pipe = LivePipeline(stream, OnePercentFailingEngine, sources={"synth": SyntheticCamera()},
+                        decision_log=log_path, keep_decisions=100_000)
+    try:
+        pipe.start()
+        pipe.wait_ready(timeout_s=90)
+        assert run_until(pipe, lambda: pipe.decisions_total >= 400, timeout_s=120), pipe.snapshot()
+    finally:
+        pipe.shutdown()  # also collects the decisions still in flight
+    snap = pipe.snapshot()
+    decisions = list(pipe.decisions)
+    failed = [d for d in decisions if getattr(d, "error", None)]
+    good = [d for d in decisions if not getattr(d, "error", None)]
+    assert failed and all(d.sample_id % 100 == 42 for d in failed)
+    assert all(d.sample_id % 100 != 42 for d in good) and len(good) >= 0.97 * len(decisions)
+    assert all(d.error.startswith("engine: RuntimeError: CUDA out of memory") for d in failed)
+    assert snap["failed"] == snap["failed_decisions"] == len(failed) == snap["failures"]["engine:RuntimeError"]
+    assert snap["decisions"] == len(good)
+    logged = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert len(logged) == len(decisions) and sum(1 for d in logged if d.get("error")) == len(failed)

@@ -79,7 +79,9 @@ def build_source(
         )
     if spec.kind in ("pcm_tcp", "pcm_udp"):
         host, port = split_host_port(spec.uri, spec.name)
-        return PcmSocketSource(host, port, protocol=spec.kind[4:], name=spec.name, **audio)
+        return PcmSocketSource(
+            host, port, protocol=spec.kind[4:], name=spec.name, allowed_peers=spec.allowed_peers, **audio
+        )
     if spec.kind == "audio_file":
         return AudioFileSource(spec.uri, spec.name, realtime=spec.realtime, loop=spec.loop, **audio)
     if spec.kind == "microphone":
@@ -99,5 +101,5 @@ def build_source(
         )
     if spec.kind == "text_tcp":
         host, port = split_host_port(spec.uri, spec.name)
-        return TextSocketSource(host, port, spec.name, **text)
+        return TextSocketSource(host, port, spec.name, allowed_peers=spec.allowed_peers, **text)
     raise SourceError(f"source '{spec.name}': unknown kind {spec.kind!r}")

@@ -12,6 +12,7 @@ floods) is dropped and counted by reason via :meth:`Source.count_drop`, never fa
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -259,6 +260,22 @@ class Source:
             self._close()
         except Exception as e:  # noqa: BLE001 - closing a broken stream must not raise
             log.debug("source %s: close failed: %s", self.name, e)
+
+
+def check_peer(sock: socket.socket, allowed_peers: frozenset[str], name: str) -> None:
+    """Close ``sock`` and fail the source when its peer is not in ``allowed_peers`` (empty: any).
+
+    Raises:
+        SourceError: naming the peer and the setting to change.
+    """
+    if not allowed_peers:
+        return
+    peer = sock.getpeername()[0]
+    if peer not in allowed_peers:
+        sock.close()
+        raise SourceError(
+            f"source '{name}': peer {peer} is not in allowed_peers {sorted(allowed_peers)}; add it there"
+        )
 
 
 class Pacer:

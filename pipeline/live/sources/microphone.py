@@ -24,6 +24,7 @@ from exitflow.pipeline.live.sources.base import (
     Source,
     SourceDisconnected,
     SourceError,
+    check_peer,
 )
 from exitflow.pipeline.messages import SensorMessage
 
@@ -145,6 +146,9 @@ class PcmSocketSource(AudioSource):
         fmt: ``"s16le"`` or ``"f32le"``.
         channels: Interleaved channels (mixed to mono).
         timeout_s: Socket timeout per read; a TCP stream silent for ``stall_s`` reconnects.
+        allowed_peers: Peer IP addresses accepted (empty: any). UDP datagrams from anyone else
+            are dropped and counted as ``peer_refused``; a TCP server outside the list fails the
+            source with an error.
         **kwargs: See :class:`AudioSource`.
     """
 
@@ -158,9 +162,11 @@ class PcmSocketSource(AudioSource):
         name: str = "mic0",
         timeout_s: float = 0.05,
         stall_s: float = 3.0,
+        allowed_peers: tuple[str, ...] | list[str] = (),
         **kwargs: Any,
     ):
         super().__init__(name, **kwargs)
+        self.allowed_peers = frozenset(allowed_peers)
         if protocol not in ("tcp", "udp"):
             raise ValueError(f"protocol must be 'tcp' or 'udp', got {protocol!r}")
         if fmt not in PCM_DTYPES:
@@ -181,6 +187,7 @@ class PcmSocketSource(AudioSource):
         self.check_rate(self.sample_rate_hz)
         if self.protocol == "tcp":
             sock = socket.create_connection((self.host, self.port), timeout=1.0)
+            check_peer(sock, self.allowed_peers, self.name)
         else:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -203,7 +210,13 @@ class PcmSocketSource(AudioSource):
         if len(self._buf) >= want:
             return self._take_chunk(want)
         try:
-            data = self._sock.recv(65536)
+            if self.protocol == "udp" and self.allowed_peers:
+                data, peer = self._sock.recvfrom(65536)
+                if peer[0] not in self.allowed_peers:
+                    self.count_drop("peer_refused")
+                    return None
+            else:
+                data = self._sock.recv(65536)
         except TimeoutError:
             data = None
         if data is None:

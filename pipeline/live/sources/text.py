@@ -17,7 +17,14 @@ import time
 from collections import deque
 from typing import IO, Any
 
-from exitflow.pipeline.live.sources.base import Backoff, EndOfStream, Pacer, Source, SourceDisconnected
+from exitflow.pipeline.live.sources.base import (
+    Backoff,
+    EndOfStream,
+    Pacer,
+    Source,
+    SourceDisconnected,
+    check_peer,
+)
 from exitflow.pipeline.messages import SensorMessage
 
 
@@ -194,14 +201,25 @@ class TextFileSource(TextSource):
 class TextSocketSource(TextSource):
     """Lines from a TCP server (``host:port``), e.g. an operator console; reconnects when dropped."""
 
-    def __init__(self, host: str, port: int, name: str = "text0", timeout_s: float = 0.05, **kwargs: Any):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        name: str = "text0",
+        timeout_s: float = 0.05,
+        allowed_peers: tuple[str, ...] | list[str] = (),
+        **kwargs: Any,
+    ):
         super().__init__(name, **kwargs)
         self.host, self.port, self.timeout_s = host, int(port), timeout_s
+        self.allowed_peers = frozenset(allowed_peers)
         self._sock: socket.socket | None = None
         self._buf = b""
 
     def _open(self) -> None:
-        self._sock = socket.create_connection((self.host, self.port), timeout=1.0)
+        sock = socket.create_connection((self.host, self.port), timeout=1.0)
+        check_peer(sock, self.allowed_peers, self.name)
+        self._sock = sock
         self._sock.settimeout(self.timeout_s)
         self._buf = b""
 
