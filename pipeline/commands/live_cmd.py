@@ -39,12 +39,26 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-view", action="store_true", help="no live terminal view (print a summary at the end)"
     )
+    parser.add_argument(
+        "--decisions", default=None, metavar="OUT.jsonl", help="stream every decision and outage event here (JSONL)"
+    )
 
 
 def _run(args: argparse.Namespace, cfg: Config) -> int:
+    from pathlib import Path
+
+    from exitflow.pipeline.commands.replay_cmd import check_output_path
+    from exitflow.pipeline.errors import ExitflowError
     from exitflow.pipeline.live.run import run_live
 
-    snap = run_live(cfg, record=args.record, duration_s=args.duration, view=not args.no_view)
+    if args.duration is not None and not (args.duration > 0 and args.duration < float("inf")):
+        raise ExitflowError(f"--duration must be a finite number of seconds > 0, got {args.duration}")
+    for flag, value in (("--record", args.record), ("--decisions", args.decisions)):
+        if value:
+            check_output_path(Path(value), flag)
+    snap = run_live(
+        cfg, record=args.record, duration_s=args.duration, view=not args.no_view, decision_log=args.decisions
+    )
     if args.no_view:
         print(json.dumps(snap, indent=1, default=str))
     return 0

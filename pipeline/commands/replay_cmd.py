@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from exitflow.pipeline.config import Config, output_path, resolve_path
@@ -38,10 +39,50 @@ def print_summary(summary: dict) -> None:
     )
 
 
+def check_output_path(path: Path, flag: str) -> None:
+    """Refuse an output path that is a folder or lies under a file, before any work is done.
+
+    Raises:
+        ExitflowError: naming the option and the offending path.
+    """
+    from exitflow.pipeline.errors import ExitflowError
+
+    if path.is_dir():
+        raise ExitflowError(f"{flag} {path} is a folder; give a file path")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ExitflowError(f"{flag} {path}: {parent} is a file, not a folder")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Every replay option checked before the first sample.
+
+    Raises:
+        ExitflowError: one line naming the option, the value and what is expected.
+    """
+    from exitflow.pipeline.errors import ExitflowError
+
+    if not (math.isfinite(args.rate) and args.rate > 0):
+        raise ExitflowError(f"--rate must be a finite number > 0 (1 = real time), got {args.rate}")
+    if not (math.isfinite(args.start) and args.start >= 0):
+        raise ExitflowError(f"--start must be a finite number of seconds >= 0, got {args.start}")
+    if args.realtime and args.fast:
+        raise ExitflowError("choose one of --realtime and --fast")
+    if args.recording is not None:
+        rec = Path(args.recording)
+        if not rec.is_file():
+            raise ExitflowError(f"recording {rec} {'is a folder' if rec.is_dir() else 'does not exist'}; "
+                                "give an .mcap file from `exitflow run --record`")
+    for flag, value in (("--decisions", args.decisions), ("--json", args.json_out)):
+        if value:
+            check_output_path(Path(value), flag)
+
+
 def _run(args: argparse.Namespace, cfg: Config) -> int:
     from exitflow.pipeline.errors import ExitflowError
     from exitflow.pipeline.evaluation.replay import replay, write_atomic
 
+    check_options(args)
     if args.recording is not None:
         return _replay_recording(args, cfg)
     system = args.system or cfg.replay.system
@@ -67,14 +108,13 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
 
 def _replay_recording(args: argparse.Namespace, cfg: Config) -> int:
     """Replay an MCAP recording in event time through ``--system`` (default: the stream's engine)."""
-    from exitflow.pipeline.errors import ExitflowError
     from exitflow.pipeline.live.playback import recorded_modalities, replay_recording
     from exitflow.pipeline.live.sync import make_synchronizer
     from exitflow.pipeline.live.workers import resolve_engine_factory
 
-    if args.realtime and args.fast:
-        raise ExitflowError("choose one of --realtime and --fast")
     path = Path(args.recording)
+    if not args.decisions:
+        check_output_path(path.with_suffix(".replay.jsonl"), "--decisions")
     spec = f"system:{args.system}" if args.system else cfg.stream.engine
     engine = resolve_engine_factory(spec)(cfg)
     sync = make_synchronizer(cfg.stream, recorded_modalities(path))

@@ -11,12 +11,14 @@ this as ``exitflow replay FILE.mcap [--realtime | --fast] [--rate R] [--start S]
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from exitflow.pipeline.errors import DataError
+from exitflow.pipeline.live.failures import describe_error, failed_decision
 from exitflow.pipeline.live.preprocess import preprocess_sample
 from exitflow.pipeline.live.recording import read_recording
 from exitflow.pipeline.live.sync import Synchronizer
@@ -69,20 +71,26 @@ def replay_recording(
     """
     if mode not in ("realtime", "fast"):
         raise ValueError(f"mode must be 'realtime' or 'fast', got {mode!r}")
-    if rate <= 0:
-        raise ValueError(f"rate must be > 0, got {rate}")
-    messages = [ev.message for ev in read_recording(path) if ev.message is not None]
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"rate must be a finite number > 0, got {rate}")
+    if not (math.isfinite(start_s) and start_s >= 0):
+        raise ValueError(f"start_s must be a finite number >= 0, got {start_s}")
+    skipped: dict[str, int] = {}
+    messages = [ev.message for ev in read_recording(path, skipped) if ev.message is not None]
     if not messages:
         raise DataError(
             f"{path} holds no sensor messages; record one with: exitflow record --config X out.mcap"
         )
-    messages.sort(key=lambda m: (m.timestamp_ns, m.source, m.seq))
+    messages.sort(key=lambda m: (int(m.timestamp_ns), str(m.source), int(m.seq)))
     t0_ns = messages[0].timestamp_ns + int(start_s * 1e9)
     decisions: list[Decision] = []
 
     def run(samples: list[Sample]) -> None:
         for sample in samples:
-            decisions.append(engine.process(preprocess(sample) if preprocess else sample))
+            try:
+                decisions.append(engine.process(preprocess(sample) if preprocess else sample))
+            except Exception as e:  # noqa: BLE001 - one sample's failure is a failed decision, not the end
+                decisions.append(failed_decision(sample, describe_error("engine", e)))
 
     wall0 = time.monotonic()
     for msg in messages:

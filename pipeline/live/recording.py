@@ -69,15 +69,63 @@ def encode_sensor_message(msg: SensorMessage) -> bytes:
     return _HEADER_LEN.pack(len(head)) + head + body
 
 
+_HEADER_FIELDS = {"modality", "source", "timestamp_ns", "seq", "source_time_ns", "sample_rate_hz", "meta", "kind",
+                  "dtype", "shape"}
+
+
+def _int_or_none(value: Any, name: str, optional: bool) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValueError(f"sensor record: {name} must be an integer in [0, 2**63), got {value!r}")
+    return value
+
+
 def decode_sensor_message(data: bytes) -> SensorMessage:
-    """Inverse of :func:`encode_sensor_message`."""
+    """Inverse of :func:`encode_sensor_message`.
+
+    Raises:
+        ValueError: when the bytes are not a well-formed ``exitflow.sensor.v1`` record (a crafted
+            or damaged file): bad header, unknown field, non-numeric dtype, a shape that does not
+            match the payload size.
+    """
+    if len(data) < 4:
+        raise ValueError("sensor record: shorter than its header length")
     (n,) = _HEADER_LEN.unpack_from(data, 0)
+    if n > len(data) - 4:
+        raise ValueError(f"sensor record: header length {n} exceeds the record ({len(data)} bytes)")
     header = json.loads(data[4 : 4 + n].decode("utf-8"))
+    if not isinstance(header, dict) or not set(header) <= _HEADER_FIELDS:
+        raise ValueError(f"sensor record: header must be an object with fields {sorted(_HEADER_FIELDS)}")
+    if not isinstance(header.get("modality"), str) or not isinstance(header.get("source"), str):
+        raise ValueError("sensor record: modality and source must be strings")
+    header["timestamp_ns"] = _int_or_none(header.get("timestamp_ns"), "timestamp_ns", False)
+    header["seq"] = _int_or_none(header.get("seq", 0), "seq", False)
+    header["source_time_ns"] = _int_or_none(header.get("source_time_ns"), "source_time_ns", True)
+    header["sample_rate_hz"] = _int_or_none(header.get("sample_rate_hz"), "sample_rate_hz", True)
+    if not isinstance(header.setdefault("meta", {}), dict):
+        raise ValueError("sensor record: meta must be an object")
     body = data[4 + n :]
-    if header.pop("kind") == "str":
+    kind = header.pop("kind", None)
+    if kind == "str":
         payload: Any = body.decode("utf-8")
+    elif kind == "ndarray":
+        try:
+            dtype = np.dtype(str(header.pop("dtype", None)))
+        except TypeError as e:
+            raise ValueError(f"sensor record: unknown dtype ({e})") from e
+        shape = header.pop("shape")
+        if dtype.kind not in "biuf" or dtype.hasobject:
+            raise ValueError(f"sensor record: payload dtype must be numeric, got {dtype}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise ValueError(f"sensor record: shape must be a list of sizes, got {shape!r}")
+        if len(shape) > 8 or int(np.prod(shape, dtype=np.float64)) * dtype.itemsize != len(body):
+            raise ValueError(f"sensor record: shape {shape} of {dtype} does not match {len(body)} payload bytes")
+        payload = np.frombuffer(body, dtype=dtype).reshape(shape).copy()
     else:
-        payload = np.frombuffer(body, dtype=np.dtype(header.pop("dtype"))).reshape(header.pop("shape")).copy()
+        raise ValueError(f"sensor record: kind must be 'str' or 'ndarray', got {kind!r}")
+    header.pop("dtype", None)
+    header.pop("shape", None)
     return SensorMessage(payload=payload, **header)
 
 
@@ -237,8 +285,11 @@ class RecordedEvent:
     decision: dict[str, Any] | None = None
 
 
-def read_recording(path: str | Path) -> Iterator[RecordedEvent]:
+def read_recording(path: str | Path, errors: dict[str, int] | None = None) -> Iterator[RecordedEvent]:
     """Every message and decision in file order; a truncated file (crash) ends at its last full chunk.
+
+    A record that does not decode (a crafted or damaged file) is skipped with a warning and
+    counted in ``errors`` (``"bad_sensor_record:<ExceptionType>"`` / ``"bad_decision_record:..."``).
 
     Raises:
         DataError: when the file is missing or is not MCAP at all.
@@ -268,9 +319,21 @@ def read_recording(path: str | Path) -> Iterator[RecordedEvent]:
             channel = channels.get(record.channel_id)
             if channel is None:
                 continue
-            if channel.topic == DECISION_TOPIC:
-                yield RecordedEvent(channel.topic, record.log_time, decision=json.loads(record.data))
-            elif channel.message_encoding == SENSOR_ENCODING:
-                yield RecordedEvent(
-                    channel.topic, record.log_time, message=decode_sensor_message(record.data)
-                )
+            kind = "bad_decision_record" if channel.topic == DECISION_TOPIC else "bad_sensor_record"
+            try:
+                if channel.topic == DECISION_TOPIC:
+                    decision = json.loads(record.data)
+                    if not isinstance(decision, dict):
+                        raise TypeError(f"a decision is a JSON object, got {type(decision).__name__}")
+                    event = RecordedEvent(channel.topic, record.log_time, decision=decision)
+                elif channel.message_encoding == SENSOR_ENCODING:
+                    event = RecordedEvent(channel.topic, record.log_time, message=decode_sensor_message(record.data))
+                else:
+                    continue
+            except Exception as e:  # noqa: BLE001 - one damaged record is skipped, counted
+                key = f"{kind}:{type(e).__name__}"
+                if errors is not None:
+                    errors[key] = errors.get(key, 0) + 1
+                log.warning("recording %s: skipped a record on %s (%s: %s)", path, channel.topic, type(e).__name__, e)
+                continue
+            yield event

@@ -39,6 +39,7 @@ def run_live(
     engine_factory: EngineFactory | str | None = None,
     on_decision: Callable[[Any], None] | None = None,
     stop: threading.Event | None = None,
+    decision_log: str | None = None,
 ) -> dict[str, Any]:
     """Start Ray and the actors, run until ``duration_s`` or Ctrl-C, shut down; returns the last snapshot.
 
@@ -50,6 +51,11 @@ def run_live(
         engine_factory: Overrides ``stream.engine``.
         on_decision: Called on the driver with every :class:`Decision`.
         stop: Set it (from another thread) to end the run.
+        decision_log: JSONL file receiving every decision and outage event as it happens.
+
+    Raises:
+        CircuitOpenError: when every sample failed for ``stream.circuit_breaker_s`` seconds.
+        LiveRuntimeError: when Ray or the actors cannot start.
     """
     from exitflow.pipeline.live.view import LiveView
 
@@ -58,7 +64,14 @@ def run_live(
     duration_s = duration_s if duration_s is not None else stream.duration_s
     started = start_ray(cfg.ray)
     recorder = RecordingWriter(resolve_path(cfg, record), stream.record_chunk_kib * 1024) if record else None
-    pipe = LivePipeline(stream, engine_factory or stream.engine, cfg=cfg, recorder=recorder, on_decision=on_decision)
+    pipe = LivePipeline(
+        stream,
+        engine_factory or stream.engine,
+        cfg=cfg,
+        recorder=recorder,
+        on_decision=on_decision,
+        decision_log=resolve_path(cfg, decision_log) if decision_log else None,
+    )
     snap: dict[str, Any] = {}
     try:
         pipe.start()

@@ -27,6 +27,8 @@ import contextlib
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -94,7 +96,9 @@ def start_ray(cfg: RayConfig) -> bool:
         "configure_logging": True,
     }
     if cfg.address:
+        deadline = time.monotonic() + cfg.connect_timeout_s
         kwargs["address"] = probe_ray_address(cfg.address, cfg.connect_timeout_s)
+        _try_join_elsewhere(kwargs["address"], cfg.namespace, max(0.1, deadline - time.monotonic()), cfg)
         _init_with_timeout(kwargs, cfg)
         return True
     kwargs["num_cpus"] = cfg.num_cpus
@@ -176,6 +180,40 @@ def probe_ray_address(address: str, timeout_s: float) -> str:
             f"`ray start --head` runs there, or raise ray.connect_timeout_s"
         ) from None
     return target
+
+
+_JOIN_PROBE = (
+    "import logging, sys, ray\n"
+    "ray.init(address=sys.argv[1], namespace=sys.argv[2], include_dashboard=False, logging_level=logging.ERROR)\n"
+    "ray.shutdown()\n"
+)
+
+
+def _try_join_elsewhere(address: str, namespace: str, timeout_s: float, cfg: RayConfig) -> None:
+    """Join ``address`` once in a throw-away process, so a port that answers but is no Ray head
+    (a proxy, another service) fails here, within ``timeout_s`` and without Ray's raw warnings.
+
+    Raises:
+        LiveRuntimeError: when that join fails or does not finish in time.
+    """
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _JOIN_PROBE, address, namespace],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise LiveRuntimeError(
+            f"Ray at {address} did not accept a connection within {cfg.connect_timeout_s:g} s; check "
+            "ray.address (is `ray start --head` running there?) or raise ray.connect_timeout_s"
+        ) from None
+    if done.returncode != 0:
+        lines = [line.strip() for line in done.stderr.splitlines() if "Error" in line or "error" in line]
+        raise LiveRuntimeError(
+            f"cannot join Ray at {address}: {lines[-1][:200] if lines else f'exit code {done.returncode}'}"
+        )
 
 
 def _init_with_timeout(kwargs: dict[str, Any], cfg: RayConfig) -> None:
@@ -385,6 +423,12 @@ class LivePipeline:
     @property
     def engine(self) -> Any:
         return self._engine
+
+    def source_state(self, name: str) -> dict[str, Any]:
+        """One source actor as the driver sees it: ``actor`` state, ``restarts``, ``failures``,
+        ``outages`` (cheap: no statistics are computed)."""
+        h = self._handles[name]
+        return {"actor": h.state, "restarts": h.restarts, "failures": h.failures, "outages": h.outages}
 
     def set_budget(self, mj_per_sample: float | None = None, power_w: float | None = None) -> None:
         self.budget = ray.get(self._engine.set_budget.remote(mj_per_sample, power_w), timeout=10)

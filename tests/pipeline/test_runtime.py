@@ -401,3 +401,25 @@ def test_engine_failing_on_one_percent_of_samples_leaves_the_other_99_percent_de
     assert snap["decisions"] == len(good)
     logged = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert len(logged) == len(decisions) and sum(1 for d in logged if d.get("error")) == len(failed)
+
+
+@pytest.mark.slow
+def test_a_local_ray_listens_on_loopback_only(ray_local):
+    import psutil
+
+    @ray.remote(num_cpus=0)
+    def pid() -> int:
+        return os.getpid()
+
+    ray.get(pid.remote(), timeout=60)  # at least one worker is up
+    me = psutil.Process()
+    listening = set()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            conns = proc.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        listening |= {(c.laddr.ip, proc.pid) for c in conns if c.status == psutil.CONN_LISTEN}
+    assert listening, "no Ray listener found"
+    exposed = {ip for ip, _ in listening if ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")}
+    assert not exposed, f"Ray listens beyond loopback on {sorted(exposed)}"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray")
-from exitflow.pipeline.config import SourceConfig, StreamConfig  # noqa: E402
-from exitflow.pipeline.live.runtime import LivePipeline  # noqa: E402
+from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig  # noqa: E402
+from exitflow.pipeline.live.runtime import LivePipeline, start_ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from tests.pipeline.test_runtime import GRID_CLIP, RuleEngine, needs_grid  # noqa: E402
@@ -38,7 +38,8 @@ def test_sources_and_engine_run_on_different_nodes(tmp_path):
         )
         cluster.add_node(num_cpus=1, resources={"engine_node": 4})
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, namespace="exitflow-multinode", logging_level="WARNING")
+        # joined the way `exitflow run` joins a cluster: probed, then one throw-away join, then ray.init
+        assert start_ray(RayConfig(address=cluster.address, namespace="exitflow-multinode", connect_timeout_s=60))
         lines = tmp_path / "ops.txt"
         lines.write_text("".join(f"line {i}\n" for i in range(50)))
         stream = StreamConfig(

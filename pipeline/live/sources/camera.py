@@ -120,6 +120,19 @@ class CameraSource(Source):
         source_time_ns = int(self._cap.get(cv2.CAP_PROP_POS_MSEC) * 1e6)
         return self.check_frame(frame, source_time_ns)
 
+    def decode_frame(self, data: bytes, source_time_ns: int | None = None) -> SensorMessage | None:
+        """One compressed frame (JPEG, PNG...) -> a message; bytes that do not decode are counted
+        (``decode_failure``) and give None. For custom sources that receive encoded frames."""
+        buf = np.frombuffer(bytes(data), np.uint8)
+        try:
+            frame = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE if self.gray else cv2.IMREAD_COLOR) if buf.size else None
+        except cv2.error:
+            frame = None
+        if frame is None:
+            self.count_drop("decode_failure")
+            return None
+        return self.check_frame(frame, source_time_ns)
+
     def check_frame(self, frame: np.ndarray, source_time_ns: int | None = None) -> SensorMessage | None:
         """Validate and convert one decoded frame; garbage is counted and gives None."""
         if (

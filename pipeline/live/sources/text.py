@@ -4,7 +4,8 @@ Text can arrive far faster than the engine runs; every text source enforces ``ma
 with a token bucket and drops the excess (counted as ``flood``), and cuts lines longer than
 ``max_chars`` (counted as ``truncated``). A JSONL file holds one object per line,
 ``{"t_s": 1.25, "text": "bin blue"}`` (``t_s`` seconds from the start, or ``timestamp_ns``),
-and is replayed at those times; a malformed line is counted as ``bad_json`` and skipped.
+and is replayed at those times; a malformed line is counted as ``bad_json`` (a time outside
+``[0, 2**63)`` ns as ``bad_time``) and skipped.
 """
 
 from __future__ import annotations
@@ -180,8 +181,11 @@ class TextFileSource(TextSource):
             obj = json.loads(line)
             text = str(obj["text"])
             t_ns = int(obj["timestamp_ns"]) if "timestamp_ns" in obj else int(float(obj["t_s"]) * 1e9)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: t_s of inf
             self.count_drop("bad_json")
+            return None
+        if not 0 <= t_ns < 2**63:
+            self.count_drop("bad_time")
             return None
         return text, t_ns
 
