@@ -138,6 +138,7 @@ def main() -> int:
         on_decision=lambda d: decision_times.append((time.monotonic_ns(), "image" in d.missing)),
     )
     kills, crashes, kill_ns = 0, 0, 0
+    kill_times: list[int] = []
     crash_errors: list[str] = []
     t0 = time.monotonic()
     try:
@@ -145,6 +146,7 @@ def main() -> int:
         pipe.wait_ready(timeout_s=180)
         pipe.run(duration_s=5.0)  # warm-up: every source connected
         t_inject = time.monotonic()
+        t_inject_ns = time.monotonic_ns()
         end = t_inject + args.max_minutes * 60.0
         up_since = time.monotonic()
         while time.monotonic() < end and (kills < args.kills or text.hangups < args.disconnects):
@@ -160,6 +162,7 @@ def main() -> int:
                 ray.kill(pipe.source_actors["cam"], no_restart=False)
                 kills += 1
                 kill_ns = time.monotonic_ns()
+                kill_times.append(kill_ns)
         injected_s = time.monotonic() - t_inject
         pipe.run(duration_s=5.0)  # let the last restart and reconnect land
         snap = pipe.snapshot()
@@ -177,8 +180,10 @@ def main() -> int:
             events[f"{obj['outage']['source']}:{obj['outage']['event']}"] += 1
         else:
             logged_decisions += 1
-    stamps = [t for t, _ in decision_times]
-    gaps_s = [(b - a) / 1e9 for a, b in zip(stamps, stamps[1:], strict=False)]
+    stamps = [t for t, _ in decision_times if t >= t_inject_ns]  # from the first injection on
+    gaps = [((a - t_inject_ns) / 1e9, (b - a) / 1e9) for a, b in zip(stamps, stamps[1:], strict=False)]
+    gaps_s = [g for _, g in gaps]
+    window_s = (stamps[-1] - stamps[0]) / 1e9 if len(stamps) > 1 else 0.0
     figures: dict[str, Any] = {
         "kills_done": kills,
         "disconnects_done": text.hangups,
@@ -193,7 +198,11 @@ def main() -> int:
         "decisions_logged": logged_decisions,
         "failed_decisions": pipe.failed_total,
         "decisions_with_image_missing": sum(1 for _, m in decision_times if m),
+        "decisions_per_s_during_injection": round(len(stamps) / window_s, 2) if window_s else None,
         "longest_gap_between_decisions_s": round(max(gaps_s), 2) if gaps_s else None,
+        "gaps_over_1s_at_s": [(round(t, 1), round(g, 2)) for t, g in gaps if g > 1.0][:20],
+        "kill_cycle_s_mean": round((kill_times[-1] - kill_times[0]) / 1e9 / (len(kill_times) - 1), 2)
+        if len(kill_times) > 1 else None,
         "last_kill_to_end_s": round((time.monotonic_ns() - kill_ns) / 1e9, 1) if kill_ns else None,
         "driver_drops": snap["drops"].get("driver", {}),
         "sync_missing": snap["sync"]["missing"],

@@ -340,3 +340,59 @@ def test_tcp_peer_outside_allowed_peers_fails_the_source_with_a_clear_error():
         assert src.state == "failed" and "not in allowed_peers" in (src.last_error or "")
     finally:
         srv.close()
+
+
+# -- the driver's accounting (no Ray: the pieces the loop calls) ----------------------------------
+def make_pipeline(tmp_path, **kwargs):
+    from exitflow.pipeline.config import StreamConfig
+    from exitflow.pipeline.live.runtime import LivePipeline
+
+    class Src:
+        modality = "image"
+
+    return LivePipeline(StreamConfig(circuit_breaker_s=5.0), RuleEngine, sources={"cam": Src()},
+                        decision_log=tmp_path / "log.jsonl", **kwargs)
+
+
+def test_driver_keeps_only_recent_decisions_and_counts_the_rest(tmp_path):
+    from exitflow.pipeline.live.failures import failed_decision
+
+    pipe = make_pipeline(tmp_path, keep_decisions=100)
+    for i in range(5000):
+        sample = Sample(i, i * MS, {"text": "x"})
+        d = failed_decision(sample, "engine: RuntimeError: boom") if i % 100 == 42 else RuleEngine().process(sample)
+        pipe._emit(d, sample)
+    pipe.decision_log.close()
+    assert len(pipe.decisions) == 100 and pipe.decisions[-1].sample_id == 4999
+    assert (pipe.decisions_total, pipe.failed_total) == (5000, 50)
+    snap = pipe.snapshot()
+    assert snap["decisions"] == 4950 and snap["failed"] == 50 and snap["failures"] == {"engine:RuntimeError": 50}
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 5000
+
+
+def test_driver_loop_survives_a_broken_turn_and_the_breaker_stops_a_dead_engine(tmp_path, monkeypatch):
+    import threading
+
+    from exitflow.pipeline.live.failures import failed_decision
+
+    pipe = make_pipeline(tmp_path)
+    stop = threading.Event()
+    turns = {"n": 0}
+
+    def step():
+        turns["n"] += 1
+        if turns["n"] == 3:
+            stop.set()
+        raise KeyError("a bug in one turn")
+
+    monkeypatch.setattr(pipe, "step", step)
+    pipe.run(stop=stop)  # returns normally: the broken turns are counted
+    assert pipe.stats.drops["driver"] == {"driver:KeyError": 3}
+    pipe.breaker = CircuitBreaker(window_s=1.0, min_failures=3)
+    clock = {"ns": 0}
+    monkeypatch.setattr(time, "monotonic_ns", lambda: clock["ns"])
+    with pytest.raises(CircuitOpenError, match="every sample failed"):
+        for i in range(10):
+            clock["ns"] = i * 400_000_000
+            sample = Sample(i, 0, {"text": "x"})
+            pipe._emit(failed_decision(sample, "engine: RuntimeError: dead"), sample)
