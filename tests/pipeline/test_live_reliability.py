@@ -288,7 +288,7 @@ def closed_port() -> int:
 
 
 def test_unreachable_ray_address_fails_with_one_line(monkeypatch, tmp_path):
-    from exitflow.pipeline.live.runtime import probe_ray_address
+    from exitflow.pipeline.live.ray_connect import probe_ray_address
 
     with pytest.raises(LiveRuntimeError, match=r"cannot reach Ray at 127\.0\.0\.1:\d+ .*ray.connect_timeout_s") as e:
         probe_ray_address(f"127.0.0.1:{closed_port()}", timeout_s=2.0)
