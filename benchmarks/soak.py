@@ -49,12 +49,12 @@ def process_label(proc: psutil.Process, driver_pid: int) -> str:
         name = proc.name()
     except psutil.Error:
         return f"gone ({proc.pid})"
-    title = " ".join(cmd)[:80] if cmd else name
+    title = " ".join(cmd) if cmd else name
     if title.startswith("ray::"):
         return f"{title.split('.')[0].split()[0]} ({proc.pid})"
     for known in ("gcs_server", "raylet", "ffmpeg", "log_monitor", "dashboard", "runtime_env", "monitor.py"):
         if known in title:
-            return f"{known} ({proc.pid})"
+            return f"{known.removesuffix('.py')} ({proc.pid})"
     return f"{name} ({proc.pid})"
 
 
