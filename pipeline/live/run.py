@@ -70,7 +70,7 @@ def run_live(
         cfg=cfg,
         recorder=recorder,
         on_decision=on_decision,
-        decision_log=resolve_path(cfg, decision_log) if decision_log else None,
+        decision_log=decision_log,  # a command-line path: relative to the working folder
     )
     snap: dict[str, Any] = {}
     try:
