@@ -109,12 +109,22 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class PowerConfig:
-    """Which power meter measures energy (``auto`` probes NVML, RAPL, Jetson, then psutil)."""
+    """Which power meter measures energy (``auto`` probes Zeus, NVML, RAPL, Jetson, then psutil)."""
 
-    meter: Literal["auto", "nvml", "rapl", "jetson", "psutil", "replay", "null"] = "auto"
-    device_profile: str = "x86-server"
+    meter: Literal["auto", "zeus", "nvml", "rapl", "jetson", "psutil", "replay", "null"] = "auto"
+    device_profile: str = field(
+        default="host", metadata=bounds(help="host = this CPU as detected (exitflow devices); or a shipped profile")
+    )
     replay_trace: str | None = None
     sample_hz: float = field(default=50.0, metadata=bounds(min=1.0, max=10000.0))
+    idle_floor_mw: float | None = field(
+        default=None, metadata=bounds(min=0.0, help="idle power of a measured meter, when known")
+    )
+    idle_calibration_s: float = field(
+        default=1.0, metadata=bounds(min=0.0, max=60.0, help="idle calibration at open (measured meters)")
+    )
+    trace: str | None = None  # CSV power trace written during run/bench/profile (per rail)
+    trace_hz: float = field(default=10.0, metadata=bounds(min=0.1, max=1000.0))
 
 
 @dataclass(frozen=True)
@@ -312,6 +322,7 @@ class BudgetConfig:
     """Energy budget: a PI controller on log(lambda) (``mode: off`` disables it)."""
 
     mode: Literal["off", "mj_per_sample", "power_w"] = "off"
+    energy: Literal["dynamic", "total"] = "dynamic"  # what the budget controls: attributable or all energy
     mj_per_sample: float = field(default=50.0, metadata=bounds(min=0.0, min_exclusive=True))
     power_w: float = field(default=10.0, metadata=bounds(min=0.0, min_exclusive=True))
     window_s: float = field(default=5.0, metadata=bounds(min=0.0, min_exclusive=True))

@@ -87,12 +87,15 @@ class Decision:
     kept_heads: float | None = None
     macs: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)  # stage -> ms, plus "total"
-    energy_mj: float | None = None
+    energy_mj: float | None = None  # total energy of the sample's windows
     energy_source: str | None = None
     estimated: bool | None = None
+    dynamic_energy_mj: float | None = None  # the part attributable to the work (total minus idle floor)
+    idle_energy_mj: float | None = None
     lam: float | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
     timestamp_ns: int | None = None
+    budget_note: str | None = None  # e.g. the budget is below the cheapest plan
 
     @property
     def correct(self) -> bool | None:

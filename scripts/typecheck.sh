@@ -8,4 +8,4 @@ rm -rf "$root" && mkdir -p "$root/exitflow"
 cp exitflow/__init__.py "$root/exitflow/__init__.py"
 for stage in devices encoders scheduler pipeline; do ln -s "$PWD/$stage" "$root/exitflow/$stage"; done
 MYPYPATH="$root" "${PYTHON:-.venv/bin/python}" -m mypy --config-file pyproject.toml \
-  -p exitflow.scheduler -p exitflow.devices -p exitflow.encoders -p exitflow.pipeline.inference "$@"
+  -p exitflow.scheduler -p exitflow.devices -p exitflow.encoders -p exitflow.pipeline.inference -p exitflow.pipeline.evaluation "$@"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,12 +14,27 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def copy_checkout(dest: Path) -> Path:
+    """Copy the files git tracks (and new, not ignored ones) to ``dest``."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, check=True, timeout=60,
+    ).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel built from this checkout, installed (without dependencies) into an empty target."""
     tmp = tmp_path_factory.mktemp("wheel")
+    source = copy_checkout(tmp / "source")  # what a clean clone holds; the build writes there, not here
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp)],
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp)],
         capture_output=True, text=True, timeout=600,
     )
     if build.returncode != 0:

@@ -55,11 +55,11 @@ def _joint(args: argparse.Namespace, cfg: Config) -> int:
 
 def _profile(args: argparse.Namespace, cfg: Config) -> int:
     from exitflow.pipeline.artifacts import profile_path
-    from exitflow.pipeline.meters import open_meter
+    from exitflow.pipeline.meters import metered
     from exitflow.pipeline.training.profile import make_profile, profile_summary
 
     dataset = args.dataset or cfg.data.dataset
-    with open_meter(cfg) as meter:
+    with metered(cfg) as meter:
         profile = make_profile(cfg, dataset, meter, args.energy_samples)
     print(profile_summary(profile))
     print(f"saved {profile_path(cfg, dataset)}")
@@ -81,7 +81,7 @@ def _bench(args: argparse.Namespace, cfg: Config) -> int:
     )
     from exitflow.pipeline.evaluation.replay import write_atomic
     from exitflow.pipeline.evaluation.sweep import format_sweep, plot_pareto, run_sweep
-    from exitflow.pipeline.meters import open_meter
+    from exitflow.pipeline.meters import metered
 
     dataset = args.dataset or cfg.data.dataset
     systems = tuple(s.strip() for s in args.systems.split(",")) if args.systems else default_systems(cfg)
@@ -92,7 +92,7 @@ def _bench(args: argparse.Namespace, cfg: Config) -> int:
         raise ExitflowError(f"--budget-fraction must be in (0, 2], got {args.budget_fraction}")
     limit = args.limit if args.limit is not None else cfg.bench.limit
     parts, samples = bench_inputs(cfg, dataset, args.split, limit)
-    with open_meter(cfg) as meter:
+    with metered(cfg) as meter:
         rows = bench(parts, samples, meter, systems)
         budget_row = None
         if args.budget_fraction is not None:

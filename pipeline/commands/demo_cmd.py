@@ -28,14 +28,14 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
         json_rows,
     )
     from exitflow.pipeline.evaluation.replay import write_atomic
-    from exitflow.pipeline.meters import open_meter
+    from exitflow.pipeline.meters import metered
 
     root = data_root(cfg)
     where = "the real slice embedded in the repo" if is_embedded(root) else str(root)
     dataset, limit = cfg.data.dataset, cfg.bench.limit
     print(f"exitflow demo: {dataset} test split (first {limit or 'all'} samples) from {where}")
     parts, samples = bench_inputs(cfg, dataset, "test", limit)
-    with open_meter(cfg) as meter:
+    with metered(cfg) as meter:
         print(f"power meter: {meter.describe().splitlines()[0]}")
         rows = bench(parts, samples, meter, default_systems(cfg))
     print(format_table(rows))

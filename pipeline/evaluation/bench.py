@@ -69,10 +69,21 @@ def run_system(system: Any, samples: Sequence[Sample], meter: Any, progress: boo
         "macs_per_sample": float(np.mean([d.macs for d in decisions])),
         "ms_per_sample": elapsed_s * 1000.0 / n,
         "mj_per_sample": None if m.energy_mj is None else m.energy_mj / n,
+        "dynamic_mj_per_sample": _per_sample(getattr(m, "dynamic_energy_mj", None), n),
+        "idle_mj_per_sample": _per_sample(getattr(m, "idle_energy_mj", None), n),
+        "dynamic_share": (
+            None if getattr(m, "dynamic_energy_mj", None) is None or not m.energy_mj
+            else m.dynamic_energy_mj / m.energy_mj
+        ),
+        "idle_basis": getattr(m, "idle_basis", None),
         "energy_source": m.source,
         "estimated": bool(m.estimated),
         "decisions": decisions,
     }
+
+
+def _per_sample(value: float | None, n: int) -> float | None:
+    return None if value is None else value / n
 
 
 def static_exits_matching(parts: AdaptiveParts, target_macs: float) -> dict[str, int]:
@@ -126,13 +137,17 @@ def bench(
 
 
 def engine_mj(parts: AdaptiveParts, samples: Sequence[Sample], meter: Any) -> float:
-    """Mean per-sample energy of ``full`` measured the way the engine measures (one window per sample)."""
+    """Mean per-sample energy of ``full`` measured the way the engine measures (one window per sample):
+    attributable energy when the budget controls it (``budget.energy: dynamic``), else total."""
     system = parts.full()
+    dynamic = parts.cfg.budget.energy == "dynamic"
     total = 0.0
     for sample in samples:
         meter.begin_window("full")
         system.process(sample)
-        total += meter.end_window("full").energy_mj or 0.0
+        m = meter.end_window("full")
+        value = m.dynamic_energy_mj if dynamic and getattr(m, "dynamic_energy_mj", None) is not None else m.energy_mj
+        total += value or 0.0
     return total / len(samples)
 
 
@@ -141,12 +156,13 @@ def budget_run(parts: AdaptiveParts, samples: Sequence[Sample], meter: Any, budg
     """exitflow under a per-sample energy budget; how closely the running average tracks it.
 
     The running average is over the engine's own per-sample energy (the sum of its step
-    windows); ``max_dev_after_skip`` is the largest relative gap |avg_k - budget| / budget over
+    windows; attributable energy unless ``budget.energy: total``); ``max_dev_after_skip`` is the largest relative gap |avg_k - budget| / budget over
     every k > ``skip``, ``tail_mean_mj`` the mean of samples after ``skip``.
     """
     system = parts.exitflow(meter=meter, budget_mj=budget_mj, name="exitflow@budget")
     row = run_system(system, samples, meter, progress)
-    energy = np.array([d.energy_mj for d in row["decisions"]], dtype=np.float64)
+    engine = system.engine
+    energy = np.array([engine.budget_energy(d) for d in row["decisions"]], dtype=np.float64)
     running = np.cumsum(energy) / np.arange(1, energy.shape[0] + 1)
     tail = running[skip:] if energy.shape[0] > skip else running[-1:]
     row.update({
@@ -162,18 +178,23 @@ def budget_run(parts: AdaptiveParts, samples: Sequence[Sample], meter: Any, budg
 
 def format_table(rows: Sequence[dict[str, Any]], reference: str = "full") -> str:
     ref = next((r for r in rows if r["system"] == reference), None)
-    header = f"{'system':<10}{'n':>6}{'accuracy':>10}{'MACs/sample':>14}{'ms/sample':>11}{'mJ/sample':>11}{'MACs x':>8}{'ms x':>7}  energy source"
+    header = (
+        f"{'system':<10}{'n':>6}{'accuracy':>10}{'MACs/sample':>14}{'ms/sample':>11}{'mJ/sample':>11}"
+        f"{'dyn mJ':>9}{'MACs x':>8}{'ms x':>7}  energy source"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         mac_ratio = ref["macs_per_sample"] / r["macs_per_sample"] if ref and r["macs_per_sample"] else float("nan")
         ms_ratio = ref["ms_per_sample"] / r["ms_per_sample"] if ref and r["ms_per_sample"] else float("nan")
         mj = f"{r['mj_per_sample']:.3f}" if r["mj_per_sample"] is not None else "-"
+        dyn = f"{r['dynamic_mj_per_sample']:.3f}" if r.get("dynamic_mj_per_sample") is not None else "-"
         est = " (estimated)" if r["estimated"] else ""
         lines.append(
             f"{r['system']:<10}{r['n']:>6}{r['accuracy']:>10.4f}{r['macs_per_sample']:>14,.0f}"
-            f"{r['ms_per_sample']:>11.3f}{mj:>11}{mac_ratio:>8.2f}{ms_ratio:>7.2f}  {r['energy_source']}{est}"
+            f"{r['ms_per_sample']:>11.3f}{mj:>11}{dyn:>9}{mac_ratio:>8.2f}{ms_ratio:>7.2f}  {r['energy_source']}{est}"
         )
-    lines.append(f"(MACs x and ms x: {reference}'s figure divided by the system's; > 1 means cheaper than {reference})")
+    lines.append(f"(MACs x and ms x: {reference}'s figure divided by the system's; > 1 means cheaper than {reference};")
+    lines.append(" dyn mJ: the energy attributable to the work, total minus the idle floor over the window)")
     return "\n".join(lines)
 
 

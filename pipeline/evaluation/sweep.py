@@ -46,7 +46,8 @@ def plot_pareto(sweep: list[dict], rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for system, color in (("static", "tab:gray"), ("exitflow", "tab:blue")):
         pts = [(r[key], r["accuracy"]) for r in sweep if r["system"] == system]
-        ax.scatter(*zip(*pts, strict=True), s=12, color=color, alpha=0.4)
+        xs, ys = zip(*pts, strict=True)
+        ax.scatter(xs, ys, s=12, color=color, alpha=0.4)
         front = pareto(pts)
         ax.plot(*zip(*front, strict=True), "-o", color=color, label=f"{system} (Pareto front)", markersize=4)
     for r in rows:

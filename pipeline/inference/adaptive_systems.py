@@ -23,6 +23,7 @@ from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.inference.engine import (
     Engine,
     budget_from_config,
+    cheapest_plan_mj,
     default_input_adapter,
     device_input_adapter,
     policy_from_config,
@@ -100,6 +101,10 @@ class EngineSystem:
     def process(self, sample: Sample) -> Decision:
         return self.engine.process(sample)
 
+    def set_budget(self, mj_per_sample: float | None = None, power_w: float | None = None) -> dict[str, Any]:
+        """Set, change or (both None) remove the energy budget, also on an engine started without one."""
+        return self.engine.set_budget(mj_per_sample=mj_per_sample, power_w=power_w)
+
 
 class AdaptiveParts:
     """Encoders, fusion and profile of one data set, loaded once and shared by every system."""
@@ -139,7 +144,8 @@ class AdaptiveParts:
             budget_cfg = dataclasses.replace(budget_cfg, mode="mj_per_sample", mj_per_sample=budget_mj)
         controller = budget_from_config(budget_cfg, policy.lam, self.profile) if budget else None
         engine = Engine(self.encoders, self.fusion, policy, meter=meter, budget=controller, system=name,
-                        input_adapter=self.input_adapter)
+                        input_adapter=self.input_adapter, budget_energy=self.cfg.budget.energy,
+                        cheapest_mj=cheapest_plan_mj(self.profile, self.cfg.budget.energy))
         return EngineSystem(name, engine, self.modalities)
 
     def rexit(self, meter: Any = None, seed: int = 0) -> EngineSystem:

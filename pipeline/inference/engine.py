@@ -79,9 +79,6 @@ def budget_from_config(
     """
     if cfg.mode == "off":
         return None
-    cheapest_mj = None
-    if profile is not None and profile.has_energy():
-        cheapest_mj = min(profile.cumulative_costs(m, "mj")[0] for m in profile.modalities) or None
     return BudgetController(
         mj_per_sample=cfg.mj_per_sample if cfg.mode == "mj_per_sample" else None,
         power_w=cfg.power_w if cfg.mode == "power_w" else None,
@@ -91,8 +88,16 @@ def budget_from_config(
         lam_max=cfg.lam_max,
         kp=cfg.kp,
         ki=cfg.ki,
-        cheapest_mj=cheapest_mj,
+        cheapest_mj=cheapest_plan_mj(profile, cfg.energy),
     )
+
+
+def cheapest_plan_mj(profile: Profile | None, energy: str = "dynamic") -> float | None:
+    """Energy of the cheapest plan (the cheapest first exit), when the profile carries energy of the
+    kind the budget controls (``dynamic`` or ``total``, as ``exitflow profile`` records it)."""
+    if profile is None or not profile.has_energy() or f"({energy} energy)" not in (profile.energy_source or ""):
+        return None
+    return min(profile.cumulative_costs(m, "mj")[0] for m in profile.modalities) or None
 
 
 def device_input_adapter(device: torch.device) -> Callable[[str, Any], Any]:
@@ -143,6 +148,9 @@ class Engine:
         budget: Optional budget controller; lambda follows it sample by sample.
         system: Name written into each decision.
         input_adapter: ``(modality, payload) -> encoder input``.
+        budget_energy: What the budget controls: ``dynamic`` (attributable) or ``total`` energy.
+        cheapest_mj: Energy of the cheapest plan (the profile's cheapest first exit), for a budget
+            set while running.
     """
 
     def __init__(
@@ -154,7 +162,11 @@ class Engine:
         budget: BudgetController | None = None,
         system: str = "exitflow",
         input_adapter: Callable[[str, Any], Any] = default_input_adapter,
+        budget_energy: str = "dynamic",
+        cheapest_mj: float | None = None,
     ):
+        if budget_energy not in ("dynamic", "total"):
+            raise EngineError(f"budget_energy must be 'dynamic' or 'total', got {budget_energy!r}")
         for m, enc in encoders.items():
             if m in policy.num_exits and enc.num_exits != policy.num_exits[m]:
                 raise EngineError(
@@ -171,6 +183,9 @@ class Engine:
         self.budget = budget
         self.system = system
         self.input_adapter = input_adapter
+        self.budget_energy_kind = budget_energy
+        self.cheapest_mj = cheapest_mj
+        self._warned_total = False
         if budget is not None:
             policy.set_lambda(budget.lam)
             policy.set_cheapest_mode(budget.cheapest_mode)
@@ -279,12 +294,15 @@ class Engine:
         decision.exit_layers = {m: o.layer for m, o in outputs.items()}
         decision.macs += sum(self._encoder_macs(m, o, evaluated[m]) for m, o in outputs.items())
         self._record_energy(decision, energy)
-        if self.budget is not None and decision.energy_mj is not None:
+        controlled = self.budget_energy(decision) if self.budget is not None else None
+        if self.budget is not None and controlled is not None:
             # the controller sees the sample's time up to here; its update and the re-plan count as policy
             t0 = time.perf_counter()
-            lam = self.budget.update(decision.energy_mj, t0 - total_start)
+            lam = self.budget.update(controlled, t0 - total_start)
             self.policy.set_lambda(lam)
             self.policy.set_cheapest_mode(self.budget.cheapest_mode)
+            if self.budget.cheapest_mode:
+                decision.budget_note = "budget below the cheapest plan: running the cheapest exit only"
             policy_s += time.perf_counter() - t0
         decision.latency_ms["policy"] = policy_s * 1000.0
         decision.latency_ms["total"] = (time.perf_counter() - total_start) * 1000.0
@@ -303,11 +321,45 @@ class Engine:
     def _record_energy(decision: Decision, energy: list[Any]) -> None:
         if not energy:
             return
-        values = [m.energy_mj for m in energy]
         sources = sorted({str(m.source) for m in energy})
         decision.energy_source = "+".join(sources)
         decision.estimated = any(bool(m.estimated) for m in energy)
-        decision.energy_mj = None if any(v is None for v in values) else float(sum(values))
+        decision.energy_mj = _sum_or_none([m.energy_mj for m in energy])
+        decision.dynamic_energy_mj = _sum_or_none([getattr(m, "dynamic_energy_mj", None) for m in energy])
+        decision.idle_energy_mj = _sum_or_none([getattr(m, "idle_energy_mj", None) for m in energy])
+
+    def budget_energy(self, decision: Decision) -> float | None:
+        """The energy the budget controls: attributable (``dynamic``, the default) or total.
+
+        A measured meter that was never idle-calibrated has no dynamic part: the controller then
+        falls back to total energy and says so once.
+        """
+        if self.budget_energy_kind == "dynamic":
+            if decision.dynamic_energy_mj is not None:
+                return decision.dynamic_energy_mj
+            if not self._warned_total:
+                log.warning("the meter gives no attributable energy (no idle floor); the budget controls total energy")
+                self._warned_total = True
+        return decision.energy_mj
+
+    def set_budget(self, mj_per_sample: float | None = None, power_w: float | None = None) -> dict[str, Any]:
+        """Set, change or remove (both None) the energy budget of a running engine."""
+        if mj_per_sample is None and power_w is None:
+            self.budget = None
+            self.policy.set_cheapest_mode(False)
+            return {"mode": "off"}
+        if self.budget is None:
+            self.budget = BudgetController(
+                mj_per_sample=mj_per_sample, power_w=power_w, lam_ref=self.policy.lam,
+                cheapest_mj=self.cheapest_mj,
+            )
+        else:
+            self.budget.set_budget(mj_per_sample=mj_per_sample, power_w=power_w)
+        return {"mj_per_sample": mj_per_sample, "power_w": power_w, "energy": self.budget_energy_kind}
+
+
+def _sum_or_none(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else float(sum(v for v in values if v is not None))
 
 
 def apply_engine_settings(cfg: Config) -> None:

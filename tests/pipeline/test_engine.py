@@ -103,6 +103,7 @@ def _profile(p: float = 0.5) -> Profile:
             FusionProfile(("audio",), 0.5, 100, 0.5),
         ),
         thresholds={"image": 0.3, "audio": 0.3},
+        energy_source="fake (dynamic energy)",
     )
 
 
