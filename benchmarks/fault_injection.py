@@ -164,7 +164,10 @@ def main() -> int:
                 kill_ns = time.monotonic_ns()
                 kill_times.append(kill_ns)
         injected_s = time.monotonic() - t_inject
-        pipe.run(duration_s=5.0)  # let the last restart and reconnect land
+        settle_end = time.monotonic() + 30.0  # let the last restart and reconnect land
+        while time.monotonic() < settle_end and pipe.source_state("cam")["restarts"] < kills:
+            pipe.step()
+        pipe.run(duration_s=2.0)
         snap = pipe.snapshot()
     finally:
         pipe.shutdown()
