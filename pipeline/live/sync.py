@@ -402,7 +402,7 @@ def make_synchronizer(stream: StreamConfig, modalities: list[str], trigger: str 
     return Synchronizer(
         modalities=modalities,
         trigger=trigger if trigger in modalities else modalities[0],
-        policies=dict(stream.policies),
+        policies={str(m): str(p) for m, p in stream.policies.items()},
         slop_ns=int(stream.slop_ms * 1e6),
         audio_window_s=stream.audio_window_s,
         audio_rate_hz=stream.audio_rate_hz,
