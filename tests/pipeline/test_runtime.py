@@ -293,6 +293,7 @@ def test_live_view_renders_a_snapshot_with_every_section():
     stats = LiveStats()
     stats.observe_latency("end_to_end", 70.0)
     stats.observe_latency("end_to_end", 90.0)
+    stats.observe_failure("engine: RuntimeError: CUDA out of memory")
     stats.observe_decision(
         Decision(
             sample_id=0,
@@ -328,6 +329,9 @@ def test_live_view_renders_a_snapshot_with_every_section():
         },
         "engine_queue": {"size": 1, "maxsize": 4, "policy": "drop_oldest", "dropped": {}},
         "budget": {"mj_per_sample": 12.5},
+        "outage_events": {"actor_down": 1, "actor_up": 1},
+        "recent_outages": ["cam actor_down (ActorDiedError)", "cam actor_up (restart 1)"],
+        "preprocess_drops": {"audio:AudioInputError": 4},
         **stats.summary(),
     }
     console = Console(record=True, width=160)
@@ -344,6 +348,11 @@ def test_live_view_renders_a_snapshot_with_every_section():
         "mj_per_sample=12.5",
         "end_to_end",
         "89.8",
+        "failed samples",
+        "engine:RuntimeError=1",
+        "actor_down=1",
+        "cam actor_up (restart 1)",
+        "audio:AudioInputError=4",
     ):
         assert needle in text, needle
 
