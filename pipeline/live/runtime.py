@@ -397,7 +397,10 @@ class LivePipeline:
         self.stats.observe_latency("source", (now - msg.timestamp_ns) / 1e6)
         self.stats.count_message(msg.source)
         if self.recorder is not None:
-            self.recorder.write_message(msg)
+            try:
+                self.recorder.write_message(msg)
+            except Exception as e:  # noqa: BLE001 - e.g. a payload the codec cannot hold; still synced
+                self.stats.count_drop(h.name, f"record_failed:{type(e).__name__}")
         if not self.sync.push(msg):
             self.stats.count_drop(msg.source, "sync_refused")
 

@@ -87,7 +87,9 @@ class SourceWorker:
                 time.sleep(0.1)
                 continue
             self._note_state()
-            if msg is not None:
+            if msg is not None and not (isinstance(msg, SensorMessage) and isinstance(msg.meta, dict)):
+                self.source.count_drop("not_a_message")  # a custom source's bug: counted, not fatal
+            elif msg is not None:
                 msg.meta["worker_started_ns"] = self.started_ns
                 self.queue.put(msg, timeout_s=0.5)
             elif self.source.state != "connected":

@@ -396,3 +396,42 @@ def test_driver_loop_survives_a_broken_turn_and_the_breaker_stops_a_dead_engine(
             clock["ns"] = i * 400_000_000
             sample = Sample(i, 0, {"text": "x"})
             pipe._emit(failed_decision(sample, "engine: RuntimeError: dead"), sample)
+
+
+class BuggySource(Source):
+    """A custom source that returns garbage: not a message, a message with a broken meta, a good one."""
+
+    modality = "text"
+
+    def __init__(self):
+        super().__init__("buggy", "text")
+        self.n = 0
+
+    def _open(self):
+        pass
+
+    def _read_raw(self):
+        self.n += 1
+        time.sleep(0.002)
+        if self.n % 3 == 0:
+            return {"text": "a dict, not a message"}
+        if self.n % 3 == 1:
+            msg = self.new_message("ok")
+            msg.meta = None
+            return msg
+        return self.new_message(f"line {self.n}")
+
+
+def test_a_custom_source_returning_garbage_is_counted_and_keeps_running():
+    worker = SourceWorker(BuggySource, queue_size=64)
+    got = []
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end and len(got) < 5:
+            got += worker.drain()
+            time.sleep(0.01)
+        health = worker.health()
+    finally:
+        worker.stop()
+    assert len(got) >= 5 and all(isinstance(m, SensorMessage) for m in got)
+    assert health["dropped"]["not_a_message"] >= 5
