@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from exitflow.encoders.base import EarlyExitEncoder
+from exitflow.encoders.cnn import CNNEarlyExitEncoder, CNNEncoderConfig
 from exitflow.encoders.text import TextEarlyExitEncoder, TextEncoderConfig
 from exitflow.encoders.vit import ViTEarlyExitEncoder, ViTEncoderConfig
 from safetensors import safe_open
@@ -34,6 +35,7 @@ CARD_NAME = "MODEL_CARD.md"
 CHECKSUM_KEY = "weights_sha256"  # config.json: {weights file name: sha256 hex digest}
 MAX_CONFIG_BYTES = 4 << 20
 ENCODER_REBUILD = "exitflow train encoder --modality {modality}"
+ENCODER_KINDS: dict[str, type] = {"vit": ViTEncoderConfig, "text": TextEncoderConfig, "cnn": CNNEncoderConfig}
 
 
 class CheckpointLoadError(ValueError):
@@ -142,9 +144,11 @@ def save_encoder(
         kind, cfg = "vit", encoder.config.to_dict()
     elif isinstance(encoder, TextEarlyExitEncoder):
         kind, cfg = "text", encoder.config.to_dict()
+    elif isinstance(encoder, CNNEarlyExitEncoder):
+        kind, cfg = "cnn", encoder.config.to_dict()  # temperatures travel in the weights (a buffer)
     else:
         raise TypeError(
-            f"save_encoder supports ViTEarlyExitEncoder and TextEarlyExitEncoder, got {type(encoder).__name__}"
+            f"save_encoder supports the ViT, text and CNN early-exit encoders, got {type(encoder).__name__}"
         )
     save_file(_trainable_state(encoder), str(out / WEIGHTS_NAME))
     doc = {
@@ -234,8 +238,8 @@ def read_checkpoint_config(folder: str | Path) -> dict[str, Any]:
     rebuild = rebuild_command(doc, folder)
     kind = doc.get("kind")
     problems = []
-    if kind not in ("vit", "text"):
-        problems.append(f"kind: expected 'vit' or 'text', found {_one_line(repr(kind), 40)}")
+    if kind not in ENCODER_KINDS:
+        problems.append(f"kind: expected one of {list(ENCODER_KINDS)}, found {_one_line(repr(kind), 40)}")
     if not isinstance(doc.get("modality"), str):
         problems.append("modality: expected a string")
     layers = doc.get("exit_layers")
@@ -247,9 +251,8 @@ def read_checkpoint_config(folder: str | Path) -> dict[str, Any]:
         problems.append("exit_layers: expected a non-empty list of integers")
     if not isinstance(doc.get("metadata", {}), dict):
         problems.append("metadata: expected an object")
-    if kind in ("vit", "text"):
-        cls = ViTEncoderConfig if kind == "vit" else TextEncoderConfig
-        problems += check_fields(cls, doc.get("encoder_config"), "encoder_config")
+    if kind in ENCODER_KINDS:
+        problems += check_fields(ENCODER_KINDS[kind], doc.get("encoder_config"), "encoder_config")
     if problems:
         raise CheckpointLoadError(f"{path}: {'; '.join(problems[:3])}; rebuild it with `{rebuild}`")
     try:
@@ -287,6 +290,11 @@ def load_encoder(folder: str | Path, **text_kwargs: Any) -> EarlyExitEncoder:
             with torch.device("meta"):  # shapes first: an absurd config must not allocate
                 check_shapes(shapes, ViTEarlyExitEncoder(cfg), weights, rebuild)
             encoder, strict = ViTEarlyExitEncoder(cfg), True
+        elif doc["kind"] == "cnn":
+            cnn_cfg = CNNEncoderConfig.from_dict(doc["encoder_config"])
+            with torch.device("meta"):
+                check_shapes(shapes, CNNEarlyExitEncoder(cnn_cfg), weights, rebuild)
+            encoder, strict = CNNEarlyExitEncoder(cnn_cfg), True
         else:
             text_cfg = TextEncoderConfig.from_dict(doc["encoder_config"])
             encoder, strict = TextEarlyExitEncoder(text_cfg, **text_kwargs), False

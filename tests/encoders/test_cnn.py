@@ -129,3 +129,19 @@ def test_temperatures_calibrate_without_changing_predictions(tiny_cnn):
         tiny_cnn.set_temperatures([1.0, -1.0, 1.0])
     with pytest.raises(ValueError, match="labels"):
         fit_temperature(logits, labels[:3])
+
+
+def test_checkpoint_round_trip_keeps_temperatures(tiny_cnn, tmp_path):
+    from exitflow.encoders.checkpoint import CheckpointLoadError, load_encoder, save_encoder
+
+    tiny_cnn.set_temperatures([1.5, 1.2, 0.9])
+    save_encoder(tiny_cnn, tmp_path / "cnn", {"command": "exitflow train encoder --modality audio"})
+    loaded = load_encoder(tmp_path / "cnn")
+    assert isinstance(loaded, CNNEarlyExitEncoder) and loaded.config == TINY
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(loaded(x)[1].logits, tiny_cnn(x)[1].logits)
+    assert loaded.temperatures.tolist() == pytest.approx([1.5, 1.2, 0.9])
+    doc = (tmp_path / "cnn" / "config.json").read_text().replace('"stem_channels": 4', '"stem_channels": 6')
+    (tmp_path / "cnn" / "config.json").write_text(doc)
+    with pytest.raises(CheckpointLoadError, match="shape"):
+        load_encoder(tmp_path / "cnn")
