@@ -2,7 +2,7 @@
 
 Follows ``../shared/data/AVMNIST_RECIPE.md`` (later generator version) with these choices:
 
-- Image: the top-k PCA reconstruction of the recipe (k = 3 at ``image_energy_removed`` 0.75),
+- Image: the top-k PCA reconstruction of the recipe (k = 4 at ``image_energy_removed`` 0.75; the recipe keeps 3),
   mean not added back, /255, with ONE stored basis for every root and exact integer arithmetic
   (``pipeline.data.pca``), so every CPU builds the same bytes.
 - Audio: speaker-disjoint pools (``pipeline.data.speakers``): train on the train speakers'

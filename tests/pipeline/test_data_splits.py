@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from exitflow.pipeline.data.noise import NOISE_POOL_OF, mix_noise, noise_rng, read_noise_bank
-from exitflow.pipeline.data.pca import degrade_images, load_pca_basis
+from exitflow.pipeline.data.pca import components_for, degrade_images, load_pca_basis
 from exitflow.pipeline.data.roots import EMBEDDED_DATA, SHARED_DATA, read_mnist
 from exitflow.pipeline.data.speakers import ROLES_FILE, speaker_roles, split_pools
 from exitflow.pipeline.errors import DataError
@@ -55,7 +55,9 @@ def test_pca_degradation_is_exact_integer_arithmetic_close_to_float() -> None:
     out = degrade_images(images, basis, 0.75)
     assert out.shape == (200, 1, 28, 28) and out.dtype == np.float32
     # the float reference (BLAS) agrees within the fixed-point step, not bit for bit
-    comps = basis["components"][:3].astype(np.float64)
+    k = components_for(basis, 0.75)
+    assert k == 4  # what the builder has always used; the recipe's "k = 3" is not what it computes
+    comps = basis["components"][:k].astype(np.float64)
     x = images.reshape(-1, 784).astype(np.float64) - basis["mean"].astype(np.float64)
     ref = ((x @ comps.T) @ comps / 255.0).reshape(-1, 1, 28, 28)
     np.testing.assert_allclose(out, ref, rtol=0, atol=2e-4)
