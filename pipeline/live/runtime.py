@@ -192,6 +192,7 @@ class LivePipeline:
         self._handles: dict[str, _SourceHandle] = {}
         self._engine: Any = None
         self._in_flight: dict[Any, tuple[Sample, int]] = {}
+        self._engine_up = True  # an engine actor that dies logs actor_down / actor_up for "engine"
         self._last_health_ns = 0
         self.budget: dict[str, Any] = {}
         self.preprocess_drops: dict[str, int] = {}  # "modality:ExceptionType" -> n, from the engine actor
@@ -432,12 +433,18 @@ class LivePipeline:
             try:
                 decision, stage_ms, error = ray.get(ref)
             except RayActorError as e:
+                if self._engine_up:
+                    self._engine_up = False
+                    self._event(None, "engine", "actor_down", type(e).__name__)
                 self._emit(failed_decision(sample, describe_error("engine_unavailable", e)), sample)
                 continue
             except Exception as e:  # noqa: BLE001 - RayTaskError and anything else: this sample failed
                 cause = getattr(e, "cause", None) or e
                 self._emit(failed_decision(sample, describe_error("engine_call", cause)), sample)
                 continue
+            if not self._engine_up:
+                self._engine_up = True
+                self._event(None, "engine", "actor_up", "answering again")
             now = time.monotonic_ns()
             for stage, ms in stage_ms.items():
                 self.stats.observe_latency(stage, ms)

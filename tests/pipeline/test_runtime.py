@@ -432,3 +432,24 @@ def test_a_local_ray_listens_on_loopback_only(ray_local):
     assert listening, "no Ray listener found"
     exposed = {ip for ip, _ in listening if ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")}
     assert not exposed, f"Ray listens beyond loopback on {sorted(exposed)}"
+
+
+@pytest.mark.slow
+def test_a_killed_engine_actor_is_an_outage_in_the_log_and_the_run_goes_on(ray_local, tmp_path):
+    stream = StreamConfig(engine_num_cpus=0.5, max_restarts=2, circuit_breaker_s=120.0)
+    log_path = tmp_path / "decisions.jsonl"
+    pipe = LivePipeline(stream, RuleEngine, sources={"synth": SyntheticCamera()}, decision_log=log_path)
+    try:
+        pipe.start()
+        pipe.wait_ready(timeout_s=90)
+        assert run_until(pipe, lambda: pipe.decisions_total >= 20, timeout_s=60)
+        ray.kill(pipe.engine, no_restart=False)
+        assert run_until(pipe, lambda: pipe.outage_counts["actor_down"] >= 1, timeout_s=60), pipe.snapshot()
+        good_before = pipe.stats.decisions
+        assert run_until(pipe, lambda: pipe.stats.decisions >= good_before + 20, timeout_s=90), pipe.snapshot()
+    finally:
+        pipe.shutdown()
+    events = [json.loads(line)["outage"] for line in log_path.read_text().splitlines() if '"outage"' in line]
+    assert [(e["source"], e["event"]) for e in events][:2] == [("engine", "actor_down"), ("engine", "actor_up")]
+    failed = [d for d in pipe.decisions if getattr(d, "error", None)]
+    assert failed and all(d.error.startswith(("engine_unavailable:", "engine_call:")) for d in failed)
