@@ -415,7 +415,11 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> tuple[dict[str, A
         if not sep or not key.strip():
             errors.append(f"--set {key_text(item)}: expected KEY=VALUE with a dotted key, e.g. replay.limit=100")
             continue
-        _set_dotted(tree, key.strip(), parse_scalar(raw), errors)
+        value = parse_scalar(raw)
+        if value == raw and raw.lstrip().startswith("!"):  # a YAML tag the safe loader refused
+            errors.append(f"--set {key_text(key.strip())}: YAML tags are not allowed; quote the value for a string")
+            continue
+        _set_dotted(tree, key.strip(), value, errors)
     return tree, errors
 
 
