@@ -26,7 +26,7 @@ import ray
 from exitflow.pipeline.config import RayConfig
 from exitflow.pipeline.live.workers import LiveRuntimeError
 
-__all__ = ["probe_ray_address", "start_ray"]
+__all__ = ["probe_ray_address", "running_gcs_addresses", "start_ray"]
 
 
 def start_ray(cfg: RayConfig) -> bool:
@@ -97,10 +97,22 @@ def _ray_address_file() -> Path:
     return Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
 
 
+def running_gcs_addresses() -> list[str]:
+    """``host:port`` of every Ray instance running on this machine (found by its GCS process,
+    e.g. one that ``exitflow run`` started); empty when none or when Ray cannot tell."""
+    try:
+        from ray._private.services import find_gcs_addresses
+
+        return sorted(set(find_gcs_addresses()))
+    except Exception:  # noqa: BLE001 - a private Ray helper: missing or changed means "none found"
+        return []
+
+
 def probe_ray_address(address: str, timeout_s: float) -> str:
     """The ``host:port`` Ray should join, after checking something listens there.
 
-    ``"auto"`` means ``$RAY_ADDRESS`` or the cluster ``ray start`` last started on this machine.
+    ``"auto"`` means ``$RAY_ADDRESS``, else the cluster ``ray start`` last started on this machine,
+    else the one Ray instance running here (e.g. started by ``exitflow run``).
 
     Raises:
         LiveRuntimeError: when no cluster is found or nothing answers within ``timeout_s``.
@@ -114,9 +126,17 @@ def probe_ray_address(address: str, timeout_s: float) -> str:
             except OSError:
                 target = ""
         if not target:
+            running = running_gcs_addresses()
+            if len(running) > 1:
+                raise LiveRuntimeError(
+                    f"ray.address is 'auto' but several Ray instances run here ({', '.join(running)}); "
+                    "set ray.address to one of them"
+                )
+            target = running[0] if running else ""
+        if not target:
             raise LiveRuntimeError(
                 "ray.address is 'auto' but no Ray cluster runs here; start one with `ray start --head` "
-                "or set ray.address: null for a local instance"
+                "(or `exitflow run`) or set ray.address: null for a local instance"
             )
     hostport = target.split("://", 1)[-1]
     host, sep, port = hostport.rpartition(":")

@@ -101,14 +101,10 @@ def set_running_budget(
     """
     if mj_per_sample is None and power_w is None:
         raise LiveRuntimeError("give a budget: --mj-per-sample X or --power-w W")
-    connected_here = not ray.is_initialized()  # in the process that runs the pipeline, Ray is up already
-    if connected_here:
-        try:
-            ray.init(
-                address=ray_cfg.address or "auto", namespace=ray_cfg.namespace, logging_level=logging.WARNING
-            )
-        except (ConnectionError, RuntimeError) as e:
-            raise LiveRuntimeError(f"no Ray cluster to connect to ({e}); is `exitflow run` running?") from e
+    try:  # False in the process that runs the pipeline: Ray is up already
+        connected_here = start_ray(dataclasses.replace(ray_cfg, address=ray_cfg.address or "auto"))
+    except LiveRuntimeError as e:
+        raise LiveRuntimeError(f"{e} (is `exitflow run` running?)") from e
     try:
         engine = ray.get_actor(ENGINE_ACTOR_NAME, namespace=ray_cfg.namespace)
         return cast(dict[str, Any], ray.get(engine.set_budget.remote(mj_per_sample, power_w), timeout=30))

@@ -288,7 +288,10 @@ def closed_port() -> int:
 
 
 def test_unreachable_ray_address_fails_with_one_line(monkeypatch, tmp_path):
+    from exitflow.pipeline.live import ray_connect
     from exitflow.pipeline.live.ray_connect import probe_ray_address
+
+    monkeypatch.setattr(ray_connect, "running_gcs_addresses", lambda: [])  # whatever Ray runs on this machine
 
     with pytest.raises(LiveRuntimeError, match=r"cannot reach Ray at 127\.0\.0\.1:\d+ .*ray.connect_timeout_s") as e:
         probe_ray_address(f"127.0.0.1:{closed_port()}", timeout_s=2.0)
@@ -299,12 +302,17 @@ def test_unreachable_ray_address_fails_with_one_line(monkeypatch, tmp_path):
         probe_ray_address("auto", timeout_s=1.0)
     with pytest.raises(LiveRuntimeError, match="HOST:PORT"):
         probe_ray_address("nonsense", timeout_s=1.0)
+    monkeypatch.setattr(ray_connect, "running_gcs_addresses", lambda: ["10.0.0.1:1", "10.0.0.2:2"])
+    with pytest.raises(LiveRuntimeError, match="several Ray instances"):
+        probe_ray_address("auto", timeout_s=1.0)
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
+    srv.listen(16)  # never accepted: room for every probe in the backlog
     try:
         port = srv.getsockname()[1]
         assert probe_ray_address(f"127.0.0.1:{port}", timeout_s=2.0) == f"127.0.0.1:{port}"
+        monkeypatch.setattr(ray_connect, "running_gcs_addresses", lambda: [f"127.0.0.1:{port}"])
+        assert probe_ray_address("auto", timeout_s=2.0) == f"127.0.0.1:{port}"  # the one running here
         monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
         assert probe_ray_address("auto", timeout_s=2.0) == f"127.0.0.1:{port}"
     finally:
