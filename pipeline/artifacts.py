@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exitflow.pipeline.checkpoints import checkpoint_dir
-from exitflow.pipeline.config import Config
+from exitflow.pipeline.config import REPO_ROOT, Config
 
 NUM_CLASSES = 10  # every built-in data set classifies the ten digits
-DATASET_MODALITIES = {"avmnist": ("image", "audio"), "avmnist-t": ("image", "audio", "text")}
+DATASET_MODALITIES = {
+    "avmnist": ("image", "audio"),
+    "avmnist-t": ("image", "audio", "text"),
+    "avmnist-noisy": ("image", "audio"),
+}
+DATASETS = tuple(DATASET_MODALITIES)
+SPLITS = ("train", "val", "test", "test_id")  # test: an unseen speaker; test_id: seen speakers, other takes
 
 
 ENCODER_CHECKPOINTS = {"image": "image_avmnist", "audio": "audio_avmnist", "text": "text_avmnist-t"}
@@ -66,3 +71,9 @@ def transformer_folder(cfg: Config, dataset: str) -> Path:
 
 def baseline_folder(cfg: Config, name: str, dataset: str = "avmnist") -> Path:
     return checkpoint_dir(f"baseline_{name}_{dataset}", cfg.train.checkpoint_dir)
+
+
+def checkpoint_dir(name: str, base: str | Path = "checkpoints") -> Path:
+    """``base/name``; a relative ``base`` is under the package resources (the checkout, or the wheel)."""
+    base = Path(base)
+    return (base if base.is_absolute() else REPO_ROOT / base) / name

@@ -35,7 +35,7 @@ from exitflow.encoders.checkpoint import (
     read_state,
     recorded_sha256,
 )
-from exitflow.pipeline.config import REPO_ROOT, FusionConfig
+from exitflow.pipeline.config import FusionConfig
 from exitflow.pipeline.config_schema import build
 from exitflow.pipeline.errors import CheckpointError
 from safetensors.torch import save_file
@@ -80,9 +80,6 @@ def _meta_problems(meta: dict[str, Any]) -> list[str]:
     return problems
 
 
-def checkpoint_dir(name: str, base: str | Path = "checkpoints") -> Path:
-    base = Path(base)
-    return (base if base.is_absolute() else REPO_ROOT / base) / name
 
 
 def rebuild_command(folder: Path, meta: dict[str, Any] | None = None) -> str:

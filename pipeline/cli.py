@@ -32,10 +32,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors a user can act on: printed as one line. Anything else is a bug and keeps its traceback."""
     from exitflow.devices.errors import DeviceError
     from exitflow.encoders.base import EncoderInputError
+    from exitflow.encoders.checkpoint import CheckpointLoadError
+    from exitflow.encoders.lgvit_training import ResumeStateError
     from exitflow.pipeline.data.spectrogram import AudioInputError
     from exitflow.scheduler.errors import SchedulerError
 
-    return (ExitflowError, DeviceError, EncoderInputError, AudioInputError, SchedulerError)
+    return (
+        ExitflowError, DeviceError, EncoderInputError, AudioInputError, SchedulerError, CheckpointLoadError,
+        ResumeStateError,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -85,7 +85,7 @@ class ReplayConfig:
     """Offline replay of a data set split through a system."""
 
     system: str = "lf"
-    split: Literal["train", "val", "test"] = "test"
+    split: Literal["train", "val", "test", "test_id"] = "test"
     limit: int | None = field(default=None, metadata=bounds(min=1, max=MAX_SAMPLES))
     batch_size: int = field(default=1, metadata=bounds(min=1, max=MAX_BATCH))
     decisions_path: str | None = None

@@ -6,10 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from exitflow.pipeline.commands import command_line
+from exitflow.pipeline.artifacts import DATASETS
+from exitflow.pipeline.commands import command_line, fraction, output_file, positive_int
 from exitflow.pipeline.config import Config
-
-DATASETS = ("avmnist", "avmnist-t")
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -18,18 +17,18 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     joint.set_defaults(func=_joint)
     profile = sub.add_parser("profile", help="measure every exit's accuracy, exit probability and cost (val split)")
     profile.add_argument("--dataset", choices=DATASETS, default=None)
-    profile.add_argument("--energy-samples", type=int, default=100, help="samples timed at batch 1 per step")
+    profile.add_argument("--energy-samples", type=positive_int, default=100, help="samples timed at batch 1 per step")
     profile.set_defaults(func=_profile)
     bench = sub.add_parser("bench", help="every system side by side on the same samples")
     bench.add_argument("--dataset", choices=DATASETS, default=None)
-    bench.add_argument("--split", choices=("val", "test"), default="test")
-    bench.add_argument("--limit", type=int, default=None, help="first N samples (default: bench.limit)")
+    bench.add_argument("--split", choices=("val", "test", "test_id"), default="test")
+    bench.add_argument("--limit", type=positive_int, default=None, help="first N samples (default: bench.limit)")
     bench.add_argument("--systems", default=None, help="comma list (default: all seven, plus exitflow_concat "
                        "when fusion.exit is transformer)")
-    bench.add_argument("--json", dest="json_out", default=None, help="write the rows as a JSON list")
+    bench.add_argument("--json", dest="json_out", type=output_file, default=None, help="write the rows as a JSON list")
     bench.add_argument("--sweep", action="store_true", help="add a lambda sweep of exitflow and every static truncation")
-    bench.add_argument("--plot", default=None, help="PNG of the accuracy-energy Pareto front (with --sweep)")
-    bench.add_argument("--budget-fraction", type=float, default=None,
+    bench.add_argument("--plot", type=output_file, default=None, help="PNG of the accuracy-energy Pareto front (with --sweep)")
+    bench.add_argument("--budget-fraction", type=fraction, default=None,
                        help="also run exitflow with budget.mj_per_sample = this fraction of full's engine mJ/sample")
     bench.set_defaults(func=_bench)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from exitflow.pipeline.artifacts import DATASETS
+from exitflow.pipeline.commands import positive_int
 from exitflow.pipeline.config import Config
 
 
@@ -12,11 +14,11 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     parser = sub.add_parser("data", help="build data sets or the embedded slice")
     what = parser.add_subparsers(dest="data_what", metavar="WHAT")
     build = what.add_parser("build", help="build (or find cached) avmnist / avmnist-t splits and print their digests")
-    build.add_argument("--dataset", choices=("avmnist", "avmnist-t", "avmnist-noisy"), default=None)
+    build.add_argument("--dataset", choices=DATASETS, default=None)
     build.set_defaults(func=_build)
     embed = what.add_parser("embed", help="write the small real slice shipped in the repo (developers)")
     embed.add_argument("--out", default=None, help="output folder (default: pipeline/embedded_data)")
-    embed.add_argument("--images", type=int, default=1000)
+    embed.add_argument("--images", type=positive_int, default=1000)
     embed.set_defaults(func=_embed)
     parser.set_defaults(func=None, group_parser=parser)
 

@@ -12,11 +12,10 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-from exitflow.pipeline.commands import command_line
+from exitflow.pipeline.artifacts import SPLITS
+from exitflow.pipeline.commands import command_line, output_file, positive_int
 from exitflow.pipeline.config import Config, resolve_path
 from exitflow.pipeline.errors import CheckpointError
-from exitflow.pipeline.training.encoder import DEFAULT_DATASET, encoder_split, evaluate_encoder, format_eval
 
 ENCODER_MODALITIES = ("image", "audio", "text")
 
@@ -31,7 +30,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     train.add_argument("--fresh", action="store_true", help="ignore saved run state and start over")
     train.add_argument(
         "--eval-limit",
-        type=int,
+        type=positive_int,
         default=None,
         help="evaluate the card's val/test figures on the first N samples of each split",
     )
@@ -41,9 +40,9 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     ev.add_argument(
         "--checkpoint", default=None, help="checkpoint folder (default: checkpoints/<modality>_<dataset>)"
     )
-    ev.add_argument("--split", default="test", choices=("train", "val", "test"))
-    ev.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
-    ev.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON here")
+    ev.add_argument("--split", default="test", choices=SPLITS)
+    ev.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N samples only")
+    ev.add_argument("--json", dest="json_out", type=output_file, default=None, help="also write the results as JSON here")
     ev.set_defaults(func=_eval)
 
 
@@ -89,7 +88,14 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _eval(args: argparse.Namespace, cfg: Config) -> int:
+    import torch
     from exitflow.encoders.checkpoint import CheckpointLoadError, load_encoder
+    from exitflow.pipeline.training.encoder import (
+        DEFAULT_DATASET,
+        encoder_split,
+        evaluate_encoder,
+        format_eval,
+    )
 
     modality = args.modality
     dataset = args.dataset or DEFAULT_DATASET[modality]

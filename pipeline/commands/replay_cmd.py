@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from exitflow.pipeline.artifacts import DATASETS, SPLITS
 from exitflow.pipeline.config import Config, output_path, resolve_path
 
 
@@ -19,8 +20,8 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     parser.add_argument("--fast", action="store_true", help="recording: as fast as possible (default)")
     parser.add_argument("--rate", type=float, default=1.0, help="recording: speed factor with --realtime")
     parser.add_argument("--start", type=float, default=0.0, help="recording: skip the first S seconds")
-    parser.add_argument("--dataset", choices=("avmnist", "avmnist-t"), default=None, help="default: data.dataset")
-    parser.add_argument("--split", choices=("train", "val", "test"), default=None, help="default: replay.split")
+    parser.add_argument("--dataset", choices=DATASETS, default=None, help="default: data.dataset")
+    parser.add_argument("--split", choices=SPLITS, default=None, help="default: replay.split")
     parser.add_argument("--system", default=None, help="default: replay.system (lf, image, audio, ...)")
     parser.add_argument("--limit", type=int, default=None, help="first N samples (default: replay.limit)")
     parser.add_argument("--all", action="store_true", help="replay the whole split (ignore replay.limit)")

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from exitflow.pipeline.artifacts import SPLITS
 from exitflow.pipeline.config import Config, output_path
 from exitflow.pipeline.data.grid_commands import make_commands
 from exitflow.pipeline.data.noise import BANK_FILE, mix_noise, noise_rng, read_noise_bank
@@ -43,7 +44,6 @@ from exitflow.pipeline.data.spectrogram import spectrogram_112
 from exitflow.pipeline.errors import DataError
 
 BUILDER_VERSION = 4
-SPLITS = ("train", "val", "test", "test_id")
 DATASETS = ("avmnist", "avmnist-t", "avmnist-noisy")
 NOISE_VARIANTS = 10
 

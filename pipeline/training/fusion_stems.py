@@ -24,8 +24,8 @@ from exitflow.encoders.fusion import FusionOutput, FusionTransformerConfig
 from exitflow.encoders.fusion_stems import STEM_MODALITIES as MODALITIES
 from exitflow.encoders.fusion_stems import FusionSystem
 from exitflow.encoders.fusion_training import curriculum_target, fusion_objective, layer_averaged_loss
-from exitflow.pipeline.artifacts import NUM_CLASSES
-from exitflow.pipeline.checkpoints import checkpoint_dir, load_weights, read_meta, save_checkpoint
+from exitflow.pipeline.artifacts import NUM_CLASSES, checkpoint_dir
+from exitflow.pipeline.checkpoints import load_weights, read_meta, save_checkpoint
 from exitflow.pipeline.config import Config, FusionConfig
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
 from exitflow.pipeline.data.batches import batch_rows
