@@ -101,3 +101,29 @@ class EarlyExitEncoder(nn.Module, ABC):
     def head_macs(self) -> list[int]:
         """Per-sample MACs of each exit's head alone (the final classifier last)."""
         raise NotImplementedError(f"{type(self).__name__} does not report its heads' MACs")
+
+
+def check_image_batch(x: Any, modality: str, want: tuple[int, int, int]) -> torch.Tensor:
+    """``x`` as a finite float (B, C, H, W) batch of ``want = (C, H, W)`` (a single (C, H, W) becomes B=1).
+
+    Raises:
+        EncoderInputError: not a tensor, the wrong shape, an empty batch, or NaN/inf values.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise EncoderInputError(f"{modality} input must be a torch.Tensor (B, *{want}), got {type(x).__name__}")
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4 or tuple(x.shape[1:]) != want:
+        raise EncoderInputError(
+            f"{modality} input must have shape (B, {want[0]}, {want[1]}, {want[2]}), got {tuple(x.shape)}; "
+            f"resize/convert it to {want[0]} channel(s) of {want[1]}x{want[2]} first"
+        )
+    if x.shape[0] == 0:
+        raise EncoderInputError(f"{modality} input is an empty batch (B=0)")
+    if not torch.is_floating_point(x):
+        x = x.float()
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+        raise EncoderInputError(f"{modality} input has NaN/inf values in samples {bad[:10]}")
+    return x
+

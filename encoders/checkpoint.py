@@ -163,16 +163,18 @@ def save_encoder(
     return out
 
 
+def recorded_command(meta: Any) -> str | None:
+    """The ``exitflow ...`` command a checkpoint's metadata records, if it is a sane one."""
+    command = meta.get("command") if isinstance(meta, dict) else None
+    if isinstance(command, str) and command.startswith("exitflow") and len(command) < 400 and command.isprintable():
+        return command
+    return None
+
+
 def rebuild_command(doc: dict[str, Any] | None, folder: str | Path = "") -> str:
     """The command that rebuilds an encoder checkpoint: the recorded one, else the generic one."""
-    meta = doc.get("metadata") if isinstance(doc, dict) else None
-    command = meta.get("command") if isinstance(meta, dict) else None
-    if (
-        isinstance(command, str)
-        and command.startswith("exitflow")
-        and len(command) < 400
-        and command.isprintable()
-    ):
+    command = recorded_command(doc.get("metadata") if isinstance(doc, dict) else None)
+    if command is not None:
         return command
     modality = doc.get("modality") if isinstance(doc, dict) else None
     if modality not in ("image", "audio", "text"):

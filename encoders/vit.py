@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from exitflow.encoders.base import EarlyExitEncoder, EncoderInputError, EncoderState, ExitOutput
+from exitflow.encoders.base import (
+    EarlyExitEncoder,
+    EncoderState,
+    ExitOutput,
+    check_image_batch,
+)
 from exitflow.encoders.exit_rules import max_prob
 from exitflow.encoders.heads import HeadOutput, HeadType, build_vit_heads
 from exitflow.encoders.macs import count_macs, cumulative, equal_mac_exit_layers
@@ -169,25 +174,7 @@ class ViTEarlyExitEncoder(EarlyExitEncoder):
     def validate(self, x: Any) -> torch.Tensor:
         """Check ``x`` is a finite float tensor (B, C, H, W) of the configured size; (C, H, W) -> B=1."""
         cfg = self.config
-        want = (cfg.num_channels, cfg.image_size, cfg.image_size)
-        if not isinstance(x, torch.Tensor):
-            raise EncoderInputError(
-                f"{self.modality} input must be a torch.Tensor (B, *{want}), got {type(x).__name__}"
-            )
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
-        if x.dim() != 4 or tuple(x.shape[1:]) != want:
-            raise EncoderInputError(
-                f"{self.modality} input must have shape (B, {want[0]}, {want[1]}, {want[2]}), got {tuple(x.shape)}; "
-                f"resize/convert it to {want[0]} channel(s) of {want[1]}x{want[2]} first"
-            )
-        if x.shape[0] == 0:
-            raise EncoderInputError(f"{self.modality} input is an empty batch (B=0)")
-        if not torch.is_floating_point(x):
-            x = x.float()
-        if not torch.isfinite(x).all():
-            bad = (~torch.isfinite(x)).flatten(1).any(dim=1).nonzero().flatten().tolist()
-            raise EncoderInputError(f"{self.modality} input has NaN/inf values in samples {bad[:10]}")
+        x = check_image_batch(x, self.modality, (cfg.num_channels, cfg.image_size, cfg.image_size))
         return x.to(self.backbone.embeddings.patch_embeddings.projection.weight.dtype)
 
     # -- incremental pass -----------------------------------------------------------------------

@@ -33,6 +33,7 @@ from exitflow.encoders.checkpoint import (
     file_sha256,
     read_json_object,
     read_state,
+    recorded_command,
     recorded_sha256,
 )
 from exitflow.pipeline.config import FusionConfig
@@ -84,13 +85,8 @@ def _meta_problems(meta: dict[str, Any]) -> list[str]:
 
 def rebuild_command(folder: Path, meta: dict[str, Any] | None = None) -> str:
     """The command that rebuilds ``folder``: the one ``config.json`` records, else one by folder name."""
-    command = (meta or {}).get("command")
-    if (
-        isinstance(command, str)
-        and command.startswith("exitflow")
-        and len(command) < 400
-        and command.isprintable()
-    ):
+    command = recorded_command(meta)
+    if command is not None:
         return command
     name = folder.name if folder.name not in ("fusion", "image", "audio", "text") else folder.parent.name
     for prefix, template in REBUILD_BY_PREFIX.items():

@@ -16,7 +16,7 @@ from exitflow.encoders.base import EarlyExitEncoder
 from exitflow.pipeline.artifacts import profile_path, weight_files
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
-from exitflow.pipeline.inference.engine import default_input_adapter
+from exitflow.pipeline.inference.engine import apply_engine_settings, default_input_adapter
 from exitflow.pipeline.inference.loading import load_encoders, load_fusion
 from exitflow.pipeline.training.late_fusion import fusion_logits
 from exitflow.pipeline.training.records import ExitRecords, collect_exits, subsets
@@ -105,9 +105,14 @@ def make_profile(cfg: Config, dataset: str, meter, energy_samples: int = 100, pr
     val = load_split(cfg, "val", dataset, progress)
     records = collect_exits(encoders, val, progress=progress)
     labels = val.labels
-    per_step, fusion_mj, source, estimated = _step_energy(
-        encoders, fusion, val, meter, energy_samples, cfg.budget.energy
-    )
+    threads = torch.get_num_threads()
+    apply_engine_settings(cfg)  # step energy at batch 1 as the engine runs it (engine.num_threads)
+    try:
+        per_step, fusion_mj, source, estimated = _step_energy(
+            encoders, fusion, val, meter, energy_samples, cfg.budget.energy
+        )
+    finally:
+        torch.set_num_threads(threads)
     source = f"{source} ({cfg.budget.energy} energy)"  # the kind the budget controls, so the two agree
     per_exit = {}
     for m, rec in records.items():
