@@ -95,6 +95,8 @@ def test_mac_model():
     clock.tick(0.5)
     m = model.end_window("w")
     assert m.energy_mj == pytest.approx(92.0 + 70_000 * 0.5)
+    assert m.dynamic_energy_mj == pytest.approx(92.0) and m.idle_energy_mj == pytest.approx(35_000.0)
+    assert MacEnergyModel("x86-server").estimate(10**9).idle_energy_mj == 0.0  # no static power: no idle part
     with pytest.raises(ProfileError, match="no pj_per_mac"):
         MacEnergyModel("x86-server", precision="fp8")
 

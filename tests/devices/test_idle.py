@@ -7,7 +7,6 @@ import exitflow.devices.psutil_meter as psutil_meter
 import pytest
 from exitflow.devices import DeviceError, get_power_meter
 from exitflow.devices.host import HostInfo
-from exitflow.devices.mac_model import MacEnergyModel
 from exitflow.devices.measurement import make_measurement
 from exitflow.devices.null import NullMeter
 from exitflow.devices.psutil_meter import PsutilMeter
@@ -68,17 +67,6 @@ def test_psutil_split_is_the_model_terms(monkeypatch):
     assert m.dynamic_energy_mj == pytest.approx(m.rails["cpu_active"]) == pytest.approx(3600 * 0.25)
     assert m.idle_energy_mj == pytest.approx(m.rails["idle_share"]) == pytest.approx(0.5 * 800)
     assert "model" in m.idle_basis
-
-
-def test_mac_model_split():
-    clock = FakeClock()
-    model = MacEnergyModel("x86-server", include_static=True, clock=clock)
-    model.begin_window("w")
-    model.record_macs(10**9)
-    clock.tick(0.5)
-    m = model.end_window("w")
-    assert m.dynamic_energy_mj == pytest.approx(92.0) and m.idle_energy_mj == pytest.approx(35_000.0)
-    assert MacEnergyModel("x86-server").estimate(10**9).idle_energy_mj == 0.0
 
 
 def test_null_meter_cannot_calibrate():
