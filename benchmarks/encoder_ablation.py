@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from exitflow.encoders.evaluation import best_within, speedup_at
 from exitflow.encoders.lgvit_training import LabeledData, train_vit
 from exitflow.pipeline.config import load_config, output_path

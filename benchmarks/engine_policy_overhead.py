@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+
 from exitflow.pipeline.config import load_config
 from exitflow.pipeline.evaluation.bench import bench_inputs, run_system
 from exitflow.pipeline.meters import open_meter

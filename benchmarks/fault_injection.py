@@ -100,6 +100,7 @@ def main() -> int:
     logging.basicConfig(level=logging.ERROR)
 
     import ray
+
     from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig
     from exitflow.pipeline.data.roots import SHARED_DATA
     from exitflow.pipeline.live.rule_engine import build_rule_engine

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import torch
+
 from exitflow.pipeline.config import load_config
 from exitflow.pipeline.data.avmnist import load_split
 from exitflow.pipeline.inference.loading import load_encoders, load_transformer_exit

@@ -118,6 +118,7 @@ def main() -> int:
         sys.exit("ffmpeg is needed: apt-get install -y ffmpeg")
 
     import ray
+
     from exitflow.pipeline.live.runtime import LivePipeline, start_ray
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)

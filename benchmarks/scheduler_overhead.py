@@ -15,6 +15,7 @@ import argparse
 import time
 
 import numpy as np
+
 from exitflow.scheduler.policy import ActionKind, Policy, PolicySettings
 from exitflow.scheduler.synthetic import random_profile
 from exitflow.scheduler.utility import UtilityModel

@@ -99,6 +99,7 @@ def main() -> int:
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     import ray
+
     from exitflow.pipeline.config import load_config
     from exitflow.pipeline.live.rule_engine import build_rule_engine
     from exitflow.pipeline.live.run import resolve_source_paths

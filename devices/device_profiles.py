@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from exitflow.devices.errors import DeviceError
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"

@@ -26,6 +26,7 @@ import time
 from typing import Literal
 
 import psutil
+
 from exitflow.devices.base import PowerMeter
 from exitflow.devices.cpu_power import profile_matches_host, resolve_profile
 from exitflow.devices.device_profiles import DeviceProfile

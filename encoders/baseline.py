@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import nn
+
 from exitflow.encoders.base import EncoderInputError
 from exitflow.encoders.macs import count_macs
-from torch import nn
 
 BASELINE_NAMES = ("lf", "image", "audio")
 INPUT_SHAPES = {"image": (1, 28, 28), "audio": (1, 112, 112)}

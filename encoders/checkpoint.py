@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
 from exitflow.encoders.base import EarlyExitEncoder
 from exitflow.encoders.cnn import CNNEarlyExitEncoder, CNNEncoderConfig
 from exitflow.encoders.text import TextEarlyExitEncoder, TextEncoderConfig
 from exitflow.encoders.vit import ViTEarlyExitEncoder, ViTEncoderConfig
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
+
 from exitflow.encoders.base import (
     EarlyExitEncoder,
     EncoderState,
@@ -30,7 +32,6 @@ from exitflow.encoders.base import (
 )
 from exitflow.encoders.exit_rules import max_prob
 from exitflow.encoders.macs import count_macs, cumulative
-from torch import nn
 
 
 @dataclass(frozen=True)

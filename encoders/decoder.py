@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from typing import cast
 
 import torch
+from torch import nn
+
 from exitflow.encoders.fusion import cosine_to_previous
 from exitflow.encoders.trim import masked_attention_weights
-from torch import nn
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from exitflow.encoders.base import EarlyExitEncoder
 from exitflow.encoders.exit_rules import PatienceCounter, cosine_to_previous, rule_score
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from exitflow.encoders.base import EarlyExitEncoder
 from exitflow.encoders.exit_rules import rule_score
 

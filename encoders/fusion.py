@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
+from torch import nn
+
 from exitflow.encoders import exit_rules
 from exitflow.encoders.trim import (
     Count,
@@ -42,7 +44,6 @@ from exitflow.encoders.trim import (
     compact_tokens,
     gumbel_sigmoid,
 )
-from torch import nn
 
 
 class FusionInputError(ValueError):

@@ -9,9 +9,10 @@ embedding, trained jointly with the fusion. Pure computation: the caller reads t
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from exitflow.encoders.decoder import DecoderConfig, ExitingDecoder
 from exitflow.encoders.fusion import FusionTransformer, FusionTransformerConfig
-from torch import nn
 
 STEM_MODALITIES = ("image", "audio", "text")
 

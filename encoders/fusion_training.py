@@ -20,8 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from exitflow.encoders.fusion import FusionOutput
 from torch import nn
+
+from exitflow.encoders.fusion import FusionOutput
 
 
 def layer_averaged_loss(per_layer_logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from exitflow.encoders.macs import count_macs
 from torch import nn
+
+from exitflow.encoders.macs import count_macs
 
 
 class MaskedLateFusion(nn.Module):

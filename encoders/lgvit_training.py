@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
+from torch import nn
+from tqdm.auto import tqdm
+
 from exitflow.encoders.checkpoint import CheckpointLoadError
 from exitflow.encoders.lgvit_losses import LGViTDistillation, kd_loss
 from exitflow.encoders.text import TextEarlyExitEncoder
 from exitflow.encoders.vit import ViTEarlyExitEncoder
-from torch import nn
-from tqdm.auto import tqdm
 
 BatchFn = Callable[[np.ndarray], Any]
 RESUME_KEYS = frozenset({"model", "optimizer", "scheduler", "epoch", "history"})

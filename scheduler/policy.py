@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
+
 from exitflow.scheduler.errors import SchedulerError
 from exitflow.scheduler.plan import Plan, order_modalities
 from exitflow.scheduler.profile import Profile

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from exitflow.scheduler.errors import ProfileFormatError, ProfileMismatchError
 from exitflow.scheduler.rules import check_rule, passes
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from exitflow.scheduler.budget import BudgetController
 from exitflow.scheduler.policy import ActionKind, Policy
 from exitflow.scheduler.profile import ExitProfile, FusionProfile, Profile

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from exitflow.pipeline.config import load_config
 from exitflow.pipeline.data.roots import EMBEDDED_DATA, SHARED_DATA
 

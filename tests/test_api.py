@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import exitflow
 import pytest
+
+import exitflow
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -4,6 +4,7 @@ import json
 import sys
 
 import torch
+
 from exitflow.pipeline.config import load_config
 from exitflow.pipeline.data.avmnist import load_split
 from exitflow.pipeline.training.fusion_stems import latency_benchmark, load_fusion_stems

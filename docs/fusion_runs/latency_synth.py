@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import torch
+
 from exitflow.encoders.fusion import FusionTransformer, FusionTransformerConfig
 
 torch.set_num_threads(1)

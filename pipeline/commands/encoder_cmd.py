@@ -89,6 +89,7 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
 
 def _eval(args: argparse.Namespace, cfg: Config) -> int:
     import torch
+
     from exitflow.encoders.checkpoint import CheckpointLoadError, load_encoder
     from exitflow.pipeline.training.encoder import (
         DEFAULT_DATASET,

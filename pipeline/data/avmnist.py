@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from exitflow.pipeline.artifacts import SPLITS
 from exitflow.pipeline.config import Config, output_path
 from exitflow.pipeline.data.grid_commands import make_commands

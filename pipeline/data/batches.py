@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+
 from exitflow.pipeline.data.avmnist import AVSplit
 
 

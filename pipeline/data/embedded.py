@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+
 from exitflow.pipeline.data.noise import read_noise_bank, write_noise_bank
 from exitflow.pipeline.data.pca import PCA_BASIS_PATH
 from exitflow.pipeline.data.roots import FSDD_KEYS, load_npz, read_fsdd, read_mnist

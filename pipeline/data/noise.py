@@ -23,10 +23,11 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
+from scipy.signal import resample_poly
+
 from exitflow.pipeline.data.realsets import read_grid, read_ljspeech
 from exitflow.pipeline.data.roots import load_npz
 from exitflow.pipeline.errors import DataError
-from scipy.signal import resample_poly
 
 NOISE_RATE_HZ = 8000
 SPLIT_PATTERN = ("train", "train", "train", "train", "train", "train", "val", "test")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from exitflow.pipeline.data.roots import EMBEDDED_DATA, load_npz
 from exitflow.pipeline.errors import DataError
 

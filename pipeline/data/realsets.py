@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
+
 from exitflow.pipeline.data.roots import load_npz
 from exitflow.pipeline.errors import DataError
 

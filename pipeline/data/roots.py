@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from exitflow.pipeline.config import REPO_ROOT, Config, resolve_path
 from exitflow.pipeline.errors import DataError
 

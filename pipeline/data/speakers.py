@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from exitflow.pipeline.errors import DataError
 
 ROLES_FILE = "speaker_roles.json"

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
+
 from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts, truncated_macs
 from exitflow.pipeline.inference.systems import BaselineSystem
 from exitflow.pipeline.messages import Sample
-from tqdm import tqdm
 
 BENCH_SYSTEMS = ("full", "lf", "image", "audio", "static", "rexit", "exitflow")
 CONCAT_SYSTEM = "exitflow_concat"  # exitflow with the late (concat) fusion exit, beside a transformer-fusion run

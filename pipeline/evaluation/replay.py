@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
+
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
 from exitflow.pipeline.data.roots import data_root
 from exitflow.pipeline.inference.systems import System, load_system
 from exitflow.pipeline.messages import Sample
-from tqdm import tqdm
 
 
 def split_samples(split: AVSplit, limit: int | None = None) -> Iterator[Sample]:

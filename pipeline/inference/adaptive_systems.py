@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import torch
+
 from exitflow.encoders.base import EarlyExitEncoder
 from exitflow.pipeline.artifacts import DATASET_MODALITIES
 from exitflow.pipeline.config import Config

@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
+
 from exitflow.encoders.base import EarlyExitEncoder, ExitOutput
 from exitflow.pipeline.config import BudgetConfig, Config, SchedulerConfig
 from exitflow.pipeline.errors import ExitflowError

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.inference.engine import apply_engine_settings

@@ -19,6 +19,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from exitflow.pipeline.data.spectrogram import AudioInputError, spectrogram_112
 from exitflow.pipeline.live.sync import AudioWindow
 from exitflow.pipeline.messages import Sample

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+
 from exitflow.pipeline.config import RayConfig
 from exitflow.pipeline.live.workers import LiveRuntimeError
 

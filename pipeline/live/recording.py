@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 import numpy as np
-from exitflow.pipeline.errors import DataError
-from exitflow.pipeline.messages import Decision, SensorMessage
 from mcap.exceptions import McapError
 from mcap.records import Channel, Message
 from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
+
+from exitflow.pipeline.errors import DataError
+from exitflow.pipeline.messages import Decision, SensorMessage
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,12 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import ray
+from ray.exceptions import RayTaskError
+
 from exitflow.pipeline.config import RayConfig, SourceConfig, resolve_path
 from exitflow.pipeline.live.recording import RecordingWriter
 from exitflow.pipeline.live.runtime import ENGINE_ACTOR_NAME, LivePipeline, start_ray
 from exitflow.pipeline.live.workers import EngineFactory, LiveRuntimeError
-from ray.exceptions import RayTaskError
 
 log = logging.getLogger(__name__)
 

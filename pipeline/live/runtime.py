@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
 from exitflow.pipeline.config import SourceConfig, StreamConfig
 from exitflow.pipeline.live.failures import (
     CircuitBreaker,
@@ -56,7 +58,6 @@ from exitflow.pipeline.live.workers import (
     SourceWorker,
 )
 from exitflow.pipeline.messages import Decision, Sample
-from ray.exceptions import GetTimeoutError, RayActorError
 
 log = logging.getLogger(__name__)
 

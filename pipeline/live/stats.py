@@ -10,6 +10,7 @@ from collections import Counter, deque
 from typing import Any
 
 import numpy as np
+
 from exitflow.pipeline.live.failures import error_kind
 from exitflow.pipeline.messages import Decision
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from exitflow.pipeline.messages import MODALITIES, Sample, SensorMessage
 
 if TYPE_CHECKING:

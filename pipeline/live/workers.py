@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
+
 from exitflow.pipeline.config import SourceConfig
 from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.live.failures import OutageEvent, describe_error, failed_decision

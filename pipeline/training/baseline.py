@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from exitflow.encoders.baseline import BaselineConfig, LateFusion, measure_macs
 from exitflow.pipeline.artifacts import baseline_folder
 from exitflow.pipeline.checkpoints import save_checkpoint
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
 from exitflow.pipeline.data.batches import batch_rows, modality_batch
-from tqdm import tqdm
 
 
 @dataclass(frozen=True)

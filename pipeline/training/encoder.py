@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from exitflow.pipeline.config import Config, output_path, resolve_path
 from exitflow.pipeline.errors import ExitflowError
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from exitflow.encoders.decoder import DecoderConfig
 from exitflow.encoders.fusion import FusionOutput, FusionTransformerConfig
 from exitflow.encoders.fusion_stems import STEM_MODALITIES as MODALITIES

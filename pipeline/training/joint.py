@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from exitflow.encoders.checkpoint import save_encoder
 from exitflow.encoders.joint_loss import FUSION_KEY, DoubleStageReweighter
 from exitflow.pipeline.artifacts import joint_folder
@@ -24,7 +26,6 @@ from exitflow.pipeline.inference.loading import load_encoders, load_fusion_exit
 from exitflow.pipeline.training.late_fusion import fusion_accuracy
 from exitflow.pipeline.training.records import collect_exits, subsets
 from exitflow.scheduler.profile import fingerprint_checkpoints
-from tqdm import tqdm
 
 
 def _per_exit_accuracy(records, labels: np.ndarray) -> dict[str, list[float]]:

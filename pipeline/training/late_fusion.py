@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from exitflow.encoders.late_fusion import MaskedLateFusion
 from exitflow.pipeline.artifacts import NUM_CLASSES, fusion_folder, weight_files
 from exitflow.pipeline.checkpoints import save_checkpoint

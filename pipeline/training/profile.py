@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from exitflow.encoders.base import EarlyExitEncoder
 from exitflow.pipeline.artifacts import profile_path, weight_files
 from exitflow.pipeline.config import Config

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from exitflow.encoders.base import EarlyExitEncoder
 from exitflow.encoders.fusion import FusionOutput, FusionTransformer, exit_tokens
 from exitflow.pipeline.data.avmnist import AVSplit
 from exitflow.pipeline.data.batches import batch_rows, modality_batch
-from tqdm import tqdm
 
 
 @dataclass

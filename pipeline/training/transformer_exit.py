@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from exitflow.encoders.fusion import FusionTransformer
 from exitflow.encoders.fusion_training import curriculum_target, fusion_objective
 from exitflow.pipeline.artifacts import DATASET_MODALITIES, NUM_CLASSES, transformer_folder, weight_files

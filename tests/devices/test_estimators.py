@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import exitflow.devices.psutil_meter as psutil_meter
 import pytest
+
+import exitflow.devices.psutil_meter as psutil_meter
 from exitflow.devices import ProfileError, available_profiles, load_profile
 from exitflow.devices.device_profiles import parse_profile
 from exitflow.devices.mac_model import MacEnergyModel
 from exitflow.devices.psutil_meter import PsutilMeter
-
 from tests.devices.fakes import FakeClock
 
 EXPECTED_PROFILES = {"x86-server", "raspberry-pi-5", "jetson-orin-nano", "jetson-agx-orin", "h100"}

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-import exitflow.devices.host as host_mod
 import pytest
+
+import exitflow.devices.host as host_mod
 from exitflow.devices.cpu_power import (
     FALLBACK_TDP_PER_CPU_W,
     estimate_cpu_power,
@@ -15,7 +16,6 @@ from exitflow.devices.device_profiles import ProfileError, load_profile
 from exitflow.devices.host import HostInfo, detect_host
 from exitflow.devices.mac_model import MacEnergyModel
 from exitflow.devices.psutil_meter import PsutilMeter
-
 from tests.devices.fakes import make_cpuinfo
 
 XEON = "Intel(R) Xeon(R) Platinum 8380 CPU @ 2.30GHz"

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 import exitflow.devices.nvml as nvml_mod
 import exitflow.devices.psutil_meter as psutil_meter
-import pytest
 from exitflow.devices import DeviceError, get_power_meter
 from exitflow.devices.host import HostInfo
 from exitflow.devices.measurement import make_measurement
 from exitflow.devices.null import NullMeter
 from exitflow.devices.psutil_meter import PsutilMeter
 from exitflow.devices.replay import PowerTrace, ReplayMeter
-
 from tests.devices.fakes import FakeClock, make_rapl_zone, set_counter
 
 HOST = HostInfo("AMD EPYC", "AuthenticAMD", 25, 1, 2, 2, 1, 2.0, True, ("test",))

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import pytest
+
 from exitflow.devices import DeviceError
 from exitflow.devices.jetson import JetsonMeter, find_jetson_rails
-
 from tests.devices.fakes import FakeClock, make_hwmon_sensor, make_iio_sensor
 
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 import sys
 import types
 
-import exitflow.devices.nvml as nvml_mod
 import pytest
+
+import exitflow.devices.nvml as nvml_mod
 from exitflow.devices import DeviceError
 from exitflow.devices.nvml import NvmlMeter
-
 from tests.devices.fakes import FakeClock
 
 

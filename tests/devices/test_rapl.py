@@ -3,9 +3,9 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from exitflow.devices import DeviceError
 from exitflow.devices.rapl import RaplMeter
-
 from tests.devices.fakes import FakeClock, make_rapl_zone, set_counter
 
 MAX_UJ = 262_143_328_850  # a real max_energy_range_uj value (2^32 units of 61 uJ)

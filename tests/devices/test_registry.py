@@ -3,15 +3,15 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 import exitflow.devices.nvml as nvml_mod
 import exitflow.devices.zeus_meter as zeus_meter
-import pytest
 from exitflow.devices import DeviceError, get_power_meter, probe_meters
 from exitflow.devices.null import NullMeter
 from exitflow.devices.psutil_meter import PsutilMeter
 from exitflow.devices.rapl import RaplMeter
 from exitflow.pipeline.commands import devices_cmd
-
 from tests.devices.fakes import make_rapl_zone
 
 
@@ -98,7 +98,6 @@ def test_devices_registered_in_cli(capsys, tmp_path, no_gpu):
 
 def test_auto_prefers_zeus_when_it_measures(tmp_path, monkeypatch):
     from exitflow.devices.zeus_meter import ZeusMeter
-
     from tests.devices.test_zeus import FakeZeusMonitor
 
     monkeypatch.setattr(zeus_meter, "ZeusMonitor", lambda **kw: FakeZeusMonitor(**kw))

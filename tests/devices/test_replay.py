@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from exitflow.devices import DeviceError
 from exitflow.devices.replay import PowerTrace, ReplayMeter, load_trace
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-import exitflow.devices.psutil_meter as psutil_meter
 import pytest
+
+import exitflow.devices.psutil_meter as psutil_meter
 from exitflow.devices import DeviceError
 from exitflow.devices.host import HostInfo
 from exitflow.devices.null import NullMeter
@@ -13,7 +14,6 @@ from exitflow.devices.psutil_meter import PsutilMeter
 from exitflow.devices.rapl import RaplMeter
 from exitflow.devices.replay import PowerTrace, ReplayMeter, load_trace
 from exitflow.devices.trace import TraceRecorder, TraceRow, record_trace
-
 from tests.devices.fakes import FakeClock, make_rapl_zone, set_counter
 
 HOST = HostInfo("AMD EPYC", "AuthenticAMD", 25, 1, 2, 2, 1, 2.0, True, ("test",))

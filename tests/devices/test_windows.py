@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import pytest
+
 from exitflow.devices import DeviceError
 from exitflow.devices.null import NullMeter
 from exitflow.devices.replay import PowerTrace, ReplayMeter
-
 from tests.devices.fakes import FakeClock
 
 

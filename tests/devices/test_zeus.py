@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-import exitflow.devices.zeus_meter as zeus_meter
 import pytest
+
+import exitflow.devices.zeus_meter as zeus_meter
 from exitflow.devices import DeviceError
 from exitflow.devices.replay import ReplayMeter, load_trace
 from exitflow.devices.trace import TraceRecorder

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
 from exitflow.encoders.text import TextEarlyExitEncoder, TextEncoderConfig, bundled_minilm_path
 from exitflow.encoders.vit import ViTEarlyExitEncoder, ViTEncoderConfig
-from transformers import AutoTokenizer, BertConfig, BertModel
 
 TINY_VIT = ViTEncoderConfig(
     modality="image",

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from exitflow.encoders.base import EncoderInputError
 from exitflow.encoders.baseline import BaselineConfig, LateFusion
 from exitflow.encoders.macs import count_macs

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from exitflow.encoders.checkpoint import CheckpointLoadError, load_encoder, save_encoder, write_model_card
 from exitflow.encoders.evaluation import best_within, per_exit_accuracy, speedup_at, threshold_curve
 

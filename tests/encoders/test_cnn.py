@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
+
 from exitflow.encoders.base import EncoderInputError
 from exitflow.encoders.calibration import expected_calibration_error, fit_temperature
 from exitflow.encoders.cnn import CNNEarlyExitEncoder, CNNEncoderConfig, cnn_preset

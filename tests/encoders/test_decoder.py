@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
-from exitflow.encoders.decoder import DecoderConfig, ExitingDecoder, decaying_threshold
 from torch.utils.flop_counter import FlopCounterMode
+
+from exitflow.encoders.decoder import DecoderConfig, ExitingDecoder, decaying_threshold
 
 
 def _decoder(seed: int = 0) -> ExitingDecoder:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from exitflow.encoders.exit_rules import PatienceCounter, cosine_to_previous, max_prob, normalized_entropy
 
 

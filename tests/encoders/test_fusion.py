@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from exitflow.encoders.fusion import (
     FusionInputError,
     FusionTransformer,
     FusionTransformerConfig,
     cosine_to_previous,
 )
-from torch.utils.flop_counter import FlopCounterMode
 
 DIMS = {"image": 24, "audio": 20, "text": 16}
 

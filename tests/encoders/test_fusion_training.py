@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from exitflow.encoders.fusion import FusionTransformer, FusionTransformerConfig
 from exitflow.encoders.fusion_training import (
     cost_loss,

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from exitflow.encoders.joint_loss import DoubleStageReweighter
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from exitflow.encoders.lgvit_losses import AlignModule, LGViTDistillation, gram, kd_loss, token_kl
 from exitflow.encoders.lgvit_training import LabeledData, TrainSettings, train_text, train_vit
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
+
 from exitflow.encoders.checkpoint import CHECKSUM_KEY, CheckpointLoadError, load_encoder, save_encoder
 from exitflow.encoders.lgvit_training import LabeledData, ResumeStateError, TrainSettings, train_vit
-from safetensors.torch import save_file
 
 SETTINGS = TrainSettings(stage1_epochs=1, stage2_epochs=1, batch_size=8, progress=False, num_threads=0)
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from exitflow.encoders.base import EncoderInputError
 from exitflow.encoders.early_exit_runner import run_early_exit
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from exitflow.encoders.trim import (
     HeadSlicedAttention,
     HeadTrimmer,
@@ -12,7 +14,6 @@ from exitflow.encoders.trim import (
     gumbel_sigmoid,
     masked_attention_weights,
 )
-from torch.utils.flop_counter import FlopCounterMode
 
 
 def _flop_macs(fn) -> int:

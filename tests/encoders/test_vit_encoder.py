@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from exitflow.encoders.base import EncoderInputError
 from exitflow.encoders.early_exit_runner import run_early_exit
 from exitflow.encoders.evaluation import collect_exit_logits, exit_scores, exits_at

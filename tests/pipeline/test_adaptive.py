@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from exitflow.devices import get_power_meter
 from exitflow.encoders.checkpoint import save_encoder
 from exitflow.encoders.presets import build_vit_encoder
@@ -24,7 +25,6 @@ from exitflow.pipeline.training.joint import joint_finetune
 from exitflow.pipeline.training.late_fusion import fusion_accuracy, train_late_fusion
 from exitflow.pipeline.training.profile import make_profile
 from exitflow.pipeline.training.records import collect_exits
-
 from tests.conftest import requires_shared
 
 TINY = {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size": 32, "num_exits": 2, "gah_heads": 2}

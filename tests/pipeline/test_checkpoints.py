@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
+
 from exitflow.encoders.checkpoint import CHECKSUM_KEY, file_sha256
 from exitflow.pipeline.checkpoints import (
     CARD,
@@ -19,7 +21,6 @@ from exitflow.pipeline.checkpoints import (
 )
 from exitflow.pipeline.config import REPO_ROOT
 from exitflow.pipeline.errors import CheckpointError
-from safetensors.torch import save_file
 
 REBUILD = "exitflow train baseline --name lf --dataset avmnist"
 

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from exitflow.pipeline.config import DEFAULT_CONFIG_PATH, dump_config, load_config
 from exitflow.pipeline.errors import ConfigError
 

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from exitflow.pipeline.config import Config, config_from_dict, load_config, parse_overrides
 from exitflow.pipeline.config_schema import MAX_YAML_BYTES, to_dict
 from exitflow.pipeline.errors import ConfigError
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 BOMB = "\n".join(
     [

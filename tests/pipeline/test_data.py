@@ -6,6 +6,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 import pytest
+
 from exitflow.pipeline.config import load_config
 from exitflow.pipeline.data.avmnist import SPLITS, load_split
 from exitflow.pipeline.data.grid_commands import (
@@ -19,7 +20,6 @@ from exitflow.pipeline.data.grid_commands import (
 from exitflow.pipeline.data.roots import EMBEDDED_DATA, SHARED_DATA
 from exitflow.pipeline.data.spectrogram import AudioInputError, spectrogram_112, stft_112
 from exitflow.pipeline.errors import DataError
-
 from tests.conftest import requires_shared
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from exitflow.pipeline.data.noise import NOISE_POOL_OF, mix_noise, noise_rng, read_noise_bank
 from exitflow.pipeline.data.pca import components_for, degrade_images, load_pca_basis
 from exitflow.pipeline.data.roots import EMBEDDED_DATA, SHARED_DATA, read_mnist

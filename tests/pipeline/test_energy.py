@@ -8,9 +8,9 @@ import sys
 from dataclasses import dataclass, replace
 
 import pytest
+
 from exitflow.pipeline.inference.engine import Engine, cheapest_plan_mj
 from exitflow.scheduler.policy import Policy
-
 from tests.pipeline.test_engine import _parts, _profile, _sample
 
 

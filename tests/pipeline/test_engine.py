@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from exitflow.encoders.base import EarlyExitEncoder, EncoderState, ExitOutput
 from exitflow.encoders.late_fusion import MaskedLateFusion
 from exitflow.pipeline.inference.engine import Engine, EngineError
@@ -14,7 +16,6 @@ from exitflow.pipeline.messages import Sample
 from exitflow.scheduler.budget import BudgetController
 from exitflow.scheduler.policy import Policy, PolicySettings
 from exitflow.scheduler.profile import ExitProfile, FusionProfile, Profile
-from torch import nn
 
 NUM_CLASSES = 4
 DIM = 8
@@ -224,6 +225,7 @@ def test_config_sections_build_policy_and_budget():
 def test_engine_runs_only_the_selected_heads_and_counts_their_macs() -> None:
     """A real ViT encoder: with exits 1..3 left out, their heads never run and are not counted."""
     import torch
+
     from exitflow.encoders.presets import build_vit_encoder
     from exitflow.pipeline.inference.engine import Engine
     from exitflow.pipeline.messages import Sample

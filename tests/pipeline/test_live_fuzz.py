@@ -14,6 +14,10 @@ import struct
 
 import cv2
 import numpy as np
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
 from exitflow.pipeline.live.preprocess import preprocess_sample
 from exitflow.pipeline.live.recording import decode_sensor_message, encode_sensor_message
 from exitflow.pipeline.live.rule_engine import RuleEngine
@@ -21,9 +25,6 @@ from exitflow.pipeline.live.sources import CameraSource, PcmSocketSource, TextFi
 from exitflow.pipeline.live.sync import AudioWindow, Synchronizer
 from exitflow.pipeline.live.workers import EngineWorker
 from exitflow.pipeline.messages import Sample, SensorMessage
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 FAST = settings(
     max_examples=40,

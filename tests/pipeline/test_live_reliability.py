@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+
 from exitflow.pipeline.live.failures import (
     CircuitBreaker,
     CircuitOpenError,

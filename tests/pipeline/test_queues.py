@@ -8,6 +8,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+
 from exitflow.pipeline.live.queues import BoundedQueue, Empty, InFlightLimiter
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from exitflow.pipeline.data.roots import SHARED_DATA
 from exitflow.pipeline.errors import DataError
 from exitflow.pipeline.live.playback import decision_log_key, replay_recording

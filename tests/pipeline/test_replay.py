@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from exitflow.pipeline.artifacts import baseline_folder
 from exitflow.pipeline.config import load_config
 from exitflow.pipeline.data.roots import SHARED_DATA
 from exitflow.pipeline.evaluation.replay import replay
 from exitflow.pipeline.inference.loading import load_baseline
 from exitflow.pipeline.training.baseline import train_baseline
-
 from tests.conftest import requires_shared
 
 

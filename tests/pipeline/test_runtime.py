@@ -286,9 +286,10 @@ def test_killed_source_actor_restarts_while_the_other_modalities_keep_flowing(ra
 
 
 def test_live_view_renders_a_snapshot_with_every_section():
+    from rich.console import Console
+
     from exitflow.pipeline.live.stats import LiveStats
     from exitflow.pipeline.live.view import render
-    from rich.console import Console
 
     stats = LiveStats()
     stats.observe_latency("end_to_end", 70.0)

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray")
-from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig  # noqa: E402
-from exitflow.pipeline.live.runtime import LivePipeline, start_ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig  # noqa: E402
+from exitflow.pipeline.live.runtime import LivePipeline, start_ray  # noqa: E402
 from tests.pipeline.test_runtime import GRID_CLIP, RuleEngine, needs_grid  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+
 from exitflow.pipeline.config import SourceConfig
 from exitflow.pipeline.data.roots import SHARED_DATA
 from exitflow.pipeline.live.sources import (

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from exitflow.pipeline.data.roots import SHARED_DATA
 from exitflow.pipeline.live.preprocess import preprocess_sample
 from exitflow.pipeline.live.sync import AudioWindow, Synchronizer

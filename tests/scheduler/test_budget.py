@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+
 from exitflow.scheduler.budget import BudgetController
 from exitflow.scheduler.errors import BudgetWarning
 from exitflow.scheduler.policy import Policy, PolicySettings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from exitflow.scheduler.policy import ActionKind, Policy, PolicySettings
 from exitflow.scheduler.profile import ExitProfile, FusionProfile, Profile
 

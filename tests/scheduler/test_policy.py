@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from exitflow.scheduler.errors import SchedulerError
 from exitflow.scheduler.plan import order_modalities
 from exitflow.scheduler.policy import Action, ActionKind, Policy, PolicySettings

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from exitflow.scheduler.errors import ProfileFormatError, ProfileMismatchError
 from exitflow.scheduler.profile import ExitArrays, build_profile, fingerprint_checkpoints, load_profile
 from exitflow.scheduler.rules import couple_threshold, normalized_entropy, passes, patience_counts

@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from exitflow.scheduler.profile import ExitProfile, FusionProfile, Profile
 from exitflow.scheduler.synthetic import random_profile
 from exitflow.scheduler.utility import UtilityModel, check_lambda

@@ -14,6 +14,7 @@ import time
 
 import cv2
 import numpy as np
+
 from exitflow.pipeline.live.sources.base import Backoff, EndOfStream, Pacer, Source, SourceDisconnected
 from exitflow.pipeline.messages import SensorMessage
 

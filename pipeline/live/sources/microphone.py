@@ -17,6 +17,7 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+
 from exitflow.pipeline.live.sources.base import (
     Backoff,
     EndOfStream,
