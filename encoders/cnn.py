@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -127,13 +127,14 @@ class CNNEarlyExitEncoder(EarlyExitEncoder):
             ExitHead(c, config.head_pool, config.num_classes, config.dropout) for c in config.block_channels
         )
         self.exit_layers = tuple(range(1, len(self.blocks) + 1))
+        self.temperatures: torch.Tensor
         self.register_buffer("temperatures", torch.ones(len(self.blocks)))
         self._segment_macs: list[int] | None = None
         self._head_macs: list[int] | None = None
 
     @property
     def embed_dims(self) -> list[int]:
-        return [head.embed_dim for head in self.heads]
+        return [cast(ExitHead, head).embed_dim for head in self.heads]
 
     # -- MACs ---------------------------------------------------------------------------------
     def _measure_macs(self) -> None:

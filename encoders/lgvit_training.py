@@ -16,12 +16,14 @@ internal heads with prediction distillation from it (stage 2).
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from exitflow.encoders.checkpoint import CheckpointLoadError
+from exitflow.encoders.heads import TextExitHead
 from exitflow.encoders.lgvit_losses import LGViTDistillation, kd_loss
 from exitflow.encoders.text import TextEarlyExitEncoder
 from exitflow.encoders.vit import ViTEarlyExitEncoder
@@ -344,13 +347,14 @@ def pooled_exit_features(
         range(0, len(unique), batch_size), desc="text features", disable=not progress, leave=False
     ):
         states, mask = encoder.exit_states(unique[lo : lo + batch_size])
-        chunks.append(torch.stack([encoder.heads[e].pool(h, mask) for e, h in enumerate(states)], dim=1))
+        heads = [cast(TextExitHead, head) for head in encoder.heads]
+        chunks.append(torch.stack([heads[e].pool(h, mask) for e, h in enumerate(states)], dim=1))
     feats = torch.cat(chunks)  # (U, E, D)
     return feats[torch.tensor([where[t] for t in texts])]
 
 
 def _train_text_heads(
-    heads: list[nn.Module],
+    heads: Sequence[nn.Module],
     feats: torch.Tensor,
     labels: torch.Tensor,
     epochs: int,
@@ -397,7 +401,7 @@ def train_text(
     feats = pooled_exit_features(encoder, train_texts, progress=settings.progress)  # (N, E, D)
     val_feats = pooled_exit_features(encoder, val_texts, progress=settings.progress)
     y, val_y = torch.from_numpy(np.asarray(train_labels)), torch.from_numpy(np.asarray(val_labels))
-    heads = list(encoder.heads)
+    heads = [cast(TextExitHead, h) for h in encoder.heads]
     last = len(heads) - 1
     for h in heads:
         h.train()
@@ -420,10 +424,11 @@ def train_text(
     def stage2(rows: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         f = rows[:, : (last + 1) * dim].reshape(rows.shape[0], last + 1, dim)  # (B, E, D)
         teacher = rows[:, (last + 1) * dim :]
-        return sum(
+        losses = [
             kd_loss(heads[e].mlp(f[:, e]), teacher, target, settings.kd_gamma, settings.kd_temperature)
             for e in range(last)
-        )
+        ]
+        return functools.reduce(operator.add, losses, teacher.new_zeros(()))  # 0 + l0 + l1 ..., as sum()
 
     hist2 = _train_text_heads(
         heads[:last], rows_all, y, settings.stage2_epochs, settings, stage2, "text stage2"
