@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     set_ = what.add_parser("set", help="set the budget (per sample or as average power)")
     set_.add_argument("--mj-per-sample", type=float, default=None, help="energy budget per sample in mJ")
     set_.add_argument("--power-w", type=float, default=None, help="average power budget in W")
+    set_.add_argument("off", nargs="?", choices=("off",), default=None, help="`off` removes the budget")
     set_.set_defaults(func=_budget_set)
     budget.set_defaults(func=None, group_parser=budget)
 
@@ -72,6 +73,6 @@ def _record(args: argparse.Namespace, cfg: Config) -> int:
 def _budget_set(args: argparse.Namespace, cfg: Config) -> int:
     from exitflow.pipeline.live.run import set_running_budget
 
-    budget = set_running_budget(cfg.ray, args.mj_per_sample, args.power_w)
+    budget = set_running_budget(cfg.ray, args.mj_per_sample, args.power_w, off=args.off == "off")
     print(f"budget set: {budget}")
     return 0

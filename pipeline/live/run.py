@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 from collections.abc import Callable
 from typing import Any, cast
@@ -93,15 +94,21 @@ def run_live(
 
 
 def set_running_budget(
-    ray_cfg: RayConfig, mj_per_sample: float | None, power_w: float | None
+    ray_cfg: RayConfig, mj_per_sample: float | None, power_w: float | None, off: bool = False
 ) -> dict[str, Any]:
-    """Change the budget of a pipeline running in the Ray cluster at ``ray_cfg.address`` (or auto).
+    """Set, change or (``off``) remove the budget of a pipeline running in the Ray cluster at
+    ``ray_cfg.address`` (or auto); a pipeline started without a budget accepts one.
 
     Raises:
         LiveRuntimeError: when no running exitflow pipeline is found.
     """
-    if mj_per_sample is None and power_w is None:
-        raise LiveRuntimeError("give a budget: --mj-per-sample X or --power-w W")
+    if off and (mj_per_sample is not None or power_w is not None):
+        raise LiveRuntimeError("give either `off` or a budget (--mj-per-sample X or --power-w W), not both")
+    if not off and mj_per_sample is None and power_w is None:
+        raise LiveRuntimeError("give a budget: --mj-per-sample X or --power-w W (or `exitflow budget set off`)")
+    for name, value in (("--mj-per-sample", mj_per_sample), ("--power-w", power_w)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise LiveRuntimeError(f"{name} must be a positive number, got {value}")
     try:  # False in the process that runs the pipeline: Ray is up already
         connected_here = start_ray(dataclasses.replace(ray_cfg, address=ray_cfg.address or "auto"))
     except LiveRuntimeError as e:

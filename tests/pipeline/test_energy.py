@@ -95,3 +95,25 @@ def test_devices_json_names_the_host_and_a_zeus_entry() -> None:
     assert report["host"]["assumptions"]
     zeus = next(m for m in report["meters"] if m["name"] == "zeus")
     assert zeus["available"] or zeus["detail"]
+
+
+def test_budget_set_arguments_are_checked_before_ray_is_touched() -> None:
+    from exitflow.pipeline.config import RayConfig
+    from exitflow.pipeline.live.run import set_running_budget
+    from exitflow.pipeline.live.workers import LiveRuntimeError
+
+    for kwargs in ({"mj_per_sample": None, "power_w": None},
+                   {"mj_per_sample": float("nan"), "power_w": None},
+                   {"mj_per_sample": -1.0, "power_w": None},
+                   {"mj_per_sample": 5.0, "power_w": None, "off": True}):
+        with pytest.raises(LiveRuntimeError):
+            set_running_budget(RayConfig(), **kwargs)
+
+
+def test_the_engine_system_takes_a_budget_and_removes_it() -> None:
+    from exitflow.pipeline.inference.adaptive_systems import EngineSystem
+
+    encoders, fusion = _parts()
+    system = EngineSystem("exitflow", Engine(encoders, fusion, Policy(_profile()), meter=SplitMeter()), ("image",))
+    assert system.set_budget(mj_per_sample=3.0)["mj_per_sample"] == 3.0
+    assert system.set_budget() == {"mode": "off"} and system.engine.budget is None
