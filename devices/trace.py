@@ -160,7 +160,8 @@ class TraceRecorder:
         if self.path is not None:
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+                # line-buffered: a run that is killed keeps every row written so far
+                self._file = open(self.path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in stop()
             except OSError as e:
                 meter.end_window(TRACE_WINDOW)
                 raise DeviceError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -47,3 +48,17 @@ def metered(cfg: Config) -> Iterator[PowerMeter]:
             yield meter
         summary = recorder.summary()
         print(f"power trace: {summary.rows} rows, {summary.energy_mj:.1f} mJ over {summary.duration_s:.1f} s -> {path}")
+
+
+def with_trace(cfg: Config, meter: PowerMeter) -> PowerMeter:
+    """``meter``, recording a power trace to ``power.trace`` (CSV, line by line) for the rest of the
+    process when that is set: how a live run's engine (a Ray actor of its own) traces its power."""
+    if not cfg.power.trace:
+        return meter
+    path = output_path(cfg, cfg.power.trace)
+    try:
+        recorder = TraceRecorder(meter, path, cfg.power.trace_hz).start()
+    except (DeviceError, ValueError) as e:
+        raise ExitflowError(f"power.trace {path}: {e}") from e
+    atexit.register(recorder.stop)
+    return meter

@@ -75,9 +75,9 @@ _FACTORIES: dict[str, SystemFactory] = {
 
 def _meter(cfg: Config):
     """The configured power meter, so a loaded ``exitflow`` reports energy (and can follow a budget)."""
-    from exitflow.pipeline.meters import open_meter
+    from exitflow.pipeline.meters import open_meter, with_trace
 
-    return open_meter(cfg)
+    return with_trace(cfg, open_meter(cfg))
 
 
 def _adaptive(cfg: Config, dataset: str):
