@@ -22,7 +22,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,40 +29,11 @@ sys.path.insert(0, str(REPO))
 
 from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig  # noqa: E402
 from exitflow.pipeline.data.roots import SHARED_DATA  # noqa: E402
+from exitflow.pipeline.live.rule_engine import build_rule_engine  # noqa: E402
 from exitflow.pipeline.live.sources.loopback import serve_clip  # noqa: E402
-from exitflow.pipeline.messages import Decision, Sample  # noqa: E402
 
 GRID_CLIP = SHARED_DATA / Path("grid_av_samples/mpg/id2_vcd_swwp2s.mpg")
 WORDS = "set white with p two soon".split()
-
-
-class RuleEngine:
-    """A cheap deterministic engine: one vote per present modality from its model-ready payload."""
-
-    def __init__(self) -> None:
-        self.budget: float | None = None
-
-    def process(self, sample: Sample) -> Decision:
-        present = sample.present()
-        votes = [int(float(np.mean(sample.payloads[m])) * 100) % 10 for m in present if m != "text"]
-        votes += [len(sample.payloads["text"]) % 10] if "text" in present else []
-        return Decision(
-            sample_id=sample.sample_id,
-            prediction=max(votes) if votes else -1,
-            system="rule",
-            order=present,
-            exits={m: 0 for m in present},
-            missing=sorted(sample.missing),
-            timestamp_ns=sample.timestamp_ns,
-        )
-
-    def set_budget(self, mj_per_sample: float | None = None, power_w: float | None = None) -> None:
-        self.budget = mj_per_sample
-
-
-def build_rule_engine(cfg: object = None) -> RuleEngine:
-    """Engine factory for ``stream.engine: benchmarks.live_throughput:build_rule_engine``."""
-    return RuleEngine()
 
 
 def _cpu_s(proc: psutil.Process) -> float:
