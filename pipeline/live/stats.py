@@ -36,6 +36,7 @@ class LiveStats:
         self.energy_source: str | None = None
         self.estimated: bool | None = None
         self.lam: float | None = None
+        self.budget_note: str | None = None  # the latest decision's, e.g. budget below the cheapest plan
         self.last_engine_error: str | None = None
         self.failed = 0
         self.failures: Counter[str] = Counter()  # "stage:ExceptionType" -> n (a bounded key set)
@@ -66,6 +67,7 @@ class LiveStats:
             self.energy_mj.append(float(decision.energy_mj))
             self.energy_source, self.estimated = decision.energy_source, decision.estimated
         self.lam = decision.lam
+        self.budget_note = decision.budget_note
 
     def observe_failure(self, error: str) -> None:
         """A sample that failed (``"stage: Type: message"``): counted by stage and type."""
@@ -99,5 +101,6 @@ class LiveStats:
             "energy_source": self.energy_source,
             "estimated": self.estimated,
             "lam": self.lam,
+            "budget_note": self.budget_note,
             "last_engine_error": self.last_engine_error,
         }

@@ -115,6 +115,8 @@ def render(snap: dict[str, Any]) -> Group:
     power.add_row("energy per sample", "-" if energy is None else f"{energy:.2f} mJ from {source}{est}")
     power.add_row("budget", _fmt_counts({k: v for k, v in snap.get("budget", {}).items() if v is not None}))
     power.add_row("lambda", "-" if snap.get("lam") is None else f"{snap['lam']:.4g}")
+    if snap.get("budget_note"):
+        power.add_row("budget note", str(snap["budget_note"]))
 
     latency = Table(title="latency (ms)", expand=True)
     for col in ("stage", "p50", "p95", "p99", "n"):
