@@ -21,6 +21,7 @@ ray = pytest.importorskip("ray")
 from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig  # noqa: E402
 from exitflow.pipeline.data.roots import SHARED_DATA  # noqa: E402
 from exitflow.pipeline.live.recording import RecordingWriter, read_recording  # noqa: E402
+from exitflow.pipeline.live.rule_engine import RuleEngine as ProjectRuleEngine  # noqa: E402
 from exitflow.pipeline.live.runtime import LivePipeline, start_ray  # noqa: E402
 from exitflow.pipeline.live.sources.loopback import serve_clip  # noqa: E402
 from exitflow.pipeline.messages import Decision, Sample  # noqa: E402
@@ -35,39 +36,18 @@ needs_ffmpeg = pytest.mark.skipif(
 )
 
 
-class RuleEngine:
-    """A small real engine: votes from the model-ready payloads with a fixed rule."""
-
-    def __init__(self):
-        self.budget = None
+class RuleEngine(ProjectRuleEngine):
+    """The project's rule engine, refusing inputs that are not model-ready (28x28 image, 112x112 spectrogram)."""
 
     def process(self, sample: Sample) -> Decision:
         present = sample.present()
-        votes = []
         if "image" in present:
             image = sample.payloads["image"]
             if image.shape != (1, 28, 28) or not np.isfinite(image).all():
                 raise ValueError(f"bad image input {image.shape}")
-            votes.append(int(image.mean() * 100) % 10)
-        if "audio" in present:
-            spec = sample.payloads["audio"]
-            if spec.shape != (1, 112, 112):
-                raise ValueError(f"bad audio input {spec.shape}")
-            votes.append(int(spec.mean() * 100) % 10)
-        if "text" in present:
-            votes.append(len(sample.payloads["text"]) % 10)
-        return Decision(
-            sample_id=sample.sample_id,
-            prediction=max(votes) if votes else -1,
-            system="rule",
-            order=present,
-            exits={m: 0 for m in present},
-            missing=sorted(sample.missing),
-            timestamp_ns=sample.timestamp_ns,
-        )
-
-    def set_budget(self, mj_per_sample=None, power_w=None):
-        self.budget = mj_per_sample
+        if "audio" in present and sample.payloads["audio"].shape != (1, 112, 112):
+            raise ValueError(f"bad audio input {sample.payloads['audio'].shape}")
+        return super().process(sample)
 
 
 @pytest.fixture(scope="module")
