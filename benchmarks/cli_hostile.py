@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from exitflow.encoders.checkpoint import CHECKSUM_KEY, file_sha256
+
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "exitflow.pipeline.cli"]
 
@@ -162,8 +164,6 @@ def path_sets(tmp: Path) -> dict[str, tuple[str, list[str]]]:
 # ---------------------------------------------------------------- damaged checkpoints
 def _rewrite_weights(path: Path, fn) -> None:
     """Rewrite a safetensors file through ``fn(state)`` and re-record its checksum (so only ``fn`` shows)."""
-    from exitflow.encoders.checkpoint import CHECKSUM_KEY, file_sha256
-
     state = fn(load_file(str(path)))
     save_file(state, str(path))
     meta_path = path.parent / "config.json"

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -32,14 +31,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import ray
+
+from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig
+from exitflow.pipeline.data.roots import SHARED_DATA
+from exitflow.pipeline.live.rule_engine import build_rule_engine
+from exitflow.pipeline.live.runtime import LivePipeline, start_ray
+from exitflow.pipeline.live.sources.loopback import free_port, loopback_listener
+
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "set white with p two soon".split()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class HangingUpTextServer:
@@ -47,11 +49,7 @@ class HangingUpTextServer:
     ``limit`` times in all (then stays connected)."""
 
     def __init__(self, every_s: float, limit: int, rate_hz: float = 10.0):
-        self.srv = socket.socket()
-        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(4)
-        self.srv.settimeout(0.2)
+        self.srv = loopback_listener()
         self.port = self.srv.getsockname()[1]
         self.every_s, self.limit, self.period_s = every_s, limit, 1.0 / rate_hz
         self.hangups = 0
@@ -98,13 +96,6 @@ def main() -> int:
         sys.exit("ffmpeg is needed: apt-get install -y ffmpeg")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     logging.basicConfig(level=logging.ERROR)
-
-    import ray
-
-    from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig
-    from exitflow.pipeline.data.roots import SHARED_DATA
-    from exitflow.pipeline.live.rule_engine import build_rule_engine
-    from exitflow.pipeline.live.runtime import LivePipeline, start_ray
 
     clip = SHARED_DATA / "grid_av_samples" / "mpg" / "id2_vcd_swwp2s.mpg"
     audio_port = free_port()

@@ -128,15 +128,7 @@ def main() -> int:
         for msg in messages:
             sources_stage(msg)
         emitted: list = []
-        original_poll = sync.poll
-
-        def poll(now_ns: int):  # noqa: ANN202
-            out = original_poll(now_ns)
-            emitted.extend(out)
-            return out
-
-        sync.poll = poll  # type: ignore[method-assign]
-        result = guard("sync", feed_sync, sync, messages)
+        result = guard("sync", feed_sync, sync, messages, 3, emitted)
         if result is not None:
             accepted, refused = result
             counts["sync_accepted"] += accepted

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig  # noqa: E402
 from exitflow.pipeline.data.roots import SHARED_DATA  # noqa: E402
 from exitflow.pipeline.live.rule_engine import build_rule_engine  # noqa: E402
-from exitflow.pipeline.live.sources.loopback import serve_clip  # noqa: E402
+from exitflow.pipeline.live.sources.loopback import free_port, serve_clip  # noqa: E402
 
 GRID_CLIP = SHARED_DATA / Path("grid_av_samples/mpg/id2_vcd_swwp2s.mpg")
 WORDS = "set white with p two soon".split()
@@ -44,11 +44,6 @@ def _cpu_s(proc: psutil.Process) -> float:
         return 0.0
     return t.user + t.system
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_text(port_holder: list[int], stop: threading.Event, rate_hz: float) -> None:

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,15 +28,17 @@ from typing import Any
 
 import numpy as np
 import psutil
+import ray
+
+from exitflow.pipeline.config import load_config
+from exitflow.pipeline.live.rule_engine import build_rule_engine
+from exitflow.pipeline.live.run import resolve_source_paths
+from exitflow.pipeline.live.runtime import LivePipeline, start_ray
+from exitflow.pipeline.live.sources.loopback import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "grid_live.yaml"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def process_label(proc: psutil.Process, driver_pid: int) -> str:
@@ -98,12 +99,6 @@ def main() -> int:
         sys.exit("ffmpeg is needed: apt-get install -y ffmpeg")
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    import ray
-
-    from exitflow.pipeline.config import load_config
-    from exitflow.pipeline.live.rule_engine import build_rule_engine
-    from exitflow.pipeline.live.run import resolve_source_paths
-    from exitflow.pipeline.live.runtime import LivePipeline, start_ray
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_config(CONFIG)

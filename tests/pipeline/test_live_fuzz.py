@@ -123,8 +123,12 @@ def sensor_streams(draw: st.DrawFn, min_size: int = 0, max_size: int = 25) -> li
     return out
 
 
-def feed_sync(sync: Synchronizer, messages: list[SensorMessage], poll_every: int = 3) -> tuple[int, int]:
-    """Push every message (polling now and then); returns (accepted, refused)."""
+def feed_sync(
+    sync: Synchronizer, messages: list[SensorMessage], poll_every: int = 3, emitted: list | None = None
+) -> tuple[int, int]:
+    """Push every message (polling now and then); returns (accepted, refused). The samples the polls
+    emit are appended to ``emitted`` when given."""
+    collect = emitted.extend if emitted is not None else (lambda samples: None)
     accepted = refused = 0
     clock = 0
     for i, msg in enumerate(messages):
@@ -135,8 +139,8 @@ def feed_sync(sync: Synchronizer, messages: list[SensorMessage], poll_every: int
         if isinstance(msg.timestamp_ns, int) and 0 <= msg.timestamp_ns < 2**62:
             clock = max(clock, msg.timestamp_ns)
         if i % poll_every == 0:
-            sync.poll(clock + 70_000_000)
-    sync.poll(clock + 10**9)
+            collect(sync.poll(clock + 70_000_000))
+    collect(sync.poll(clock + 10**9))
     sync.flush()
     return accepted, refused
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from exitflow.pipeline.data.roots import SHARED_DATA  # noqa: E402
 from exitflow.pipeline.live.recording import RecordingWriter, read_recording  # noqa: E402
 from exitflow.pipeline.live.rule_engine import RuleEngine as ProjectRuleEngine  # noqa: E402
 from exitflow.pipeline.live.runtime import LivePipeline, start_ray  # noqa: E402
-from exitflow.pipeline.live.sources.loopback import serve_clip  # noqa: E402
+from exitflow.pipeline.live.sources.loopback import free_port, loopback_listener, serve_clip  # noqa: E402
 from exitflow.pipeline.messages import Decision, Sample  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,21 +63,12 @@ def ray_local():
         os.environ["PYTHONPATH"] = old
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class TextServer:
     """Sends the clip's words on a loopback TCP socket at ``rate_hz`` to every client."""
 
     def __init__(self, words: list[str], rate_hz: float = 2.0):
-        self.srv = socket.socket()
-        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(4)
-        self.srv.settimeout(0.2)
+        self.srv = loopback_listener()
         self.port = self.srv.getsockname()[1]
         self.words, self.period_s, self.stop = words, 1.0 / rate_hz, threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()

@@ -7,9 +7,27 @@ configuration without a camera): the clip is paced to real time (``-re``) and lo
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a server started next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def loopback_listener(backlog: int = 4, accept_timeout_s: float = 0.2) -> socket.socket:
+    """A TCP server socket on 127.0.0.1 (any free port, reusable) whose ``accept`` times out."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(backlog)
+    srv.settimeout(accept_timeout_s)
+    return srv
 
 
 @dataclass
