@@ -33,13 +33,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from exitflow.devices.errors import DeviceError
     from exitflow.encoders.base import EncoderInputError
     from exitflow.encoders.checkpoint import CheckpointLoadError
-    from exitflow.encoders.lgvit_training import ResumeStateError
     from exitflow.pipeline.data.spectrogram import AudioInputError
     from exitflow.scheduler.errors import SchedulerError
 
     return (
-        ExitflowError, DeviceError, EncoderInputError, AudioInputError, SchedulerError, CheckpointLoadError,
-        ResumeStateError,
+        ExitflowError, DeviceError, EncoderInputError, AudioInputError, SchedulerError,
+        CheckpointLoadError,  # also covers ResumeStateError (a damaged resume file)
     )
 
 
