@@ -196,6 +196,13 @@ class StreamConfig:
     max_reconnects: int | None = field(default=None, metadata=bounds(min=1, max=MAX_INT32))
     record: str | None = None
     record_chunk_kib: int = field(default=1024, metadata=bounds(min=1, max=1 << 20))
+    record_flush_s: float = field(default=1.0, metadata=bounds(min=0.0, max=3600.0, help="0 = only full chunks"))
+    record_image_format: Literal["jpeg", "raw"] = "jpeg"  # foxglove.CompressedImage or foxglove.RawImage
+    record_jpeg_quality: int = field(default=75, metadata=bounds(min=1, max=100))
+    record_image_max_side_px: int | None = field(default=None, metadata=bounds(min=8, max=16384))
+    foxglove: bool = False  # serve the live topics on a Foxglove WebSocket server
+    foxglove_host: str = "127.0.0.1"  # loopback unless set; 0.0.0.0 serves every interface
+    foxglove_port: int = field(default=8765, metadata=bounds(min=0, max=65535))
     duration_s: float | None = field(default=None, metadata=bounds(min=0.0, max=1e8, min_exclusive=True))
     live_view: bool = True
     circuit_breaker_s: float = field(default=30.0, metadata=bounds(min=0.0, max=MAX_SECONDS, help="0 = off"))

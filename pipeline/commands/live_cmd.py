@@ -43,6 +43,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--decisions", default=None, metavar="OUT.jsonl", help="stream every decision and outage event here (JSONL)"
     )
+    parser.add_argument(
+        "--foxglove", action="store_true", default=None,
+        help="serve the live topics to Foxglove on ws://stream.foxglove_host:stream.foxglove_port (default 127.0.0.1:8765)",
+    )
 
 
 def _run(args: argparse.Namespace, cfg: Config) -> int:
@@ -58,7 +62,8 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
         if value:
             check_output_path(Path(value), flag)
     snap = run_live(
-        cfg, record=args.record, duration_s=args.duration, view=not args.no_view, decision_log=args.decisions
+        cfg, record=args.record, duration_s=args.duration, view=not args.no_view, decision_log=args.decisions,
+        foxglove=args.foxglove,
     )
     if args.no_view:
         print(json.dumps(snap, indent=1, default=str))

@@ -1,133 +1,105 @@
-"""Record raw sensor streams and decisions to MCAP, and read them back (even after a crash).
+"""Record a live run to MCAP that Foxglove and any MCAP reader open, and read recordings back.
 
-Layout: one channel per source, topic ``/sensor/<source>``, message encoding
-``exitflow.sensor.v1`` (a little-endian uint32 header length, a JSON header with the
-:class:`~pipeline.messages.SensorMessage` fields plus ``dtype``/``shape``, then the raw payload
-bytes: ndarray data or UTF-8 text); decisions go to ``/decisions`` as JSON
-(:meth:`Decision.to_json_dict`; a failed sample's decision carries ``error``) and source outages
-to ``/events`` as JSON. ``log_time`` is the message's ``timestamp_ns``. :class:`DecisionLog`
-streams the same decisions and outage events to a JSONL file, one line each, as they happen.
+What goes where (schemas, times, metadata) is described in :mod:`.mcap_schemas`; in short:
+camera frames as ``foxglove.CompressedImage`` (JPEG) or ``foxglove.RawImage``, audio as
+``foxglove.RawAudio`` (pcm-s16), text as ``foxglove.Log``, decisions, outage events and a status
+stream (power, budget set-point, latency) as JSON-schema channels; ``log_time`` in epoch ns.
+Metadata records ``exitflow`` (format, version, git revision, host, meter), ``exitflow.clock``
+(the epoch offset that turns every ``log_time`` back into the monotonic ``timestamp_ns``) and
+``exitflow.config`` (the whole config as YAML, also attached as ``config.yaml``) come first in the
+file, so even a cut file keeps them.
 
-Crash safety: the file is opened unbuffered and the MCAP writer emits a whole chunk at a time,
-so a process that dies without :meth:`RecordingWriter.close` loses at most the chunk that was
-still open (``chunk_size_bytes``, default 1 MiB); :func:`read_recording` reads a truncated file
-up to its last complete record.
+Crash safety: the file is opened unbuffered; the open chunk is written when it reaches
+``chunk_size_bytes`` and at the latest every ``flush_interval_s`` (a background thread), so a
+process that dies loses at most that much time of recording. Reading goes through
+:class:`~.mcap_reader.McapFile`: one chunk at a time, damaged chunks skipped and counted.
+
+Recordings of the first format (``exitflow.sensor.v1``, before schemas) still read:
+:mod:`.recording_v1` decodes them. :class:`DecisionLog` streams decisions and outage events to a
+JSONL file as they happen.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import struct
+import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, Protocol, cast
 
-import numpy as np
-from mcap.exceptions import McapError
-from mcap.records import Channel, Message
-from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
 
 from exitflow.pipeline.errors import DataError
+from exitflow.pipeline.live.mcap_reader import McapFile, ReadReport
+from exitflow.pipeline.live.mcap_schemas import (
+    DECISION_TOPIC,
+    EVENT_TOPIC,
+    IMAGE_FORMATS,
+    MODALITY_OF_SCHEMA,
+    SENSOR_TOPIC_PREFIX,
+    STATUS_TOPIC,
+    ImageFormat,
+    decode_sensor,
+    encode_sensor,
+    json_schema,
+    protobuf_schema,
+    sensor_schema_name,
+)
+from exitflow.pipeline.live.recording_v1 import SENSOR_ENCODING, decode_sensor_message, encode_sensor_message
 from exitflow.pipeline.messages import Decision, SensorMessage
 
 log = logging.getLogger(__name__)
 
-SENSOR_ENCODING = "exitflow.sensor.v1"
-DECISION_TOPIC = "/decisions"
-EVENT_TOPIC = "/events"
-SENSOR_TOPIC_PREFIX = "/sensor/"
-_HEADER_LEN = struct.Struct("<I")
+FORMAT = "exitflow.mcap.v2"
+__all__ = [
+    "DECISION_TOPIC", "EVENT_TOPIC", "FORMAT", "SENSOR_ENCODING", "SENSOR_TOPIC_PREFIX", "STATUS_TOPIC",
+    "DecisionLog", "LiveSink", "RecordedEvent", "Recording", "RecordingWriter", "decode_sensor_message",
+    "encode_sensor_message", "read_recording", "recording_metadata",
+]
 
 
-def encode_sensor_message(msg: SensorMessage) -> bytes:
-    """Pack a message into the ``exitflow.sensor.v1`` bytes described in the module doc."""
-    header: dict[str, Any] = {
-        "modality": msg.modality,
-        "source": msg.source,
-        "timestamp_ns": int(msg.timestamp_ns),
-        "seq": int(msg.seq),
-        "source_time_ns": None if msg.source_time_ns is None else int(msg.source_time_ns),
-        "sample_rate_hz": msg.sample_rate_hz,
-        "meta": msg.meta,
-    }
-    if isinstance(msg.payload, str):
-        header["kind"] = "str"
-        body = msg.payload.encode("utf-8")
-    elif isinstance(msg.payload, np.ndarray):
-        arr = np.ascontiguousarray(msg.payload)
-        header.update(kind="ndarray", dtype=arr.dtype.str, shape=list(arr.shape))
-        body = arr.tobytes()
-    else:
-        raise TypeError(
-            f"can record str or np.ndarray payloads, got {type(msg.payload).__name__} from {msg.source}"
-        )
-    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    return _HEADER_LEN.pack(len(head)) + head + body
+def _git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-_HEADER_FIELDS = {"modality", "source", "timestamp_ns", "seq", "source_time_ns", "sample_rate_hz", "meta", "kind",
-                  "dtype", "shape"}
+def recording_metadata(cfg: Any = None) -> dict[str, str]:
+    """The ``exitflow`` metadata record: version, git revision, host and the power meter setting."""
+    try:
+        version = importlib_metadata.version("exitflow")
+    except importlib_metadata.PackageNotFoundError:
+        version = "unknown"
+    power = getattr(cfg, "power", None)
+    meter = "unknown" if power is None else (
+        f"meter={power.meter} device_profile={power.device_profile}"
+        + (f" replay_trace={power.replay_trace}" if power.replay_trace else ""))
+    return {"format": FORMAT, "exitflow_version": version, "git_revision": _git_revision(),
+            "host": socket.gethostname(), "meter": meter, "engine": str(getattr(getattr(cfg, "stream", None),
+                                                                                  "engine", "unknown"))}
 
 
-def _int_or_none(value: Any, name: str, optional: bool) -> int | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-        raise ValueError(f"sensor record: {name} must be an integer in [0, 2**63), got {value!r}")
-    return value
+class LiveSink(Protocol):
+    """Where the runtime hands raw messages, decisions and outage events (a recording, a live server)."""
 
+    def write_message(self, msg: SensorMessage) -> None: ...
 
-def decode_sensor_message(data: bytes) -> SensorMessage:
-    """Inverse of :func:`encode_sensor_message`.
+    def write_decision(self, decision: Decision, log_time_ns: int) -> None: ...
 
-    Raises:
-        ValueError: when the bytes are not a well-formed ``exitflow.sensor.v1`` record (a crafted
-            or damaged file): bad header, unknown field, non-numeric dtype, a shape that does not
-            match the payload size.
-    """
-    if len(data) < 4:
-        raise ValueError("sensor record: shorter than its header length")
-    (n,) = _HEADER_LEN.unpack_from(data, 0)
-    if n > len(data) - 4:
-        raise ValueError(f"sensor record: header length {n} exceeds the record ({len(data)} bytes)")
-    header = json.loads(data[4 : 4 + n].decode("utf-8"))
-    if not isinstance(header, dict) or not set(header) <= _HEADER_FIELDS:
-        raise ValueError(f"sensor record: header must be an object with fields {sorted(_HEADER_FIELDS)}")
-    if not isinstance(header.get("modality"), str) or not isinstance(header.get("source"), str):
-        raise ValueError("sensor record: modality and source must be strings")
-    header["timestamp_ns"] = _int_or_none(header.get("timestamp_ns"), "timestamp_ns", False)
-    header["seq"] = _int_or_none(header.get("seq", 0), "seq", False)
-    header["source_time_ns"] = _int_or_none(header.get("source_time_ns"), "source_time_ns", True)
-    header["sample_rate_hz"] = _int_or_none(header.get("sample_rate_hz"), "sample_rate_hz", True)
-    if not isinstance(header.setdefault("meta", {}), dict):
-        raise ValueError("sensor record: meta must be an object")
-    body = data[4 + n :]
-    kind = header.pop("kind", None)
-    if kind == "str":
-        payload: Any = body.decode("utf-8")
-    elif kind == "ndarray":
-        try:
-            dtype = np.dtype(str(header.pop("dtype", None)))
-        except TypeError as e:
-            raise ValueError(f"sensor record: unknown dtype ({e})") from e
-        shape = header.pop("shape")
-        if dtype.kind not in "biuf" or dtype.hasobject:
-            raise ValueError(f"sensor record: payload dtype must be numeric, got {dtype}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise ValueError(f"sensor record: shape must be a list of sizes, got {shape!r}")
-        if len(shape) > 8 or int(np.prod(shape, dtype=np.float64)) * dtype.itemsize != len(body):
-            raise ValueError(f"sensor record: shape {shape} of {dtype} does not match {len(body)} payload bytes")
-        payload = np.frombuffer(body, dtype=dtype).reshape(shape).copy()
-    else:
-        raise ValueError(f"sensor record: kind must be 'str' or 'ndarray', got {kind!r}")
-    header.pop("dtype", None)
-    header.pop("shape", None)
-    return SensorMessage(payload=payload, **header)
+    def write_event(self, event: Any) -> None: ...
+
+    def write_status(self, snapshot: dict[str, Any], now_ns: int | None = None) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class _UnbufferedFile:
@@ -154,84 +126,184 @@ class _UnbufferedFile:
 
 
 class RecordingWriter:
-    """Writes sensor messages and decisions to one MCAP file; thread-safe.
+    """Writes sensor messages, decisions, outage events and status to one MCAP file; thread-safe.
 
     Args:
         path: Output ``.mcap`` file (parent folders are created).
-        chunk_size_bytes: Chunk size; the most a crash can lose.
+        chunk_size_bytes: A chunk is written when it grows past this.
         compression: ``"zstd"``, ``"lz4"`` or ``"none"``.
+        image_format: ``"jpeg"`` (``foxglove.CompressedImage``) or ``"raw"`` (``foxglove.RawImage``).
+        jpeg_quality: 1-100.
+        image_max_side_px: Frames larger than this on their longer side are scaled down before
+            they are stored (None: stored at full size).
+        flush_interval_s: The open chunk is written at least this often (0: only when full).
+        metadata: Extra entries for the ``exitflow`` metadata record (see :func:`recording_metadata`).
+        config_yaml: The run's config, stored as metadata and attached as ``config.yaml``.
     """
 
-    def __init__(self, path: str | Path, chunk_size_bytes: int = 1 << 20, compression: str = "zstd"):
+    def __init__(
+        self,
+        path: str | Path,
+        chunk_size_bytes: int = 1 << 20,
+        compression: str = "zstd",
+        image_format: ImageFormat = "jpeg",
+        jpeg_quality: int = 75,
+        image_max_side_px: int | None = None,
+        flush_interval_s: float = 1.0,
+        metadata: dict[str, str] | None = None,
+        config_yaml: str | None = None,
+    ):
         codecs = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4, "none": CompressionType.NONE}
         if compression not in codecs:
             raise ValueError(f"compression must be one of {sorted(codecs)}, got {compression!r}")
+        if image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+        if not 1 <= int(jpeg_quality) <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+        if image_max_side_px is not None and image_max_side_px < 8:
+            raise ValueError(f"image_max_side_px must be at least 8 (or None), got {image_max_side_px}")
+        if not flush_interval_s >= 0:
+            raise ValueError(f"flush_interval_s must be >= 0 (0 = only full chunks), got {flush_interval_s}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.image_format: ImageFormat = image_format
+        self.jpeg_quality = int(jpeg_quality)
+        self.image_max_side_px = image_max_side_px
+        # one constant: log_time (epoch) - epoch_offset_ns == the message's monotonic timestamp_ns
+        self.epoch_offset_ns = time.time_ns() - time.monotonic_ns()
         self._file = _UnbufferedFile(self.path)
         self._writer = Writer(
             cast(IO[Any], self._file), chunk_size=chunk_size_bytes, compression=codecs[compression]
         )
-        self._writer.start(profile="exitflow", library="exitflow")
-        self._channels: dict[str, int] = {}
+        self._writer.start(profile="", library="exitflow")
+        self._writer.add_metadata("exitflow", {**recording_metadata(), **(metadata or {})})
+        self._writer.add_metadata("exitflow.clock", {
+            "epoch_offset_ns": str(self.epoch_offset_ns),
+            "meaning": "log_time and publish_time are epoch ns = monotonic timestamp_ns + epoch_offset_ns",
+            "monotonic_clock": "time.monotonic_ns() of the driver's host",
+            "image_format": image_format, "jpeg_quality": str(self.jpeg_quality),
+            "image_max_side_px": str(image_max_side_px or ""),
+        })
+        if config_yaml is not None:
+            self._writer.add_metadata("exitflow.config", {"yaml": config_yaml})
+            self._writer.add_attachment(time.time_ns(), time.time_ns(), "config.yaml", "application/yaml",
+                                        config_yaml.encode("utf-8"))
+        self._schemas: dict[str, int] = {}
+        self._channels: dict[str, tuple[int, str]] = {}  # topic -> (channel id, schema name)
         self._lock = threading.Lock()
         self._closed = False
+        self._dirty = False
         self.messages_written = 0
         self.decisions_written = 0
+        self.bytes_in = 0  # payload bytes handed to the writer (after image/audio encoding)
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if flush_interval_s > 0:
+            self._flusher = threading.Thread(target=self._flush_loop, args=(flush_interval_s,),
+                                             name="mcap-flush", daemon=True)
+            self._flusher.start()
 
-    def _channel(self, topic: str, encoding: str) -> int:
+    def _flush_loop(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                self.flush()
+            except Exception as e:  # noqa: BLE001 - a full disk: logged, the writer calls will raise too
+                log.warning("recording %s: periodic flush failed (%s)", self.path, e)
+
+    def _channel(self, topic: str, schema: Any) -> int:
+        """Channel id of ``topic`` (registered with its schema on first use). Call under the lock."""
         if topic not in self._channels:
-            self._channels[topic] = self._writer.register_channel(
-                topic=topic, message_encoding=encoding, schema_id=0
-            )
-        return self._channels[topic]
+            if schema.name not in self._schemas:
+                self._schemas[schema.name] = self._writer.register_schema(schema.name, schema.encoding, schema.data)
+            cid = self._writer.register_channel(topic, schema.message_encoding, self._schemas[schema.name])
+            self._channels[topic] = (cid, schema.name)
+        return self._channels[topic][0]
 
-    def write_message(self, msg: SensorMessage) -> None:
-        """Append one raw sensor message (topic ``/sensor/<source>``)."""
-        data = encode_sensor_message(msg)
+    def _add(self, topic: str, schema: Any, data: bytes, monotonic_ns: int, sequence: int = 0) -> bool:
+        t_ns = int(monotonic_ns) + self.epoch_offset_ns
         with self._lock:
             if self._closed:
-                return
-            channel = self._channel(SENSOR_TOPIC_PREFIX + msg.source, SENSOR_ENCODING)
-            self._writer.add_message(
-                channel,
-                log_time=int(msg.timestamp_ns),
-                data=data,
-                publish_time=int(msg.timestamp_ns),
-                sequence=msg.seq,
-            )
+                return False
+            self._writer.add_message(self._channel(topic, schema), log_time=t_ns, data=data,
+                                     publish_time=t_ns, sequence=sequence & 0xFFFFFFFF)
+            self._dirty = True
+            self.bytes_in += len(data)
+        return True
+
+    def _shrink(self, frame: Any) -> Any:
+        import cv2
+
+        side = max(frame.shape[:2])
+        if self.image_max_side_px is None or side <= self.image_max_side_px:
+            return frame
+        scale = self.image_max_side_px / side
+        size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
+        return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+
+    def write_message(self, msg: SensorMessage) -> None:
+        """Append one sensor message on ``/sensor/<source>`` with its modality's Foxglove schema.
+
+        Raises:
+            TypeError, ValueError: a payload its schema cannot hold (see :func:`encode_sensor`), or
+                a source that changes modality.
+        """
+        topic = SENSOR_TOPIC_PREFIX + msg.source
+        name = sensor_schema_name(msg.modality, self.image_format)
+        known = self._channels.get(topic)
+        if known is not None and known[1] != name:
+            raise ValueError(f"source {msg.source} was recorded as {known[1]}, now sends {msg.modality}")
+        if msg.modality == "image" and self.image_max_side_px is not None and hasattr(msg.payload, "shape"):
+            msg = SensorMessage(msg.modality, msg.source, msg.timestamp_ns, self._shrink(msg.payload), msg.seq,
+                                msg.source_time_ns, msg.sample_rate_hz, msg.meta)
+        data = encode_sensor(msg, name, int(msg.timestamp_ns) + self.epoch_offset_ns, self.jpeg_quality)
+        if self._add(topic, protobuf_schema(name), data, msg.timestamp_ns, int(msg.seq)):
             self.messages_written += 1
 
     def write_decision(self, decision: Decision, log_time_ns: int) -> None:
-        """Append one decision (topic ``/decisions``, JSON)."""
-        data = json.dumps(decision.to_json_dict(), separators=(",", ":")).encode("utf-8")
-        with self._lock:
-            if self._closed:
-                return
-            channel = self._channel(DECISION_TOPIC, "json")
-            self._writer.add_message(
-                channel, log_time=int(log_time_ns), data=data, publish_time=int(log_time_ns)
-            )
+        """Append one decision on ``/decisions`` at the sample's monotonic ``log_time_ns``."""
+        body = {**decision.to_json_dict(), "monotonic_ns": int(log_time_ns)}
+        data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        if self._add(DECISION_TOPIC, json_schema(DECISION_TOPIC), data, log_time_ns):
             self.decisions_written += 1
 
     def write_event(self, event: Any) -> None:
-        """Append one outage event (topic ``/events``, JSON of ``event.to_json_dict()``)."""
-        data = json.dumps(event.to_json_dict(), separators=(",", ":")).encode("utf-8")
-        with self._lock:
-            if self._closed:
-                return
-            channel = self._channel(EVENT_TOPIC, "json")
-            t_ns = int(event.timestamp_ns)
-            self._writer.add_message(channel, log_time=t_ns, data=data, publish_time=t_ns)
+        """Append one outage event (``event.to_json_dict()``) on ``/events``."""
+        t_ns = int(event.timestamp_ns)
+        data = json.dumps({**event.to_json_dict(), "monotonic_ns": t_ns}, separators=(",", ":")).encode("utf-8")
+        self._add(EVENT_TOPIC, json_schema(EVENT_TOPIC), data, t_ns)
+
+    def write_status(self, snapshot: dict[str, Any], now_ns: int | None = None) -> None:
+        """Append power, budget set-point and latency from a pipeline snapshot on ``/status``."""
+        t_ns = time.monotonic_ns() if now_ns is None else int(now_ns)
+        budget = snapshot.get("budget") or {}
+        body = {
+            "monotonic_ns": t_ns,
+            "energy_mj_mean": snapshot.get("energy_mj_mean"),
+            "energy_source": snapshot.get("energy_source"),
+            "estimated": snapshot.get("estimated"),
+            "budget_mj_per_sample": budget.get("mj_per_sample"),
+            "budget_power_w": budget.get("power_w"),
+            "lam": snapshot.get("lam"),
+            "decisions": snapshot.get("decisions_total", snapshot.get("decisions", 0)),
+            "failed": snapshot.get("failed_decisions", snapshot.get("failed", 0)),
+            "latency_ms": snapshot.get("latency_ms", {}),
+            "exits": snapshot.get("exits", {}),
+        }
+        data = json.dumps(body, separators=(",", ":"), default=str).encode("utf-8")
+        self._add(STATUS_TOPIC, json_schema(STATUS_TOPIC), data, t_ns)
 
     def flush(self) -> None:
-        """Close the open chunk now (call periodically to bound what a crash can lose in time too)."""
+        """Write the open chunk now (the background thread does this every ``flush_interval_s``)."""
         with self._lock:
-            if not self._closed:
+            if not self._closed and self._dirty:
                 self._writer.flush()
+                self._dirty = False
 
     def close(self) -> None:
         """Write the open chunk and the summary; the file is complete afterwards."""
+        self._stop.set()
+        if self._flusher is not None and self._flusher is not threading.current_thread():
+            self._flusher.join(timeout=5.0)
         with self._lock:
             if self._closed:
                 return
@@ -278,63 +350,127 @@ class DecisionLog:
 
 @dataclass
 class RecordedEvent:
-    """One record read back: a sensor message or a decision dict, at ``log_time_ns``."""
+    """One message read back, at ``log_time_ns`` (epoch ns; monotonic in a v1 recording).
+
+    Exactly one of ``message`` (a sensor message, its ``timestamp_ns`` monotonic as when it was
+    recorded), ``decision`` (``/decisions``) and ``record`` (``/events``, ``/status``) is set.
+    """
 
     topic: str
     log_time_ns: int
     message: SensorMessage | None = None
     decision: dict[str, Any] | None = None
+    record: dict[str, Any] | None = None
 
 
-def read_recording(path: str | Path, errors: dict[str, int] | None = None) -> Iterator[RecordedEvent]:
-    """Every message and decision in file order; a truncated file (crash) ends at its last full chunk.
+class Recording:
+    """A recording opened for streaming reads (either format); see :func:`read_recording`.
 
-    A record that does not decode (a crafted or damaged file) is skipped with a warning and
-    counted in ``errors`` (``"bad_sensor_record:<ExceptionType>"`` / ``"bad_decision_record:..."``).
+    Args:
+        path: The ``.mcap`` file.
 
     Raises:
-        DataError: when the file is missing or is not MCAP at all.
+        DataError: the file is missing, not MCAP, or of a format this version does not read.
     """
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read recording {path}: {e}") from e
-    reader = StreamReader(io.BytesIO(raw), validate_crcs=True)
-    channels: dict[int, Channel] = {}
-    records = reader.records
-    count = 0
-    while True:
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.file = McapFile(self.path)
+        self.metadata = self.file.metadata()
+        info = self.metadata.get("exitflow", {})
+        self.format = info.get("format", "exitflow.sensor.v1" if not info else "unknown")
+        if self.format not in (FORMAT, "exitflow.sensor.v1"):
+            self.file.close()
+            raise DataError(f"{path} is an exitflow recording of format {self.format!r}; this version reads "
+                            f"{FORMAT} and exitflow.sensor.v1 (upgrade exitflow to read it)")
         try:
-            record = next(records)
-        except StopIteration:
-            return
-        except (McapError, struct.error, EOFError, ValueError) as e:
-            if count == 0 and len(raw) < 8:
-                raise DataError(f"{path} is not an MCAP recording ({e})") from e
-            log.warning("recording %s ends early (%s); read %d records before the cut", path, e, count)
-            return
-        count += 1
-        if isinstance(record, Channel):
-            channels[record.id] = record
-        elif isinstance(record, Message):
-            channel = channels.get(record.channel_id)
-            if channel is None:
-                continue
-            kind = "bad_decision_record" if channel.topic == DECISION_TOPIC else "bad_sensor_record"
+            self.epoch_offset_ns = int(self.metadata.get("exitflow.clock", {}).get("epoch_offset_ns", "0"))
+        except ValueError:
+            self.epoch_offset_ns = 0
+
+    @property
+    def report(self) -> ReadReport:
+        """What the reads so far skipped (damaged chunks, undecodable records)."""
+        return self.file.report
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def start_time_ns(self) -> int | None:
+        """``log_time`` of the first message (from the summary, or the first readable chunk)."""
+        return self.file.start_time_ns()
+
+    def events(
+        self,
+        topics: list[str] | None = None,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        errors: dict[str, int] | None = None,
+    ) -> Iterator[RecordedEvent]:
+        """Every message in ``log_time`` order, decoded, one chunk in memory at a time.
+
+        A message that does not decode is skipped with a warning and counted in ``errors``
+        (``"bad_sensor_record:<ExceptionType>"``, ``"bad_decision_record:..."``) and in
+        :attr:`report`; a damaged chunk is skipped and counted in :attr:`report`.
+        """
+        for raw in self.file.iter_messages(topics, start_ns, end_ns):
+            kind = "bad_decision_record" if raw.topic == DECISION_TOPIC else (
+                "bad_sensor_record" if raw.topic.startswith(SENSOR_TOPIC_PREFIX) else "bad_record")
             try:
-                if channel.topic == DECISION_TOPIC:
-                    decision = json.loads(record.data)
-                    if not isinstance(decision, dict):
-                        raise TypeError(f"a decision is a JSON object, got {type(decision).__name__}")
-                    event = RecordedEvent(channel.topic, record.log_time, decision=decision)
-                elif channel.message_encoding == SENSOR_ENCODING:
-                    event = RecordedEvent(channel.topic, record.log_time, message=decode_sensor_message(record.data))
-                else:
-                    continue
+                event = self._decode(raw)
             except Exception as e:  # noqa: BLE001 - one damaged record is skipped, counted
                 key = f"{kind}:{type(e).__name__}"
                 if errors is not None:
                     errors[key] = errors.get(key, 0) + 1
-                log.warning("recording %s: skipped a record on %s (%s: %s)", path, channel.topic, type(e).__name__, e)
+                self.report.skip(key)
+                log.warning("recording %s: skipped a record on %s (%s: %s)", self.path, raw.topic,
+                            type(e).__name__, e)
                 continue
-            yield event
+            if event is not None:
+                yield event
+
+    def _decode(self, raw: Any) -> RecordedEvent | None:
+        if raw.message_encoding == SENSOR_ENCODING:
+            return RecordedEvent(raw.topic, raw.log_time_ns, message=decode_sensor_message(raw.data))
+        if raw.schema_name in MODALITY_OF_SCHEMA:
+            source = raw.topic[len(SENSOR_TOPIC_PREFIX):] if raw.topic.startswith(SENSOR_TOPIC_PREFIX) else raw.topic
+            msg = decode_sensor(raw.schema_name, raw.data, source, raw.log_time_ns - self.epoch_offset_ns,
+                                raw.sequence)
+            return RecordedEvent(raw.topic, raw.log_time_ns, message=msg)
+        if raw.message_encoding == "json":
+            body = json.loads(raw.data)
+            if not isinstance(body, dict):
+                raise TypeError(f"a {raw.topic} record is a JSON object, got {type(body).__name__}")
+            if raw.topic == DECISION_TOPIC:
+                body.pop("monotonic_ns", None)
+                return RecordedEvent(raw.topic, raw.log_time_ns, decision=body)
+            return RecordedEvent(raw.topic, raw.log_time_ns, record=body)
+        return None  # a channel exitflow does not know (added by another tool): left alone
+
+
+def read_recording(
+    path: str | Path,
+    errors: dict[str, int] | None = None,
+    topics: list[str] | None = None,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+) -> Iterator[RecordedEvent]:
+    """Every message of a recording in ``log_time`` order; damage is skipped (see :class:`Recording`).
+
+    Raises:
+        DataError: when the file is missing, is not MCAP at all, or of an unknown format.
+    """
+    with Recording(path) as rec:
+        yield from rec.events(topics, start_ns, end_ns, errors)
+        report = rec.report
+        if report.chunks_damaged or report.truncated:
+            lost = report.messages_lost
+            log.warning("recording %s: %d damaged chunk(s) skipped%s, %d messages read", path,
+                        len(report.chunks_damaged), "" if lost is None else f" ({lost} messages lost)",
+                        report.messages_read)

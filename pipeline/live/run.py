@@ -12,8 +12,9 @@ from typing import Any, cast
 import ray
 from ray.exceptions import RayTaskError
 
-from exitflow.pipeline.config import RayConfig, SourceConfig, resolve_path
-from exitflow.pipeline.live.recording import RecordingWriter
+from exitflow.pipeline.config import RayConfig, SourceConfig, dump_config, resolve_path
+from exitflow.pipeline.live.foxglove_server import FanOut, FoxgloveLiveServer
+from exitflow.pipeline.live.recording import RecordingWriter, recording_metadata
 from exitflow.pipeline.live.runtime import ENGINE_ACTOR_NAME, LivePipeline, start_ray
 from exitflow.pipeline.live.workers import EngineFactory, LiveRuntimeError
 
@@ -42,6 +43,7 @@ def run_live(
     on_decision: Callable[[Any], None] | None = None,
     stop: threading.Event | None = None,
     decision_log: str | None = None,
+    foxglove: bool | None = None,
 ) -> dict[str, Any]:
     """Start Ray and the actors, run until ``duration_s`` or Ctrl-C, shut down; returns the last snapshot.
 
@@ -54,6 +56,7 @@ def run_live(
         on_decision: Called on the driver with every :class:`Decision`.
         stop: Set it (from another thread) to end the run.
         decision_log: JSONL file receiving every decision and outage event as it happens.
+        foxglove: Serve the live topics on a Foxglove WebSocket server (overrides ``stream.foxglove``).
 
     Raises:
         CircuitOpenError: when every sample failed for ``stream.circuit_breaker_s`` seconds.
@@ -64,13 +67,28 @@ def run_live(
     stream = dataclasses.replace(cfg.stream, sources=resolve_source_paths(cfg))
     record = record or stream.record
     duration_s = duration_s if duration_s is not None else stream.duration_s
-    started = start_ray(cfg.ray)
-    recorder = RecordingWriter(resolve_path(cfg, record), stream.record_chunk_kib * 1024) if record else None
+    live_server = None
+    if stream.foxglove if foxglove is None else foxglove:
+        live_server = FoxgloveLiveServer(stream.foxglove_host, stream.foxglove_port, stream.record_image_format,
+                                         stream.record_jpeg_quality)
+    try:
+        started = start_ray(cfg.ray)
+    except BaseException:
+        if live_server is not None:
+            live_server.close()
+        raise
+    recorder = RecordingWriter(
+        resolve_path(cfg, record), stream.record_chunk_kib * 1024, image_format=stream.record_image_format,
+        jpeg_quality=stream.record_jpeg_quality, image_max_side_px=stream.record_image_max_side_px,
+        flush_interval_s=stream.record_flush_s, metadata=recording_metadata(cfg), config_yaml=dump_config(cfg),
+    ) if record else None
+    sink = FanOut(recorder, live_server) if recorder is not None and live_server is not None else (
+        recorder or live_server)
     pipe = LivePipeline(
         stream,
         engine_factory or stream.engine,
         cfg=cfg,
-        recorder=recorder,
+        recorder=sink,
         on_decision=on_decision,
         decision_log=decision_log,  # a command-line path: relative to the working folder
     )
@@ -78,11 +96,21 @@ def run_live(
     try:
         pipe.start()
         pipe.wait_ready()
+
+        def publish(p: LivePipeline) -> dict[str, Any]:
+            snap = p.snapshot()
+            if sink is not None:  # power, budget set-point and latency on /status
+                try:
+                    sink.write_status(snap)
+                except Exception as e:  # noqa: BLE001 - counted like a failed decision write
+                    p.stats.count_drop("log", f"status_write:{type(e).__name__}")
+            return snap
+
         if view and stream.live_view:
             with LiveView() as live:
-                pipe.run(duration_s, stop=stop, on_tick=lambda p: live.update(p.snapshot()))
+                pipe.run(duration_s, stop=stop, on_tick=lambda p: live.update(publish(p)))
         else:
-            pipe.run(duration_s, stop=stop)
+            pipe.run(duration_s, stop=stop, on_tick=publish if sink is not None else None)
     except KeyboardInterrupt:
         log.warning("interrupted; shutting down")
     finally:

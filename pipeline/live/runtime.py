@@ -46,7 +46,7 @@ from exitflow.pipeline.live.failures import (
 )
 from exitflow.pipeline.live.queues import BoundedQueue, Empty, InFlightLimiter
 from exitflow.pipeline.live.ray_connect import probe_ray_address, start_ray
-from exitflow.pipeline.live.recording import DecisionLog, RecordingWriter
+from exitflow.pipeline.live.recording import DecisionLog, LiveSink
 from exitflow.pipeline.live.sources import Backoff
 from exitflow.pipeline.live.stats import LiveStats
 from exitflow.pipeline.live.sync import make_synchronizer
@@ -153,7 +153,7 @@ class LivePipeline:
         engine_factory: EngineFactory | str,
         cfg: Any = None,
         sources: dict[str, SourceConfig | SourceFactory] | None = None,
-        recorder: RecordingWriter | None = None,
+        recorder: LiveSink | None = None,
         on_decision: Callable[[Decision], None] | None = None,
         decision_log: str | Path | DecisionLog | None = None,
         keep_decisions: int = 1000,

@@ -85,7 +85,8 @@ def test_a_crashed_writer_loses_at_most_the_open_chunk(tmp_path):
         sys.path.insert(0, {str(REPO)!r})
         from exitflow.pipeline.messages import SensorMessage
         from exitflow.pipeline.live.recording import RecordingWriter
-        w = RecordingWriter({str(path)!r}, chunk_size_bytes=8192, compression="none")
+        w = RecordingWriter({str(path)!r}, chunk_size_bytes=8192, compression="none", image_format="raw",
+                            flush_interval_s=0)
         for i in range(200):
             w.write_message(SensorMessage("image", "cam", 10_000 + i, np.full((30, 30), i % 256, np.uint8), seq=i))
         os.kill(os.getpid(), 9)
@@ -93,10 +94,33 @@ def test_a_crashed_writer_loses_at_most_the_open_chunk(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
     assert proc.returncode == -9, proc.stderr.decode()
     seqs = [e.message.seq for e in read_recording(path) if e.message is not None]
-    per_chunk = 8192 // (30 * 30) + 1  # messages that fit in one open chunk
+    per_chunk = 8192 // (30 * 30) + 1  # messages that fit in one open chunk (a RawImage is 900 bytes + ~40)
     assert seqs == list(range(len(seqs)))  # an exact prefix, nothing corrupted
     assert 200 - per_chunk - 1 <= len(seqs) <= 200
     assert not path.read_bytes().endswith(b"\x89MCAP0\r\n")  # really no footer: the file was cut
+
+
+def test_a_crashed_writer_loses_at_most_the_flush_interval(tmp_path):
+    """A 1 MiB chunk never fills here: only the time-bound flush puts the first frames on disk."""
+    path = tmp_path / "crash.mcap"
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        import numpy as np
+        sys.path.insert(0, {str(REPO)!r})
+        from exitflow.pipeline.messages import SensorMessage
+        from exitflow.pipeline.live.recording import RecordingWriter
+        w = RecordingWriter({str(path)!r}, flush_interval_s=0.2)
+        for i in range(50):
+            w.write_message(SensorMessage("text", "txt", 10_000 + i, f"line {{i}}", seq=i))
+        time.sleep(1.0)
+        for i in range(50, 55):
+            w.write_message(SensorMessage("text", "txt", 10_000 + i, f"line {{i}}", seq=i))
+        os.kill(os.getpid(), 9)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr.decode()
+    seqs = [e.message.seq for e in read_recording(path) if e.message is not None]
+    assert seqs[:50] == list(range(50)) and len(seqs) <= 55
 
 
 class ReplayedPowerTrace:

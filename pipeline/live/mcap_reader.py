@@ -1,0 +1,553 @@
+"""Read an MCAP file chunk by chunk, skipping (and counting) what is damaged.
+
+:class:`McapFile` never holds more than about two chunks in memory, whatever the file's size.
+It has two ways through a file:
+
+* **index**: when the footer and the summary section are intact (their CRC checks), the chunk
+  index says where every chunk lies, which time range and which channels it holds; chunks
+  outside ``start_ns``/``end_ns`` or without a wanted topic are never read.
+* **scan**: when the summary is missing (a crash or a cut file) or damaged, the records are
+  walked from the start. After a record that does not parse, the reader looks for the next
+  byte offset where a well-formed chunk header starts (opcode, lengths, compression name all
+  consistent) and goes on from there.
+
+Either way a chunk whose compressed data does not decompress, whose CRC does not match or which
+the file ends inside is skipped: :class:`ReadReport` counts it with the time range it covered and
+the messages it held (from its message index when that survived), and every other chunk is read.
+Nothing raises for damage inside the file; only a file that cannot be opened, or that holds no
+MCAP at all, raises :class:`~exitflow.pipeline.errors.DataError`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import lz4.frame
+import zstandard
+from mcap.data_stream import ReadDataStream
+from mcap.records import Channel, ChunkIndex, Metadata, MetadataIndex, Schema, Statistics
+
+from exitflow.pipeline.errors import DataError
+
+MAGIC = b"\x89MCAP0\r\n"
+_OP_HEADER, _OP_FOOTER, _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
+_OP_MESSAGE_INDEX, _OP_CHUNK_INDEX, _OP_ATTACHMENT, _OP_METADATA, _OP_METADATA_INDEX = 0x07, 0x08, 0x09, 0x0C, 0x0D
+_OP_STATISTICS, _OP_DATA_END = 0x0B, 0x0F
+_RECORD_HEAD = struct.Struct("<BQ")
+_CHUNK_HEAD = struct.Struct("<QQQII")  # start, end, uncompressed size, crc, compression name length
+_FOOTER_LEN = 1 + 8 + 20
+_MAX_CHUNK_BYTES = 1 << 31
+_SCAN_BLOCK = 1 << 20
+_COMPRESSIONS = ("", "zstd", "lz4")
+
+
+@dataclass
+class DamagedChunk:
+    """One chunk that could not be read.
+
+    Attributes:
+        offset: Byte offset of the chunk record.
+        reason: Why (``"crc_mismatch"``, ``"decompress:ZstdError"``, ``"truncated"``, ...).
+        start_ns: First ``log_time`` it held (epoch ns), None when its header was lost too.
+        end_ns: Last ``log_time`` it held.
+        messages_lost: Messages it held (from its message index), None when unknown.
+    """
+
+    offset: int
+    reason: str
+    start_ns: int | None = None
+    end_ns: int | None = None
+    messages_lost: int | None = None
+
+
+@dataclass
+class ReadReport:
+    """What one pass over a file read and what it had to skip.
+
+    Attributes:
+        mode: ``"index"`` (summary intact) or ``"scan"`` (summary missing or damaged).
+        chunks_read: Chunks decoded whole.
+        chunks_damaged: The chunks skipped, in file order.
+        messages_read: Messages handed out (after the topic and time filters).
+        records_skipped: Records inside good chunks that did not parse, by reason.
+        bytes_skipped: Bytes the scan jumped over to find the next chunk.
+        truncated: The file ends inside a record (a crash, a cut copy).
+    """
+
+    mode: str = "index"
+    chunks_read: int = 0
+    chunks_damaged: list[DamagedChunk] = field(default_factory=list)
+    messages_read: int = 0
+    records_skipped: dict[str, int] = field(default_factory=dict)
+    bytes_skipped: int = 0
+    truncated: bool = False
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.chunks_damaged or self.records_skipped or self.truncated or self.bytes_skipped)
+
+    @property
+    def messages_lost(self) -> int | None:
+        """Messages known to be lost (None when a damaged chunk's count is unknown)."""
+        counts = [c.messages_lost for c in self.chunks_damaged]
+        if any(n is None for n in counts):
+            return None
+        return sum(n for n in counts if n is not None) + sum(self.records_skipped.values())
+
+    def lost_time_ranges_ns(self) -> list[tuple[int | None, int | None]]:
+        return [(c.start_ns, c.end_ns) for c in self.chunks_damaged]
+
+    def skip(self, reason: str) -> None:
+        self.records_skipped[reason] = self.records_skipped.get(reason, 0) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "damaged": self.damaged, "messages_lost": self.messages_lost}
+
+
+@dataclass
+class RawMessage:
+    """One message as stored: its channel's topic and schema, times (epoch ns) and bytes."""
+
+    topic: str
+    schema_name: str
+    message_encoding: str
+    log_time_ns: int
+    publish_time_ns: int
+    sequence: int
+    data: bytes
+
+
+@dataclass
+class _Chunk:
+    offset: int
+    start_ns: int
+    end_ns: int
+    compression: str
+    uncompressed_size: int
+    crc: int
+    data: bytes
+
+
+@dataclass
+class _Summary:
+    schemas: dict[int, Schema]
+    channels: dict[int, Channel]
+    chunk_indexes: list[ChunkIndex]
+    metadata_indexes: list[MetadataIndex]
+    statistics: Statistics | None
+
+
+def _parse(opcode: int, body: bytes) -> Any:
+    stream = ReadDataStream(io.BytesIO(body))
+    kinds: dict[int, Any] = {_OP_SCHEMA: Schema, _OP_CHANNEL: Channel, _OP_CHUNK_INDEX: ChunkIndex,
+                             _OP_METADATA: Metadata, _OP_METADATA_INDEX: MetadataIndex,
+                             _OP_STATISTICS: Statistics}
+    return kinds[opcode].read(stream) if opcode in kinds else None
+
+
+def _iter_records(buf: bytes) -> Iterator[tuple[int, bytes]]:
+    """(opcode, body) of the records packed in ``buf``; raises ValueError on a cut record."""
+    pos = 0
+    while pos < len(buf):
+        if pos + 9 > len(buf):
+            raise ValueError("a record header is cut")
+        opcode, length = _RECORD_HEAD.unpack_from(buf, pos)
+        if pos + 9 + length > len(buf):
+            raise ValueError(f"record 0x{opcode:02x} of {length} bytes runs past its container")
+        yield opcode, buf[pos + 9 : pos + 9 + length]
+        pos += 9 + length
+
+
+def _chunk_from_record(offset: int, body: bytes) -> _Chunk:
+    """Parse a chunk record's body; ValueError when its fields disagree with its length."""
+    if len(body) < _CHUNK_HEAD.size:
+        raise ValueError("chunk header is cut")
+    start, end, usize, crc, clen = _CHUNK_HEAD.unpack_from(body, 0)
+    pos = _CHUNK_HEAD.size
+    if clen > 4 or len(body) < pos + clen + 8:
+        raise ValueError("chunk compression name is damaged")
+    compression = body[pos : pos + clen].decode("ascii", errors="replace")
+    (dlen,) = struct.unpack_from("<Q", body, pos + clen)
+    if compression not in _COMPRESSIONS or dlen != len(body) - (pos + clen + 8) or usize > _MAX_CHUNK_BYTES:
+        raise ValueError("chunk header fields disagree")
+    return _Chunk(offset, start, end, compression, usize, crc, body[pos + clen + 8 :])
+
+
+class McapFile:
+    """A damage-tolerant, streaming view of one MCAP file (see the module doc).
+
+    Args:
+        path: The ``.mcap`` file.
+
+    Raises:
+        DataError: when the file cannot be opened or does not start like MCAP and has no chunk.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self._file: BinaryIO = self.path.open("rb")
+        except OSError as e:
+            raise DataError(f"cannot read recording {path}: {e}") from e
+        self.size = self.path.stat().st_size
+        head = self._file.read(len(MAGIC))
+        self._summary = self._read_summary()
+        if head != MAGIC and self._summary is None and self._find_chunk(0) is None:
+            self._file.close()
+            raise DataError(f"{path} is not an MCAP recording (no MCAP magic and no chunk found)")
+        self.report = ReadReport(mode="index" if self._summary is not None else "scan")
+        self._last_damaged: DamagedChunk | None = None
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> McapFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- summary ---------------------------------------------------------------------------
+    def _read_summary(self) -> _Summary | None:
+        """The summary section when the footer points at one whose CRC matches, else None."""
+        if self.size < 2 * len(MAGIC) + _FOOTER_LEN:
+            return None
+        footer_pos = self.size - len(MAGIC) - _FOOTER_LEN
+        self._file.seek(footer_pos)
+        footer = self._file.read(_FOOTER_LEN)
+        opcode, length = _RECORD_HEAD.unpack_from(footer, 0)
+        summary_start, _offsets_start, crc = struct.unpack_from("<QQI", footer, 9)
+        if opcode != _OP_FOOTER or length != 20 or not len(MAGIC) <= summary_start < footer_pos:
+            return None
+        if footer_pos - summary_start > 1 << 30:
+            return None
+        self._file.seek(summary_start)
+        covered = self._file.read(footer_pos + 25 - summary_start)
+        if crc == 0 or zlib.crc32(covered) != crc:
+            return None
+        out = _Summary({}, {}, [], [], None)
+        try:
+            for op, body in _iter_records(covered[: footer_pos - summary_start]):
+                record = _parse(op, body)
+                if isinstance(record, Schema):
+                    out.schemas[record.id] = record
+                elif isinstance(record, Channel):
+                    out.channels[record.id] = record
+                elif isinstance(record, ChunkIndex):
+                    out.chunk_indexes.append(record)
+                elif isinstance(record, MetadataIndex):
+                    out.metadata_indexes.append(record)
+                elif isinstance(record, Statistics):
+                    out.statistics = record
+        except (ValueError, struct.error, UnicodeDecodeError, EOFError) as e:  # CRC matched: not damage
+            raise DataError(f"{self.path}: the summary section does not parse ({e})") from e
+        out.chunk_indexes.sort(key=lambda c: c.chunk_start_offset)
+        return out
+
+    @property
+    def indexed(self) -> bool:
+        return self._summary is not None
+
+    def message_count(self) -> int | None:
+        """Messages in the file according to its statistics record (None without a summary)."""
+        stats = self._summary.statistics if self._summary else None
+        return None if stats is None else int(stats.message_count)
+
+    def metadata(self) -> dict[str, dict[str, str]]:
+        """Metadata records by name (through the index, or the records before the first chunk)."""
+        out: dict[str, dict[str, str]] = {}
+        if self._summary is not None:
+            for index in self._summary.metadata_indexes:
+                record = self._record_at(index.offset, index.length)
+                if isinstance(record, Metadata):
+                    out[record.name] = dict(record.metadata)
+            return out
+        pos = len(MAGIC)
+        while pos + 9 <= self.size:
+            self._file.seek(pos)
+            opcode, length = _RECORD_HEAD.unpack(self._file.read(9))
+            if opcode not in (_OP_HEADER, _OP_METADATA, _OP_ATTACHMENT, _OP_SCHEMA, _OP_CHANNEL) or \
+                    pos + 9 + length > self.size:
+                break
+            if opcode == _OP_METADATA:
+                record = self._record_at(pos, 9 + length)
+                if isinstance(record, Metadata):
+                    out[record.name] = dict(record.metadata)
+            pos += 9 + length
+        return out
+
+    def _record_at(self, offset: int, length: int) -> Any:
+        if offset + length > self.size or length < 9:
+            return None
+        self._file.seek(offset)
+        raw = self._file.read(length)
+        try:
+            opcode, body_len = _RECORD_HEAD.unpack_from(raw, 0)
+            return _parse(opcode, raw[9 : 9 + body_len]) if 9 + body_len <= len(raw) else None
+        except (ValueError, struct.error, UnicodeDecodeError, EOFError):
+            return None
+
+    # -- chunks ----------------------------------------------------------------------------
+    def _index_count(self, index: ChunkIndex) -> int | None:
+        """Messages in a chunk according to its message index records (None if those are damaged)."""
+        total = 0
+        for offset in index.message_index_offsets.values():
+            if offset + 15 > self.size:
+                return None
+            self._file.seek(offset)
+            opcode, length, _channel, array_len = struct.unpack("<BQHI", self._file.read(15))
+            if opcode != _OP_MESSAGE_INDEX or array_len % 16 or array_len + 6 != length:
+                return None
+            total += array_len // 16
+        return total
+
+    def _chunks_indexed(
+        self, start_ns: int | None, end_ns: int | None, channel_ids: set[int] | None
+    ) -> Iterator[_Chunk | DamagedChunk]:
+        summary = self._summary
+        if summary is None:
+            return
+        for index in summary.chunk_indexes:
+            if (start_ns is not None and index.message_end_time < start_ns) or (
+                    end_ns is not None and index.message_start_time > end_ns):
+                continue
+            if channel_ids is not None and index.message_index_offsets and \
+                    not channel_ids & set(index.message_index_offsets):
+                continue
+            offset, length = index.chunk_start_offset, index.chunk_length
+            reason = None
+            if offset + length > self.size or length < 9:
+                reason = "truncated"
+            else:
+                self._file.seek(offset)
+                raw = self._file.read(length)
+                opcode, body_len = _RECORD_HEAD.unpack_from(raw, 0)
+                if opcode != _OP_CHUNK or body_len != length - 9:
+                    reason = "bad_record_header"
+                else:
+                    try:
+                        yield _chunk_from_record(offset, raw[9:])
+                        continue
+                    except (ValueError, struct.error) as e:
+                        reason = f"bad_chunk_header:{e}"
+            yield DamagedChunk(offset, reason, index.message_start_time, index.message_end_time,
+                               self._index_count(index))
+
+    def _plausible_chunk_at(self, pos: int, any_opcode: bool = False) -> int | None:
+        """The record length if a well-formed chunk header starts at ``pos``, else None.
+
+        ``any_opcode`` accepts any first byte (a chunk whose opcode byte was damaged).
+        """
+        self._file.seek(pos)
+        head = self._file.read(9 + _CHUNK_HEAD.size + 4 + 8)
+        if len(head) < 9 + _CHUNK_HEAD.size or (head[0] != _OP_CHUNK and not any_opcode):
+            return None
+        (length,) = struct.unpack_from("<Q", head, 1)
+        if pos + 9 + length > self.size or length > _MAX_CHUNK_BYTES:
+            return None
+        start, end, usize, _crc, clen = _CHUNK_HEAD.unpack_from(head, 9)
+        if clen > 4 or start > end or usize > _MAX_CHUNK_BYTES or len(head) < 9 + _CHUNK_HEAD.size + clen + 8:
+            return None
+        p = 9 + _CHUNK_HEAD.size
+        name = head[p : p + clen]
+        (dlen,) = struct.unpack_from("<Q", head, p + clen)
+        if name not in (b"", b"zstd", b"lz4") or dlen != length - (_CHUNK_HEAD.size + clen + 8):
+            return None
+        return int(length)
+
+    def _find_chunk(self, pos: int) -> int | None:
+        """The next offset at or after ``pos`` where a plausible chunk record starts."""
+        while pos < self.size:
+            self._file.seek(pos)
+            block = self._file.read(_SCAN_BLOCK)
+            hit = block.find(bytes([_OP_CHUNK]))
+            while hit != -1:
+                if self._plausible_chunk_at(pos + hit) is not None:
+                    return pos + hit
+                hit = block.find(bytes([_OP_CHUNK]), hit + 1)
+            pos += len(block)
+        return None
+
+    def _chunks_scanned(self, start_ns: int | None, end_ns: int | None) -> Iterator[_Chunk | DamagedChunk]:
+        """Walk the data section record by record, resynchronising on the next chunk after damage.
+
+        Only chunk records are checked field by field, so after damage the search for the next
+        chunk starts where the last good chunk ended (a damaged length in a record after it may
+        have sent the walk past an intact chunk). The message index records that follow a chunk
+        count its messages when the consumer marked it damaged (``self._last_damaged``).
+        """
+        known = (_OP_HEADER, _OP_SCHEMA, _OP_CHANNEL, _OP_CHUNK, _OP_MESSAGE_INDEX, _OP_ATTACHMENT, _OP_METADATA)
+        pos = last_chunk_end = len(MAGIC)
+        last_resync = -1
+        self._last_damaged = None
+        while pos + 9 <= self.size:
+            self._file.seek(pos)
+            opcode, length = _RECORD_HEAD.unpack(self._file.read(9))
+            end = pos + 9 + length
+            if opcode == _OP_DATA_END and length == 4:
+                return
+            problem: str | None = None
+            if opcode not in known:
+                problem = f"unknown_record:0x{opcode:02x}"
+            elif end > self.size:
+                problem = "truncated"
+            elif opcode == _OP_CHUNK:
+                try:
+                    chunk = _chunk_from_record(pos, self._file.read(length))
+                except (ValueError, struct.error) as e:
+                    problem = f"bad_chunk_header:{e}"
+                else:
+                    self._last_damaged = None
+                    last_chunk_end = end
+                    if (start_ns is None or chunk.end_ns >= start_ns) and (end_ns is None or chunk.start_ns <= end_ns):
+                        yield chunk
+            elif opcode == _OP_MESSAGE_INDEX:
+                body = self._file.read(min(length, 6))
+                if len(body) == 6 and self._last_damaged is not None:
+                    (array_len,) = struct.unpack_from("<I", body, 2)
+                    if array_len % 16 == 0 and array_len + 6 == length:
+                        lost = self._last_damaged.messages_lost or 0
+                        self._last_damaged.messages_lost = lost + array_len // 16
+            if problem is None:
+                pos = end
+                continue
+            nxt = self._find_chunk(last_chunk_end) if last_chunk_end > last_resync else None
+            if nxt is None or nxt <= last_resync:
+                nxt = self._find_chunk(pos + 1)
+            chunk_like = opcode == _OP_CHUNK or self._plausible_chunk_at(pos, any_opcode=True) is not None
+            if nxt is None and problem == "truncated":
+                self.report.truncated = True
+            if chunk_like and (nxt is None or nxt > pos):
+                damaged = DamagedChunk(pos, problem)
+                self._file.seek(pos + 9)
+                head = self._file.read(_CHUNK_HEAD.size)
+                if len(head) == _CHUNK_HEAD.size:
+                    damaged.start_ns, damaged.end_ns = _CHUNK_HEAD.unpack(head)[:2]
+                self._last_damaged = damaged
+                yield damaged
+            if nxt is None:
+                self.report.bytes_skipped += self.size - pos
+                return
+            if nxt > pos:
+                self.report.bytes_skipped += nxt - pos
+            last_resync = pos = nxt
+
+    # -- messages --------------------------------------------------------------------------
+    def _decode_chunk(
+        self, chunk: _Chunk, schemas: dict[int, Schema], channels: dict[int, Channel],
+        channel_ids: set[int] | None, topics: set[str] | None, start_ns: int | None, end_ns: int | None,
+    ) -> list[tuple[int, int, RawMessage]]:
+        """Messages of one chunk as ``(log_time_ns, index, message)``; raises on a bad chunk."""
+        if chunk.compression == "zstd":
+            data = zstandard.ZstdDecompressor().decompress(chunk.data, max_output_size=chunk.uncompressed_size)
+        elif chunk.compression == "lz4":
+            data = lz4.frame.decompress(chunk.data)
+        else:
+            data = chunk.data
+        if len(data) != chunk.uncompressed_size or (chunk.crc and zlib.crc32(data) != chunk.crc):
+            raise ValueError("crc_mismatch")
+        out = []
+        for op, body in _iter_records(data):
+            if op in (_OP_SCHEMA, _OP_CHANNEL):
+                try:
+                    record = _parse(op, body)
+                except (ValueError, struct.error, UnicodeDecodeError, EOFError):
+                    self.report.skip("bad_channel_record")
+                    continue
+                if isinstance(record, Schema):
+                    schemas.setdefault(record.id, record)
+                else:
+                    channels.setdefault(record.id, record)
+                continue
+            if op != _OP_MESSAGE or len(body) < 22:
+                continue
+            channel_id, sequence, log_time, publish_time = struct.unpack_from("<HIQQ", body, 0)
+            if (start_ns is not None and log_time < start_ns) or (end_ns is not None and log_time > end_ns):
+                continue
+            channel = channels.get(channel_id)
+            if channel is None:
+                self.report.skip("unknown_channel")
+                continue
+            if (channel_ids is not None and channel_id not in channel_ids) or \
+                    (topics is not None and channel.topic not in topics):
+                continue
+            schema = schemas.get(channel.schema_id)
+            out.append((log_time, len(out), RawMessage(
+                channel.topic, schema.name if schema else "", channel.message_encoding, log_time,
+                publish_time, sequence, body[22:])))
+        return out
+
+    def iter_messages(
+        self, topics: list[str] | None = None, start_ns: int | None = None, end_ns: int | None = None
+    ) -> Iterator[RawMessage]:
+        """Messages in ``log_time`` order (ties in file order), reading one chunk at a time.
+
+        Args:
+            topics: Only these topics (None: all).
+            start_ns: Only messages with ``log_time >= start_ns`` (epoch ns).
+            end_ns: Only messages with ``log_time <= end_ns``.
+        """
+        wanted = set(topics) if topics is not None else None
+        schemas = dict(self._summary.schemas) if self._summary else {}
+        channels = dict(self._summary.channels) if self._summary else {}
+        channel_ids = None
+        if self._summary is not None and wanted is not None:
+            channel_ids = {cid for cid, ch in channels.items() if ch.topic in wanted}
+        chunks = (self._chunks_indexed(start_ns, end_ns, channel_ids) if self._summary is not None
+                  else self._chunks_scanned(start_ns, end_ns))
+        pending: list[tuple[int, int, int, RawMessage]] = []
+        for ordinal, item in enumerate(chunks):
+            if isinstance(item, DamagedChunk):
+                self.report.chunks_damaged.append(item)
+                continue
+            try:
+                decoded = self._decode_chunk(item, schemas, channels, channel_ids, wanted, start_ns, end_ns)
+            except Exception as e:  # noqa: BLE001 - any failure of one chunk's codec is that chunk's damage
+                reason = str(e) if str(e) == "crc_mismatch" else f"decompress:{type(e).__name__}"
+                lost = None
+                if self._summary is not None:
+                    index = next((c for c in self._summary.chunk_indexes if c.chunk_start_offset == item.offset), None)
+                    lost = self._index_count(index) if index is not None else None
+                damaged = DamagedChunk(item.offset, reason, item.start_ns, item.end_ns, lost)
+                self.report.chunks_damaged.append(damaged)
+                self._last_damaged = damaged  # the scan counts its message index records
+                continue
+            self.report.chunks_read += 1
+            first = min((t for t, _, _ in decoded), default=None)
+            while pending and first is not None and pending[0][0] < first:
+                self.report.messages_read += 1
+                yield heapq.heappop(pending)[3]
+            for log_time, i, message in decoded:
+                heapq.heappush(pending, (log_time, ordinal, i, message))
+        while pending:
+            self.report.messages_read += 1
+            yield heapq.heappop(pending)[3]
+
+    def start_time_ns(self) -> int | None:
+        """``log_time`` of the first message: from the statistics, else the first plausible chunk."""
+        if self._summary is not None:
+            stats = self._summary.statistics
+            if stats is not None and stats.message_count:
+                return int(stats.message_start_time)
+            starts = [c.message_start_time for c in self._summary.chunk_indexes]
+            return min(starts) if starts else None
+        pos = self._find_chunk(len(MAGIC))
+        if pos is None:
+            return None
+        self._file.seek(pos + 9)
+        return int(_CHUNK_HEAD.unpack(self._file.read(_CHUNK_HEAD.size))[0])
+
+    def channels(self) -> list[tuple[str, str, str]] | None:
+        """``(topic, schema name, message encoding)`` of every channel from the summary; None without one."""
+        if self._summary is None:
+            return None
+        schemas = self._summary.schemas
+        return [(ch.topic, schemas[ch.schema_id].name if ch.schema_id in schemas else "", ch.message_encoding)
+                for ch in self._summary.channels.values()]
