@@ -58,7 +58,7 @@ class CNNEncoderConfig:
     stem_stride: int = 4
     block_channels: tuple[int, ...] = (32, 64, 128)
     block_strides: tuple[int, ...] = (2, 2, 1)
-    head_pool: int = 2
+    head_pool: int = 4
     num_classes: int = 10
     dropout: float = 0.0
 
@@ -191,7 +191,10 @@ class CNNEarlyExitEncoder(EarlyExitEncoder):
         if self.done(state):
             raise ValueError(f"all {self.num_exits} exits already ran; call start() for a new input")
         index = state.next_exit
-        state.hidden = self.blocks[index](state.hidden)  # (B, C_i, H_i, W_i)
+        if index < state.layer:
+            raise ValueError(f"exit {index} is behind the blocks already run ({state.layer}); call start() again")
+        for block in self.blocks[state.layer : index + 1]:  # blocks of exits left out run, their heads do not
+            state.hidden = block(state.hidden)  # (B, C_i, H_i, W_i)
         state.layer, state.next_exit = index + 1, index + 1
         logits, embedding = self.heads[index](state.hidden)
         logits = logits / self.temperatures[index]  # calibrated scores (argmax unchanged)

@@ -17,6 +17,7 @@ DATASET_MODALITIES = {
     "avmnist-noisy": ("image", "audio"),
 }
 DATASETS = tuple(DATASET_MODALITIES)
+CNN_DATASETS = ("avmnist", "avmnist-noisy")  # the CNN family covers the image + audio data sets
 SPLITS = ("train", "val", "test", "test_id")  # test: an unseen speaker; test_id: seen speakers, other takes
 
 
@@ -31,8 +32,18 @@ def fusion_folder(cfg: Config, dataset: str) -> Path:
     return checkpoint_dir(f"fusion_late_{dataset}", cfg.train.checkpoint_dir)
 
 
+def cnn_folder(cfg: Config, dataset: str) -> Path:
+    """The CNN family of ``dataset``: ``image/``, ``audio/`` (encoders with exits) and ``fusion/`` (exit grid)."""
+    return checkpoint_dir(f"cnn_{dataset}", cfg.train.checkpoint_dir)
+
+
 def joint_folder(cfg: Config, dataset: str) -> Path:
     return checkpoint_dir(f"joint_{dataset}", cfg.train.checkpoint_dir)
+
+
+def use_cnn(cfg: Config, dataset: str) -> bool:
+    """Whether ``dataset`` runs on the CNN family: ``encoder.family: cnn`` and an image + audio data set."""
+    return cfg.encoder.family == "cnn" and dataset in CNN_DATASETS
 
 
 def use_joint(cfg: Config, dataset: str) -> bool:
@@ -45,6 +56,8 @@ def use_joint(cfg: Config, dataset: str) -> bool:
 
 def profile_path(cfg: Config, dataset: str) -> Path:
     """The exit profile of the systems ``cfg`` loads (one per fusion exit kind: the weights differ)."""
+    if use_cnn(cfg, dataset):
+        return cnn_folder(cfg, dataset) / "profile.json"
     suffix = ""
     if cfg.fusion.exit == "transformer":  # its accuracy and MACs depend on how it runs, so the name says
         suffix = "_transformer" if cfg.fusion.trim_at_inference else "_transformer_untrimmed"
@@ -53,6 +66,10 @@ def profile_path(cfg: Config, dataset: str) -> Path:
 
 def weight_files(cfg: Config, dataset: str, with_fusion: bool = True, prefer_joint: bool = True) -> list[Path]:
     """The weight files the adaptive systems load (their fingerprint keys the exit profile)."""
+    if use_cnn(cfg, dataset):
+        base = cnn_folder(cfg, dataset)
+        return [base / m / "model.safetensors" for m in DATASET_MODALITIES[dataset]] + (
+            [base / "fusion" / "model.safetensors"] if with_fusion else [])
     if prefer_joint and use_joint(cfg, dataset):
         base = joint_folder(cfg, dataset)
         files = [base / m / "model.safetensors" for m in DATASET_MODALITIES[dataset]]

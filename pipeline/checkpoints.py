@@ -50,6 +50,7 @@ CARD = "MODEL_CARD.md"
 # {a} and {b} are the first and last "_"-separated parts of the rest of the name
 REBUILD_BY_PREFIX = {
     "baseline_": "exitflow train baseline --name {a} --dataset {b}",
+    "cnn_": "exitflow train cnn --dataset {b}",
     "fusion_late_": "exitflow train joint --dataset {b}",
     "fusion_transformer_": "exitflow --set data.dataset={b} train fusion --inputs encoders",
     "fusion": "exitflow train fusion",
@@ -75,6 +76,14 @@ def _meta_problems(meta: dict[str, Any]) -> list[str]:
             problems.append("num_classes: expected an integer in 1..65536")
         if kind == "fusion_late" and not _count(meta.get("hidden_dim")):
             problems.append("hidden_dim: expected an integer in 1..65536")
+    if kind == "fusion_grid":
+        dims = meta.get("dims")
+        if not (isinstance(dims, dict) and len(dims) >= 2 and all(
+                isinstance(v, list) and v and all(_count(d) for d in v) for v in dims.values())):
+            problems.append("dims: expected an object of modality -> list of exit widths (1..65536)")
+        for key in ("num_classes", "hidden_dim"):
+            if not _count(meta.get(key)):
+                problems.append(f"{key}: expected an integer in 1..65536")
     if kind in ("fusion", "fusion_transformer"):
         errors: list[str] = []
         build(FusionConfig, meta.get("fusion"), "fusion", errors)

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "exitflow.pipeline.commands.adaptive_cmd",
     "exitflow.pipeline.commands.devices_cmd",
     "exitflow.pipeline.commands.encoder_cmd",
+    "exitflow.pipeline.commands.cnn_cmd",
     "exitflow.pipeline.commands.fusion_cmd",
     "exitflow.pipeline.commands.live_cmd",
 )

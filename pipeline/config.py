@@ -223,6 +223,8 @@ class RayConfig:
 class EncoderConfig:
     """Early-exit encoders (``exitflow train/eval encoder``): ViT size, exit heads, text backbone."""
 
+    family: Literal["cnn", "vit"] = field(default="cnn", metadata=bounds(
+        help="image + audio encoders: cnn (exit per block, exit-grid fusion) or vit (LGViT exits)"))
     hidden_size: int = field(default=64, metadata=bounds(min=8, max=MAX_WIDTH))
     num_layers: int = field(default=6, metadata=bounds(min=1, max=MAX_DEPTH))
     num_heads: int = field(default=4, metadata=bounds(min=1, max=1024))
@@ -315,6 +317,8 @@ class SchedulerConfig:
     threshold: float | None = field(default=0.25, metadata=bounds(min=0.0, help="None = profile's"))
     thresholds: dict[str, float] = field(default_factory=dict, metadata=bounds(min=0.0))
     skip_negative: bool = True
+    calibration_drop: float = field(default=0.0025, metadata=bounds(
+        min=0.0, max=1.0, help="exitflow calibrate: largest accuracy loss vs full on val (0.0025 = 0.25 pt)"))
     threshold_coupling: float = field(default=1.0, metadata=bounds(min=0.0, max=4.0))
     accuracy: Literal["exited", "overall"] = "exited"
     min_exit_prob: float = field(

@@ -83,6 +83,8 @@ class Decision:
     skipped: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     fusion_layers: dict[str, int] = field(default_factory=dict)
+    exited_by: str | None = None  # the modality whose exit answered, or "fusion"
+    fused_checks: int = 0  # times the fusion exit ran (fused early checks plus the final fusion)
     kept_tokens: dict[str, float] = field(default_factory=dict)
     kept_heads: float | None = None
     macs: int = 0

@@ -18,7 +18,10 @@ the engine uses: every call costs microseconds between torch kernels).
 
 The walk follows the plan (modalities in phi order, their exits in depth order), exits as soon
 as an exit's score passes its threshold, and otherwise ends with the fusion exit over the
-modalities computed so far. In cheapest-exit mode (set by the budget controller when the budget
+modalities computed so far. With fused checks (the thresholds name ``fusion``, as the CNN
+family's calibration writes them), every exit that does not pass while two or more modalities
+have run is followed by a CHECK: the engine runs the fusion exit over the exits so far and shows
+its probabilities (:meth:`Policy.observe_fusion`); a fused score that passes ends the walk there. In cheapest-exit mode (set by the budget controller when the budget
 is below the cheapest exit) it runs only the cheapest first exit among the present modalities
 and exits there.
 """
@@ -38,6 +41,7 @@ from exitflow.scheduler.profile import Profile
 from exitflow.scheduler.rules import check_rule, couple_threshold, entropy_of
 from exitflow.scheduler.utility import AccuracyKind, CostUnit, Ranking, UtilityModel, check_lambda
 
+FUSION_KEY = "fusion"  # the threshold of fused checks
 PLAN_LAMBDA_STEP = 0.05  # plans are made per 5 % band of lambda (log-spaced), see Policy.set_lambda
 
 
@@ -79,6 +83,7 @@ class ActionKind(str, Enum):
     EXIT = "exit"  # predict from the exit just observed
     SKIP = "skip"  # record `modality` as skipped (missing or negative utility)
     FUSE = "fuse"  # predict with the fusion exit over `modalities`
+    CHECK = "check"  # run the fusion exit over `modalities` now and observe it (a fused early exit)
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,9 @@ class WalkState:
     last_passed: bool = False
     patience: dict[str, tuple[int, int]] | None = None  # modality -> (last class, count); patience rule only
     finished: bool = False
+    check_due: bool = False  # a fused check follows the exit just observed
+    fused_passed: bool = False  # the last fused check passed: the walk ends with its prediction
+    fused_checks: int = 0
 
 
 class Policy:
@@ -157,6 +165,8 @@ class Policy:
         self.exit_rule = settings.exit_rule or profile.exit_rule
         check_rule(self.exit_rule)
         self._base_thresholds = {**profile.thresholds, **settings.thresholds}
+        # fused checks after each exit once two modalities ran: on when a fusion threshold is set
+        self.fusion_checks = FUSION_KEY in self._base_thresholds and self.exit_rule in ("max_prob", "entropy")
         absent = [m for m in profile.modalities if m not in self._base_thresholds]
         if absent and self.exit_rule != "none":
             raise ValueError(f"no exit threshold for {absent}; set them in the profile or the settings")
@@ -268,11 +278,17 @@ class Policy:
         if last is not None and last_exit is not None and (state.last_passed or state.cheapest):
             state.finished = True
             return self._exit[last][last_exit]
+        if state.fused_passed:
+            state.finished = True
+            return Action(ActionKind.FUSE, modalities=tuple(state.computed), reason="fused check passed")
         order = state.plan.order
         while state.position < len(order):
             modality = order[state.position]
             nxt = self._next[modality][state.exits_done.get(modality, 0)]
             if nxt is not None:
+                if state.check_due:  # not at the walk's end: there the final fusion is the same head
+                    state.check_due = False
+                    return Action(ActionKind.CHECK, modalities=tuple(state.computed))
                 return self._continue[modality][nxt]
             state.position += 1
         state.finished = True
@@ -325,7 +341,33 @@ class Policy:
         else:
             state.scores[modality].append(score)
         state.last_modality, state.last_exit, state.last_passed = modality, exit_index, passed
+        state.check_due = self.fusion_checks and not passed and len(state.computed) >= 2 and not state.cheapest
         return score
+
+    def observe_fusion(self, state: WalkState, probs: np.ndarray | Sequence[float]) -> float:
+        """Record the softmax ``probs`` (C,) of a fused check; a passing score ends the walk (FUSE next).
+
+        Returns:
+            The fused check's score under the rule in force.
+        """
+        if not self.fusion_checks:
+            raise SchedulerError("observe_fusion() without fused checks (no 'fusion' threshold is set)")
+        values = probs.tolist() if isinstance(probs, np.ndarray) else probs
+        threshold = state.thresholds[FUSION_KEY]
+        if self.exit_rule == "entropy":
+            score = entropy_of(values)
+            passed = score <= threshold
+        else:
+            score = float(max(values))
+            passed = score >= threshold
+        state.fused_checks += 1
+        state.fused_passed = passed
+        return score
+
+    def advance_fusion(self, state: WalkState, probs: np.ndarray | Sequence[float]) -> Action:
+        """:meth:`observe_fusion` then :meth:`decide`."""
+        self.observe_fusion(state, probs)
+        return self.decide(state)
 
     def advance(
         self, state: WalkState, modality: str, exit_index: int, probs: np.ndarray | Sequence[float]

@@ -75,6 +75,7 @@ def _bench(args: argparse.Namespace, cfg: Config) -> int:
         default_systems,
         engine_mj,
         format_budget,
+        format_summary,
         format_table,
         json_rows,
     )
@@ -101,6 +102,7 @@ def _bench(args: argparse.Namespace, cfg: Config) -> int:
             rows.append(budget_row)
         sweep = run_sweep(parts, samples, meter, cfg.bench.lambdas, cfg.bench.thresholds) if args.sweep else []
     print(format_table(rows))
+    print(format_summary(rows))
     if budget_row is not None:
         print(format_budget(budget_row, args.budget_fraction))
     out_rows = json_rows(rows)

@@ -24,6 +24,7 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
         bench,
         bench_inputs,
         default_systems,
+        format_summary,
         format_table,
         json_rows,
     )
@@ -39,6 +40,7 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
         print(f"power meter: {meter.describe().splitlines()[0]}")
         rows = bench(parts, samples, meter, default_systems(cfg))
     print(format_table(rows))
+    print(format_summary(rows))
     out = output_path(cfg, "runs/demo-bench.json")
     write_atomic(out, json.dumps(json_rows(rows), indent=2) + "\n")
     print(f"rows: {out}")

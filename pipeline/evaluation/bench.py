@@ -87,6 +87,38 @@ def _per_sample(value: float | None, n: int) -> float | None:
     return None if value is None else value / n
 
 
+def baseline_dataset(dataset: str) -> str:
+    """The data set the LeNet baselines were trained on: ``avmnist-noisy`` has its own, ``avmnist-t``
+    uses the image + audio ones of ``avmnist``."""
+    return dataset if dataset == "avmnist-noisy" else "avmnist"
+
+
+SINGLE_PASS = ("full", "lf", "static", "image", "audio")  # systems that run the same network for every sample
+
+
+def summary(rows: Sequence[dict[str, Any]], tolerance: float = 0.005) -> dict[str, Any]:
+    """The most accurate single-pass system and the cheapest system (by MACs) within ``tolerance`` of it."""
+    single = [r for r in rows if r["system"] in SINGLE_PASS and r["accuracy"] is not None]
+    if not single:
+        return {}
+    best = max(single, key=lambda r: r["accuracy"])
+    within = [r for r in rows if r["accuracy"] is not None and r["accuracy"] >= best["accuracy"] - tolerance]
+    cheapest = min(within, key=lambda r: r["macs_per_sample"])
+    return {"best_single_pass": best["system"], "best_accuracy": best["accuracy"], "tolerance": tolerance,
+            "cheapest_within": cheapest["system"], "cheapest_accuracy": cheapest["accuracy"],
+            "macs_ratio": best["macs_per_sample"] / cheapest["macs_per_sample"],
+            "ms_ratio": best["ms_per_sample"] / cheapest["ms_per_sample"]}
+
+
+def format_summary(rows: Sequence[dict[str, Any]], tolerance: float = 0.005) -> str:
+    s = summary(rows, tolerance)
+    if not s:
+        return ""
+    return (f"best single-pass system: {s['best_single_pass']} ({s['best_accuracy']:.4f}); cheapest within "
+            f"{100 * tolerance:g} pt of it: {s['cheapest_within']} ({s['cheapest_accuracy']:.4f}) with "
+            f"{s['macs_ratio']:.2f}x fewer MACs and {s['ms_ratio']:.2f}x less time")
+
+
 def static_exits_matching(parts: AdaptiveParts, target_macs: float) -> dict[str, int]:
     """The fixed truncation (one exit per modality) whose MACs are closest to ``target_macs``."""
     options = [range(enc.num_exits) for enc in parts.encoders.values()]
@@ -110,7 +142,7 @@ def bench(
         if name == "full":
             built[name] = parts.full()
         elif name in ("lf", "image", "audio"):
-            built[name] = BaselineSystem(cfg, name, "avmnist")
+            built[name] = BaselineSystem(cfg, name, baseline_dataset(parts.dataset))
         elif name == "rexit":
             built[name] = parts.rexit(seed=cfg.data.seed)
         elif name == "exitflow":

@@ -1,8 +1,8 @@
 """Systems built on the early-exit encoders: ``full``, ``static``, ``rexit`` and ``exitflow``.
 
 - ``full``: every modality to its last layer (final head only, no internal heads) + fusion.
-- ``static``: every modality truncated at a fixed exit (only that exit's head runs); the
-  modalities' softmax outputs are averaged. The bench picks the truncation whose MACs match
+- ``static``: every modality truncated at a fixed exit (only that exit's head runs), fused by the
+  exit grid's head for those exits (CNN family) or by averaging the modalities' probabilities. The bench picks the truncation whose MACs match
   ``exitflow``'s.
 - ``rexit``: MMExit's RExit: exits by threshold in a random modality order, no UoE.
 - ``exitflow``: the UoE scheduler (phi order, modality skipping, early exits, fusion exit) with
@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from exitflow.encoders.base import EarlyExitEncoder
+from exitflow.encoders.fusion_grid import ExitGridFusion
 from exitflow.pipeline.artifacts import DATASET_MODALITIES
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.errors import ExitflowError
@@ -127,7 +128,10 @@ class AdaptiveParts:
         return TruncatedSystem("full", self.encoders, last, self.fusion, self.input_adapter)
 
     def static(self, exits: dict[str, int], name: str = "static") -> TruncatedSystem:
-        return TruncatedSystem(name, self.encoders, exits, input_adapter=self.input_adapter)
+        """A fixed truncation; fused by the exit grid's head for those exits (CNN family), else by
+        averaging the modalities' probabilities (the other fusion exits are trained on last exits only)."""
+        fusion = self.fusion if isinstance(self.fusion, ExitGridFusion) else None
+        return TruncatedSystem(name, self.encoders, exits, fusion, input_adapter=self.input_adapter)
 
     def exitflow(
         self, meter: Any = None, lam: float | None = None, budget: bool = True, budget_mj: float | None = None,

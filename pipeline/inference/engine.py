@@ -208,6 +208,7 @@ class Engine:
     def _fuse(self, outputs: dict[str, ExitOutput], present: list[str], decision: Decision) -> torch.Tensor:
         if hasattr(self.fusion, "fuse_exits"):
             out = self.fusion.fuse_exits({m: outputs[m] for m in present})
+            decision.fused_checks += 1
             decision.fusion_layers = {m: int(v[0]) for m, v in getattr(out, "exit_layers", {}).items()}
             if getattr(out, "kept_token_ratio", None) is not None:
                 decision.kept_tokens = {"fusion": float(out.kept_token_ratio[0])}
@@ -249,6 +250,7 @@ class Engine:
         outputs: dict[str, ExitOutput] = {}
         energy: list[Any] = []
         evaluated: dict[str, list[int]] = {}
+        checked: list[tuple[tuple[tuple[str, int], ...], torch.Tensor]] = []  # fused checks: (exits, logits)
         t0 = time.perf_counter()
         action = self.policy.decide(state)
         policy_s += time.perf_counter() - t0
@@ -284,12 +286,26 @@ class Engine:
             elif action.kind is ActionKind.EXIT:
                 m, _ = action.target()
                 decision.prediction = int(outputs[m].logits[0].argmax())
+                decision.exited_by = m
                 break
-            else:
+            elif action.kind is ActionKind.CHECK:  # a fused early exit over the exits so far
                 fused = list(action.modalities)
                 fuse = functools.partial(self._fuse, outputs, fused, decision)
-                logits = self._measure("fusion", fuse, decision, energy)
+                logits = self._measure(f"fusion/{len(checked)}", fuse, decision, energy)
+                checked.append((tuple((m, outputs[m].exit_index) for m in fused), logits))
+                t0 = time.perf_counter()
+                action = self.policy.advance_fusion(state, torch.softmax(logits[0].float(), dim=-1).tolist())
+                policy_s += time.perf_counter() - t0
+            else:
+                fused = list(action.modalities)
+                key = tuple((m, outputs[m].exit_index) for m in fused)
+                if checked and checked[-1][0] == key:  # the check just run is this fusion: no second pass
+                    logits = checked[-1][1]
+                else:
+                    fuse = functools.partial(self._fuse, outputs, fused, decision)
+                    logits = self._measure("fusion", fuse, decision, energy)
                 decision.prediction = int(logits[0].argmax())
+                decision.exited_by = "fusion"
                 break
         decision.exits = {m: o.exit_index for m, o in outputs.items()}
         decision.exit_layers = {m: o.layer for m, o in outputs.items()}

@@ -13,16 +13,19 @@ from exitflow.encoders.base import EarlyExitEncoder
 from exitflow.encoders.baseline import BaselineConfig, LateFusion
 from exitflow.encoders.checkpoint import load_encoder
 from exitflow.encoders.fusion import FusionTransformer, FusionTransformerConfig
+from exitflow.encoders.fusion_grid import ExitGridFusion
 from exitflow.encoders.late_fusion import MaskedLateFusion
 from exitflow.pipeline.artifacts import (
     DATASET_MODALITIES,
     NUM_CLASSES,
     baseline_folder,
+    cnn_folder,
     encoder_folder,
     fusion_folder,
     joint_folder,
     profile_path,
     transformer_folder,
+    use_cnn,
     use_joint,
     weight_files,
 )
@@ -39,14 +42,17 @@ from exitflow.scheduler.profile import (
 def load_encoders(cfg: Config, dataset: str, prefer_joint: bool = True) -> dict[str, EarlyExitEncoder]:
     """The trained encoder of each modality of ``dataset`` (eval mode); the joint set if in use."""
     joint = prefer_joint and use_joint(cfg, dataset)
+    cnn = use_cnn(cfg, dataset)
     encoders = {}
     for m in DATASET_MODALITIES[dataset]:
-        folder = joint_folder(cfg, dataset) / m if joint else encoder_folder(cfg, m)
+        if cnn:
+            folder = cnn_folder(cfg, dataset) / m
+        else:
+            folder = joint_folder(cfg, dataset) / m if joint else encoder_folder(cfg, m)
         if not (folder / "config.json").is_file():
-            raise CheckpointError(
-                f"no {m} encoder checkpoint at {folder}; train it with "
-                f"`exitflow train encoder --modality {m}`"
-            )
+            command = (f"exitflow train cnn --dataset {dataset}" if cnn
+                       else f"exitflow train encoder --modality {m}")
+            raise CheckpointError(f"no {m} encoder checkpoint at {folder}; train it with `{command}`")
         try:
             encoders[m] = load_encoder(folder).eval()
         except ValueError as e:
@@ -86,12 +92,31 @@ def load_fusion_exit(cfg: Config, dataset: str, prefer_joint: bool = True) -> Ma
 
 
 def load_fusion(cfg: Config, dataset: str) -> Any:
-    """The fusion exit ``fusion.exit`` selects: the late (concat) fusion or the transformer."""
+    """The fusion exit: the CNN family's exit grid, else what ``fusion.exit`` selects (late or transformer)."""
+    if use_cnn(cfg, dataset):
+        return load_grid_fusion(cfg, dataset)
     if cfg.fusion.exit == "transformer":
         from exitflow.pipeline.inference.loading import load_transformer_exit
 
         return load_transformer_exit(cfg, dataset)
     return load_fusion_exit(cfg, dataset)
+
+
+def load_grid_fusion(cfg: Config, dataset: str) -> ExitGridFusion:
+    """The exit-grid fusion of the CNN family of ``dataset`` (eval mode, temperatures in its weights)."""
+    folder = cnn_folder(cfg, dataset) / "fusion"
+    command = f"exitflow train cnn --dataset {dataset}"
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"no exit-grid fusion at {folder}; train it with `{command}`")
+    meta = read_meta(folder)
+    if meta.get("kind") != "fusion_grid":
+        raise CheckpointError(f"{folder} holds a {meta.get('kind')!r} checkpoint, not a 'fusion_grid' one")
+    dims = {m: list(meta["dims"][m]) for m in DATASET_MODALITIES[dataset] if m in meta["dims"]}
+    if len(dims) != len(meta["dims"]):
+        raise CheckpointError(f"{folder}: fusion modalities {sorted(meta['dims'])} do not fit data set {dataset}")
+    fusion = ExitGridFusion(dims, int(meta["num_classes"]), hidden_dim=int(meta["hidden_dim"]))
+    load_weights(folder, fusion)
+    return fusion.eval()
 
 
 def load_dataset_profile(cfg: Config, dataset: str) -> Profile:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from exitflow.encoders.base import EarlyExitEncoder
+from exitflow.encoders.fusion_grid import ExitGridFusion
 from exitflow.pipeline.artifacts import profile_path, weight_files
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
@@ -21,6 +22,7 @@ from exitflow.pipeline.inference.engine import apply_engine_settings, default_in
 from exitflow.pipeline.inference.loading import load_encoders, load_fusion
 from exitflow.pipeline.training.late_fusion import fusion_logits
 from exitflow.pipeline.training.records import ExitRecords, collect_exits, subsets
+from exitflow.scheduler.policy import FUSION_KEY
 from exitflow.scheduler.profile import (
     ExitArrays,
     Profile,
@@ -43,7 +45,7 @@ def fusion_entries(
 ) -> dict[tuple[str, ...], tuple[np.ndarray, float, float]]:
     """Per modality subset: (correct per sample, MACs per sample, mJ per sample) of the fusion exit."""
     labels = split.labels
-    if hasattr(fusion, "fuse_exits"):
+    if hasattr(fusion, "fuse_exits") and not isinstance(fusion, ExitGridFusion):
         from exitflow.pipeline.training.records import collect_tokens, run_records
 
         with_embedding = fusion.config.exit_embedding_token
@@ -98,8 +100,12 @@ def _step_energy(
     return per_step, fusion_mj, "+".join(sorted(sources)), estimated
 
 
-def make_profile(cfg: Config, dataset: str, meter, energy_samples: int = 100, progress: bool = True) -> Profile:
-    """Profile every exit on the val split at the configured thresholds; saved beside the checkpoints."""
+def make_profile(
+    cfg: Config, dataset: str, meter, energy_samples: int = 100, progress: bool = True,
+    thresholds: dict[str, float] | None = None,
+) -> Profile:
+    """Profile every exit on the val split at the configured thresholds (or ``thresholds``, e.g. the
+    calibrated ones, ``fusion`` included); saved beside the checkpoints."""
     s = cfg.scheduler
     encoders = load_encoders(cfg, dataset)
     fusion = load_fusion(cfg, dataset)
@@ -128,13 +134,17 @@ def make_profile(cfg: Config, dataset: str, meter, energy_samples: int = 100, pr
             layers=tuple(encoders[m].exit_layers),
         )
     fusion_rows = fusion_entries(cfg, fusion, encoders, val, records, fusion_mj, progress)
-    thresholds = {m: s.thresholds.get(m, s.threshold if s.threshold is not None else DEFAULT_THRESHOLD[s.exit_rule])
+    chosen = dict(thresholds or {})
+    thresholds = {m: chosen.get(m, s.thresholds.get(m, s.threshold if s.threshold is not None
+                                                 else DEFAULT_THRESHOLD[s.exit_rule]))
                   for m in records}
     profile = build_profile(
         per_exit, thresholds, exit_rule=s.exit_rule, fusion=fusion_rows,
         fingerprint=fingerprint_checkpoints(weight_files(cfg, dataset)), energy_source=source,
         energy_estimated=estimated, device=cfg.engine.device,
     )
+    if FUSION_KEY in chosen:  # the fused checks' threshold (the CNN family's calibration)
+        profile.thresholds[FUSION_KEY] = float(chosen[FUSION_KEY])
     profile.save(profile_path(cfg, dataset))
     return profile
 

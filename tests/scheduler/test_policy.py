@@ -12,6 +12,7 @@ from exitflow.scheduler.profile import ExitProfile, FusionProfile, Profile
 
 CONFIDENT = np.array([0.97, 0.01, 0.01, 0.01])  # normalized entropy ~0.12
 UNSURE = np.full(4, 0.25)  # normalized entropy 1.0
+SURE = np.array([1.0, 0.0, 0.0, 0.0])  # normalized entropy 0
 
 
 def _ex(m: str, j: int, a: float, p: float, macs: float) -> ExitProfile:
@@ -185,3 +186,39 @@ def test_plans_are_cached_per_lambda_band():
     assert moved is not first and moved.lam == pytest.approx(1.2, rel=0.03)
     policy.set_lambda(0.99)  # back to the first band: found in the cache
     assert policy.plan(["image", "audio"]) is first
+
+
+def _fused_walk(policy: Policy, probs_for, fused_probs) -> list[tuple]:
+    state = policy.start(["image", "audio"], [])
+    steps = []
+    while True:
+        action = policy.decide(state)
+        steps.append((action.kind.value, action.modality, action.exit_index, action.modalities))
+        if action.kind is ActionKind.CONTINUE:
+            policy.observe(state, action.modality, action.exit_index, probs_for(action.modality, action.exit_index))
+        elif action.kind is ActionKind.CHECK:
+            policy.observe_fusion(state, fused_probs(state.exits_done))
+        else:
+            return steps
+
+
+def test_fused_checks_follow_each_exit_once_two_modalities_ran_and_stop_the_walk():
+    profile = _profile()
+    profile = Profile(exits={m: profile.exits[m] for m in ("image", "audio")}, fusion=profile.fusion[1:2],
+                      thresholds={"image": 0.3, "audio": 0.3, "fusion": 0.3})
+    policy = Policy(profile, PolicySettings(lam=10.0, skip_negative=False))
+    assert policy.fusion_checks
+    # nothing confident: a check after each audio exit but the last (the final fusion is that head)
+    steps = _fused_walk(policy, lambda m, j: UNSURE, lambda done: UNSURE)
+    kinds = [s[0] for s in steps]
+    assert kinds == ["continue", "continue", "continue", "check", "continue", "fuse"]
+    assert steps[3][3] == ("image", "audio")
+    # the fused check after audio exit 0 is sure: the walk ends with that fusion
+    sure_at_audio0 = lambda done: SURE if done.get("audio") == 1 else UNSURE  # noqa: E731
+    steps = _fused_walk(policy, lambda m, j: UNSURE, sure_at_audio0)
+    assert [s[0] for s in steps] == ["continue", "continue", "continue", "check", "fuse"]
+    # without a fusion threshold there are no checks (the ViT family's walk is unchanged)
+    plain = Policy(_profile(), PolicySettings(lam=10.0, skip_negative=False))
+    assert not plain.fusion_checks
+    with pytest.raises(SchedulerError, match="without fused checks"):
+        plain.observe_fusion(plain.start(["image", "audio"], []), SURE)

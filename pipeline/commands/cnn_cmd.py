@@ -1,0 +1,72 @@
+"""``exitflow train cnn`` (the CNN family) and ``exitflow calibrate`` (its operating point, on val)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from exitflow.pipeline.artifacts import CNN_DATASETS
+from exitflow.pipeline.commands import command_line, positive_int
+from exitflow.pipeline.config import Config
+
+
+def register(sub: argparse._SubParsersAction, groups: dict) -> None:
+    train = groups["train"].add_parser(
+        "cnn", help="train the CNN family: image + audio encoders with an exit per block and the exit-grid fusion")
+    train.add_argument("--dataset", choices=CNN_DATASETS, default=None)
+    train.add_argument("--epochs", type=positive_int, default=4)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--limit", type=positive_int, default=None, help="training rows (default: all)")
+    train.add_argument("--eval-limit", type=positive_int, default=None, help="rows of val/test/test_id (default: all)")
+    train.add_argument("--reweight", choices=("uniform", "mmexit"), default="uniform",
+                       help="loss weights of the exits: equal, or MMExit's double-stage re-weighting")
+    train.add_argument("--out", default=None, help="checkpoint folder (default: checkpoints/cnn_<dataset>)")
+    train.set_defaults(func=_train)
+    cal = sub.add_parser("calibrate", help="choose the CNN family's exit thresholds on the calibration split "
+                         "(val) and write its exit profile")
+    cal.add_argument("--dataset", choices=CNN_DATASETS, default=None)
+    cal.add_argument("--energy-samples", type=positive_int, default=100, help="samples timed at batch 1 per step")
+    cal.set_defaults(func=_calibrate)
+
+
+def _dataset(args: argparse.Namespace, cfg: Config) -> str:
+    from exitflow.pipeline.errors import ExitflowError
+
+    dataset = args.dataset or cfg.data.dataset
+    if dataset not in CNN_DATASETS:
+        raise ExitflowError(f"the CNN family covers {', '.join(CNN_DATASETS)}; pass --dataset")
+    return dataset
+
+
+def _train(args: argparse.Namespace, cfg: Config) -> int:
+    from exitflow.pipeline.training.cnn_family import CNNTrainSettings, train_cnn_family
+
+    dataset = _dataset(args, cfg)
+    settings = CNNTrainSettings(
+        epochs=args.epochs, seed=args.seed, limit=args.limit, eval_limit=args.eval_limit, reweight=args.reweight,
+        batch_size=cfg.train.batch_size, num_threads=cfg.train.num_threads,
+    )
+    report = train_cnn_family(cfg, dataset, settings, out=Path(args.out) if args.out else None,
+                              command=command_line())
+    for split, acc in report["accuracy"].items():
+        shown = "  ".join(f"{k} {v:.3f}" for k, v in acc.items() if "alone" not in k)
+        print(f"{split}: {shown}")
+    print(f"trained in {report['train_s']} s; next: exitflow calibrate --dataset {dataset}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace, cfg: Config) -> int:
+    from exitflow.pipeline.artifacts import profile_path
+    from exitflow.pipeline.meters import metered
+    from exitflow.pipeline.training.calibrate import calibrate_family
+
+    dataset = _dataset(args, cfg)
+    with metered(cfg) as meter:
+        report = calibrate_family(cfg, dataset, meter, args.energy_samples, progress=False)
+    print(f"order {' -> '.join(report['order'])}, thresholds ({report['rule']}) {report['thresholds']}")
+    print(f"val ({report['val_samples']} samples): accuracy {report['val_accuracy']:.4f} "
+          f"(full {report['val_full_accuracy']:.4f}, allowed drop {report['max_drop']}) at "
+          f"{report['val_macs']:,.0f} MACs/sample (full {report['full_macs']:,.0f})")
+    print("answered at: " + ", ".join(f"{k} {v:.3f}" for k, v in report["shares"].items() if v))
+    print(f"saved {profile_path(cfg, dataset)}")
+    return 0

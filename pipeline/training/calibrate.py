@@ -1,0 +1,208 @@
+"""The operating point of the CNN family, chosen on calibration data only (``exitflow calibrate``).
+
+The engine's walk for an image + audio sample, in the policy's modality order ``first, second``:
+``first``'s exits in depth order (exit when its own score passes), then ``second``'s exits, each
+followed by a fused check over ``first``'s last exit and ``second``'s exit so far (exit when the
+fused score passes); ``second``'s last exit ends with the fusion over both last exits. This
+module replays that walk on the calibration split's per-exit logits for every combination of a
+threshold grid (vectorised numpy, no model runs) and keeps the cheapest combination whose
+accuracy is within ``scheduler.calibration_drop`` of the full model on the same split. The
+thresholds go into the exit profile (``fusion`` included), which the engine loads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
+from exitflow.pipeline.config import Config
+from exitflow.pipeline.data.avmnist import AVSplit
+from exitflow.scheduler.policy import FUSION_KEY
+from exitflow.scheduler.rules import scores_from_probs
+
+# normalized entropy (exit when <=) and max-prob (exit when >=) grids; the ends never / always pass
+THRESHOLD_GRID = {
+    "entropy": (-1.0, 0.02, 0.05, 0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6),
+    "max_prob": (2.0, 0.999, 0.995, 0.99, 0.98, 0.97, 0.95, 0.93, 0.9, 0.85, 0.8, 0.7, 0.6),
+}
+
+
+@dataclass(frozen=True)
+class WalkResult:
+    """Accuracy, mean MACs and the share of samples answered at each check of a simulated walk."""
+
+    accuracy: float
+    macs: float
+    shares: dict[str, float]
+
+
+def family_logits(
+    encoders: Mapping[str, torch.nn.Module], fusion: ExitGridFusion, inputs: Mapping[str, torch.Tensor],
+    calibrated: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Logits (B, C) of every exit (``image0``, ``audio2``, ...) and every grid head (``image2_audio0``).
+
+    ``calibrated`` divides by the stored temperatures; False gives the raw logits (training, fitting T).
+    """
+    outs = {m: encoders[m](inputs[m]) for m in fusion.modalities}
+    logits: dict[str, torch.Tensor] = {}
+    for m in fusion.modalities:
+        for o in outs[m]:
+            logits[f"{m}{o.exit_index}"] = o.logits if calibrated else o.logits * encoders[m].temperatures[o.exit_index]
+    for combo in itertools.product(*(range(len(outs[m])) for m in fusion.modalities)):
+        exits = dict(zip(fusion.modalities, combo, strict=True))
+        embeddings = {m: outs[m][e].embedding for m, e in exits.items()}
+        logits[grid_key(exits, fusion.modalities)] = fusion.fuse(embeddings, exits, calibrated)
+    return logits
+
+
+@torch.no_grad()
+def split_logits(
+    encoders: Mapping[str, torch.nn.Module], fusion: ExitGridFusion, split: AVSplit, limit: int | None = None,
+    batch: int = 500,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Calibrated logits of every output over the first ``limit`` samples of ``split``, and the labels."""
+    for module in (*encoders.values(), fusion):
+        module.eval()
+    n = len(split) if limit is None else min(limit, len(split))
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n, batch):
+        rows = np.arange(start, min(start + batch, n))
+        inputs = {
+            "image": torch.from_numpy(np.ascontiguousarray(split.image[rows])).float(),
+            "audio": torch.from_numpy(np.ascontiguousarray(split.audio[rows])).float(),
+        }
+        for k, v in family_logits(encoders, fusion, inputs).items():
+            parts.setdefault(k, []).append(v.numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}, split.labels[:n]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+class WalkSimulator:
+    """The engine's walk over precomputed calibration logits, for any thresholds (vectorised).
+
+    Args:
+        logits: Output key -> calibrated logits (N, C) (``family_logits`` keys).
+        labels: (N,) class indices.
+        order: The two modalities in the policy's order.
+        exit_macs: Modality -> cumulative MACs at each exit (heads of every earlier exit included).
+        head_macs: Grid head key -> MACs of that fusion head.
+        rule: ``entropy`` or ``max_prob``.
+    """
+
+    def __init__(
+        self, logits: Mapping[str, np.ndarray], labels: np.ndarray, order: Sequence[str],
+        exit_macs: Mapping[str, Sequence[float]], head_macs: Mapping[str, float], rule: str,
+        modalities: Sequence[str] | None = None,
+    ):
+        if rule not in THRESHOLD_GRID:
+            raise ValueError(f"the walk simulation supports {sorted(THRESHOLD_GRID)}, not {rule!r}")
+        if len(order) != 2:
+            raise ValueError(f"the CNN family walk has two modalities, got order {list(order)}")
+        self.order, self.rule, self.labels = tuple(order), rule, np.asarray(labels)
+        self.modalities = tuple(modalities or order)  # the grid's key order
+        first, second = self.order
+        self.checks: list[tuple[str, str, float, np.ndarray, np.ndarray]] = []  # (name, kind, macs, score, pred)
+        n_first, n_second = len(exit_macs[first]), len(exit_macs[second])
+        fused_macs = 0.0
+        for e in range(n_first):
+            self._add(f"{first}{e}", "first", float(exit_macs[first][e]), logits[f"{first}{e}"])
+        for e in range(n_second):
+            base = float(exit_macs[first][-1] + exit_macs[second][e])
+            self._add(f"{second}{e}", "second", base + fused_macs, logits[f"{second}{e}"])
+            key = grid_key({first: n_first - 1, second: e}, self.modalities)
+            fused_macs += float(head_macs[key])
+            self._add(key, "fusion", base + fused_macs, logits[key])
+
+    def _add(self, name: str, kind: str, macs: float, logits: np.ndarray) -> None:
+        probs = _softmax(np.asarray(logits, dtype=np.float64))
+        score = scores_from_probs(self.rule, probs[:, None, :])[:, 0]  # (N,)
+        self.checks.append((name, kind, macs, score, probs.argmax(axis=1)))
+
+    def _passes(self, score: np.ndarray, threshold: float) -> np.ndarray:
+        return score <= threshold if self.rule == "entropy" else score >= threshold
+
+    def run(self, thresholds: Mapping[str, float]) -> WalkResult:
+        """Simulate with ``thresholds`` (``first``, ``second`` and ``fusion`` keys)."""
+        first, second = self.order
+        n = self.labels.shape[0]
+        done = np.zeros(n, dtype=bool)
+        pred = np.zeros(n, dtype=np.int64)
+        macs = np.zeros(n)
+        shares = {}
+        last = len(self.checks) - 1
+        for i, (name, kind, cost, score, p) in enumerate(self.checks):
+            tau = thresholds[{"first": first, "second": second, "fusion": FUSION_KEY}[kind]]
+            fire = ~done if i == last else ~done & self._passes(score, tau)  # the final fusion answers the rest
+            pred[fire], macs[fire] = p[fire], cost
+            shares[name] = float(fire.mean())
+            done |= fire
+        return WalkResult(float((pred == self.labels).mean()), float(macs.mean()), shares)
+
+    def full_accuracy(self) -> float:
+        return float((self.checks[-1][4] == self.labels).mean())
+
+    def search(self, max_drop: float, grid: Sequence[float] | None = None) -> tuple[dict[str, float], WalkResult]:
+        """The cheapest thresholds whose accuracy is at least the full model's minus ``max_drop``."""
+        grid = tuple(grid or THRESHOLD_GRID[self.rule])
+        target = self.full_accuracy() - max_drop
+        best: tuple[dict[str, float], WalkResult] | None = None
+        for t_first, t_second, t_fusion in itertools.product(grid, grid, grid):
+            thresholds = {self.order[0]: t_first, self.order[1]: t_second, FUSION_KEY: t_fusion}
+            result = self.run(thresholds)
+            if result.accuracy >= target and (best is None or result.macs < best[1].macs):
+                best = (thresholds, result)
+        if best is None:  # nothing exits early at that accuracy: never exit (the grid's first value)
+            never = {self.order[0]: grid[0], self.order[1]: grid[0], FUSION_KEY: grid[0]}
+            best = (never, self.run(never))
+        return best
+
+
+def calibrate_family(cfg: Config, dataset: str, meter: Any, energy_samples: int = 100, progress: bool = True) -> dict:
+    """Choose the thresholds on ``val`` for the policy's order, write the profile; returns a report."""
+    from exitflow.pipeline.data.avmnist import load_split
+    from exitflow.pipeline.inference.engine import policy_from_config
+    from exitflow.pipeline.inference.loading import load_encoders, load_fusion
+    from exitflow.pipeline.training.profile import make_profile
+
+    encoders, fusion = load_encoders(cfg, dataset), load_fusion(cfg, dataset)
+    if not isinstance(fusion, ExitGridFusion):
+        raise ValueError(f"exitflow calibrate chooses the CNN family's operating point; {dataset} has no exit grid")
+    val = load_split(cfg, "val", dataset, progress)
+    logits, labels = split_logits(encoders, fusion, val)
+    rule = cfg.scheduler.exit_rule
+    exit_macs = {m: [float(v) for v in enc.exit_macs()] for m, enc in encoders.items()}
+    provisional = {m: THRESHOLD_GRID[rule][6] for m in fusion.modalities} | {FUSION_KEY: THRESHOLD_GRID[rule][6]}
+    order: tuple[str, ...] = ()
+    report: dict[str, Any] = {}
+    thresholds = provisional
+    for _ in range(3):  # the order depends on the profile, the profile on the thresholds: iterate to a fixed point
+        profile = make_profile(cfg, dataset, meter, energy_samples, progress, thresholds=thresholds)
+        plan_order = policy_from_config(profile, cfg.scheduler).plan(fusion.modalities).order
+        if plan_order == order:
+            break
+        order = plan_order
+        if len(order) != 2:  # a modality skipped at this lambda: nothing to fuse early
+            raise ValueError(f"at scheduler.lam {cfg.scheduler.lam} the plan runs only {list(order)}; raise lam")
+        sim = WalkSimulator(logits, labels, order, exit_macs, fusion.head_macs, rule, fusion.modalities)
+        thresholds, result = sim.search(cfg.scheduler.calibration_drop)
+        report = {
+            "order": list(order), "thresholds": thresholds, "rule": rule, "val_samples": int(labels.shape[0]),
+            "val_full_accuracy": sim.full_accuracy(), "val_accuracy": result.accuracy, "val_macs": result.macs,
+            "full_macs": sim.checks[-1][2], "shares": result.shares, "max_drop": cfg.scheduler.calibration_drop,
+        }
+    if progress:
+        print(json.dumps(report, indent=1))
+    return report

@@ -1,0 +1,261 @@
+"""Train the CNN family: image + audio CNN encoders with an exit per block and the exit-grid fusion.
+
+Everything is trained jointly from scratch (every exit head, every fusion head of the grid, and
+the fusion with one modality absent), on every training row, with augmentation made for each
+modality: SpecAugment frequency/time masks, a time shift and a level change for the spectrogram,
+a shift of a few pixels for the image. Training stops early on the calibration split's accuracy
+of the full model (``val``: a speaker the encoders never heard). Per-exit and per-fusion-head
+temperatures are then fitted on ``val``. The result is ``checkpoints/cnn_<dataset>/`` (``image/``,
+``audio/``, ``fusion/`` and a model card); the per-exit logits of every evaluation split are
+written beside it for the operating-point search (``exitflow calibrate``).
+
+The loss weights every output equally by default; ``reweight: mmexit`` uses MMExit's double-stage
+re-weighting (:class:`encoders.joint_loss.DoubleStageReweighter`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from tqdm import tqdm
+
+from exitflow.encoders.calibration import fit_temperature
+from exitflow.encoders.checkpoint import save_encoder
+from exitflow.encoders.cnn import CNNEarlyExitEncoder, cnn_preset
+from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
+from exitflow.encoders.joint_loss import DoubleStageReweighter
+from exitflow.pipeline.artifacts import NUM_CLASSES, cnn_folder
+from exitflow.pipeline.checkpoints import save_checkpoint
+from exitflow.pipeline.config import Config
+from exitflow.pipeline.data.avmnist import AVSplit, load_split
+from exitflow.pipeline.training.calibrate import family_logits
+
+MODALITIES = ("image", "audio")
+EVAL_SPLITS = ("val", "test", "test_id")
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNTrainSettings:
+    """How the CNN family is trained (``exitflow train cnn`` flags)."""
+
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    limit: int | None = None  # training rows (None = all)
+    eval_limit: int | None = None  # rows of each evaluation split (None = all)
+    dropout: float = 0.1
+    fusion_hidden: int = 64
+    modality_dropout: float = 0.15
+    reweight: str = "uniform"  # uniform | mmexit
+    num_threads: int = 0
+
+
+# -- augmentation --------------------------------------------------------------------------------
+def augment_audio(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """SpecAugment (2 frequency + 2 time masks up to 12 bins), a +-8 frame shift and a +-0.05 level change.
+
+    ``x``: (B, 1, F, T) spectrogram in [0, 1] (dB scaled, so a gain is an offset).
+    """
+    b, _, f, t = x.shape
+    x = x.clone()
+    for axis, size in ((2, f), (3, t)):
+        for _ in range(2):
+            width = torch.randint(0, 13, (b,), generator=gen)
+            start = (torch.rand(b, generator=gen) * (size - width)).long()
+            ar = torch.arange(size)
+            mask = (ar[None] >= start[:, None]) & (ar[None] < (start + width)[:, None])  # (B, size)
+            x = x.masked_fill(mask.view((b, 1, size, 1) if axis == 2 else (b, 1, 1, size)), 0.0)
+    shift = int(torch.randint(-8, 9, (), generator=gen))
+    x = torch.roll(x, shift, dims=3)
+    level = (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.1
+    return (x + level).clamp_(0.0, 1.0)
+
+
+def augment_image(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A shift of up to 2 pixels in each direction (the same for the batch)."""
+    dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
+    return torch.roll(x, (dy, dx), dims=(2, 3))
+
+
+# -- data ----------------------------------------------------------------------------------------
+def split_tensors(split: AVSplit, limit: int | None) -> dict[str, torch.Tensor]:
+    n = len(split) if limit is None else min(limit, len(split))
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(split.image[:n])),
+        "bank": torch.from_numpy(np.asarray(split.audio.bank)),
+        "index": torch.from_numpy(np.asarray(split.audio.index[:n])),
+        "labels": torch.from_numpy(split.labels[:n]),
+    }
+
+
+def audio_rows(data: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """Spectrograms of ``rows`` as float (B, 1, 112, 112) in [0, 1] (the bank holds uint8)."""
+    bank = data["bank"][data["index"][rows]]
+    return (bank.float().div_(255.0) if bank.dtype == torch.uint8 else bank.float()).reshape(len(rows), 1, 112, 112)
+
+
+# -- the model -----------------------------------------------------------------------------------
+class CNNFamily(torch.nn.Module):
+    """The two encoders and the grid fusion, as one module for training."""
+
+    def __init__(self, dropout: float, fusion_hidden: int):
+        super().__init__()
+        self.encoders = torch.nn.ModuleDict(
+            {m: CNNEarlyExitEncoder(cnn_preset(m, dropout=dropout)) for m in MODALITIES}
+        )
+        dims = {m: self.encoders[m].embed_dims for m in MODALITIES}
+        self.fusion = ExitGridFusion(dims, NUM_CLASSES, fusion_hidden)
+
+    def forward(self, inputs: dict[str, torch.Tensor], calibrated: bool = False) -> dict[str, torch.Tensor]:
+        """Logits of every exit and every grid head (:func:`~pipeline.training.calibrate.family_logits`);
+        ``calibrated`` divides by the stored temperatures (inference), training reads raw logits."""
+        return family_logits(self.encoders, self.fusion, inputs, calibrated)
+
+
+def _outputs_with_absent(model: CNNFamily, inputs: dict[str, torch.Tensor], gen: torch.Generator, p: float):
+    """Training outputs, plus the fused output with one modality absent at a random exit of the other."""
+    logits = model(inputs)
+    if p > 0 and float(torch.rand((), generator=gen)) < p * 2:
+        absent = MODALITIES[int(torch.randint(0, 2, (), generator=gen))]
+        kept = next(m for m in MODALITIES if m != absent)
+        outs = model.encoders[kept](inputs[kept])
+        e = int(torch.randint(0, len(outs), (), generator=gen))
+        logits[f"{kept}_alone"] = model.fusion.fuse({kept: outs[e].embedding}, {kept: e}, calibrated=False)
+    return logits
+
+
+@torch.no_grad()
+def collect_logits(model: CNNFamily, data: dict[str, torch.Tensor], batch: int = 500) -> dict[str, np.ndarray]:
+    """Calibrated logits (N, C) of every output over a split (eval mode)."""
+    model.eval()
+    n = len(data["labels"])
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, n, batch):
+        rows = torch.arange(start, min(start + batch, n))
+        inputs = {"image": data["image"][rows].float(), "audio": audio_rows(data, rows)}
+        for k, v in model(inputs, calibrated=True).items():
+            parts.setdefault(k, []).append(v)
+    return {k: torch.cat(v).numpy() for k, v in parts.items()}
+
+
+def accuracies(logits: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    return {k: round(float((v.argmax(1) == labels).mean()), 4) for k, v in logits.items()}
+
+
+def full_key(model: CNNFamily) -> str:
+    return grid_key({m: model.encoders[m].num_exits - 1 for m in MODALITIES}, MODALITIES)
+
+
+def _loss(logits: dict[str, torch.Tensor], y: torch.Tensor, rw: DoubleStageReweighter | None, epoch: int):
+    if rw is None:
+        losses = [F.cross_entropy(v, y) for v in logits.values()]
+        return sum(losses) / len(losses)
+    grouped: dict[str, Any] = {m: [F.cross_entropy(logits[f"{m}{e}"], y) for e in range(3)] for m in MODALITIES}
+    fused = [F.cross_entropy(v, y) for k, v in logits.items() if "_" in k]
+    grouped["fusion"] = sum(fused) / len(fused)
+    return rw(grouped, epoch)
+
+
+def fit_temperatures(model: CNNFamily, logits: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    """Fit and store a temperature per exit and per fusion head on calibration logits (uncalibrated)."""
+    y = torch.from_numpy(labels)
+    temps = {k: fit_temperature(torch.from_numpy(v), y) for k, v in logits.items() if "alone" not in k}
+    for m in MODALITIES:
+        model.encoders[m].set_temperatures([temps[f"{m}{e}"] for e in range(model.encoders[m].num_exits)])
+    model.fusion.set_temperatures({k: temps[k] for k in model.fusion.keys()})
+    return temps
+
+
+def train_cnn_family(
+    cfg: Config, dataset: str, settings: CNNTrainSettings, out: Path | None = None, progress: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Train, calibrate temperatures, save ``out`` (default ``checkpoints/cnn_<dataset>``); returns the card data."""
+    if dataset not in ("avmnist", "avmnist-noisy"):
+        raise ValueError(f"the CNN family covers image + audio data sets (avmnist, avmnist-noisy), not {dataset!r}")
+    s = settings
+    if s.num_threads:
+        torch.set_num_threads(s.num_threads)
+    torch.manual_seed(s.seed)
+    gen = torch.Generator().manual_seed(s.seed)
+    started = time.time()
+    train = split_tensors(load_split(cfg, "train", dataset, progress), s.limit)
+    evals = {sp: split_tensors(load_split(cfg, sp, dataset, progress), s.eval_limit) for sp in EVAL_SPLITS}
+    model = CNNFamily(s.dropout, s.fusion_hidden)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    n = len(train["labels"])
+    per_epoch = (n + s.batch_size - 1) // s.batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.epochs * per_epoch, pct_start=0.15)
+    rw = None
+    if s.reweight == "mmexit":
+        rw = DoubleStageReweighter({m: 3 for m in MODALITIES}, total_epochs=s.epochs)
+    elif s.reweight != "uniform":
+        raise ValueError(f"reweight must be uniform or mmexit, got {s.reweight!r}")
+    best, best_state, history = -1.0, None, []
+    for epoch in range(s.epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        bar = tqdm(range(per_epoch), desc=f"cnn {dataset} epoch {epoch + 1}/{s.epochs}", disable=not progress)
+        for b in bar:
+            rows = perm[b * s.batch_size : (b + 1) * s.batch_size]
+            inputs = {
+                "image": augment_image(train["image"][rows].float(), gen),
+                "audio": augment_audio(audio_rows(train, rows), gen),
+            }
+            logits = _outputs_with_absent(model, inputs, gen, s.modality_dropout)
+            y = train["labels"][rows]
+            loss = _loss(logits, y, rw, epoch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if b % 20 == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        val_acc = accuracies(collect_logits(model, evals["val"]), evals["val"]["labels"].numpy())
+        history.append({"epoch": epoch + 1, "val_full": val_acc[full_key(model)], "s": round(time.time() - started)})
+        if progress:
+            print(json.dumps(history[-1]), flush=True)
+        if val_acc[full_key(model)] > best:  # early stopping on the calibration speaker
+            best = val_acc[full_key(model)]
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    val_logits = collect_logits(model, evals["val"])  # temperatures are still 1: raw logits
+    temps = fit_temperatures(model, val_logits, evals["val"]["labels"].numpy())
+    out = out or cnn_folder(cfg, dataset)
+    report = _save(model, out, cfg, dataset, settings, evals, temps, history, command)
+    report["train_s"] = round(time.time() - started)
+    return report
+
+
+def _save(model, out, cfg, dataset, settings, evals, temps, history, command) -> dict[str, Any]:
+    logits = {sp: collect_logits(model, evals[sp]) for sp in EVAL_SPLITS}
+    labels = {sp: evals[sp]["labels"].numpy() for sp in EVAL_SPLITS}
+    acc = {sp: accuracies(logits[sp], labels[sp]) for sp in EVAL_SPLITS}
+    macs = {f"{m}{e}": model.encoders[m].exit_macs()[e] for m in MODALITIES for e in range(3)}
+    macs.update({k: v for k, v in model.fusion.head_macs.items()})
+    meta = {"dataset": dataset, "settings": dataclasses.asdict(settings), "command": command, "history": history}
+    out.mkdir(parents=True, exist_ok=True)
+    for m in MODALITIES:
+        save_encoder(model.encoders[m], out / m, metadata={**meta, "temperatures": model.encoders[m].temperatures.tolist()})
+    fusion_meta = {
+        "kind": "fusion_grid", "dims": {m: model.fusion.dims[m] for m in MODALITIES},
+        "num_classes": NUM_CLASSES, "hidden_dim": model.fusion.hidden_dim, "command": command,
+    }
+    save_checkpoint(out / "fusion", model.fusion, fusion_meta, "# Exit-grid fusion\n\nSee ../MODEL_CARD.md.")
+    np.savez_compressed(out / "logits.npz", **{f"{sp}/{k}": v for sp in EVAL_SPLITS for k, v in logits[sp].items()},
+                        **{f"{sp}/labels": labels[sp] for sp in EVAL_SPLITS})
+    report = {"dataset": dataset, "accuracy": acc, "macs": macs, "temperatures": temps, "history": history,
+              "settings": dataclasses.asdict(settings), "command": command, "rows": {
+                  sp: int(len(labels[sp])) for sp in EVAL_SPLITS}}
+    (out / "training.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
