@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exitflow.pipeline.artifacts import DATASETS, SPLITS
 from exitflow.pipeline.config import Config, output_path, resolve_path
+
+if TYPE_CHECKING:
+    from exitflow.pipeline.live.playback import ReplaySummary
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -20,6 +25,9 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     parser.add_argument("--fast", action="store_true", help="recording: as fast as possible (default)")
     parser.add_argument("--rate", type=float, default=1.0, help="recording: speed factor with --realtime")
     parser.add_argument("--start", type=float, default=0.0, help="recording: skip the first S seconds")
+    parser.add_argument("--end", type=float, default=None, help="recording: stop S seconds after its start")
+    parser.add_argument("--topics", default=None, metavar="T1,T2",
+                        help="recording: only these sensor topics, e.g. /sensor/camera0,/sensor/mic0")
     parser.add_argument("--dataset", choices=DATASETS, default=None, help="default: data.dataset")
     parser.add_argument("--split", choices=SPLITS, default=None, help="default: replay.split")
     parser.add_argument("--system", default=None, help="default: replay.system (lf, image, audio, ...)")
@@ -67,8 +75,12 @@ def check_options(args: argparse.Namespace) -> None:
         raise ExitflowError(f"--rate must be a finite number > 0 (1 = real time), got {args.rate}")
     if not (math.isfinite(args.start) and args.start >= 0):
         raise ExitflowError(f"--start must be a finite number of seconds >= 0, got {args.start}")
+    if args.end is not None and not (math.isfinite(args.end) and args.end > args.start):
+        raise ExitflowError(f"--end must be a number of seconds > --start ({args.start}), got {args.end}")
     if args.realtime and args.fast:
         raise ExitflowError("choose one of --realtime and --fast")
+    if args.recording is None and (args.end is not None or args.topics):
+        raise ExitflowError("--end and --topics apply to a recording (exitflow replay FILE.mcap ...)")
     if args.recording is not None:
         rec = Path(args.recording)
         if not rec.is_file():
@@ -108,25 +120,57 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _replay_recording(args: argparse.Namespace, cfg: Config) -> int:
-    """Replay an MCAP recording in event time through ``--system`` (default: the stream's engine)."""
-    from exitflow.pipeline.live.playback import recorded_modalities, replay_recording
+    """Replay an MCAP recording in event time through ``--system`` (default: the stream's engine).
+
+    Exit code 0, or 3 when the recording was damaged (the summary says what was lost).
+    """
+    from exitflow.pipeline.live.playback import recorded_modalities, replay_stream
     from exitflow.pipeline.live.sync import make_synchronizer
     from exitflow.pipeline.live.workers import resolve_engine_factory
 
     path = Path(args.recording)
     if not args.decisions:
         check_output_path(path.with_suffix(".replay.jsonl"), "--decisions")
+    topics = [t.strip() for t in args.topics.split(",") if t.strip()] if args.topics else None
     spec = f"system:{args.system}" if args.system else cfg.stream.engine
+    modalities = recorded_modalities(path, topics)
     engine = resolve_engine_factory(spec)(cfg)
-    sync = make_synchronizer(cfg.stream, recorded_modalities(path))
+    sync = make_synchronizer(cfg.stream, modalities)
     decisions_path = Path(args.decisions) if args.decisions else path.with_suffix(".replay.jsonl")
-    decisions = replay_recording(
+    summary = replay_stream(
         path, engine, sync, mode="realtime" if args.realtime else "fast", rate=args.rate, start_s=args.start,
-        decisions_path=decisions_path,
+        end_s=args.end, topics=topics, decisions_path=decisions_path,
     )
-    labelled = [d for d in decisions if d.label is not None]
-    missing = sum(1 for d in decisions if d.missing)
-    print(f"replayed {path}: {len(decisions)} decisions ({missing} with a modality missing)"
-          + (f", accuracy {sum(d.prediction == d.label for d in labelled) / len(labelled):.4f}" if labelled else ""))
+    acc = summary.accuracy
+    print(f"replayed {path}: {summary.messages} messages -> {summary.decisions} decisions "
+          f"({summary.missing} with a modality missing, {summary.failed} failed)"
+          + (f", accuracy {acc:.4f}" if acc is not None else "") + f" in {summary.wall_s:.1f} s")
     print(f"decisions: {decisions_path}")
-    return 0
+    if args.json_out:
+        from exitflow.pipeline.evaluation.replay import write_atomic
+
+        body = {"messages": summary.messages, "decisions": summary.decisions, "failed": summary.failed,
+                "missing": summary.missing, "accuracy": acc, "skipped_records": summary.skipped_records,
+                "read": summary.read.to_dict()}
+        write_atomic(Path(args.json_out), json.dumps(body, indent=2) + "\n")
+    if not summary.lost_data:
+        return 0
+    print(damage_line(summary), file=sys.stderr)
+    return 3
+
+
+def damage_line(summary: ReplaySummary) -> str:
+    """One line on what a damaged recording lost."""
+    read = summary.read
+    lost = read.messages_lost
+    ranges = [(a, b) for a, b in read.lost_time_ranges_ns() if a is not None and b is not None]
+    span_s = sum(max(0, b - a) for a, b in ranges) / 1e9
+    parts = [f"{len(read.chunks_damaged)} damaged chunk(s) skipped"]
+    parts.append("messages lost: unknown" if lost is None else f"{lost} message(s) lost")
+    if ranges:
+        parts.append(f"{span_s:.2f} s of recording lost")
+    if read.truncated:
+        parts.append("the file is cut short (no summary)")
+    if summary.skipped_records:
+        parts.append("undecodable records: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.skipped_records.items())))
+    return "exitflow: warning: the recording is damaged: " + "; ".join(parts) + " (every intact chunk was replayed)"

@@ -7,6 +7,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import ray
@@ -65,7 +66,8 @@ def run_live(
     from exitflow.pipeline.live.view import LiveView
 
     stream = dataclasses.replace(cfg.stream, sources=resolve_source_paths(cfg))
-    record = record or stream.record
+    # a command-line path is relative to the working folder, stream.record to the config's folder
+    record_path = Path(record) if record else (resolve_path(cfg, stream.record) if stream.record else None)
     duration_s = duration_s if duration_s is not None else stream.duration_s
     live_server = None
     if stream.foxglove if foxglove is None else foxglove:
@@ -78,10 +80,10 @@ def run_live(
             live_server.close()
         raise
     recorder = RecordingWriter(
-        resolve_path(cfg, record), stream.record_chunk_kib * 1024, image_format=stream.record_image_format,
+        record_path, stream.record_chunk_kib * 1024, image_format=stream.record_image_format,
         jpeg_quality=stream.record_jpeg_quality, image_max_side_px=stream.record_image_max_side_px,
         flush_interval_s=stream.record_flush_s, metadata=recording_metadata(cfg), config_yaml=dump_config(cfg),
-    ) if record else None
+    ) if record_path is not None else None
     sink = FanOut(recorder, live_server) if recorder is not None and live_server is not None else (
         recorder or live_server)
     pipe = LivePipeline(
@@ -97,8 +99,14 @@ def run_live(
         pipe.start()
         pipe.wait_ready()
 
+        budget_cfg = getattr(cfg, "budget", None)  # the set-point until `exitflow budget set` changes it
+        configured = {} if budget_cfg is None or budget_cfg.mode == "off" else {
+            budget_cfg.mode: getattr(budget_cfg, budget_cfg.mode)}
+
         def publish(p: LivePipeline) -> dict[str, Any]:
             snap = p.snapshot()
+            if not snap.get("budget") and configured:
+                snap["budget"] = dict(configured)
             if sink is not None:  # power, budget set-point and latency on /status
                 try:
                     sink.write_status(snap)
