@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "exitflow.pipeline.commands.data_cmd",
     "exitflow.pipeline.commands.baseline_cmd",
     "exitflow.pipeline.commands.replay_cmd",
+    "exitflow.pipeline.commands.report_cmd",
     "exitflow.pipeline.commands.demo_cmd",
     "exitflow.pipeline.commands.adaptive_cmd",
     "exitflow.pipeline.commands.devices_cmd",

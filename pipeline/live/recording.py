@@ -460,14 +460,19 @@ def read_recording(
     topics: list[str] | None = None,
     start_ns: int | None = None,
     end_ns: int | None = None,
+    records: bool = False,
 ) -> Iterator[RecordedEvent]:
-    """Every message of a recording in ``log_time`` order; damage is skipped (see :class:`Recording`).
+    """Sensor messages and decisions of a recording in ``log_time`` order; damage is skipped
+    (see :class:`Recording`). ``records`` also yields ``/events`` and ``/status``
+    (:attr:`RecordedEvent.record`), as does naming those topics in ``topics``.
 
     Raises:
         DataError: when the file is missing, is not MCAP at all, or of an unknown format.
     """
     with Recording(path) as rec:
-        yield from rec.events(topics, start_ns, end_ns, errors)
+        for event in rec.events(topics, start_ns, end_ns, errors):
+            if event.record is None or records or topics is not None:
+                yield event
         report = rec.report
         if report.chunks_damaged or report.truncated:
             lost = report.messages_lost

@@ -242,9 +242,11 @@ def test_decision_log_and_recording_hold_failed_decisions_and_outages(tmp_path):
     rec.write_decision(failed, 2)
     rec.write_event(event)
     rec.close()
-    got = list(read_recording(tmp_path / "r.mcap"))  # /events does not disturb readers
-    assert [e.topic for e in got] == ["/sensor/cam", "/decisions"]
-    assert got[1].decision["error"] == "engine: RuntimeError: boom"
+    got = list(read_recording(tmp_path / "r.mcap"))  # /events does not disturb readers (log_time order)
+    assert sorted(e.topic for e in got) == ["/decisions", "/sensor/cam"]
+    assert next(e.decision for e in got if e.decision)["error"] == "engine: RuntimeError: boom"
+    [outage] = [e.record for e in read_recording(tmp_path / "r.mcap", records=True) if e.topic == "/events"]
+    assert outage is not None and outage["outage"]["event"] == "actor_down"
 
 
 # -- engine names (item 8) ------------------------------------------------------------------------
