@@ -453,7 +453,7 @@ class McapFile:
             data = chunk.data
         if len(data) != chunk.uncompressed_size or (chunk.crc and zlib.crc32(data) != chunk.crc):
             raise ValueError("crc_mismatch")
-        out = []
+        out: list[tuple[int, int, RawMessage]] = []
         for op, body in _iter_records(data):
             if op in (_OP_SCHEMA, _OP_CHANNEL):
                 try:

@@ -63,7 +63,7 @@ MODALITY_OF_SCHEMA = {COMPRESSED_IMAGE: "image", RAW_IMAGE: "image", RAW_AUDIO: 
 
 _RAW_ENCODINGS = {1: "mono8", 3: "bgr8", 4: "bgra8"}  # channels -> foxglove.RawImage encoding (uint8)
 _CHANNELS_OF_ENCODING = {v: k for k, v in _RAW_ENCODINGS.items()}
-_LOG_INFO = 2  # foxglove.Log.Level.INFO
+_LOG_INFO = Log.Level.INFO
 
 DECISION_SCHEMA: dict[str, Any] = {
     "title": "exitflow.Decision",

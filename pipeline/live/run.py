@@ -114,11 +114,14 @@ def run_live(
                     p.stats.count_drop("log", f"status_write:{type(e).__name__}")
             return snap
 
+        def record_status(p: LivePipeline) -> None:
+            publish(p)
+
         if view and stream.live_view:
             with LiveView() as live:
                 pipe.run(duration_s, stop=stop, on_tick=lambda p: live.update(publish(p)))
         else:
-            pipe.run(duration_s, stop=stop, on_tick=publish if sink is not None else None)
+            pipe.run(duration_s, stop=stop, on_tick=record_status if sink is not None else None)
     except KeyboardInterrupt:
         log.warning("interrupted; shutting down")
     finally:
