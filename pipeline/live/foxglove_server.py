@@ -30,7 +30,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -231,3 +231,35 @@ class FanOut:
 
     def close(self) -> None:
         self._each("close")
+
+
+def foxglove_layout(cameras: list[str], microphones: list[str], texts: list[str]) -> str:
+    """A Foxglove layout (JSON) for these sources' topics: camera and audio on the left; the
+    words, energy against the budget, end-to-end latency and the latest decision on the right.
+    ``configs/foxglove_layout.json`` is this for ``configs/grid_live.yaml``."""
+    import foxglove.layouts as fl
+
+    def split(direction: Literal["row", "column"], *items: tuple[float, Any]) -> Any:
+        return fl.SplitContainer(direction=direction, items=[fl.SplitItem(proportion=p, content=c) for p, c in items])
+
+    def plot(title: str, *paths: str) -> Any:
+        return fl.PlotPanel(title=title, config=fl.PlotConfig(paths=[fl.PlotSeries(value=p) for p in paths]))
+
+    left: list[tuple[float, Any]] = [
+        (3, fl.ImagePanel(title=f"camera {c}", config=fl.ImageConfig(
+            image_mode=fl.ImageModeConfig(image_topic=SENSOR_TOPIC_PREFIX + c)))) for c in cameras]
+    for m in microphones:
+        left.append((1, fl.AudioPanel(config=fl.AudioConfig(topic=SENSOR_TOPIC_PREFIX + m))))
+        left.append((1, plot(f"audio level {m} (dBFS)", f"{AUDIO_LEVEL_PREFIX}{m}.rms_dbfs")))
+    right: list[tuple[float, Any]] = [
+        (1, fl.LogPanel(title=f"text {t}", config=fl.LogConfig(topic_to_render=SENSOR_TOPIC_PREFIX + t)))
+        for t in texts]
+    right += [
+        (1, plot("energy per sample vs budget (mJ)", f"{STATUS_TOPIC}.energy_mj_mean",
+                 f"{STATUS_TOPIC}.budget_mj_per_sample")),
+        (1, plot("end-to-end latency (ms)", f"{STATUS_TOPIC}.latency_ms.end_to_end.p50",
+                 f"{STATUS_TOPIC}.latency_ms.end_to_end.p95")),
+        (1, fl.RawMessagesPanel(title="latest decision", config=fl.RawMessagesConfig(topic_path=DECISION_TOPIC))),
+    ]
+    layout = fl.Layout(content=split("row", (1, split("column", *left)), (1, split("column", *right))))
+    return json.dumps(json.loads(layout.to_json()), indent=2) + "\n"

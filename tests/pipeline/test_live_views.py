@@ -118,3 +118,16 @@ def test_audio_levels_and_loopback_checks():
     assert audio_level_dbfs(np.zeros(10, np.float32)) == (-120.0, -120.0)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+
+
+def test_the_committed_foxglove_layout_matches_the_grid_sources():
+    from pathlib import Path
+
+    from exitflow.pipeline.live.foxglove_server import foxglove_layout
+
+    committed = Path(__file__).resolve().parents[2] / "configs/foxglove_layout.json"
+    assert committed.read_text() == foxglove_layout(["camera0"], ["mic0"], ["words"])
+    text = committed.read_text()
+    for topic in ("/sensor/camera0", "/sensor/mic0", "/audio_level/mic0.rms_dbfs", "/sensor/words",
+                  "/status.budget_mj_per_sample", "/decisions"):
+        assert f'"{topic}' in text, topic
