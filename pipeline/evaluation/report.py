@@ -33,7 +33,7 @@ PLOTS = ("exits", "budget", "latency", "pareto")
 
 @dataclass
 class RunSeries:
-    """What the plots need from one recording (times in seconds since its first decision)."""
+    """What the plots need from one recording (times in seconds since its first decision or status)."""
 
     name: str
     exits: dict[str, Counter[int]] = field(default_factory=dict)  # modality -> exit index -> n
@@ -163,7 +163,7 @@ def plot_budget(run: RunSeries, out: Path, window_s: float = 5.0) -> Path:
     source = run.energy_source or "no meter"
     est = " (estimated)" if run.estimated else ""
     ax.set_title(f"Energy per sample vs budget: {source}{est}" + ("" if points else "; no budget was set"))
-    ax.set_xlabel("time since the first decision (s)")
+    ax.set_xlabel("time since the first decision or status record (s)")
     ax.set_ylabel("mJ per sample")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
