@@ -21,118 +21,46 @@ MCAP at all, raises :class:`~exitflow.pipeline.errors.DataError`.
 from __future__ import annotations
 
 import heapq
-import io
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import lz4.frame
 import zstandard
-from mcap.data_stream import ReadDataStream
 from mcap.records import Channel, ChunkIndex, Metadata, MetadataIndex, Schema, Statistics
 
 from exitflow.pipeline.errors import DataError
+from exitflow.pipeline.live.mcap_records import (
+    CHUNK_HEAD,
+    FOOTER_LEN,
+    MAGIC,
+    MAX_CHUNK_BYTES,
+    OP_ATTACHMENT,
+    OP_CHANNEL,
+    OP_CHUNK,
+    OP_DATA_END,
+    OP_FOOTER,
+    OP_HEADER,
+    OP_MESSAGE,
+    OP_MESSAGE_INDEX,
+    OP_METADATA,
+    OP_SCHEMA,
+    RECORD_HEAD,
+    ChunkData,
+    DamagedChunk,
+    RawMessage,
+    ReadReport,
+    chunk_from_record,
+    iter_records,
+    parse_record,
+)
 
-MAGIC = b"\x89MCAP0\r\n"
-_OP_HEADER, _OP_FOOTER, _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
-_OP_MESSAGE_INDEX, _OP_CHUNK_INDEX, _OP_ATTACHMENT, _OP_METADATA, _OP_METADATA_INDEX = 0x07, 0x08, 0x09, 0x0C, 0x0D
-_OP_STATISTICS, _OP_DATA_END = 0x0B, 0x0F
-_RECORD_HEAD = struct.Struct("<BQ")
-_CHUNK_HEAD = struct.Struct("<QQQII")  # start, end, uncompressed size, crc, compression name length
-_FOOTER_LEN = 1 + 8 + 20
-_MAX_CHUNK_BYTES = 1 << 31
+__all__ = ["DamagedChunk", "McapFile", "RawMessage", "ReadReport"]
+
 _SCAN_BLOCK = 1 << 20
-_COMPRESSIONS = ("", "zstd", "lz4")
-
-
-@dataclass
-class DamagedChunk:
-    """One chunk that could not be read.
-
-    Attributes:
-        offset: Byte offset of the chunk record.
-        reason: Why (``"crc_mismatch"``, ``"decompress:ZstdError"``, ``"truncated"``, ...).
-        start_ns: First ``log_time`` it held (epoch ns), None when its header was lost too.
-        end_ns: Last ``log_time`` it held.
-        messages_lost: Messages it held (from its message index), None when unknown.
-    """
-
-    offset: int
-    reason: str
-    start_ns: int | None = None
-    end_ns: int | None = None
-    messages_lost: int | None = None
-
-
-@dataclass
-class ReadReport:
-    """What one pass over a file read and what it had to skip.
-
-    Attributes:
-        mode: ``"index"`` (summary intact) or ``"scan"`` (summary missing or damaged).
-        chunks_read: Chunks decoded whole.
-        chunks_damaged: The chunks skipped, in file order.
-        messages_read: Messages handed out (after the topic and time filters).
-        records_skipped: Records inside good chunks that did not parse, by reason.
-        bytes_skipped: Bytes the scan jumped over to find the next chunk.
-        truncated: The file ends inside a record (a crash, a cut copy).
-    """
-
-    mode: str = "index"
-    chunks_read: int = 0
-    chunks_damaged: list[DamagedChunk] = field(default_factory=list)
-    messages_read: int = 0
-    records_skipped: dict[str, int] = field(default_factory=dict)
-    bytes_skipped: int = 0
-    truncated: bool = False
-
-    @property
-    def damaged(self) -> bool:
-        return bool(self.chunks_damaged or self.records_skipped or self.truncated or self.bytes_skipped)
-
-    @property
-    def messages_lost(self) -> int | None:
-        """Messages known to be lost (None when a damaged chunk's count is unknown)."""
-        counts = [c.messages_lost for c in self.chunks_damaged]
-        if any(n is None for n in counts):
-            return None
-        return sum(n for n in counts if n is not None) + sum(self.records_skipped.values())
-
-    def lost_time_ranges_ns(self) -> list[tuple[int | None, int | None]]:
-        return [(c.start_ns, c.end_ns) for c in self.chunks_damaged]
-
-    def skip(self, reason: str) -> None:
-        self.records_skipped[reason] = self.records_skipped.get(reason, 0) + 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "damaged": self.damaged, "messages_lost": self.messages_lost}
-
-
-@dataclass
-class RawMessage:
-    """One message as stored: its channel's topic and schema, times (epoch ns) and bytes."""
-
-    topic: str
-    schema_name: str
-    message_encoding: str
-    log_time_ns: int
-    publish_time_ns: int
-    sequence: int
-    data: bytes
-
-
-@dataclass
-class _Chunk:
-    offset: int
-    start_ns: int
-    end_ns: int
-    compression: str
-    uncompressed_size: int
-    crc: int
-    data: bytes
 
 
 @dataclass
@@ -142,42 +70,6 @@ class _Summary:
     chunk_indexes: list[ChunkIndex]
     metadata_indexes: list[MetadataIndex]
     statistics: Statistics | None
-
-
-def _parse(opcode: int, body: bytes) -> Any:
-    stream = ReadDataStream(io.BytesIO(body))
-    kinds: dict[int, Any] = {_OP_SCHEMA: Schema, _OP_CHANNEL: Channel, _OP_CHUNK_INDEX: ChunkIndex,
-                             _OP_METADATA: Metadata, _OP_METADATA_INDEX: MetadataIndex,
-                             _OP_STATISTICS: Statistics}
-    return kinds[opcode].read(stream) if opcode in kinds else None
-
-
-def _iter_records(buf: bytes) -> Iterator[tuple[int, bytes]]:
-    """(opcode, body) of the records packed in ``buf``; raises ValueError on a cut record."""
-    pos = 0
-    while pos < len(buf):
-        if pos + 9 > len(buf):
-            raise ValueError("a record header is cut")
-        opcode, length = _RECORD_HEAD.unpack_from(buf, pos)
-        if pos + 9 + length > len(buf):
-            raise ValueError(f"record 0x{opcode:02x} of {length} bytes runs past its container")
-        yield opcode, buf[pos + 9 : pos + 9 + length]
-        pos += 9 + length
-
-
-def _chunk_from_record(offset: int, body: bytes) -> _Chunk:
-    """Parse a chunk record's body; ValueError when its fields disagree with its length."""
-    if len(body) < _CHUNK_HEAD.size:
-        raise ValueError("chunk header is cut")
-    start, end, usize, crc, clen = _CHUNK_HEAD.unpack_from(body, 0)
-    pos = _CHUNK_HEAD.size
-    if clen > 4 or len(body) < pos + clen + 8:
-        raise ValueError("chunk compression name is damaged")
-    compression = body[pos : pos + clen].decode("ascii", errors="replace")
-    (dlen,) = struct.unpack_from("<Q", body, pos + clen)
-    if compression not in _COMPRESSIONS or dlen != len(body) - (pos + clen + 8) or usize > _MAX_CHUNK_BYTES:
-        raise ValueError("chunk header fields disagree")
-    return _Chunk(offset, start, end, compression, usize, crc, body[pos + clen + 8 :])
 
 
 class McapFile:
@@ -217,14 +109,14 @@ class McapFile:
     # -- summary ---------------------------------------------------------------------------
     def _read_summary(self) -> _Summary | None:
         """The summary section when the footer points at one whose CRC matches, else None."""
-        if self.size < 2 * len(MAGIC) + _FOOTER_LEN:
+        if self.size < 2 * len(MAGIC) + FOOTER_LEN:
             return None
-        footer_pos = self.size - len(MAGIC) - _FOOTER_LEN
+        footer_pos = self.size - len(MAGIC) - FOOTER_LEN
         self._file.seek(footer_pos)
-        footer = self._file.read(_FOOTER_LEN)
-        opcode, length = _RECORD_HEAD.unpack_from(footer, 0)
+        footer = self._file.read(FOOTER_LEN)
+        opcode, length = RECORD_HEAD.unpack_from(footer, 0)
         summary_start, _offsets_start, crc = struct.unpack_from("<QQI", footer, 9)
-        if opcode != _OP_FOOTER or length != 20 or not len(MAGIC) <= summary_start < footer_pos:
+        if opcode != OP_FOOTER or length != 20 or not len(MAGIC) <= summary_start < footer_pos:
             return None
         if footer_pos - summary_start > 1 << 30:
             return None
@@ -234,8 +126,8 @@ class McapFile:
             return None
         out = _Summary({}, {}, [], [], None)
         try:
-            for op, body in _iter_records(covered[: footer_pos - summary_start]):
-                record = _parse(op, body)
+            for op, body in iter_records(covered[: footer_pos - summary_start]):
+                record = parse_record(op, body)
                 if isinstance(record, Schema):
                     out.schemas[record.id] = record
                 elif isinstance(record, Channel):
@@ -272,11 +164,11 @@ class McapFile:
         pos = len(MAGIC)
         while pos + 9 <= self.size:
             self._file.seek(pos)
-            opcode, length = _RECORD_HEAD.unpack(self._file.read(9))
-            if opcode not in (_OP_HEADER, _OP_METADATA, _OP_ATTACHMENT, _OP_SCHEMA, _OP_CHANNEL) or \
+            opcode, length = RECORD_HEAD.unpack(self._file.read(9))
+            if opcode not in (OP_HEADER, OP_METADATA, OP_ATTACHMENT, OP_SCHEMA, OP_CHANNEL) or \
                     pos + 9 + length > self.size:
                 break
-            if opcode == _OP_METADATA:
+            if opcode == OP_METADATA:
                 record = self._record_at(pos, 9 + length)
                 if isinstance(record, Metadata):
                     out[record.name] = dict(record.metadata)
@@ -289,8 +181,8 @@ class McapFile:
         self._file.seek(offset)
         raw = self._file.read(length)
         try:
-            opcode, body_len = _RECORD_HEAD.unpack_from(raw, 0)
-            return _parse(opcode, raw[9 : 9 + body_len]) if 9 + body_len <= len(raw) else None
+            opcode, body_len = RECORD_HEAD.unpack_from(raw, 0)
+            return parse_record(opcode, raw[9 : 9 + body_len]) if 9 + body_len <= len(raw) else None
         except (ValueError, struct.error, UnicodeDecodeError, EOFError):
             return None
 
@@ -303,14 +195,14 @@ class McapFile:
                 return None
             self._file.seek(offset)
             opcode, length, _channel, array_len = struct.unpack("<BQHI", self._file.read(15))
-            if opcode != _OP_MESSAGE_INDEX or array_len % 16 or array_len + 6 != length:
+            if opcode != OP_MESSAGE_INDEX or array_len % 16 or array_len + 6 != length:
                 return None
             total += array_len // 16
         return total
 
     def _chunks_indexed(
         self, start_ns: int | None, end_ns: int | None, channel_ids: set[int] | None
-    ) -> Iterator[_Chunk | DamagedChunk]:
+    ) -> Iterator[ChunkData | DamagedChunk]:
         summary = self._summary
         if summary is None:
             return
@@ -328,12 +220,12 @@ class McapFile:
             else:
                 self._file.seek(offset)
                 raw = self._file.read(length)
-                opcode, body_len = _RECORD_HEAD.unpack_from(raw, 0)
-                if opcode != _OP_CHUNK or body_len != length - 9:
+                opcode, body_len = RECORD_HEAD.unpack_from(raw, 0)
+                if opcode != OP_CHUNK or body_len != length - 9:
                     reason = "bad_record_header"
                 else:
                     try:
-                        yield _chunk_from_record(offset, raw[9:])
+                        yield chunk_from_record(offset, raw[9:])
                         continue
                     except (ValueError, struct.error) as e:
                         reason = f"bad_chunk_header:{e}"
@@ -346,19 +238,19 @@ class McapFile:
         ``any_opcode`` accepts any first byte (a chunk whose opcode byte was damaged).
         """
         self._file.seek(pos)
-        head = self._file.read(9 + _CHUNK_HEAD.size + 4 + 8)
-        if len(head) < 9 + _CHUNK_HEAD.size or (head[0] != _OP_CHUNK and not any_opcode):
+        head = self._file.read(9 + CHUNK_HEAD.size + 4 + 8)
+        if len(head) < 9 + CHUNK_HEAD.size or (head[0] != OP_CHUNK and not any_opcode):
             return None
         (length,) = struct.unpack_from("<Q", head, 1)
-        if pos + 9 + length > self.size or length > _MAX_CHUNK_BYTES:
+        if pos + 9 + length > self.size or length > MAX_CHUNK_BYTES:
             return None
-        start, end, usize, _crc, clen = _CHUNK_HEAD.unpack_from(head, 9)
-        if clen > 4 or start > end or usize > _MAX_CHUNK_BYTES or len(head) < 9 + _CHUNK_HEAD.size + clen + 8:
+        start, end, usize, _crc, clen = CHUNK_HEAD.unpack_from(head, 9)
+        if clen > 4 or start > end or usize > MAX_CHUNK_BYTES or len(head) < 9 + CHUNK_HEAD.size + clen + 8:
             return None
-        p = 9 + _CHUNK_HEAD.size
+        p = 9 + CHUNK_HEAD.size
         name = head[p : p + clen]
         (dlen,) = struct.unpack_from("<Q", head, p + clen)
-        if name not in (b"", b"zstd", b"lz4") or dlen != length - (_CHUNK_HEAD.size + clen + 8):
+        if name not in (b"", b"zstd", b"lz4") or dlen != length - (CHUNK_HEAD.size + clen + 8):
             return None
         return int(length)
 
@@ -367,15 +259,15 @@ class McapFile:
         while pos < self.size:
             self._file.seek(pos)
             block = self._file.read(_SCAN_BLOCK)
-            hit = block.find(bytes([_OP_CHUNK]))
+            hit = block.find(bytes([OP_CHUNK]))
             while hit != -1:
                 if self._plausible_chunk_at(pos + hit) is not None:
                     return pos + hit
-                hit = block.find(bytes([_OP_CHUNK]), hit + 1)
+                hit = block.find(bytes([OP_CHUNK]), hit + 1)
             pos += len(block)
         return None
 
-    def _chunks_scanned(self, start_ns: int | None, end_ns: int | None) -> Iterator[_Chunk | DamagedChunk]:
+    def _chunks_scanned(self, start_ns: int | None, end_ns: int | None) -> Iterator[ChunkData | DamagedChunk]:
         """Walk the data section record by record, resynchronising on the next chunk after damage.
 
         Only chunk records are checked field by field, so after damage the search for the next
@@ -383,24 +275,24 @@ class McapFile:
         have sent the walk past an intact chunk). The message index records that follow a chunk
         count its messages when the consumer marked it damaged (``self._last_damaged``).
         """
-        known = (_OP_HEADER, _OP_SCHEMA, _OP_CHANNEL, _OP_CHUNK, _OP_MESSAGE_INDEX, _OP_ATTACHMENT, _OP_METADATA)
+        known = (OP_HEADER, OP_SCHEMA, OP_CHANNEL, OP_CHUNK, OP_MESSAGE_INDEX, OP_ATTACHMENT, OP_METADATA)
         pos = last_chunk_end = len(MAGIC)
         last_resync = -1
         self._last_damaged = None
         while pos + 9 <= self.size:
             self._file.seek(pos)
-            opcode, length = _RECORD_HEAD.unpack(self._file.read(9))
+            opcode, length = RECORD_HEAD.unpack(self._file.read(9))
             end = pos + 9 + length
-            if opcode == _OP_DATA_END and length == 4:
+            if opcode == OP_DATA_END and length == 4:
                 return
             problem: str | None = None
             if opcode not in known:
                 problem = f"unknown_record:0x{opcode:02x}"
             elif end > self.size:
                 problem = "truncated"
-            elif opcode == _OP_CHUNK:
+            elif opcode == OP_CHUNK:
                 try:
-                    chunk = _chunk_from_record(pos, self._file.read(length))
+                    chunk = chunk_from_record(pos, self._file.read(length))
                 except (ValueError, struct.error) as e:
                     problem = f"bad_chunk_header:{e}"
                 else:
@@ -408,7 +300,7 @@ class McapFile:
                     last_chunk_end = end
                     if (start_ns is None or chunk.end_ns >= start_ns) and (end_ns is None or chunk.start_ns <= end_ns):
                         yield chunk
-            elif opcode == _OP_MESSAGE_INDEX:
+            elif opcode == OP_MESSAGE_INDEX:
                 body = self._file.read(min(length, 6))
                 if len(body) == 6 and self._last_damaged is not None:
                     (array_len,) = struct.unpack_from("<I", body, 2)
@@ -421,15 +313,15 @@ class McapFile:
             nxt = self._find_chunk(last_chunk_end) if last_chunk_end > last_resync else None
             if nxt is None or nxt <= last_resync:
                 nxt = self._find_chunk(pos + 1)
-            chunk_like = opcode == _OP_CHUNK or self._plausible_chunk_at(pos, any_opcode=True) is not None
+            chunk_like = opcode == OP_CHUNK or self._plausible_chunk_at(pos, any_opcode=True) is not None
             if nxt is None and problem == "truncated":
                 self.report.truncated = True
             if chunk_like and (nxt is None or nxt > pos):
                 damaged = DamagedChunk(pos, problem)
                 self._file.seek(pos + 9)
-                head = self._file.read(_CHUNK_HEAD.size)
-                if len(head) == _CHUNK_HEAD.size:
-                    damaged.start_ns, damaged.end_ns = _CHUNK_HEAD.unpack(head)[:2]
+                head = self._file.read(CHUNK_HEAD.size)
+                if len(head) == CHUNK_HEAD.size:
+                    damaged.start_ns, damaged.end_ns = CHUNK_HEAD.unpack(head)[:2]
                 self._last_damaged = damaged
                 yield damaged
             if nxt is None:
@@ -441,7 +333,7 @@ class McapFile:
 
     # -- messages --------------------------------------------------------------------------
     def _decode_chunk(
-        self, chunk: _Chunk, schemas: dict[int, Schema], channels: dict[int, Channel],
+        self, chunk: ChunkData, schemas: dict[int, Schema], channels: dict[int, Channel],
         channel_ids: set[int] | None, topics: set[str] | None, start_ns: int | None, end_ns: int | None,
     ) -> list[tuple[int, int, RawMessage]]:
         """Messages of one chunk as ``(log_time_ns, index, message)``; raises on a bad chunk."""
@@ -454,10 +346,10 @@ class McapFile:
         if len(data) != chunk.uncompressed_size or (chunk.crc and zlib.crc32(data) != chunk.crc):
             raise ValueError("crc_mismatch")
         out: list[tuple[int, int, RawMessage]] = []
-        for op, body in _iter_records(data):
-            if op in (_OP_SCHEMA, _OP_CHANNEL):
+        for op, body in iter_records(data):
+            if op in (OP_SCHEMA, OP_CHANNEL):
                 try:
-                    record = _parse(op, body)
+                    record = parse_record(op, body)
                 except (ValueError, struct.error, UnicodeDecodeError, EOFError):
                     self.report.skip("bad_channel_record")
                     continue
@@ -466,7 +358,7 @@ class McapFile:
                 else:
                     channels.setdefault(record.id, record)
                 continue
-            if op != _OP_MESSAGE or len(body) < 22:
+            if op != OP_MESSAGE or len(body) < 22:
                 continue
             channel_id, sequence, log_time, publish_time = struct.unpack_from("<HIQQ", body, 0)
             if (start_ns is not None and log_time < start_ns) or (end_ns is not None and log_time > end_ns):
@@ -542,7 +434,7 @@ class McapFile:
         if pos is None:
             return None
         self._file.seek(pos + 9)
-        return int(_CHUNK_HEAD.unpack(self._file.read(_CHUNK_HEAD.size))[0])
+        return int(CHUNK_HEAD.unpack(self._file.read(CHUNK_HEAD.size))[0])
 
     def channels(self) -> list[tuple[str, str, str]] | None:
         """``(topic, schema name, message encoding)`` of every channel from the summary; None without one."""
