@@ -160,12 +160,14 @@ def replay_stream(
     try:
         with Recording(path) as rec:
             t0 = rec.start_time_ns()
-            if t0 is None:
+            if t0 is None and rec.file.indexed:
                 raise DataError(f"{path} holds no messages; record one with: exitflow record OUT.mcap")
+            # no readable chunk in a cut file: read on anyway, so the damage is counted and reported
+            start_ns = None if t0 is None else t0 + int(start_s * 1e9)
+            end_ns = None if t0 is None or end_s is None else t0 + int(end_s * 1e9)
             wanted = topics if topics is not None else sensor_topics(rec)
             first_ns: int | None = None
-            for event in rec.events(wanted, t0 + int(start_s * 1e9),
-                                    None if end_s is None else t0 + int(end_s * 1e9), summary.skipped_records):
+            for event in rec.events(wanted, start_ns, end_ns, summary.skipped_records):
                 msg = event.message
                 if msg is None:
                     continue
@@ -231,6 +233,12 @@ def recorded_modalities(path: str | Path, topics: list[str] | None = None) -> li
                      if s in MODALITY_OF_SCHEMA and (topics is None or t in topics)}
         else:
             found = {e.message.modality for e in rec.events(topics) if e.message is not None}
+        report = rec.report
     if not found:
-        raise DataError(f"{path} holds no sensor messages{' on ' + ','.join(topics) if topics else ''}")
+        damage = ""
+        if report.damaged:
+            damage = (f": {len(report.chunks_damaged)} damaged chunk(s) skipped"
+                      + ("; the file is cut short" if report.truncated else "") + ", nothing readable is left")
+        raise DataError(f"{path} holds no {'readable ' if damage else ''}sensor messages"
+                        f"{' on ' + ','.join(topics) if topics else ''}{damage}")
     return sorted(found)

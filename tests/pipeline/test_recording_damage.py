@@ -135,3 +135,12 @@ def test_a_damaged_example_replays_without_a_traceback_and_reports_the_loss(exam
     assert chunk.offset == start and chunk.messages_lost == len(keys)
     assert chunk.start_ns is not None and chunk.end_ns is not None and chunk.end_ns > chunk.start_ns
     assert 0 < summary.decisions < clean.decisions
+
+
+def test_a_file_cut_inside_its_first_chunk_reports_the_loss_instead_of_no_data(example, tmp_path):
+    data, layout, _ = example
+    path = tmp_path / "cut.mcap"
+    path.write_bytes(data[: layout[0][1] - 10])
+    summary = replay_stream(path, RuleEngine(), Synchronizer(slop_ns=60 * MS))
+    assert summary.messages == 0 and summary.lost_data and summary.read.truncated
+    assert summary.read.chunks_damaged[0].offset == layout[0][0]
