@@ -319,6 +319,8 @@ class SchedulerConfig:
     skip_negative: bool = True
     calibration_drop: float = field(default=0.0025, metadata=bounds(
         min=0.0, max=1.0, help="exitflow calibrate: largest accuracy loss vs full on val (0.0025 = 0.25 pt)"))
+    calibration_precision: float = field(default=0.99, metadata=bounds(
+        min=0.0, max=1.0, help="exitflow calibrate: least accuracy of the samples any early check answers (val)"))
     threshold_coupling: float = field(default=1.0, metadata=bounds(min=0.0, max=4.0))
     accuracy: Literal["exited", "overall"] = "exited"
     min_exit_prob: float = field(

@@ -37,28 +37,38 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def plot_pareto(sweep: list[dict], rows: list[dict], path: Path) -> None:
+    """Accuracy against MACs and (when measured) against mJ per sample: exitflow's and the static
+    truncations' points and Pareto fronts, with ``full``, ``lf`` and the uni-modal baselines marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key = "mj_per_sample" if all(r["mj_per_sample"] is not None for r in sweep) else "macs_per_sample"
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for system, color in (("static", "tab:gray"), ("exitflow", "tab:blue")):
-        pts = [(r[key], r["accuracy"]) for r in sweep if r["system"] == system]
-        xs, ys = zip(*pts, strict=True)
-        ax.scatter(xs, ys, s=12, color=color, alpha=0.4)
-        front = pareto(pts)
-        ax.plot(*zip(*front, strict=True), "-o", color=color, label=f"{system} (Pareto front)", markersize=4)
-    for r in rows:
-        if r["system"] in ("full", "lf", "image", "audio") and r[key] is not None:
-            ax.scatter([r[key]], [r["accuracy"]], marker="x", color="black")
-            ax.annotate(r["system"], (r[key], r["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    unit = "mJ per sample (" + (sweep[0]["energy_source"] or "") + ")" if key == "mj_per_sample" else "MACs per sample"
-    ax.set_xlabel(unit)
-    ax.set_ylabel("accuracy")
-    ax.set_title("exitflow vs static truncation: accuracy-energy trade-off")
-    ax.legend()
+    keys = ["macs_per_sample"]
+    if all(r["mj_per_sample"] is not None for r in sweep):
+        keys.append("mj_per_sample")
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4.5), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for system, color in (("static", "tab:gray"), ("exitflow", "tab:blue")):
+            pts = [(r[key], r["accuracy"]) for r in sweep if r["system"] == system and r[key] is not None]
+            if not pts:
+                continue
+            xs, ys = zip(*pts, strict=True)
+            ax.scatter(xs, ys, s=12, color=color, alpha=0.4)
+            front = pareto(pts)
+            ax.plot(*zip(*front, strict=True), "-o", color=color, label=f"{system} (Pareto front)", markersize=4)
+        for r in rows:
+            if r["system"] in ("full", "lf", "image", "audio", "exitflow") and r.get(key) is not None:
+                marker, color = ("*", "tab:blue") if r["system"] == "exitflow" else ("x", "black")
+                ax.scatter([r[key]], [r["accuracy"]], marker=marker, color=color, s=60)
+                ax.annotate(r["system"], (r[key], r["accuracy"]), textcoords="offset points", xytext=(4, 4),
+                            fontsize=8)
+        source = sweep[0]["energy_source"] or ""
+        ax.set_xlabel(f"mJ per sample ({source})" if key == "mj_per_sample" else "MACs per sample")
+        ax.set_xscale("log")
+        ax.set_ylabel("accuracy")
+        ax.legend(fontsize=8)
+    fig.suptitle("exitflow vs static truncation and the single-pass baselines")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

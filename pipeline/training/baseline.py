@@ -23,6 +23,7 @@ from exitflow.pipeline.checkpoints import save_checkpoint
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
 from exitflow.pipeline.data.batches import batch_rows, modality_batch
+from exitflow.pipeline.training.augment import augment_audio, augment_image
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,13 @@ def accuracy(model: LateFusion, split: AVSplit) -> float:
 
 
 def train_baseline(
-    cfg: Config, name: str, dataset: str = "avmnist", progress: bool = True, command: str | None = None
+    cfg: Config, name: str, dataset: str = "avmnist", progress: bool = True, command: str | None = None,
+    augment: bool = False,
 ) -> BaselineResult:
+    """Train a baseline; ``augment`` applies the CNN family's augmentation (frequency warp, SpecAugment,
+    shifts: ``pipeline/training/augment.py``) so both are trained for unseen voices alike."""
     t = cfg.train
+    gen = torch.Generator().manual_seed(t.seed)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     torch.manual_seed(t.seed)
@@ -73,7 +78,10 @@ def train_baseline(
         batches = list(batch_rows(n_train, t.batch_size, shuffle=True, seed=t.seed, epoch=epoch))
         bar = tqdm(batches, desc=f"{name} epoch {epoch + 1}/{t.epochs}", disable=not progress, unit="batch")
         for rows in bar:
-            logits = model(modality_batch(train, model.modalities, rows))
+            inputs = modality_batch(train, model.modalities, rows)
+            if augment:
+                inputs = {m: augment_audio(x, gen) if m == "audio" else augment_image(x, gen) for m, x in inputs.items()}
+            logits = model(inputs)
             loss = loss_fn(logits, torch.from_numpy(train.labels[rows]))
             opt.zero_grad()
             loss.backward()
@@ -100,6 +108,7 @@ def train_baseline(
         "parameters": params,
         "best_epoch": best_epoch,
         "seed": t.seed,
+        "augment": augment,
     }
     command = command or f"exitflow train baseline --name {name} --dataset {dataset}"
     card = _model_card(name, dataset, meta, command, cfg, n_train, len(val), train_s)
@@ -122,7 +131,7 @@ def _model_card(name: str, dataset: str, meta: dict, command: str, cfg: Config, 
 | data | {dataset} built from MNIST + FSDD (`pipeline/data/avmnist.py`), image energy removed {d.image_energy_removed}, audio SNR {d.audio_snr_db}, data seed {d.seed} |
 | train / val / test samples | {n_train} / {n_val} / {meta['test_samples']} |
 | command | `{command}` |
-| training | {t.epochs} epochs, batch {t.batch_size}, Adam lr {t.lr}, weight decay {t.weight_decay}, seed {t.seed}, best epoch by val: {meta['best_epoch']} |
+| training | {t.epochs} epochs, batch {t.batch_size}, Adam lr {t.lr}, weight decay {t.weight_decay}, seed {t.seed}, best epoch by val: {meta['best_epoch']}, augmentation: {"frequency warp, time scale/shift, SpecAugment, level; image shift (pipeline/training/augment.py)" if meta.get("augment") else "none"} |
 | val accuracy | {meta['val_accuracy']:.4f} |
 | test accuracy | {meta['test_accuracy']:.4f} |
 | MACs per sample | {meta['macs_per_sample']:,} (torch.utils.flop_counter) |

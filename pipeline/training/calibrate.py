@@ -6,7 +6,8 @@ followed by a fused check over ``first``'s last exit and ``second``'s exit so fa
 fused score passes); ``second``'s last exit ends with the fusion over both last exits. This
 module replays that walk on the calibration split's per-exit logits for every combination of a
 threshold grid (vectorised numpy, no model runs) and keeps the cheapest combination whose
-accuracy is within ``scheduler.calibration_drop`` of the full model on the same split. The
+accuracy is within ``scheduler.calibration_drop`` of the full model on the same split and whose
+early answers are right at least ``scheduler.calibration_precision`` of the time at every check. The
 thresholds go into the exit profile (``fusion`` included), which the engine loads.
 """
 
@@ -41,6 +42,7 @@ class WalkResult:
     accuracy: float
     macs: float
     shares: dict[str, float]
+    precision: dict[str, float]  # accuracy of the samples each check answered (1.0 where none)
 
 
 def family_logits(
@@ -141,29 +143,42 @@ class WalkSimulator:
         done = np.zeros(n, dtype=bool)
         pred = np.zeros(n, dtype=np.int64)
         macs = np.zeros(n)
-        shares = {}
+        shares, precision = {}, {}
         last = len(self.checks) - 1
         for i, (name, kind, cost, score, p) in enumerate(self.checks):
             tau = thresholds[{"first": first, "second": second, "fusion": FUSION_KEY}[kind]]
             fire = ~done if i == last else ~done & self._passes(score, tau)  # the final fusion answers the rest
             pred[fire], macs[fire] = p[fire], cost
             shares[name] = float(fire.mean())
+            precision[name] = float((p[fire] == self.labels[fire]).mean()) if fire.any() else 1.0
             done |= fire
-        return WalkResult(float((pred == self.labels).mean()), float(macs.mean()), shares)
+        return WalkResult(float((pred == self.labels).mean()), float(macs.mean()), shares, precision)
 
     def full_accuracy(self) -> float:
         return float((self.checks[-1][4] == self.labels).mean())
 
-    def search(self, max_drop: float, grid: Sequence[float] | None = None) -> tuple[dict[str, float], WalkResult]:
-        """The cheapest thresholds whose accuracy is at least the full model's minus ``max_drop``."""
+    def search(
+        self, max_drop: float, min_precision: float = 0.0, grid: Sequence[float] | None = None
+    ) -> tuple[dict[str, float], WalkResult]:
+        """The cheapest thresholds whose accuracy is at least the full model's minus ``max_drop`` and
+        whose early answers are right at least ``min_precision`` of the time at every check.
+
+        The precision bar is what transfers to other speakers: how often a confident early exit is
+        right depends little on the voice, whereas the full model's accuracy on one calibration
+        speaker (the other bar) can be far from its accuracy on the next.
+        """
         grid = tuple(grid or THRESHOLD_GRID[self.rule])
         target = self.full_accuracy() - max_drop
+        final = self.checks[-1][0]
         best: tuple[dict[str, float], WalkResult] | None = None
         for t_first, t_second, t_fusion in itertools.product(grid, grid, grid):
             thresholds = {self.order[0]: t_first, self.order[1]: t_second, FUSION_KEY: t_fusion}
             result = self.run(thresholds)
-            if result.accuracy >= target and (best is None or result.macs < best[1].macs):
-                best = (thresholds, result)
+            if result.accuracy < target or (best is not None and result.macs >= best[1].macs):
+                continue
+            if any(result.shares[k] > 0 and result.precision[k] < min_precision for k in result.shares if k != final):
+                continue
+            best = (thresholds, result)
         if best is None:  # nothing exits early at that accuracy: never exit (the grid's first value)
             never = {self.order[0]: grid[0], self.order[1]: grid[0], FUSION_KEY: grid[0]}
             best = (never, self.run(never))
@@ -197,11 +212,12 @@ def calibrate_family(cfg: Config, dataset: str, meter: Any, energy_samples: int 
         if len(order) != 2:  # a modality skipped at this lambda: nothing to fuse early
             raise ValueError(f"at scheduler.lam {cfg.scheduler.lam} the plan runs only {list(order)}; raise lam")
         sim = WalkSimulator(logits, labels, order, exit_macs, fusion.head_macs, rule, fusion.modalities)
-        thresholds, result = sim.search(cfg.scheduler.calibration_drop)
+        thresholds, result = sim.search(cfg.scheduler.calibration_drop, cfg.scheduler.calibration_precision)
         report = {
             "order": list(order), "thresholds": thresholds, "rule": rule, "val_samples": int(labels.shape[0]),
             "val_full_accuracy": sim.full_accuracy(), "val_accuracy": result.accuracy, "val_macs": result.macs,
-            "full_macs": sim.checks[-1][2], "shares": result.shares, "max_drop": cfg.scheduler.calibration_drop,
+            "full_macs": sim.checks[-1][2], "shares": result.shares, "precision": result.precision,
+            "max_drop": cfg.scheduler.calibration_drop, "min_precision": cfg.scheduler.calibration_precision,
         }
     if progress:
         print(json.dumps(report, indent=1))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import torch.nn.functional as F  # noqa: N812
 from tqdm import tqdm
 
 from exitflow.encoders.calibration import fit_temperature
-from exitflow.encoders.checkpoint import save_encoder
+from exitflow.encoders.checkpoint import checksum_lines, save_encoder, write_model_card
 from exitflow.encoders.cnn import CNNEarlyExitEncoder, cnn_preset
 from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
 from exitflow.encoders.joint_loss import DoubleStageReweighter
@@ -35,8 +36,10 @@ from exitflow.pipeline.artifacts import NUM_CLASSES, cnn_folder
 from exitflow.pipeline.checkpoints import save_checkpoint
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
+from exitflow.pipeline.training.augment import augment_audio, augment_image
 from exitflow.pipeline.training.calibrate import family_logits
 
+log = logging.getLogger(__name__)
 MODALITIES = ("image", "audio")
 EVAL_SPLITS = ("val", "test", "test_id")
 
@@ -57,33 +60,6 @@ class CNNTrainSettings:
     modality_dropout: float = 0.15
     reweight: str = "uniform"  # uniform | mmexit
     num_threads: int = 0
-
-
-# -- augmentation --------------------------------------------------------------------------------
-def augment_audio(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """SpecAugment (2 frequency + 2 time masks up to 12 bins), a +-8 frame shift and a +-0.05 level change.
-
-    ``x``: (B, 1, F, T) spectrogram in [0, 1] (dB scaled, so a gain is an offset).
-    """
-    b, _, f, t = x.shape
-    x = x.clone()
-    for axis, size in ((2, f), (3, t)):
-        for _ in range(2):
-            width = torch.randint(0, 13, (b,), generator=gen)
-            start = (torch.rand(b, generator=gen) * (size - width)).long()
-            ar = torch.arange(size)
-            mask = (ar[None] >= start[:, None]) & (ar[None] < (start + width)[:, None])  # (B, size)
-            x = x.masked_fill(mask.view((b, 1, size, 1) if axis == 2 else (b, 1, 1, size)), 0.0)
-    shift = int(torch.randint(-8, 9, (), generator=gen))
-    x = torch.roll(x, shift, dims=3)
-    level = (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.1
-    return (x + level).clamp_(0.0, 1.0)
-
-
-def augment_image(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """A shift of up to 2 pixels in each direction (the same for the batch)."""
-    dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
-    return torch.roll(x, (dy, dx), dims=(2, 3))
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -222,8 +198,7 @@ def train_cnn_family(
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         val_acc = accuracies(collect_logits(model, evals["val"]), evals["val"]["labels"].numpy())
         history.append({"epoch": epoch + 1, "val_full": val_acc[full_key(model)], "s": round(time.time() - started)})
-        if progress:
-            print(json.dumps(history[-1]), flush=True)
+        log.info("cnn %s epoch %d: %s", dataset, epoch + 1, json.dumps(history[-1]))
         if val_acc[full_key(model)] > best:  # early stopping on the calibration speaker
             best = val_acc[full_key(model)]
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -232,12 +207,10 @@ def train_cnn_family(
     val_logits = collect_logits(model, evals["val"])  # temperatures are still 1: raw logits
     temps = fit_temperatures(model, val_logits, evals["val"]["labels"].numpy())
     out = out or cnn_folder(cfg, dataset)
-    report = _save(model, out, cfg, dataset, settings, evals, temps, history, command)
-    report["train_s"] = round(time.time() - started)
-    return report
+    return _save(model, out, cfg, dataset, settings, evals, temps, history, command, round(time.time() - started))
 
 
-def _save(model, out, cfg, dataset, settings, evals, temps, history, command) -> dict[str, Any]:
+def _save(model, out, cfg, dataset, settings, evals, temps, history, command, train_s) -> dict[str, Any]:
     logits = {sp: collect_logits(model, evals[sp]) for sp in EVAL_SPLITS}
     labels = {sp: evals[sp]["labels"].numpy() for sp in EVAL_SPLITS}
     acc = {sp: accuracies(logits[sp], labels[sp]) for sp in EVAL_SPLITS}
@@ -255,7 +228,55 @@ def _save(model, out, cfg, dataset, settings, evals, temps, history, command) ->
     np.savez_compressed(out / "logits.npz", **{f"{sp}/{k}": v for sp in EVAL_SPLITS for k, v in logits[sp].items()},
                         **{f"{sp}/labels": labels[sp] for sp in EVAL_SPLITS})
     report = {"dataset": dataset, "accuracy": acc, "macs": macs, "temperatures": temps, "history": history,
-              "settings": dataclasses.asdict(settings), "command": command, "rows": {
+              "settings": dataclasses.asdict(settings), "command": command, "train_s": train_s, "rows": {
                   sp: int(len(labels[sp])) for sp in EVAL_SPLITS}}
     (out / "training.json").write_text(json.dumps(report, indent=1) + "\n")
+    _write_cards(model, out, report)
     return report
+
+
+def _write_cards(model: CNNFamily, out: Path, report: dict[str, Any]) -> None:
+    """MODEL_CARD.md of the family (every exit and fusion head) and of each encoder."""
+    acc, macs, temps, s = report["accuracy"], report["macs"], report["temperatures"], report["settings"]
+    rows = sorted((k for k in macs), key=lambda k: (k.count("_"), macs[k]))
+    data = (f"{report['dataset']} (`pipeline/data/avmnist.py`): train = speakers george, jackson, lucas "
+            f"(recordings 0-39) with 55,000 MNIST rows; val (calibration, early stopping, temperatures) = "
+            f"speaker nicolas; test = speaker theo (unseen voice, unseen MNIST test images); test_id = the "
+            f"training speakers' recordings 40-49. Rows evaluated: {report['rows']}.")
+    training = (f"{s['epochs']} epochs (best by val full accuracy: epoch "
+                f"{max(report['history'], key=lambda h: h['val_full'])['epoch']}), batch {s['batch_size']}, AdamW + "
+                f"one-cycle max lr {s['lr']}, weight decay {s['weight_decay']}, dropout {s['dropout']}, modality "
+                f"dropout {s['modality_dropout']}, loss weights {s['reweight']}; audio: frequency warp 0.85-1.15, "
+                f"time scale 0.9-1.1 and shift, SpecAugment 2+2 masks, level +-0.05; image: shift +-2 px. "
+                f"Training time {report.get('train_s', '?')} s on 2 CPU cores.")
+    table = ["| output | MACs/sample (cumulative) | T (val) | val | test (unseen speaker) | test_id |",
+             "|---|---|---|---|---|---|"]
+    for k in rows:
+        cost = macs[k] if "_" not in k else (
+            f"head {macs[k]:,} (+ encoders to " + " and ".join(k.split("_")) + ")")
+        cost = f"{cost:,}" if isinstance(cost, int) else cost
+        table.append(f"| {k} | {cost} | {temps.get(k, 1.0):.3f} | {acc['val'][k]:.4f} | {acc['test'][k]:.4f} "
+                     f"| {acc['test_id'][k]:.4f} |")
+    text = "\n".join([
+        f"# CNN family on {report['dataset']}", "",
+        "Image and audio CNN encoders with an exit after every block (`encoders/cnn.py`) and a late-fusion head "
+        "for every pair of exits (`encoders/fusion_grid.py`), trained jointly (`pipeline/training/cnn_family.py`). "
+        "Scores are divided by per-output temperatures fitted on val.", "",
+        "## Data", "", data, "", "## How it was made", "", "```", str(report.get("command")), "```", "",
+        f"Seed: {s['seed']}", "", training, "", "## Every output (MACs by torch.utils.flop_counter)", "",
+        *table, "", "The operating point (exit thresholds) is chosen on val by `exitflow calibrate` and stored in "
+        "`profile.json`.", "",
+    ])
+    (out / "MODEL_CARD.md").write_text(text + "\n".join(checksum_lines(out / "fusion")) + "\n")
+    for m in MODALITIES:
+        enc = model.encoders[m]
+        exits = [{"exit": e, "layer": e + 1, "head": f"avgpool {enc.config.head_pool}x{enc.config.head_pool} + linear",
+                  "head_params": sum(p.numel() for p in enc.heads[e].parameters()),
+                  "head_macs": enc.head_macs()[e], "cumulative_macs": enc.exit_macs()[e],
+                  "val_accuracy": acc["val"][f"{m}{e}"], "test_accuracy": acc["test"][f"{m}{e}"]}
+                 for e in range(enc.num_exits)]
+        write_model_card(out / m, {
+            "title": f"{m} CNN encoder with exits ({report['dataset']})", "data": data,
+            "command": str(report.get("command")), "seed": s["seed"], "training": training, "exits": exits,
+            "backbone": json.dumps(enc.config.to_dict()), "notes": ["See ../MODEL_CARD.md for the fusion heads."],
+        })

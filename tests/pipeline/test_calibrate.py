@@ -60,3 +60,12 @@ def test_bad_rule_or_order_raises():
         WalkSimulator({}, np.zeros(1), ("image", "audio"), MACS, HEADS, "patience")
     with pytest.raises(ValueError, match="two modalities"):
         WalkSimulator({}, np.zeros(1), ("image",), MACS, HEADS, "max_prob")
+
+
+def test_precision_bar_keeps_early_checks_that_are_often_wrong_out(sim):
+    # the confident image exit is right half the time: a loose accuracy bar takes it, the precision bar does not
+    _, loose = sim.search(max_drop=0.6)
+    assert loose.shares["image0"] == 1.0
+    _, strict = sim.search(max_drop=0.6, min_precision=0.95)
+    assert strict.shares["image0"] == 0.0 and strict.accuracy == 1.0
+    assert all(strict.precision[k] >= 0.95 for k, v in strict.shares.items() if v)
