@@ -23,6 +23,7 @@ files' digests; a build writes a temporary folder and renames it, so nothing is 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -102,6 +103,18 @@ class AVSplit:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def head(self, n: int | None) -> AVSplit:
+        """The first ``n`` samples (all when ``n`` is None or at least the split's length)."""
+        if n is None or n >= len(self):
+            return self
+        return dataclasses.replace(
+            self, image=self.image[:n], audio=LazyRows(self.audio.bank, self.audio.index[:n]),
+            labels=self.labels[:n], rows=self.rows[:n], recording=self.recording[:n],
+            text=None if self.text is None else self.text[:n],
+            command=None if self.command is None else self.command[:n],
+            text_status=None if self.text_status is None else self.text_status[:n],
+        )
 
     def digest(self) -> str:
         """sha256 over every array (and text) of the split: equal digests mean equal data."""

@@ -13,6 +13,7 @@ thresholds go into the exit profile (``fusion`` included), which the engine load
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Mapping, Sequence
@@ -185,8 +186,11 @@ class WalkSimulator:
         return best
 
 
-def calibrate_family(cfg: Config, dataset: str, meter: Any, energy_samples: int = 100, progress: bool = True) -> dict:
-    """Choose the thresholds on ``val`` for the policy's order, write the profile; returns a report."""
+def calibrate_family(
+    cfg: Config, dataset: str, meter: Any, energy_samples: int = 100, progress: bool = True, limit: int | None = None,
+) -> dict:
+    """Choose the thresholds on ``val`` (its first ``limit`` samples) for the policy's order, write the
+    profile; returns a report."""
     from exitflow.pipeline.data.avmnist import load_split
     from exitflow.pipeline.inference.engine import policy_from_config
     from exitflow.pipeline.inference.loading import load_encoders, load_fusion
@@ -195,7 +199,7 @@ def calibrate_family(cfg: Config, dataset: str, meter: Any, energy_samples: int 
     encoders, fusion = load_encoders(cfg, dataset), load_fusion(cfg, dataset)
     if not isinstance(fusion, ExitGridFusion):
         raise ValueError(f"exitflow calibrate chooses the CNN family's operating point; {dataset} has no exit grid")
-    val = load_split(cfg, "val", dataset, progress)
+    val = load_split(cfg, "val", dataset, progress).head(limit)
     logits, labels = split_logits(encoders, fusion, val)
     rule = cfg.scheduler.exit_rule
     exit_macs = {m: [float(v) for v in enc.exit_macs()] for m, enc in encoders.items()}
@@ -204,13 +208,13 @@ def calibrate_family(cfg: Config, dataset: str, meter: Any, energy_samples: int 
     report: dict[str, Any] = {}
     thresholds = provisional
     for _ in range(3):  # the order depends on the profile, the profile on the thresholds: iterate to a fixed point
-        profile = make_profile(cfg, dataset, meter, energy_samples, progress, thresholds=thresholds)
-        plan_order = policy_from_config(profile, cfg.scheduler).plan(fusion.modalities).order
+        profile = make_profile(cfg, dataset, meter, energy_samples, progress, thresholds=thresholds, limit=limit)
+        # the order of the walk with both modalities (a lambda at which the policy skips one has no fused checks)
+        every = dataclasses.replace(cfg.scheduler, skip_negative=False)
+        plan_order = policy_from_config(profile, every).plan(fusion.modalities).order
         if plan_order == order:
             break
         order = plan_order
-        if len(order) != 2:  # a modality skipped at this lambda: nothing to fuse early
-            raise ValueError(f"at scheduler.lam {cfg.scheduler.lam} the plan runs only {list(order)}; raise lam")
         sim = WalkSimulator(logits, labels, order, exit_macs, fusion.head_macs, rule, fusion.modalities)
         thresholds, result = sim.search(cfg.scheduler.calibration_drop, cfg.scheduler.calibration_precision)
         report = {

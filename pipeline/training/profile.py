@@ -15,6 +15,7 @@ import torch
 
 from exitflow.encoders.base import EarlyExitEncoder
 from exitflow.encoders.fusion_grid import ExitGridFusion
+from exitflow.encoders.text import TextEarlyExitEncoder
 from exitflow.pipeline.artifacts import profile_path, weight_files
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
@@ -102,14 +103,14 @@ def _step_energy(
 
 def make_profile(
     cfg: Config, dataset: str, meter, energy_samples: int = 100, progress: bool = True,
-    thresholds: dict[str, float] | None = None,
+    thresholds: dict[str, float] | None = None, limit: int | None = None,
 ) -> Profile:
     """Profile every exit on the val split at the configured thresholds (or ``thresholds``, e.g. the
     calibrated ones, ``fusion`` included); saved beside the checkpoints."""
     s = cfg.scheduler
     encoders = load_encoders(cfg, dataset)
     fusion = load_fusion(cfg, dataset)
-    val = load_split(cfg, "val", dataset, progress)
+    val = load_split(cfg, "val", dataset, progress).head(limit)
     records = collect_exits(encoders, val, progress=progress)
     labels = val.labels
     threads = torch.get_num_threads()
@@ -129,7 +130,7 @@ def make_profile(
         per_exit[m] = ExitArrays(
             scores=scores,
             correct=correct,
-            macs_cumulative=np.asarray(encoders[m].exit_macs(), dtype=np.float64),
+            macs_cumulative=np.asarray(_exit_macs(encoders[m], val), dtype=np.float64),
             energy_mj_step=np.broadcast_to(per_step[m], correct.shape).copy(),
             layers=tuple(encoders[m].exit_layers),
         )
@@ -147,6 +148,13 @@ def make_profile(
         profile.thresholds[FUSION_KEY] = float(chosen[FUSION_KEY])
     profile.save(profile_path(cfg, dataset))
     return profile
+
+
+def _exit_macs(encoder: EarlyExitEncoder, split: AVSplit) -> list[float] | list[int]:
+    """Cumulative MACs per exit; text: the mean over the split's real token counts (not ``ref_tokens``)."""
+    if isinstance(encoder, TextEarlyExitEncoder):
+        return encoder.mean_exit_macs(list(split.text or []))
+    return encoder.exit_macs()
 
 
 DEFAULT_THRESHOLD = {"entropy": 0.2, "max_prob": 0.9, "patience": 2.0, "none": 0.0}

@@ -40,7 +40,7 @@ def _save_tiny_encoders(cfg, seed: int) -> None:
 def tiny_cfg(tmp_path_factory: pytest.TempPathFactory, data_cache: Path):
     ckpt = tmp_path_factory.mktemp("ckpt")
     cfg = load_config(None, [
-        f"data.root={SHARED_DATA}", f"data.cache_dir={data_cache}", f"train.checkpoint_dir={ckpt}",
+        f"data.root={SHARED_DATA}", f"data.cache_dir={data_cache}", f"train.checkpoint_dir={ckpt}", "encoder.family=vit",
         "train.limit=512", "train.epochs=1", "train.batch_size=128", "scheduler.threshold=0.5",
         "joint.epochs=2", "joint.limit=256", "joint.eval_limit=300", "joint.use=true",
     ])
@@ -100,10 +100,11 @@ def test_fusion_profile_and_bench_on_tiny_encoders(tiny_cfg) -> None:
 def test_profile_of_other_weights_is_rejected(tiny_cfg, tmp_path: Path) -> None:
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"schema_version": 1}))
-    cfg = load_config(None, [f"train.checkpoint_dir={tiny_cfg.train.checkpoint_dir}", f"scheduler.profile={path}"])
+    cfg = load_config(None, [f"train.checkpoint_dir={tiny_cfg.train.checkpoint_dir}", f"scheduler.profile={path}",
+                                "encoder.family=vit"])
     with pytest.raises(Exception, match="profile"):
         load_dataset_profile(cfg, "avmnist")
-    missing = load_config(None, [f"train.checkpoint_dir={tmp_path}"])
+    missing = load_config(None, [f"train.checkpoint_dir={tmp_path}", "encoder.family=vit"])
     with pytest.raises(CheckpointError, match="exitflow train encoder"):
         AdaptiveParts(missing, "avmnist")
 
@@ -112,7 +113,7 @@ def test_profile_of_other_weights_is_rejected(tiny_cfg, tmp_path: Path) -> None:
 def tiny_transformer_cfg(tmp_path_factory: pytest.TempPathFactory, data_cache: Path):
     ckpt = tmp_path_factory.mktemp("ckpt_transformer")
     cfg = load_config(None, [
-        f"data.root={SHARED_DATA}", f"data.cache_dir={data_cache}", f"train.checkpoint_dir={ckpt}",
+        f"data.root={SHARED_DATA}", f"data.cache_dir={data_cache}", f"train.checkpoint_dir={ckpt}", "encoder.family=vit",
         "train.limit=256", "train.epochs=2", "train.batch_size=64", "scheduler.threshold=0.5",
         "fusion.exit=transformer", "fusion.dim=16", "fusion.layers=2", "fusion.heads=2", "fusion.eval_limit=120",
         "fusion.ramp_fraction=0.25",
