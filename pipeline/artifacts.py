@@ -86,6 +86,13 @@ def transformer_folder(cfg: Config, dataset: str) -> Path:
     return checkpoint_dir(f"fusion_transformer_{dataset}", cfg.train.checkpoint_dir)
 
 
+def baseline_dataset(dataset: str, name: str) -> str:
+    """The data set the LeNet baseline ``name`` was trained on: ``avmnist-noisy`` has its own audio and
+    late-fusion baselines (its images are avmnist's, so ``image`` is shared); ``avmnist-t`` uses the
+    image + audio ones of ``avmnist``."""
+    return dataset if dataset == "avmnist-noisy" and name != "image" else "avmnist"
+
+
 def baseline_folder(cfg: Config, name: str, dataset: str = "avmnist") -> Path:
     return checkpoint_dir(f"baseline_{name}_{dataset}", cfg.train.checkpoint_dir)
 

@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     train = groups["train"].add_parser(
         "cnn", help="train the CNN family: image + audio encoders with an exit per block and the exit-grid fusion")
     train.add_argument("--dataset", choices=CNN_DATASETS, default=None)
-    train.add_argument("--epochs", type=positive_int, default=4)
+    train.add_argument("--epochs", type=positive_int, default=1, help="epochs run (default: %(default)s)")
+    train.add_argument("--schedule-epochs", type=positive_int, default=3,
+                       help="epochs the one-cycle learning rate is laid out over, >= --epochs (default: %(default)s)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--limit", type=positive_int, default=None, help="training rows (default: all)")
     train.add_argument("--eval-limit", type=positive_int, default=None, help="rows of val/test/test_id (default: all)")
@@ -43,7 +45,7 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
 
     dataset = _dataset(args, cfg)
     settings = CNNTrainSettings(
-        epochs=args.epochs, seed=args.seed, limit=args.limit, eval_limit=args.eval_limit, reweight=args.reweight,
+        epochs=args.epochs, schedule_epochs=max(args.schedule_epochs, args.epochs), seed=args.seed, limit=args.limit, eval_limit=args.eval_limit, reweight=args.reweight,
         batch_size=cfg.train.batch_size, num_threads=cfg.train.num_threads,
     )
     report = train_cnn_family(cfg, dataset, settings, out=Path(args.out) if args.out else None,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from exitflow.pipeline.artifacts import baseline_dataset
 from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts, truncated_macs
 from exitflow.pipeline.inference.systems import BaselineSystem
 from exitflow.pipeline.messages import Sample
@@ -87,12 +88,6 @@ def _per_sample(value: float | None, n: int) -> float | None:
     return None if value is None else value / n
 
 
-def baseline_dataset(dataset: str) -> str:
-    """The data set the LeNet baselines were trained on: ``avmnist-noisy`` has its own, ``avmnist-t``
-    uses the image + audio ones of ``avmnist``."""
-    return dataset if dataset == "avmnist-noisy" else "avmnist"
-
-
 SINGLE_PASS = ("full", "lf", "static", "image", "audio")  # systems that run the same network for every sample
 
 
@@ -142,7 +137,7 @@ def bench(
         if name == "full":
             built[name] = parts.full()
         elif name in ("lf", "image", "audio"):
-            built[name] = BaselineSystem(cfg, name, baseline_dataset(parts.dataset))
+            built[name] = BaselineSystem(cfg, name, baseline_dataset(parts.dataset, name))
         elif name == "rexit":
             built[name] = parts.rexit(seed=cfg.data.seed)
         elif name == "exitflow":

@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from exitflow.pipeline.artifacts import baseline_dataset
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.inference.engine import apply_engine_settings
@@ -64,9 +65,9 @@ class BaselineSystem:
 
 SystemFactory = Callable[[Config, str], System]
 _FACTORIES: dict[str, SystemFactory] = {
-    "lf": lambda cfg, ds: BaselineSystem(cfg, "lf", ds),
-    "image": lambda cfg, ds: BaselineSystem(cfg, "image", ds),
-    "audio": lambda cfg, ds: BaselineSystem(cfg, "audio", ds),
+    "lf": lambda cfg, ds: BaselineSystem(cfg, "lf", baseline_dataset(ds, "lf")),
+    "image": lambda cfg, ds: BaselineSystem(cfg, "image", baseline_dataset(ds, "image")),
+    "audio": lambda cfg, ds: BaselineSystem(cfg, "audio", baseline_dataset(ds, "audio")),
     "full": lambda cfg, ds: _adaptive(cfg, ds).full(),
     "exitflow": lambda cfg, ds: _adaptive(cfg, ds).exitflow(meter=_meter(cfg)),
     "rexit": lambda cfg, ds: _adaptive(cfg, ds).rexit(),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Literal
 
 import cv2
@@ -138,6 +139,7 @@ class SchemaSpec:
     message_encoding: str  # "protobuf" or "json"
 
 
+@cache
 def protobuf_schema(name: str) -> SchemaSpec:
     """The schema record of one of the Foxglove protobuf schemas used here."""
     if name not in _PROTO_TYPES:
@@ -146,6 +148,7 @@ def protobuf_schema(name: str) -> SchemaSpec:
     return SchemaSpec(name, "protobuf", data, "protobuf")
 
 
+@cache
 def json_schema(topic: str) -> SchemaSpec:
     """The JSON schema record of ``/decisions``, ``/events`` or ``/status``."""
     if topic not in JSON_SCHEMAS:

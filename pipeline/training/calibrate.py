@@ -44,6 +44,7 @@ class WalkResult:
     macs: float
     shares: dict[str, float]
     precision: dict[str, float]  # accuracy of the samples each check answered (1.0 where none)
+    full_precision: dict[str, float]  # the full model's accuracy on those same samples (1.0 where none)
 
 
 def family_logits(
@@ -144,7 +145,8 @@ class WalkSimulator:
         done = np.zeros(n, dtype=bool)
         pred = np.zeros(n, dtype=np.int64)
         macs = np.zeros(n)
-        shares, precision = {}, {}
+        shares, precision, full_precision = {}, {}, {}
+        full_right = self.checks[-1][4] == self.labels
         last = len(self.checks) - 1
         for i, (name, kind, cost, score, p) in enumerate(self.checks):
             tau = thresholds[{"first": first, "second": second, "fusion": FUSION_KEY}[kind]]
@@ -152,8 +154,9 @@ class WalkSimulator:
             pred[fire], macs[fire] = p[fire], cost
             shares[name] = float(fire.mean())
             precision[name] = float((p[fire] == self.labels[fire]).mean()) if fire.any() else 1.0
+            full_precision[name] = float(full_right[fire].mean()) if fire.any() else 1.0
             done |= fire
-        return WalkResult(float((pred == self.labels).mean()), float(macs.mean()), shares, precision)
+        return WalkResult(float((pred == self.labels).mean()), float(macs.mean()), shares, precision, full_precision)
 
     def full_accuracy(self) -> float:
         return float((self.checks[-1][4] == self.labels).mean())

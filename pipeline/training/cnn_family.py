@@ -10,7 +10,8 @@ temperatures are then fitted on ``val``. The result is ``checkpoints/cnn_<datase
 written beside it for the operating-point search (``exitflow calibrate``).
 
 The loss weights every output equally by default; ``reweight: mmexit`` uses MMExit's double-stage
-re-weighting (:class:`encoders.joint_loss.DoubleStageReweighter`).
+re-weighting (:class:`encoders.joint_loss.DoubleStageReweighter`, loss values as the running signal,
+stages alternating per update): final exits + every fusion head, then the earlier exits.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ EVAL_SPLITS = ("val", "test", "test_id")
 class CNNTrainSettings:
     """How the CNN family is trained (``exitflow train cnn`` flags)."""
 
-    epochs: int = 3
+    epochs: int = 1
+    schedule_epochs: int = 3  # the one-cycle learning rate is laid out over this many epochs (>= epochs)
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -170,10 +172,15 @@ def train_cnn_family(
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     n = len(train["labels"])
     per_epoch = (n + s.batch_size - 1) // s.batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.epochs * per_epoch, pct_start=0.15)
+    if s.schedule_epochs < s.epochs:
+        raise ValueError(f"schedule_epochs ({s.schedule_epochs}) must be >= epochs ({s.epochs})")
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=s.lr, total_steps=s.schedule_epochs * per_epoch, pct_start=0.15)
     rw = None
     if s.reweight == "mmexit":
-        rw = DoubleStageReweighter({m: 3 for m in MODALITIES}, total_epochs=s.epochs)
+        # MMExit's Algorithm 1 alternates the two stages from one update to the next (the loop over i);
+        # the softmax temperature decays over all updates
+        rw = DoubleStageReweighter({m: 3 for m in MODALITIES}, total_epochs=s.epochs * per_epoch)
     elif s.reweight != "uniform":
         raise ValueError(f"reweight must be uniform or mmexit, got {s.reweight!r}")
     best, best_state, history = -1.0, None, []
@@ -189,7 +196,7 @@ def train_cnn_family(
             }
             logits = _outputs_with_absent(model, inputs, gen, s.modality_dropout)
             y = train["labels"][rows]
-            loss = _loss(logits, y, rw, epoch)
+            loss = _loss(logits, y, rw, epoch * per_epoch + b)
             opt.zero_grad()
             loss.backward()
             opt.step()
