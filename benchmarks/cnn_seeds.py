@@ -4,7 +4,7 @@ Each seed's run folder (written by ``exitflow train cnn --out DIR``) holds the c
 every exit and fusion head on val / test / test_id (``logits.npz``) and the MACs (``training.json``).
 For each seed the operating point is chosen on ``val`` only (:class:`WalkSimulator.search`, the
 config's ``scheduler.calibration_drop`` / ``calibration_precision``, image then audio as the policy
-orders them) and then read once on ``test`` (unseen speaker) and ``test_id``. The engine's walk is
+orders them; ``calibration_regret`` too) and then read once on ``test`` (unseen speaker) and ``test_id``. The engine's walk is
 deterministic, so the simulation gives the decisions the engine makes (``exitflow bench`` on the
 committed seed checks this: see docs/adaptive.md).
 
@@ -25,7 +25,7 @@ from exitflow.pipeline.training.calibrate import WalkSimulator
 SPLITS = ("val", "test", "test_id")
 
 
-def seed_rows(folder: Path, drop: float, precision: float, rule: str) -> dict:
+def seed_rows(folder: Path, drop: float, precision: float, regret: float | None, rule: str) -> dict:
     z = np.load(folder / "logits.npz")
     report = json.loads((folder / "training.json").read_text())
     macs = report["macs"]
@@ -36,7 +36,7 @@ def seed_rows(folder: Path, drop: float, precision: float, rule: str) -> dict:
                           z[f"{sp}/labels"], ("image", "audio"), exit_macs, heads, rule)
         for sp in SPLITS
     }
-    thresholds, _ = sims["val"].search(drop, precision)
+    thresholds, _ = sims["val"].search(drop, precision, max_regret=regret)
     full_macs = sims["val"].checks[-1][2] - sum(heads[k] for k in heads if k.startswith("image2_") and k != "image2_audio2")
     out = {"seed": report["settings"]["seed"], "thresholds": thresholds, "full_macs": full_macs}
     for sp, sim in sims.items():
@@ -54,7 +54,8 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(None, [])
     s = cfg.scheduler
-    rows = [seed_rows(f, s.calibration_drop, s.calibration_precision, s.exit_rule) for f in args.runs]
+    rows = [seed_rows(f, s.calibration_drop, s.calibration_precision, s.calibration_regret, s.exit_rule)
+            for f in args.runs]
     for sp in SPLITS:
         full = np.array([r[sp]["full"] for r in rows])
         ef = np.array([r[sp]["exitflow"] for r in rows])

@@ -319,8 +319,11 @@ class SchedulerConfig:
     skip_negative: bool = True
     calibration_drop: float = field(default=0.0025, metadata=bounds(
         min=0.0, max=1.0, help="exitflow calibrate: largest accuracy loss vs full on val (0.0025 = 0.25 pt)"))
-    calibration_precision: float = field(default=0.99, metadata=bounds(
+    calibration_precision: float = field(default=0.0, metadata=bounds(
         min=0.0, max=1.0, help="exitflow calibrate: least accuracy of the samples any early check answers (val)"))
+    calibration_regret: float | None = field(default=0.0, metadata=bounds(
+        min=0.0, max=1.0, help="exitflow calibrate: an early check's answers may be this much less accurate "
+        "than the full model on the same samples (val); null = no per-check bar"))
     threshold_coupling: float = field(default=1.0, metadata=bounds(min=0.0, max=4.0))
     accuracy: Literal["exited", "overall"] = "exited"
     min_exit_prob: float = field(

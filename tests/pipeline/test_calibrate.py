@@ -51,8 +51,10 @@ def test_search_takes_the_cheapest_thresholds_within_the_allowed_drop(sim):
     assert result.accuracy == 1.0
     assert result.macs == pytest.approx(12.5)  # the fused check at audio exit 0 answers everything
     assert result.shares["image0"] == 0.0  # the image's own exit is wrong half the time: never taken
-    loose, cheap = sim.search(max_drop=0.6)
+    loose, cheap = sim.search(max_drop=0.6, max_regret=None)
     assert cheap.macs == pytest.approx(1.0) and cheap.accuracy >= 0.4  # the confident image exit answers
+    _, no_regret = sim.search(max_drop=0.6)  # default: no check may be worse than full on its samples
+    assert no_regret.shares["image0"] == 0.0 and no_regret.accuracy == 1.0
 
 
 def test_bad_rule_or_order_raises():
@@ -64,8 +66,8 @@ def test_bad_rule_or_order_raises():
 
 def test_precision_bar_keeps_early_checks_that_are_often_wrong_out(sim):
     # the confident image exit is right half the time: a loose accuracy bar takes it, the precision bar does not
-    _, loose = sim.search(max_drop=0.6)
+    _, loose = sim.search(max_drop=0.6, max_regret=None)
     assert loose.shares["image0"] == 1.0
-    _, strict = sim.search(max_drop=0.6, min_precision=0.95)
+    _, strict = sim.search(max_drop=0.6, min_precision=0.95, max_regret=None)
     assert strict.shares["image0"] == 0.0 and strict.accuracy == 1.0
     assert all(strict.precision[k] >= 0.95 for k, v in strict.shares.items() if v)
