@@ -102,6 +102,9 @@ class EngineConfig:
     """
 
     device: str = "cpu"
+    step_windows: bool = field(default=False, metadata=bounds(
+        help="a power-meter window per encoder step (per-stage energy in each decision) instead of one per "
+        "sample; each window costs a meter read"))
     num_threads: int = field(
         default=1,
         metadata=bounds(min=0, max=MAX_THREADS, help="torch intra-op threads for inference (0 = torch default)"),

@@ -150,7 +150,8 @@ class AdaptiveParts:
         controller = budget_from_config(budget_cfg, policy.lam, self.profile) if budget else None
         engine = Engine(self.encoders, self.fusion, policy, meter=meter, budget=controller, system=name,
                         input_adapter=self.input_adapter, budget_energy=self.cfg.budget.energy,
-                        cheapest_mj=cheapest_plan_mj(self.profile, self.cfg.budget.energy))
+                        cheapest_mj=cheapest_plan_mj(self.profile, self.cfg.budget.energy),
+                        step_windows=self.cfg.engine.step_windows)
         return EngineSystem(name, engine, self.modalities)
 
     def rexit(self, meter: Any = None, seed: int = 0) -> EngineSystem:
@@ -160,5 +161,5 @@ class AdaptiveParts:
             skip_negative=False, threshold_coupling=0.0, min_exit_prob=0.0, min_exit_accuracy=0.0,
         )
         engine = Engine(self.encoders, self.fusion, RandomOrderPolicy(self.profile, settings, seed), meter=meter,
-                        system="rexit", input_adapter=self.input_adapter)
+                        system="rexit", input_adapter=self.input_adapter, step_windows=self.cfg.engine.step_windows)
         return EngineSystem("rexit", engine, self.modalities)

@@ -165,6 +165,7 @@ class Engine:
         input_adapter: Callable[[str, Any], Any] = default_input_adapter,
         budget_energy: str = "dynamic",
         cheapest_mj: float | None = None,
+        step_windows: bool = False,
     ):
         if budget_energy not in ("dynamic", "total"):
             raise EngineError(f"budget_energy must be 'dynamic' or 'total', got {budget_energy!r}")
@@ -186,13 +187,15 @@ class Engine:
         self.input_adapter = input_adapter
         self.budget_energy_kind = budget_energy
         self.cheapest_mj = cheapest_mj
+        self.step_windows = step_windows  # a meter window per encoder step, else one per sample
         self._warned_total = False
         if budget is not None:
             policy.set_lambda(budget.lam)
             policy.set_cheapest_mode(budget.cheapest_mode)
 
     def _measure(self, name: str, fn: Callable[[], T], decision: Decision, energy: list[Any]) -> T:
-        if self.meter is not None:
+        windowed = self.meter is not None and self.step_windows
+        if windowed:
             self.meter.begin_window(name)
         start = time.perf_counter()
         try:
@@ -200,7 +203,7 @@ class Engine:
                 result = fn()
         finally:
             elapsed_ms = (time.perf_counter() - start) * 1000.0
-            if self.meter is not None:
+            if windowed:
                 energy.append(self.meter.end_window(name))
         decision.latency_ms[name] = elapsed_ms
         return result
@@ -242,71 +245,81 @@ class Engine:
             log.warning("sample %s has none of the modalities %s; no prediction", sample.sample_id,
                         sorted(self.policy.num_exits))
             return decision
-        t0 = time.perf_counter()
-        state = self.policy.start(present, missing)
-        policy_s = time.perf_counter() - t0
-        decision.order = list(state.plan.order)
-        states: dict[str, Any] = {}
-        outputs: dict[str, ExitOutput] = {}
-        energy: list[Any] = []
-        evaluated: dict[str, list[int]] = {}
-        checked: list[tuple[tuple[tuple[str, int], ...], torch.Tensor]] = []  # fused checks: (exits, logits)
-        t0 = time.perf_counter()
-        action = self.policy.decide(state)
-        policy_s += time.perf_counter() - t0
-        while True:
-            if action.kind is ActionKind.SKIP:
-                if action.modality is None:
-                    raise EngineError(f"the policy skipped no modality ({action.reason}); a scheduler bug")
-                target = decision.missing if action.reason == "missing" else decision.skipped
-                target.append(action.modality)
-                t0 = time.perf_counter()
-                action = self.policy.decide(state)
-                policy_s += time.perf_counter() - t0
-            elif action.kind is ActionKind.CONTINUE:
-                m, index = action.target()
-                enc = self.encoders[m]
+        sample_window = self.meter is not None and not self.step_windows
+        if sample_window:
+            self.meter.begin_window("sample")
+        try:
+            t0 = time.perf_counter()
+            state = self.policy.start(present, missing)
+            policy_s = time.perf_counter() - t0
+            decision.order = list(state.plan.order)
+            states: dict[str, Any] = {}
+            outputs: dict[str, ExitOutput] = {}
+            energy: list[Any] = []
+            evaluated: dict[str, list[int]] = {}
+            checked: list[tuple[tuple[tuple[str, int], ...], torch.Tensor]] = []  # fused checks: (exits, logits)
+            t0 = time.perf_counter()
+            action = self.policy.decide(state)
+            policy_s += time.perf_counter() - t0
+            while True:
+                if action.kind is ActionKind.SKIP:
+                    if action.modality is None:
+                        raise EngineError(f"the policy skipped no modality ({action.reason}); a scheduler bug")
+                    target = decision.missing if action.reason == "missing" else decision.skipped
+                    target.append(action.modality)
+                    t0 = time.perf_counter()
+                    action = self.policy.decide(state)
+                    policy_s += time.perf_counter() - t0
+                elif action.kind is ActionKind.CONTINUE:
+                    m, index = action.target()
+                    enc = self.encoders[m]
 
-                def step(
-                    m: str = m, enc: EarlyExitEncoder = enc, index: int = index
-                ) -> tuple[ExitOutput, list[float]]:
-                    if m not in states:
-                        states[m] = enc.start(self.input_adapter(m, sample.payloads[m]))
-                    states[m].next_exit = index  # exits the policy leaves out: their heads never run
-                    out = enc.step(states[m])
-                    # the exit's class probabilities are part of the exit's output (its window)
-                    return out, torch.softmax(out.logits[0].float(), dim=-1).tolist()  # C floats
+                    def step(
+                        m: str = m, enc: EarlyExitEncoder = enc, index: int = index
+                    ) -> tuple[ExitOutput, list[float]]:
+                        if m not in states:
+                            states[m] = enc.start(self.input_adapter(m, sample.payloads[m]))
+                        states[m].next_exit = index  # exits the policy leaves out: their heads never run
+                        out = enc.step(states[m])
+                        # the exit's class probabilities are part of the exit's output (its window)
+                        return out, torch.softmax(out.logits[0].float(), dim=-1).tolist()  # C floats
 
-                out, probs = self._measure(f"{m}/{index}", step, decision, energy)
-                outputs[m] = out
-                evaluated.setdefault(m, []).append(out.exit_index)
-                t0 = time.perf_counter()
-                action = self.policy.advance(state, m, out.exit_index, probs)
-                policy_s += time.perf_counter() - t0
-            elif action.kind is ActionKind.EXIT:
-                m, _ = action.target()
-                decision.prediction = int(outputs[m].logits[0].argmax())
-                decision.exited_by = m
-                break
-            elif action.kind is ActionKind.CHECK:  # a fused early exit over the exits so far
-                fused = list(action.modalities)
-                fuse = functools.partial(self._fuse, outputs, fused, decision)
-                logits = self._measure(f"fusion/{len(checked)}", fuse, decision, energy)
-                checked.append((tuple((m, outputs[m].exit_index) for m in fused), logits))
-                t0 = time.perf_counter()
-                action = self.policy.advance_fusion(state, torch.softmax(logits[0].float(), dim=-1).tolist())
-                policy_s += time.perf_counter() - t0
-            else:
-                fused = list(action.modalities)
-                key = tuple((m, outputs[m].exit_index) for m in fused)
-                if checked and checked[-1][0] == key:  # the check just run is this fusion: no second pass
-                    logits = checked[-1][1]
-                else:
+                    out, probs = self._measure(f"{m}/{index}", step, decision, energy)
+                    outputs[m] = out
+                    evaluated.setdefault(m, []).append(out.exit_index)
+                    t0 = time.perf_counter()
+                    action = self.policy.advance(state, m, out.exit_index, probs)
+                    policy_s += time.perf_counter() - t0
+                elif action.kind is ActionKind.EXIT:
+                    m, _ = action.target()
+                    decision.prediction = int(outputs[m].logits[0].argmax())
+                    decision.exited_by = m
+                    break
+                elif action.kind is ActionKind.CHECK:  # a fused early exit over the exits so far
+                    fused = list(action.modalities)
                     fuse = functools.partial(self._fuse, outputs, fused, decision)
-                    logits = self._measure("fusion", fuse, decision, energy)
-                decision.prediction = int(logits[0].argmax())
-                decision.exited_by = "fusion"
-                break
+                    logits = self._measure(f"fusion/{len(checked)}", fuse, decision, energy)
+                    checked.append((tuple((m, outputs[m].exit_index) for m in fused), logits))
+                    t0 = time.perf_counter()
+                    action = self.policy.advance_fusion(state, torch.softmax(logits[0].float(), dim=-1).tolist())
+                    policy_s += time.perf_counter() - t0
+                else:
+                    fused = list(action.modalities)
+                    key = tuple((m, outputs[m].exit_index) for m in fused)
+                    if checked and checked[-1][0] == key:  # the check just run is this fusion: no second pass
+                        logits = checked[-1][1]
+                    else:
+                        fuse = functools.partial(self._fuse, outputs, fused, decision)
+                        logits = self._measure("fusion", fuse, decision, energy)
+                    decision.prediction = int(logits[0].argmax())
+                    decision.exited_by = "fusion"
+                    break
+        except BaseException:
+            if sample_window:  # close the window so the meter is ready for the next sample
+                self.meter.end_window("sample")
+            raise
+        if sample_window:
+            energy.append(self.meter.end_window("sample"))
         decision.exits = {m: o.exit_index for m, o in outputs.items()}
         decision.exit_layers = {m: o.layer for m, o in outputs.items()}
         decision.macs += sum(self._encoder_macs(m, o, evaluated[m]) for m, o in outputs.items())

@@ -131,7 +131,7 @@ def test_no_early_exit_equals_running_everything():
     encoders, fusion = _parts()
     policy = Policy(_profile(), PolicySettings(lam=5.0, exit_rule="none", skip_negative=False))
     meter = StepMeter()
-    engine = Engine(encoders, fusion, policy, meter)
+    engine = Engine(encoders, fusion, policy, meter, step_windows=True)
     for i in range(5):
         sample = _sample(i)
         decision = engine.process(sample)
@@ -293,3 +293,20 @@ def test_sample_with_no_usable_modality_gives_a_decision_not_an_error() -> None:
     engine = Engine({"image": enc}, MaskedLateFusion({"image": 16}, 10), policy)
     decision = engine.process(Sample(3, 0, {"text": "bin blue at f two now"}))
     assert decision.prediction == -1 and decision.missing == ["image"] and decision.macs == 0
+
+
+def test_one_meter_window_per_sample_by_default_closed_even_when_a_step_fails():
+    encoders, fusion = _parts()
+    policy = Policy(_profile(), PolicySettings(lam=5.0, exit_rule="none", skip_negative=False))
+    meter = StepMeter()
+    engine = Engine(encoders, fusion, policy, meter)
+    decision = engine.process(_sample(0))
+    assert meter.names == ["sample"] and decision.energy_mj == pytest.approx(1.0)
+    assert {"image/0", "audio/0", "fusion"} <= set(decision.latency_ms)  # stage times are still measured
+    bad = _sample(1)
+    bad.payloads["audio"] = np.full(7, np.nan, dtype=np.float32)  # the wrong width: the audio step raises
+    with pytest.raises(Exception):  # noqa: B017 - whatever the encoder raises, the window must close
+        engine.process(bad)
+    assert meter.open == set()
+    engine.process(_sample(2))
+    assert meter.names == ["sample", "sample", "sample"]
