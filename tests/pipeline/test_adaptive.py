@@ -182,7 +182,7 @@ def test_transformer_exit_of_other_encoders_is_refused(tiny_transformer_cfg, tmp
     cfg = tiny_transformer_cfg
     if not (transformer_folder(cfg, "avmnist") / "config.json").is_file():
         pytest.skip("needs the transformer exit trained by the test above")
-    other = load_config(None, [f"train.checkpoint_dir={tmp_path}", "fusion.exit=transformer"])
+    other = load_config(None, [f"train.checkpoint_dir={tmp_path}", "fusion.exit=transformer", "encoder.family=vit"])
     shutil.copytree(transformer_folder(cfg, "avmnist"), transformer_folder(other, "avmnist"))
     _save_tiny_encoders(other, seed=1)  # other encoder weights
     with pytest.raises(CheckpointError, match="other encoder weights"):
