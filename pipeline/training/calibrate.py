@@ -29,6 +29,7 @@ from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit
 from exitflow.scheduler.policy import FUSION_KEY
+from exitflow.scheduler.profile import ExitArrays, build_profile
 from exitflow.scheduler.rules import scores_from_probs
 
 # normalized entropy (exit when <=) and max-prob (exit when >=) grids; the ends never / always pass
@@ -160,6 +161,18 @@ class WalkSimulator:
             done |= fire
         return WalkResult(float((pred == self.labels).mean()), float(macs.mean()), shares, precision, full_precision)
 
+    def admissible(
+        self, result: WalkResult, max_drop: float, min_precision: float = 0.0, max_regret: float | None = 0.0
+    ) -> bool:
+        """Whether ``result`` meets the accuracy bar and every early check's precision bars (see :meth:`search`)."""
+        if result.accuracy < self.full_accuracy() - max_drop:
+            return False
+        final = self.checks[-1][0]
+        early = [k for k in result.shares if k != final and result.shares[k] > 0]
+        if any(result.precision[k] < min_precision for k in early):
+            return False
+        return max_regret is None or all(result.precision[k] >= result.full_precision[k] - max_regret for k in early)
+
     def full_accuracy(self) -> float:
         return float((self.checks[-1][4] == self.labels).mean())
 
@@ -179,19 +192,17 @@ class WalkSimulator:
         """
         grid = tuple(grid or THRESHOLD_GRID[self.rule])
         target = self.full_accuracy() - max_drop
-        final = self.checks[-1][0]
         best: tuple[dict[str, float], WalkResult] | None = None
+        self.last_admissible: list[tuple[dict[str, float], WalkResult]] = []  # cheaper and cheaper
         for t_first, t_second, t_fusion in itertools.product(grid, grid, grid):
             thresholds = {self.order[0]: t_first, self.order[1]: t_second, FUSION_KEY: t_fusion}
             result = self.run(thresholds)
-            if result.accuracy < target or (best is not None and result.macs >= best[1].macs):
+            if result.accuracy < target:
                 continue
-            early = [k for k in result.shares if k != final and result.shares[k] > 0]
-            if any(result.precision[k] < min_precision for k in early):
-                continue
-            if max_regret is not None and any(result.precision[k] < result.full_precision[k] - max_regret for k in early):
-                continue
-            best = (thresholds, result)
+            if self.admissible(result, max_drop, min_precision, max_regret):
+                self.last_admissible.append((thresholds, result))
+                if best is None or result.macs < best[1].macs:
+                    best = (thresholds, result)
         if best is None:  # nothing exits early at that accuracy: never exit (the grid's first value)
             never = {self.order[0]: grid[0], self.order[1]: grid[0], FUSION_KEY: grid[0]}
             best = (never, self.run(never))
@@ -222,19 +233,38 @@ def calibrate_family(
         thresholds, result = sim.search(cfg.scheduler.calibration_drop, cfg.scheduler.calibration_precision,
                                         max_regret=cfg.scheduler.calibration_regret)
         candidates.append((result.macs, order, thresholds, result, sim))
-    candidates.sort(key=lambda c: c[0])
-    # the cheapest order whose thresholds make the policy plan that same order (the profile's costs and
-    # exit rates depend on the thresholds, the plan on the profile); the last profile written is the one kept
+    # the UoE plan depends on the profile and the profile on the thresholds, so every admissible threshold
+    # set is judged by the order the policy would plan from it (a profile built in memory from the same
+    # val arrays; the fusion rows, which do not depend on thresholds, from one measured profile); the
+    # cheapest set whose planned order is the one it was simulated in wins (no early exits if none)
+    base = make_profile(cfg, dataset, meter, energy_samples, progress, thresholds=candidates[0][2], limit=limit)
+    per_exit = {
+        m: ExitArrays(
+            scores=np.stack([scores_from_probs(rule, _softmax(logits[f"{m}{e}"])[:, None, :])[:, 0]
+                             for e in range(encoders[m].num_exits)], axis=1),
+            correct=np.stack([logits[f"{m}{e}"].argmax(1) == labels for e in range(encoders[m].num_exits)], axis=1),
+            macs_cumulative=np.asarray(exit_macs[m]),
+        )
+        for m in fusion.modalities
+    }
+    pool = sorted(((r.macs, tuple(c[1]), t, r, c[4]) for c in candidates for t, r in c[4].last_admissible),
+                  key=lambda x: x[0])
     chosen = None
-    for _, order, thresholds, result, sim in candidates:
-        profile = make_profile(cfg, dataset, meter, energy_samples, progress, thresholds=thresholds, limit=limit)
-        if policy_from_config(profile, every).plan(fusion.modalities).order == tuple(order):
+    for _, order, thresholds, result, sim in pool:
+        profile = dataclasses.replace(
+            build_profile(per_exit, thresholds, exit_rule=rule), fusion=base.fusion)
+        planned = policy_from_config(profile, cfg.scheduler).plan(fusion.modalities).order
+        if len(planned) < len(order):  # a modality skipped at this lambda: the order it has when it runs
+            planned = policy_from_config(profile, every).plan(fusion.modalities).order
+        if planned == order:
             chosen = (order, thresholds, result, sim)
             break
-    if chosen is None:  # no order is self-consistent: keep the cheapest and say so
-        _, order, thresholds, result, sim = candidates[0]
-        make_profile(cfg, dataset, meter, energy_samples, progress, thresholds=thresholds, limit=limit)
-        chosen = (order, thresholds, result, sim)
+    if chosen is None:
+        order, sim = tuple(candidates[0][1]), candidates[0][4]
+        never = THRESHOLD_GRID[rule][0]
+        thresholds = {m: never for m in fusion.modalities} | {FUSION_KEY: never}
+        chosen = (order, thresholds, sim.run(thresholds), sim)
+    make_profile(cfg, dataset, meter, energy_samples, progress, thresholds=chosen[1], limit=limit)  # the one kept
     order, thresholds, result, sim = chosen
     report = {
         "order": list(order), "thresholds": thresholds, "rule": rule, "val_samples": int(labels.shape[0]),
