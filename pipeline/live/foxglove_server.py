@@ -46,6 +46,7 @@ from exitflow.pipeline.live.mcap_schemas import (
     json_schema,
     protobuf_schema,
     sensor_schema_name,
+    status_body,
 )
 from exitflow.pipeline.messages import Decision, SensorMessage
 
@@ -167,20 +168,7 @@ class FoxgloveLiveServer:
         self._log(self._channel(EVENT_TOPIC, None, _schema_dict(EVENT_TOPIC)), body)
 
     def write_status(self, snapshot: dict[str, Any], now_ns: int | None = None) -> None:
-        budget = snapshot.get("budget") or {}
-        body = {
-            "monotonic_ns": time.monotonic_ns() if now_ns is None else int(now_ns),
-            "energy_mj_mean": snapshot.get("energy_mj_mean"),
-            "energy_source": snapshot.get("energy_source"),
-            "estimated": snapshot.get("estimated"),
-            "budget_mj_per_sample": budget.get("mj_per_sample"),
-            "budget_power_w": budget.get("power_w"),
-            "lam": snapshot.get("lam"),
-            "decisions": snapshot.get("decisions_total", snapshot.get("decisions", 0)),
-            "failed": snapshot.get("failed_decisions", snapshot.get("failed", 0)),
-            "latency_ms": snapshot.get("latency_ms", {}),
-            "exits": snapshot.get("exits", {}),
-        }
+        body = status_body(snapshot, time.monotonic_ns() if now_ns is None else int(now_ns))
         self._log(self._channel(STATUS_TOPIC, None, _schema_dict(STATUS_TOPIC)), json.loads(json.dumps(body, default=str)))
 
     def close(self) -> None:

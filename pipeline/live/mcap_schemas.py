@@ -139,6 +139,24 @@ class SchemaSpec:
     message_encoding: str  # "protobuf" or "json"
 
 
+def status_body(snapshot: dict[str, Any], monotonic_ns: int) -> dict[str, Any]:
+    """The ``/status`` message (power, budget, lambda, counts, latency, exits) of a live-stats snapshot."""
+    budget = snapshot.get("budget") or {}
+    return {
+        "monotonic_ns": int(monotonic_ns),
+        "energy_mj_mean": snapshot.get("energy_mj_mean"),
+        "energy_source": snapshot.get("energy_source"),
+        "estimated": snapshot.get("estimated"),
+        "budget_mj_per_sample": budget.get("mj_per_sample"),
+        "budget_power_w": budget.get("power_w"),
+        "lam": snapshot.get("lam"),
+        "decisions": snapshot.get("decisions_total", snapshot.get("decisions", 0)),
+        "failed": snapshot.get("failed_decisions", snapshot.get("failed", 0)),
+        "latency_ms": snapshot.get("latency_ms", {}),
+        "exits": snapshot.get("exits", {}),
+    }
+
+
 @cache
 def protobuf_schema(name: str) -> SchemaSpec:
     """The schema record of one of the Foxglove protobuf schemas used here."""

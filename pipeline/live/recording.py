@@ -50,6 +50,7 @@ from exitflow.pipeline.live.mcap_schemas import (
     json_schema,
     protobuf_schema,
     sensor_schema_name,
+    status_body,
 )
 from exitflow.pipeline.live.recording_v1 import SENSOR_ENCODING, decode_sensor_message, encode_sensor_message
 from exitflow.pipeline.messages import Decision, SensorMessage
@@ -275,20 +276,7 @@ class RecordingWriter:
     def write_status(self, snapshot: dict[str, Any], now_ns: int | None = None) -> None:
         """Append power, budget set-point and latency from a pipeline snapshot on ``/status``."""
         t_ns = time.monotonic_ns() if now_ns is None else int(now_ns)
-        budget = snapshot.get("budget") or {}
-        body = {
-            "monotonic_ns": t_ns,
-            "energy_mj_mean": snapshot.get("energy_mj_mean"),
-            "energy_source": snapshot.get("energy_source"),
-            "estimated": snapshot.get("estimated"),
-            "budget_mj_per_sample": budget.get("mj_per_sample"),
-            "budget_power_w": budget.get("power_w"),
-            "lam": snapshot.get("lam"),
-            "decisions": snapshot.get("decisions_total", snapshot.get("decisions", 0)),
-            "failed": snapshot.get("failed_decisions", snapshot.get("failed", 0)),
-            "latency_ms": snapshot.get("latency_ms", {}),
-            "exits": snapshot.get("exits", {}),
-        }
+        body = status_body(snapshot, t_ns)
         data = json.dumps(body, separators=(",", ":"), default=str).encode("utf-8")
         self._add(STATUS_TOPIC, json_schema(STATUS_TOPIC), data, t_ns)
 
