@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -69,8 +70,12 @@ class ExitGridFusion(nn.Module):
         self.register_buffer("temperatures", torch.ones(len(self.heads)))
         self._index = {k: i for i, k in enumerate(self.heads)}
         self.head_macs = {
-            k: count_macs(head, torch.zeros(1, head[0].in_features)) for k, head in self.heads.items()
+            k: count_macs(head, torch.zeros(1, self._in_features(k))) for k, head in self.heads.items()
         }
+
+    def _in_features(self, key: str) -> int:
+        first = cast(nn.Sequential, self.heads[key])[0]
+        return int(cast(nn.Linear, first).in_features)
 
     @property
     def macs(self) -> int:

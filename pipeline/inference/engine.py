@@ -194,17 +194,17 @@ class Engine:
             policy.set_cheapest_mode(budget.cheapest_mode)
 
     def _measure(self, name: str, fn: Callable[[], T], decision: Decision, energy: list[Any]) -> T:
-        windowed = self.meter is not None and self.step_windows
-        if windowed:
-            self.meter.begin_window(name)
+        meter = self.meter if self.step_windows else None
+        if meter is not None:
+            meter.begin_window(name)
         start = time.perf_counter()
         try:
             with torch.inference_mode():
                 result = fn()
         finally:
             elapsed_ms = (time.perf_counter() - start) * 1000.0
-            if windowed:
-                energy.append(self.meter.end_window(name))
+            if meter is not None:
+                energy.append(meter.end_window(name))
         decision.latency_ms[name] = elapsed_ms
         return result
 
@@ -245,9 +245,9 @@ class Engine:
             log.warning("sample %s has none of the modalities %s; no prediction", sample.sample_id,
                         sorted(self.policy.num_exits))
             return decision
-        sample_window = self.meter is not None and not self.step_windows
-        if sample_window:
-            self.meter.begin_window("sample")
+        sample_meter = None if self.step_windows else self.meter
+        if sample_meter is not None:
+            sample_meter.begin_window("sample")
         try:
             t0 = time.perf_counter()
             state = self.policy.start(present, missing)
@@ -315,11 +315,11 @@ class Engine:
                     decision.exited_by = "fusion"
                     break
         except BaseException:
-            if sample_window:  # close the window so the meter is ready for the next sample
-                self.meter.end_window("sample")
+            if sample_meter is not None:  # close the window so the meter is ready for the next sample
+                sample_meter.end_window("sample")
             raise
-        if sample_window:
-            energy.append(self.meter.end_window("sample"))
+        if sample_meter is not None:
+            energy.append(sample_meter.end_window("sample"))
         decision.exits = {m: o.exit_index for m, o in outputs.items()}
         decision.exit_layers = {m: o.layer for m, o in outputs.items()}
         decision.macs += sum(self._encoder_macs(m, o, evaluated[m]) for m, o in outputs.items())
