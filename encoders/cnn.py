@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from exitflow.encoders.base import (
     EarlyExitEncoder,
@@ -211,6 +212,17 @@ class CNNEarlyExitEncoder(EarlyExitEncoder):
     def select(self, state: EncoderState, index: torch.Tensor) -> EncoderState:
         """Keep only the samples at ``index`` (e.g. those that did not exit yet)."""
         return EncoderState(hidden=state.hidden[index], layer=state.layer, next_exit=state.next_exit)
+
+    def fold_batchnorm(self) -> None:
+        """Fold every BatchNorm into the convolution before it, for inference at batch 1 (each BatchNorm
+        call costs as much as a small convolution there). Outputs stay equal up to float rounding; the
+        folded module no longer matches a saved state dict, so fold after loading, never before saving."""
+        if self.training:
+            raise ValueError("fold_batchnorm() is for inference: call eval() first")
+        for seq in (self.stem, *self.blocks):
+            conv, norm = seq[0], seq[1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                seq[0], seq[1] = fuse_conv_bn_eval(conv, norm), nn.Identity()
 
     def set_temperatures(self, temperatures: list[float] | torch.Tensor) -> None:
         """Store per-exit temperatures (> 0), e.g. from ``encoders.calibration.fit_temperature``."""

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from exitflow.encoders.base import EarlyExitEncoder
+from exitflow.encoders.cnn import CNNEarlyExitEncoder
 from exitflow.encoders.fusion_grid import ExitGridFusion
 from exitflow.pipeline.artifacts import DATASET_MODALITIES
 from exitflow.pipeline.config import Config
@@ -119,6 +120,9 @@ class AdaptiveParts:
         self.modalities = DATASET_MODALITIES[dataset]
         self.device = resolve_device(cfg.engine.device)
         self.encoders = {m: enc.to(self.device) for m, enc in load_encoders(cfg, dataset).items()}
+        for enc in self.encoders.values():
+            if isinstance(enc, CNNEarlyExitEncoder):
+                enc.fold_batchnorm()  # inference only: BatchNorm folded into the convolutions
         self.fusion = load_fusion(cfg, dataset).to(self.device)
         self.profile = load_dataset_profile(cfg, dataset)
         self.input_adapter = device_input_adapter(self.device)

@@ -146,3 +146,17 @@ def test_checkpoint_round_trip_keeps_temperatures(tiny_cnn, tmp_path):
     (tmp_path / "cnn" / "config.json").write_text(doc)
     with pytest.raises(CheckpointLoadError, match="shape"):
         load_encoder(tmp_path / "cnn")
+
+
+def test_folding_batchnorm_keeps_every_exit_and_refuses_training_mode(tiny_cnn):
+    x = torch.randn(3, 1, 16, 16)
+    before = [o.logits for o in tiny_cnn(x)]
+    macs = tiny_cnn.exit_macs()
+    tiny_cnn.fold_batchnorm()
+    after = [o.logits for o in tiny_cnn(x)]
+    for a, b in zip(before, after, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in tiny_cnn.modules())
+    assert tiny_cnn.exit_macs() == macs
+    with pytest.raises(ValueError, match="eval"):
+        tiny_cnn.train().fold_batchnorm()
