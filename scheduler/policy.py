@@ -38,7 +38,7 @@ import numpy as np
 from exitflow.scheduler.errors import SchedulerError
 from exitflow.scheduler.plan import Plan, order_modalities
 from exitflow.scheduler.profile import Profile
-from exitflow.scheduler.rules import check_rule, couple_threshold, entropy_of
+from exitflow.scheduler.rules import check_rule, couple_threshold, entropy_of, passes
 from exitflow.scheduler.utility import AccuracyKind, CostUnit, Ranking, UtilityModel, check_lambda
 
 FUSION_KEY = "fusion"  # the threshold of fused checks
@@ -353,15 +353,9 @@ class Policy:
         if not self.fusion_checks:
             raise SchedulerError("observe_fusion() without fused checks (no 'fusion' threshold is set)")
         values = probs.tolist() if isinstance(probs, np.ndarray) else probs
-        threshold = state.thresholds[FUSION_KEY]
-        if self.exit_rule == "entropy":
-            score = entropy_of(values)
-            passed = score <= threshold
-        else:
-            score = float(max(values))
-            passed = score >= threshold
+        score = entropy_of(values) if self.exit_rule == "entropy" else float(max(values))
         state.fused_checks += 1
-        state.fused_passed = passed
+        state.fused_passed = bool(passes(self.exit_rule, score, state.thresholds[FUSION_KEY]))
         return score
 
     def advance_fusion(self, state: WalkState, probs: np.ndarray | Sequence[float]) -> Action:

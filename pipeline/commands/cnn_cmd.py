@@ -8,6 +8,7 @@ from pathlib import Path
 from exitflow.pipeline.artifacts import CNN_DATASETS
 from exitflow.pipeline.commands import command_line, positive_int
 from exitflow.pipeline.config import Config
+from exitflow.pipeline.errors import ExitflowError
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -32,8 +33,6 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
 
 def _dataset(args: argparse.Namespace, cfg: Config) -> str:
-    from exitflow.pipeline.errors import ExitflowError
-
     dataset = args.dataset or cfg.data.dataset
     if dataset not in CNN_DATASETS:
         raise ExitflowError(f"the CNN family covers {', '.join(CNN_DATASETS)}; pass --dataset")

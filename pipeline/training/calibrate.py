@@ -30,7 +30,7 @@ from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit
 from exitflow.scheduler.policy import FUSION_KEY
 from exitflow.scheduler.profile import ExitArrays, build_profile
-from exitflow.scheduler.rules import scores_from_probs
+from exitflow.scheduler.rules import passes, scores_from_probs
 
 # normalized entropy (exit when <=) and max-prob (exit when >=) grids; the ends never / always pass
 THRESHOLD_GRID = {
@@ -138,9 +138,6 @@ class WalkSimulator:
         score = scores_from_probs(self.rule, probs[:, None, :])[:, 0]  # (N,)
         self.checks.append((name, kind, macs, score, probs.argmax(axis=1)))
 
-    def _passes(self, score: np.ndarray, threshold: float) -> np.ndarray:
-        return score <= threshold if self.rule == "entropy" else score >= threshold
-
     def run(self, thresholds: Mapping[str, float]) -> WalkResult:
         """Simulate with ``thresholds`` (``first``, ``second`` and ``fusion`` keys)."""
         first, second = self.order
@@ -153,7 +150,7 @@ class WalkSimulator:
         last = len(self.checks) - 1
         for i, (name, kind, cost, score, p) in enumerate(self.checks):
             tau = thresholds[{"first": first, "second": second, "fusion": FUSION_KEY}[kind]]
-            fire = ~done if i == last else ~done & self._passes(score, tau)  # the final fusion answers the rest
+            fire = ~done if i == last else ~done & passes(self.rule, score, tau)  # the final fusion answers the rest
             pred[fire], macs[fire] = p[fire], cost
             shares[name] = float(fire.mean())
             precision[name] = float((p[fire] == self.labels[fire]).mean()) if fire.any() else 1.0

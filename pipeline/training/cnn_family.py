@@ -38,7 +38,7 @@ from exitflow.pipeline.checkpoints import save_checkpoint
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
 from exitflow.pipeline.training.augment import augment_audio, augment_image
-from exitflow.pipeline.training.calibrate import family_logits
+from exitflow.pipeline.training.calibrate import family_logits, split_logits
 
 log = logging.getLogger(__name__)
 MODALITIES = ("image", "audio")
@@ -111,20 +111,6 @@ def _outputs_with_absent(model: CNNFamily, inputs: dict[str, torch.Tensor], gen:
     return logits
 
 
-@torch.no_grad()
-def collect_logits(model: CNNFamily, data: dict[str, torch.Tensor], batch: int = 500) -> dict[str, np.ndarray]:
-    """Calibrated logits (N, C) of every output over a split (eval mode)."""
-    model.eval()
-    n = len(data["labels"])
-    parts: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, n, batch):
-        rows = torch.arange(start, min(start + batch, n))
-        inputs = {"image": data["image"][rows].float(), "audio": audio_rows(data, rows)}
-        for k, v in model(inputs, calibrated=True).items():
-            parts.setdefault(k, []).append(v)
-    return {k: torch.cat(v).numpy() for k, v in parts.items()}
-
-
 def accuracies(logits: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
     return {k: round(float((v.argmax(1) == labels).mean()), 4) for k, v in logits.items()}
 
@@ -167,7 +153,7 @@ def train_cnn_family(
     gen = torch.Generator().manual_seed(s.seed)
     started = time.time()
     train = split_tensors(load_split(cfg, "train", dataset, progress), s.limit)
-    evals = {sp: split_tensors(load_split(cfg, sp, dataset, progress), s.eval_limit) for sp in EVAL_SPLITS}
+    evals = {sp: load_split(cfg, sp, dataset, progress).head(s.eval_limit) for sp in EVAL_SPLITS}
     model = CNNFamily(s.dropout, s.fusion_hidden)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     n = len(train["labels"])
@@ -203,7 +189,7 @@ def train_cnn_family(
             sched.step()
             if b % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        val_acc = accuracies(collect_logits(model, evals["val"]), evals["val"]["labels"].numpy())
+        val_acc = accuracies(*split_logits(model.encoders, model.fusion, evals["val"]))
         history.append({"epoch": epoch + 1, "val_full": val_acc[full_key(model)], "s": round(time.time() - started)})
         log.info("cnn %s epoch %d: %s", dataset, epoch + 1, json.dumps(history[-1]))
         if val_acc[full_key(model)] > best:  # early stopping on the calibration speaker
@@ -211,15 +197,15 @@ def train_cnn_family(
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
     if best_state is not None:
         model.load_state_dict(best_state)
-    val_logits = collect_logits(model, evals["val"])  # temperatures are still 1: raw logits
-    temps = fit_temperatures(model, val_logits, evals["val"]["labels"].numpy())
+    temps = fit_temperatures(model, *split_logits(model.encoders, model.fusion, evals["val"]))  # T still 1: raw
     out = out or cnn_folder(cfg, dataset)
     return _save(model, out, cfg, dataset, settings, evals, temps, history, command, round(time.time() - started))
 
 
 def _save(model, out, cfg, dataset, settings, evals, temps, history, command, train_s) -> dict[str, Any]:
-    logits = {sp: collect_logits(model, evals[sp]) for sp in EVAL_SPLITS}
-    labels = {sp: evals[sp]["labels"].numpy() for sp in EVAL_SPLITS}
+    logits, labels = {}, {}
+    for sp in EVAL_SPLITS:
+        logits[sp], labels[sp] = split_logits(model.encoders, model.fusion, evals[sp])
     acc = {sp: accuracies(logits[sp], labels[sp]) for sp in EVAL_SPLITS}
     macs = {f"{m}{e}": model.encoders[m].exit_macs()[e] for m in MODALITIES for e in range(3)}
     macs.update({k: v for k, v in model.fusion.head_macs.items()})
