@@ -109,6 +109,9 @@ class EngineConfig:
         default=1,
         metadata=bounds(min=0, max=MAX_THREADS, help="torch intra-op threads for inference (0 = torch default)"),
     )
+    bundle: str | None = field(default=None, metadata=bounds(
+        help="a model bundle folder (exitflow export): encoders, fusion exit, profile and baselines load from it "
+        "instead of train.checkpoint_dir; set by --bundle DIR (docs/bundles.md)"))
 
 
 @dataclass(frozen=True)
@@ -385,6 +388,13 @@ class BenchConfig:
 
 
 @dataclass(frozen=True)
+class DemoConfig:
+    """``exitflow demo``: the model bundle it runs (``null``: the checkpoints under ``train.checkpoint_dir``)."""
+
+    bundle: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; each field is one ``config.yaml`` section."""
 
@@ -402,6 +412,7 @@ class Config:
     budget: BudgetConfig = BudgetConfig()
     joint: JointConfig = JointConfig()
     bench: BenchConfig = BenchConfig()
+    demo: DemoConfig = DemoConfig()
     source_path: str | None = None
 
 
