@@ -40,9 +40,9 @@ from exitflow.pipeline.config import Config, output_path
 from exitflow.pipeline.data.grid_commands import make_commands
 from exitflow.pipeline.data.noise import BANK_FILE, mix_noise, noise_rng, read_noise_bank
 from exitflow.pipeline.data.pca import PCA_BASIS_PATH, degrade_images, load_pca_basis
+from exitflow.pipeline.data.preprocessing import DEFAULT_PREPROCESSING
 from exitflow.pipeline.data.roots import data_root, file_digest, load_npz, read_fsdd, read_mnist
 from exitflow.pipeline.data.speakers import ROLES_FILE, speaker_roles, split_pools
-from exitflow.pipeline.data.spectrogram import spectrogram_112
 from exitflow.pipeline.errors import DataError
 
 BUILDER_VERSION = 4
@@ -200,7 +200,7 @@ def _audio_bank(
             name = str(fsdd.filenames[int(uniq[j, 0])])  # keyed by file name: equal in every root
             rng = noise_rng(cfg.data.seed, split, int(hashlib.sha256(name.encode()).hexdigest()[:12], 16), int(uniq[j, 1]))
             clip = mix_noise(clip, noise_pool(split), noise[0], noise[1], rng)
-        bank[j] = _to_uint8(spectrogram_112(clip, fsdd.sample_rate_hz))
+        bank[j] = _to_uint8(DEFAULT_PREPROCESSING.audio(clip, fsdd.sample_rate_hz)[0])
     return bank, audio_index.reshape(-1).astype(np.int64)
 
 
