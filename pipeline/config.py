@@ -212,6 +212,12 @@ class StreamConfig:
     duration_s: float | None = field(default=None, metadata=bounds(min=0.0, max=1e8, min_exclusive=True))
     live_view: bool = True
     circuit_breaker_s: float = field(default=30.0, metadata=bounds(min=0.0, max=MAX_SECONDS, help="0 = off"))
+    # issue 14: auto = local (one process, no Ray) unless a source or the engine asks for resources,
+    # GPUs or a cluster (ray.address); see docs/fleet.md
+    runtime: Literal["auto", "local", "ray"] = "auto"
+    early_trigger: bool = True  # emit a sample once its partners are in, not after a fixed slop wait
+    metrics_port: int | None = field(default=None, metadata=bounds(min=0, max=65535, help="null = no export"))
+    metrics_host: str = "127.0.0.1"  # Prometheus endpoint binds to loopback unless set
 
 
 @dataclass(frozen=True)
