@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "exitflow.pipeline.commands.cnn_cmd",
     "exitflow.pipeline.commands.fusion_cmd",
     "exitflow.pipeline.commands.live_cmd",
+    "exitflow.pipeline.commands.bundle_cmd",
 )
 GROUPS = {"train": "train a model", "eval": "evaluate a trained model"}
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from exitflow.pipeline.artifacts import DATASETS
 from exitflow.pipeline.commands import command_line, fraction, output_file, positive_int
+from exitflow.pipeline.commands.bundle_cmd import add_bundle_option, with_bundle
 from exitflow.pipeline.config import Config
 
 
@@ -30,6 +31,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     bench.add_argument("--plot", type=output_file, default=None, help="PNG of the accuracy-energy Pareto front (with --sweep)")
     bench.add_argument("--budget-fraction", type=fraction, default=None,
                        help="also run exitflow with budget.mj_per_sample = this fraction of full's engine mJ/sample")
+    add_bundle_option(bench)
     bench.set_defaults(func=_bench)
 
 
@@ -83,6 +85,7 @@ def _bench(args: argparse.Namespace, cfg: Config) -> int:
     from exitflow.pipeline.evaluation.sweep import format_sweep, plot_pareto, run_sweep
     from exitflow.pipeline.meters import metered
 
+    cfg = with_bundle(args, cfg)
     dataset = args.dataset or cfg.data.dataset
     systems = tuple(s.strip() for s in args.systems.split(",")) if args.systems else default_systems(cfg)
     unknown = [s for s in systems if s not in ALL_SYSTEMS]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from exitflow.pipeline.commands.bundle_cmd import add_bundle_option, with_bundle
 from exitflow.pipeline.config import Config
 
 
@@ -37,6 +38,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    add_bundle_option(parser)
     parser.add_argument(
         "--no-view", action="store_true", help="no live terminal view (print a summary at the end)"
     )
@@ -56,6 +58,7 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
     from exitflow.pipeline.errors import ExitflowError
     from exitflow.pipeline.live.run import run_live
 
+    cfg = with_bundle(args, cfg)
     if args.duration is not None and not (args.duration > 0 and args.duration < float("inf")):
         raise ExitflowError(f"--duration must be a finite number of seconds > 0, got {args.duration}")
     for flag, value in (("--record", args.record), ("--decisions", args.decisions)):

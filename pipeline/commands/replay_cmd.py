@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exitflow.pipeline.artifacts import DATASETS, SPLITS
+from exitflow.pipeline.commands.bundle_cmd import add_bundle_option, with_bundle
 from exitflow.pipeline.config import Config, output_path, resolve_path
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     parser.add_argument("--all", action="store_true", help="replay the whole split (ignore replay.limit)")
     parser.add_argument("--decisions", default=None, help="JSONL of per-sample decisions (default: runs/...)")
     parser.add_argument("--json", dest="json_out", default=None, help="write the summary JSON here")
+    add_bundle_option(parser)
     parser.set_defaults(func=_run)
 
 
@@ -96,6 +98,7 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
     from exitflow.pipeline.evaluation.replay import replay, write_atomic
 
     check_options(args)
+    cfg = with_bundle(args, cfg)
     if args.recording is not None:
         return _replay_recording(args, cfg)
     system = args.system or cfg.replay.system

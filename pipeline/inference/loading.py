@@ -29,8 +29,9 @@ from exitflow.pipeline.artifacts import (
     use_joint,
     weight_files,
 )
+from exitflow.pipeline.bundles.manifest import BundleError, BundleManifest, read_manifest
 from exitflow.pipeline.checkpoints import load_weights, read_meta
-from exitflow.pipeline.config import Config, FusionConfig
+from exitflow.pipeline.config import Config, FusionConfig, resolve_path
 from exitflow.pipeline.errors import CheckpointError
 from exitflow.scheduler.profile import (
     Profile,
@@ -39,8 +40,31 @@ from exitflow.scheduler.profile import (
 )
 
 
+def bundle_of(cfg: Config, dataset: str | None = None) -> BundleManifest | None:
+    """The verified manifest of ``engine.bundle`` (None: load from ``train.checkpoint_dir``).
+
+    Raises:
+        BundleError: the bundle is damaged or of another format, or ``dataset`` has other modalities.
+    """
+    if not cfg.engine.bundle:
+        return None
+    manifest = read_manifest(resolve_path(cfg, cfg.engine.bundle))
+    wanted = DATASET_MODALITIES.get(dataset) if dataset else None
+    if wanted is not None and set(wanted) != set(manifest.modalities):
+        raise BundleError(f"bundle {manifest.path} holds a {'+'.join(manifest.modalities)} model; data set "
+                          f"{dataset} has {'+'.join(wanted)}")
+    return manifest
+
+
 def load_encoders(cfg: Config, dataset: str, prefer_joint: bool = True) -> dict[str, EarlyExitEncoder]:
-    """The trained encoder of each modality of ``dataset`` (eval mode); the joint set if in use."""
+    """The trained encoder of each modality of ``dataset`` (eval mode); the joint set if in use;
+    the bundle's when ``engine.bundle`` is set."""
+    bundle = bundle_of(cfg, dataset)
+    if bundle is not None:
+        try:
+            return {m: load_encoder(bundle.encoder_folder(m)).eval() for m in bundle.modalities}
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
     joint = prefer_joint and use_joint(cfg, dataset)
     cnn = use_cnn(cfg, dataset)
     encoders = {}
@@ -92,7 +116,11 @@ def load_fusion_exit(cfg: Config, dataset: str, prefer_joint: bool = True) -> Ma
 
 
 def load_fusion(cfg: Config, dataset: str) -> Any:
-    """The fusion exit: the CNN family's exit grid, else what ``fusion.exit`` selects (late or transformer)."""
+    """The fusion exit: the bundle's, the CNN family's exit grid, else what ``fusion.exit`` selects (late or
+    transformer)."""
+    bundle = bundle_of(cfg, dataset)
+    if bundle is not None:
+        return grid_fusion_from(bundle.fusion_folder(), bundle.modalities, "exitflow export")
     if use_cnn(cfg, dataset):
         return load_grid_fusion(cfg, dataset)
     if cfg.fusion.exit == "transformer":
@@ -104,22 +132,29 @@ def load_fusion(cfg: Config, dataset: str) -> Any:
 
 def load_grid_fusion(cfg: Config, dataset: str) -> ExitGridFusion:
     """The exit-grid fusion of the CNN family of ``dataset`` (eval mode, temperatures in its weights)."""
-    folder = cnn_folder(cfg, dataset) / "fusion"
-    command = f"exitflow train cnn --dataset {dataset}"
+    return grid_fusion_from(cnn_folder(cfg, dataset) / "fusion", DATASET_MODALITIES[dataset],
+                            f"exitflow train cnn --dataset {dataset}")
+
+
+def grid_fusion_from(folder: Path, modalities: tuple[str, ...], command: str) -> ExitGridFusion:
+    """The exit-grid fusion checkpoint in ``folder`` over ``modalities`` (``command`` rebuilds it)."""
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"no exit-grid fusion at {folder}; train it with `{command}`")
     meta = read_meta(folder)
     if meta.get("kind") != "fusion_grid":
         raise CheckpointError(f"{folder} holds a {meta.get('kind')!r} checkpoint, not a 'fusion_grid' one")
-    dims = {m: list(meta["dims"][m]) for m in DATASET_MODALITIES[dataset] if m in meta["dims"]}
+    dims = {m: list(meta["dims"][m]) for m in modalities if m in meta["dims"]}
     if len(dims) != len(meta["dims"]):
-        raise CheckpointError(f"{folder}: fusion modalities {sorted(meta['dims'])} do not fit data set {dataset}")
+        raise CheckpointError(f"{folder}: fusion modalities {sorted(meta['dims'])} do not fit {'+'.join(modalities)}")
     fusion = ExitGridFusion(dims, int(meta["num_classes"]), hidden_dim=int(meta["hidden_dim"]))
     load_weights(folder, fusion)
     return fusion.eval()
 
 
 def load_dataset_profile(cfg: Config, dataset: str) -> Profile:
+    bundle = bundle_of(cfg, dataset)
+    if bundle is not None:
+        return load_profile(bundle.profile_path(), fingerprint_checkpoints(bundle.weight_files()))
     path = Path(cfg.scheduler.profile) if cfg.scheduler.profile else profile_path(cfg, dataset)
     if not path.is_file():
         raise CheckpointError(f"no exit profile at {path}; build it with `exitflow profile --dataset {dataset}`")
@@ -159,7 +194,8 @@ def load_transformer_exit(cfg: Config, dataset: str) -> FusionTransformer:
 
 
 def load_baseline(cfg: Config, name: str, dataset: str = "avmnist") -> LateFusion:
-    folder = baseline_folder(cfg, name, dataset)
+    bundle = bundle_of(cfg)
+    folder = bundle.baseline_folder(name) if bundle is not None else baseline_folder(cfg, name, dataset)
     meta = read_meta(folder)
     if meta.get("kind") != "baseline":
         raise CheckpointError(f"{folder} is not a baseline checkpoint (kind={meta.get('kind')!r})")
