@@ -9,13 +9,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from exitflow.pipeline.config import REPO_ROOT, Config
+from exitflow.pipeline.data.imported import dataset_modalities, is_imported, model_folder
 
 NUM_CLASSES = 10  # every built-in data set classifies the ten digits
-DATASET_MODALITIES = {
+
+
+class _Modalities(dict):
+    """Data set -> modalities: the built-in sets, and any imported set (named by its folder) read from
+    its ``cache/dataset.json`` on lookup."""
+
+    def __missing__(self, dataset: str) -> tuple[str, ...]:
+        if isinstance(dataset, str) and is_imported(dataset):
+            return dataset_modalities(dataset)
+        raise KeyError(dataset)
+
+    def get(self, dataset, default=None):  # type: ignore[override]  # dict.get skips __missing__
+        try:
+            return self[dataset]
+        except KeyError:
+            return default
+
+
+DATASET_MODALITIES = _Modalities({
     "avmnist": ("image", "audio"),
     "avmnist-t": ("image", "audio", "text"),
     "avmnist-noisy": ("image", "audio"),
-}
+})
 DATASETS = tuple(DATASET_MODALITIES)
 CNN_DATASETS = ("avmnist", "avmnist-noisy")  # the CNN family covers the image + audio data sets
 SPLITS = ("train", "val", "test", "test_id")  # test: an unseen speaker; test_id: seen speakers, other takes
@@ -33,7 +52,10 @@ def fusion_folder(cfg: Config, dataset: str) -> Path:
 
 
 def cnn_folder(cfg: Config, dataset: str) -> Path:
-    """The CNN family of ``dataset``: ``image/``, ``audio/`` (encoders with exits) and ``fusion/`` (exit grid)."""
+    """The CNN family of ``dataset``: ``image/``, ``audio/`` (encoders with exits) and ``fusion/`` (exit grid);
+    an imported set's is ``DIR/model``."""
+    if is_imported(dataset):
+        return model_folder(dataset)
     return checkpoint_dir(f"cnn_{dataset}", cfg.train.checkpoint_dir)
 
 
@@ -42,8 +64,9 @@ def joint_folder(cfg: Config, dataset: str) -> Path:
 
 
 def use_cnn(cfg: Config, dataset: str) -> bool:
-    """Whether ``dataset`` runs on the CNN family: ``encoder.family: cnn`` and an image + audio data set."""
-    return cfg.encoder.family == "cnn" and dataset in CNN_DATASETS
+    """Whether ``dataset`` runs on the CNN family: an imported set, or ``encoder.family: cnn`` and an image +
+    audio data set."""
+    return is_imported(dataset) or (cfg.encoder.family == "cnn" and dataset in CNN_DATASETS)
 
 
 def use_joint(cfg: Config, dataset: str) -> bool:

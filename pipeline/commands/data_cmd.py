@@ -1,4 +1,5 @@
-"""``exitflow data build`` (build and cache a data set) and ``exitflow data embed`` (write the slice)."""
+"""``exitflow data build`` (build and cache a data set), ``exitflow data import DIR`` (a user data set)
+and ``exitflow data embed`` (write the slice)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from exitflow.pipeline.artifacts import DATASETS
-from exitflow.pipeline.commands import positive_int
+from exitflow.pipeline.commands import fraction, positive_int
 from exitflow.pipeline.config import Config
 
 
@@ -16,6 +17,13 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     build = what.add_parser("build", help="build (or find cached) avmnist / avmnist-t splits and print their digests")
     build.add_argument("--dataset", choices=DATASETS, default=None)
     build.set_defaults(func=_build)
+    imp = what.add_parser("import", help="check a data set folder's manifest and build its cache (docs/own_data.md)")
+    imp.add_argument("folder", metavar="DIR", help="folder with manifest.csv / .jsonl / .parquet and its files")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the group-disjoint splits (no split column)")
+    imp.add_argument("--val-fraction", type=fraction, default=0.15, help="share of rows for val (default: %(default)s)")
+    imp.add_argument("--test-fraction", type=fraction, default=0.15, help="share of rows for test (default: %(default)s)")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(func=_import)
     embed = what.add_parser("embed", help="write the small real slice shipped in the repo (developers)")
     embed.add_argument("--out", default=None, help="output folder (default: pipeline/embedded_data)")
     embed.add_argument("--images", type=positive_int, default=1000)
@@ -35,6 +43,24 @@ def _build(args: argparse.Namespace, cfg: Config) -> int:
         if split in available:
             s = load_split(cfg, split, dataset, progress=False)
             print(f"{dataset} {split}: {len(s)} samples, sha256 {s.digest()[:16]}")
+    return 0
+
+
+def _import(args: argparse.Namespace, cfg: Config) -> int:
+    from exitflow.pipeline.data.importer import ImportSettings, import_dataset
+    from exitflow.pipeline.errors import ExitflowError
+
+    if args.val_fraction + args.test_fraction >= 1:
+        raise ExitflowError(f"--val-fraction + --test-fraction must be below 1, got "
+                            f"{args.val_fraction} + {args.test_fraction}")
+    settings = ImportSettings(seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+    info = import_dataset(Path(args.folder), settings, progress=not args.quiet)
+    print(f"{info['name']}: {len(info['classes'])} classes, modalities {'+'.join(info['modalities'])}, "
+          f"splits {info['splits_from']}")
+    for split, n in info["counts"].items():
+        present = ", ".join(f"{m} {k}" for m, k in info["present"][split].items())
+        print(f"{split}: {n} samples ({present}), sha256 {info['digests'][split][:16]}")
+    print(f"cache: {Path(args.folder) / 'cache'}; next: exitflow train cnn --dataset {args.folder}")
     return 0
 
 
