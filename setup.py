@@ -4,8 +4,8 @@ The four stage folders sit at the top of the repo and install under one namespac
 ``pipeline/`` -> ``exitflow.pipeline``, ``encoders/`` -> ``exitflow.encoders``, and so on;
 ``exitflow/`` holds the small public API. Nothing generic is installed at the top level.
 
-A wheel also carries the default ``config.yaml`` and the committed ``checkpoints/`` as
-``exitflow/resources/`` so ``exitflow demo`` works outside a checkout; an editable install
+A wheel also carries the default ``config.yaml``, the committed ``checkpoints/`` and the demo's
+model bundle ``bundles/`` as ``exitflow/resources/`` so ``exitflow demo`` works outside a checkout; an editable install
 reads them from the checkout instead (``exitflow.pipeline.home``).
 """
 
@@ -19,7 +19,7 @@ from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("devices", "encoders", "scheduler", "pipeline")
-RESOURCES = ("config.yaml", "checkpoints")
+RESOURCES = ("config.yaml", "checkpoints", "bundles")
 
 
 def packages() -> tuple[list[str], dict[str, str]]:

@@ -18,6 +18,12 @@ The small, stable Python API (everything else stays importable under ``exitflow.
 
 Live sensors: ``run = exitflow.start_live(cfg, on_decision=print)``, then ``run.set_budget(20.0)``
 and ``run.stop()``.
+
+A model bundle (``exitflow export DIR``, docs/bundles.md) loads from anywhere::
+
+    bundle = exitflow.load_bundle("bundles/avmnist")    # verified: format version + sha256 of every file
+    decision = bundle.engine.process(sample)            # the adaptive engine, with the bundle's profile
+    print(bundle.class_name(decision.prediction), bundle.preprocessing, bundle.config.scheduler.lam)
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from exitflow.pipeline.bundles.load import Bundle
     from exitflow.pipeline.config import Config
     from exitflow.pipeline.messages import Decision, Sample
 
@@ -35,6 +42,7 @@ __all__ = [
     "LiveRun",
     "bench",
     "build_engine",
+    "load_bundle",
     "load_config",
     "load_samples",
     "open_meter",
@@ -58,6 +66,16 @@ def build_engine(cfg: Config, dataset: str | None = None, system: str = "exitflo
     from exitflow.pipeline.inference.systems import load_system
 
     return load_system(cfg, system, dataset or cfg.data.dataset)
+
+
+def load_bundle(path: str, cfg: Config | None = None, overrides: Iterable[str] = ()) -> Bundle:
+    """The model bundle at ``path``, verified and ready: ``.engine``, ``.system(name)``, ``.config``,
+    ``.classes``, ``.preprocessing``; ``cfg`` (default :func:`load_config`) says where it runs (meter,
+    device, budget). Raises ``BundleError`` (one line naming the file) for a damaged bundle or one of
+    another format version."""
+    from exitflow.pipeline.bundles.load import load_bundle as _load
+
+    return _load(path, cfg, list(overrides))
 
 
 def load_samples(cfg: Config, split: str = "test", limit: int | None = None, dataset: str | None = None) -> list[Sample]:

@@ -22,7 +22,7 @@ def readme_example() -> str:
 
 def test_public_names_are_the_documented_few() -> None:
     assert set(exitflow.__all__) == {
-        "LiveRun", "bench", "build_engine", "load_config", "load_samples", "open_meter", "process",
+        "LiveRun", "bench", "build_engine", "load_bundle", "load_config", "load_samples", "open_meter", "process",
         "process_batch", "start_live",
     }
 
