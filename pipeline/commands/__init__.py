@@ -10,6 +10,21 @@ import math
 from pathlib import Path
 
 
+def dataset_arg(text: str) -> str:
+    """argparse type of ``--dataset``: a built-in data set name, or an imported data set folder (its
+    resolved path, the name an imported set goes by; see ``pipeline/data/imported.py``)."""
+    from exitflow.pipeline.artifacts import DATASETS
+    from exitflow.pipeline.data.imported import imported_name
+    from exitflow.pipeline.errors import DataError
+
+    if text in DATASETS:
+        return text
+    try:
+        return imported_name(text)
+    except DataError as e:
+        raise argparse.ArgumentTypeError(f"{e} (built-in: {', '.join(DATASETS)})") from None
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (bad values give one usage line, before any work)."""
     try:
