@@ -218,6 +218,27 @@ class StreamConfig:
     early_trigger: bool = True  # emit a sample once its partners are in, not after a fixed slop wait
     metrics_port: int | None = field(default=None, metadata=bounds(min=0, max=65535, help="null = no export"))
     metrics_host: str = "127.0.0.1"  # Prometheus endpoint binds to loopback unless set
+    # issue 14 placement (docs/service.md): reduce camera frames to the model's 28x28 on the source's
+    # node; ship the project to Ray workers by runtime_env (auto: when the cluster has > 1 node)
+    preprocess_at_source: bool = True
+    ship_project: Literal["auto", "always", "never"] = "auto"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """The shared inference service (``pipeline/live/service.py``, docs/service.md): replicas that
+    batch samples from any number of pipelines, every sample keeping its own exits."""
+
+    name: str = "exitflow-service"  # replicas are the named detached actors NAME-0, NAME-1, ...
+    max_batch_size: int = field(default=32, metadata=bounds(min=1, max=MAX_BATCH))
+    batch_wait_ms: float = field(default=5.0, metadata=bounds(min=0.0, max=60_000.0, help="max wait to fill a batch"))
+    max_queued: int = field(default=256, metadata=bounds(min=1, max=MAX_QUEUE, help="per replica; more is refused"))
+    num_replicas: int = field(default=1, metadata=bounds(min=1, max=1024))
+    num_cpus: float = field(default=1.0, metadata=bounds(min=0.0, max=MAX_THREADS))
+    num_gpus: float = field(default=0.0, metadata=bounds(min=0.0, max=1024.0))
+    resources: dict[str, float] = field(default_factory=dict, metadata=bounds(min=0.0))
+    max_restarts: int = field(default=3, metadata=bounds(min=-1, max=1_000_000, help="-1 = restart forever"))
+    detached: bool = True  # outlive the pipeline that started them (shared by later pipelines)
 
 
 @dataclass(frozen=True)
@@ -413,6 +434,7 @@ class Config:
     lgvit: LGViTConfig = LGViTConfig()
     stream: StreamConfig = StreamConfig()
     ray: RayConfig = RayConfig()
+    service: ServiceConfig = ServiceConfig()
     fusion: FusionConfig = FusionConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     budget: BudgetConfig = BudgetConfig()
