@@ -418,3 +418,32 @@ def apportion_energy(decisions: list[Decision], measurement: Any) -> None:
 
 def _scaled(value: float | None, share: float) -> float | None:
     return None if value is None else float(value) * share
+
+
+class SequentialBatch:
+    """A batch for an engine that has no batched path (a baseline, a rule engine): one sample after
+    another, each sample's exception returned as its result."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    def process_batch(self, samples: Sequence[Sample]) -> list[Decision | Exception]:
+        results: list[Decision | Exception] = []
+        for sample in samples:
+            try:
+                results.append(self.engine.process(sample))
+            except Exception as e:  # noqa: BLE001 - this sample's error, returned to its caller
+                results.append(e)
+        return results
+
+
+def as_batch_engine(engine: Any) -> BatchEngine | SequentialBatch | Any:
+    """What runs batches for ``engine``: itself if it has ``process_batch``, a :class:`BatchEngine`
+    for an :class:`Engine` (or a system wrapping one as ``.engine``), else :class:`SequentialBatch`."""
+    if hasattr(engine, "process_batch"):
+        return engine
+    if isinstance(engine, Engine):
+        return BatchEngine(engine)
+    if isinstance(getattr(engine, "engine", None), Engine):
+        return BatchEngine(engine.engine)
+    return SequentialBatch(engine)

@@ -45,6 +45,7 @@ from exitflow.pipeline.live.failures import (
     failed_decision,
 )
 from exitflow.pipeline.live.queues import BoundedQueue, Empty, InFlightLimiter
+from exitflow.pipeline.live.placement import EdgeSourceWorker, project_runtime_env, should_ship
 from exitflow.pipeline.live.ray_connect import probe_ray_address, start_ray
 from exitflow.pipeline.live.recording import DecisionLog, LiveSink
 from exitflow.pipeline.live.sources import Backoff
@@ -76,7 +77,12 @@ __all__ = [
 
 # -- Ray wrapping ----------------------------------------------------------------------------
 def source_actor(spec: SourceConfig | SourceFactory, stream: StreamConfig, name: str, **options: Any) -> Any:
-    """A restartable Ray actor running :class:`SourceWorker` (placed by ``spec.resources``)."""
+    """A restartable Ray actor running :class:`SourceWorker` (placed by ``spec.resources``).
+
+    With ``stream.preprocess_at_source`` it is an :class:`EdgeSourceWorker` (frames reduced to the
+    model's size on the sensor's node); with ``stream.ship_project`` the project travels by
+    ``runtime_env`` (docs/service.md).
+    """
     cfg = spec if isinstance(spec, SourceConfig) else SourceConfig(name=name)  # placement defaults
     opts: dict[str, Any] = {
         "max_restarts": stream.max_restarts,
@@ -85,6 +91,8 @@ def source_actor(spec: SourceConfig | SourceFactory, stream: StreamConfig, name:
         "resources": dict(cfg.resources),
         "name": f"exitflow-source-{name}",
     }
+    if should_ship(stream):
+        opts["runtime_env"] = project_runtime_env()
     opts.update(options)
     backoff = Backoff(
         stream.reconnect_initial_s,
@@ -92,14 +100,16 @@ def source_actor(spec: SourceConfig | SourceFactory, stream: StreamConfig, name:
         max_attempts=stream.max_reconnects,
     )
     return (
-        ray.remote(SourceWorker)
+        ray.remote(EdgeSourceWorker if stream.preprocess_at_source else SourceWorker)
         .options(**opts)
         .remote(spec, cfg.queue_size, cfg.queue_policy, stream.audio_rate_hz, backoff)
     )
 
 
 def engine_actor(factory: EngineFactory | str, stream: StreamConfig, cfg: Any = None, **options: Any) -> Any:
-    """The engine as a named Ray actor (``exitflow-engine``), placed by ``stream.engine_resources``."""
+    """The engine as a named Ray actor (``exitflow-engine``), placed by ``stream.engine_resources``
+    (the project shipped by ``runtime_env`` per ``stream.ship_project``). Several pipelines share
+    one batched engine through :class:`~exitflow.pipeline.live.service.InferenceService` instead."""
     opts: dict[str, Any] = {
         "max_restarts": stream.max_restarts,
         "num_cpus": stream.engine_num_cpus,
@@ -107,6 +117,8 @@ def engine_actor(factory: EngineFactory | str, stream: StreamConfig, cfg: Any = 
         "resources": dict(stream.engine_resources),
         "name": ENGINE_ACTOR_NAME,
     }
+    if should_ship(stream):
+        opts["runtime_env"] = project_runtime_env()
     opts.update(options)
     return ray.remote(EngineWorker).options(**opts).remote(factory, cfg, True)
 

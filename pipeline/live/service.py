@@ -1,0 +1,266 @@
+"""One inference service for many pipelines: replicas that batch samples across streams.
+
+Ray Serve is not part of this project's environment (``ray[serve]`` would add an HTTP proxy and a
+controller process per cluster and FastAPI/Starlette/uvicorn to the install; the robots here call
+from Python over Ray anyway), so the service is a pool of named, detached Ray actors
+(``service.name``-0, -1, ...), each holding one :class:`ServiceReplica`: an async actor whose
+``process(sample)`` waits in a :class:`~exitflow.pipeline.inference.batcher.MicroBatcher`
+(``@serve.batch`` semantics: up to ``service.max_batch_size`` samples, at most
+``service.batch_wait_ms`` after the first) and is answered from one
+:class:`~exitflow.pipeline.inference.batch_engine.BatchEngine` batch in which every sample keeps its
+own exits. Replicas scale by ``service.num_replicas``; ``service.num_gpus`` / ``service.resources``
+place them (a GPU replica lands on a node with a GPU; set ``engine.device: cuda``).
+
+Any pipeline, in any driver process of the cluster's namespace, reaches the same replicas with
+:meth:`InferenceService.start` (``get_if_exists``: the first caller creates them, the others
+connect) or :meth:`InferenceService.connect`. The handle offers ``decide(sample) -> Decision``
+(blocking), ``decide_async(sample) -> ObjectRef`` and the engine actor's interface
+(``process.remote(sample) -> (decision, stage_ms, error)``, ``status``, ``set_budget``,
+``node_id``), so the live runtime takes it in place of its engine actor
+(``LivePipeline(..., engine=service)``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import ray
+
+from exitflow.pipeline.config import ServiceConfig, StreamConfig
+from exitflow.pipeline.inference.batch_engine import as_batch_engine
+from exitflow.pipeline.inference.batcher import MicroBatcher
+from exitflow.pipeline.live.failures import describe_error, failed_decision
+from exitflow.pipeline.live.placement import project_runtime_env, should_ship
+from exitflow.pipeline.live.preprocess import preprocess_sample
+from exitflow.pipeline.live.workers import EngineFactory, LiveRuntimeError, resolve_engine_factory
+from exitflow.pipeline.messages import Decision, Sample
+
+log = logging.getLogger(__name__)
+
+Result = tuple[Decision, dict[str, float], "str | None"]  # the engine actor's (decision, stage -> ms, error)
+
+
+class ServiceReplica:
+    """One replica: an engine run in batches (plain class; :class:`InferenceService` makes it an actor).
+
+    Args:
+        factory: Zero-argument engine factory, or a ``stream.engine`` name called with ``cfg``.
+        cfg: The whole config (for a factory by name).
+        service: The ``service`` section (batch size, wait, queue bound).
+        preprocess: Convert raw payloads to model inputs (a model-ready payload passes unchanged).
+    """
+
+    def __init__(self, factory: EngineFactory | str, cfg: Any = None, service: ServiceConfig | None = None,
+                 preprocess: bool = True):
+        service = service or ServiceConfig()
+        self.engine = resolve_engine_factory(factory)(cfg) if isinstance(factory, str) else factory()
+        self.batch_engine = as_batch_engine(self.engine)
+        self.preprocess = preprocess
+        self.failures = 0
+        self.preprocess_drops: dict[str, int] = {}
+        self.budget: dict[str, Any] = {}
+        self.batcher: MicroBatcher[tuple[Sample, float], Result] = MicroBatcher(
+            self.run_batch, service.max_batch_size, service.batch_wait_ms / 1000.0, service.max_queued
+        )
+
+    @ray.method(enable_task_events=False)  # called per sample: no per-call record in Ray's GCS
+    async def process(self, sample: Sample) -> Result:
+        """``(decision, stage latencies in ms, None)`` or ``(FailedDecision, ..., error)``; never raises
+        for one sample (a full queue, too, comes back as that sample's error)."""
+        try:
+            return await self.batcher.submit((sample, time.perf_counter()))
+        except Exception as e:  # noqa: BLE001 - ServiceBusyError or a broken batch: this sample failed
+            return self._failed(sample, describe_error("service", e), {})
+
+    def run_batch(self, items: list[tuple[Sample, float]]) -> list[Result]:
+        """Preprocess each sample (isolated), run them as one batch, one result per sample."""
+        start = time.perf_counter()
+        results: list[Result | None] = [None] * len(items)
+        ready: list[tuple[int, Sample]] = []
+        for i, (sample, _) in enumerate(items):
+            try:
+                ready.append((i, preprocess_sample(sample, self.preprocess_drops) if self.preprocess else sample))
+            except Exception as e:  # noqa: BLE001
+                results[i] = self._failed(sample, describe_error("preprocess", e), {})
+        preprocess_ms = (time.perf_counter() - start) * 1000.0
+        t0 = time.perf_counter()
+        try:
+            outs = self.batch_engine.process_batch([s for _, s in ready])
+        except Exception as e:  # noqa: BLE001 - a batch engine bug: every sample of it fails, the replica lives
+            outs = [e] * len(ready)
+        engine_ms = (time.perf_counter() - t0) * 1000.0
+        for (i, sample), out in zip(ready, outs, strict=True):
+            stage_ms = {
+                "batch_wait": (start - items[i][1]) * 1000.0,
+                "preprocess": preprocess_ms,
+                "engine": engine_ms,
+            }
+            if isinstance(out, Decision):
+                if not out.missing and sample.missing:
+                    out.missing = sorted(sample.missing)
+                if out.timestamp_ns is None:
+                    out.timestamp_ns = sample.timestamp_ns
+                results[i] = (out, stage_ms, None)
+            else:
+                results[i] = self._failed(sample, describe_error("engine", out), stage_ms)
+        return [r for r in results if r is not None]
+
+    def _failed(self, sample: Sample, error: str, stage_ms: dict[str, float]) -> Result:
+        self.failures += 1
+        if self.failures <= 10 or self.failures % 1000 == 0:
+            log.warning("service: sample %s failed (%d so far): %s", sample.sample_id, self.failures, error)
+        return failed_decision(sample, error), stage_ms, error
+
+    def set_budget(self, mj_per_sample: float | None = None, power_w: float | None = None) -> dict[str, Any]:
+        """Change the energy budget of this replica's engine.
+
+        Raises:
+            LiveRuntimeError: when the engine has no budget to change.
+        """
+        target = getattr(self.batch_engine, "engine", None)
+        if target is None or not hasattr(target, "set_budget"):
+            raise LiveRuntimeError(f"engine {type(self.engine).__name__} has no energy budget")
+        target.set_budget(mj_per_sample=mj_per_sample, power_w=power_w)
+        self.budget = {"mj_per_sample": mj_per_sample, "power_w": power_w}
+        return self.budget
+
+    def status(self) -> dict[str, Any]:
+        """Budget, failures, preprocessing drops and the batcher's counters (``batch_size_mean``...)."""
+        return {
+            "budget": dict(self.budget),
+            "failures": self.failures,
+            "preprocess_drops": dict(self.preprocess_drops),
+            **self.batcher.stats(),
+        }
+
+    def node_id(self) -> str:
+        return cast(str, ray.get_runtime_context().get_node_id())
+
+
+class _Method:
+    """``handle.NAME.remote(*args)`` on one replica picked by ``pick``."""
+
+    def __init__(self, name: str, pick: Callable[[], Any]):
+        self._name, self._pick = name, pick
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self._pick(), self._name).remote(*args, **kwargs)
+
+
+class InferenceService:
+    """A handle on the service's replicas (cheap to copy into other processes by name).
+
+    Use :meth:`start` or :meth:`connect` rather than the constructor.
+    """
+
+    def __init__(self, name: str, replicas: list[Any]):
+        if not replicas:
+            raise LiveRuntimeError(f"inference service {name!r} has no replicas")
+        self.name = name
+        self.replicas = list(replicas)
+        self._turn = itertools.cycle(range(len(self.replicas)))
+        self.process = _Method("process", self._next)  # the engine actor's interface
+        self.status = _Method("status", lambda: self.replicas[0])
+        self.node_id = _Method("node_id", lambda: self.replicas[0])
+        self.set_budget = _Broadcast(self.replicas, "set_budget")
+
+    def _next(self) -> Any:
+        return self.replicas[next(self._turn)]
+
+    @classmethod
+    def start(cls, factory: EngineFactory | str, cfg: Any = None, service: ServiceConfig | None = None,
+              stream: StreamConfig | None = None, **options: Any) -> InferenceService:
+        """Create the replicas, or join them if a pipeline already did (same name and namespace).
+
+        Args:
+            factory: The engine factory, or a ``stream.engine`` name called with ``cfg`` in each replica.
+            cfg: The whole config; its ``service`` section is used unless ``service`` is given.
+            service: The ``service`` section.
+            stream: For ``stream.ship_project`` (ship the package by ``runtime_env``).
+            **options: Ray actor options overriding the section's (e.g. ``scheduling_strategy``).
+        """
+        service = service or getattr(cfg, "service", None) or ServiceConfig()
+        stream = stream or getattr(cfg, "stream", None) or StreamConfig()
+        opts: dict[str, Any] = {
+            "num_cpus": service.num_cpus,
+            "num_gpus": service.num_gpus,
+            "resources": dict(service.resources),
+            "max_restarts": service.max_restarts,
+            "max_concurrency": max(2 * service.max_queued, 16),  # async: waiting samples hold no thread
+            "get_if_exists": True,
+        }
+        if service.detached:
+            opts["lifetime"] = "detached"
+        if should_ship(stream):
+            opts["runtime_env"] = project_runtime_env()
+        opts.update(options)
+        actor_cls = ray.remote(ServiceReplica)
+        replicas = [
+            actor_cls.options(name=f"{service.name}-{k}", **opts).remote(factory, cfg, service, True)
+            for k in range(service.num_replicas)
+        ]
+        return cls(service.name, replicas)
+
+    @classmethod
+    def connect(cls, name: str = "exitflow-service", timeout_s: float = 10.0) -> InferenceService:
+        """The running service ``name`` (all its replicas ``name-0``, ``name-1``, ...).
+
+        Raises:
+            LiveRuntimeError: when no replica of that name is found within ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            replicas = []
+            for k in itertools.count():
+                try:
+                    replicas.append(ray.get_actor(f"{name}-{k}"))
+                except ValueError:
+                    break
+            if replicas:
+                return cls(name, replicas)
+            if time.monotonic() > deadline:
+                raise LiveRuntimeError(
+                    f"no inference service {name!r} in this Ray namespace; start one (InferenceService.start)"
+                )
+            time.sleep(0.2)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> list[str]:
+        """Block until every replica has built its engine; returns their node ids."""
+        return cast(list[str], ray.get([r.node_id.remote() for r in self.replicas], timeout=timeout_s))
+
+    def decide_async(self, sample: Sample) -> Any:
+        """An ObjectRef to ``(decision, stage_ms, error)`` (the batch-aware path for many samples)."""
+        return self.process.remote(sample)
+
+    def decide(self, sample: Sample, timeout_s: float | None = 60.0) -> Decision:
+        """The sample's decision (a FailedDecision with ``error`` set when the sample failed)."""
+        decision, _, _ = ray.get(self.decide_async(sample), timeout=timeout_s)
+        return cast(Decision, decision)
+
+    def stats(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """Every replica's status, and the batch size averaged over all of their batches."""
+        statuses = ray.get([r.status.remote() for r in self.replicas], timeout=timeout_s)
+        batches = sum(s["batches"] for s in statuses)
+        items = sum(s["items"] for s in statuses)
+        return {"replicas": statuses, "batches": batches, "items": items,
+                "batch_size_mean": items / batches if batches else 0.0}
+
+    def shutdown(self) -> None:
+        """Kill every replica (the service ends for every pipeline using it)."""
+        for r in self.replicas:
+            ray.kill(r, no_restart=True)
+
+
+class _Broadcast:
+    """``set_budget.remote(...)`` to every replica; the caller gets the first replica's reply."""
+
+    def __init__(self, replicas: list[Any], name: str):
+        self._replicas, self._name = replicas, name
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        refs = [getattr(r, self._name).remote(*args, **kwargs) for r in self._replicas]
+        return refs[0]
