@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from exitflow.pipeline.artifacts import (
     DATASET_MODALITIES,
     NUM_CLASSES,
@@ -40,7 +42,8 @@ from exitflow.pipeline.bundles.manifest import (
     read_manifest,
     write_manifest,
 )
-from exitflow.pipeline.config import Config, dump_config
+from exitflow.pipeline.config import Config
+from exitflow.pipeline.config_schema import to_dict
 from exitflow.pipeline.data.preprocessing import Preprocessing
 
 CHECKPOINT_FILES = (WEIGHTS_NAME, "config.json", "MODEL_CARD.md")
@@ -55,13 +58,15 @@ def dataset_classes(dataset: str) -> tuple[str, ...]:
     return tuple(str(k) for k in range(NUM_CLASSES))
 
 
-def exported_config(cfg: Config, dataset: str) -> Config:
-    """``cfg`` as the bundle stores it: its data set, no pointer to another bundle or profile file."""
-    return dataclasses.replace(
-        cfg, data=dataclasses.replace(cfg.data, dataset=dataset), engine=dataclasses.replace(cfg.engine, bundle=None),
-        scheduler=dataclasses.replace(cfg.scheduler, profile=None),
-        demo=dataclasses.replace(cfg.demo, bundle=None),
-    )
+def exported_config(cfg: Config, dataset: str) -> str:
+    """``cfg`` as the bundle stores it (YAML): its data set, no pointer to another bundle or profile file."""
+    data = to_dict(dataclasses.replace(
+        cfg, engine=dataclasses.replace(cfg.engine, bundle=None),
+        scheduler=dataclasses.replace(cfg.scheduler, profile=None), demo=dataclasses.replace(cfg.demo, bundle=None),
+    ))
+    data.pop("source_path", None)
+    data["data"]["dataset"] = dataset
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def _copy_checkpoint(src: Path, dst: Path) -> None:
@@ -149,7 +154,7 @@ def export_bundle(
                 if (folder / "config.json").is_file() and (folder / WEIGHTS_NAME).is_file():
                     bundled[name] = f"{BASELINES_DIR}/{name}"
                     _copy_checkpoint(folder, tmp / bundled[name])
-        (tmp / CONFIG_NAME).write_text(dump_config(exported_config(cfg, dataset)), encoding="utf-8")
+        (tmp / CONFIG_NAME).write_text(exported_config(cfg, dataset), encoding="utf-8")
         (tmp / CLASSES_NAME).write_text(json.dumps(list(classes), indent=1) + "\n", encoding="utf-8")
         (tmp / PREPROCESSING_NAME).write_text(json.dumps(preprocessing, indent=2) + "\n", encoding="utf-8")
         encoders: dict[str, dict[str, Any]] = {}

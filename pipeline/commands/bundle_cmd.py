@@ -7,10 +7,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from exitflow.pipeline.artifacts import DATASETS
 from exitflow.pipeline.commands import command_line
 from exitflow.pipeline.config import Config
+
+if TYPE_CHECKING:
+    from exitflow.pipeline.bundles.manifest import BundleManifest
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -59,7 +63,7 @@ def _verify(args: argparse.Namespace, cfg: Config | None) -> int:
     return 0
 
 
-def describe(manifest) -> str:  # noqa: ANN001 - a BundleManifest (imported lazily)
+def describe(manifest: BundleManifest) -> str:
     """Three lines: where, what model, how many verified files."""
     baselines = ", ".join(sorted(manifest.baselines)) or "none"
     return (f"bundle {manifest.path}: ok (format {manifest.format_version}, exitflow {manifest.exitflow_version}, "
