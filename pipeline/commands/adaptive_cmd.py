@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from exitflow.pipeline.artifacts import DATASETS
-from exitflow.pipeline.commands import command_line, fraction, output_file, positive_int
+from exitflow.pipeline.commands import command_line, dataset_arg, fraction, output_file, positive_int
 from exitflow.pipeline.commands.bundle_cmd import add_bundle_option, with_bundle
 from exitflow.pipeline.config import Config
 
@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     profile.add_argument("--energy-samples", type=positive_int, default=100, help="samples timed at batch 1 per step")
     profile.set_defaults(func=_profile)
     bench = sub.add_parser("bench", help="every system side by side on the same samples")
-    bench.add_argument("--dataset", choices=DATASETS, default=None)
+    bench.add_argument("--dataset", type=dataset_arg, default=None, metavar="NAME|DIR",
+                       help=f"{', '.join(DATASETS)} or an imported data set folder (default: data.dataset)")
     bench.add_argument("--split", choices=("val", "test", "test_id"), default="test")
     bench.add_argument("--limit", type=positive_int, default=None, help="first N samples (default: bench.limit)")
     bench.add_argument("--systems", default=None, help="comma list (default: all seven, plus exitflow_concat "
@@ -68,6 +69,7 @@ def _profile(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _bench(args: argparse.Namespace, cfg: Config) -> int:
+    from exitflow.pipeline.data.imported import is_imported
     from exitflow.pipeline.errors import ExitflowError
     from exitflow.pipeline.evaluation.bench import (
         ALL_SYSTEMS,
@@ -87,10 +89,11 @@ def _bench(args: argparse.Namespace, cfg: Config) -> int:
 
     cfg = with_bundle(args, cfg)
     dataset = args.dataset or cfg.data.dataset
-    systems = tuple(s.strip() for s in args.systems.split(",")) if args.systems else default_systems(cfg)
-    unknown = [s for s in systems if s not in ALL_SYSTEMS]
+    systems = tuple(s.strip() for s in args.systems.split(",")) if args.systems else default_systems(cfg, dataset)
+    allowed = default_systems(cfg, dataset) if is_imported(dataset) else ALL_SYSTEMS
+    unknown = [s for s in systems if s not in allowed]
     if unknown:
-        raise ExitflowError(f"unknown system(s) {unknown}; choose from {', '.join(ALL_SYSTEMS)}")
+        raise ExitflowError(f"unknown system(s) {unknown}; choose from {', '.join(allowed)}")
     if args.budget_fraction is not None and not 0 < args.budget_fraction <= 2:
         raise ExitflowError(f"--budget-fraction must be in (0, 2], got {args.budget_fraction}")
     limit = args.limit if args.limit is not None else cfg.bench.limit

@@ -1,4 +1,8 @@
-"""``exitflow train cnn`` (the CNN family) and ``exitflow calibrate`` (its operating point, on val)."""
+"""``exitflow train cnn`` (the CNN family) and ``exitflow calibrate`` (its operating point, on val).
+
+Both take ``--dataset`` as a built-in name (avmnist, avmnist-noisy) or an imported data set folder
+(``exitflow data import DIR``), whose model goes to ``DIR/model``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from exitflow.pipeline.artifacts import CNN_DATASETS
-from exitflow.pipeline.commands import command_line, positive_int
+from exitflow.pipeline.commands import command_line, dataset_arg, positive_int
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.errors import ExitflowError
 
@@ -14,7 +18,8 @@ from exitflow.pipeline.errors import ExitflowError
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     train = groups["train"].add_parser(
         "cnn", help="train the CNN family: image + audio encoders with an exit per block and the exit-grid fusion")
-    train.add_argument("--dataset", choices=CNN_DATASETS, default=None)
+    train.add_argument("--dataset", type=dataset_arg, default=None, metavar="NAME|DIR",
+                       help=f"{', '.join(CNN_DATASETS)} or an imported data set folder (default: data.dataset)")
     train.add_argument("--epochs", type=positive_int, default=1, help="epochs run (default: %(default)s)")
     train.add_argument("--schedule-epochs", type=positive_int, default=3,
                        help="epochs the one-cycle learning rate is laid out over, >= --epochs (default: %(default)s)")
@@ -23,18 +28,25 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     train.add_argument("--eval-limit", type=positive_int, default=None, help="rows of val/test/test_id (default: all)")
     train.add_argument("--reweight", choices=("uniform", "mmexit"), default="uniform",
                        help="loss weights of the exits: equal, or MMExit's double-stage re-weighting")
-    train.add_argument("--out", default=None, help="checkpoint folder (default: checkpoints/cnn_<dataset>)")
+    train.add_argument("--out", default=None, help="checkpoint folder (default: checkpoints/cnn_<dataset>; an "
+                       "imported set: DIR/model, where calibrate, bench and replay read it)")
     train.set_defaults(func=_train)
     cal = sub.add_parser("calibrate", help="choose the CNN family's exit thresholds on the calibration split "
                          "(val) and write its exit profile")
-    cal.add_argument("--dataset", choices=CNN_DATASETS, default=None)
+    cal.add_argument("--dataset", type=dataset_arg, default=None, metavar="NAME|DIR",
+                     help=f"{', '.join(CNN_DATASETS)} or an imported data set folder (default: data.dataset)")
     cal.add_argument("--energy-samples", type=positive_int, default=100, help="samples timed at batch 1 per step")
     cal.set_defaults(func=_calibrate)
 
 
 def _dataset(args: argparse.Namespace, cfg: Config) -> str:
+    from exitflow.pipeline.data.imported import is_imported
+
     dataset = args.dataset or cfg.data.dataset
-    if dataset not in CNN_DATASETS:
+    if getattr(args, "out", None) and is_imported(dataset):
+        raise ExitflowError(f"an imported set's model goes to {dataset}/model (calibrate, bench and replay read it "
+                            f"there); copy it elsewhere afterwards with `exitflow export`")
+    if dataset not in CNN_DATASETS and not is_imported(dataset):
         raise ExitflowError(f"the CNN family covers {', '.join(CNN_DATASETS)}; pass --dataset")
     return dataset
 

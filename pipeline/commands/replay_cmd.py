@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exitflow.pipeline.artifacts import DATASETS, SPLITS
+from exitflow.pipeline.commands import dataset_arg
 from exitflow.pipeline.commands.bundle_cmd import add_bundle_option, with_bundle
 from exitflow.pipeline.config import Config, output_path, resolve_path
 
@@ -29,9 +30,11 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     parser.add_argument("--end", type=float, default=None, help="recording: stop S seconds after its start")
     parser.add_argument("--topics", default=None, metavar="T1,T2",
                         help="recording: only these sensor topics, e.g. /sensor/camera0,/sensor/mic0")
-    parser.add_argument("--dataset", choices=DATASETS, default=None, help="default: data.dataset")
+    parser.add_argument("--dataset", type=dataset_arg, default=None, metavar="NAME|DIR",
+                        help=f"{', '.join(DATASETS)} or an imported data set folder (default: data.dataset)")
     parser.add_argument("--split", choices=SPLITS, default=None, help="default: replay.split")
-    parser.add_argument("--system", default=None, help="default: replay.system (lf, image, audio, ...)")
+    parser.add_argument("--system", default=None, help="default: replay.system (lf, image, audio, ...); "
+                        "an imported set: exitflow")
     parser.add_argument("--limit", type=int, default=None, help="first N samples (default: replay.limit)")
     parser.add_argument("--all", action="store_true", help="replay the whole split (ignore replay.limit)")
     parser.add_argument("--decisions", default=None, help="JSONL of per-sample decisions (default: runs/...)")
@@ -101,8 +104,11 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
     cfg = with_bundle(args, cfg)
     if args.recording is not None:
         return _replay_recording(args, cfg)
-    system = args.system or cfg.replay.system
+    from exitflow.pipeline.data.imported import is_imported
+
     dataset = args.dataset or cfg.data.dataset
+    imported = is_imported(dataset)
+    system = args.system or ("exitflow" if imported else cfg.replay.system)
     split = args.split or cfg.replay.split
     limit = None if args.all else (args.limit if args.limit is not None else cfg.replay.limit)
     if limit is not None and limit < 1:
@@ -112,7 +118,7 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
     elif cfg.replay.decisions_path:
         decisions = resolve_path(cfg, cfg.replay.decisions_path)
     else:
-        decisions = output_path(cfg, f"runs/replay-{system}-{dataset}-{split}.jsonl")
+        decisions = output_path(cfg, f"runs/replay-{system}-{Path(dataset).name if imported else dataset}-{split}.jsonl")
     summary = replay(cfg, system, dataset, split, limit, decisions)
     print_summary(summary)
     print(f"decisions: {decisions}")

@@ -38,6 +38,7 @@ import numpy as np
 from exitflow.pipeline.artifacts import SPLITS
 from exitflow.pipeline.config import Config, output_path
 from exitflow.pipeline.data.grid_commands import make_commands
+from exitflow.pipeline.data.imported import ImportedSplit, is_imported, load_imported_split
 from exitflow.pipeline.data.noise import BANK_FILE, mix_noise, noise_rng, read_noise_bank
 from exitflow.pipeline.data.pca import PCA_BASIS_PATH, degrade_images, load_pca_basis
 from exitflow.pipeline.data.preprocessing import DEFAULT_PREPROCESSING
@@ -292,13 +293,18 @@ def dataset_dir(cfg: Config, dataset: str | None = None, progress: bool = True) 
     return out
 
 
-def load_split(cfg: Config, split: str, dataset: str | None = None, progress: bool = True) -> AVSplit:
-    """Load (building on first use) one split of ``avmnist`` or ``avmnist-t``.
+def load_split(
+    cfg: Config, split: str, dataset: str | None = None, progress: bool = True
+) -> AVSplit | ImportedSplit:
+    """Load (building on first use) one split of a built-in data set, or of an imported one (``dataset``
+    a folder path, :mod:`pipeline.data.imported`).
 
     Raises:
         DataError: unknown split/dataset, a split the data root cannot provide (the embedded
             slice holds only ``test``), or missing/corrupt source files.
     """
+    if dataset is not None and is_imported(dataset):
+        return load_imported_split(dataset, split)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     folder = dataset_dir(cfg, dataset, progress)

@@ -4,6 +4,11 @@ Rows: ``{"system", "n", "accuracy", "macs_per_sample", "ms_per_sample", "mj_per_
 "energy_source", "estimated"}``. Time is the wall time around each ``process()`` call; energy is
 one meter window around each system's whole run, divided by the number of samples (robust on
 meters whose per-call resolution is coarse). Systems run in turn on the same in-memory samples.
+
+On an imported data set (``--dataset DIR``) there are no LeNet baselines: the systems are
+``full``, each modality alone (its encoder to the last exit, through the exit grid's head for that
+modality alone; named after the modality), ``static``, ``rexit`` and ``exitflow``. A modality
+alone gives no answer (prediction -1, counted wrong, 0 MACs) on a sample that lacks it.
 """
 
 from __future__ import annotations
@@ -16,18 +21,35 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from exitflow.pipeline.artifacts import baseline_dataset
+from exitflow.pipeline.artifacts import DATASET_MODALITIES, baseline_dataset
+from exitflow.pipeline.data.imported import is_imported
 from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts, truncated_macs
 from exitflow.pipeline.inference.systems import BaselineSystem
-from exitflow.pipeline.messages import Sample
+from exitflow.pipeline.messages import Decision, Sample
 
 BENCH_SYSTEMS = ("full", "lf", "image", "audio", "static", "rexit", "exitflow")
 CONCAT_SYSTEM = "exitflow_concat"  # exitflow with the late (concat) fusion exit, beside a transformer-fusion run
 ALL_SYSTEMS = (*BENCH_SYSTEMS, CONCAT_SYSTEM)
 
 
-def default_systems(cfg: Any) -> tuple[str, ...]:
-    """The seven systems, plus ``exitflow_concat`` when the fusion exit is the transformer."""
+class ModalityAlone:
+    """One modality's encoder to its last exit, fused alone; no answer (-1) where the sample lacks it."""
+
+    def __init__(self, system: Any, modality: str):
+        self.system, self.modality, self.name = system, modality, system.name
+
+    def process(self, sample: Sample) -> Decision:
+        if self.modality in sample.payloads and self.modality not in sample.missing:
+            return self.system.process(sample)
+        return Decision(sample_id=sample.sample_id, prediction=-1, label=sample.label, system=self.name,
+                        missing=[self.modality], latency_ms={"total": 0.0}, timestamp_ns=sample.timestamp_ns)
+
+
+def default_systems(cfg: Any, dataset: str | None = None) -> tuple[str, ...]:
+    """The seven systems, plus ``exitflow_concat`` when the fusion exit is the transformer; an imported
+    set's systems (module doc) when ``dataset`` is one."""
+    if dataset is not None and is_imported(dataset):
+        return ("full", *DATASET_MODALITIES[dataset], "static", "rexit", "exitflow")
     return ALL_SYSTEMS if cfg.fusion.exit == "transformer" else BENCH_SYSTEMS
 
 
@@ -88,7 +110,7 @@ def _per_sample(value: float | None, n: int) -> float | None:
     return None if value is None else value / n
 
 
-SINGLE_PASS = ("full", "lf", "static", "image", "audio")  # systems that run the same network for every sample
+SINGLE_PASS = ("full", "lf", "static", "image", "audio", "text")  # systems that run the same network for every sample
 
 
 def summary(rows: Sequence[dict[str, Any]], tolerance: float = 0.005) -> dict[str, Any]:
@@ -136,6 +158,8 @@ def bench(
     for name in systems:
         if name == "full":
             built[name] = parts.full()
+        elif is_imported(parts.dataset) and name in parts.encoders:  # the modality alone, full depth
+            built[name] = ModalityAlone(parts.static({name: parts.encoders[name].num_exits - 1}, name=name), name)
         elif name in ("lf", "image", "audio"):
             built[name] = BaselineSystem(cfg, name, baseline_dataset(parts.dataset, name))
         elif name == "rexit":

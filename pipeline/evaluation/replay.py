@@ -18,13 +18,17 @@ from tqdm import tqdm
 
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
+from exitflow.pipeline.data.imported import ImportedSplit
 from exitflow.pipeline.data.roots import data_root
 from exitflow.pipeline.inference.systems import System, load_system
 from exitflow.pipeline.messages import Sample
 
 
-def split_samples(split: AVSplit, limit: int | None = None) -> Iterator[Sample]:
+def split_samples(split: AVSplit | ImportedSplit, limit: int | None = None) -> Iterator[Sample]:
     """Samples of a split in order; ``timestamp_ns`` is the row index (data sets have no clock)."""
+    if isinstance(split, ImportedSplit):  # an imported set: its absent modalities are ``missing``
+        yield from split.samples(limit)
+        return
     n = len(split) if limit is None else min(limit, len(split))
     for i in range(n):
         payloads: dict[str, Any] = {"image": split.image[i], "audio": split.audio[i]}

@@ -28,6 +28,7 @@ import torch
 from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit
+from exitflow.pipeline.data.imported import ImportedSplit
 from exitflow.scheduler.policy import FUSION_KEY
 from exitflow.scheduler.profile import ExitArrays, build_profile
 from exitflow.scheduler.rules import passes, scores_from_probs
@@ -72,8 +73,8 @@ def family_logits(
 
 @torch.no_grad()
 def split_logits(
-    encoders: Mapping[str, torch.nn.Module], fusion: ExitGridFusion, split: AVSplit, limit: int | None = None,
-    batch: int = 500,
+    encoders: Mapping[str, torch.nn.Module], fusion: ExitGridFusion, split: AVSplit | ImportedSplit,
+    limit: int | None = None, batch: int = 500,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Calibrated logits of every output over the first ``limit`` samples of ``split``, and the labels."""
     for module in (*encoders.values(), fusion):
@@ -82,9 +83,8 @@ def split_logits(
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, n, batch):
         rows = np.arange(start, min(start + batch, n))
-        inputs = {
-            "image": torch.from_numpy(np.ascontiguousarray(split.image[rows])).float(),
-            "audio": torch.from_numpy(np.ascontiguousarray(split.audio[rows])).float(),
+        inputs = {  # (B, 1, H, W) per modality of the grid (AV-MNIST: image and audio)
+            m: torch.from_numpy(np.ascontiguousarray(getattr(split, m)[rows])).float() for m in fusion.modalities
         }
         for k, v in family_logits(encoders, fusion, inputs).items():
             parts.setdefault(k, []).append(v.numpy())

@@ -9,6 +9,12 @@ temperatures are then fitted on ``val``. The result is ``checkpoints/cnn_<datase
 ``audio/``, ``fusion/`` and a model card); the per-exit logits of every evaluation split are
 written beside it for the operating-point search (``exitflow calibrate``).
 
+An imported set (``exitflow data import DIR``) trains the same way on its two modalities (image,
+audio and/or text: a CNN per modality, shaped by its stored preprocessing: the image side, the
+112x112 spectrogram, the character grid of text), with its own number of classes, into
+``DIR/model/`` beside a copy of its ``classes.json`` and ``preprocessing.json``; its evaluation
+splits are ``val`` (group-disjoint from train) and ``test``. Rows without a modality hold zeros.
+
 The loss weights every output equally by default; ``reweight: mmexit`` uses MMExit's double-stage
 re-weighting (:class:`encoders.joint_loss.DoubleStageReweighter`, loss values as the running signal,
 stages alternating per update): final exits + every fusion head, then the earlier exits.
@@ -30,19 +36,65 @@ from tqdm import tqdm
 
 from exitflow.encoders.calibration import fit_temperature
 from exitflow.encoders.checkpoint import checksum_lines, save_encoder, write_model_card
-from exitflow.encoders.cnn import CNNEarlyExitEncoder, cnn_preset
+from exitflow.encoders.cnn import CNNEarlyExitEncoder, CNNEncoderConfig, cnn_preset
 from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
 from exitflow.encoders.joint_loss import DoubleStageReweighter
 from exitflow.pipeline.artifacts import NUM_CLASSES, cnn_folder
 from exitflow.pipeline.checkpoints import save_checkpoint
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit, load_split
+from exitflow.pipeline.data.imported import (
+    ImportedSplit,
+    class_names,
+    dataset_modalities,
+    dataset_preprocessing,
+    is_imported,
+)
+from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.training.augment import augment_audio, augment_image
 from exitflow.pipeline.training.calibrate import family_logits, split_logits
 
 log = logging.getLogger(__name__)
-MODALITIES = ("image", "audio")
+MODALITIES = ("image", "audio")  # of the built-in CNN data sets
 EVAL_SPLITS = ("val", "test", "test_id")
+IMPORTED_EVAL_SPLITS = ("val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyShape:
+    """What the family of a data set looks like: its modalities, encoders, classes and evaluation splits."""
+
+    modalities: tuple[str, ...]
+    configs: dict[str, CNNEncoderConfig]
+    num_classes: int
+    eval_splits: tuple[str, ...]
+    classes: list[str] | None = None  # class names of an imported set (None: the ten digits)
+
+
+def family_shape(dataset: str, dropout: float) -> FamilyShape:
+    """The family of a built-in image + audio set, or of an imported set (from its stored preprocessing)."""
+    if not is_imported(dataset):
+        if dataset not in ("avmnist", "avmnist-noisy"):
+            raise ValueError(f"the CNN family covers image + audio data sets (avmnist, avmnist-noisy), not {dataset!r}")
+        return FamilyShape(MODALITIES, {m: cnn_preset(m, dropout=dropout) for m in MODALITIES}, NUM_CLASSES,
+                           EVAL_SPLITS)
+    modalities, classes = dataset_modalities(dataset), class_names(dataset)
+    if len(modalities) != 2:
+        raise ExitflowError(f"the CNN family (its exit grid and calibrated walk) needs exactly two modalities; "
+                            f"{dataset} has {'+'.join(modalities)}")
+    if len(classes) < 2:
+        raise ExitflowError(f"{dataset} has {len(classes)} class(es); a classifier needs at least two")
+    pre = dataset_preprocessing(dataset)
+    configs = {}
+    for m in modalities:
+        side = pre.input_shape(m)[1]
+        if m == "text":  # a character CNN over the (position x symbol) one-hot grid
+            configs[m] = CNNEncoderConfig(
+                modality="text", input_size=side, stem_channels=16, stem_stride=2, block_channels=(16, 32, 64),
+                block_strides=(2, 1, 2), num_classes=len(classes), dropout=dropout)
+        else:
+            configs[m] = cnn_preset(m, input_size=side, num_classes=len(classes), dropout=dropout)
+    return FamilyShape(modalities, configs, len(classes), IMPORTED_EVAL_SPLITS, classes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +117,11 @@ class CNNTrainSettings:
 
 
 # -- data ----------------------------------------------------------------------------------------
-def split_tensors(split: AVSplit, limit: int | None) -> dict[str, torch.Tensor]:
+def split_tensors(split: AVSplit | ImportedSplit, limit: int | None) -> dict[str, torch.Tensor]:
     n = len(split) if limit is None else min(limit, len(split))
+    if isinstance(split, ImportedSplit):
+        return {"labels": torch.from_numpy(split.labels[:n]),
+                **{m: torch.from_numpy(np.ascontiguousarray(split.inputs(m)[:n])) for m in split.modalities}}
     return {
         "image": torch.from_numpy(np.ascontiguousarray(split.image[:n])),
         "bank": torch.from_numpy(np.asarray(split.audio.bank)),
@@ -81,17 +136,32 @@ def audio_rows(data: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tenso
     return (bank.float().div_(255.0) if bank.dtype == torch.uint8 else bank.float()).reshape(len(rows), 1, 112, 112)
 
 
+def train_batch(
+    data: dict[str, torch.Tensor], rows: torch.Tensor, modalities: tuple[str, ...], gen: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Augmented inputs of ``rows``: image shifts, spectrogram warps and masks; text as it is."""
+    out = {}
+    for m in modalities:
+        if m == "audio":
+            out[m] = augment_audio(audio_rows(data, rows) if "bank" in data else data["audio"][rows].float(), gen)
+        elif m == "image":
+            out[m] = augment_image(data["image"][rows].float(), gen)
+        else:
+            out[m] = data[m][rows].float()
+    return out
+
+
 # -- the model -----------------------------------------------------------------------------------
 class CNNFamily(torch.nn.Module):
-    """The two encoders and the grid fusion, as one module for training."""
+    """The two encoders and the grid fusion, as one module for training (AV-MNIST's image + audio by default)."""
 
-    def __init__(self, dropout: float, fusion_hidden: int):
+    def __init__(self, dropout: float, fusion_hidden: int, shape: FamilyShape | None = None):
         super().__init__()
-        self.encoders = torch.nn.ModuleDict(
-            {m: CNNEarlyExitEncoder(cnn_preset(m, dropout=dropout)) for m in MODALITIES}
-        )
-        dims = {m: self.encoders[m].embed_dims for m in MODALITIES}
-        self.fusion = ExitGridFusion(dims, NUM_CLASSES, fusion_hidden)
+        shape = shape or family_shape("avmnist", dropout)
+        self.modalities = shape.modalities
+        self.encoders = torch.nn.ModuleDict({m: CNNEarlyExitEncoder(shape.configs[m]) for m in self.modalities})
+        dims = {m: self.encoders[m].embed_dims for m in self.modalities}
+        self.fusion = ExitGridFusion(dims, shape.num_classes, fusion_hidden)
 
     def forward(self, inputs: dict[str, torch.Tensor], calibrated: bool = False) -> dict[str, torch.Tensor]:
         """Logits of every exit and every grid head (:func:`~pipeline.training.calibrate.family_logits`);
@@ -103,8 +173,8 @@ def _outputs_with_absent(model: CNNFamily, inputs: dict[str, torch.Tensor], gen:
     """Training outputs, plus the fused output with one modality absent at a random exit of the other."""
     logits = model(inputs)
     if p > 0 and float(torch.rand((), generator=gen)) < p * 2:
-        absent = MODALITIES[int(torch.randint(0, 2, (), generator=gen))]
-        kept = next(m for m in MODALITIES if m != absent)
+        absent = model.modalities[int(torch.randint(0, 2, (), generator=gen))]
+        kept = next(m for m in model.modalities if m != absent)
         outs = model.encoders[kept](inputs[kept])
         e = int(torch.randint(0, len(outs), (), generator=gen))
         logits[f"{kept}_alone"] = model.fusion.fuse({kept: outs[e].embedding}, {kept: e}, calibrated=False)
@@ -116,14 +186,15 @@ def accuracies(logits: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, f
 
 
 def full_key(model: CNNFamily) -> str:
-    return grid_key({m: model.encoders[m].num_exits - 1 for m in MODALITIES}, MODALITIES)
+    return grid_key({m: model.encoders[m].num_exits - 1 for m in model.modalities}, model.modalities)
 
 
-def _loss(logits: dict[str, torch.Tensor], y: torch.Tensor, rw: DoubleStageReweighter | None, epoch: int):
+def _loss(logits: dict[str, torch.Tensor], y: torch.Tensor, rw: DoubleStageReweighter | None, epoch: int,
+          modalities: tuple[str, ...] = MODALITIES):
     if rw is None:
         losses = [F.cross_entropy(v, y) for v in logits.values()]
         return sum(losses) / len(losses)
-    grouped: dict[str, Any] = {m: [F.cross_entropy(logits[f"{m}{e}"], y) for e in range(3)] for m in MODALITIES}
+    grouped: dict[str, Any] = {m: [F.cross_entropy(logits[f"{m}{e}"], y) for e in range(3)] for m in modalities}
     fused = [F.cross_entropy(v, y) for k, v in logits.items() if "_" in k]
     grouped["fusion"] = sum(fused) / len(fused)
     return rw(grouped, epoch)
@@ -133,7 +204,7 @@ def fit_temperatures(model: CNNFamily, logits: dict[str, np.ndarray], labels: np
     """Fit and store a temperature per exit and per fusion head on calibration logits (uncalibrated)."""
     y = torch.from_numpy(labels)
     temps = {k: fit_temperature(torch.from_numpy(v), y) for k, v in logits.items() if "alone" not in k}
-    for m in MODALITIES:
+    for m in model.modalities:
         model.encoders[m].set_temperatures([temps[f"{m}{e}"] for e in range(model.encoders[m].num_exits)])
     model.fusion.set_temperatures({k: temps[k] for k in model.fusion.keys()})
     return temps
@@ -143,18 +214,18 @@ def train_cnn_family(
     cfg: Config, dataset: str, settings: CNNTrainSettings, out: Path | None = None, progress: bool = True,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Train, calibrate temperatures, save ``out`` (default ``checkpoints/cnn_<dataset>``); returns the card data."""
-    if dataset not in ("avmnist", "avmnist-noisy"):
-        raise ValueError(f"the CNN family covers image + audio data sets (avmnist, avmnist-noisy), not {dataset!r}")
+    """Train, calibrate temperatures, save ``out`` (default ``checkpoints/cnn_<dataset>``, ``DIR/model`` for an
+    imported set); returns the card data."""
     s = settings
+    shape = family_shape(dataset, s.dropout)
     if s.num_threads:
         torch.set_num_threads(s.num_threads)
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed)
     started = time.time()
     train = split_tensors(load_split(cfg, "train", dataset, progress), s.limit)
-    evals = {sp: load_split(cfg, sp, dataset, progress).head(s.eval_limit) for sp in EVAL_SPLITS}
-    model = CNNFamily(s.dropout, s.fusion_hidden)
+    evals = {sp: load_split(cfg, sp, dataset, progress).head(s.eval_limit) for sp in shape.eval_splits}
+    model = CNNFamily(s.dropout, s.fusion_hidden, shape)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     n = len(train["labels"])
     per_epoch = (n + s.batch_size - 1) // s.batch_size
@@ -166,23 +237,20 @@ def train_cnn_family(
     if s.reweight == "mmexit":
         # MMExit's Algorithm 1 alternates the two stages from one update to the next (the loop over i);
         # the softmax temperature decays over all updates
-        rw = DoubleStageReweighter({m: 3 for m in MODALITIES}, total_epochs=s.epochs * per_epoch)
+        rw = DoubleStageReweighter({m: 3 for m in shape.modalities}, total_epochs=s.epochs * per_epoch)
     elif s.reweight != "uniform":
         raise ValueError(f"reweight must be uniform or mmexit, got {s.reweight!r}")
     best, best_state, history = -1.0, None, []
     for epoch in range(s.epochs):
         model.train()
         perm = torch.randperm(n, generator=gen)
-        bar = tqdm(range(per_epoch), desc=f"cnn {dataset} epoch {epoch + 1}/{s.epochs}", disable=not progress)
+        bar = tqdm(range(per_epoch), desc=f"cnn {Path(dataset).name} epoch {epoch + 1}/{s.epochs}", disable=not progress)
         for b in bar:
             rows = perm[b * s.batch_size : (b + 1) * s.batch_size]
-            inputs = {
-                "image": augment_image(train["image"][rows].float(), gen),
-                "audio": augment_audio(audio_rows(train, rows), gen),
-            }
+            inputs = train_batch(train, rows, shape.modalities, gen)
             logits = _outputs_with_absent(model, inputs, gen, s.modality_dropout)
             y = train["labels"][rows]
-            loss = _loss(logits, y, rw, epoch * per_epoch + b)
+            loss = _loss(logits, y, rw, epoch * per_epoch + b, shape.modalities)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -199,30 +267,37 @@ def train_cnn_family(
         model.load_state_dict(best_state)
     temps = fit_temperatures(model, *split_logits(model.encoders, model.fusion, evals["val"]))  # T still 1: raw
     out = out or cnn_folder(cfg, dataset)
-    return _save(model, out, cfg, dataset, settings, evals, temps, history, command, round(time.time() - started))
+    return _save(model, out, cfg, dataset, settings, evals, temps, history, command, round(time.time() - started),
+                 shape)
 
 
-def _save(model, out, cfg, dataset, settings, evals, temps, history, command, train_s) -> dict[str, Any]:
+def _save(model, out, cfg, dataset, settings, evals, temps, history, command, train_s, shape) -> dict[str, Any]:
     logits, labels = {}, {}
-    for sp in EVAL_SPLITS:
+    splits = shape.eval_splits
+    for sp in splits:
         logits[sp], labels[sp] = split_logits(model.encoders, model.fusion, evals[sp])
-    acc = {sp: accuracies(logits[sp], labels[sp]) for sp in EVAL_SPLITS}
-    macs = {f"{m}{e}": model.encoders[m].exit_macs()[e] for m in MODALITIES for e in range(3)}
+    acc = {sp: accuracies(logits[sp], labels[sp]) for sp in splits}
+    macs = {f"{m}{e}": model.encoders[m].exit_macs()[e] for m in model.modalities
+            for e in range(model.encoders[m].num_exits)}
     macs.update({k: v for k, v in model.fusion.head_macs.items()})
-    meta = {"dataset": dataset, "settings": dataclasses.asdict(settings), "command": command, "history": history}
+    meta = {"dataset": dataset, "settings": dataclasses.asdict(settings), "command": command, "history": history,
+            "classes": shape.classes}
     out.mkdir(parents=True, exist_ok=True)
-    for m in MODALITIES:
+    if shape.classes is not None:  # the model folder carries what it needs to be used: classes, preprocessing
+        (out / "classes.json").write_text(json.dumps(shape.classes, indent=1) + "\n")
+        (out / "preprocessing.json").write_text(json.dumps(dataset_preprocessing(dataset).to_dict(), indent=1) + "\n")
+    for m in model.modalities:
         save_encoder(model.encoders[m], out / m, metadata={**meta, "temperatures": model.encoders[m].temperatures.tolist()})
     fusion_meta = {
-        "kind": "fusion_grid", "dims": {m: model.fusion.dims[m] for m in MODALITIES},
-        "num_classes": NUM_CLASSES, "hidden_dim": model.fusion.hidden_dim, "command": command,
+        "kind": "fusion_grid", "dims": {m: model.fusion.dims[m] for m in model.modalities},
+        "num_classes": shape.num_classes, "hidden_dim": model.fusion.hidden_dim, "command": command,
     }
     save_checkpoint(out / "fusion", model.fusion, fusion_meta, "# Exit-grid fusion\n\nSee ../MODEL_CARD.md.")
-    np.savez_compressed(out / "logits.npz", **{f"{sp}/{k}": v for sp in EVAL_SPLITS for k, v in logits[sp].items()},
-                        **{f"{sp}/labels": labels[sp] for sp in EVAL_SPLITS})
+    np.savez_compressed(out / "logits.npz", **{f"{sp}/{k}": v for sp in splits for k, v in logits[sp].items()},
+                        **{f"{sp}/labels": labels[sp] for sp in splits})
     report = {"dataset": dataset, "accuracy": acc, "macs": macs, "temperatures": temps, "history": history,
-              "settings": dataclasses.asdict(settings), "command": command, "train_s": train_s, "rows": {
-                  sp: int(len(labels[sp])) for sp in EVAL_SPLITS}}
+              "settings": dataclasses.asdict(settings), "command": command, "train_s": train_s, "classes": shape.classes, "rows": {
+                  sp: int(len(labels[sp])) for sp in splits}}
     (out / "training.json").write_text(json.dumps(report, indent=1) + "\n")
     _write_cards(model, out, report)
     return report
@@ -232,27 +307,35 @@ def _write_cards(model: CNNFamily, out: Path, report: dict[str, Any]) -> None:
     """MODEL_CARD.md of the family (every exit and fusion head) and of each encoder."""
     acc, macs, temps, s = report["accuracy"], report["macs"], report["temperatures"], report["settings"]
     rows = sorted((k for k in macs), key=lambda k: (k.count("_"), macs[k]))
-    data = (f"{report['dataset']} (`pipeline/data/avmnist.py`): train = speakers george, jackson, lucas "
-            f"(recordings 0-39) with 55,000 MNIST rows; val (calibration, early stopping, temperatures) = "
-            f"speaker nicolas; test = speaker theo (unseen voice, unseen MNIST test images); test_id = the "
-            f"training speakers' recordings 40-49. Rows evaluated: {report['rows']}.")
+    if is_imported(report["dataset"]):
+        data = (f"the imported data set {report['dataset']} (`exitflow data import`, its cache/dataset.json says how "
+                f"the splits were made): train; val (calibration, early stopping, temperatures) and test "
+                f"group-disjoint from train. Classes: {', '.join(report.get('classes') or [])}. Rows evaluated: "
+                f"{report['rows']}.")
+    else:
+        data = (f"{report['dataset']} (`pipeline/data/avmnist.py`): train = speakers george, jackson, lucas "
+                f"(recordings 0-39) with 55,000 MNIST rows; val (calibration, early stopping, temperatures) = "
+                f"speaker nicolas; test = speaker theo (unseen voice, unseen MNIST test images); test_id = the "
+                f"training speakers' recordings 40-49. Rows evaluated: {report['rows']}.")
     training = (f"{s['epochs']} epochs (best by val full accuracy: epoch "
                 f"{max(report['history'], key=lambda h: h['val_full'])['epoch']}), batch {s['batch_size']}, AdamW + "
                 f"one-cycle max lr {s['lr']}, weight decay {s['weight_decay']}, dropout {s['dropout']}, modality "
                 f"dropout {s['modality_dropout']}, loss weights {s['reweight']}; audio: frequency warp 0.85-1.15, "
                 f"time scale 0.9-1.1 and shift, SpecAugment 2+2 masks, level +-0.05; image: shift +-2 px. "
                 f"Training time {report.get('train_s', '?')} s on 2 CPU cores.")
-    table = ["| output | MACs/sample (cumulative) | T (val) | val | test (unseen speaker) | test_id |",
-             "|---|---|---|---|---|---|"]
+    splits = [sp for sp in ("val", "test", "test_id") if sp in acc]
+    names = {"val": "val", "test": "test (unseen group)", "test_id": "test_id"}
+    table = ["| output | MACs/sample (cumulative) | T (val) | " + " | ".join(names[sp] for sp in splits) + " |",
+             "|---|---|---|" + "---|" * len(splits)]
     for k in rows:
         cost = macs[k] if "_" not in k else (
             f"head {macs[k]:,} (+ encoders to " + " and ".join(k.split("_")) + ")")
         cost = f"{cost:,}" if isinstance(cost, int) else cost
-        table.append(f"| {k} | {cost} | {temps.get(k, 1.0):.3f} | {acc['val'][k]:.4f} | {acc['test'][k]:.4f} "
-                     f"| {acc['test_id'][k]:.4f} |")
+        table.append(f"| {k} | {cost} | {temps.get(k, 1.0):.3f} | "
+                     + " | ".join(f"{acc[sp][k]:.4f}" for sp in splits) + " |")
     text = "\n".join([
         f"# CNN family on {report['dataset']}", "",
-        "Image and audio CNN encoders with an exit after every block (`encoders/cnn.py`) and a late-fusion head "
+        f"{' and '.join(model.modalities).capitalize()} CNN encoders with an exit after every block (`encoders/cnn.py`) and a late-fusion head "
         "for every pair of exits (`encoders/fusion_grid.py`), trained jointly (`pipeline/training/cnn_family.py`). "
         "Scores are divided by per-output temperatures fitted on val.", "",
         "## Data", "", data, "", "## How it was made", "", "```", str(report.get("command")), "```", "",
@@ -261,7 +344,7 @@ def _write_cards(model: CNNFamily, out: Path, report: dict[str, Any]) -> None:
         "`profile.json`.", "",
     ])
     (out / "MODEL_CARD.md").write_text(text + "\n".join(checksum_lines(out / "fusion")) + "\n")
-    for m in MODALITIES:
+    for m in model.modalities:
         enc = model.encoders[m]
         exits = [{"exit": e, "layer": e + 1, "head": f"avgpool {enc.config.head_pool}x{enc.config.head_pool} + linear",
                   "head_params": sum(p.numel() for p in enc.heads[e].parameters()),
