@@ -22,12 +22,20 @@ class SensorMessage:
     Attributes:
         modality: ``"image"``, ``"audio"`` or ``"text"``.
         source: Name of the source that produced it (e.g. ``"camera0"``).
-        timestamp_ns: Monotonic receive time on this host (``time.monotonic_ns()``).
-        source_time_ns: The source's own clock (file position, stream pts, wall clock), or None.
+        timestamp_ns: Capture time. A source stamps it on its host's wall clock (a monotonic
+            clock in epoch ns, :class:`~exitflow.pipeline.live.clocks.SourceClock`: the clock
+            hosts share, as ROS 2 stamps); the driver rewrites it into its own monotonic clock
+            with the source's estimated offset (:mod:`exitflow.pipeline.live.clocks`), so sync,
+            recording and latency compare stamps of one time base whatever host they came from.
+        source_time_ns: The source's own media clock (file position, stream pts), or None.
         seq: Per-source sequence number, starting at 0.
         payload: ``np.ndarray`` (image HxW[xC] uint8, audio float32 mono) or ``str`` (text).
         sample_rate_hz: For audio, the payload's sample rate.
         meta: Free-form extras (frame size, codec, ...).
+        capture_wall_ns: ``timestamp_ns`` as the source's clock gave it (kept when the driver
+            rewrites ``timestamp_ns``), or None.
+        receive_ns: The driver's ``time.monotonic_ns()`` when the message reached it (intervals
+            only), or None before that.
     """
 
     modality: str
@@ -38,6 +46,8 @@ class SensorMessage:
     source_time_ns: int | None = None
     sample_rate_hz: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    capture_wall_ns: int | None = None
+    receive_ns: int | None = None
 
 
 @dataclass

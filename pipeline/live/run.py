@@ -1,4 +1,9 @@
-"""The whole live run behind ``exitflow run`` / ``exitflow record`` / ``exitflow budget set``."""
+"""The whole live run behind ``exitflow run`` / ``exitflow record`` / ``exitflow budget set``.
+
+``stream.runtime`` (``auto``: see :func:`~exitflow.pipeline.live.local_runtime.choose_runtime`)
+picks the in-process runtime (no Ray) or Ray; recording, the live view, the Foxglove server and
+the opt-in Prometheus endpoint (``stream.metrics_port``) work the same on both.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,10 @@ import ray
 from ray.exceptions import RayTaskError
 
 from exitflow.pipeline.config import RayConfig, SourceConfig, dump_config, resolve_path
+from exitflow.pipeline.live.driver import PipelineDriver
 from exitflow.pipeline.live.foxglove_server import FanOut, FoxgloveLiveServer
+from exitflow.pipeline.live.local_runtime import LocalPipeline, choose_runtime
+from exitflow.pipeline.live.metrics import MetricsExporter
 from exitflow.pipeline.live.recording import RecordingWriter, recording_metadata
 from exitflow.pipeline.live.runtime import ENGINE_ACTOR_NAME, LivePipeline, start_ray
 from exitflow.pipeline.live.workers import EngineFactory, LiveRuntimeError
@@ -46,7 +54,8 @@ def run_live(
     decision_log: str | None = None,
     foxglove: bool | None = None,
 ) -> dict[str, Any]:
-    """Start Ray and the actors, run until ``duration_s`` or Ctrl-C, shut down; returns the last snapshot.
+    """Start the pipeline (in-process or on Ray, per ``stream.runtime``), run until ``duration_s`` or
+    Ctrl-C, shut down; returns the last snapshot.
 
     Args:
         cfg: The whole config (``stream`` and ``ray`` sections are used).
@@ -62,6 +71,7 @@ def run_live(
     Raises:
         CircuitOpenError: when every sample failed for ``stream.circuit_breaker_s`` seconds.
         LiveRuntimeError: when Ray or the actors cannot start.
+        OSError: when ``stream.metrics_port`` cannot be bound.
     """
     from exitflow.pipeline.live.view import LiveView
 
@@ -73,11 +83,18 @@ def run_live(
     if stream.foxglove if foxglove is None else foxglove:
         live_server = FoxgloveLiveServer(stream.foxglove_host, stream.foxglove_port, stream.record_image_format,
                                          stream.record_jpeg_quality)
+    runtime = choose_runtime(cfg)
+    metrics = None
     try:
-        started = start_ray(cfg.ray)
+        if stream.metrics_port is not None:
+            metrics = MetricsExporter(stream.metrics_port, stream.metrics_host)
+            log.info("metrics on http://%s:%d/metrics", metrics.host, metrics.port)
+        started = start_ray(cfg.ray) if runtime == "ray" else False
     except BaseException:
         if live_server is not None:
             live_server.close()
+        if metrics is not None:
+            metrics.close()
         raise
     recorder = RecordingWriter(
         record_path, stream.record_chunk_kib * 1024, image_format=stream.record_image_format,
@@ -86,7 +103,8 @@ def run_live(
     ) if record_path is not None else None
     sink = FanOut(recorder, live_server) if recorder is not None and live_server is not None else (
         recorder or live_server)
-    pipe = LivePipeline(
+    pipeline_cls = LocalPipeline if runtime == "local" else LivePipeline
+    pipe: PipelineDriver = pipeline_cls(
         stream,
         engine_factory or stream.engine,
         cfg=cfg,
@@ -103,10 +121,12 @@ def run_live(
         configured = {} if budget_cfg is None or budget_cfg.mode == "off" else {
             budget_cfg.mode: getattr(budget_cfg, budget_cfg.mode)}
 
-        def publish(p: LivePipeline) -> dict[str, Any]:
+        def publish(p: PipelineDriver) -> dict[str, Any]:
             snap = p.snapshot()
             if not snap.get("budget") and configured:
                 snap["budget"] = dict(configured)
+            if metrics is not None:
+                metrics.publish("live", snap)
             if sink is not None:  # power, budget set-point and latency on /status
                 try:
                     sink.write_status(snap)
@@ -114,19 +134,22 @@ def run_live(
                     p.stats.count_drop("log", f"status_write:{type(e).__name__}")
             return snap
 
-        def record_status(p: LivePipeline) -> None:
+        def record_status(p: PipelineDriver) -> None:
             publish(p)
 
         if view and stream.live_view:
             with LiveView() as live:
                 pipe.run(duration_s, stop=stop, on_tick=lambda p: live.update(publish(p)))
         else:
-            pipe.run(duration_s, stop=stop, on_tick=record_status if sink is not None else None)
+            tick = record_status if sink is not None or metrics is not None else None
+            pipe.run(duration_s, stop=stop, on_tick=tick)
     except KeyboardInterrupt:
         log.warning("interrupted; shutting down")
     finally:
         snap = pipe.snapshot()
         pipe.shutdown()
+        if metrics is not None:
+            metrics.close()
         if started:
             ray.shutdown()
     return snap

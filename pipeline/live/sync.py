@@ -10,6 +10,12 @@ can still match). For every other modality a policy picks what goes with it:
 
 Audio is assembled, not picked: the chosen chunk ends the window and the ``audio_window_s``
 before it are concatenated (zero-padded at the front when at least ``min_audio_fill`` is there).
+With ``early_trigger`` a trigger does not wait out the slop when it need not: it is emitted as
+soon as every other modality has delivered the message the slop wait would pick (a message at
+or after the trigger for ``approximate``/``exact``; for a modality whose next message, expected one
+period after its newest, would be farther away or beyond the slop, the newest is already the
+pick), so with every stream present a sample leaves when its last needed message is in. A
+modality that has sent nothing yet still gets the full slop.
 When the trigger source goes quiet for ``trigger_timeout`` the synchronizer falls back to a clock
 at ``fallback_hz`` so the other modalities keep flowing, with the trigger in ``missing``.
 Every drop is counted with its reason; a timestamp that goes backwards is logged, dropped and
@@ -92,6 +98,8 @@ class Synchronizer:
         fallback_period_ns: Period of the fallback clock.
         min_audio_fill: Share of the window that must hold real audio (else ``audio_underfill``).
         buffer_size: Messages held per modality (oldest unused counted as unmatched).
+        early_trigger: Emit a trigger as soon as its partners are in (see the module docstring)
+            instead of always waiting ``slop``.
     """
 
     def __init__(
@@ -107,6 +115,7 @@ class Synchronizer:
         fallback_period_ns: int = 200_000_000,
         min_audio_fill: float = 0.25,
         buffer_size: int = 64,
+        early_trigger: bool = False,
     ):
         self.modalities = tuple(modalities)
         if trigger not in self.modalities:
@@ -138,6 +147,9 @@ class Synchronizer:
         self._first_seen_ns: int | None = None
         self._last_fallback_ns: int | None = None
         self._next_id = 0
+        self.early_trigger = early_trigger
+        self._newest_ns: dict[str, int] = {}  # modality -> newest accepted timestamp
+        self._period_ns: dict[str, int] = {}  # modality -> last gap between its messages
         self.stats = SyncStats()
 
     # -- input -------------------------------------------------------------------------------
@@ -207,6 +219,11 @@ class Synchronizer:
             _bump(self.stats.dropped, "rate_mismatch")
             return False
         self._last_ts[msg.source] = msg.timestamp_ns
+        newest = self._newest_ns.get(msg.modality)
+        if newest is not None and msg.timestamp_ns > newest:
+            self._period_ns[msg.modality] = msg.timestamp_ns - newest
+        if newest is None or msg.timestamp_ns > newest:
+            self._newest_ns[msg.modality] = msg.timestamp_ns
         if self._first_seen_ns is None:
             self._first_seen_ns = msg.timestamp_ns
         if msg.modality == self.trigger:
@@ -236,13 +253,39 @@ class Synchronizer:
     def poll(self, now_ns: int) -> list[Sample]:
         """Samples whose partners had ``slop`` to arrive by ``now_ns`` (plus fallback samples)."""
         out: list[Sample] = []
-        while self._pending and self._pending[0].timestamp_ns + self.slop_ns <= now_ns:
+        while self._pending and (
+            self._pending[0].timestamp_ns + self.slop_ns <= now_ns
+            or (self.early_trigger and self._partners_in(self._pending[0].timestamp_ns))
+        ):
             self._emit_trigger(self._pending.popleft(), out)
         try:
             out.extend(self._fallback(now_ns))
         except Exception as e:  # noqa: BLE001 - see _recover
             self._recover(e)
         return out
+
+    def _partners_in(self, t_ns: int) -> bool:
+        """Whether every other modality has delivered what the slop wait would pick for ``t_ns``."""
+        for m in self.modalities:
+            if m == self.trigger:
+                continue
+            newest = self._newest_ns.get(m)
+            if newest is None:
+                return False  # nothing yet: give it the slop
+            policy = self.policies[m]
+            period = self._period_ns.get(m)
+            if policy == "latest":
+                if newest > t_ns + self.slop_ns or period is None or newest + period > t_ns + self.slop_ns:
+                    continue
+                return False
+            if newest >= t_ns:
+                continue
+            if policy == "exact" or period is None:
+                return False
+            next_ns = newest + period  # the next message, if the source keeps its pace
+            if next_ns - t_ns < t_ns - newest and next_ns <= t_ns + self.slop_ns:
+                return False  # it would be nearer: wait for it
+        return True
 
     def flush(self) -> list[Sample]:
         """Everything still pending, as if time had run on (end of a replay)."""
@@ -410,4 +453,5 @@ def make_synchronizer(stream: StreamConfig, modalities: list[str], trigger: str 
         max_age_ns={"text": int(stream.text_max_age_s * 1e9)},
         trigger_timeout_ns=int(stream.trigger_timeout_ms * 1e6),
         fallback_period_ns=int(1e9 / stream.fallback_hz),
+        early_trigger=stream.early_trigger,
     )

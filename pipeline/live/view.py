@@ -55,7 +55,8 @@ def _budget_text(snap: dict[str, Any]) -> str:
 
 
 def overview(snap: dict[str, Any]) -> ConsoleRenderable:
-    """Two lines: throughput, failures and lambda; end-to-end latency, sources up, drops."""
+    """Two lines: throughput, failures and lambda; end-to-end latency, sources up, drops (and a third
+    naming a source clock off by more than the slop)."""
     decisions = snap.get("decisions_total", snap.get("decisions", 0))
     failed = snap.get("failed_decisions", snap.get("failed", 0))
     e2e = (snap.get("latency_ms") or {}).get("end_to_end")
@@ -73,7 +74,22 @@ def overview(snap: dict[str, Any]) -> ConsoleRenderable:
         + f"  in flight {snap.get('in_flight', 0)}  drops {drops}",
         overflow="ellipsis", no_wrap=True,
     )
+    skewed = clock_warning(snap)
+    if skewed:  # a third line only while a clock is off
+        return Group(line1, line2, Text(skewed, style="yellow", overflow="ellipsis", no_wrap=True))
     return Group(line1, line2)
+
+
+def clock_warning(snap: dict[str, Any]) -> str:
+    """``"clock off: cam +3600.0 s"`` for sources whose clock is off by more than the slop (corrected)."""
+    names = snap.get("clock_skewed") or []
+    if not names:
+        return ""
+    sources = snap.get("sources", {})
+    worst = max(names, key=lambda n: abs(sources.get(n, {}).get("clock", {}).get("skew_ms", 0.0)))
+    skew_s = sources.get(worst, {}).get("clock", {}).get("skew_ms", 0.0) / 1e3
+    more = f" (+{len(names) - 1} more)" if len(names) > 1 else ""
+    return f"clock off: {worst} {skew_s:+.3f} s{more}, corrected"
 
 
 def power_section(snap: dict[str, Any]) -> ConsoleRenderable:
@@ -131,6 +147,9 @@ def flow_section(snap: dict[str, Any]) -> ConsoleRenderable:
     flow.add_row("samples emitted / decisions", f"{sync.get('emitted', 0)} / {snap.get('decisions', 0)}")
     flow.add_row("sync drops", _fmt_counts(sync.get("dropped", {})))
     flow.add_row("unmatched", _fmt_counts(sync.get("unmatched", {})))
+    clocks = {n: s["clock"] for n, s in snap.get("sources", {}).items() if "clock" in s}
+    if clocks:
+        flow.add_row("clock skew (ms)", _fmt_counts({n: f"{c['skew_ms']:+.1f}" for n, c in clocks.items()}))
     flow.add_row("missing", "; ".join(f"{m}: {_fmt_counts(r)}" for m, r in sync.get("missing", {}).items()) or "-")
     q = snap.get("engine_queue", {})
     flow.add_row(

@@ -55,6 +55,7 @@ class SourceWorker:
         queue_policy: Full-queue policy of that edge.
         audio_rate_hz: Rate audio sources deliver (resampling/rejecting per spec).
         backoff: Reconnect policy.
+        wake: Set after every queued message (the in-process runtime waits on it instead of polling).
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class SourceWorker:
         queue_policy: str = "drop_oldest",
         audio_rate_hz: int | None = None,
         backoff: Backoff | None = None,
+        wake: threading.Event | None = None,
     ):
         self.source = spec() if callable(spec) else build_source(spec, audio_rate_hz, backoff)
         self.queue: BoundedQueue[SensorMessage] = BoundedQueue(
@@ -74,6 +76,7 @@ class SourceWorker:
         self._was_connected = False
         self._ever_connected = False
         self._stop = threading.Event()
+        self._wake = wake
         self._thread = threading.Thread(target=self._loop, name=f"source-{self.source.name}", daemon=True)
         self._thread.start()
 
@@ -93,6 +96,8 @@ class SourceWorker:
             elif msg is not None:
                 msg.meta["worker_started_ns"] = self.started_ns
                 self.queue.put(msg, timeout_s=0.5)
+                if self._wake is not None:
+                    self._wake.set()
             elif self.source.state != "connected":
                 time.sleep(0.01)
         self.source.close()
@@ -128,6 +133,11 @@ class SourceWorker:
             events.append(self._events.popleft())
         out["events"] = events
         return out
+
+    @ray.method(enable_task_events=False)  # a clock probe every few seconds
+    def clock_ns(self) -> int:
+        """The source's clock now (what it stamps messages with); the driver times the round trip."""
+        return self.source.clock.now_ns()
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()

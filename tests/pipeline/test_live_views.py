@@ -131,3 +131,17 @@ def test_the_committed_foxglove_layout_matches_the_grid_sources():
     for topic in ("/sensor/camera0", "/sensor/mic0", "/audio_level/mic0.rms_dbfs", "/sensor/words",
                   "/status.budget_mj_per_sample", "/decisions"):
         assert f'"{topic}' in text, topic
+
+
+def test_a_skewed_source_clock_is_shown_in_the_overview_at_100x24():
+    snap = busy_snapshot()
+    snap["sources"]["src1"]["clock"] = {"skew_ms": 3_600_000.0, "rtt_ms": 0.3, "skewed": True}
+    snap["sources"]["src2"]["clock"] = {"skew_ms": -50.0, "rtt_ms": 0.3, "skewed": True}
+    snap["sources"]["src3"]["clock"] = {"skew_ms": 0.2, "rtt_ms": 0.3, "skewed": False}
+    snap["clock_skewed"] = ["src1", "src2"]
+    text = shown(snap, 100, 24)
+    assert len(text.splitlines()) <= 24
+    assert "clock off: src1 +3600.000 s (+1 more), corrected" in text.replace("\n", "")
+    assert "clock skew (ms)" in shown(snap, 100, None)
+    del snap["clock_skewed"]
+    assert "clock off" not in shown(snap, 100, 24)

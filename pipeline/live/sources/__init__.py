@@ -7,9 +7,11 @@ and ``health()``; :func:`build_source` makes one from a ``stream.sources`` confi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from exitflow.pipeline.config import SourceConfig
+from exitflow.pipeline.live.clocks import SourceClock
 from exitflow.pipeline.live.sources.base import Backoff, Source, SourceDisconnected, SourceError, SourceHealth
 from exitflow.pipeline.live.sources.camera import CameraSource
 from exitflow.pipeline.live.sources.microphone import AudioFileSource, MicrophoneSource, PcmSocketSource
@@ -25,10 +27,12 @@ __all__ = [
     "SourceDisconnected",
     "SourceError",
     "SourceHealth",
+    "SkewedSourceFactory",
     "StdinTextSource",
     "TextFileSource",
     "TextSocketSource",
     "build_source",
+    "source_modality",
     "split_host_port",
 ]
 
@@ -46,6 +50,39 @@ def split_host_port(uri: str, source_name: str) -> tuple[str, int]:
             f"source '{source_name}': expected uri 'host:port' (e.g. 127.0.0.1:5000), got {uri!r}"
         )
     return host, int(port)
+
+
+def source_modality(spec: SourceConfig) -> str:
+    """The modality a ``stream.sources`` entry delivers: ``image``, ``audio`` or ``text``."""
+    if spec.kind == "camera":
+        return "image"
+    return "text" if spec.kind.startswith("text") else "audio"
+
+
+@dataclass(frozen=True)
+class SkewedSourceFactory:
+    """Builds ``spec``'s source on a clock ``offset_ns`` off this host's (a simulated robot whose
+    clock is wrong: the clock-offset tests and the fleet benchmark). Picklable, so a Ray source
+    actor can build it too.
+
+    Args:
+        spec: The source to build.
+        offset_ns: Added to the source's clock.
+        audio_rate_hz: Rate the pipeline wants for audio.
+    """
+
+    spec: SourceConfig
+    offset_ns: int = 0
+    audio_rate_hz: int | None = None
+
+    @property
+    def modality(self) -> str:
+        return source_modality(self.spec)
+
+    def __call__(self) -> Source:
+        source = build_source(self.spec, self.audio_rate_hz)
+        source.clock = SourceClock(self.offset_ns)
+        return source
 
 
 def build_source(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from exitflow.pipeline.errors import ExitflowError
+from exitflow.pipeline.live.clocks import SourceClock
 from exitflow.pipeline.messages import SensorMessage
 
 log = logging.getLogger(__name__)
@@ -124,12 +125,17 @@ class Source:
         name: Source name (unique in a pipeline), e.g. ``"camera0"``.
         modality: ``"image"``, ``"audio"`` or ``"text"``.
         backoff: Reconnect policy (default: 0.2 s doubling to 5 s, forever).
+        clock: Stamps messages (default: this host's wall clock; see
+            :mod:`exitflow.pipeline.live.clocks`).
     """
 
     modality = "image"
 
-    def __init__(self, name: str, modality: str | None = None, backoff: Backoff | None = None):
+    def __init__(
+        self, name: str, modality: str | None = None, backoff: Backoff | None = None, clock: SourceClock | None = None
+    ):
         self.name = name
+        self.clock = clock or SourceClock()
         if modality is not None:
             self.modality = modality
         self.backoff = backoff or Backoff()
@@ -174,7 +180,7 @@ class Source:
             msg.seq = self._seq
             self._seq += 1
             self.messages += 1
-            self._fps.tick(msg.timestamp_ns)
+            self._fps.tick(time.monotonic_ns())  # stamps may come from another clock
         return msg
 
     def count_drop(self, reason: str, n: int = 1) -> None:
@@ -182,11 +188,13 @@ class Source:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
 
     def new_message(self, payload: Any, source_time_ns: int | None = None, **kwargs: Any) -> SensorMessage:
-        """A message stamped with the monotonic receive time (``seq`` is set by :meth:`read`)."""
+        """A message stamped with the capture time on :attr:`clock` (``seq`` is set by :meth:`read`)."""
+        now_ns = self.clock.now_ns()
         return SensorMessage(
             modality=self.modality,
             source=self.name,
-            timestamp_ns=time.monotonic_ns(),
+            timestamp_ns=now_ns,
+            capture_wall_ns=now_ns,
             payload=payload,
             source_time_ns=source_time_ns,
             **kwargs,
