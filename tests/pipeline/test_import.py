@@ -1,0 +1,193 @@
+"""Your own data set: import a hand-written manifest, train, calibrate, bench and replay on it; bad manifests."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exitflow.pipeline.config import load_config
+from exitflow.pipeline.data.imported import load_imported_split
+from exitflow.pipeline.data.importer import ImportSettings, group_splits, import_dataset
+from exitflow.pipeline.data.manifest import ManifestError, ManifestRow
+from exitflow.pipeline.errors import DataError
+from exitflow.pipeline.inference.loading import load_encoders
+from tests.pipeline.conftest import run_cli
+from tests.pipeline.own_data import CLASS_NAMES, write_small_set
+
+
+def test_import_train_calibrate_bench_and_replay(own_trained_set: Path, tmp_path: Path, capsys) -> None:
+    folder = own_trained_set
+    name = str(folder.resolve())
+    info = json.loads((folder / "cache" / "dataset.json").read_text())
+    assert info["classes"] == sorted(CLASS_NAMES) and info["modalities"] == ["image", "audio"]
+    assert sum(info["counts"].values()) == 36 and all(n > 0 for n in info["counts"].values())
+    splits = {s: load_imported_split(name, s) for s in ("train", "val", "test")}
+    groups = {s: set(sp.group.tolist()) for s, sp in splits.items()}
+    assert not (groups["train"] & groups["val"]) and not (groups["train"] & groups["test"])
+    assert not splits["train"].present["image"].all()  # every 5th row has no image
+    # the model lives in the data set folder, with the classes and preprocessing it was trained with
+    model = folder / "model"
+    for part in ("image", "audio", "fusion"):
+        assert (model / part / "model.safetensors").is_file()
+    assert json.loads((model / "classes.json").read_text()) == info["classes"]
+    assert (model / "profile.json").is_file()
+    encoders = load_encoders(load_config(None, []), name)
+    assert all(enc.config.num_classes == 3 for enc in encoders.values())
+
+    rows_path = tmp_path / "bench.json"
+    assert run_cli("bench", "--dataset", str(folder), "--json", str(rows_path)) == 0
+    rows = {r["system"]: r for r in json.loads(rows_path.read_text())}
+    assert set(rows) == {"full", "image", "audio", "static", "rexit", "exitflow"}
+    n_test = info["counts"]["test"]
+    assert all(r["n"] == n_test and 0.0 <= r["accuracy"] <= 1.0 for r in rows.values())
+    assert rows["image"]["macs_per_sample"] < rows["full"]["macs_per_sample"]
+
+    decisions = tmp_path / "decisions.jsonl"
+    assert run_cli("replay", "--dataset", str(folder), "--decisions", str(decisions)) == 0
+    lines = [json.loads(x) for x in decisions.read_text().splitlines()]
+    assert len(lines) == n_test and {d["system"] for d in lines} == {"exitflow"}
+    test = splits["test"]
+    for d, has_image in zip(lines, test.present["image"].tolist(), strict=True):
+        assert ("image" in d["missing"]) == (not has_image)
+        assert d["label"] is not None and 0 <= d["prediction"] < 3
+    capsys.readouterr()
+
+
+def test_group_splits_are_disjoint_and_deterministic() -> None:
+    rows = [ManifestRow(i + 2, "a" if i % 2 else "b", {"audio": "x.wav"}, group=f"g{i % 7}") for i in range(70)]
+    first = group_splits(rows, ImportSettings(seed=3))
+    assert first == group_splits(rows, ImportSettings(seed=3))
+    by_group: dict[str, set[str]] = {}
+    for r, s in zip(rows, first, strict=True):
+        by_group.setdefault(r.group, set()).add(s)
+    assert all(len(s) == 1 for s in by_group.values())
+    assert set(first) == {"train", "val", "test"}
+
+
+# -- bad manifests: one line per problem, exit code non-zero, the cache untouched ---------------------
+@pytest.fixture(scope="module")
+def good_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = write_small_set(tmp_path_factory.mktemp("good") / "set")
+    import_dataset(folder, progress=False)
+    return folder
+
+
+def _rows(folder: Path) -> list[dict[str, str]]:
+    with (folder / "manifest.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write(folder: Path, rows: list[dict[str, str]]) -> None:
+    with (folder / "manifest.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _cache_state(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((folder / "cache").iterdir())}
+
+
+def _missing_file(folder: Path) -> int:
+    (folder / "wav" / "one_03.flac").unlink()
+    return 2 + 12 + 3  # data line of one_03: header + 12 "zero" rows + index 3
+
+
+def _corrupt_wav(folder: Path) -> int:
+    (folder / "wav" / "zero_04.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 4)
+    return 2 + 4
+
+
+def _corrupt_png(folder: Path) -> int:
+    (folder / "img" / "two_01.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    return 2 + 25
+
+
+def _unknown_column(folder: Path) -> int:
+    rows = _rows(folder)
+    for r in rows:
+        r["speaker"] = "theo"
+    _write(folder, rows)
+    return 0
+
+
+def _empty_split(folder: Path) -> int:
+    rows = _rows(folder)
+    for i, r in enumerate(rows):
+        r["split"] = "train" if i % 2 else "val"  # no test rows
+    _write(folder, rows)
+    return 0
+
+
+def _label_only_in_test(folder: Path) -> int:
+    rows = _rows(folder)
+    for i, r in enumerate(rows):
+        r["split"] = ("train", "val", "test")[i % 3]
+    rows[2]["label"] = "seven"  # only this row (a test row) has the label
+    _write(folder, rows)
+    return 0
+
+
+def _label_not_in_class_list(folder: Path) -> int:
+    (folder / "classes.json").write_text(json.dumps(["zero", "one"]))
+    return 0
+
+
+BAD: dict[str, tuple[Callable[[Path], int], str, int]] = {
+    "missing file": (_missing_file, "missing file", 1),
+    "corrupt wav": (_corrupt_wav, "cannot decode it as audio", 1),
+    "corrupt png": (_corrupt_png, "cannot decode it as an image", 1),
+    "unknown column": (_unknown_column, "unknown column(s) 'speaker'", 1),
+    "empty split": (_empty_split, "split 'test' is empty", 1),
+    "label only in test": (_label_only_in_test, "label 'seven' has no train rows (seen only in test)", 1),
+    "unknown label": (_label_not_in_class_list, "unknown label 'two' (not in classes.json)", 12),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_manifest_lists_every_problem_and_writes_nothing(case: str, good_set: Path, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "set"
+    shutil.copytree(good_set, folder)
+    before = _cache_state(folder)
+    breaker, message, count = BAD[case]
+    line = breaker(folder)
+    code = run_cli("data", "import", str(folder), "--quiet")
+    err = capsys.readouterr().err
+    assert code != 0
+    problems = [x.strip() for x in err.splitlines() if x.startswith("  ")]
+    hits = [p for p in problems if message in p]
+    assert len(hits) == count, err
+    assert len(problems) == count, err  # nothing else is wrong with the set
+    if line:
+        assert hits[0].startswith(f"line {line}:"), hits
+    assert _cache_state(folder) == before
+    assert not [p for p in folder.iterdir() if p.name.startswith(".cache")]
+
+
+def test_several_problems_are_all_reported(good_set: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "set"
+    shutil.copytree(good_set, folder)
+    _missing_file(folder)
+    _corrupt_wav(folder)
+    with pytest.raises(ManifestError) as e:
+        import_dataset(folder, progress=False)
+    assert len(e.value.problems) == 2
+
+
+def test_a_changed_manifest_needs_a_new_import(good_set: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "set"
+    shutil.copytree(good_set, folder)
+    rows = _rows(folder)
+    _write(folder, rows[:-1])
+    with pytest.raises(DataError, match="changed since it was imported"):
+        load_imported_split(str(folder.resolve()), "train")
+    info = import_dataset(folder, progress=False)
+    assert sum(info["counts"].values()) == 35
+    assert np.isin(load_imported_split(str(folder.resolve()), "train").labels, [0, 1, 2]).all()
