@@ -8,9 +8,11 @@ written into a temporary folder beside ``DIR/cache`` and renamed over it at the 
 reader sees the old cache or the new one, never half of one.
 
 Splits: the manifest's ``split`` column, or, without one, group-disjoint splits: the groups
-(``group`` column; each row its own group without one) in an order shuffled by ``seed`` are
-dealt one by one to the split furthest below its share of rows (``val_fraction``,
-``test_fraction``, the rest train). Rows of one group always land in one split.
+(``group`` column; each row its own group without one) are stratified by the set of labels they
+hold (speakers who said every command apart from recordings of one class), and within each
+stratum dealt, in an order shuffled by ``seed``, to the split furthest below its share of the
+stratum's rows relative to that share (``val_fraction``, ``test_fraction``, the rest train).
+Rows of one group always land in one split.
 
 Cache layout (``DIR/cache/``): ``dataset.json`` (modalities, classes, counts, digests, the
 manifest's sha256), ``classes.json``, ``preprocessing.json`` and ``<split>.npz`` with
@@ -127,19 +129,25 @@ def group_splits(rows: list[ManifestRow], settings: ImportSettings) -> list[str]
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         groups.setdefault(r.group or f"\0row{r.line}", []).append(i)
-    names = sorted(groups)
-    order = np.random.default_rng(settings.seed).permutation(len(names))
-    total = len(rows)
-    targets = {"val": settings.val_fraction * total, "test": settings.test_fraction * total}
-    targets["train"] = total - targets["val"] - targets["test"]
-    filled = dict.fromkeys(SPLIT_NAMES, 0)
-    out = [""] * total
-    for k in order.tolist():
-        members = groups[names[k]]
-        split = max(SPLIT_NAMES, key=lambda s: (targets[s] - filled[s], s == "train"))
-        filled[split] += len(members)
-        for i in members:
-            out[i] = split
+    strata: dict[tuple[str, ...], list[str]] = {}  # groups holding the same set of labels
+    for name, members in groups.items():
+        strata.setdefault(tuple(sorted({rows[i].label for i in members})), []).append(name)
+    rng = np.random.default_rng(settings.seed)
+    out = [""] * len(rows)
+    for key in sorted(strata):
+        names = sorted(strata[key])
+        total = sum(len(groups[n]) for n in names)
+        shares = {"val": settings.val_fraction, "test": settings.test_fraction}
+        shares["train"] = 1.0 - shares["val"] - shares["test"]
+        filled = dict.fromkeys(SPLIT_NAMES, 0)
+        for k in rng.permutation(len(names)).tolist():
+            members = groups[names[k]]
+            # the split furthest below its share of this stratum's rows (relative), train first on ties
+            split = max(SPLIT_NAMES, key=lambda s: ((shares[s] * total - filled[s]) / max(shares[s] * total, 1e-9),
+                                                       s == "train"))
+            filled[split] += len(members)
+            for i in members:
+                out[i] = split
     return out
 
 
