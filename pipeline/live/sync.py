@@ -15,7 +15,10 @@ soon as every other modality has delivered the message the slop wait would pick 
 or after the trigger for ``approximate``/``exact``; for a modality whose next message, expected one
 period after its newest, would be farther away or beyond the slop, the newest is already the
 pick), so with every stream present a sample leaves when its last needed message is in. A
-modality that has sent nothing yet still gets the full slop.
+``latest`` modality (text) never holds a sample: it takes the newest message in when the sample
+leaves, so a line that comes within the slop *after* the frame goes with the next frame instead
+(the slop wait would have given it to this one). A modality that has sent nothing yet still gets
+the full slop.
 When the trigger source goes quiet for ``trigger_timeout`` the synchronizer falls back to a clock
 at ``fallback_hz`` so the other modalities keep flowing, with the trigger in ``missing``.
 Every drop is counted with its reason; a timestamp that goes backwards is logged, dropped and
@@ -275,9 +278,7 @@ class Synchronizer:
             policy = self.policies[m]
             period = self._period_ns.get(m)
             if policy == "latest":
-                if newest > t_ns + self.slop_ns or period is None or newest + period > t_ns + self.slop_ns:
-                    continue
-                return False
+                continue  # the newest message in is the pick: a later one belongs to later samples
             if newest >= t_ns:
                 continue
             if policy == "exact" or period is None:

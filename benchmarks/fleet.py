@@ -1,0 +1,285 @@
+"""Fleet benchmark: R simulated robots, each with its own clock, against one shared engine (not a test).
+
+Every robot streams a real GRID clip over loopback, as a robot would: its video as HTTP MJPEG at
+``--fps`` and its sound as 16 kHz PCM over TCP (two ffmpeg servers, paced to real time and
+looped), plus the clip's words as timed text (JSONL, paced). Each robot's sources stamp with a
+clock ``--clock-skew-s`` off in its own direction (robot i: +X, -X, +X/2, -X/2, ...); the driver
+measures each offset by round trips and corrects it. All robots share ONE engine with the real
+model (``stream.engine`` of ``--config``, the default CNN checkpoints): in-process for
+``--runtime local`` (one process, one preprocessing thread and one engine thread for the fleet),
+a Ray actor for ``--runtime ray`` (the batched service of ``pipeline/live/service.py`` when
+``--service``).
+
+After ``--warmup-s`` the counters are zeroed and the run is measured for ``--duration`` seconds:
+
+    nice -n 19 .venv/bin/python benchmarks/fleet.py --robots 1 --fps 30 --duration 60 --runtime local \
+        --json runs/fleet_local.json
+
+JSON: ``{"robots": [{"name", "offered_hz", "decisions_hz", "e2e_ms_p50", "e2e_ms_p95",
+"e2e_ms_p99", "drops": {reason: count}}], "batch_size_mean", "macs_per_sample", "cpu_percent",
+"runtime"}`` plus the context (machine load, clock skews, per-stage latency). ``offered_hz`` is
+the frames per second the robot's camera delivered (the sample trigger), ``decisions_hz`` the
+successful decisions per second; ``cpu_percent`` is this run's processes (driver, ffmpeg, Ray
+workers) in % of one core, ``machine_cpu_percent`` the whole machine (other users included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # a 2-core machine: the engine thread takes one core
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from exitflow.pipeline.config import SourceConfig, StreamConfig, load_config  # noqa: E402
+from exitflow.pipeline.data.roots import SHARED_DATA  # noqa: E402
+from exitflow.pipeline.live.driver import PipelineDriver  # noqa: E402
+from exitflow.pipeline.live.metrics import _flat_drops  # noqa: E402
+from exitflow.pipeline.live.sources import SkewedSourceFactory  # noqa: E402
+from exitflow.pipeline.live.sources.loopback import LoopbackClip, free_port, serve_clip  # noqa: E402
+from exitflow.pipeline.messages import Decision  # noqa: E402
+
+GRID = SHARED_DATA / "grid_av_samples"
+CLIP_SECONDS = 3.0  # GRID utterances are 3 s long
+
+
+def clips() -> list[tuple[Path, list[str]]]:
+    """(clip, words) for every GRID clip with a transcript."""
+    out = []
+    with open(GRID / "transcripts.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            path = GRID / row["file"]
+            if path.is_file():
+                out.append((path, row["transcript"].split()))
+    if not out:
+        raise SystemExit(f"no GRID clips found under {GRID}")
+    return out
+
+
+def write_words(words: list[str], path: Path) -> Path:
+    """The transcript as timed JSONL, one word every CLIP_SECONDS / (n + 1) seconds."""
+    step = CLIP_SECONDS / (len(words) + 1)
+    path.write_text("".join(json.dumps({"t_s": round((i + 1) * step, 3), "text": w}) + "\n" for i, w in enumerate(words)))
+    return path
+
+
+def skew_ns(index: int, skew_s: float) -> int:
+    """Robot i's clock offset: +X, -X, +X/2, -X/2, +X/3, ..."""
+    magnitude = skew_s / (index // 2 + 1)
+    return int((magnitude if index % 2 == 0 else -magnitude) * 1e9)
+
+
+@dataclasses.dataclass
+class Robot:
+    name: str
+    served: LoopbackClip
+    sources: dict[str, SkewedSourceFactory]
+    offset_ns: int
+    pipe: Any = None
+    base: dict[str, Any] = dataclasses.field(default_factory=dict)
+    macs: list[int] = dataclasses.field(default_factory=list)
+    measuring: bool = False
+
+    def on_decision(self, decision: Decision) -> None:
+        if self.measuring and not getattr(decision, "error", None):
+            self.macs.append(int(decision.macs))
+
+
+def make_robot(i: int, fps: float, skew_s: float, stream: StreamConfig, tmp: Path) -> Robot:
+    clip, words = clips()[i % len(clips())]
+    vport, aport = free_port(), free_port()
+    served = serve_clip(clip, vport, aport, fps=fps, audio_rate_hz=stream.audio_rate_hz)
+    name = f"robot{i}"
+    offset = skew_ns(i, skew_s)
+    specs = [
+        SourceConfig(name=f"{name}-cam", kind="camera", uri=served.video_url, gray=True, queue_size=4),
+        SourceConfig(name=f"{name}-mic", kind="pcm_tcp", uri=served.audio_address, chunk_ms=20, queue_size=16),
+        SourceConfig(name=f"{name}-words", kind="text_jsonl", uri=str(write_words(words, tmp / f"{name}.jsonl")),
+                     realtime=True, loop=True, queue_size=8),
+    ]
+    sources = {s.name: SkewedSourceFactory(s, offset, stream.audio_rate_hz) for s in specs}
+    return Robot(name, served, sources, offset)
+
+
+def robot_counts(pipe: PipelineDriver, cam: str) -> dict[str, Any]:
+    snap = pipe.snapshot()
+    return {
+        "frames": int(snap["sources"].get(cam, {}).get("messages", 0)) or int(snap["messages"].get(cam, 0)),
+        "decided": int(snap["decisions"]),
+        "drops": {f"{w}:{r}": n for (w, r), n in _flat_drops(snap).items()}
+        | {f"failed:{k}": v for k, v in snap["failures"].items()},
+        "snap": snap,
+    }
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--robots", type=int, default=1)
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--duration", type=float, default=60.0, help="measured seconds (after the warm-up)")
+    parser.add_argument("--warmup-s", type=float, default=5.0)
+    parser.add_argument("--clock-skew-s", type=float, default=0.0, help="robot clocks this far off (alternating sign)")
+    parser.add_argument("--runtime", choices=("local", "ray"), default="local")
+    parser.add_argument("--service", action="store_true",
+                        help="ray: use the shared batched inference service (pipeline/live/service.py)")
+    parser.add_argument("--config", default=str(REPO / "config.yaml"), help="config whose stream.engine runs")
+    parser.add_argument("--engine", default=None, help="override stream.engine (e.g. a rule engine)")
+    parser.add_argument("--engine-queue", type=int, default=4, help="stream.engine_queue_size (drop_oldest)")
+    parser.add_argument("--max-in-flight", type=int, default=2, help="stream.max_in_flight")
+    parser.add_argument("--json", default=None, metavar="OUT", help="write the figures here")
+    args = parser.parse_args()
+    if args.robots < 1 or args.fps <= 0 or args.duration <= 0:
+        parser.error("--robots >= 1, --fps > 0 and --duration > 0 are required")
+
+    cfg = load_config(args.config)
+    engine_name = args.engine or cfg.stream.engine
+    stream = dataclasses.replace(
+        cfg.stream, sources=(), slop_ms=60.0, engine_queue_size=args.engine_queue, engine_queue_policy="drop_oldest",
+        max_in_flight=args.max_in_flight, early_trigger=True, live_view=False, runtime=args.runtime,
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="exitflow-fleet-"))
+    robots = [make_robot(i, args.fps, args.clock_skew_s, stream, tmp) for i in range(args.robots)]
+    me = psutil.Process()
+    ray_started = False
+    shared: Any = None
+    try:
+        t_load = time.monotonic()
+        if args.runtime == "local":
+            from exitflow.pipeline.live.local_runtime import LocalEngine, LocalPipeline
+
+            shared = LocalEngine(engine_name, cfg)
+            for r in robots:
+                r.pipe = LocalPipeline(stream, engine=shared, sources=dict(r.sources), on_decision=r.on_decision,
+                                       keep_decisions=10)
+        else:
+            import ray
+
+            from exitflow.pipeline.live.runtime import LivePipeline, engine_actor, start_ray
+
+            ray_started = start_ray(dataclasses.replace(cfg.ray, num_cpus=max(4, 2 + args.robots)))
+            if args.service:
+                from exitflow.pipeline.live import service  # part B's shared service
+
+                shared = service.connect(cfg)  # type: ignore[attr-defined]
+            else:
+                shared = engine_actor(engine_name, stream, cfg, name="exitflow-fleet-engine")
+                ray.get(shared.node_id.remote(), timeout=300)
+            for r in robots:
+                r.pipe = LivePipeline(stream, engine_name, cfg=cfg, sources=dict(r.sources), engine=shared,
+                                      on_decision=r.on_decision, keep_decisions=10)
+        for r in robots:
+            r.pipe.start()
+            r.pipe.wait_ready(timeout_s=300)
+        load_s = time.monotonic() - t_load
+        stop = threading.Event()
+        threads = [threading.Thread(target=r.pipe.run, kwargs={"stop": stop}, daemon=True) for r in robots]
+        for t in threads:
+            t.start()
+        time.sleep(args.warmup_s)
+        procs = [me, *me.children(recursive=True)]
+        cpu0, wall0 = cpu_seconds(procs), time.monotonic()
+        psutil.cpu_percent(None)
+        for r in robots:
+            r.base = robot_counts(r.pipe, f"{r.name}-cam")
+            r.pipe.stats.latency_ms.clear()
+            r.measuring = True
+        time.sleep(args.duration)
+        for r in robots:
+            r.measuring = False
+        wall = time.monotonic() - wall0
+        machine_cpu = psutil.cpu_percent(None)
+        cpu = cpu_seconds(procs) - cpu0
+        ends = {r.name: robot_counts(r.pipe, f"{r.name}-cam") for r in robots}
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    finally:
+        for r in robots:
+            if r.pipe is not None:
+                try:
+                    r.pipe.shutdown()
+                except Exception as e:  # noqa: BLE001 - the others still shut down
+                    print(f"{r.name}: shutdown failed: {e}", file=sys.stderr)
+            r.served.close()
+        if args.runtime == "local" and shared is not None:
+            shared.close()
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+
+    rows = []
+    macs: list[int] = []
+    for r in robots:
+        end, base = ends[r.name], r.base
+        lat = end["snap"]["latency_ms"]
+        e2e = lat.get("end_to_end", {})
+        drops = {k: int(v - base["drops"].get(k, 0)) for k, v in end["drops"].items() if v - base["drops"].get(k, 0)}
+        rows.append({
+            "name": r.name,
+            "offered_hz": round((end["frames"] - base["frames"]) / wall, 2),
+            "decisions_hz": round((end["decided"] - base["decided"]) / wall, 2),
+            "e2e_ms_p50": round(e2e.get("p50", float("nan")), 1),
+            "e2e_ms_p95": round(e2e.get("p95", float("nan")), 1),
+            "e2e_ms_p99": round(e2e.get("p99", float("nan")), 1),
+            "drops": drops,
+            "clock_offset_s": r.offset_ns / 1e9,
+            "clock_skew_measured_ms": {n: s.get("clock", {}).get("skew_ms") for n, s in end["snap"]["sources"].items()},
+            "stages_ms_p50_p99": {k: [round(v["p50"], 1), round(v["p99"], 1)] for k, v in lat.items()},
+            "missing": end["snap"]["missing"],
+        })
+        macs += r.macs
+    out = {
+        "robots": rows,
+        "batch_size_mean": 1.0 if args.runtime == "local" or not args.service else None,
+        "macs_per_sample": round(float(np.mean(macs)), 1) if macs else None,
+        "cpu_percent": round(100.0 * cpu / wall, 1),
+        "runtime": args.runtime,
+        "machine_cpu_percent": machine_cpu,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "cpus": psutil.cpu_count(),
+        "engine": engine_name,
+        "fps": args.fps,
+        "duration_s": round(wall, 1),
+        "startup_s": round(load_s, 1),
+        "clock_skew_s": args.clock_skew_s,
+        "engine_queue_size": args.engine_queue,
+        "max_in_flight": args.max_in_flight,
+    }
+    if args.runtime == "ray" and args.service and hasattr(shared, "stats"):
+        out["service"] = shared.stats()
+    text = json.dumps(out, indent=1, default=str)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
