@@ -44,6 +44,7 @@ from exitflow.pipeline.bundles.manifest import (
 )
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.config_schema import to_dict
+from exitflow.pipeline.data.imported import class_names, dataset_preprocessing, is_imported
 from exitflow.pipeline.data.preprocessing import Preprocessing
 
 CHECKPOINT_FILES = (WEIGHTS_NAME, "config.json", "MODEL_CARD.md")
@@ -54,8 +55,15 @@ PREPROCESSING_NAME = "preprocessing.json"
 
 
 def dataset_classes(dataset: str) -> tuple[str, ...]:
-    """Class names of a built-in data set (the ten digits, named by their digit)."""
+    """Class names: an imported set's ``classes.json``; a built-in set's ten digits, named by their digit."""
+    if is_imported(dataset):
+        return tuple(class_names(dataset))
     return tuple(str(k) for k in range(NUM_CLASSES))
+
+
+def preprocessing_for(dataset: str) -> Preprocessing:
+    """The preprocessing the model of ``dataset`` was trained with (an imported set stores its own)."""
+    return dataset_preprocessing(dataset) if is_imported(dataset) else Preprocessing()
 
 
 def exported_config(cfg: Config, dataset: str) -> str:
@@ -65,7 +73,8 @@ def exported_config(cfg: Config, dataset: str) -> str:
         scheduler=dataclasses.replace(cfg.scheduler, profile=None), demo=dataclasses.replace(cfg.demo, bundle=None),
     ))
     data.pop("source_path", None)
-    data["data"]["dataset"] = dataset
+    if not is_imported(dataset):  # an imported set is named by --dataset DIR, not data.dataset
+        data["data"]["dataset"] = dataset
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -92,7 +101,7 @@ def _check_family(cfg: Config, dataset: str) -> None:
             f"exitflow export bundles the CNN family (encoder.family: cnn on avmnist or avmnist-noisy); "
             f"{dataset} with encoder.family {cfg.encoder.family!r} runs ViT/BERT encoders with a "
             f"{cfg.fusion.exit!r} fusion exit, which bundles do not hold yet; "
-            f"use --set encoder.family=cnn --dataset avmnist"
+            f"export avmnist or avmnist-noisy with encoder.family: cnn, or an imported set (--dataset DIR)"
         )
 
 
@@ -135,7 +144,7 @@ def export_bundle(
     source = cnn_folder(cfg, dataset)
     modalities = DATASET_MODALITIES[dataset]
     classes = dataset_classes(dataset)
-    preprocessing = Preprocessing().to_dict()
+    preprocessing = preprocessing_for(dataset).to_dict()
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
@@ -148,7 +157,7 @@ def export_bundle(
             if (source / name).is_file():
                 shutil.copy2(source / name, tmp / name)
         bundled: dict[str, str] = {}
-        if baselines:
+        if baselines and not is_imported(dataset):  # an imported set has no LeNet baselines
             for name in BASELINES:
                 folder = baseline_folder(cfg, name, baseline_dataset(dataset, name))
                 if (folder / "config.json").is_file() and (folder / WEIGHTS_NAME).is_file():

@@ -16,9 +16,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from exitflow.pipeline.artifacts import DATASET_MODALITIES
 from exitflow.pipeline.bundles.manifest import BundleError, BundleManifest, read_manifest
 from exitflow.pipeline.config import Config, config_from_dict, load_config, parse_overrides, read_yaml
 from exitflow.pipeline.config_schema import to_dict
+from exitflow.pipeline.data.imported import is_imported
 from exitflow.pipeline.data.preprocessing import Preprocessing, PreprocessingError
 from exitflow.pipeline.errors import ConfigError
 from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts
@@ -150,6 +152,30 @@ def load_bundle(folder: str | Path, cfg: Config | None = None, overrides: list[s
     except PreprocessingError as e:
         raise BundleError(f"{manifest.path / 'bundle.json'}: {e}") from e
     return Bundle(manifest=manifest, config=config, preprocessing=preprocessing)
+
+
+def default_dataset(manifest: BundleManifest) -> str:
+    """The data set to draw samples from when none is named: the bundle's own.
+
+    Raises:
+        BundleError: the bundle's data set is an imported folder that is not on this machine.
+    """
+    if is_imported(manifest.dataset) and not Path(manifest.dataset).is_dir():
+        raise BundleError(f"bundle {manifest.path} was trained on the imported set {manifest.dataset}, which is not "
+                          "here; name the samples with --dataset DIR (an imported set with the same modalities)")
+    return manifest.dataset
+
+
+def check_dataset(manifest: BundleManifest, dataset: str) -> None:
+    """Refuse a data set whose modalities are not the bundle's.
+
+    Raises:
+        BundleError: naming both modality sets.
+    """
+    wanted = DATASET_MODALITIES.get(dataset)
+    if wanted is not None and set(wanted) != set(manifest.modalities):
+        raise BundleError(f"bundle {manifest.path} holds a {'+'.join(manifest.modalities)} model; data set "
+                          f"{dataset} has {'+'.join(wanted)}")
 
 
 def preprocessing_of(cfg: Config) -> Preprocessing:

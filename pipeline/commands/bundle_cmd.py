@@ -10,7 +10,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from exitflow.pipeline.artifacts import DATASETS
-from exitflow.pipeline.commands import command_line
+from exitflow.pipeline.commands import command_line, dataset_arg
 from exitflow.pipeline.config import Config
 
 if TYPE_CHECKING:
@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     export = sub.add_parser("export", help="write the configured model as one self-contained bundle folder")
     export.add_argument("out_dir", metavar="OUT_DIR", help="the bundle folder to create")
-    export.add_argument("--dataset", choices=DATASETS, default=None, help="default: data.dataset")
+    export.add_argument("--dataset", type=dataset_arg, default=None, metavar="NAME|DIR",
+                        help=f"{', '.join(DATASETS)} or an imported data set folder (default: data.dataset)")
     export.add_argument("--no-baselines", action="store_true", help="leave the lf/image/audio baselines out")
     export.add_argument("--force", action="store_true", help="replace an existing bundle at OUT_DIR")
     export.set_defaults(func=_export)
@@ -39,12 +40,23 @@ def add_bundle_option(parser: argparse.ArgumentParser) -> None:
 
 
 def with_bundle(args: argparse.Namespace, cfg: Config) -> Config:
-    """``cfg`` with ``--bundle DIR`` applied (unchanged without it); ``--set`` overrides stay on top."""
+    """``cfg`` with ``--bundle DIR`` applied (unchanged without it); ``--set`` overrides stay on top.
+
+    A command with ``--dataset`` gets the bundle's data set when none is given (``data.dataset``
+    for a built-in one, the original folder for an imported one) and is refused a data set whose
+    modalities differ from the bundle's.
+    """
     if not getattr(args, "bundle", None):
         return cfg
-    from exitflow.pipeline.bundles.load import bundle_config
+    from exitflow.pipeline.bundles.load import bundle_config, check_dataset, default_dataset
+    from exitflow.pipeline.bundles.manifest import read_manifest
 
-    return bundle_config(cfg, args.bundle, getattr(args, "overrides", ()))
+    cfg = bundle_config(cfg, args.bundle, getattr(args, "overrides", ()))
+    if hasattr(args, "dataset") and getattr(args, "recording", None) is None:
+        manifest = read_manifest(args.bundle, verify=False)  # verified by bundle_config just now
+        args.dataset = args.dataset or default_dataset(manifest)
+        check_dataset(manifest, args.dataset)
+    return cfg
 
 
 def _export(args: argparse.Namespace, cfg: Config) -> int:

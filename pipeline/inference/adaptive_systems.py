@@ -20,7 +20,6 @@ import torch
 from exitflow.encoders.base import EarlyExitEncoder
 from exitflow.encoders.cnn import CNNEarlyExitEncoder
 from exitflow.encoders.fusion_grid import ExitGridFusion
-from exitflow.pipeline.artifacts import DATASET_MODALITIES
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.inference.engine import (
@@ -117,9 +116,9 @@ class AdaptiveParts:
 
         apply_engine_settings(cfg)
         self.cfg, self.dataset = cfg, dataset
-        self.modalities = DATASET_MODALITIES[dataset]
         self.device = resolve_device(cfg.engine.device)
         self.encoders = {m: enc.to(self.device) for m, enc in load_encoders(cfg, dataset).items()}
+        self.modalities = tuple(self.encoders)  # the data set's order (a bundle's: engine.bundle)
         for enc in self.encoders.values():
             if isinstance(enc, CNNEarlyExitEncoder):
                 enc.fold_batchnorm()  # inference only: BatchNorm folded into the convolutions

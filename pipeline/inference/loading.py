@@ -29,7 +29,7 @@ from exitflow.pipeline.artifacts import (
     use_joint,
     weight_files,
 )
-from exitflow.pipeline.bundles.manifest import BundleError, BundleManifest, read_manifest
+from exitflow.pipeline.bundles.manifest import BundleManifest, read_manifest
 from exitflow.pipeline.checkpoints import load_weights, read_meta
 from exitflow.pipeline.config import Config, FusionConfig, resolve_path
 from exitflow.pipeline.errors import CheckpointError
@@ -40,26 +40,22 @@ from exitflow.scheduler.profile import (
 )
 
 
-def bundle_of(cfg: Config, dataset: str | None = None) -> BundleManifest | None:
+def bundle_of(cfg: Config) -> BundleManifest | None:
     """The verified manifest of ``engine.bundle`` (None: load from ``train.checkpoint_dir``).
 
+    With a bundle, the loaders read the model from it whatever data set they are asked for (its
+    modalities are the bundle's; ``pipeline.bundles.load.check_dataset`` matches a data set to it).
+
     Raises:
-        BundleError: the bundle is damaged or of another format, or ``dataset`` has other modalities.
+        BundleError: the bundle is damaged or of another format version.
     """
-    if not cfg.engine.bundle:
-        return None
-    manifest = read_manifest(resolve_path(cfg, cfg.engine.bundle))
-    wanted = DATASET_MODALITIES.get(dataset) if dataset else None
-    if wanted is not None and set(wanted) != set(manifest.modalities):
-        raise BundleError(f"bundle {manifest.path} holds a {'+'.join(manifest.modalities)} model; data set "
-                          f"{dataset} has {'+'.join(wanted)}")
-    return manifest
+    return read_manifest(resolve_path(cfg, cfg.engine.bundle)) if cfg.engine.bundle else None
 
 
 def load_encoders(cfg: Config, dataset: str, prefer_joint: bool = True) -> dict[str, EarlyExitEncoder]:
     """The trained encoder of each modality of ``dataset`` (eval mode); the joint set if in use;
     the bundle's when ``engine.bundle`` is set."""
-    bundle = bundle_of(cfg, dataset)
+    bundle = bundle_of(cfg)
     if bundle is not None:
         try:
             return {m: load_encoder(bundle.encoder_folder(m)).eval() for m in bundle.modalities}
@@ -118,7 +114,7 @@ def load_fusion_exit(cfg: Config, dataset: str, prefer_joint: bool = True) -> Ma
 def load_fusion(cfg: Config, dataset: str) -> Any:
     """The fusion exit: the bundle's, the CNN family's exit grid, else what ``fusion.exit`` selects (late or
     transformer)."""
-    bundle = bundle_of(cfg, dataset)
+    bundle = bundle_of(cfg)
     if bundle is not None:
         return grid_fusion_from(bundle.fusion_folder(), bundle.modalities, "exitflow export")
     if use_cnn(cfg, dataset):
@@ -152,7 +148,7 @@ def grid_fusion_from(folder: Path, modalities: tuple[str, ...], command: str) ->
 
 
 def load_dataset_profile(cfg: Config, dataset: str) -> Profile:
-    bundle = bundle_of(cfg, dataset)
+    bundle = bundle_of(cfg)
     if bundle is not None:
         return load_profile(bundle.profile_path(), fingerprint_checkpoints(bundle.weight_files()))
     path = Path(cfg.scheduler.profile) if cfg.scheduler.profile else profile_path(cfg, dataset)

@@ -145,3 +145,31 @@ def test_export_refuses_what_it_cannot_bundle(embedded_cfg, bundle_dir: Path) ->
     with pytest.raises(BundleError, match="not empty"):
         export_bundle(embedded_cfg, bundle_dir, "avmnist")
     assert not (bundle_dir.parent / "t").exists()
+
+
+def test_own_set_bundle_replays_like_its_model_folder(own_trained_set: Path, tmp_path: Path) -> None:
+    """The issue's acceptance: a small own set imported and trained for one epoch (the ``own_trained_set``
+    fixture), exported as a bundle, and replayed from the bundle with the set's model folder gone."""
+    bundle = tmp_path / "elsewhere" / "own"
+    assert main(["export", str(bundle), "--dataset", str(own_trained_set)]) == 0
+    manifest = read_manifest(bundle)
+    info = json.loads((own_trained_set / "cache" / "dataset.json").read_text())
+    assert list(manifest.classes) == info["classes"] and manifest.modalities == tuple(info["modalities"])
+    assert manifest.baselines == {}  # an imported set has no LeNet baselines
+    stored = json.loads((own_trained_set / "cache" / "preprocessing.json").read_text())
+    assert Preprocessing.from_dict(manifest.preprocessing) == Preprocessing.from_dict(stored)
+
+    reference, ours = tmp_path / "model.jsonl", tmp_path / "bundle.jsonl"
+    assert main(["replay", "--dataset", str(own_trained_set), "--decisions", str(reference)]) == 0
+    model = own_trained_set / "model"
+    hidden = model.with_name("model.hidden")
+    model.rename(hidden)  # the bundle alone must do
+    try:
+        assert main(["replay", "--bundle", str(bundle), "--decisions", str(ours)]) == 0
+    finally:
+        hidden.rename(model)
+    a = [json.loads(line) for line in reference.read_text().splitlines()]
+    b = [json.loads(line) for line in ours.read_text().splitlines()]
+    assert len(a) == len(b) == info["counts"]["test"]
+    keys = ("prediction", "label", "order", "exits", "missing", "macs")
+    assert [{k: d[k] for k in keys} for d in a] == [{k: d[k] for k in keys} for d in b]
