@@ -15,7 +15,10 @@ from exitflow.pipeline.commands.bundle_cmd import add_bundle_option, with_bundle
 from exitflow.pipeline.config import Config, output_path, resolve_path
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from exitflow.pipeline.live.playback import ReplaySummary
+    from exitflow.pipeline.messages import Sample
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -148,7 +151,7 @@ def _replay_recording(args: argparse.Namespace, cfg: Config) -> int:
     decisions_path = Path(args.decisions) if args.decisions else path.with_suffix(".replay.jsonl")
     summary = replay_stream(
         path, engine, sync, mode="realtime" if args.realtime else "fast", rate=args.rate, start_s=args.start,
-        end_s=args.end, topics=topics, decisions_path=decisions_path,
+        end_s=args.end, topics=topics, decisions_path=decisions_path, preprocess=_preprocess(cfg),
     )
     acc = summary.accuracy
     print(f"replayed {path}: {summary.messages} messages -> {summary.decisions} decisions "
@@ -166,6 +169,16 @@ def _replay_recording(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     print(damage_line(summary), file=sys.stderr)
     return 3
+
+
+def _preprocess(cfg: Config) -> Callable[[Sample], Sample]:
+    """Raw recorded payloads -> model inputs, with the bundle's preprocessing when ``--bundle`` is given."""
+    import functools
+
+    from exitflow.pipeline.bundles.load import preprocessing_of
+    from exitflow.pipeline.live.preprocess import preprocess_sample
+
+    return functools.partial(preprocess_sample, preprocessing=preprocessing_of(cfg))
 
 
 def damage_line(summary: ReplaySummary) -> str:

@@ -173,3 +173,20 @@ def test_own_set_bundle_replays_like_its_model_folder(own_trained_set: Path, tmp
     assert len(a) == len(b) == info["counts"]["test"]
     keys = ("prediction", "label", "order", "exits", "missing", "macs")
     assert [{k: d[k] for k in keys} for d in a] == [{k: d[k] for k in keys} for d in b]
+
+
+@pytest.mark.slow
+def test_a_recording_replays_through_the_committed_bundle(tmp_path: Path) -> None:
+    """``exitflow replay FILE.mcap --bundle DIR`` gives the decisions the checkpoint folders give."""
+    example = REPO_ROOT / "examples" / "grid_live.mcap"
+    if not example.is_file():
+        pytest.skip("examples/grid_live.mcap is missing")
+    window = ["--fast", "--system", "exitflow", "--start", "5", "--end", "7"]
+    reference, ours = tmp_path / "ckpt.jsonl", tmp_path / "bundle.jsonl"
+    assert main(["replay", str(example), *window, "--decisions", str(reference)]) == 0
+    assert main(["--set", f"train.checkpoint_dir={tmp_path / 'absent'}", "replay", str(example), *window,
+                 "--bundle", str(REPO_ROOT / "bundles" / "avmnist"), "--decisions", str(ours)]) == 0
+    keys = ("sample_id", "prediction", "order", "exits", "missing", "macs")
+    a = [{k: d[k] for k in keys} for d in map(json.loads, reference.read_text().splitlines())]
+    b = [{k: d[k] for k in keys} for d in map(json.loads, ours.read_text().splitlines())]
+    assert len(a) > 10 and a == b
