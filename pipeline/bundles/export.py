@@ -98,10 +98,9 @@ def _temperatures(folder: Path) -> list[float]:
 def _check_family(cfg: Config, dataset: str) -> None:
     if not use_cnn(cfg, dataset):
         raise BundleError(
-            f"exitflow export bundles the CNN family (encoder.family: cnn on avmnist or avmnist-noisy); "
-            f"{dataset} with encoder.family {cfg.encoder.family!r} runs ViT/BERT encoders with a "
-            f"{cfg.fusion.exit!r} fusion exit, which bundles do not hold yet; "
-            f"export avmnist or avmnist-noisy with encoder.family: cnn, or an imported set (--dataset DIR)"
+            f"exitflow export bundles the CNN family only; {dataset} runs ViT/BERT encoders with a "
+            f"{cfg.fusion.exit!r} fusion exit here (encoder.family: {cfg.encoder.family}), which bundles do not hold "
+            "yet; export avmnist or avmnist-noisy with encoder.family: cnn, or an imported set (--dataset DIR)"
         )
 
 

@@ -140,7 +140,7 @@ def test_the_packaged_demo_runs_the_committed_bundle() -> None:
 
 
 def test_export_refuses_what_it_cannot_bundle(embedded_cfg, bundle_dir: Path) -> None:
-    with pytest.raises(BundleError, match="bundles the CNN family"):
+    with pytest.raises(BundleError, match="bundles the CNN family only"):
         export_bundle(embedded_cfg, bundle_dir.parent / "t", "avmnist-t")
     with pytest.raises(BundleError, match="not empty"):
         export_bundle(embedded_cfg, bundle_dir, "avmnist")
