@@ -8,10 +8,12 @@ import numpy as np
 import torch
 
 from exitflow.pipeline.data.avmnist import AVSplit
+from exitflow.pipeline.data.imported import ImportedSplit
 
 
-def modality_batch(split: AVSplit, modalities: Sequence[str], rows: np.ndarray) -> dict[str, torch.Tensor]:
-    """Tensors of ``rows`` for each requested modality (``image``/``audio``; ``text`` stays a list)."""
+def modality_batch(split: AVSplit | ImportedSplit, modalities: Sequence[str], rows: np.ndarray) -> dict[str, torch.Tensor]:
+    """Tensors of ``rows`` for each requested modality (``image``/``audio``; ``text`` stays a list of
+    strings, or is a tensor for an imported set's character grids)."""
     out: dict[str, torch.Tensor] = {}
     for m in modalities:
         if m == "image":
@@ -21,7 +23,10 @@ def modality_batch(split: AVSplit, modalities: Sequence[str], rows: np.ndarray) 
         elif m == "text":
             if split.text is None:
                 raise ValueError(f"{split.dataset} has no text modality; use avmnist-t")
-            out[m] = [split.text[i] for i in rows.tolist()]  # type: ignore[assignment]
+            if isinstance(split.text, np.ndarray):  # an imported set's character grids (B, 1, L, L)
+                out[m] = torch.from_numpy(np.ascontiguousarray(split.text[rows]))
+            else:
+                out[m] = [split.text[i] for i in rows.tolist()]  # type: ignore[assignment]
         else:
             raise ValueError(f"unknown modality {m!r}")
     return out
