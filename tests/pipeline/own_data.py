@@ -19,10 +19,13 @@ from exitflow.pipeline.data.roots import EMBEDDED_DATA, read_fsdd, read_mnist
 CLASS_NAMES = ("zero", "one", "two")
 
 
-def write_small_set(folder: Path, per_class: int = 12, missing_image_every: int = 5) -> Path:
+def write_small_set(
+    folder: Path, per_class: int = 12, missing_image_every: int = 5, modalities: tuple[str, ...] = ("image", "audio")
+) -> Path:
     """Write ``folder/manifest.csv`` and its files; returns ``folder``.
 
-    Every ``missing_image_every``-th row has no image; odd takes are stored as 16 kHz FLAC
+    Every ``missing_image_every``-th row has no image (no text, with ``modalities`` audio + text,
+    where the text is the class name, upper-cased on even rows); odd takes are stored as 16 kHz FLAC
     (resampled by the importer), the others as 8 kHz WAV.
     """
     folder.mkdir(parents=True, exist_ok=True)
@@ -50,9 +53,13 @@ def write_small_set(folder: Path, per_class: int = 12, missing_image_every: int 
             else:
                 sf.write(folder / "wav" / f"{stem}.wav", fsdd.clips[clip], 8000, subtype="PCM_16")
                 audio_cell = f"wav/{stem}.wav"
-            rows.append({"id": stem, "image": image_cell, "audio": audio_cell, "label": name, "group": f"take{take}"})
+            text_cell = "" if not image_cell else (name.upper() if k % 2 == 0 else f" {name} ")
+            rows.append({"id": stem, "image": image_cell, "audio": audio_cell, "text": text_cell, "label": name,
+                         "group": f"take{take}"})
+    columns = ["id", *modalities, "label", "group"]
+    rows = [{c: r[c] for c in columns} for r in rows]
     with (folder / "manifest.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", "image", "audio", "label", "group"])
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     return folder

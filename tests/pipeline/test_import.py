@@ -60,6 +60,22 @@ def test_import_train_calibrate_bench_and_replay(own_trained_set: Path, tmp_path
     capsys.readouterr()
 
 
+def test_audio_and_typed_text(tmp_path: Path, capsys) -> None:
+    """The text modality: strings become character grids, a character CNN trains, calibrates and replays."""
+    folder = write_small_set(tmp_path / "set", modalities=("audio", "text"))
+    assert run_cli("data", "import", str(folder), "--quiet") == 0
+    test = load_imported_split(str(folder.resolve()), "test")
+    assert test.text is not None and test.text.shape[1:] == (1, 40, 40)
+    assert test.text_raw is not None and set(test.text_raw.tolist()) <= {"", *CLASS_NAMES}  # normalised
+    assert run_cli("train", "cnn", "--dataset", str(folder), "--epochs", "1") == 0
+    assert run_cli("calibrate", "--dataset", str(folder), "--energy-samples", "2") == 0
+    decisions = tmp_path / "decisions.jsonl"
+    assert run_cli("replay", "--dataset", str(folder), "--decisions", str(decisions)) == 0
+    lines = [json.loads(x) for x in decisions.read_text().splitlines()]
+    assert [("text" in d["missing"]) for d in lines] == (~test.present["text"]).tolist()
+    capsys.readouterr()
+
+
 def test_group_splits_are_disjoint_and_deterministic() -> None:
     rows = [ManifestRow(i + 2, "a" if i % 2 else "b", {"audio": "x.wav"}, group=f"g{i % 7}") for i in range(70)]
     first = group_splits(rows, ImportSettings(seed=3))
