@@ -12,9 +12,10 @@
   (the 1/255 scale is undone and redone exactly; a test checks). The spectrogram stays with the
   engine: it needs the audio window that only exists after the sync has aligned the PCM chunks
   (16-kHz float32 PCM is 64 KB/s; the spectrogram of one sample is 50 KB).
-- :func:`project_runtime_env` ships the exitflow package (``py_modules``) so a worker node needs
-  no checkout and no ``PYTHONPATH``; ``stream.ship_project: auto`` does so when the cluster has
-  more than one node (a single machine already has the package installed).
+- :func:`job_runtime_env` ships the exitflow package (``py_modules``, given to ``ray.init`` by
+  :func:`~exitflow.pipeline.live.ray_connect.start_ray`) so a worker node needs no checkout and no
+  ``PYTHONPATH``; ``stream.ship_project: auto`` does so when joining a cluster (a local Ray
+  already has the package installed).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import exitflow
-from exitflow.pipeline.config import StreamConfig
+from exitflow.pipeline.config import RayConfig, StreamConfig
 from exitflow.pipeline.live.preprocess import IMAGE_SIDE, preprocess_image
 from exitflow.pipeline.live.workers import SourceWorker
 from exitflow.pipeline.messages import SensorMessage
@@ -65,6 +66,15 @@ class EdgeSourceWorker(SourceWorker):
     def drain(self, max_items: int = 256) -> list[SensorMessage]:
         return [reduce_frame(m) for m in super().drain(max_items)]
 
+    def package_path(self) -> str:
+        """Where this actor imported exitflow from (a shipped copy when ``runtime_env`` carried it)."""
+        return package_path()
+
+
+def package_path() -> str:
+    """The folder this process imported ``exitflow.pipeline`` from."""
+    return str(Path(importlib.import_module("exitflow.pipeline").__file__ or "").resolve().parent)
+
 
 def node_affinity(node_id: str, soft: bool = False) -> dict[str, Any]:
     """Actor options that pin it to the Ray node ``node_id`` (``soft``: elsewhere if that one is gone)."""
@@ -96,10 +106,13 @@ def project_runtime_env(extra_modules: tuple[str | Path, ...] = ()) -> dict[str,
     return {"py_modules": [str(staged_package()), *(str(Path(m).resolve()) for m in extra_modules)]}
 
 
-def should_ship(stream: StreamConfig) -> bool:
-    """``stream.ship_project``: always, never, or (auto) when the connected cluster has > 1 live node."""
-    if stream.ship_project != "auto":
-        return stream.ship_project == "always"
-    if not ray.is_initialized():
-        return False
-    return sum(1 for node in ray.nodes() if node.get("Alive")) > 1
+def job_runtime_env(stream: StreamConfig, ray_cfg: RayConfig) -> dict[str, Any] | None:
+    """The job's ``runtime_env`` for :func:`~exitflow.pipeline.live.ray_connect.start_ray` per
+    ``stream.ship_project``: always, never, or (auto) when joining a cluster (``ray.address`` set).
+
+    Ray ships local folders only at the job level (``ray.init``), never per actor; every actor and
+    task of the job, the detached service replicas included, inherits it.
+    """
+    if stream.ship_project == "never" or (stream.ship_project == "auto" and not ray_cfg.address):
+        return None
+    return project_runtime_env()

@@ -30,8 +30,11 @@ from exitflow.pipeline.live.workers import LiveRuntimeError
 __all__ = ["probe_ray_address", "running_gcs_addresses", "start_ray"]
 
 
-def start_ray(cfg: RayConfig) -> bool:
+def start_ray(cfg: RayConfig, runtime_env: dict[str, Any] | None = None) -> bool:
     """``ray.init``, quiet and dashboard-free; True if this call started Ray.
+
+    ``runtime_env`` is the job's (every actor and task inherits it), e.g.
+    :func:`~exitflow.pipeline.live.placement.job_runtime_env` shipping the project to a cluster.
 
     Without ``cfg.address`` a local instance starts bound to ``cfg.node_ip_address`` (loopback by
     default). With one, the head is probed first: an address nobody answers on fails within
@@ -48,12 +51,15 @@ def start_ray(cfg: RayConfig) -> bool:
         "logging_level": logging.WARNING,
         "configure_logging": True,
     }
+    if runtime_env:
+        kwargs["runtime_env"] = runtime_env
     if cfg.address:
         deadline = time.monotonic() + cfg.connect_timeout_s
         kwargs["address"] = probe_ray_address(cfg.address, cfg.connect_timeout_s)
         _try_join_elsewhere(kwargs["address"], cfg.namespace, max(0.1, deadline - time.monotonic()), cfg)
         _init_with_timeout(kwargs, cfg)
         return True
+    kwargs["address"] = "local"  # a new instance: never silently join another user's Ray on this host
     kwargs["num_cpus"] = cfg.num_cpus
     kwargs["_node_ip_address"] = cfg.node_ip_address
     if cfg.node_ip_address in LOOPBACK_HOSTS:

@@ -29,7 +29,7 @@ from exitflow.pipeline.config import SourceConfig, StreamConfig
 from exitflow.pipeline.live.clocks import ClockProbe
 from exitflow.pipeline.live.driver import PipelineDriver
 from exitflow.pipeline.live.failures import CircuitOpenError
-from exitflow.pipeline.live.placement import EdgeSourceWorker, project_runtime_env, should_ship
+from exitflow.pipeline.live.placement import EdgeSourceWorker
 from exitflow.pipeline.live.ray_connect import probe_ray_address, start_ray
 from exitflow.pipeline.live.sources import Backoff
 from exitflow.pipeline.live.transport import EngineDown, EngineResult, SourceDown, Transport
@@ -63,8 +63,7 @@ def source_actor(spec: SourceConfig | SourceFactory, stream: StreamConfig, name:
     """A restartable Ray actor running :class:`SourceWorker` (placed by ``spec.resources``).
 
     With ``stream.preprocess_at_source`` it is an :class:`EdgeSourceWorker` (frames reduced to the
-    model's size on the sensor's node); with ``stream.ship_project`` the project travels by
-    ``runtime_env`` (docs/service.md).
+    model's size on the sensor's node (docs/service.md).
     """
     cfg = spec if isinstance(spec, SourceConfig) else SourceConfig(name=name)  # placement defaults
     opts: dict[str, Any] = {
@@ -74,8 +73,6 @@ def source_actor(spec: SourceConfig | SourceFactory, stream: StreamConfig, name:
         "resources": dict(cfg.resources),
         "name": f"exitflow-source-{name}",
     }
-    if should_ship(stream):
-        opts["runtime_env"] = project_runtime_env()
     opts.update(options)
     backoff = Backoff(
         stream.reconnect_initial_s,
@@ -90,9 +87,9 @@ def source_actor(spec: SourceConfig | SourceFactory, stream: StreamConfig, name:
 
 
 def engine_actor(factory: EngineFactory | str, stream: StreamConfig, cfg: Any = None, **options: Any) -> Any:
-    """The engine as a named Ray actor (``exitflow-engine``), placed by ``stream.engine_resources``
-    (the project shipped by ``runtime_env`` per ``stream.ship_project``). Several pipelines share
-    one batched engine through :class:`~exitflow.pipeline.live.service.InferenceService` instead."""
+    """The engine as a named Ray actor (``exitflow-engine``), placed by ``stream.engine_resources``.
+    Several pipelines share one batched engine through
+    :class:`~exitflow.pipeline.live.service.InferenceService` instead."""
     opts: dict[str, Any] = {
         "max_restarts": stream.max_restarts,
         "num_cpus": stream.engine_num_cpus,
@@ -100,8 +97,6 @@ def engine_actor(factory: EngineFactory | str, stream: StreamConfig, cfg: Any = 
         "resources": dict(stream.engine_resources),
         "name": ENGINE_ACTOR_NAME,
     }
-    if should_ship(stream):
-        opts["runtime_env"] = project_runtime_env()
     opts.update(options)
     return ray.remote(EngineWorker).options(**opts).remote(factory, cfg, True)
 

@@ -9,7 +9,8 @@ from Python over Ray anyway), so the service is a pool of named, detached Ray ac
 ``service.batch_wait_ms`` after the first) and is answered from one
 :class:`~exitflow.pipeline.inference.batch_engine.BatchEngine` batch in which every sample keeps its
 own exits. Replicas scale by ``service.num_replicas``; ``service.num_gpus`` / ``service.resources``
-place them (a GPU replica lands on a node with a GPU; set ``engine.device: cuda``).
+place them (a GPU replica lands on a node with a GPU; set ``engine.device: cuda``); on a cluster
+they import the project shipped by the job's ``runtime_env`` (``placement.job_runtime_env``).
 
 Any pipeline, in any driver process of the cluster's namespace, reaches the same replicas with
 :meth:`InferenceService.start` (``get_if_exists``: the first caller creates them, the others
@@ -30,11 +31,11 @@ from typing import Any, cast
 
 import ray
 
-from exitflow.pipeline.config import ServiceConfig, StreamConfig
+from exitflow.pipeline.config import ServiceConfig
 from exitflow.pipeline.inference.batch_engine import as_batch_engine
 from exitflow.pipeline.inference.batcher import MicroBatcher
 from exitflow.pipeline.live.failures import describe_error, failed_decision
-from exitflow.pipeline.live.placement import project_runtime_env, should_ship
+from exitflow.pipeline.live.placement import package_path
 from exitflow.pipeline.live.preprocess import preprocess_sample
 from exitflow.pipeline.live.workers import EngineFactory, LiveRuntimeError, resolve_engine_factory
 from exitflow.pipeline.messages import Decision, Sample
@@ -140,6 +141,10 @@ class ServiceReplica:
     def node_id(self) -> str:
         return cast(str, ray.get_runtime_context().get_node_id())
 
+    def package_path(self) -> str:
+        """Where this replica imported exitflow from (a shipped copy when ``runtime_env`` carried it)."""
+        return package_path()
+
 
 class _Method:
     """``handle.NAME.remote(*args)`` on one replica picked by ``pick``."""
@@ -173,18 +178,16 @@ class InferenceService:
 
     @classmethod
     def start(cls, factory: EngineFactory | str, cfg: Any = None, service: ServiceConfig | None = None,
-              stream: StreamConfig | None = None, **options: Any) -> InferenceService:
+              **options: Any) -> InferenceService:
         """Create the replicas, or join them if a pipeline already did (same name and namespace).
 
         Args:
             factory: The engine factory, or a ``stream.engine`` name called with ``cfg`` in each replica.
             cfg: The whole config; its ``service`` section is used unless ``service`` is given.
             service: The ``service`` section.
-            stream: For ``stream.ship_project`` (ship the package by ``runtime_env``).
             **options: Ray actor options overriding the section's (e.g. ``scheduling_strategy``).
         """
         service = service or getattr(cfg, "service", None) or ServiceConfig()
-        stream = stream or getattr(cfg, "stream", None) or StreamConfig()
         opts: dict[str, Any] = {
             "num_cpus": service.num_cpus,
             "num_gpus": service.num_gpus,
@@ -195,8 +198,6 @@ class InferenceService:
         }
         if service.detached:
             opts["lifetime"] = "detached"
-        if should_ship(stream):
-            opts["runtime_env"] = project_runtime_env()
         opts.update(options)
         actor_cls = ray.remote(ServiceReplica)
         replicas = [
