@@ -7,8 +7,9 @@ clock ``--clock-skew-s`` off in its own direction (robot i: +X, -X, +X/2, -X/2, 
 measures each offset by round trips and corrects it. All robots share ONE engine with the real
 model (``stream.engine`` of ``--config``, the default CNN checkpoints): in-process for
 ``--runtime local`` (one process, one preprocessing thread and one engine thread for the fleet),
-a Ray actor for ``--runtime ray`` (the batched service of ``pipeline/live/service.py`` when
-``--service``).
+for ``--runtime ray`` the shared batched inference service of ``pipeline/live/service.py``
+(replicas that batch samples across robots, every sample keeping its own exits; ``--engine-actor``
+uses one plain engine actor instead).
 
 After ``--warmup-s`` the counters are zeroed and the run is measured for ``--duration`` seconds:
 
@@ -145,8 +146,8 @@ def main() -> int:
     parser.add_argument("--warmup-s", type=float, default=5.0)
     parser.add_argument("--clock-skew-s", type=float, default=0.0, help="robot clocks this far off (alternating sign)")
     parser.add_argument("--runtime", choices=("local", "ray"), default="local")
-    parser.add_argument("--service", action="store_true",
-                        help="ray: use the shared batched inference service (pipeline/live/service.py)")
+    parser.add_argument("--engine-actor", action="store_true",
+                        help="ray: one plain engine actor (batch 1) instead of the shared batched service")
     parser.add_argument("--config", default=str(REPO / "config.yaml"), help="config whose stream.engine runs")
     parser.add_argument("--engine", default=None, help="override stream.engine (e.g. a rule engine)")
     parser.add_argument("--engine-queue", type=int, default=4, help="stream.engine_queue_size (drop_oldest)")
@@ -182,10 +183,12 @@ def main() -> int:
             from exitflow.pipeline.live.runtime import LivePipeline, engine_actor, start_ray
 
             ray_started = start_ray(dataclasses.replace(cfg.ray, num_cpus=max(4, 2 + args.robots)))
-            if args.service:
-                from exitflow.pipeline.live import service  # part B's shared service
+            if not args.engine_actor:
+                from exitflow.pipeline.live.service import InferenceService
 
-                shared = service.connect(cfg)  # type: ignore[attr-defined]
+                service_cfg = dataclasses.replace(cfg.service, name="exitflow-fleet-service", detached=False)
+                shared = InferenceService.start(engine_name, cfg, service=service_cfg)
+                shared.wait_ready(timeout_s=300)
             else:
                 shared = engine_actor(engine_name, stream, cfg, name="exitflow-fleet-engine")
                 ray.get(shared.node_id.remote(), timeout=300)
@@ -208,9 +211,17 @@ def main() -> int:
             r.base = robot_counts(r.pipe, f"{r.name}-cam")
             r.pipe.stats.latency_ms.clear()
             r.measuring = True
+        if args.runtime == "ray" and not args.engine_actor:
+            service_base = shared.stats()
         time.sleep(args.duration)
         for r in robots:
             r.measuring = False
+        if args.runtime == "ray" and not args.engine_actor:
+            service_end = shared.stats()
+            batches = service_end["batches"] - service_base["batches"]
+            batch_size_mean = (service_end["items"] - service_base["items"]) / batches if batches else None
+        else:
+            batch_size_mean = 1.0  # one sample at a time: the in-process engine and the plain actor
         wall = time.monotonic() - wall0
         machine_cpu = psutil.cpu_percent(None)
         cpu = cpu_seconds(procs) - cpu0
@@ -228,6 +239,8 @@ def main() -> int:
             r.served.close()
         if args.runtime == "local" and shared is not None:
             shared.close()
+        elif shared is not None and hasattr(shared, "shutdown"):
+            shared.shutdown()
         if ray_started:
             import ray
 
@@ -256,7 +269,7 @@ def main() -> int:
         macs += r.macs
     out = {
         "robots": rows,
-        "batch_size_mean": 1.0 if args.runtime == "local" or not args.service else None,
+        "batch_size_mean": None if batch_size_mean is None else round(batch_size_mean, 2),
         "macs_per_sample": round(float(np.mean(macs)), 1) if macs else None,
         "cpu_percent": round(100.0 * cpu / wall, 1),
         "runtime": args.runtime,
@@ -271,8 +284,6 @@ def main() -> int:
         "engine_queue_size": args.engine_queue,
         "max_in_flight": args.max_in_flight,
     }
-    if args.runtime == "ray" and args.service and hasattr(shared, "stats"):
-        out["service"] = shared.stats()
     text = json.dumps(out, indent=1, default=str)
     print(text)
     if args.json:

@@ -162,6 +162,12 @@ class BoundedQueue(Generic[T]):
                 self._cond.notify_all()
             return out
 
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until an item is queued (or the queue is closed), up to ``timeout_s``; True when one is."""
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self._items) or self._closed, timeout_s)
+            return bool(self._items)
+
     def close(self) -> None:
         """Wake every waiter; later puts are dropped with reason ``"closed"``."""
         with self._cond:

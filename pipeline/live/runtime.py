@@ -102,6 +102,9 @@ def engine_actor(factory: EngineFactory | str, stream: StreamConfig, cfg: Any = 
 
 
 # -- the transport ---------------------------------------------------------------------------
+DRAIN_WAIT_S = 0.05  # a source actor's drain waits this long for a message (long poll)
+
+
 def _down(error: RayActorError, cls: type[Exception]) -> Exception:
     out = cls(str(error).splitlines()[0] if str(error) else type(error).__name__)
     out.__cause__ = error
@@ -141,7 +144,9 @@ class RayTransport(Transport):
         if self.engine is None:
             self.engine = engine_actor(self._engine_factory, self.stream, self._cfg, **(engine_options or {}))
         for name, spec in specs.items():
-            self.actors[name] = source_actor(spec, self.stream, name, **(source_options or {}).get(name, {}))
+            # two threads: health and clock probes are answered while a long-poll drain waits
+            options = {"max_concurrency": 2, **(source_options or {}).get(name, {})}
+            self.actors[name] = source_actor(spec, self.stream, name, **options)
 
     def wait_ready(self, timeout_s: float) -> dict[str, str]:
         refs = {name: actor.node_id.remote() for name, actor in self.actors.items()}
@@ -159,9 +164,11 @@ class RayTransport(Transport):
     def poll_sources(self, wait_s: float) -> list[tuple[str, list[SensorMessage] | BaseException]]:
         for name, actor in self.actors.items():
             if name not in self._drain_refs:
-                self._drain_refs[name] = actor.drain.remote()
+                self._drain_refs[name] = actor.poll.remote(256, DRAIN_WAIT_S)
         by_ref = {ref: name for name, ref in self._drain_refs.items()}
-        ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=wait_s)
+        # wake on the first message batch or decision, then take every batch that is in
+        ray.wait([*by_ref, *self._in_flight], num_returns=1, timeout=wait_s)
+        ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0)
         out: list[tuple[str, list[SensorMessage] | BaseException]] = []
         for ref in ready:
             name = by_ref[ref]

@@ -123,6 +123,13 @@ class SourceWorker:
     def drain(self, max_items: int = 256) -> list[SensorMessage]:
         return self.queue.drain(max_items)
 
+    @ray.method(enable_task_events=False)  # called per message burst
+    def poll(self, max_items: int = 256, wait_s: float = 0.05) -> list[SensorMessage]:
+        """:meth:`drain` after waiting up to ``wait_s`` for the first message (a long poll: one call
+        per burst of messages instead of one per driver tick)."""
+        self.queue.wait(wait_s)
+        return self.drain(max_items)
+
     @ray.method(enable_task_events=False)  # called ~100/s: no per-call record in Ray's GCS
     def health(self) -> dict[str, Any]:
         """The source's health, its queue's counters and the outage events since the last call."""
