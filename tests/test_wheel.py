@@ -78,6 +78,7 @@ def test_installed_wheel_runs_the_demo_from_another_folder(installed: Path, tmp_
     res = run_outside(installed, tmp_path, "-m", "exitflow.pipeline.cli", "--set", "bench.limit=50", "demo")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
+    assert f"model: bundle {installed / 'exitflow' / 'resources' / 'bundles' / 'avmnist'}" in res.stdout, res.stdout
     for system in ("full", "lf", "exitflow"):
         assert f"\n{system} " in "\n" + res.stdout or f"| {system} " in res.stdout, res.stdout
     assert (tmp_path / ".exitflow" / "runs" / "demo-bench.json").is_file()
