@@ -64,7 +64,7 @@ class EdgeSourceWorker(SourceWorker):
 
     @ray.method(enable_task_events=False)  # called ~100/s: no per-call record in Ray's GCS
     def drain(self, max_items: int = 256) -> list[SensorMessage]:
-        return [reduce_frame(m) for m in super().drain(max_items)]
+        return [reduce_frame(m) for m in self.queue.drain(max_items)]
 
     def package_path(self) -> str:
         """Where this actor imported exitflow from (a shipped copy when ``runtime_env`` carried it)."""
