@@ -24,6 +24,11 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     imp.add_argument("--test-fraction", type=fraction, default=0.15, help="share of rows for test (default: %(default)s)")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=_import)
+    mcap = what.add_parser("from-mcap", help="add a labelled recording's ranges to a data set folder (then import)")
+    mcap.add_argument("recording", metavar="REC.mcap", help="a recording from `exitflow run --record`")
+    mcap.add_argument("folder", metavar="DIR", help="data set folder: files and manifest.csv rows are added there")
+    mcap.add_argument("--labels", default=None, help="CSV start_s,end_s,label[,split][,group] (default: REC.labels.csv)")
+    mcap.set_defaults(func=_from_mcap)
     embed = what.add_parser("embed", help="write the small real slice shipped in the repo (developers)")
     embed.add_argument("--out", default=None, help="output folder (default: pipeline/embedded_data)")
     embed.add_argument("--images", type=positive_int, default=1000)
@@ -61,6 +66,22 @@ def _import(args: argparse.Namespace, cfg: Config) -> int:
         present = ", ".join(f"{m} {k}" for m, k in info["present"][split].items())
         print(f"{split}: {n} samples ({present}), sha256 {info['digests'][split][:16]}")
     print(f"cache: {Path(args.folder) / 'cache'}; next: exitflow train cnn --dataset {args.folder}")
+    return 0
+
+
+def _from_mcap(args: argparse.Namespace, cfg: Config) -> int:
+    from exitflow.pipeline.data.mcap_import import extract_recording
+
+    recording = Path(args.recording)
+    labels = Path(args.labels) if args.labels else recording.with_suffix(".labels.csv")
+    folder = Path(args.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    result = extract_recording(recording, labels, folder)
+    has = ", ".join(f"{m} {n}" for m, n in result["with"].items())
+    print(f"{recording}: {result['rows']} labelled ranges -> {folder / 'manifest.csv'} (with {has})")
+    if result["skipped"]:
+        print("skipped while reading: " + ", ".join(f"{k}={v}" for k, v in sorted(result["skipped"].items())))
+    print(f"next: exitflow data import {folder}")
     return 0
 
 

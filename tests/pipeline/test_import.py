@@ -207,3 +207,50 @@ def test_a_changed_manifest_needs_a_new_import(good_set: Path, tmp_path: Path) -
     info = import_dataset(folder, progress=False)
     assert sum(info["counts"].values()) == 35
     assert np.isin(load_imported_split(str(folder.resolve()), "train").labels, [0, 1, 2]).all()
+
+
+# -- labelled MCAP recordings -------------------------------------------------------------------------
+def test_a_labelled_recording_becomes_rows_and_imports(tmp_path: Path, capsys) -> None:
+    from exitflow.pipeline.data.preprocessing import Preprocessing
+    from exitflow.pipeline.live.recording import RecordingWriter, read_recording
+    from exitflow.pipeline.messages import SensorMessage
+
+    rec_path = tmp_path / "run.mcap"
+    writer = RecordingWriter(rec_path, image_format="raw", flush_interval_s=0)
+    base_ns, rng = 5_000_000_000, np.random.default_rng(0)
+    chunks = []
+    for k in range(30):  # 3 s: a frame, a 0.1 s audio chunk every 0.1 s; text at 0.3 s and 1.8 s
+        t_ns = base_ns + k * 100_000_000
+        writer.write_message(SensorMessage("image", "cam0", t_ns, np.full((24, 32), 8 * k, np.uint8), seq=k))
+        chunk = (0.3 * np.sin(np.arange(800) * (0.05 + 0.01 * k)) + 0.01 * rng.standard_normal(800)).astype(np.float32)
+        chunks.append(chunk)
+        writer.write_message(SensorMessage("audio", "mic0", t_ns + 1, chunk, seq=k, sample_rate_hz=8000))
+        if k in (3, 18):
+            writer.write_message(SensorMessage("text", "kbd", t_ns + 2, f"Say {'A' if k == 3 else 'B'}", seq=k))
+    writer.close()
+    labels = rec_path.with_suffix(".labels.csv")
+    labels.write_text("start_s,end_s,label,split\n0.0,0.5,a,train\n0.5,1.0,b,train\n1.0,1.5,a,val\n"
+                      "1.5,2.0,b,val\n2.0,2.5,a,test\n2.5,3.0,b,test\n")
+    folder = tmp_path / "set"
+    assert run_cli("data", "from-mcap", str(rec_path), str(folder)) == 0
+    rows = _rows(folder)
+    assert [r["label"] for r in rows] == ["a", "b", "a", "b", "a", "b"] and {r["group"] for r in rows} == {"run"}
+    assert rows[0]["text"] == "Say A" and rows[3]["text"] == "Say B" and rows[1]["text"] == ""
+    assert run_cli("data", "import", str(folder), "--quiet") == 0
+    train = load_imported_split(str(folder.resolve()), "train")
+    pre = Preprocessing.from_dict(json.loads((folder / "cache" / "preprocessing.json").read_text()))
+    # range 0: the chunks stamped in [0, 0.5 s) as the recording holds them (16-bit PCM), the frame closest to
+    # 0.25 s (k = 2 or 3)
+    recorded = [e.message.payload for e in read_recording(rec_path) if e.message and e.message.modality == "audio"]
+    np.testing.assert_array_equal(train.inputs("audio")[0], pre.audio(np.concatenate(recorded[:5]), 8000))
+    np.testing.assert_allclose(np.concatenate(recorded[:5]), np.concatenate(chunks[:5]), atol=1 / 32768)
+    assert train.inputs("image")[0].shape == (1, 28, 28)
+    assert int(round(float(train.inputs("image")[0].mean()) * 255)) in (16, 24)
+    # a bad label file: every bad line reported, nothing written
+    bad = tmp_path / "bad.csv"
+    bad.write_text("start_s,end_s,label\n1.0,0.5,a\nx,2,b\n0,1,\n")
+    before = (folder / "manifest.csv").read_text()
+    assert run_cli("data", "from-mcap", str(rec_path), str(folder), "--labels", str(bad)) == 2
+    err = capsys.readouterr().err
+    assert "line 2:" in err and "line 3:" in err and "line 4: empty label" in err
+    assert (folder / "manifest.csv").read_text() == before
