@@ -31,6 +31,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -225,7 +226,7 @@ def import_dataset(
     try:
         for split in SPLIT_NAMES:
             idx = [i for i, s in enumerate(splits) if s == split]
-            arrays: dict[str, np.ndarray] = {
+            arrays: dict[str, Any] = {  # Any: numpy.savez types **kwds like allow_pickle
                 "labels": np.array([class_id[labels[i]] for i in idx], dtype=np.int64),
                 "group": np.array([manifest.rows[i].group for i in idx], dtype=str),
                 "id": np.array([manifest.rows[i].sample_id for i in idx], dtype=str),
