@@ -207,6 +207,31 @@ def verify_files(manifest: BundleManifest) -> None:
         raise BundleError(f"bundle {manifest.path}: {problems[0]}{more}; re-export it with `exitflow export`")
 
 
+def _release(text: str) -> tuple[str, ...] | None:
+    """``"0.1.3"`` -> ``("0", "1")``: the part of a version that must match (None when unknown)."""
+    parts = text.split(".")
+    if text in ("", "None", "unknown") or len(parts) < 2:
+        return None
+    return tuple(parts[:2])
+
+
+def check_release(path: Path, written_by: str, running: str | None = None) -> None:
+    """Refuse a bundle written by another exitflow release series (major.minor; patches are compatible).
+
+    An unknown version on either side (an uninstalled tree) is not checked.
+
+    Raises:
+        BundleError: one line naming both versions and what to do.
+    """
+    running = running or exitflow_version()
+    ours, theirs = _release(running), _release(written_by)
+    if ours is not None and theirs is not None and ours != theirs:
+        raise BundleError(
+            f"{path}: written by exitflow {written_by}, this is exitflow {running} (release {'.'.join(ours)}.x "
+            "reads only its own release's bundles); re-export it with this exitflow's `exitflow export`"
+        )
+
+
 def read_manifest(folder: str | Path, verify: bool = True) -> BundleManifest:
     """The manifest of the bundle at ``folder``, checked (format version) and, by default, verified.
 
@@ -232,6 +257,7 @@ def read_manifest(folder: str | Path, verify: bool = True) -> BundleManifest:
             f"exitflow ({exitflow_version()}) reads format {FORMAT_VERSION}; re-export it with this exitflow's "
             "`exitflow export`"
         )
+    check_release(path, str(data.get("exitflow_version")))
     try:
         manifest = _parse(folder, data)
     except (KeyError, TypeError, ValueError) as e:

@@ -14,7 +14,7 @@ import pytest
 import exitflow
 from exitflow.pipeline.bundles.export import export_bundle
 from exitflow.pipeline.bundles.load import bundle_config, load_bundle
-from exitflow.pipeline.bundles.manifest import MANIFEST_NAME, BundleError, read_manifest
+from exitflow.pipeline.bundles.manifest import MANIFEST_NAME, BundleError, check_release, read_manifest
 from exitflow.pipeline.cli import main
 from exitflow.pipeline.commands.demo_cmd import demo_config
 from exitflow.pipeline.config import REPO_ROOT, load_config, resolve_path
@@ -79,6 +79,23 @@ def test_another_format_version_is_refused(copy: Path) -> None:
     path.write_text(json.dumps(doc))
     with pytest.raises(BundleError, match=r"bundle format version 2 .* reads format 1"):
         read_manifest(copy)
+
+
+def test_another_exitflow_release_is_refused(copy: Path) -> None:
+    path = copy / MANIFEST_NAME
+    doc = json.loads(path.read_text())
+    doc["exitflow_version"] = "9.4.0"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match=r"written by exitflow 9\.4\.0, this is exitflow .*re-export"):
+        read_manifest(copy, verify=False)
+
+
+def test_release_check_ignores_patches_and_unknown_versions(tmp_path: Path) -> None:
+    check_release(tmp_path, "0.1.7", running="0.1.0")
+    check_release(tmp_path, "unknown", running="0.1.0")
+    check_release(tmp_path, "0.2.0", running="unknown")
+    with pytest.raises(BundleError, match="written by exitflow 0.2.0"):
+        check_release(tmp_path, "0.2.0", running="0.1.0")
 
 
 def test_cli_gives_one_error_line_and_exit_2(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
