@@ -254,3 +254,16 @@ def test_a_labelled_recording_becomes_rows_and_imports(tmp_path: Path, capsys) -
     err = capsys.readouterr().err
     assert "line 2:" in err and "line 3:" in err and "line 4: empty label" in err
     assert (folder / "manifest.csv").read_text() == before
+
+
+def test_a_jsonl_manifest_imports_as_the_same_csv(good_set: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "set"
+    shutil.copytree(good_set, folder)
+    rows = _rows(folder)
+    (folder / "manifest.csv").unlink()
+    (folder / "manifest.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if v}) + "\n" for r in rows))
+    info = import_dataset(folder, progress=False)
+    assert info["digests"] == json.loads((good_set / "cache" / "dataset.json").read_text())["digests"]
+    (folder / "manifest.csv").write_text("label,audio\n")
+    with pytest.raises(DataError, match="has 2 manifests"):
+        import_dataset(folder, progress=False)
