@@ -159,6 +159,9 @@ def read_manifest(path: Path) -> Manifest:
         if "split" in columns and split not in SPLIT_NAMES:
             row_problems.append(f"line {line}: split {split!r} is not one of {', '.join(SPLIT_NAMES)}")
         rows.append(ManifestRow(line, label, cells, split, _cell(r.get("group")), _cell(r.get("id"))))
+    for m in modalities:
+        if not any(r.cells[m] for r in rows):
+            row_problems.append(f"column {m!r} has no value in any row; drop the column or fill it")
     return Manifest(path, modalities, rows, "split" in columns, "group" in columns, row_problems)
 
 

@@ -156,6 +156,14 @@ def _label_not_in_class_list(folder: Path) -> int:
     return 0
 
 
+def _empty_column(folder: Path) -> int:
+    rows = _rows(folder)
+    for r in rows:
+        r["text"] = ""
+    _write(folder, rows)
+    return 0
+
+
 BAD: dict[str, tuple[Callable[[Path], int], str, int]] = {
     "missing file": (_missing_file, "missing file", 1),
     "corrupt wav": (_corrupt_wav, "cannot decode it as audio", 1),
@@ -164,6 +172,7 @@ BAD: dict[str, tuple[Callable[[Path], int], str, int]] = {
     "empty split": (_empty_split, "split 'test' is empty", 1),
     "label only in test": (_label_only_in_test, "label 'seven' has no train rows (seen only in test)", 1),
     "unknown label": (_label_not_in_class_list, "unknown label 'two' (not in classes.json)", 12),
+    "empty column": (_empty_column, "column 'text' has no value in any row", 1),
 }
 
 
