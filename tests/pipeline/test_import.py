@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from exitflow.pipeline.config import load_config
 from exitflow.pipeline.data.imported import load_imported_split
@@ -275,4 +276,24 @@ def test_a_jsonl_manifest_imports_as_the_same_csv(good_set: Path, tmp_path: Path
     assert info["digests"] == json.loads((good_set / "cache" / "dataset.json").read_text())["digests"]
     (folder / "manifest.csv").write_text("label,audio\n")
     with pytest.raises(DataError, match="has 2 manifests"):
+        import_dataset(folder, progress=False)
+
+
+def test_the_set_preprocessing_shapes_the_cache_and_the_encoders(good_set: Path, tmp_path: Path) -> None:
+    from exitflow.pipeline.training.cnn_family import CNNFamily, family_shape
+
+    folder = tmp_path / "set"
+    shutil.copytree(good_set, folder)
+    (folder / "preprocessing.json").write_text(json.dumps({"image_side": 32, "image_mean": 0.1307, "image_std": 0.3081}))
+    import_dataset(folder, progress=False)
+    name = str(folder.resolve())
+    train = load_imported_split(name, "train")
+    assert train.inputs("image").shape[1:] == (1, 32, 32)
+    assert train.inputs("image")[~train.present["image"]].max(initial=0.0) == 0.0  # absent rows stay zero
+    shape = family_shape(name, dropout=0.0)
+    assert shape.configs["image"].input_size == 32 and shape.num_classes == 3
+    logits = CNNFamily(0.0, 16, shape)({m: torch.from_numpy(train.inputs(m)[:4]) for m in shape.modalities})
+    assert all(v.shape == (4, 3) for v in logits.values())
+    (folder / "preprocessing.json").write_text(json.dumps({"image_size": 32}))
+    with pytest.raises(DataError, match="unknown field.*image_size"):
         import_dataset(folder, progress=False)
