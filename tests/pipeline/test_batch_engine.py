@@ -135,3 +135,31 @@ def test_one_meter_window_per_batch_apportioned_by_macs(parts, rows) -> None:
         assert d.energy_mj == pytest.approx(120.0 * d.macs / total_macs)
         assert d.dynamic_energy_mj == pytest.approx(100.0 * d.macs / total_macs)
         assert d.energy_source == "fixed" and d.estimated is True
+
+
+def test_samples_with_different_plans_share_a_batch(parts, rows) -> None:
+    """Audio-only samples start their audio blocks rounds before the full ones: two audio cohorts."""
+    engine = parts.exitflow(meter=None, budget=False).engine
+    batch = []
+    for i, s in enumerate(rows[:36]):
+        if i % 3 == 1:  # audio only
+            s = Sample(s.sample_id, 0, {"audio": s.payloads["audio"]}, missing=frozenset({"image"}), label=s.label)
+        elif i % 3 == 2:  # image only
+            s = Sample(s.sample_id, 0, {"image": s.payloads["image"]}, missing=frozenset({"audio"}), label=s.label)
+        batch.append(s)
+    got = BatchEngine(engine).process_batch(batch)
+    assert [key(d) for d in got] == [key(engine.process(s)) for s in batch]
+    assert {tuple(d.order) for d in got} >= {("audio",), ("image",)}
+
+
+def test_a_budget_moves_lambda_once_per_batch(parts, rows) -> None:
+    meter = FixedMeter()  # 100 mJ attributable a batch of 16: 6.25 mJ a sample on average
+    engine = parts.exitflow(meter=meter, budget_mj=3.0).engine
+    before = engine.policy.lam
+    batched = BatchEngine(engine)
+    first = batched.process_batch(rows[:16])
+    assert {d.lam for d in first} == {before}  # the whole batch decided at the lambda it began with
+    after = engine.policy.lam
+    assert after < before and engine.budget.samples == 16  # over budget: lambda fell, fed 16 samples
+    second = batched.process_batch(rows[16:32])
+    assert {d.lam for d in second} == {after}
