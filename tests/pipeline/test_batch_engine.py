@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from exitflow.devices.measurement import Measurement
+from exitflow.pipeline.config import load_config
 from exitflow.pipeline.data.avmnist import load_split
+from exitflow.pipeline.data.roots import EMBEDDED_DATA
 from exitflow.pipeline.errors import CheckpointError
 from exitflow.pipeline.evaluation.replay import split_samples
 from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts
@@ -163,3 +165,20 @@ def test_a_budget_moves_lambda_once_per_batch(parts, rows) -> None:
     assert after < before and engine.budget.samples == 16  # over budget: lambda fell, fed 16 samples
     second = batched.process_batch(rows[16:32])
     assert {d.lam for d in second} == {after}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion_exit", ["transformer", "late"])
+def test_vit_text_family_batched_equals_batch1(data_cache, fusion_exit) -> None:
+    """avmnist-t: ViT image/audio, the BERT text encoder (padded in a batch) and either fusion exit."""
+    cfg = load_config(None, [f"data.root={EMBEDDED_DATA}", f"data.cache_dir={data_cache}",
+                             f"fusion.exit={fusion_exit}"])
+    try:
+        parts = AdaptiveParts(cfg, "avmnist-t")
+    except CheckpointError as e:
+        pytest.skip(f"no avmnist-t checkpoints: {e}")
+    samples = list(split_samples(load_split(cfg, "test", "avmnist-t", progress=False), 32))
+    engine = parts.exitflow(meter=None, budget=False).engine
+    got = BatchEngine(engine).process_batch(samples)
+    assert [(*key(d), d.fusion_layers) for d in got] == [(*key(d), d.fusion_layers)
+                                                           for d in map(engine.process, samples)]
