@@ -2,7 +2,7 @@
 
 Every robot streams a real GRID clip over loopback, as a robot would: its video as HTTP MJPEG at
 ``--fps`` and its sound as 16 kHz PCM over TCP (two ffmpeg servers, paced to real time and
-looped), plus the clip's words as timed text (JSONL, paced). Each robot's sources stamp with a
+looped; the clip is first repeated into one long file, see :func:`long_clip`), plus the clip's words as timed text (JSONL, paced). Each robot's sources stamp with a
 clock ``--clock-skew-s`` off in its own direction (robot i: +X, -X, +X/2, -X/2, ...); the driver
 measures each offset by round trips and corrects it. All robots share ONE engine with the real
 model (``stream.engine`` of ``--config``, the default CNN checkpoints): in-process for
@@ -30,7 +30,9 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -100,11 +102,22 @@ class Robot:
             self.macs.append(int(decision.macs))
 
 
-def make_robot(i: int, fps: float, skew_s: float, stream: StreamConfig, tmp: Path) -> Robot:
+def long_clip(clip: Path, seconds: float, out: Path) -> Path:
+    """``clip`` repeated (stream copy, no re-encoding) to last ``seconds``: ffmpeg's own loop
+    (``-stream_loop``) pauses ~0.5 s at every restart and then bursts the frames it owes, which a
+    real camera never does; one join every 3 s would dominate the drops."""
+    repeats = max(1, math.ceil(seconds / CLIP_SECONDS))
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-stream_loop", str(repeats - 1),
+                    "-i", str(clip), "-c", "copy", str(out)], check=True)
+    return out
+
+
+def make_robot(i: int, fps: float, skew_s: float, stream: StreamConfig, tmp: Path, seconds: float) -> Robot:
     clip, words = clips()[i % len(clips())]
     vport, aport = free_port(), free_port()
-    served = serve_clip(clip, vport, aport, fps=fps, audio_rate_hz=stream.audio_rate_hz)
     name = f"robot{i}"
+    clip = long_clip(clip, seconds, tmp / f"{name}.mpg")
+    served = serve_clip(clip, vport, aport, fps=fps, audio_rate_hz=stream.audio_rate_hz)
     offset = skew_ns(i, skew_s)
     specs = [
         SourceConfig(name=f"{name}-cam", kind="camera", uri=served.video_url, gray=True, queue_size=4),
@@ -164,7 +177,8 @@ def main() -> int:
         max_in_flight=args.max_in_flight, early_trigger=True, live_view=False, runtime=args.runtime,
     )
     tmp = Path(tempfile.mkdtemp(prefix="exitflow-fleet-"))
-    robots = [make_robot(i, args.fps, args.clock_skew_s, stream, tmp) for i in range(args.robots)]
+    seconds = args.warmup_s + args.duration + 300  # start-up (Ray, the model) included, generously
+    robots = [make_robot(i, args.fps, args.clock_skew_s, stream, tmp, seconds) for i in range(args.robots)]
     me = psutil.Process()
     ray_started = False
     shared: Any = None
