@@ -33,7 +33,13 @@ from exitflow.pipeline.live.driver import PipelineDriver
 from exitflow.pipeline.live.preprocess import preprocess_sample
 from exitflow.pipeline.live.sources import Backoff
 from exitflow.pipeline.live.transport import EngineResult, Transport
-from exitflow.pipeline.live.workers import EngineFactory, EngineWorker, SourceFactory, SourceWorker
+from exitflow.pipeline.live.workers import (
+    EngineFactory,
+    EngineWorker,
+    SourceFactory,
+    SourceWorker,
+    in_process,
+)
 from exitflow.pipeline.messages import Sample, SensorMessage
 
 log = logging.getLogger(__name__)
@@ -81,7 +87,7 @@ class LocalEngine:
 
         def decide(ready: Sample, preprocess_ms: float) -> None:
             try:
-                decision, stage_ms, error = self.worker.process(ready)
+                decision, stage_ms, error = in_process(self.worker.process)(ready)
                 stage_ms["preprocess"] = preprocess_ms
                 self.samples += 1
                 out.set_result((decision, stage_ms, error))
@@ -105,7 +111,7 @@ class LocalEngine:
         return out
 
     def status(self) -> dict[str, Any]:
-        return {**self.worker.status(), "preprocess_drops": dict(self.preprocess_drops)}
+        return {**in_process(self.worker.status)(), "preprocess_drops": dict(self.preprocess_drops)}
 
     def close(self) -> None:
         self._pre.shutdown(wait=True)
@@ -160,21 +166,21 @@ class LocalTransport(Transport):
         if wait_s > 0 and not any(len(w.queue) for w in self.workers.values()) and not self._any_done():
             self._wake.wait(wait_s)
         self._wake.clear()
-        return [(name, w.drain()) for name, w in self.workers.items()]
+        return [(name, in_process(w.drain)()) for name, w in self.workers.items()]
 
     def _any_done(self) -> bool:
         return any(f.done() for f in self._futures.values())
 
     def clock_probe(self, name: str, timeout_s: float) -> ClockProbe | None:
         sent_ns = time.monotonic_ns()
-        source_ns = self.workers[name].clock_ns()
+        source_ns = in_process(self.workers[name].clock_ns)()
         return ClockProbe(sent_ns, int(source_ns), time.monotonic_ns())
 
     def poll_health(self) -> list[tuple[str, dict[str, Any] | BaseException]]:
         out: list[tuple[str, dict[str, Any] | BaseException]] = []
         for name, w in self.workers.items():
             try:
-                out.append((name, w.health()))
+                out.append((name, in_process(w.health)()))
             except Exception as e:  # noqa: BLE001 - a source's health() bug is counted by the driver
                 out.append((name, e))
         return out
