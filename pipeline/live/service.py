@@ -3,7 +3,7 @@
 Ray Serve is not part of this project's environment (``ray[serve]`` would add an HTTP proxy and a
 controller process per cluster and FastAPI/Starlette/uvicorn to the install; the robots here call
 from Python over Ray anyway), so the service is a pool of named, detached Ray actors
-(``service.name``-0, -1, ...), each holding one :class:`ServiceReplica`: an async actor whose
+(``service.name``-0, -1, ...), each holding one :class:`ServiceReplica`: a threaded actor whose
 ``process(sample)`` waits in a :class:`~exitflow.pipeline.inference.batcher.MicroBatcher`
 (``@serve.batch`` semantics: up to ``service.max_batch_size`` samples, at most
 ``service.batch_wait_ms`` after the first) and is answered from one
@@ -69,11 +69,11 @@ class ServiceReplica:
         )
 
     @ray.method(enable_task_events=False)  # called per sample: no per-call record in Ray's GCS
-    async def process(self, sample: Sample) -> Result:
+    def process(self, sample: Sample) -> Result:
         """``(decision, stage latencies in ms, None)`` or ``(FailedDecision, ..., error)``; never raises
         for one sample (a full queue, too, comes back as that sample's error)."""
         try:
-            return await self.batcher.submit((sample, time.perf_counter()))
+            return self.batcher.submit((sample, time.perf_counter()))
         except Exception as e:  # noqa: BLE001 - ServiceBusyError or a broken batch: this sample failed
             return self._failed(sample, describe_error("service", e), {})
 
@@ -193,7 +193,7 @@ class InferenceService:
             "num_gpus": service.num_gpus,
             "resources": dict(service.resources),
             "max_restarts": service.max_restarts,
-            "max_concurrency": max(2 * service.max_queued, 16),  # async: waiting samples hold no thread
+            "max_concurrency": service.max_queued + 4,  # a waiting sample holds a thread; + status calls
             "get_if_exists": True,
         }
         if service.detached:

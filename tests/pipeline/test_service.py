@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -25,66 +25,89 @@ def key(d: Decision) -> tuple:
 
 
 # -- the batcher, without Ray ------------------------------------------------------------------
+def call_all(fn, items: list) -> list:
+    """``fn(item)`` for each item on its own thread (as a threaded actor calls); results (or exceptions)
+    in order."""
+    out: list = [None] * len(items)
+
+    def call(i: int) -> None:
+        try:
+            out[i] = fn(items[i])
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            out[i] = e
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(items))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return out
+
+
 def test_concurrent_callers_share_batches_and_each_gets_its_own_result() -> None:
     seen: list[list[int]] = []
+    gate = threading.Event()
 
     def run(items: list[int]) -> list[int]:
         seen.append(list(items))
+        gate.wait(10)  # the first batch holds the leader until every caller is queued
         return [x * 10 for x in items]
 
-    async def main() -> list[int]:
-        batcher = MicroBatcher(run, max_batch_size=4, batch_wait_s=5.0)  # full batches leave at once
-        try:
-            return list(await asyncio.gather(*(batcher.submit(i) for i in range(10))))
-        finally:
-            batcher.shutdown()
-
-    assert asyncio.run(main()) == [i * 10 for i in range(10)]
-    assert [len(b) for b in seen[:2]] == [4, 4] and sorted(x for b in seen for x in b) == list(range(10))
+    batcher = MicroBatcher(run, max_batch_size=4, batch_wait_s=0.0)
+    threading.Timer(0.2, gate.set).start()
+    assert call_all(batcher.submit, list(range(10))) == [i * 10 for i in range(10)]
+    assert all(len(b) <= 4 for b in seen) and sorted(x for b in seen for x in b) == list(range(10))
+    assert max(len(b) for b in seen) == 4  # callers that queued behind the first batch went together
+    stats = batcher.stats()
+    assert stats["items"] == 10 and stats["batches"] == len(seen) and stats["queued"] == 0
 
 
-def test_a_lone_item_does_not_wait_for_a_full_batch() -> None:
-    async def main() -> int:
-        batcher = MicroBatcher(lambda items: items, max_batch_size=64, batch_wait_s=0.0)
-        try:
-            return await batcher.submit(7)
-        finally:
-            batcher.shutdown()
-
-    assert asyncio.run(main()) == 7
+def test_a_lone_item_runs_at_once_on_its_own_thread() -> None:
+    caller = []
+    batcher = MicroBatcher(lambda items: caller.append(threading.get_ident()) or items, max_batch_size=64,
+                           batch_wait_s=0.0)
+    assert batcher.submit(7) == 7 and caller == [threading.get_ident()]
 
 
 def test_a_full_queue_refuses_and_a_failing_batch_reaches_only_its_callers() -> None:
     release = threading.Event()
-    calls = []
+    started = threading.Event()
 
     def run(items: list[int]) -> list[int]:
-        calls.append(items)
         if -1 in items:
             raise RuntimeError("injected")
-        release.wait(5)
+        started.set()
+        release.wait(10)
         return items
 
-    async def main() -> None:
-        batcher = MicroBatcher(run, max_batch_size=1, batch_wait_s=0.0, max_queued=2)
-        try:
-            first = asyncio.ensure_future(batcher.submit(1))  # computing, holds the worker thread
-            while not calls:
-                await asyncio.sleep(0.001)
-            waiting = [asyncio.ensure_future(batcher.submit(i)) for i in (2, 3)]
-            await asyncio.sleep(0)
-            with pytest.raises(ServiceBusyError, match="max_queued"):
-                await batcher.submit(4)
-            release.set()
-            assert await first == 1 and await asyncio.gather(*waiting) == [2, 3]
-            with pytest.raises(RuntimeError, match="injected"):
-                await batcher.submit(-1)
-            assert await batcher.submit(5) == 5  # the loop survived the failing batch
-            assert batcher.stats()["rejected"] == 1
-        finally:
-            batcher.shutdown()
+    batcher = MicroBatcher(run, max_batch_size=1, batch_wait_s=0.0, max_queued=2)
+    first: list = []
+    leader = threading.Thread(target=lambda: first.append(batcher.submit(1)))
+    leader.start()
+    assert started.wait(10)  # item 1 computing: the queue is empty again
+    waiting: list = [None, None]
+    followers = [threading.Thread(target=lambda i=i: waiting.__setitem__(i, batcher.submit(i + 2))) for i in (0, 1)]
+    for t in followers:
+        t.start()
+    deadline = time.monotonic() + 10
+    while batcher.stats()["queued"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    with pytest.raises(ServiceBusyError, match="max_queued"):
+        batcher.submit(4)
+    release.set()
+    for t in (leader, *followers):
+        t.join(10)
+    assert first == [1] and waiting == [2, 3]
+    with pytest.raises(RuntimeError, match="injected"):
+        batcher.submit(-1)
+    assert batcher.submit(5) == 5  # the batcher survived the failing batch
+    assert batcher.stats()["rejected"] == 1
 
-    asyncio.run(main())
+
+def test_many_callers_under_load_all_get_their_results() -> None:
+    batcher = MicroBatcher(lambda items: [x + 1 for x in items], max_batch_size=8, batch_wait_s=0.001)
+    assert call_all(batcher.submit, list(range(200))) == list(range(1, 201))
+    assert batcher.stats()["items"] == 200
 
 
 def test_batcher_bounds_are_checked() -> None:
@@ -114,14 +137,9 @@ def test_replica_batches_callers_and_matches_batch1(parts, rows) -> None:
                              service=ServiceConfig(max_batch_size=16, batch_wait_ms=1000.0))
     bad = Sample(999, 0, {"image": np.full((1, 28, 28), np.nan, np.float32), "audio": rows[0].payloads["audio"]})
 
-    async def main() -> list:
-        try:
-            return list(await asyncio.gather(*(replica.process(s) for s in [*rows, bad])))
-        finally:
-            replica.batcher.shutdown()
-
-    results = asyncio.run(main())
-    assert [key(d) for d, _, error in results[:-1] if error is None] == expected
+    results = call_all(replica.process, [*rows, bad])
+    assert [error for _, _, error in results[:-1]] == [None] * len(rows)
+    assert [key(d) for d, _, _ in results[:-1]] == expected
     decision, _, error = results[-1]
     assert isinstance(decision, FailedDecision) and "NaN" in error  # one bad sample, its own error
     status = replica.status()
