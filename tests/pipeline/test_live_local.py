@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,86 @@ def test_auto_runtime_is_local_for_one_device_and_ray_beyond():
     assert choose_runtime(Cfg(one_device, RayConfig(address="10.0.0.2:6379"))) == "ray"
     assert choose_runtime(Cfg(StreamConfig(runtime="ray"))) == "ray"
     assert choose_runtime(Cfg(StreamConfig(runtime="local", engine_num_gpus=1))) == "local"
+
+
+# -- the same recording through a runtime and through the offline replay ----------------------------
+REPO = Path(__file__).resolve().parents[2]
+GRID_RECORDING = REPO / "examples" / "grid_live.mcap"
+PAIRING_MARGIN_MS = 2.0  # nearer chunk at least this much nearer than the runner-up
+
+
+def recorded_segment(seconds: float = 4.0) -> tuple[int, int]:
+    """(origin_ns, end_ns) of a stretch of the example recording's camera."""
+    stamps = [e.message.timestamp_ns for e in read_recording(GRID_RECORDING)
+              if e.message is not None and e.message.source == "camera0"]
+    origin = stamps[0] + 1_000_000_000
+    return origin, origin + int(seconds * 1e9)
+
+
+def replay_stream_config() -> StreamConfig:
+    # the slop wait (no early trigger): pairing follows the stamps alone, not which thread ran first
+    return StreamConfig(slop_ms=60.0, early_trigger=False, engine_queue_size=1024, engine_queue_policy="block",
+                        max_in_flight=4, trigger_timeout_ms=10_000.0)
+
+
+def recorded_sources(start_ns: int, origin_ns: int, end_ns: int) -> dict:
+    from exitflow.pipeline.live.sources.recorded import RecordedSourceFactory
+
+    return {
+        "camera0": RecordedSourceFactory(str(GRID_RECORDING), "camera0", "image", start_ns, origin_ns, end_ns,
+                                         clock_offset_ns=HOUR_NS),
+        "mic0": RecordedSourceFactory(str(GRID_RECORDING), "mic0", "audio", start_ns, origin_ns, end_ns + 200_000_000,
+                                      clock_offset_ns=-HOUR_NS, begin_ns=origin_ns - 1_500_000_000),  # pre-roll
+    }
+
+
+def offline_decisions(origin_ns: int, end_ns: int) -> tuple[list[Decision], set[int]]:
+    """The replay's decisions on the segment, and the indices of near-tie samples (see PAIRING_MARGIN_MS)."""
+    from exitflow.pipeline.live.playback import replay_recording
+    from exitflow.pipeline.live.rule_engine import RuleEngine
+    from exitflow.pipeline.live.sync import make_synchronizer
+
+    sync = make_synchronizer(replay_stream_config(), ["audio", "image"])
+    decisions = replay_recording(GRID_RECORDING, RuleEngine(), sync, topics=["/sensor/camera0", "/sensor/mic0"])
+    cam = [e.message.timestamp_ns for e in read_recording(GRID_RECORDING)
+           if e.message is not None and e.message.source == "camera0"]
+    mic = np.array([e.message.timestamp_ns for e in read_recording(GRID_RECORDING)
+                    if e.message is not None and e.message.source == "mic0"])
+    by_ts = {d.timestamp_ns: d for d in decisions}
+    kept, ties = [], set()
+    for t in cam:
+        if origin_ns <= t < end_ns and t in by_ts:
+            gaps = np.sort(np.abs(mic - t)) / 1e6
+            if gaps[1] - gaps[0] < PAIRING_MARGIN_MS:
+                ties.add(len(kept))
+            kept.append(by_ts[t])
+    return kept, ties
+
+
+def same_decisions(live: list[Decision], offline: list[Decision], ties: set[int]) -> None:
+    assert len(live) == len(offline), (len(live), len(offline))
+    for k, (a, b) in enumerate(zip(live, offline, strict=True)):
+        if k in ties:
+            continue
+        assert (a.prediction, a.missing, a.order) == (b.prediction, b.missing, b.order), (k, a, b)
+    assert len(ties) < len(offline) // 5
+
+
+def test_the_local_runtime_decides_a_recording_as_the_offline_replay_does():
+    from exitflow.pipeline.live.rule_engine import RuleEngine
+
+    origin, end = recorded_segment()
+    offline, ties = offline_decisions(origin, end)
+    start = time.monotonic_ns() + 3_000_000_000  # after every source has read its part of the file
+    decided: list[Decision] = []
+    pipe = LocalPipeline(replay_stream_config(), RuleEngine, sources=recorded_sources(start, origin, end),
+                         on_decision=decided.append)
+    try:
+        pipe.start()
+        pipe.wait_ready()
+        deadline = time.monotonic() + 30
+        while len(decided) < len(offline) and time.monotonic() < deadline:
+            pipe.step()
+    finally:
+        pipe.shutdown()
+    same_decisions(sorted(decided, key=lambda d: d.sample_id), offline, ties)

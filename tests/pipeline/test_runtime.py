@@ -424,3 +424,36 @@ def test_a_killed_engine_actor_is_an_outage_in_the_log_and_the_run_goes_on(ray_l
     assert [(e["source"], e["event"]) for e in events][:2] == [("engine", "actor_down"), ("engine", "actor_up")]
     failed = [d for d in pipe.decisions if getattr(d, "error", None)]
     assert failed and all(d.error.startswith(("engine_unavailable:", "engine_call:")) for d in failed)
+
+
+@pytest.mark.slow
+def test_the_ray_runtime_decides_a_recording_as_the_offline_replay_and_the_local_runtime_do(ray_local):
+    """Same recording, clocks an hour off both ways, source actors in their own processes: the same
+    decisions as the offline replay (which the local runtime matches too, tests/pipeline/test_live_local.py)."""
+    from exitflow.pipeline.live.rule_engine import RuleEngine as Rules
+    from tests.pipeline.test_live_local import (
+        offline_decisions,
+        recorded_segment,
+        recorded_sources,
+        replay_stream_config,
+        same_decisions,
+    )
+
+    origin, end = recorded_segment()
+    offline, ties = offline_decisions(origin, end)
+    start = time.monotonic_ns() + 25_000_000_000  # actors start (and read the file) well before
+    decided: list[Decision] = []
+    pipe = LivePipeline(replay_stream_config(), Rules, sources=recorded_sources(start, origin, end),
+                        on_decision=decided.append)
+    try:
+        pipe.start()
+        pipe.wait_ready(timeout_s=90)
+        assert time.monotonic_ns() < start - 2_000_000_000, "actors took too long to start for this test's timeline"
+        deadline = time.monotonic() + 60
+        while len(decided) < len(offline) and time.monotonic() < deadline:
+            pipe.step()
+        snap = pipe.snapshot()
+    finally:
+        pipe.shutdown()
+    same_decisions(sorted(decided, key=lambda d: d.sample_id), offline, ties)
+    assert snap["runtime"] == "ray" and set(snap["clock_skewed"]) == {"camera0", "mic0"}
