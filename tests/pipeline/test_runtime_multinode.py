@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from exitflow.pipeline.config import RayConfig, ServiceConfig, SourceConfig, StreamConfig  # noqa: E402
-from exitflow.pipeline.live.placement import job_runtime_env  # noqa: E402
+from exitflow.pipeline.live.placement import job_runtime_env, node_affinity  # noqa: E402
 from exitflow.pipeline.live.runtime import LivePipeline, start_ray  # noqa: E402
 from exitflow.pipeline.live.service import InferenceService  # noqa: E402
 from exitflow.pipeline.messages import Sample  # noqa: E402
@@ -73,10 +73,11 @@ def test_sources_and_engine_run_on_different_nodes_with_the_project_shipped(tmp_
         while time.monotonic() < end and (len(pipe.decisions) < 20 or all(d.missing for d in pipe.decisions)):
             pipe.step()
         source_package = ray.get(pipe.source_actors["cam"].package_path.remote(), timeout=30)
-        # the shared inference service, placed by its resources on the engine's node
+        # the shared inference service, pinned to the engine's node by its node id (node affinity)
         service = InferenceService.start(
-            RULE_ENGINE, service=ServiceConfig(name="multinode-service", num_cpus=0.25, resources={"engine_node": 1},
-                                               detached=False, batch_wait_ms=50.0),
+            RULE_ENGINE, service=ServiceConfig(name="multinode-service", num_cpus=0.25, detached=False,
+                                               batch_wait_ms=50.0),
+            **node_affinity(nodes["engine"]),
         )
         service_nodes = service.wait_ready(timeout_s=180)
         frame = np.full((1, 28, 28), 0.375, np.float32)  # exact in binary: the rule engine votes int(37.5) % 10 = 7
