@@ -18,7 +18,7 @@ pick), so with every stream present a sample leaves when its last needed message
 ``latest`` modality (text) never holds a sample: it takes the newest message in when the sample
 leaves, so a line that comes within the slop *after* the frame goes with the next frame instead
 (the slop wait would have given it to this one). A modality that has sent nothing yet still gets
-the full slop.
+the full slop, and one silent for longer than ``trigger_timeout`` (a sensor gone) none.
 When the trigger source goes quiet for ``trigger_timeout`` the synchronizer falls back to a clock
 at ``fallback_hz`` so the other modalities keep flowing, with the trigger in ``missing``.
 Every drop is counted with its reason; a timestamp that goes backwards is logged, dropped and
@@ -273,6 +273,9 @@ class Synchronizer:
             if m == self.trigger:
                 continue
             newest = self._newest_ns.get(m)
+            quiet_since = newest if newest is not None else self._first_seen_ns
+            if quiet_since is not None and t_ns - quiet_since > self.trigger_timeout_ns:
+                continue  # silent for longer than the trigger timeout: gone, waiting would not help
             if newest is None:
                 return False  # nothing yet: give it the slop
             policy = self.policies[m]

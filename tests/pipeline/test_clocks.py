@@ -112,3 +112,16 @@ def test_early_trigger_waits_for_a_partner_that_would_be_nearer():
     sync.push(_img(260))  # nothing from audio after 200 yet; 300 would be nearer for 260, not for 230
     out = sync.poll(261 * MS)
     assert [s.timestamp_ns for s in out] == [230 * MS]
+
+
+def test_early_trigger_does_not_wait_for_a_modality_that_went_silent():
+    sync = _sync(True)  # trigger timeout 10 s
+    sync.push(_aud(0))
+    sync.push(_aud(100))
+    sync.push(_img(30))
+    assert len(sync.poll(31 * MS)) == 1  # chunk 0 is the nearest and chunk 100 is in: no wait
+    sync.push(_img(5_000))
+    assert sync.poll(5_001 * MS) == []  # audio silent for 4.9 s: within the timeout, it gets the slop
+    sync.push(_img(10_200))  # 10.1 s without audio: gone, this frame does not wait for it
+    out = sync.poll(10_201 * MS)
+    assert [s.timestamp_ns for s in out] == [5_000 * MS, 10_200 * MS] and all("audio" in s.missing for s in out)
