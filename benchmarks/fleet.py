@@ -112,7 +112,8 @@ def long_clip(clip: Path, seconds: float, out: Path) -> Path:
     return out
 
 
-def make_robot(i: int, fps: float, skew_s: float, stream: StreamConfig, tmp: Path, seconds: float) -> Robot:
+def make_robot(i: int, fps: float, skew_s: float, stream: StreamConfig, tmp: Path, seconds: float,
+               chunk_ms: float) -> Robot:
     clip, words = clips()[i % len(clips())]
     vport, aport = free_port(), free_port()
     name = f"robot{i}"
@@ -121,7 +122,7 @@ def make_robot(i: int, fps: float, skew_s: float, stream: StreamConfig, tmp: Pat
     offset = skew_ns(i, skew_s)
     specs = [
         SourceConfig(name=f"{name}-cam", kind="camera", uri=served.video_url, gray=True, queue_size=4),
-        SourceConfig(name=f"{name}-mic", kind="pcm_tcp", uri=served.audio_address, chunk_ms=20, queue_size=16),
+        SourceConfig(name=f"{name}-mic", kind="pcm_tcp", uri=served.audio_address, chunk_ms=chunk_ms, queue_size=16),
         SourceConfig(name=f"{name}-words", kind="text_jsonl", uri=str(write_words(words, tmp / f"{name}.jsonl")),
                      realtime=True, loop=True, queue_size=8),
     ]
@@ -163,6 +164,8 @@ def main() -> int:
                         help="ray: one plain engine actor (batch 1) instead of the shared batched service")
     parser.add_argument("--config", default=str(REPO / "config.yaml"), help="config whose stream.engine runs")
     parser.add_argument("--engine", default=None, help="override stream.engine (e.g. a rule engine)")
+    parser.add_argument("--mic-chunk-ms", type=float, default=20.0,
+                        help="PCM chunk length: a frame waits for the chunk after it, so shorter is faster")
     parser.add_argument("--engine-queue", type=int, default=4, help="stream.engine_queue_size (drop_oldest)")
     parser.add_argument("--max-in-flight", type=int, default=2, help="stream.max_in_flight")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the figures here")
@@ -178,7 +181,8 @@ def main() -> int:
     )
     tmp = Path(tempfile.mkdtemp(prefix="exitflow-fleet-"))
     seconds = args.warmup_s + args.duration + 300  # start-up (Ray, the model) included, generously
-    robots = [make_robot(i, args.fps, args.clock_skew_s, stream, tmp, seconds) for i in range(args.robots)]
+    robots = [make_robot(i, args.fps, args.clock_skew_s, stream, tmp, seconds, args.mic_chunk_ms)
+              for i in range(args.robots)]
     me = psutil.Process()
     ray_started = False
     shared: Any = None
@@ -297,6 +301,7 @@ def main() -> int:
         "clock_skew_s": args.clock_skew_s,
         "engine_queue_size": args.engine_queue,
         "max_in_flight": args.max_in_flight,
+        "mic_chunk_ms": args.mic_chunk_ms,
     }
     text = json.dumps(out, indent=1, default=str)
     print(text)

@@ -124,6 +124,11 @@ class ClockBook:
                 source, skew_ns / 1e9, self.slop_ns / 1e6,
             )
 
+    def reset(self, source: str) -> None:
+        """Forget ``source``'s probes (a restarted source may run on another host's clock)."""
+        self._estimators.pop(source, None)
+        self._warned.discard(source)
+
     def offset_ns(self, source: str) -> int | None:
         """Source clock minus the driver's monotonic clock, or None before the first probe."""
         est = self._estimators.get(source)

@@ -57,6 +57,7 @@ MAX_RECENT_OUTAGES = 50
 HEALTH_PERIOD_NS = 500_000_000
 CLOCK_PROBE_PERIOD_NS = 2_000_000_000  # one source's clock per period, in turn
 CLOCK_PROBES_AT_START = 3
+PROBE_TIMEOUT_S = 0.02  # a probe in the loop blocks it: a slower answer is dropped (and would be a poor estimate)
 
 
 @dataclass
@@ -204,7 +205,7 @@ class PipelineDriver:
             h = handles[self._probe_turn % len(handles)]
             self._probe_turn += 1
             if h.state == "alive":
-                self._probe_clock(h, timeout_s=0.2)
+                self._probe_clock(h, timeout_s=PROBE_TIMEOUT_S)
             self._last_probe_ns = now
         return n
 
@@ -300,7 +301,8 @@ class PipelineDriver:
         if h.incarnation is not None and incarnation != h.incarnation:
             h.restarts += 1
             self._event(h, h.name, "actor_up", f"restart {h.restarts}")
-            self._probe_clock(h, timeout_s=0.2)  # a new process may run on another host's clock
+            self.clocks.reset(h.name)  # a new process may run on another host's clock
+            self._probe_clock(h, timeout_s=PROBE_TIMEOUT_S)
         elif h.state == "restarting":  # the same incarnation answers again (a transient outage)
             self._event(h, h.name, "actor_up", "reachable again")
         h.state = "alive"

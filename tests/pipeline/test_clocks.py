@@ -56,6 +56,8 @@ def test_source_clock_offset_is_seen_as_skew_and_corrected(caplog):
     assert abs(book.to_driver_ns("mic", time.time_ns()) - time.monotonic_ns()) < 5 * MS
     assert book.skew_ns("mic") is None and "mic" not in book.to_dict()
     assert abs(driver_wall_offset_ns() - (time.time_ns() - time.monotonic_ns())) < 5 * MS
+    book.reset("cam")  # a restarted source: its old clock's probes are forgotten
+    assert book.skew_ns("cam") is None and "cam" not in book.to_dict()
 
 
 def _img(t_ms: float) -> SensorMessage:
