@@ -99,7 +99,7 @@ class LocalEngine:
         def prepare() -> None:
             t0 = time.perf_counter()
             try:
-                ready = preprocess_sample(sample, self.preprocess_drops)
+                ready = preprocess_sample(sample, self.preprocess_drops, self.worker.preprocessing)
             except BaseException as e:  # noqa: BLE001 - preprocess_sample never raises for a payload
                 out.set_exception(e)
                 if done is not None:

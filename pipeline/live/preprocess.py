@@ -35,6 +35,19 @@ log = logging.getLogger(__name__)
 IMAGE_SIDE = DEFAULT_PREPROCESSING.image_side
 
 
+def model_preprocessing(cfg: Any) -> Preprocessing:
+    """The preprocessing the configured model expects: a bundle's (``engine.bundle``) or the defaults.
+
+    ``cfg`` may be None or not a whole config (an engine factory's own argument): defaults then.
+    """
+    engine = getattr(cfg, "engine", None)
+    if not getattr(engine, "bundle", None):
+        return DEFAULT_PREPROCESSING
+    from exitflow.pipeline.bundles.load import preprocessing_of  # torch-heavy: only with a bundle
+
+    return preprocessing_of(cfg)
+
+
 def preprocess_image(frame: np.ndarray, preprocessing: Preprocessing = DEFAULT_PREPROCESSING) -> np.ndarray:
     """uint8 (H, W) or (H, W, C) -> float32 (1, side, side) (28x28 in [0, 1] by default).
 

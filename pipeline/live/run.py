@@ -23,6 +23,8 @@ from exitflow.pipeline.live.driver import PipelineDriver
 from exitflow.pipeline.live.foxglove_server import FanOut, FoxgloveLiveServer
 from exitflow.pipeline.live.local_runtime import LocalPipeline, choose_runtime
 from exitflow.pipeline.live.metrics import MetricsExporter
+from exitflow.pipeline.live.placement import job_runtime_env
+from exitflow.pipeline.live.preprocess import IMAGE_SIDE, model_preprocessing
 from exitflow.pipeline.live.recording import RecordingWriter, recording_metadata
 from exitflow.pipeline.live.runtime import ENGINE_ACTOR_NAME, LivePipeline, start_ray
 from exitflow.pipeline.live.workers import EngineFactory, LiveRuntimeError
@@ -41,6 +43,20 @@ def resolve_source_paths(cfg: Any) -> tuple[SourceConfig, ...]:
         )
         out.append(dataclasses.replace(spec, uri=str(resolve_path(cfg, spec.uri))) if is_file else spec)
     return tuple(out)
+
+
+def edge_preprocessing(stream: Any, cfg: Any, record_path: Path | None, runtime: str) -> Any:
+    """``stream`` with frame reduction at the source turned off where it would lose something: when
+    recording (the recording keeps the full frames a data set needs) or when the model's image side
+    is not the one the source reduces to (a bundle of an imported set)."""
+    if runtime != "ray" or not stream.preprocess_at_source:
+        return stream
+    reason = ("recording keeps full frames" if record_path is not None else
+              "the model's image side differs" if model_preprocessing(cfg).image_side != IMAGE_SIDE else None)
+    if reason is None:
+        return stream
+    log.info("stream.preprocess_at_source off for this run: %s", reason)
+    return dataclasses.replace(stream, preprocess_at_source=False)
 
 
 def run_live(
@@ -84,12 +100,13 @@ def run_live(
         live_server = FoxgloveLiveServer(stream.foxglove_host, stream.foxglove_port, stream.record_image_format,
                                          stream.record_jpeg_quality)
     runtime = choose_runtime(cfg)
+    stream = edge_preprocessing(stream, cfg, record_path, runtime)
     metrics = None
     try:
         if stream.metrics_port is not None:
             metrics = MetricsExporter(stream.metrics_port, stream.metrics_host)
             log.info("metrics on http://%s:%d/metrics", metrics.host, metrics.port)
-        started = start_ray(cfg.ray) if runtime == "ray" else False
+        started = start_ray(cfg.ray, runtime_env=job_runtime_env(stream, cfg.ray)) if runtime == "ray" else False
     except BaseException:
         if live_server is not None:
             live_server.close()

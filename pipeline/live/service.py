@@ -36,7 +36,7 @@ from exitflow.pipeline.inference.batch_engine import as_batch_engine
 from exitflow.pipeline.inference.batcher import MicroBatcher
 from exitflow.pipeline.live.failures import describe_error, failed_decision
 from exitflow.pipeline.live.placement import package_path
-from exitflow.pipeline.live.preprocess import preprocess_sample
+from exitflow.pipeline.live.preprocess import model_preprocessing, preprocess_sample
 from exitflow.pipeline.live.workers import EngineFactory, LiveRuntimeError, resolve_engine_factory
 from exitflow.pipeline.messages import Decision, Sample
 
@@ -61,6 +61,7 @@ class ServiceReplica:
         self.engine = resolve_engine_factory(factory)(cfg) if isinstance(factory, str) else factory()
         self.batch_engine = as_batch_engine(self.engine)
         self.preprocess = preprocess
+        self.preprocessing = model_preprocessing(cfg)  # a bundle's, else the defaults
         self.failures = 0
         self.preprocess_drops: dict[str, int] = {}
         self.budget: dict[str, Any] = {}
@@ -84,7 +85,7 @@ class ServiceReplica:
         ready: list[tuple[int, Sample]] = []
         for i, (sample, _) in enumerate(items):
             try:
-                ready.append((i, preprocess_sample(sample, self.preprocess_drops) if self.preprocess else sample))
+                ready.append((i, preprocess_sample(sample, self.preprocess_drops, self.preprocessing) if self.preprocess else sample))
             except Exception as e:  # noqa: BLE001
                 results[i] = self._failed(sample, describe_error("preprocess", e), {})
         preprocess_ms = (time.perf_counter() - start) * 1000.0

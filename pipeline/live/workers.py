@@ -28,7 +28,7 @@ import ray
 from exitflow.pipeline.config import SourceConfig
 from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.live.failures import OutageEvent, describe_error, failed_decision
-from exitflow.pipeline.live.preprocess import preprocess_sample
+from exitflow.pipeline.live.preprocess import model_preprocessing, preprocess_sample
 from exitflow.pipeline.live.queues import BoundedQueue
 from exitflow.pipeline.live.sources import Backoff, Source, build_source
 from exitflow.pipeline.messages import Decision, Sample, SensorMessage
@@ -225,6 +225,7 @@ class EngineWorker:
     def __init__(self, factory: EngineFactory | str, cfg: Any = None, preprocess: bool = True):
         self.engine = resolve_engine_factory(factory)(cfg) if isinstance(factory, str) else factory()
         self.preprocess = preprocess
+        self.preprocessing = model_preprocessing(cfg)  # a bundle's, else the defaults
         self.budget: dict[str, Any] = {}
         self.failures = 0
         self.preprocess_drops: dict[str, int] = {}
@@ -238,7 +239,7 @@ class EngineWorker:
         stage = "preprocess"
         try:
             if self.preprocess:
-                sample = preprocess_sample(sample, self.preprocess_drops)
+                sample = preprocess_sample(sample, self.preprocess_drops, self.preprocessing)
             t1 = time.perf_counter()
             stage_ms["preprocess"] = (t1 - t0) * 1e3
             stage = "engine"
