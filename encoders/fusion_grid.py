@@ -7,6 +7,12 @@ encoder step). A modality that is absent from the sample is replaced by a learne
 its last exit, trained by modality dropout. Each head has its own temperature (fitted on
 calibration data) so the exit rule reads calibrated scores.
 
+Any number of modalities: one modality gives one head per exit (named ``fused_image2``, apart from
+the encoder's own exit ``image2``; the engine's walk ends with it as it ends with the fusion of two
+modalities), three give a head per triple of exits (3 x 3 x 3 = 27 for three-exit CNNs), and a
+subset of them (a fused check before the third modality has run) uses the same heads with the
+placeholders of the absent ones (:func:`subset_key` names those outputs).
+
 ``fuse_exits(outputs)`` follows the engine's fusion protocol: ``outputs`` maps modality ->
 :class:`~encoders.base.ExitOutput` (its ``exit_index`` selects the head, its ``embedding`` is the
 input); the result carries ``logits`` (B, C) and per-sample ``macs`` of the head that ran.
@@ -36,8 +42,16 @@ class GridFusionOutput:
 
 
 def grid_key(exits: Mapping[str, int], modalities: Sequence[str]) -> str:
-    """The head name of an exit combination, e.g. ``image2_audio0`` (modalities in model order)."""
-    return "_".join(f"{m}{int(exits[m])}" for m in modalities)
+    """The head name of an exit combination, e.g. ``image2_audio0`` (modalities in model order);
+    ``fused_image2`` for a grid of one modality (``image2`` names the encoder's own exit)."""
+    key = "_".join(f"{m}{int(exits[m])}" for m in modalities)
+    return key if len(modalities) > 1 else f"fused_{key}"
+
+
+def subset_key(exits: Mapping[str, int], modalities: Sequence[str]) -> str:
+    """The output name of a fusion over the modalities in ``exits`` only (the others absent), e.g.
+    ``image2_audio1`` in a grid of image, audio and text; the head name when every modality is present."""
+    return grid_key(exits, [m for m in modalities if m in exits])
 
 
 class ExitGridFusion(nn.Module):
@@ -52,8 +66,8 @@ class ExitGridFusion(nn.Module):
 
     def __init__(self, dims: Mapping[str, Sequence[int]], num_classes: int, hidden_dim: int = 64):
         super().__init__()
-        if len(dims) < 2 or any(len(d) == 0 for d in dims.values()):
-            raise ValueError(f"grid fusion needs >= 2 modalities with >= 1 exit each, got {dict(dims)}")
+        if len(dims) < 1 or any(len(d) == 0 for d in dims.values()):
+            raise ValueError(f"grid fusion needs >= 1 modality with >= 1 exit each, got {dict(dims)}")
         self.modalities = list(dims)
         self.dims = {m: [int(d) for d in ds] for m, ds in dims.items()}
         self.num_classes, self.hidden_dim = int(num_classes), int(hidden_dim)

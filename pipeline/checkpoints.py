@@ -78,7 +78,7 @@ def _meta_problems(meta: dict[str, Any]) -> list[str]:
             problems.append("hidden_dim: expected an integer in 1..65536")
     if kind == "fusion_grid":
         dims = meta.get("dims")
-        if not (isinstance(dims, dict) and len(dims) >= 2 and all(
+        if not (isinstance(dims, dict) and len(dims) >= 1 and all(
                 isinstance(v, list) and v and all(_count(d) for d in v) for v in dims.values())):
             problems.append("dims: expected an object of modality -> list of exit widths (1..65536)")
         for key in ("num_classes", "hidden_dim"):

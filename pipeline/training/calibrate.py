@@ -3,7 +3,10 @@
 The engine's walk for an image + audio sample, in the policy's modality order ``first, second``:
 ``first``'s exits in depth order (exit when its own score passes), then ``second``'s exits, each
 followed by a fused check over ``first``'s last exit and ``second``'s exit so far (exit when the
-fused score passes); ``second``'s last exit ends with the fusion over both last exits. This
+fused score passes); ``second``'s last exit ends with the fusion over both last exits. With three
+modalities the third's exits follow in the same way (each with a fused check over the earlier
+modalities' last exits and the third's exit so far; the checks before it fuse with the third
+absent); with one modality its exits are followed by the fusion head over its last exit. This
 module replays that walk on the calibration split's per-exit logits for every combination of a
 threshold grid (vectorised numpy, no model runs) and keeps the cheapest combination whose
 accuracy is within ``scheduler.calibration_drop`` of the full model on the same split and whose
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
+from exitflow.encoders.fusion_grid import ExitGridFusion, subset_key
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit
 from exitflow.pipeline.data.imported import ImportedSplit
@@ -55,7 +58,9 @@ def family_logits(
     encoders: Mapping[str, torch.nn.Module], fusion: ExitGridFusion, inputs: Mapping[str, torch.Tensor],
     calibrated: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Logits (B, C) of every exit (``image0``, ``audio2``, ...) and every grid head (``image2_audio0``).
+    """Logits (B, C) of every exit (``image0``, ``audio2``, ...) and every grid head (``image2_audio0``);
+    with three or more modalities also of every fusion over a subset of two or more of them, the others
+    absent (``image2_audio0`` in a grid of image, audio and text: the walk's checks before the last modality).
 
     ``calibrated`` divides by the stored temperatures; False gives the raw logits (training, fitting T).
     """
@@ -64,10 +69,13 @@ def family_logits(
     for m in fusion.modalities:
         for o in outs[m]:
             logits[f"{m}{o.exit_index}"] = o.logits if calibrated else o.logits * encoders[m].temperatures[o.exit_index]
-    for combo in itertools.product(*(range(len(outs[m])) for m in fusion.modalities)):
-        exits = dict(zip(fusion.modalities, combo, strict=True))
-        embeddings = {m: outs[m][e].embedding for m, e in exits.items()}
-        logits[grid_key(exits, fusion.modalities)] = fusion.fuse(embeddings, exits, calibrated)
+    every = len(fusion.modalities)
+    subsets = [fusion.modalities] + [list(c) for r in range(2, every) for c in itertools.combinations(fusion.modalities, r)]
+    for subset in subsets:
+        for combo in itertools.product(*(range(len(outs[m])) for m in subset)):
+            exits = dict(zip(subset, combo, strict=True))
+            embeddings = {m: outs[m][e].embedding for m, e in exits.items()}
+            logits[subset_key(exits, fusion.modalities)] = fusion.fuse(embeddings, exits, calibrated)
     return logits
 
 
@@ -103,7 +111,7 @@ class WalkSimulator:
     Args:
         logits: Output key -> calibrated logits (N, C) (``family_logits`` keys).
         labels: (N,) class indices.
-        order: The two modalities in the policy's order.
+        order: The modalities (one, two or three) in the policy's order.
         exit_macs: Modality -> cumulative MACs at each exit (heads of every earlier exit included).
         head_macs: Grid head key -> MACs of that fusion head.
         rule: ``entropy`` or ``max_prob``.
@@ -116,22 +124,30 @@ class WalkSimulator:
     ):
         if rule not in THRESHOLD_GRID:
             raise ValueError(f"the walk simulation supports {sorted(THRESHOLD_GRID)}, not {rule!r}")
-        if len(order) != 2:
-            raise ValueError(f"the CNN family walk has two modalities, got order {list(order)}")
+        if not 1 <= len(order) <= 3 or len(set(order)) != len(order):
+            raise ValueError(f"the CNN family walk has one, two or three modalities, got order {list(order)}")
         self.order, self.rule, self.labels = tuple(order), rule, np.asarray(labels)
         self.modalities = tuple(modalities or order)  # the grid's key order
-        first, second = self.order
-        self.checks: list[tuple[str, str, float, np.ndarray, np.ndarray]] = []  # (name, kind, macs, score, pred)
-        n_first, n_second = len(exit_macs[first]), len(exit_macs[second])
+        # (name, threshold key, macs, score, pred) of every check in walk order
+        self.checks: list[tuple[str, str, float, np.ndarray, np.ndarray]] = []
+        first = self.order[0]
+        for e in range(len(exit_macs[first])):
+            self._add(f"{first}{e}", first, float(exit_macs[first][e]), logits[f"{first}{e}"])
         fused_macs = 0.0
-        for e in range(n_first):
-            self._add(f"{first}{e}", "first", float(exit_macs[first][e]), logits[f"{first}{e}"])
-        for e in range(n_second):
-            base = float(exit_macs[first][-1] + exit_macs[second][e])
-            self._add(f"{second}{e}", "second", base + fused_macs, logits[f"{second}{e}"])
-            key = grid_key({first: n_first - 1, second: e}, self.modalities)
-            fused_macs += float(head_macs[key])
-            self._add(key, "fusion", base + fused_macs, logits[key])
+        if len(self.order) == 1:  # the fusion head over the last exit ends the walk
+            key = subset_key({first: len(exit_macs[first]) - 1}, self.modalities)
+            self._add(key, FUSION_KEY, float(exit_macs[first][-1] + head_macs[key]), logits[key])
+        for k, m in enumerate(self.order[1:], start=1):
+            earlier = {o: len(exit_macs[o]) - 1 for o in self.order[:k]}
+            for e in range(len(exit_macs[m])):
+                base = float(sum(exit_macs[o][-1] for o in earlier) + exit_macs[m][e])
+                self._add(f"{m}{e}", m, base + fused_macs, logits[f"{m}{e}"])
+                key = subset_key({**earlier, m: e}, self.modalities)
+                # a fusion with modalities absent runs the head of their last exits (their placeholders)
+                head = subset_key({o: earlier.get(o, len(exit_macs[o]) - 1) if o != m else e for o in self.modalities},
+                                  self.modalities)
+                fused_macs += float(head_macs[head])
+                self._add(key, FUSION_KEY, base + fused_macs, logits[key])
 
     def _add(self, name: str, kind: str, macs: float, logits: np.ndarray) -> None:
         probs = _softmax(np.asarray(logits, dtype=np.float64))
@@ -139,8 +155,7 @@ class WalkSimulator:
         self.checks.append((name, kind, macs, score, probs.argmax(axis=1)))
 
     def run(self, thresholds: Mapping[str, float]) -> WalkResult:
-        """Simulate with ``thresholds`` (``first``, ``second`` and ``fusion`` keys)."""
-        first, second = self.order
+        """Simulate with ``thresholds`` (a key per modality and ``fusion``)."""
         n = self.labels.shape[0]
         done = np.zeros(n, dtype=bool)
         pred = np.zeros(n, dtype=np.int64)
@@ -148,8 +163,8 @@ class WalkSimulator:
         shares, precision, full_precision = {}, {}, {}
         full_right = self.checks[-1][4] == self.labels
         last = len(self.checks) - 1
-        for i, (name, kind, cost, score, p) in enumerate(self.checks):
-            tau = thresholds[{"first": first, "second": second, "fusion": FUSION_KEY}[kind]]
+        for i, (name, key, cost, score, p) in enumerate(self.checks):
+            tau = thresholds[key]
             fire = ~done if i == last else ~done & passes(self.rule, score, tau)  # the final fusion answers the rest
             pred[fire], macs[fire] = p[fire], cost
             shares[name] = float(fire.mean())
@@ -187,12 +202,15 @@ class WalkSimulator:
         bar alone lets exits through that are much worse than the full model where it is strong
         (measured: docs/adaptive.md).
         """
-        grid = tuple(grid or THRESHOLD_GRID[self.rule])
+        if grid is None:  # three modalities: every other value of the grid (7^4 threshold sets, not 13^4)
+            grid = THRESHOLD_GRID[self.rule][:: 2 if len(self.order) > 2 else 1]
+        grid = tuple(grid)
         target = self.full_accuracy() - max_drop
         best: tuple[dict[str, float], WalkResult] | None = None
         self.last_admissible: list[tuple[dict[str, float], WalkResult]] = []  # cheaper and cheaper
-        for t_first, t_second, t_fusion in itertools.product(grid, grid, grid):
-            thresholds = {self.order[0]: t_first, self.order[1]: t_second, FUSION_KEY: t_fusion}
+        keys = (*self.order, FUSION_KEY)
+        for values in itertools.product(grid, repeat=len(keys)):
+            thresholds = dict(zip(keys, values, strict=True))
             result = self.run(thresholds)
             if result.accuracy < target:
                 continue
@@ -201,7 +219,7 @@ class WalkSimulator:
                 if best is None or result.macs < best[1].macs:
                     best = (thresholds, result)
         if best is None:  # nothing exits early at that accuracy: never exit (the grid's first value)
-            never = {self.order[0]: grid[0], self.order[1]: grid[0], FUSION_KEY: grid[0]}
+            never = dict.fromkeys(keys, grid[0])
             best = (never, self.run(never))
         return best
 

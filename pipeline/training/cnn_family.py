@@ -9,11 +9,13 @@ temperatures are then fitted on ``val``. The result is ``checkpoints/cnn_<datase
 ``audio/``, ``fusion/`` and a model card); the per-exit logits of every evaluation split are
 written beside it for the operating-point search (``exitflow calibrate``).
 
-An imported set (``exitflow data import DIR``) trains the same way on its two modalities (image,
-audio and/or text: a CNN per modality, shaped by its stored preprocessing: the image side, the
+An imported set (``exitflow data import DIR``) trains the same way on its one, two or three
+modalities (image, audio and/or text: a CNN per modality, shaped by its stored preprocessing: the image side, the
 112x112 spectrogram, the character grid of text), with its own number of classes, into
 ``DIR/model/`` beside a copy of its ``classes.json`` and ``preprocessing.json``; its evaluation
 splits are ``val`` (group-disjoint from train) and ``test``. Rows without a modality hold zeros.
+With one modality the grid is a fusion head per exit of that modality (the walk's last step); with
+three it is a head per triple of exits, also trained with one or two modalities absent.
 
 The loss weights every output equally by default; ``reweight: mmexit`` uses MMExit's double-stage
 re-weighting (:class:`encoders.joint_loss.DoubleStageReweighter`, loss values as the running signal,
@@ -79,9 +81,9 @@ def family_shape(dataset: str, dropout: float) -> FamilyShape:
         return FamilyShape(MODALITIES, {m: cnn_preset(m, dropout=dropout) for m in MODALITIES}, NUM_CLASSES,
                            EVAL_SPLITS)
     modalities, classes = dataset_modalities(dataset), class_names(dataset)
-    if len(modalities) != 2:
-        raise ExitflowError(f"the CNN family (its exit grid and calibrated walk) needs exactly two modalities; "
-                            f"{dataset} has {'+'.join(modalities)}")
+    if not 1 <= len(modalities) <= 3:
+        raise ExitflowError(f"the CNN family (its exit grid and calibrated walk) covers one to three modalities; "
+                            f"{dataset} has {'+'.join(modalities) or 'none'}")
     if len(classes) < 2:
         raise ExitflowError(f"{dataset} has {len(classes)} class(es); a classifier needs at least two")
     pre = dataset_preprocessing(dataset)
@@ -153,7 +155,7 @@ def train_batch(
 
 # -- the model -----------------------------------------------------------------------------------
 class CNNFamily(torch.nn.Module):
-    """The two encoders and the grid fusion, as one module for training (AV-MNIST's image + audio by default)."""
+    """The encoders and the grid fusion, as one module for training (AV-MNIST's image + audio by default)."""
 
     def __init__(self, dropout: float, fusion_hidden: int, shape: FamilyShape | None = None):
         super().__init__()
@@ -170,11 +172,15 @@ class CNNFamily(torch.nn.Module):
 
 
 def _outputs_with_absent(model: CNNFamily, inputs: dict[str, torch.Tensor], gen: torch.Generator, p: float):
-    """Training outputs, plus the fused output with one modality absent at a random exit of the other."""
+    """Training outputs, plus the fused output of one modality alone (the others absent) at a random exit."""
     logits = model(inputs)
-    if p > 0 and float(torch.rand((), generator=gen)) < p * 2:
-        absent = model.modalities[int(torch.randint(0, 2, (), generator=gen))]
-        kept = next(m for m in model.modalities if m != absent)
+    n = len(model.modalities)
+    if n > 1 and p > 0 and float(torch.rand((), generator=gen)) < p * 2:
+        if n == 2:  # one absent, the other kept
+            absent = model.modalities[int(torch.randint(0, 2, (), generator=gen))]
+            kept = next(m for m in model.modalities if m != absent)
+        else:  # the subsets of two are in every output (family_logits); here one modality alone
+            kept = model.modalities[int(torch.randint(0, n, (), generator=gen))]
         outs = model.encoders[kept](inputs[kept])
         e = int(torch.randint(0, len(outs), (), generator=gen))
         logits[f"{kept}_alone"] = model.fusion.fuse({kept: outs[e].embedding}, {kept: e}, calibrated=False)
@@ -195,7 +201,7 @@ def _loss(logits: dict[str, torch.Tensor], y: torch.Tensor, rw: DoubleStageRewei
         losses = [F.cross_entropy(v, y) for v in logits.values()]
         return sum(losses) / len(losses)
     grouped: dict[str, Any] = {m: [F.cross_entropy(logits[f"{m}{e}"], y) for e in range(3)] for m in modalities}
-    fused = [F.cross_entropy(v, y) for k, v in logits.items() if "_" in k]
+    fused = [F.cross_entropy(v, y) for k, v in logits.items() if "_" in k]  # grid heads, subsets, alone
     grouped["fusion"] = sum(fused) / len(fused)
     return rw(grouped, epoch)
 
@@ -329,14 +335,14 @@ def _write_cards(model: CNNFamily, out: Path, report: dict[str, Any]) -> None:
              "|---|---|---|" + "---|" * len(splits)]
     for k in rows:
         cost = macs[k] if "_" not in k else (
-            f"head {macs[k]:,} (+ encoders to " + " and ".join(k.split("_")) + ")")
+            f"head {macs[k]:,} (+ encoders to " + " and ".join(k.removeprefix("fused_").split("_")) + ")")
         cost = f"{cost:,}" if isinstance(cost, int) else cost
         table.append(f"| {k} | {cost} | {temps.get(k, 1.0):.3f} | "
                      + " | ".join(f"{acc[sp][k]:.4f}" for sp in splits) + " |")
     text = "\n".join([
         f"# CNN family on {report['dataset']}", "",
         f"{' and '.join(model.modalities).capitalize()} CNN encoders with an exit after every block (`encoders/cnn.py`) and a late-fusion head "
-        "for every pair of exits (`encoders/fusion_grid.py`), trained jointly (`pipeline/training/cnn_family.py`). "
+        "for every combination of exits (`encoders/fusion_grid.py`), trained jointly (`pipeline/training/cnn_family.py`). "
         "Scores are divided by per-output temperatures fitted on val.", "",
         "## Data", "", data, "", "## How it was made", "", "```", str(report.get("command")), "```", "",
         f"Seed: {s['seed']}", "", training, "", "## Every output (MACs by torch.utils.flop_counter)", "",

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from exitflow.encoders.cnn import CNNEarlyExitEncoder, CNNEncoderConfig
-from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
+from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key, subset_key
 
 TINY = CNNEncoderConfig(modality="audio", input_size=16, stem_channels=4, stem_stride=2,
                         block_channels=(8, 8, 16), block_strides=(2, 1, 2), num_classes=5, head_pool=2)
@@ -51,8 +51,32 @@ def test_wrong_widths_exits_and_modalities_raise(grid):
         grid.fuse({"image": torch.randn(1, 4)}, {"image": 3})
     with pytest.raises(ValueError, match="knows"):
         grid.fuse({"text": torch.randn(1, 4)}, {"text": 0})
-    with pytest.raises(ValueError, match=">= 2 modalities"):
-        ExitGridFusion({"image": [4]}, 5)
+    with pytest.raises(ValueError, match=">= 1 modality"):
+        ExitGridFusion({"image": []}, 5)
+    with pytest.raises(ValueError, match=">= 1 modality"):
+        ExitGridFusion({}, 5)
+
+
+def test_one_modality_has_a_head_per_exit_named_apart_from_the_exits():
+    torch.manual_seed(0)
+    grid = ExitGridFusion({"audio": [3, 5, 7]}, num_classes=4, hidden_dim=8).eval()
+    assert grid.keys() == ["fused_audio0", "fused_audio1", "fused_audio2"]  # audio2 is the encoder's own exit
+    assert grid.macs == grid.head_macs["fused_audio2"] > grid.head_macs["fused_audio0"]
+    x = torch.randn(2, 7)
+    torch.testing.assert_close(grid({"audio": x}, ["audio"]), grid.heads["fused_audio2"](x))
+    with pytest.raises(ValueError, match="knows"):
+        grid.fuse({}, {})
+
+
+def test_three_modalities_have_a_head_per_triple_and_placeholders_for_absent_ones():
+    torch.manual_seed(0)
+    grid = ExitGridFusion({"image": [4, 6, 8], "audio": [3, 5, 7], "text": [2, 2, 3]}, 5, 8).eval()
+    assert len(grid.keys()) == 27 and "image0_audio2_text1" in grid.keys()
+    assert subset_key({"image": 2, "audio": 1}, grid.modalities) == "image2_audio1"
+    image, audio = torch.randn(2, 8), torch.randn(2, 5)
+    pair = grid.fuse({"image": image, "audio": audio}, {"image": 2, "audio": 1})  # text absent: its last exit's head
+    inputs = torch.cat([image, audio, grid.placeholders["text"].expand(2, -1)], dim=-1)
+    torch.testing.assert_close(pair, grid.heads["image2_audio1_text2"](inputs))
 
 
 def test_fuse_exits_picks_the_head_of_each_outputs_exit(grid):

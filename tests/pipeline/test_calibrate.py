@@ -60,8 +60,44 @@ def test_search_takes_the_cheapest_thresholds_within_the_allowed_drop(sim):
 def test_bad_rule_or_order_raises():
     with pytest.raises(ValueError, match="supports"):
         WalkSimulator({}, np.zeros(1), ("image", "audio"), MACS, HEADS, "patience")
-    with pytest.raises(ValueError, match="two modalities"):
-        WalkSimulator({}, np.zeros(1), ("image",), MACS, HEADS, "max_prob")
+    with pytest.raises(ValueError, match="one, two or three"):
+        WalkSimulator({}, np.zeros(1), ("image", "image"), MACS, HEADS, "max_prob")
+    with pytest.raises(ValueError, match="one, two or three"):
+        WalkSimulator({}, np.zeros(1), ("image", "audio", "text", "depth"), MACS, HEADS, "max_prob")
+
+
+def test_one_modality_walk_ends_with_the_fusion_head_over_its_last_exit():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, C, N)
+    logits = {"audio0": _logits(rng, labels, 1.0, 0.9), "audio1": _logits(rng, labels, 4.0, 1.0),
+              "fused_audio1": _logits(rng, labels, 8.0, 1.0)}
+    sim = WalkSimulator(logits, labels, ("audio",), {"audio": [10.0, 30.0]}, {"fused_audio1": 0.5}, "max_prob")
+    assert [c[0] for c in sim.checks] == ["audio0", "audio1", "fused_audio1"]
+    never = sim.run({"audio": 2.0, "fusion": 2.0})
+    assert never.macs == pytest.approx(30.5) and never.shares["fused_audio1"] == 1.0
+    thresholds, best = sim.search(max_drop=0.0)
+    assert best.accuracy == 1.0 and best.macs == pytest.approx(30.0)  # exit 1 is always right, exit 0 is not
+    assert best.shares["audio1"] == 1.0 and set(thresholds) == {"audio", "fusion"}
+
+
+def test_three_modality_walk_checks_with_the_later_modalities_absent():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, C, N)
+    macs = {"image": [1.0, 2.0], "audio": [10.0, 30.0], "text": [3.0, 4.0]}
+    heads = {f"image{i}_audio{j}_text{k}": 0.5 for i in range(2) for j in range(2) for k in range(2)}
+    logits = {f"{m}{e}": _logits(rng, labels, 0.5, 0.3) for m in macs for e in range(2)}
+    logits |= {k: _logits(rng, labels, 0.5, 0.3) for k in heads}
+    logits |= {f"image1_audio{j}": _logits(rng, labels, 0.5, 0.3) for j in range(2)}
+    logits["image1_audio1"] = _logits(rng, labels, 9.0, 1.0)  # the pair fused before text is decisive
+    sim = WalkSimulator(logits, labels, ("image", "audio", "text"), macs, heads, "max_prob")
+    names = [c[0] for c in sim.checks]
+    assert names == ["image0", "image1", "audio0", "image1_audio0", "audio1", "image1_audio1",
+                     "text0", "image1_audio1_text0", "text1", "image1_audio1_text1"]
+    checked = sim.run({"image": 2.0, "audio": 2.0, "text": 2.0, "fusion": 0.9})
+    assert checked.shares["image1_audio1"] == 1.0 and checked.accuracy == 1.0
+    assert checked.macs == pytest.approx(2.0 + 30.0 + 0.5 + 0.5)  # two fused checks (text absent) ran
+    never = sim.run({"image": 2.0, "audio": 2.0, "text": 2.0, "fusion": 2.0})
+    assert never.macs == pytest.approx(2.0 + 30.0 + 4.0 + 4 * 0.5)
 
 
 def test_precision_bar_keeps_early_checks_that_are_often_wrong_out(sim):

@@ -77,6 +77,46 @@ def test_audio_and_typed_text(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("modalities", [("audio",), ("image", "audio", "text")], ids=["one", "three"])
+def test_one_or_three_modalities_train_calibrate_replay_and_ship(
+    modalities: tuple[str, ...], tmp_path: Path, capsys
+) -> None:
+    """A camera alone or camera + microphone + typed text: the family's grid and calibrated walk cover them,
+    and the bundle replays like the model folder."""
+    from exitflow.pipeline.inference.loading import load_fusion
+
+    folder = write_small_set(tmp_path / "set", modalities=modalities)
+    name = str(folder.resolve())
+    assert run_cli("data", "import", str(folder), "--quiet") == 0
+    assert run_cli("train", "cnn", "--dataset", str(folder), "--epochs", "1") == 0
+    assert run_cli("calibrate", "--dataset", str(folder), "--energy-samples", "2") == 0
+    fusion = load_fusion(load_config(None, []), name)
+    assert fusion.modalities == list(modalities) and len(fusion.keys()) == 3 ** len(modalities)
+    trained = json.loads((folder / "model" / "training.json").read_text())
+    if len(modalities) == 3:  # the walk's checks before the last modality fuse a pair, the third absent
+        assert {"image2_audio0", "audio2_text1", "image0_text2"} <= set(trained["accuracy"]["val"])
+    profile = json.loads((folder / "model" / "profile.json").read_text())
+    assert set(profile["thresholds"]) == {*modalities, "fusion"}
+
+    reference, ours = tmp_path / "model.jsonl", tmp_path / "bundle.jsonl"
+    assert run_cli("replay", "--dataset", str(folder), "--decisions", str(reference)) == 0
+    test = load_imported_split(name, "test")
+    a = [json.loads(x) for x in reference.read_text().splitlines()]
+    assert len(a) == len(test) and all(0 <= d["prediction"] < 3 and d["label"] is not None for d in a)
+    for d, row in zip(a, range(len(test)), strict=True):
+        absent = {m for m in modalities if not test.present[m][row]}
+        assert set(d["missing"]) == absent and set(d["order"]) | set(d["skipped"]) | absent == set(modalities)
+    bundle = tmp_path / "bundle"
+    assert run_cli("export", str(bundle), "--dataset", str(folder)) == 0
+    shutil.rmtree(folder / "model")  # the bundle alone must do
+    assert run_cli("replay", "--bundle", str(bundle), "--decisions", str(ours)) == 0
+    b = [json.loads(x) for x in ours.read_text().splitlines()]
+    keys = ("prediction", "order", "exits", "skipped", "missing", "macs")
+    assert [{k: d[k] for k in keys} for d in a] == [{k: d[k] for k in keys} for d in b]
+    capsys.readouterr()
+
+
 def test_group_splits_are_disjoint_and_deterministic() -> None:
     rows = [ManifestRow(i + 2, "a" if i % 2 else "b", {"audio": "x.wav"}, group=f"g{i % 7}") for i in range(70)]
     first = group_splits(rows, ImportSettings(seed=3))
