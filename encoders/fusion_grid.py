@@ -7,11 +7,13 @@ encoder step). A modality that is absent from the sample is replaced by a learne
 its last exit, trained by modality dropout. Each head has its own temperature (fitted on
 calibration data) so the exit rule reads calibrated scores.
 
-Any number of modalities: one modality gives one head per exit (named ``fused_image2``, apart from
-the encoder's own exit ``image2``; the engine's walk ends with it as it ends with the fusion of two
-modalities), three give a head per triple of exits (3 x 3 x 3 = 27 for three-exit CNNs), and a
-subset of them (a fused check before the third modality has run) uses the same heads with the
-placeholders of the absent ones (:func:`subset_key` names those outputs).
+Any number of modalities. Three give a head per triple of exits (3 x 3 x 3 = 27 for three-exit
+CNNs), and a subset of them (a fused check before the third modality has run) uses the same heads
+with the placeholders of the absent ones (:func:`subset_key` names those outputs). One modality has
+nothing to fuse: the grid is a pass-through (no heads, 0 MACs) whose ``fuse_exits`` returns the
+exit's own calibrated logits, so the engine's walk, which ends with a fusion, ends with the
+encoder's last exit. (A head over the last exit's embedding was tried first and measured worse than
+the exit's own head: docs/own_data.md.)
 
 ``fuse_exits(outputs)`` follows the engine's fusion protocol: ``outputs`` maps modality ->
 :class:`~encoders.base.ExitOutput` (its ``exit_index`` selects the head, its ``embedding`` is the
@@ -71,15 +73,18 @@ class ExitGridFusion(nn.Module):
         self.modalities = list(dims)
         self.dims = {m: [int(d) for d in ds] for m, ds in dims.items()}
         self.num_classes, self.hidden_dim = int(num_classes), int(hidden_dim)
+        self.passthrough = len(self.modalities) == 1  # one modality: the exit's own logits, no heads
         self.heads = nn.ModuleDict()
-        for combo in itertools.product(*(range(len(self.dims[m])) for m in self.modalities)):
+        combos = [] if self.passthrough else itertools.product(*(range(len(self.dims[m])) for m in self.modalities))
+        for combo in combos:
             exits = dict(zip(self.modalities, combo, strict=True))
             width = sum(self.dims[m][e] for m, e in exits.items())
             self.heads[grid_key(exits, self.modalities)] = nn.Sequential(
                 nn.Linear(width, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, num_classes)
             )
         # an absent modality enters as a learned vector at its last exit
-        self.placeholders = nn.ParameterDict({m: nn.Parameter(torch.zeros(ds[-1])) for m, ds in self.dims.items()})
+        self.placeholders = nn.ParameterDict(
+            {} if self.passthrough else {m: nn.Parameter(torch.zeros(ds[-1])) for m, ds in self.dims.items()})
         self.temperatures: torch.Tensor
         self.register_buffer("temperatures", torch.ones(len(self.heads)))
         self._index = {k: i for i, k in enumerate(self.heads)}
@@ -93,7 +98,9 @@ class ExitGridFusion(nn.Module):
 
     @property
     def macs(self) -> int:
-        """MACs of the head over every modality's last exit (what ``full`` pays for fusion)."""
+        """MACs of the head over every modality's last exit (what ``full`` pays for fusion; 0 for one modality)."""
+        if self.passthrough:
+            return 0
         return self.head_macs[grid_key({m: len(d) - 1 for m, d in self.dims.items()}, self.modalities)]
 
     def keys(self) -> list[str]:
@@ -103,6 +110,8 @@ class ExitGridFusion(nn.Module):
         self, embeddings: Mapping[str, torch.Tensor], exits: Mapping[str, int], calibrated: bool = True
     ) -> torch.Tensor:
         """Logits (B, C) of the head for ``exits`` over ``embeddings`` (B, D); absent modalities -> placeholder."""
+        if self.passthrough:
+            raise ValueError("a grid of one modality has no heads: its fusion is the exit's own logits (fuse_exits)")
         present = [m for m in self.modalities if m in embeddings]
         unknown = sorted(set(embeddings) - set(self.modalities))
         if unknown or not present:
@@ -134,6 +143,11 @@ class ExitGridFusion(nn.Module):
     def fuse_exits(self, outputs: Mapping[str, ExitOutput]) -> GridFusionOutput:
         """The engine's protocol: the head selected by each output's ``exit_index``."""
         exits = {m: o.exit_index for m, o in outputs.items()}
+        if self.passthrough:
+            if list(outputs) != self.modalities:
+                raise ValueError(f"grid fusion knows {self.modalities}, got outputs for {sorted(outputs)}")
+            logits = outputs[self.modalities[0]].logits  # (B, C), calibrated by the encoder's temperature
+            return GridFusionOutput(logits=logits, macs=torch.zeros(logits.shape[0], dtype=torch.long), exits=exits)
         logits = self.fuse({m: o.embedding for m, o in outputs.items()}, exits)
         full = {m: exits.get(m, len(self.dims[m]) - 1) for m in self.modalities}
         macs = self.head_macs[grid_key(full, self.modalities)]

@@ -6,7 +6,8 @@ followed by a fused check over ``first``'s last exit and ``second``'s exit so fa
 fused score passes); ``second``'s last exit ends with the fusion over both last exits. With three
 modalities the third's exits follow in the same way (each with a fused check over the earlier
 modalities' last exits and the third's exit so far; the checks before it fuse with the third
-absent); with one modality its exits are followed by the fusion head over its last exit. This
+absent); with one modality its exits alone (the grid is a pass-through: the final fusion answers
+with the last exit's own logits). This
 module replays that walk on the calibration split's per-exit logits for every combination of a
 threshold grid (vectorised numpy, no model runs) and keeps the cheapest combination whose
 accuracy is within ``scheduler.calibration_drop`` of the full model on the same split and whose
@@ -70,6 +71,8 @@ def family_logits(
         for o in outs[m]:
             logits[f"{m}{o.exit_index}"] = o.logits if calibrated else o.logits * encoders[m].temperatures[o.exit_index]
     every = len(fusion.modalities)
+    if fusion.passthrough:  # one modality: no heads
+        return logits
     subsets = [fusion.modalities] + [list(c) for r in range(2, every) for c in itertools.combinations(fusion.modalities, r)]
     for subset in subsets:
         for combo in itertools.product(*(range(len(outs[m])) for m in subset)):
@@ -133,10 +136,7 @@ class WalkSimulator:
         first = self.order[0]
         for e in range(len(exit_macs[first])):
             self._add(f"{first}{e}", first, float(exit_macs[first][e]), logits[f"{first}{e}"])
-        fused_macs = 0.0
-        if len(self.order) == 1:  # the fusion head over the last exit ends the walk
-            key = subset_key({first: len(exit_macs[first]) - 1}, self.modalities)
-            self._add(key, FUSION_KEY, float(exit_macs[first][-1] + head_macs[key]), logits[key])
+        fused_macs = 0.0  # one modality: its last exit answers the rest (the pass-through fusion's answer)
         for k, m in enumerate(self.order[1:], start=1):
             earlier = {o: len(exit_macs[o]) - 1 for o in self.order[:k]}
             for e in range(len(exit_macs[m])):

@@ -14,8 +14,8 @@ modalities (image, audio and/or text: a CNN per modality, shaped by its stored p
 112x112 spectrogram, the character grid of text), with its own number of classes, into
 ``DIR/model/`` beside a copy of its ``classes.json`` and ``preprocessing.json``; its evaluation
 splits are ``val`` (group-disjoint from train) and ``test``. Rows without a modality hold zeros.
-With one modality the grid is a fusion head per exit of that modality (the walk's last step); with
-three it is a head per triple of exits, also trained with one or two modalities absent.
+With one modality the grid is a pass-through (the encoder's own exits, no fusion heads); with three
+it is a head per triple of exits, also trained with pairs (the third absent) and one modality alone.
 
 The loss weights every output equally by default; ``reweight: mmexit`` uses MMExit's double-stage
 re-weighting (:class:`encoders.joint_loss.DoubleStageReweighter`, loss values as the running signal,
@@ -192,6 +192,9 @@ def accuracies(logits: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, f
 
 
 def full_key(model: CNNFamily) -> str:
+    if model.fusion.passthrough:  # one modality: the full model is its last exit
+        m = model.modalities[0]
+        return f"{m}{model.encoders[m].num_exits - 1}"
     return grid_key({m: model.encoders[m].num_exits - 1 for m in model.modalities}, model.modalities)
 
 
@@ -202,7 +205,8 @@ def _loss(logits: dict[str, torch.Tensor], y: torch.Tensor, rw: DoubleStageRewei
         return sum(losses) / len(losses)
     grouped: dict[str, Any] = {m: [F.cross_entropy(logits[f"{m}{e}"], y) for e in range(3)] for m in modalities}
     fused = [F.cross_entropy(v, y) for k, v in logits.items() if "_" in k]  # grid heads, subsets, alone
-    grouped["fusion"] = sum(fused) / len(fused)
+    if fused:  # none with one modality
+        grouped["fusion"] = sum(fused) / len(fused)
     return rw(grouped, epoch)
 
 

@@ -56,6 +56,9 @@ def fusion_entries(
             res = run_records(fusion, tokens, sub, trim=fusion.trim_at_inference, thresholds=fusion.exit_thresholds)
             out[sub] = (res["correct"], float(res["macs"].mean()), fusion_mj[sub])
         return out
+    if isinstance(fusion, ExitGridFusion) and fusion.passthrough:  # one modality: its last exit's own answer
+        (m,) = tuple(records)
+        return {(m,): (records[m].logits[-1].argmax(1) == labels, 0.0, fusion_mj[(m,)])}
     rows = np.arange(labels.shape[0])
     with torch.no_grad():
         return {

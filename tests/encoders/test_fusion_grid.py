@@ -57,15 +57,21 @@ def test_wrong_widths_exits_and_modalities_raise(grid):
         ExitGridFusion({}, 5)
 
 
-def test_one_modality_has_a_head_per_exit_named_apart_from_the_exits():
+def test_one_modality_is_a_pass_through_of_the_exits_own_logits():
     torch.manual_seed(0)
-    grid = ExitGridFusion({"audio": [3, 5, 7]}, num_classes=4, hidden_dim=8).eval()
-    assert grid.keys() == ["fused_audio0", "fused_audio1", "fused_audio2"]  # audio2 is the encoder's own exit
-    assert grid.macs == grid.head_macs["fused_audio2"] > grid.head_macs["fused_audio0"]
-    x = torch.randn(2, 7)
-    torch.testing.assert_close(grid({"audio": x}, ["audio"]), grid.heads["fused_audio2"](x))
+    grid = ExitGridFusion({"audio": [8, 8, 16]}, num_classes=5, hidden_dim=8).eval()
+    assert grid.passthrough and grid.keys() == [] and grid.macs == 0 and not list(grid.parameters())
+    encoder = CNNEarlyExitEncoder(TINY).eval()
+    encoder.set_temperatures([1.0, 1.0, 2.0])
+    outs = encoder(torch.randn(3, 1, 16, 16))
+    fused = grid.fuse_exits({"audio": outs[2]})
+    torch.testing.assert_close(fused.logits, outs[2].logits)  # already divided by the exit's temperature
+    assert fused.macs.tolist() == [0, 0, 0] and fused.exits == {"audio": 2}
+    grid.set_temperatures({})
+    with pytest.raises(ValueError, match="no heads"):
+        grid.fuse({"audio": outs[2].embedding}, {"audio": 2})
     with pytest.raises(ValueError, match="knows"):
-        grid.fuse({}, {})
+        grid.fuse_exits({"image": outs[2]})
 
 
 def test_three_modalities_have_a_head_per_triple_and_placeholders_for_absent_ones():
