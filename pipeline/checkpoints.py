@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from exitflow.encoders.checkpoint import (
 from exitflow.pipeline.config import FusionConfig
 from exitflow.pipeline.config_schema import build
 from exitflow.pipeline.errors import CheckpointError
+from exitflow.pipeline.folders import swap_in
 
 WEIGHTS = "model.safetensors"
 META = "config.json"
@@ -116,14 +116,7 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, meta: dict[str, Any], 
         meta = {**meta, CHECKSUM_KEY: {WEIGHTS: file_sha256(tmp / WEIGHTS)}}
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         (tmp / CARD).write_text(card.rstrip() + "\n\n" + "\n".join(checksum_lines(tmp)))
-        if folder.exists():
-            old = folder.with_name(folder.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
+        swap_in(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -46,6 +45,7 @@ from exitflow.pipeline.config import Config
 from exitflow.pipeline.config_schema import to_dict
 from exitflow.pipeline.data.imported import class_names, dataset_preprocessing, is_imported
 from exitflow.pipeline.data.preprocessing import Preprocessing
+from exitflow.pipeline.folders import swap_in
 
 CHECKPOINT_FILES = (WEIGHTS_NAME, "config.json", "MODEL_CARD.md")
 FAMILY_FILES = ("MODEL_CARD.md", "training.json")  # beside the CNN family's modality folders
@@ -184,14 +184,7 @@ def export_bundle(
         for folder in (tmp, *(p for p in tmp.rglob("*") if p.is_dir())):
             folder.chmod(0o755)  # mkdtemp's 0700 would make the bundle private to its writer
         read_manifest(tmp)  # what a reader will check, before the bundle becomes visible
-        if out_dir.exists():
-            old = out_dir.with_name(out_dir.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

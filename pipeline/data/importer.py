@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from exitflow.pipeline.data.manifest import (
 )
 from exitflow.pipeline.data.preprocessing import Preprocessing, PreprocessingError
 from exitflow.pipeline.errors import DataError
+from exitflow.pipeline.folders import swap_in
 
 CACHE_FORMAT = 1
 
@@ -252,13 +252,7 @@ def import_dataset(
         (tmp / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
         (tmp / "preprocessing.json").write_text(json.dumps(pre.to_dict(), indent=1) + "\n")
         (tmp / "dataset.json").write_text(json.dumps(info, indent=1) + "\n")
-        old = None
-        if cache.exists():
-            old = folder / f".cache.old-{os.getpid()}"
-            os.replace(cache, old)
-        os.replace(tmp, cache)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, cache)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"could not write the cache {cache}: {e}") from e

@@ -1,12 +1,16 @@
-"""Fixtures shared by the pipeline tests: a small imported data set, trained and calibrated."""
+"""Fixtures shared by the pipeline tests: a small imported data set, trained and calibrated; the
+committed avmnist CNN family loaded once (``parts``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from exitflow.pipeline.cli import main
+from exitflow.pipeline.errors import CheckpointError
+from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts
 from tests.pipeline.own_data import write_small_set
 
 
@@ -24,3 +28,14 @@ def own_trained_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert run_cli("train", "cnn", "--dataset", str(folder), "--epochs", "1") == 0
     assert run_cli("calibrate", "--dataset", str(folder), "--energy-samples", "2") == 0
     return folder
+
+
+@pytest.fixture(scope="module")
+def parts(embedded_cfg) -> AdaptiveParts:
+    """The repo's default avmnist CNN family (encoders, grid fusion, profile), one thread."""
+    try:
+        loaded = AdaptiveParts(embedded_cfg, "avmnist")
+    except CheckpointError as e:
+        pytest.skip(f"no default CNN checkpoints: {e}")
+    torch.set_num_threads(1)
+    return loaded

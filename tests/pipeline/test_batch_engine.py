@@ -23,16 +23,6 @@ def key(d: Decision) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def parts(embedded_cfg):
-    try:
-        parts = AdaptiveParts(embedded_cfg, "avmnist")  # the default CNN checkpoints of the repo
-    except CheckpointError as e:
-        pytest.skip(f"no default CNN checkpoints: {e}")
-    torch.set_num_threads(1)
-    return parts
-
-
-@pytest.fixture(scope="module")
 def rows(embedded_cfg):
     return list(split_samples(load_split(embedded_cfg, "test", "avmnist", progress=False), 96))
 

@@ -7,13 +7,10 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from exitflow.pipeline.config import RayConfig, ServiceConfig
 from exitflow.pipeline.data.avmnist import load_split
-from exitflow.pipeline.errors import CheckpointError
 from exitflow.pipeline.evaluation.replay import split_samples
-from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts
 from exitflow.pipeline.inference.batcher import MicroBatcher, ServiceBusyError
 from exitflow.pipeline.live.failures import FailedDecision
 from exitflow.pipeline.live.service import InferenceService, ServiceReplica
@@ -116,16 +113,6 @@ def test_batcher_bounds_are_checked() -> None:
 
 
 # -- a replica on the real engine, without Ray -------------------------------------------------
-@pytest.fixture(scope="module")
-def parts(embedded_cfg):
-    try:
-        parts = AdaptiveParts(embedded_cfg, "avmnist")
-    except CheckpointError as e:
-        pytest.skip(f"no default CNN checkpoints: {e}")
-    torch.set_num_threads(1)
-    return parts
-
-
 @pytest.fixture(scope="module")
 def rows(embedded_cfg):
     return list(split_samples(load_split(embedded_cfg, "test", "avmnist", progress=False), 48))
