@@ -345,8 +345,10 @@ def _write_cards(model: CNNFamily, out: Path, report: dict[str, Any]) -> None:
                      + " | ".join(f"{acc[sp][k]:.4f}" for sp in splits) + " |")
     text = "\n".join([
         f"# CNN family on {report['dataset']}", "",
-        f"{' and '.join(model.modalities).capitalize()} CNN encoders with an exit after every block (`encoders/cnn.py`) and a late-fusion head "
-        "for every combination of exits (`encoders/fusion_grid.py`), trained jointly (`pipeline/training/cnn_family.py`). "
+        f"{' and '.join(model.modalities).capitalize()} CNN encoders with an exit after every block (`encoders/cnn.py`) and "
+        + ("no fusion head (one modality: the grid of `encoders/fusion_grid.py` passes the last exit's answer on)"
+           if model.fusion.passthrough else "a late-fusion head for every combination of exits (`encoders/fusion_grid.py`)")
+        + ", trained jointly (`pipeline/training/cnn_family.py`). "
         "Scores are divided by per-output temperatures fitted on val.", "",
         "## Data", "", data, "", "## How it was made", "", "```", str(report.get("command")), "```", "",
         f"Seed: {s['seed']}", "", training, "", "## Every output (MACs by torch.utils.flop_counter)", "",
