@@ -99,6 +99,14 @@ def test_one_or_three_modalities_train_calibrate_replay_and_ship(
     profile = json.loads((folder / "model" / "profile.json").read_text())
     assert set(profile["thresholds"]) == {*modalities, "fusion"}
 
+    rows_path = tmp_path / "bench.json"
+    assert run_cli("bench", "--dataset", str(folder), "--json", str(rows_path)) == 0
+    rows = {r["system"]: r for r in json.loads(rows_path.read_text())}
+    assert set(rows) == {"full", *modalities, "static", "rexit", "exitflow"}
+    if len(modalities) == 1:  # nothing to fuse: full is the encoder's last exit, no head on top
+        assert rows["full"]["macs_per_sample"] == rows["audio"]["macs_per_sample"]
+        assert rows["full"]["accuracy"] == rows["audio"]["accuracy"]
+
     reference, ours = tmp_path / "model.jsonl", tmp_path / "bundle.jsonl"
     assert run_cli("replay", "--dataset", str(folder), "--decisions", str(reference)) == 0
     test = load_imported_split(name, "test")
