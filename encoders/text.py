@@ -206,6 +206,23 @@ class TextEarlyExitEncoder(EarlyExitEncoder):
         self.max_tokens = min(config.max_tokens, limit) if config.max_tokens else limit
         self._macs_cache: dict[int, tuple[int, list[int], list[int]]] = {}
 
+    @property
+    def embed_dims(self) -> list[int]:
+        """Width of each exit's embedding (the pooled feature a fusion reads): the hidden size D."""
+        return [int(self.backbone.config.hidden_size)] * self.num_exits
+
+    def freeze_backbone(self) -> None:
+        """Train only the exit heads: the backbone's weights stay as loaded (a checkpoint stores the heads
+        only, :func:`encoders.checkpoint.save_encoder`) and it runs in eval mode (no dropout) in ``train()``."""
+        self.backbone.requires_grad_(False)
+        self._frozen = True
+
+    def train(self, mode: bool = True) -> TextEarlyExitEncoder:
+        super().train(mode)
+        if getattr(self, "_frozen", False):
+            self.backbone.eval()
+        return self
+
     # -- input ----------------------------------------------------------------------------------
     def tokenize(self, x: Any) -> dict[str, torch.Tensor]:
         """Validate ``x`` (a string or a list of strings) and tokenize it, padded to the longest."""

@@ -4,6 +4,10 @@ The export loads the adaptive parts first (encoders, exit-grid fusion, profile k
 weights), so a stale profile or a damaged checkpoint is refused before anything is written; the
 bundle is assembled in a temporary sibling folder and renamed into place at the end, so an
 interrupted export leaves nothing half-written.
+
+A text encoder on a pretrained backbone (``exitflow train cnn --text-backbone``; its checkpoint holds the
+exit heads only) takes the backbone's weights and tokenizer along, saved into ``text/backbone/`` (hashed
+like every file), so the bundle runs where the backbone is not installed.
 """
 
 from __future__ import annotations
@@ -43,13 +47,19 @@ from exitflow.pipeline.bundles.manifest import (
 )
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.config_schema import to_dict
-from exitflow.pipeline.data.imported import class_names, dataset_preprocessing, is_imported
+from exitflow.pipeline.data.imported import (
+    class_names,
+    dataset_preprocessing,
+    is_imported,
+    model_reads_strings,
+)
 from exitflow.pipeline.data.preprocessing import Preprocessing
 from exitflow.pipeline.folders import swap_in
 
 CHECKPOINT_FILES = (WEIGHTS_NAME, "config.json", "MODEL_CARD.md")
 FAMILY_FILES = ("MODEL_CARD.md", "training.json")  # beside the CNN family's modality folders
 BASELINES = ("lf", "image", "audio")
+BACKBONE_DIR = "backbone"  # inside a text encoder's folder: its pretrained backbone (weights, tokenizer)
 CLASSES_NAME = "classes.json"
 PREPROCESSING_NAME = "preprocessing.json"
 
@@ -62,8 +72,12 @@ def dataset_classes(dataset: str) -> tuple[str, ...]:
 
 
 def preprocessing_for(dataset: str) -> Preprocessing:
-    """The preprocessing the model of ``dataset`` was trained with (an imported set stores its own)."""
-    return dataset_preprocessing(dataset) if is_imported(dataset) else Preprocessing()
+    """The preprocessing the model of ``dataset`` was trained with (an imported set stores its own; text as
+    strings when its model reads them, a pretrained text backbone)."""
+    if not is_imported(dataset):
+        return Preprocessing()
+    pre = dataset_preprocessing(dataset)
+    return dataclasses.replace(pre, text_encoding="string") if model_reads_strings(dataset) else pre
 
 
 def exported_config(cfg: Config, dataset: str) -> str:
@@ -139,7 +153,7 @@ def export_bundle(
     _check_family(cfg, dataset)
     _prepare_out(out_dir, force)
     cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, bundle=None))
-    AdaptiveParts(cfg, dataset)  # every piece loads and the profile matches these weights, or nothing is written
+    parts = AdaptiveParts(cfg, dataset)  # every piece loads and the profile matches these weights, or nothing is written
     source = cnn_folder(cfg, dataset)
     modalities = DATASET_MODALITIES[dataset]
     classes = dataset_classes(dataset)
@@ -150,6 +164,10 @@ def export_bundle(
     try:
         for m in modalities:
             _copy_checkpoint(source / m, tmp / m)
+            backbone = getattr(parts.encoders[m], "backbone", None)
+            if backbone is not None:  # heads-only checkpoint: the pretrained backbone travels with it
+                backbone.save_pretrained(tmp / m / BACKBONE_DIR)
+                parts.encoders[m].tokenizer.save_pretrained(tmp / m / BACKBONE_DIR)
         _copy_checkpoint(source / FUSION_DIR, tmp / FUSION_DIR)
         shutil.copy2(profile_path(cfg, dataset), tmp / PROFILE_NAME)
         for name in FAMILY_FILES:

