@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from exitflow.pipeline.artifacts import SPLITS
-from exitflow.pipeline.config import Config, output_path
+from exitflow.pipeline.config import Config, output_path, resolve_path
 from exitflow.pipeline.data.grid_commands import make_commands
-from exitflow.pipeline.data.imported import ImportedSplit, is_imported, load_imported_split
+from exitflow.pipeline.data.imported import ImportedSplit, is_imported, load_imported_split, reads_strings
 from exitflow.pipeline.data.noise import BANK_FILE, mix_noise, noise_rng, read_noise_bank
 from exitflow.pipeline.data.pca import PCA_BASIS_PATH, degrade_images, load_pca_basis
 from exitflow.pipeline.data.preprocessing import DEFAULT_PREPROCESSING
@@ -304,7 +304,9 @@ def load_split(
             slice holds only ``test``), or missing/corrupt source files.
     """
     if dataset is not None and is_imported(dataset):
-        return load_imported_split(dataset, split)
+        bundle = cfg.engine.bundle  # a bundle's model decides how text is read, not DIR/model's
+        strings = reads_strings(resolve_path(cfg, bundle) / "preprocessing.json") if bundle else None
+        return load_imported_split(dataset, split, text_strings=strings)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     folder = dataset_dir(cfg, dataset, progress)

@@ -158,7 +158,12 @@ class ImportedSplit:
 
 def model_reads_strings(dataset: str) -> bool:
     """Whether the trained model of ``dataset`` reads text as strings (a pretrained text backbone)."""
-    path = model_folder(dataset) / "preprocessing.json"
+    return reads_strings(model_folder(dataset) / "preprocessing.json")
+
+
+def reads_strings(path: Path) -> bool:
+    """Whether the preprocessing stored at ``path`` (a model's or a bundle's ``preprocessing.json``)
+    hands text to the encoders as strings; False when there is no such file."""
     if not path.is_file():
         return False
     try:

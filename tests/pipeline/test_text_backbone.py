@@ -67,6 +67,15 @@ def test_text_backbone_trains_calibrates_and_replays(text_set: Path, tmp_path: P
     keys = ("prediction", "order", "exits", "skipped", "missing", "macs")
     b = [json.loads(x) for x in ours.read_text().splitlines()]
     assert [{k: d[k] for k in keys} for d in lines] == [{k: d[k] for k in keys} for d in b]
+    # the bundle alone decides that text is read as strings: DIR/model gone, same decisions
+    model.rename(folder / "model.away")
+    try:
+        alone = tmp_path / "alone.jsonl"
+        assert run_cli("replay", "--bundle", str(bundle), "--decisions", str(alone)) == 0
+        c = [json.loads(x) for x in alone.read_text().splitlines()]
+        assert [{k: d[k] for k in keys} for d in c] == [{k: d[k] for k in keys} for d in b]
+    finally:
+        (folder / "model.away").rename(model)
     capsys.readouterr()
 
 
