@@ -37,7 +37,12 @@ from exitflow.pipeline.inference.batcher import MicroBatcher
 from exitflow.pipeline.live.failures import describe_error, failed_decision
 from exitflow.pipeline.live.placement import package_path
 from exitflow.pipeline.live.preprocess import model_preprocessing, preprocess_sample
-from exitflow.pipeline.live.workers import EngineFactory, LiveRuntimeError, resolve_engine_factory
+from exitflow.pipeline.live.workers import (
+    EngineFactory,
+    LiveRuntimeError,
+    holder_status,
+    resolve_engine_factory,
+)
 from exitflow.pipeline.messages import Decision, Sample
 
 log = logging.getLogger(__name__)
@@ -133,12 +138,7 @@ class ServiceReplica:
 
     def status(self) -> dict[str, Any]:
         """Budget, failures, preprocessing drops and the batcher's counters (``batch_size_mean``...)."""
-        return {
-            "budget": dict(self.budget),
-            "failures": self.failures,
-            "preprocess_drops": dict(self.preprocess_drops),
-            **self.batcher.stats(),
-        }
+        return {**holder_status(self), **self.batcher.stats()}
 
     def node_id(self) -> str:
         return cast(str, ray.get_runtime_context().get_node_id())

@@ -212,6 +212,15 @@ def resolve_engine_factory(path: str) -> Callable[..., Any]:
         ) from e
 
 
+def holder_status(holder: Any) -> dict[str, Any]:
+    """What every engine holder (this worker, a service replica) reports: budget, failures, drops."""
+    return {
+        "budget": dict(holder.budget),
+        "failures": holder.failures,
+        "preprocess_drops": dict(holder.preprocess_drops),
+    }
+
+
 class EngineWorker:
     """Holds the engine; preprocesses and processes one sample per call.
 
@@ -279,11 +288,7 @@ class EngineWorker:
 
     @ray.method(enable_task_events=False)  # called ~100/s: no per-call record in Ray's GCS
     def status(self) -> dict[str, Any]:
-        return {
-            "budget": dict(self.budget),
-            "failures": self.failures,
-            "preprocess_drops": dict(self.preprocess_drops),
-        }
+        return holder_status(self)
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
