@@ -44,6 +44,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # a 2-core machine: the engine th
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
+import ray  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -51,7 +52,10 @@ sys.path.insert(0, str(REPO))
 from exitflow.pipeline.config import SourceConfig, StreamConfig, load_config  # noqa: E402
 from exitflow.pipeline.data.roots import SHARED_DATA  # noqa: E402
 from exitflow.pipeline.live.driver import PipelineDriver  # noqa: E402
+from exitflow.pipeline.live.local_runtime import LocalEngine, LocalPipeline  # noqa: E402
 from exitflow.pipeline.live.metrics import _flat_drops  # noqa: E402
+from exitflow.pipeline.live.runtime import LivePipeline, engine_actor, start_ray  # noqa: E402
+from exitflow.pipeline.live.service import InferenceService  # noqa: E402
 from exitflow.pipeline.live.sources import SkewedSourceFactory  # noqa: E402
 from exitflow.pipeline.live.sources.loopback import LoopbackClip, free_port, serve_clip  # noqa: E402
 from exitflow.pipeline.messages import Decision  # noqa: E402
@@ -189,21 +193,13 @@ def main() -> int:
     try:
         t_load = time.monotonic()
         if args.runtime == "local":
-            from exitflow.pipeline.live.local_runtime import LocalEngine, LocalPipeline
-
             shared = LocalEngine(engine_name, cfg)
             for r in robots:
                 r.pipe = LocalPipeline(stream, engine=shared, sources=dict(r.sources), on_decision=r.on_decision,
                                        keep_decisions=10)
         else:
-            import ray
-
-            from exitflow.pipeline.live.runtime import LivePipeline, engine_actor, start_ray
-
             ray_started = start_ray(dataclasses.replace(cfg.ray, num_cpus=max(4, 2 + args.robots)))
             if not args.engine_actor:
-                from exitflow.pipeline.live.service import InferenceService
-
                 service_cfg = dataclasses.replace(cfg.service, name="exitflow-fleet-service", detached=False)
                 shared = InferenceService.start(engine_name, cfg, service=service_cfg)
                 shared.wait_ready(timeout_s=300)
@@ -260,8 +256,6 @@ def main() -> int:
         elif shared is not None and hasattr(shared, "shutdown"):
             shared.shutdown()
         if ray_started:
-            import ray
-
             ray.shutdown()
 
     rows = []

@@ -14,28 +14,27 @@ from exitflow.pipeline.data.imported import dataset_modalities, is_imported, mod
 NUM_CLASSES = 10  # every built-in data set classifies the ten digits
 
 
-class _Modalities(dict):
-    """Data set -> modalities: the built-in sets, and any imported set (named by its folder) read from
-    its ``cache/dataset.json`` on lookup."""
-
-    def __missing__(self, dataset: str) -> tuple[str, ...]:
-        if isinstance(dataset, str) and is_imported(dataset):
-            return dataset_modalities(dataset)
-        raise KeyError(dataset)
-
-    def get(self, dataset, default=None):  # type: ignore[override]  # dict.get skips __missing__
-        try:
-            return self[dataset]
-        except KeyError:
-            return default
-
-
-DATASET_MODALITIES = _Modalities({
+DATASET_MODALITIES: dict[str, tuple[str, ...]] = {  # the built-in data sets
     "avmnist": ("image", "audio"),
     "avmnist-t": ("image", "audio", "text"),
     "avmnist-noisy": ("image", "audio"),
-})
+}
 DATASETS = tuple(DATASET_MODALITIES)
+
+
+def modalities_of(dataset: str) -> tuple[str, ...]:
+    """The modalities of a built-in data set, or of an imported one (its ``cache/dataset.json``).
+
+    Raises:
+        KeyError: neither a built-in name nor an imported set's folder.
+    """
+    if dataset in DATASET_MODALITIES:
+        return DATASET_MODALITIES[dataset]
+    if is_imported(dataset):
+        return dataset_modalities(dataset)
+    raise KeyError(dataset)
+
+
 CNN_DATASETS = ("avmnist", "avmnist-noisy")  # the CNN family covers the image + audio data sets
 SPLITS = ("train", "val", "test", "test_id")  # test: an unseen speaker; test_id: seen speakers, other takes
 
@@ -91,13 +90,13 @@ def weight_files(cfg: Config, dataset: str, with_fusion: bool = True, prefer_joi
     """The weight files the adaptive systems load (their fingerprint keys the exit profile)."""
     if use_cnn(cfg, dataset):
         base = cnn_folder(cfg, dataset)
-        return [base / m / "model.safetensors" for m in DATASET_MODALITIES[dataset]] + (
+        return [base / m / "model.safetensors" for m in modalities_of(dataset)] + (
             [base / "fusion" / "model.safetensors"] if with_fusion else [])
     if prefer_joint and use_joint(cfg, dataset):
         base = joint_folder(cfg, dataset)
-        files = [base / m / "model.safetensors" for m in DATASET_MODALITIES[dataset]]
+        files = [base / m / "model.safetensors" for m in modalities_of(dataset)]
         return files + ([base / "fusion" / "model.safetensors"] if with_fusion else [])
-    files = [encoder_folder(cfg, m) / "model.safetensors" for m in DATASET_MODALITIES[dataset]]
+    files = [encoder_folder(cfg, m) / "model.safetensors" for m in modalities_of(dataset)]
     if cfg.fusion.exit == "transformer":
         from exitflow.pipeline.artifacts import transformer_folder
 

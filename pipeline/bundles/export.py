@@ -23,11 +23,11 @@ from typing import Any
 import yaml
 
 from exitflow.pipeline.artifacts import (
-    DATASET_MODALITIES,
     NUM_CLASSES,
     baseline_dataset,
     baseline_folder,
     cnn_folder,
+    modalities_of,
     profile_path,
     use_cnn,
 )
@@ -155,7 +155,7 @@ def export_bundle(
     cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, bundle=None))
     parts = AdaptiveParts(cfg, dataset)  # every piece loads and the profile matches these weights, or nothing is written
     source = cnn_folder(cfg, dataset)
-    modalities = DATASET_MODALITIES[dataset]
+    modalities = modalities_of(dataset)
     classes = dataset_classes(dataset)
     preprocessing = preprocessing_for(dataset).to_dict()
 

@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from exitflow.pipeline.artifacts import DATASET_MODALITIES
+from exitflow.pipeline.artifacts import modalities_of
 from exitflow.pipeline.bundles.manifest import BundleError, BundleManifest, read_manifest
 from exitflow.pipeline.config import Config, config_from_dict, load_config, parse_overrides, read_yaml
 from exitflow.pipeline.config_schema import to_dict
@@ -172,8 +172,11 @@ def check_dataset(manifest: BundleManifest, dataset: str) -> None:
     Raises:
         BundleError: naming both modality sets.
     """
-    wanted = DATASET_MODALITIES.get(dataset)
-    if wanted is not None and set(wanted) != set(manifest.modalities):
+    try:
+        wanted = modalities_of(dataset)
+    except KeyError:  # not a data set this exitflow knows: loading it will say so
+        return
+    if set(wanted) != set(manifest.modalities):
         raise BundleError(f"bundle {manifest.path} holds a {'+'.join(manifest.modalities)} model; data set "
                           f"{dataset} has {'+'.join(wanted)}")
 

@@ -11,10 +11,12 @@ from exitflow.pipeline.data.avmnist import AVSplit
 from exitflow.pipeline.data.imported import ImportedSplit
 
 
-def modality_batch(split: AVSplit | ImportedSplit, modalities: Sequence[str], rows: np.ndarray) -> dict[str, torch.Tensor]:
+def modality_batch(
+    split: AVSplit | ImportedSplit, modalities: Sequence[str], rows: np.ndarray
+) -> dict[str, torch.Tensor | list[str]]:
     """Tensors of ``rows`` for each requested modality (``image``/``audio``; ``text`` stays a list of
     strings, or is a tensor for an imported set's character grids)."""
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor | list[str]] = {}
     for m in modalities:
         if m == "image":
             out[m] = torch.from_numpy(np.ascontiguousarray(split.image[rows]))  # (B, 1, 28, 28)
@@ -26,7 +28,7 @@ def modality_batch(split: AVSplit | ImportedSplit, modalities: Sequence[str], ro
             if isinstance(split.text, np.ndarray):  # an imported set's character grids (B, 1, L, L)
                 out[m] = torch.from_numpy(np.ascontiguousarray(split.text[rows]))
             else:
-                out[m] = [split.text[i] for i in rows.tolist()]  # type: ignore[assignment]
+                out[m] = [str(split.text[i]) for i in rows.tolist()]
         else:
             raise ValueError(f"unknown modality {m!r}")
     return out

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from exitflow.pipeline.artifacts import DATASET_MODALITIES, baseline_dataset
+from exitflow.pipeline.artifacts import baseline_dataset, modalities_of
 from exitflow.pipeline.data.imported import is_imported
 from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts, truncated_macs
 from exitflow.pipeline.inference.systems import BaselineSystem
@@ -49,7 +49,7 @@ def default_systems(cfg: Any, dataset: str | None = None) -> tuple[str, ...]:
     """The seven systems, plus ``exitflow_concat`` when the fusion exit is the transformer; an imported
     set's systems (module doc) when ``dataset`` is one."""
     if dataset is not None and is_imported(dataset):
-        return ("full", *DATASET_MODALITIES[dataset], "static", "rexit", "exitflow")
+        return ("full", *modalities_of(dataset), "static", "rexit", "exitflow")
     return ALL_SYSTEMS if cfg.fusion.exit == "transformer" else BENCH_SYSTEMS
 
 

@@ -16,13 +16,13 @@ from exitflow.encoders.fusion import FusionTransformer, FusionTransformerConfig
 from exitflow.encoders.fusion_grid import ExitGridFusion
 from exitflow.encoders.late_fusion import MaskedLateFusion
 from exitflow.pipeline.artifacts import (
-    DATASET_MODALITIES,
     NUM_CLASSES,
     baseline_folder,
     cnn_folder,
     encoder_folder,
     fusion_folder,
     joint_folder,
+    modalities_of,
     profile_path,
     transformer_folder,
     use_cnn,
@@ -78,7 +78,7 @@ def load_encoders(cfg: Config, dataset: str, prefer_joint: bool = True) -> dict[
     joint = prefer_joint and use_joint(cfg, dataset)
     cnn = use_cnn(cfg, dataset)
     encoders = {}
-    for m in DATASET_MODALITIES[dataset]:
+    for m in modalities_of(dataset):
         if cnn:
             folder = cnn_folder(cfg, dataset) / m
         else:
@@ -108,7 +108,7 @@ def read_fusion_meta(
     expected = fingerprint_checkpoints(weight_files(cfg, dataset, with_fusion=False, prefer_joint=prefer_joint))
     if meta.get("encoders") != expected:
         raise CheckpointError(f"{folder} was trained on other encoder weights; retrain it with `{retrain}`")
-    dims = {m: int(meta["dims"][m]) for m in DATASET_MODALITIES[dataset] if m in meta["dims"]}
+    dims = {m: int(meta["dims"][m]) for m in modalities_of(dataset) if m in meta["dims"]}
     if len(dims) != len(meta["dims"]):
         raise CheckpointError(f"{folder}: fusion modalities {sorted(meta['dims'])} do not fit data set {dataset}")
     return meta, dims
@@ -142,7 +142,7 @@ def load_fusion(cfg: Config, dataset: str) -> Any:
 
 def load_grid_fusion(cfg: Config, dataset: str) -> ExitGridFusion:
     """The exit-grid fusion of the CNN family of ``dataset`` (eval mode, temperatures in its weights)."""
-    return grid_fusion_from(cnn_folder(cfg, dataset) / "fusion", DATASET_MODALITIES[dataset],
+    return grid_fusion_from(cnn_folder(cfg, dataset) / "fusion", modalities_of(dataset),
                             f"exitflow train cnn --dataset {dataset}")
 
 

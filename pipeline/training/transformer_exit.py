@@ -27,7 +27,7 @@ import torch
 
 from exitflow.encoders.fusion import FusionTransformer
 from exitflow.encoders.fusion_training import curriculum_target, fusion_objective
-from exitflow.pipeline.artifacts import DATASET_MODALITIES, NUM_CLASSES, transformer_folder, weight_files
+from exitflow.pipeline.artifacts import NUM_CLASSES, modalities_of, transformer_folder, weight_files
 from exitflow.pipeline.checkpoints import save_checkpoint
 from exitflow.pipeline.config import Config, FusionConfig
 from exitflow.pipeline.data.avmnist import load_split
@@ -134,7 +134,7 @@ def train_transformer_exit(
     torch.manual_seed(t.seed)
     torch.set_num_threads(t.num_threads or 1)
     encoders = load_encoders(cfg, dataset, prefer_joint=False)
-    modalities = DATASET_MODALITIES[dataset]
+    modalities = modalities_of(dataset)
     train, val, test = (load_split(cfg, s, dataset, progress) for s in ("train", "val", "test"))
     rec_train = collect_tokens(encoders, train, t.limit, progress=progress)
     rec_val = collect_tokens(encoders, val, fc.eval_limit, progress=progress)
