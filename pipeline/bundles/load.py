@@ -18,7 +18,14 @@ from typing import Any
 
 from exitflow.pipeline.artifacts import modalities_of
 from exitflow.pipeline.bundles.manifest import BundleError, BundleManifest, read_manifest
-from exitflow.pipeline.config import Config, config_from_dict, load_config, parse_overrides, read_yaml
+from exitflow.pipeline.config import (
+    Config,
+    config_from_dict,
+    load_config,
+    parse_overrides,
+    read_yaml,
+    resolve_path,
+)
 from exitflow.pipeline.config_schema import to_dict
 from exitflow.pipeline.data.imported import is_imported
 from exitflow.pipeline.data.preprocessing import Preprocessing, PreprocessingError
@@ -185,7 +192,5 @@ def preprocessing_of(cfg: Config) -> Preprocessing:
     """The preprocessing the configured model expects: the bundle's when ``engine.bundle`` is set, else the defaults."""
     if not cfg.engine.bundle:
         return Preprocessing()
-    from exitflow.pipeline.config import resolve_path
-
     manifest = read_manifest(resolve_path(cfg, cfg.engine.bundle), verify=False)
     return Preprocessing.from_dict(manifest.preprocessing)
