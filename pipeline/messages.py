@@ -23,9 +23,9 @@ class SensorMessage:
         modality: ``"image"``, ``"audio"`` or ``"text"``.
         source: Name of the source that produced it (e.g. ``"camera0"``).
         timestamp_ns: Capture time. A source stamps it on its host's wall clock (a monotonic
-            clock in epoch ns, :class:`~exitflow.pipeline.live.clocks.SourceClock`: the clock
+            clock in epoch ns, :class:`~exitflow.pipeline.live.core.clocks.SourceClock`: the clock
             hosts share, as ROS 2 stamps); the driver rewrites it into its own monotonic clock
-            with the source's estimated offset (:mod:`exitflow.pipeline.live.clocks`), so sync,
+            with the source's estimated offset (:mod:`exitflow.pipeline.live.core.clocks`), so sync,
             recording and latency compare stamps of one time base whatever host they came from.
         source_time_ns: The source's own media clock (file position, stream pts), or None.
         seq: Per-source sequence number, starting at 0.
@@ -108,6 +108,12 @@ class Decision:
     thresholds: dict[str, float] = field(default_factory=dict)
     timestamp_ns: int | None = None
     budget_note: str | None = None  # e.g. the budget is below the cheapest plan
+    # online recalibration (pipeline/inference/shadow.py): the full path also ran as a shadow; its MACs,
+    # time (latency_ms["shadow"]) and energy are included in macs, latency_ms["total"] and energy_mj
+    shadow: bool = False
+    shadow_prediction: int | None = None
+    shadow_macs: int = 0
+    shadow_energy_mj: float | None = None
 
     @property
     def correct(self) -> bool | None:

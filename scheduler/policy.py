@@ -187,6 +187,33 @@ class Policy:
         """Modality -> threshold in force (after lambda coupling)."""
         return dict(self._thresholds)
 
+    @property
+    def base_thresholds(self) -> dict[str, float]:
+        """Modality (and ``fusion``) -> threshold before lambda coupling: the profile's, the settings'
+        overrides, or the last :meth:`set_thresholds`."""
+        return dict(self._base_thresholds)
+
+    def set_thresholds(self, thresholds: Mapping[str, float]) -> None:
+        """Replace some or all base thresholds (online recalibration); lambda coupling applies at once.
+
+        Only keys the policy already has may be set (a ``fusion`` key cannot switch fused checks on).
+        A walk already started keeps the thresholds it began with.
+
+        Raises:
+            ValueError: an unknown key or a non-finite value.
+        """
+        unknown = sorted(set(thresholds) - set(self._base_thresholds))
+        if unknown:
+            raise ValueError(f"unknown threshold key(s) {unknown}; this policy has {sorted(self._base_thresholds)}")
+        bad = {k: v for k, v in thresholds.items() if not math.isfinite(v)}
+        if bad:
+            raise ValueError(f"thresholds must be finite numbers, got {bad}")
+        self._base_thresholds = {**self._base_thresholds, **{k: float(v) for k, v in thresholds.items()}}
+        self._thresholds = {
+            m: couple_threshold(self.exit_rule, t, self._lam, self._lam_ref, self.settings.threshold_coupling)
+            for m, t in self._base_thresholds.items()
+        }
+
     def set_lambda(self, lam: float) -> None:
         """Change lambda (ValueError outside [LAMBDA_MIN, LAMBDA_MAX]); thresholds follow at once.
 

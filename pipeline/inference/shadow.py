@@ -1,0 +1,214 @@
+"""Online self-recalibration around the engine: a shadow full path on a seeded share of samples.
+
+:class:`ShadowRecalibration` wraps an ``exitflow`` :class:`~pipeline.inference.adaptive_systems.EngineSystem`.
+For each sample it asks the :class:`~scheduler.recalibration.OnlineRecalibrator` whether this sample is
+shadowed (a seeded draw over the sample counter: a replay makes the same choices); the engine answers as
+usual; on a shadowed sample the full path (``full``: every modality to its last exit, fused) also runs,
+and the controller learns whether the early answer disagreed with it and moves every threshold of the
+policy by one shift (:meth:`Policy.set_thresholds`). When the engine's walk already ran the full path
+the comparison is free (no second run).
+
+What the shadow costs is part of the sample: its MACs, time and energy are added to the decision's
+``macs``, ``latency_ms`` (``shadow`` and ``total``) and ``energy_mj`` (also ``shadow_macs`` and
+``shadow_energy_mj`` apart), and the engine's budget controller is updated with the sample's energy
+*including* the shadow (on a shadowed sample the wrapper performs the engine's budget step itself).
+While a budget is set the budget owns the thresholds: the controller keeps measuring the disagreement but
+holds its shift (two controllers on one knob would fight; ``status()["held_by_budget"]`` says so). In
+cheapest-exit mode no sample is shadowed (the budget is below the cheapest exit already).
+
+``status()`` is the state the live view, ``/status``, the metrics and recordings show;
+:func:`with_recalibration` builds the wrapped system the config describes; :func:`bench_systems` gives
+bench its two rows, ``exitflow`` (online) and ``exitflow-fixed`` (frozen thresholds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from exitflow.pipeline.config import Config, RecalibrationConfig
+from exitflow.pipeline.errors import ConfigError
+from exitflow.pipeline.messages import Decision, Sample
+from exitflow.scheduler.recalibration import OnlineRecalibrator, RecalibrationSettings
+
+FIXED_SUFFIX = "-fixed"  # bench's row with frozen thresholds: "exitflow-fixed"
+
+
+def settings_from_config(cfg: RecalibrationConfig) -> RecalibrationSettings:
+    """The controller's settings of the ``recalibration`` section (ConfigError on an inconsistent pair)."""
+    try:
+        return RecalibrationSettings(
+            target_disagreement=cfg.target_disagreement, shadow_share=cfg.shadow_share,
+            warmup_samples=cfg.warmup_samples, warmup_share=cfg.warmup_share, step=cfg.step,
+            warmup_step=cfg.warmup_step, min_shift=cfg.min_shift, max_shift=cfg.max_shift, seed=cfg.seed,
+        )
+    except ValueError as e:
+        raise ConfigError([f"recalibration: {e}"]) from e
+
+
+class ShadowRecalibration:
+    """``exitflow`` with online self-recalibration (module doc).
+
+    Args:
+        system: The engine-backed system (``AdaptiveParts.exitflow()``); its policy's thresholds move.
+        full: The full path (``AdaptiveParts.full()``): the shadow's answer is the reference.
+        controller: The recalibrator, built on the policy's calibrated (base) thresholds.
+        name: The system name in decisions and bench rows (default: the wrapped system's).
+
+    Raises:
+        ValueError: the controller's thresholds name keys the policy does not have.
+    """
+
+    def __init__(self, system: Any, full: Any, controller: OnlineRecalibrator, name: str | None = None):
+        self.system, self.full, self.controller = system, full, controller
+        self.engine = system.engine
+        self.policy = self.engine.policy
+        self.name = name or system.name
+        self.modalities = system.modalities
+        self.shadow_macs_total = 0
+        self.shadow_ms_total = 0.0
+        self.held_by_budget = 0  # shadowed samples observed while a budget held the thresholds
+        self.policy.set_thresholds(controller.thresholds)
+
+    def process(self, sample: Sample) -> Decision:
+        """Run one sample, its shadow when drawn; returns the decision (shadow cost included)."""
+        shadow = self.controller.begin_sample() and not self.policy.cheapest_mode
+        if not shadow:
+            decision = self.system.process(sample)
+            decision.system = self.name
+            return decision
+        start = time.perf_counter()
+        budget = self.engine.budget
+        self.engine.budget = None  # the budget step runs below, with the shadow's energy in it
+        try:
+            decision = self.system.process(sample)
+        finally:
+            self.engine.budget = budget
+        decision.system = self.name
+        if decision.prediction < 0:  # no modality the engine knows: nothing to compare
+            return decision
+        if self._ran_full_path(decision):
+            reference, shadow_macs, shadow_ms, shadow_mj, shadow_dyn = decision.prediction, 0, 0.0, None, None
+        else:
+            reference, shadow_macs, shadow_ms, shadow_mj, shadow_dyn = self._run_full(sample)
+        decision.shadow = True
+        decision.shadow_prediction = reference
+        decision.shadow_macs = shadow_macs
+        decision.macs += shadow_macs
+        decision.latency_ms["shadow"] = shadow_ms
+        decision.latency_ms["total"] = decision.latency_ms.get("total", 0.0) + shadow_ms
+        if shadow_mj is not None:
+            decision.shadow_energy_mj = shadow_mj
+            if decision.energy_mj is not None:
+                decision.energy_mj += shadow_mj
+            if decision.dynamic_energy_mj is not None and shadow_dyn is not None:
+                decision.dynamic_energy_mj += shadow_dyn
+        self.shadow_macs_total += shadow_macs
+        self.shadow_ms_total += shadow_ms
+        disagreed = decision.prediction != reference
+        if budget is None:
+            self.policy.set_thresholds(self.controller.observe(disagreed))
+        else:
+            self.controller.observe(disagreed, hold=True)
+            self.held_by_budget += 1
+            self._budget_step(budget, decision, time.perf_counter() - start)
+        return decision
+
+    def _ran_full_path(self, decision: Decision) -> bool:
+        """Whether the walk ran every modality to its last exit and fused them (the full answer)."""
+        last = {m: n - 1 for m, n in self.policy.num_exits.items()}
+        return (decision.exited_by == "fusion" and not decision.skipped and not decision.missing
+                and decision.exits == last)
+
+    def _run_full(self, sample: Sample) -> tuple[int, int, float, float | None, float | None]:
+        """(prediction, MACs, ms, energy mJ, attributable mJ) of the full path on ``sample``."""
+        meter = self.engine.meter
+        if meter is not None:
+            meter.begin_window("shadow")
+        start = time.perf_counter()
+        try:
+            full = self.full.process(sample)
+        finally:
+            elapsed_ms = (time.perf_counter() - start) * 1000.0
+            measured = meter.end_window("shadow") if meter is not None else None
+        mj = getattr(measured, "energy_mj", None)
+        dyn = getattr(measured, "dynamic_energy_mj", None)
+        return full.prediction, int(full.macs), elapsed_ms, mj, dyn
+
+    def _budget_step(self, budget: Any, decision: Decision, duration_s: float) -> None:
+        """The engine's budget step (``Engine.process``) for a sample whose energy includes its shadow."""
+        controlled = self.engine.budget_energy(decision)
+        if controlled is None:
+            return
+        lam = budget.update(controlled, duration_s)
+        self.policy.set_lambda(lam)
+        self.policy.set_cheapest_mode(budget.cheapest_mode)
+        if budget.cheapest_mode:
+            decision.budget_note = "budget below the cheapest plan: running the cheapest exit only"
+
+    def set_budget(self, mj_per_sample: float | None = None, power_w: float | None = None) -> dict[str, Any]:
+        """As :meth:`EngineSystem.set_budget` (the live view's budget commands reach the engine)."""
+        return self.system.set_budget(mj_per_sample=mj_per_sample, power_w=power_w)
+
+    def status(self) -> dict[str, Any]:
+        """Recalibration state (JSON-safe): target, measured disagreement, thresholds, shadow share, cost."""
+        state = self.controller.status()
+        state.update({
+            "enabled": True,
+            "thresholds_in_force": self.policy.thresholds,  # after the budget's lambda coupling
+            "held_by_budget": self.engine.budget is not None,
+            "shadow_macs_total": self.shadow_macs_total,
+            "shadow_ms_total": self.shadow_ms_total,
+        })
+        return state
+
+
+def with_recalibration(cfg: Config, parts: Any, meter: Any = None, name: str = "exitflow") -> Any:
+    """``exitflow`` as the config describes it: wrapped in :class:`ShadowRecalibration` when
+    ``recalibration.enabled`` (the default), else the plain engine system.
+
+    Args:
+        cfg: The configuration (its ``recalibration`` section).
+        parts: The loaded :class:`~pipeline.inference.adaptive_systems.AdaptiveParts`.
+        meter: The power meter (the shadow is measured in its own window).
+        name: The system name.
+    """
+    system = parts.exitflow(meter=meter, name=name)
+    if not cfg.recalibration.enabled:
+        return system
+    policy = system.engine.policy
+    controller = OnlineRecalibrator(policy.base_thresholds, policy.exit_rule, settings_from_config(cfg.recalibration))
+    return ShadowRecalibration(system, parts.full(), controller, name=name)
+
+
+def bench_systems(parts: Any, meter: Any = None) -> dict[str, Any]:
+    """Bench's two rows: ``exitflow`` (online recalibration on, whatever the config says) and
+    ``exitflow-fixed`` (the same model, frozen calibrated thresholds). Build them after any warm-up
+    run so the measured run starts from the calibrated thresholds."""
+    import dataclasses
+
+    cfg = parts.cfg
+    online_cfg = dataclasses.replace(cfg, recalibration=dataclasses.replace(cfg.recalibration, enabled=True))
+    return {
+        "exitflow": with_recalibration(online_cfg, parts, meter, name="exitflow"),
+        "exitflow" + FIXED_SUFFIX: parts.exitflow(meter=meter, name="exitflow" + FIXED_SUFFIX),
+    }
+
+
+def shadow_columns(decisions: Sequence[Decision], system: Any = None) -> dict[str, Any]:
+    """Bench/replay columns of a run: the share of samples shadowed, the measured disagreement of the
+    shadowed samples, the MACs the shadow added per sample and, with a wrapped system, its final state."""
+    shadowed = [d for d in decisions if d.shadow]
+    n = len(decisions)
+    row: dict[str, Any] = {
+        "shadow_share": len(shadowed) / n if n else 0.0,
+        "disagreement": (sum(d.prediction != d.shadow_prediction for d in shadowed) / len(shadowed)
+                         if shadowed else None),
+        "shadow_macs_per_sample": sum(d.shadow_macs for d in decisions) / n if n else 0.0,
+    }
+    if isinstance(system, ShadowRecalibration):
+        state = system.status()
+        row.update({"target_disagreement": state["target_disagreement"], "final_shift": state["shift"],
+                    "final_thresholds": state["thresholds"]})
+    return row
