@@ -383,6 +383,32 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class RecalibrationConfig:
+    """Online self-recalibration without labels (``scheduler/recalibration.py``, docs/adaptive.md).
+
+    On a seeded share of samples ``exitflow`` also runs the full path as a shadow and moves every
+    threshold by one shift so that its early answers disagree with the full path's at most
+    ``target_disagreement`` of the time in the long run. On by default wherever ``exitflow`` runs on a
+    stream (replay, bench, run); ``exitflow-fixed`` in bench is the same model with frozen thresholds.
+    """
+
+    enabled: bool = True
+    target_disagreement: float = field(default=0.005, metadata=bounds(
+        min=0.0, max=1.0, min_exclusive=True, help="long-run share of early answers that may differ from the full path's"))
+    shadow_share: float = field(default=0.03, metadata=bounds(min=0.0, max=1.0, help="share of samples shadowed after warm-up"))
+    warmup_samples: int = field(default=200, metadata=bounds(min=0, max=MAX_SAMPLES))
+    warmup_share: float = field(default=0.2, metadata=bounds(min=0.0, max=1.0, help="shadow share during warm-up"))
+    step: float = field(default=0.5, metadata=bounds(
+        min=0.0, max=10.0, min_exclusive=True, help="shift (log threshold ratio) per shadowed sample x (target - err)"))
+    warmup_step: float | None = field(default=None, metadata=bounds(
+        min=0.0, max=10.0, min_exclusive=True, help="step during warm-up; null = step"))
+    min_shift: float = field(default=-4.0, metadata=bounds(min=-50.0, max=0.0, min_exclusive=False,
+                                                           help="at or below: no early exit (the full path)"))
+    max_shift: float = field(default=1.0, metadata=bounds(min=0.0, max=50.0, help="the loosest shift"))
+    seed: int = field(default=0, metadata=bounds(min=0, max=MAX_SEED))
+
+
+@dataclass(frozen=True)
 class JointConfig:
     """``exitflow train joint``: fusion exit training, then the MMExit joint fine-tune (epochs > 0).
 
@@ -438,6 +464,7 @@ class Config:
     fusion: FusionConfig = FusionConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     budget: BudgetConfig = BudgetConfig()
+    recalibration: RecalibrationConfig = RecalibrationConfig()
     joint: JointConfig = JointConfig()
     bench: BenchConfig = BenchConfig()
     demo: DemoConfig = DemoConfig()
