@@ -1,0 +1,126 @@
+"""ShadowRecalibration on the committed avmnist CNN family: shadow cost, determinism, budget, config."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from exitflow.devices.measurement import Measurement
+from exitflow.pipeline.data.avmnist import load_split
+from exitflow.pipeline.errors import ConfigError
+from exitflow.pipeline.evaluation.replay import split_samples
+from exitflow.pipeline.inference.shadow import (
+    ShadowRecalibration,
+    bench_systems,
+    settings_from_config,
+    shadow_columns,
+    with_recalibration,
+)
+from exitflow.scheduler.recalibration import OnlineRecalibrator, RecalibrationSettings
+
+
+@pytest.fixture(scope="module")
+def rows(embedded_cfg):
+    return list(split_samples(load_split(embedded_cfg, "test", "avmnist", progress=False), 60))
+
+
+class CountingMeter:
+    """A meter whose every window costs 1 mJ (0.5 attributable): energy then counts windows."""
+
+    def __init__(self) -> None:
+        self.windows: list[str] = []
+
+    def begin_window(self, name: str) -> None:
+        self.windows.append(name)
+
+    def end_window(self, name: str) -> Measurement:
+        return Measurement(energy_mj=1.0, duration_s=0.001, avg_power_mw=1000.0, source="counting", estimated=True,
+                           dynamic_energy_mj=0.5, idle_energy_mj=0.5)
+
+
+def _wrapped(parts, meter=None, **settings) -> ShadowRecalibration:
+    system = parts.exitflow(meter=meter, budget=False)
+    policy = system.engine.policy
+    controller = OnlineRecalibrator(policy.base_thresholds, policy.exit_rule, RecalibrationSettings(**settings))
+    return ShadowRecalibration(system, parts.full(), controller)
+
+
+def test_every_shadowed_decision_carries_the_full_paths_cost(parts, rows):
+    wrapped = _wrapped(parts, shadow_share=1.0, warmup_samples=0)
+    plain = parts.exitflow(budget=False)
+    full = parts.full()
+    for sample in rows[:20]:
+        before = dict(wrapped.policy.thresholds)
+        d = wrapped.process(sample)
+        plain.engine.policy.set_thresholds(wrapped.controller.base_thresholds)
+        assert d.shadow and d.shadow_prediction == full.process(sample).prediction
+        assert "shadow" in d.latency_ms and d.latency_ms["total"] >= d.latency_ms["shadow"]
+        if d.shadow_macs:  # an early exit: the full path ran on top
+            assert d.shadow_macs == full.macs
+        else:  # the walk was the full path: the comparison was free
+            assert d.exits == {"image": 2, "audio": 2} and d.exited_by == "fusion"
+        assert d.thresholds == before  # a decision records the thresholds it ran with
+    assert wrapped.shadow_macs_total > 0
+
+
+def test_disagreements_tighten_the_policy_thresholds(parts, rows):
+    wrapped = _wrapped(parts, shadow_share=1.0, warmup_samples=0, target_disagreement=0.001, step=1.0)
+    decisions = [wrapped.process(s) for s in rows]
+    cols = shadow_columns(decisions, wrapped)
+    assert cols["shadow_share"] == 1.0 and cols["disagreement"] is not None
+    status = wrapped.status()
+    if status["disagreements"]:  # the embedded rows disagree at least once at the calibrated thresholds
+        assert status["shift"] < 0
+        assert wrapped.policy.base_thresholds["fusion"] < status["calibrated_thresholds"]["fusion"]
+    assert status["thresholds"] == wrapped.policy.base_thresholds
+    assert set(status) >= {"target_disagreement", "measured_disagreement", "thresholds", "shadow_share", "shift"}
+
+
+def test_a_replay_is_deterministic(parts, rows):
+    def run() -> list[tuple]:
+        wrapped = _wrapped(parts, shadow_share=0.3, warmup_samples=10, warmup_share=0.8, seed=5)
+        return [(d.prediction, d.shadow, d.shadow_prediction, d.macs, tuple(sorted(d.thresholds.items())))
+                for d in (wrapped.process(s) for s in rows)]
+
+    first = run()
+    assert first == run()
+    assert any(shadow for _, shadow, *_ in first) and not all(shadow for _, shadow, *_ in first)
+
+
+def test_shadow_energy_is_in_the_decision_and_the_budget_sees_it(parts, rows):
+    meter = CountingMeter()
+    system = parts.exitflow(meter=meter, budget_mj=5.0)
+    policy = system.engine.policy
+    controller = OnlineRecalibrator(policy.base_thresholds, policy.exit_rule,
+                                    RecalibrationSettings(shadow_share=1.0, warmup_samples=0))
+    wrapped = ShadowRecalibration(system, parts.full(), controller)
+    budget = system.engine.budget
+    ran = 0
+    for sample in rows[:10]:
+        before = budget.samples
+        d = wrapped.process(sample)
+        assert budget.samples == before + 1  # one budget step per sample, shadow included
+        if d.shadow_macs:
+            ran += 1
+            assert d.shadow_energy_mj == 1.0 and d.energy_mj == 2.0 and d.dynamic_energy_mj == 1.0
+    assert ran > 0
+    assert wrapped.status()["held_by_budget"] and controller.shift == 0.0  # the budget owns the thresholds
+    assert budget.total_energy_mj > 10 * 0.5  # shadow windows counted
+
+
+def test_config_switch_and_bench_rows(parts, rows):
+    on = with_recalibration(parts.cfg, parts)
+    assert isinstance(on, ShadowRecalibration) and on.name == "exitflow"
+    off_cfg = dataclasses.replace(parts.cfg, recalibration=dataclasses.replace(parts.cfg.recalibration, enabled=False))
+    assert not isinstance(with_recalibration(off_cfg, parts), ShadowRecalibration)
+    systems = bench_systems(parts)
+    assert list(systems) == ["exitflow", "exitflow-fixed"]
+    assert isinstance(systems["exitflow"], ShadowRecalibration)
+    assert systems["exitflow-fixed"].process(rows[0]).system == "exitflow-fixed"
+
+
+def test_inconsistent_settings_are_a_config_error(parts):
+    bad = dataclasses.replace(parts.cfg.recalibration, min_shift=0.0)
+    with pytest.raises(ConfigError, match="min_shift"):
+        settings_from_config(bad)
