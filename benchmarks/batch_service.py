@@ -32,8 +32,8 @@ from exitflow.pipeline.config import RayConfig, ServiceConfig, load_config
 from exitflow.pipeline.evaluation.bench import bench_inputs
 from exitflow.pipeline.inference.batch_engine import BatchEngine
 from exitflow.pipeline.inference.engine import Engine, policy_from_config
-from exitflow.pipeline.live.ray_connect import start_ray
-from exitflow.pipeline.live.service import InferenceService
+from exitflow.pipeline.live.runtime.ray.connect import start_ray
+from exitflow.pipeline.live.runtime.ray.service import InferenceService
 from exitflow.pipeline.messages import Decision, Sample
 
 

@@ -35,8 +35,8 @@ import ray
 
 from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig
 from exitflow.pipeline.data.roots import SHARED_DATA
-from exitflow.pipeline.live.rule_engine import build_rule_engine
-from exitflow.pipeline.live.runtime import LivePipeline, start_ray
+from exitflow.pipeline.live.runtime.ray.pipeline import RayPipeline, start_ray
+from exitflow.pipeline.live.runtime.rule_engine import build_rule_engine
 from exitflow.pipeline.live.sources.loopback import free_port, loopback_listener
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def main() -> int:
     start_ray(RayConfig(num_cpus=4, namespace="exitflow-faults"))
     log_path = REPO / args.decision_log
     decision_times: list[tuple[int, bool]] = []  # (driver ns, image missing)
-    pipe = LivePipeline(
+    pipe = RayPipeline(
         stream,
         build_rule_engine,
         decision_log=log_path,

@@ -7,7 +7,7 @@ clock ``--clock-skew-s`` off in its own direction (robot i: +X, -X, +X/2, -X/2, 
 measures each offset by round trips and corrects it. All robots share ONE engine with the real
 model (``stream.engine`` of ``--config``, the default CNN checkpoints): in-process for
 ``--runtime local`` (one process, one preprocessing thread and one engine thread for the fleet),
-for ``--runtime ray`` the shared batched inference service of ``pipeline/live/service.py``
+for ``--runtime ray`` the shared batched inference service of ``pipeline/live/runtime/ray/service.py``
 (replicas that batch samples across robots, every sample keeping its own exits; ``--engine-actor``
 uses one plain engine actor instead).
 
@@ -51,13 +51,13 @@ sys.path.insert(0, str(REPO))
 
 from exitflow.pipeline.config import SourceConfig, StreamConfig, load_config  # noqa: E402
 from exitflow.pipeline.data.roots import SHARED_DATA  # noqa: E402
-from exitflow.pipeline.live.driver import PipelineDriver  # noqa: E402
-from exitflow.pipeline.live.local_runtime import LocalEngine, LocalPipeline  # noqa: E402
-from exitflow.pipeline.live.metrics import _flat_drops  # noqa: E402
-from exitflow.pipeline.live.runtime import LivePipeline, engine_actor, start_ray  # noqa: E402
-from exitflow.pipeline.live.service import InferenceService  # noqa: E402
+from exitflow.pipeline.live.runtime.driver import PipelineDriver  # noqa: E402
+from exitflow.pipeline.live.runtime.local import LocalEngine, LocalPipeline  # noqa: E402
+from exitflow.pipeline.live.runtime.ray.pipeline import RayPipeline, engine_actor, start_ray  # noqa: E402
+from exitflow.pipeline.live.runtime.ray.service import InferenceService  # noqa: E402
 from exitflow.pipeline.live.sources import SkewedSourceFactory  # noqa: E402
 from exitflow.pipeline.live.sources.loopback import LoopbackClip, free_port, serve_clip  # noqa: E402
+from exitflow.pipeline.live.views.metrics import _flat_drops  # noqa: E402
 from exitflow.pipeline.messages import Decision  # noqa: E402
 
 GRID = SHARED_DATA / "grid_av_samples"
@@ -207,7 +207,7 @@ def main() -> int:
                 shared = engine_actor(engine_name, stream, cfg, name="exitflow-fleet-engine")
                 ray.get(shared.node_id.remote(), timeout=300)
             for r in robots:
-                r.pipe = LivePipeline(stream, engine_name, cfg=cfg, sources=dict(r.sources), engine=shared,
+                r.pipe = RayPipeline(stream, engine_name, cfg=cfg, sources=dict(r.sources), engine=shared,
                                       on_decision=r.on_decision, keep_decisions=10)
         for r in robots:
             r.pipe.start()

@@ -52,11 +52,11 @@ def main() -> int:
         sys.exit("--messages and --batch must be >= 1")
     logging.disable(logging.WARNING)  # the pipeline logs every refused message; counted here instead
 
-    from exitflow.pipeline.live.recording import decode_sensor_message, encode_sensor_message
-    from exitflow.pipeline.live.rule_engine import RuleEngine
+    from exitflow.pipeline.live.core.sync import Synchronizer
+    from exitflow.pipeline.live.recording.v1 import decode_sensor_message, encode_sensor_message
+    from exitflow.pipeline.live.runtime.rule_engine import RuleEngine
+    from exitflow.pipeline.live.runtime.workers import EngineWorker
     from exitflow.pipeline.live.sources import CameraSource, PcmSocketSource, TextSocketSource
-    from exitflow.pipeline.live.sync import Synchronizer
-    from exitflow.pipeline.live.workers import EngineWorker
 
     counts: Counter[str] = Counter()
     sync_drops: Counter[str] = Counter()

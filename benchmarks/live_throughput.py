@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig  # noqa: E402
 from exitflow.pipeline.data.roots import SHARED_DATA  # noqa: E402
-from exitflow.pipeline.live.rule_engine import build_rule_engine  # noqa: E402
+from exitflow.pipeline.live.runtime.rule_engine import build_rule_engine  # noqa: E402
 from exitflow.pipeline.live.sources.loopback import free_port, serve_clip  # noqa: E402
 
 GRID_CLIP = SHARED_DATA / Path("grid_av_samples/mpg/id2_vcd_swwp2s.mpg")
@@ -84,7 +84,7 @@ def main() -> int:
 
     import ray
 
-    from exitflow.pipeline.live.runtime import LivePipeline, start_ray
+    from exitflow.pipeline.live.runtime.ray.pipeline import RayPipeline, start_ray
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     video_port, audio_port = free_port(), free_port()
@@ -116,7 +116,7 @@ def main() -> int:
         engine_num_cpus=1.0,
     )
     start_ray(RayConfig(num_cpus=args.num_cpus, namespace="exitflow-bench"))
-    pipe = LivePipeline(stream, build_rule_engine)
+    pipe = RayPipeline(stream, build_rule_engine)
     me = psutil.Process()
     try:
         pipe.start()

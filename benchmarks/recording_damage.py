@@ -32,10 +32,10 @@ from mcap.records import Chunk, Message
 from mcap.stream_reader import StreamReader, breakup_chunk
 
 from exitflow.pipeline.config import load_config
-from exitflow.pipeline.live.mcap_reader import McapFile
-from exitflow.pipeline.live.playback import replay_stream
-from exitflow.pipeline.live.rule_engine import RuleEngine
-from exitflow.pipeline.live.sync import make_synchronizer
+from exitflow.pipeline.live.core.sync import make_synchronizer
+from exitflow.pipeline.live.recording.mcap_reader import McapFile
+from exitflow.pipeline.live.runtime.playback import replay_stream
+from exitflow.pipeline.live.runtime.rule_engine import RuleEngine
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples/grid_live.mcap"
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    cfg = load_config(None, ["stream.engine=exitflow.pipeline.live.rule_engine:build_rule_engine"])
+    cfg = load_config(None, ["stream.engine=exitflow.pipeline.live.runtime.rule_engine:build_rule_engine"])
     data = EXAMPLE.read_bytes()
     chunks = layout(data)
     summary = make_reader(io.BytesIO(data)).get_summary()

@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 from mcap.writer import CompressionType, Writer
 
-from exitflow.pipeline.live.recording import RecordingWriter
-from exitflow.pipeline.live.recording_v1 import SENSOR_ENCODING, encode_sensor_message
+from exitflow.pipeline.live.recording.v1 import SENSOR_ENCODING, encode_sensor_message
+from exitflow.pipeline.live.recording.writer import RecordingWriter
 from exitflow.pipeline.messages import Decision, SensorMessage
 
 REPO = Path(__file__).resolve().parent.parent

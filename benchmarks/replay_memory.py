@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from exitflow.pipeline.live.recording import RecordingWriter
+from exitflow.pipeline.live.recording.writer import RecordingWriter
 from exitflow.pipeline.messages import SensorMessage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,11 +42,11 @@ def status_kib(key):
         if line.startswith(key + ":"):
             return int(line.split()[1])
 from exitflow.pipeline.config import load_config
-from exitflow.pipeline.live.playback import replay_stream
-from exitflow.pipeline.live.rule_engine import RuleEngine
-from exitflow.pipeline.live.sync import make_synchronizer
+from exitflow.pipeline.live.runtime.playback import replay_stream
+from exitflow.pipeline.live.runtime.rule_engine import RuleEngine
+from exitflow.pipeline.live.core.sync import make_synchronizer
 rss0 = status_kib("VmRSS")
-cfg = load_config(None, ["stream.engine=exitflow.pipeline.live.rule_engine:build_rule_engine"])
+cfg = load_config(None, ["stream.engine=exitflow.pipeline.live.runtime.rule_engine:build_rule_engine"])
 t = time.monotonic()
 s = replay_stream(sys.argv[1], RuleEngine(), make_synchronizer(cfg.stream, ["audio", "image", "text"]))
 print(json.dumps({"rss_after_imports_kib": rss0, "peak_rss_kib": status_kib("VmHWM"),

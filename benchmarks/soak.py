@@ -31,9 +31,9 @@ import psutil
 import ray
 
 from exitflow.pipeline.config import load_config
-from exitflow.pipeline.live.rule_engine import build_rule_engine
 from exitflow.pipeline.live.run import resolve_source_paths
-from exitflow.pipeline.live.runtime import LivePipeline, start_ray
+from exitflow.pipeline.live.runtime.ray.pipeline import RayPipeline, start_ray
+from exitflow.pipeline.live.runtime.rule_engine import build_rule_engine
 from exitflow.pipeline.live.sources.loopback import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def main() -> int:
     )
     stream = dataclasses.replace(cfg.stream, sources=sources, live_view=False)
     start_ray(dataclasses.replace(cfg.ray, num_cpus=4))
-    pipe = LivePipeline(stream, build_rule_engine, cfg=cfg, decision_log=REPO / args.decision_log)
+    pipe = RayPipeline(stream, build_rule_engine, cfg=cfg, decision_log=REPO / args.decision_log)
     me = psutil.Process()
     samples: dict[int, dict[str, Any]] = {}
     out_path = REPO / args.out

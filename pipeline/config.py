@@ -226,7 +226,7 @@ class StreamConfig:
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """The shared inference service (``pipeline/live/service.py``, docs/service.md): replicas that
+    """The shared inference service (``pipeline/live/runtime/ray/service.py``, docs/service.md): replicas that
     batch samples from any number of pipelines, every sample keeping its own exits."""
 
     name: str = "exitflow-service"  # replicas are the named detached actors NAME-0, NAME-1, ...

@@ -1,8 +1,11 @@
-"""The package layout holds: one namespace, imports only downward, no circles, Ray only in live/."""
+"""The package layout holds: one namespace, imports only downward, no circles, Ray only in live/runtime/ray/,
+and pipeline/live/ in rooms that import only downward."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,21 @@ MAY_IMPORT = {  # the stage packages each stage may import (DESIGN.md)
     "pipeline": set(STAGES),
 }
 GENERIC = set(STAGES)
+LIVE = "exitflow.pipeline.live"
+RAY_ROOM = f"{LIVE}.runtime.ray"
+# the rooms of pipeline/live/ and the rooms each may import (DESIGN.md): core <- recording <- sources
+# <- runtime <- runtime.ray; views take core and recording; run.py sits on top of them all
+LIVE_ROOMS = ("core", "recording", "sources", "runtime", "runtime.ray", "views", "run")
+LIVE_MAY_IMPORT = {
+    "core": {"core"},
+    "recording": {"core", "recording"},
+    "sources": {"core", "recording", "sources"},
+    "runtime": {"core", "recording", "sources", "runtime"},
+    "runtime.ray": {"core", "recording", "sources", "runtime", "runtime.ray"},
+    "views": {"core", "recording", "views"},
+    "run": set(LIVE_ROOMS),
+}
+MAX_LIVE_FILE_LINES = 400
 
 
 def module_name(path: Path) -> str:
@@ -75,8 +93,8 @@ def test_stages_import_only_downward_and_ray_only_in_live() -> None:
         stage = mod.split(".")[1] if mod.startswith("exitflow.") and mod.count(".") >= 1 else None
         for name, line in imports_of(path):
             top = name.split(".")
-            if top[0] == "ray" and not mod.startswith("exitflow.pipeline.live"):
-                bad.append(f"{mod}:{line} imports ray outside pipeline/live")
+            if top[0] == "ray" and not mod.startswith(RAY_ROOM):
+                bad.append(f"{mod}:{line} imports ray outside pipeline/live/runtime/ray")
             if top[0] == "exitflow" and len(top) > 1 and top[1] in STAGES and stage in MAY_IMPORT:
                 if top[1] not in MAY_IMPORT[stage]:
                     bad.append(f"{mod}:{line} imports {name} ({stage} may import {sorted(MAY_IMPORT[stage])})")
@@ -127,3 +145,57 @@ def test_cycle_finder_finds_a_cycle() -> None:
 def test_every_stage_package_documents_its_place(stage: str) -> None:
     doc = ast.get_docstring(ast.parse((REPO / stage / "__init__.py").read_text(encoding="utf-8")))
     assert doc, f"{stage}/__init__.py needs a docstring saying its stage in the data flow"
+
+
+def live_room(module: str) -> str | None:
+    """``exitflow.pipeline.live.runtime.ray.service`` -> ``runtime.ray``; None outside the rooms."""
+    if not module.startswith(LIVE + "."):
+        return None
+    rest = module[len(LIVE) + 1:].split(".")
+    if rest[0] == "runtime" and len(rest) > 1 and rest[1] == "ray":
+        return "runtime.ray"
+    return rest[0] if rest[0] in LIVE_ROOMS else None
+
+
+def live_files() -> list[Path]:
+    return sorted((REPO / "pipeline" / "live").rglob("*.py"))
+
+
+def test_live_rooms_import_only_downward() -> None:
+    assert {live_room(module_name(p)) for p in live_files()} - {None} == set(LIVE_ROOMS)
+    bad = []
+    for path in live_files():
+        mod = module_name(path)
+        room = live_room(mod)
+        if room is None:  # live/__init__.py: a docstring, nothing imported
+            assert not imports_of(path), f"{mod} imports something; it should only describe the rooms"
+            continue
+        for name, line in imports_of(path):
+            target = live_room(name)
+            if name.startswith(LIVE) and target is None and name != LIVE:
+                bad.append(f"{mod}:{line} imports {name}, outside the rooms of pipeline/live")
+            elif target is not None and target not in LIVE_MAY_IMPORT[room]:
+                bad.append(f"{mod}:{line} imports {name} ({room} may import {sorted(LIVE_MAY_IMPORT[room])})")
+    assert not bad, "\n".join(bad)
+
+
+def test_live_rooms_document_their_stage_and_exports() -> None:
+    for init in sorted((REPO / "pipeline" / "live").rglob("__init__.py")):
+        tree = ast.parse(init.read_text(encoding="utf-8"))
+        assert ast.get_docstring(tree), f"{init.relative_to(REPO)} needs a docstring saying its stage"
+        names = [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                 if isinstance(t, ast.Name)]
+        assert "__all__" in names, f"{init.relative_to(REPO)} needs an __all__"
+
+
+def test_no_live_file_over_400_lines() -> None:
+    long = {str(p.relative_to(REPO)): n for p in live_files()
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LIVE_FILE_LINES}
+    assert not long, f"split these by concept (at most {MAX_LIVE_FILE_LINES} lines): {long}"
+
+
+@pytest.mark.parametrize("module", [f"{LIVE}.runtime.local", f"{LIVE}.runtime.driver", f"{LIVE}.run"])
+def test_the_local_runtime_loads_no_ray(module: str) -> None:
+    code = f"import sys, {module}; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False", f"importing {module} loaded ray"

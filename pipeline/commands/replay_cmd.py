@@ -17,7 +17,7 @@ from exitflow.pipeline.config import Config, output_path, resolve_path
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from exitflow.pipeline.live.playback import ReplaySummary
+    from exitflow.pipeline.live.runtime.playback import ReplaySummary
     from exitflow.pipeline.messages import Sample
 
 
@@ -136,9 +136,10 @@ def _replay_recording(args: argparse.Namespace, cfg: Config) -> int:
 
     Exit code 0, or 3 when the recording was damaged (the summary says what was lost).
     """
-    from exitflow.pipeline.live.playback import recorded_modalities, replay_stream
-    from exitflow.pipeline.live.sync import make_synchronizer
-    from exitflow.pipeline.live.workers import resolve_engine_factory
+    from exitflow.pipeline.live.core.sync import make_synchronizer
+    from exitflow.pipeline.live.recording.reader import recorded_modalities
+    from exitflow.pipeline.live.runtime.playback import replay_stream
+    from exitflow.pipeline.live.runtime.workers import resolve_engine_factory
 
     path = Path(args.recording)
     if not args.decisions:
@@ -176,23 +177,29 @@ def _preprocess(cfg: Config) -> Callable[[Sample], Sample]:
     import functools
 
     from exitflow.pipeline.bundles.load import preprocessing_of
-    from exitflow.pipeline.live.preprocess import preprocess_sample
+    from exitflow.pipeline.live.runtime.preprocess import preprocess_sample
 
     return functools.partial(preprocess_sample, preprocessing=preprocessing_of(cfg))
 
 
 def damage_line(summary: ReplaySummary) -> str:
-    """One line on what a damaged recording lost."""
+    """One line on what a damaged or incomplete recording lost, and what was kept."""
     read = summary.read
     lost = read.messages_lost
     ranges = [(a, b) for a, b in read.lost_time_ranges_ns() if a is not None and b is not None]
     span_s = sum(max(0, b - a) for a, b in ranges) / 1e9
-    parts = [f"{len(read.chunks_damaged)} damaged chunk(s) skipped"]
-    parts.append("messages lost: unknown" if lost is None else f"{lost} message(s) lost")
+    parts = []
+    if read.incomplete:
+        parts.append("the file is incomplete (no footer or summary: cut short or still being written); "
+                     "what follows its last whole chunk is lost")
+    if read.chunks_damaged or not read.incomplete:
+        parts.append(f"{len(read.chunks_damaged)} damaged chunk(s) skipped")
+        parts.append("messages lost: unknown" if lost is None else f"{lost} message(s) lost")
     if ranges:
         parts.append(f"{span_s:.2f} s of recording lost")
     if read.truncated:
-        parts.append("the file is cut short (no summary)")
+        parts.append("the file is cut short inside a record")
     if summary.skipped_records:
         parts.append("undecodable records: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.skipped_records.items())))
+    parts.append(read.kept_text())
     return "exitflow: warning: the recording is damaged: " + "; ".join(parts) + " (every intact chunk was replayed)"

@@ -17,7 +17,7 @@ manifest, so ``exitflow data import DIR`` checks and caches it like every other 
 
 A modality with nothing inside a range is left empty for that row. ``group`` defaults to the
 recording's file name, so one recording never straddles splits. The recording is read once,
-one chunk at a time (:class:`~exitflow.pipeline.live.recording.Recording`); damaged chunks are
+one chunk at a time (:class:`~exitflow.pipeline.live.recording.reader.Recording`); damaged chunks are
 skipped and reported.
 """
 
@@ -35,8 +35,7 @@ import soundfile as sf
 
 from exitflow.pipeline.data.manifest import SPLIT_NAMES, ManifestError
 from exitflow.pipeline.errors import DataError
-from exitflow.pipeline.live.playback import sensor_topics
-from exitflow.pipeline.live.recording import Recording
+from exitflow.pipeline.live.recording.reader import Recording, sensor_topics
 
 LABEL_COLUMNS = ("start_s", "end_s", "label", "split", "group")
 

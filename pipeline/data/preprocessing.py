@@ -2,7 +2,7 @@
 
 Every path that turns raw sensor data into encoder inputs calls a :class:`Preprocessing`: the
 AV-MNIST builder (audio), the importer of user data sets (``pipeline/data/importer.py``), the
-live ``preprocess`` step (``pipeline/live/preprocess.py``) and, through the stored
+live ``preprocess`` step (``pipeline/live/runtime/preprocess.py``) and, through the stored
 ``preprocessing.json`` of an imported set or a bundle, replay and the live runtime. So a model
 is fed at run time exactly what it was trained on (no train/serve skew).
 

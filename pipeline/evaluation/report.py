@@ -58,7 +58,7 @@ def load_run(path: str | Path) -> RunSeries:
     Raises:
         DataError: when the recording holds no decisions.
     """
-    from exitflow.pipeline.live.recording import read_recording
+    from exitflow.pipeline.live.recording.reader import read_recording
 
     run = RunSeries(Path(path).stem)
     t0: int | None = None

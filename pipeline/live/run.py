@@ -1,8 +1,11 @@
-"""The whole live run behind ``exitflow run`` / ``exitflow record`` / ``exitflow budget set``.
+"""The whole live run behind ``exitflow run`` / ``exitflow record`` / ``exitflow budget set``: the top
+of :mod:`exitflow.pipeline.live`, the one module that may import every room below it.
 
-``stream.runtime`` (``auto``: see :func:`~exitflow.pipeline.live.local_runtime.choose_runtime`)
-picks the in-process runtime (no Ray) or Ray; recording, the live view, the Foxglove server and
-the opt-in Prometheus endpoint (``stream.metrics_port``) work the same on both.
+``stream.runtime`` (``auto``: see :func:`~exitflow.pipeline.live.runtime.local.choose_runtime`)
+picks the in-process runtime (no Ray) or Ray; recording, the live view, the Foxglove server, the
+opt-in Prometheus endpoint (``stream.metrics_port``) and ``exitflow budget set`` work the same on
+both. Ray is imported only when the Ray runtime is chosen (:class:`_RayRuntime`), so a local run
+never loads it: that is start-up time and memory a single device does not pay (docs/streaming.md).
 """
 
 from __future__ import annotations
@@ -13,23 +16,41 @@ import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
-
-import ray
-from ray.exceptions import RayTaskError
+from typing import Any
 
 from exitflow.pipeline.config import RayConfig, SourceConfig, dump_config, resolve_path
-from exitflow.pipeline.live.driver import PipelineDriver
-from exitflow.pipeline.live.foxglove_server import FanOut, FoxgloveLiveServer
-from exitflow.pipeline.live.local_runtime import LocalPipeline, choose_runtime
-from exitflow.pipeline.live.metrics import MetricsExporter
-from exitflow.pipeline.live.placement import job_runtime_env
-from exitflow.pipeline.live.preprocess import IMAGE_SIDE, model_preprocessing
-from exitflow.pipeline.live.recording import RecordingWriter, recording_metadata
-from exitflow.pipeline.live.runtime import ENGINE_ACTOR_NAME, LivePipeline, start_ray
-from exitflow.pipeline.live.workers import EngineFactory, LiveRuntimeError
+from exitflow.pipeline.live.core.failures import LiveRuntimeError
+from exitflow.pipeline.live.recording.writer import RecordingWriter, recording_metadata
+from exitflow.pipeline.live.runtime.control import ControlServer, running_pipelines, send_budget
+from exitflow.pipeline.live.runtime.driver import PipelineDriver
+from exitflow.pipeline.live.runtime.local import LocalPipeline, choose_runtime
+from exitflow.pipeline.live.runtime.preprocess import IMAGE_SIDE, model_preprocessing
+from exitflow.pipeline.live.runtime.workers import EngineFactory
+from exitflow.pipeline.live.views.foxglove import FanOut, FoxgloveLiveServer
+from exitflow.pipeline.live.views.metrics import MetricsExporter
 
 log = logging.getLogger(__name__)
+
+
+class _RayRuntime:
+    """What :func:`run_live` needs of the Ray runtime, imported only when a run chooses it."""
+
+    def __init__(self) -> None:
+        # imported here, not at the top: a local run must not load Ray (see the module docstring)
+        from exitflow.pipeline.live.runtime.ray.connect import start_ray, stop_ray
+        from exitflow.pipeline.live.runtime.ray.pipeline import RayPipeline
+        from exitflow.pipeline.live.runtime.ray.placement import job_runtime_env
+
+        self.pipeline_cls = RayPipeline
+        self.start_ray = start_ray
+        self.stop_ray = stop_ray
+        self.job_runtime_env = job_runtime_env
+
+    @staticmethod
+    def set_budget(ray_cfg: RayConfig, mj_per_sample: float | None, power_w: float | None) -> dict[str, Any]:
+        from exitflow.pipeline.live.runtime.ray.control import set_ray_budget  # Ray only when needed
+
+        return set_ray_budget(ray_cfg, mj_per_sample, power_w)
 
 
 def resolve_source_paths(cfg: Any) -> tuple[SourceConfig, ...]:
@@ -89,7 +110,7 @@ def run_live(
         LiveRuntimeError: when Ray or the actors cannot start.
         OSError: when ``stream.metrics_port`` cannot be bound.
     """
-    from exitflow.pipeline.live.view import LiveView
+    from exitflow.pipeline.live.views.terminal import LiveView
 
     stream = dataclasses.replace(cfg.stream, sources=resolve_source_paths(cfg))
     # a command-line path is relative to the working folder, stream.record to the config's folder
@@ -106,7 +127,8 @@ def run_live(
         if stream.metrics_port is not None:
             metrics = MetricsExporter(stream.metrics_port, stream.metrics_host)
             log.info("metrics on http://%s:%d/metrics", metrics.host, metrics.port)
-        started = start_ray(cfg.ray, runtime_env=job_runtime_env(stream, cfg.ray)) if runtime == "ray" else False
+        on_ray = _RayRuntime() if runtime == "ray" else None
+        started = on_ray.start_ray(cfg.ray, runtime_env=on_ray.job_runtime_env(stream, cfg.ray)) if on_ray else False
     except BaseException:
         if live_server is not None:
             live_server.close()
@@ -120,7 +142,7 @@ def run_live(
     ) if record_path is not None else None
     sink = FanOut(recorder, live_server) if recorder is not None and live_server is not None else (
         recorder or live_server)
-    pipeline_cls = LocalPipeline if runtime == "local" else LivePipeline
+    pipeline_cls = on_ray.pipeline_cls if on_ray is not None else LocalPipeline
     pipe: PipelineDriver = pipeline_cls(
         stream,
         engine_factory or stream.engine,
@@ -130,9 +152,12 @@ def run_live(
         decision_log=decision_log,  # a command-line path: relative to the working folder
     )
     snap: dict[str, Any] = {}
+    control = None
     try:
         pipe.start()
         pipe.wait_ready()
+        if on_ray is None:  # on Ray, `exitflow budget set` finds the named engine actor instead
+            control = ControlServer(pipe.set_budget, cfg.ray.namespace)
 
         budget_cfg = getattr(cfg, "budget", None)  # the set-point until `exitflow budget set` changes it
         configured = {} if budget_cfg is None or budget_cfg.mode == "off" else {
@@ -163,23 +188,29 @@ def run_live(
     except KeyboardInterrupt:
         log.warning("interrupted; shutting down")
     finally:
+        if control is not None:
+            control.close()
         snap = pipe.snapshot()
         pipe.shutdown()
         if metrics is not None:
             metrics.close()
-        if started:
-            ray.shutdown()
+        if started and on_ray is not None:
+            on_ray.stop_ray()
     return snap
 
 
 def set_running_budget(
     ray_cfg: RayConfig, mj_per_sample: float | None, power_w: float | None, off: bool = False
 ) -> dict[str, Any]:
-    """Set, change or (``off``) remove the budget of a pipeline running in the Ray cluster at
-    ``ray_cfg.address`` (or auto); a pipeline started without a budget accepts one.
+    """Set, change or (``off``) remove the budget of the running pipeline of ``ray_cfg.namespace``;
+    a pipeline started without a budget accepts one.
+
+    A local pipeline (``runtime: local``) is reached through its control socket
+    (:mod:`~exitflow.pipeline.live.runtime.control`); when none runs on this machine, the engine
+    actor of a Ray pipeline in the cluster at ``ray_cfg.address`` (or auto) is.
 
     Raises:
-        LiveRuntimeError: when no running exitflow pipeline is found.
+        LiveRuntimeError: when the arguments are wrong, or no running exitflow pipeline is found.
     """
     if off and (mj_per_sample is not None or power_w is not None):
         raise LiveRuntimeError("give either `off` or a budget (--mj-per-sample X or --power-w W), not both")
@@ -188,19 +219,11 @@ def set_running_budget(
     for name, value in (("--mj-per-sample", mj_per_sample), ("--power-w", power_w)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise LiveRuntimeError(f"{name} must be a positive number, got {value}")
-    try:  # False in the process that runs the pipeline: Ray is up already
-        connected_here = start_ray(dataclasses.replace(ray_cfg, address=ray_cfg.address or "auto"))
-    except LiveRuntimeError as e:
-        raise LiveRuntimeError(f"{e} (is `exitflow run` running?)") from e
-    try:
-        engine = ray.get_actor(ENGINE_ACTOR_NAME, namespace=ray_cfg.namespace)
-        return cast(dict[str, Any], ray.get(engine.set_budget.remote(mj_per_sample, power_w), timeout=30))
-    except RayTaskError as e:
-        raise LiveRuntimeError(f"the engine refused the budget: {e.cause if e.cause else e}") from e
-    except ValueError as e:
-        raise LiveRuntimeError(
-            f"no running exitflow engine in namespace {ray_cfg.namespace!r}; start one with `exitflow run`"
-        ) from e
-    finally:
-        if connected_here:
-            ray.shutdown()
+    local = running_pipelines(ray_cfg.namespace)
+    if len(local) > 1:
+        pids = ", ".join(str(r["pid"]) for r in local)
+        raise LiveRuntimeError(f"{len(local)} local pipelines run in namespace {ray_cfg.namespace!r} (pids {pids}); "
+                               "stop all but one, or give each its own ray.namespace")
+    if local:
+        return send_budget(local[0], mj_per_sample, power_w)
+    return _RayRuntime.set_budget(ray_cfg, mj_per_sample, power_w)

@@ -7,14 +7,14 @@ import logging
 import numpy as np
 import pytest
 
-from exitflow.pipeline.live.clocks import (
+from exitflow.pipeline.live.core.clocks import (
     ClockBook,
     ClockProbe,
     OffsetEstimator,
     SourceClock,
     driver_wall_offset_ns,
 )
-from exitflow.pipeline.live.sync import Synchronizer
+from exitflow.pipeline.live.core.sync import Synchronizer
 from exitflow.pipeline.messages import SensorMessage
 
 MS = 1_000_000
@@ -41,7 +41,7 @@ def test_source_clock_offset_is_seen_as_skew_and_corrected(caplog):
     clock = SourceClock(offset_ns=HOUR_NS)
     import time
 
-    with caplog.at_level(logging.WARNING, logger="exitflow.pipeline.live.clocks"):
+    with caplog.at_level(logging.WARNING, logger="exitflow.pipeline.live.core.clocks"):
         for _ in range(3):
             sent = time.monotonic_ns()
             answer = clock.now_ns()

@@ -99,8 +99,8 @@ def test_devices_json_names_the_host_and_a_zeus_entry() -> None:
 
 def test_budget_set_arguments_are_checked_before_ray_is_touched() -> None:
     from exitflow.pipeline.config import RayConfig
+    from exitflow.pipeline.live.core.failures import LiveRuntimeError
     from exitflow.pipeline.live.run import set_running_budget
-    from exitflow.pipeline.live.workers import LiveRuntimeError
 
     for kwargs in ({"mj_per_sample": None, "power_w": None},
                    {"mj_per_sample": float("nan"), "power_w": None},

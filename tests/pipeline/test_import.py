@@ -270,7 +270,8 @@ def test_a_changed_manifest_needs_a_new_import(good_set: Path, tmp_path: Path) -
 # -- labelled MCAP recordings -------------------------------------------------------------------------
 def test_a_labelled_recording_becomes_rows_and_imports(tmp_path: Path, capsys) -> None:
     from exitflow.pipeline.data.preprocessing import Preprocessing
-    from exitflow.pipeline.live.recording import RecordingWriter, read_recording
+    from exitflow.pipeline.live.recording.reader import read_recording
+    from exitflow.pipeline.live.recording.writer import RecordingWriter
     from exitflow.pipeline.messages import SensorMessage
 
     rec_path = tmp_path / "run.mcap"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from exitflow.pipeline.live.stats import LiveStats
-from exitflow.pipeline.live.view import render
+from exitflow.pipeline.live.core.stats import LiveStats
+from exitflow.pipeline.live.views.terminal import render
 from exitflow.pipeline.messages import Decision
 
 NOTE = "budget below the cheapest plan: running the cheapest exit only"

@@ -12,9 +12,9 @@ import numpy as np
 
 from exitflow.pipeline.config import REPO_ROOT
 from exitflow.pipeline.data.preprocessing import DEFAULT_PREPROCESSING
-from exitflow.pipeline.live.preprocess import model_preprocessing
 from exitflow.pipeline.live.run import edge_preprocessing
-from exitflow.pipeline.live.workers import EngineWorker, in_process
+from exitflow.pipeline.live.runtime.preprocess import model_preprocessing
+from exitflow.pipeline.live.runtime.workers import EngineWorker
 from exitflow.pipeline.messages import Sample
 
 
@@ -56,7 +56,7 @@ def test_engine_worker_preprocesses_with_the_bundles_parameters(embedded_cfg, tm
     worker = EngineWorker(lambda: echo, cfg)
     frame = np.random.default_rng(0).integers(0, 256, (120, 160), dtype=np.uint8)
     sample = Sample(sample_id=1, timestamp_ns=0, payloads={"image": frame})
-    _, _, error = in_process(worker.process)(sample)
+    _, _, error = worker.process(sample)
     assert error is None
     assert echo.seen[0].payloads["image"].shape == (1, 32, 32)
 

@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from exitflow.pipeline.live.preprocess import preprocess_sample
-from exitflow.pipeline.live.recording import decode_sensor_message, encode_sensor_message
-from exitflow.pipeline.live.rule_engine import RuleEngine
+from exitflow.pipeline.live.core.sync import AudioWindow, Synchronizer
+from exitflow.pipeline.live.recording.v1 import decode_sensor_message, encode_sensor_message
+from exitflow.pipeline.live.runtime.preprocess import preprocess_sample
+from exitflow.pipeline.live.runtime.rule_engine import RuleEngine
+from exitflow.pipeline.live.runtime.workers import EngineWorker
 from exitflow.pipeline.live.sources import CameraSource, PcmSocketSource, TextFileSource, TextSocketSource
-from exitflow.pipeline.live.sync import AudioWindow, Synchronizer
-from exitflow.pipeline.live.workers import EngineWorker
 from exitflow.pipeline.messages import Sample, SensorMessage
 
 FAST = settings(
@@ -264,12 +264,12 @@ def test_text_socket_bytes_never_raise_and_oversize_lines_are_counted(chunks):
 @example(['{"t_s": 1.8e299, "text": ""}', '{"t_s": -1, "text": "x"}', '{"timestamp_ns": "7", "text": "x"}'])
 def test_jsonl_lines_of_any_content_are_read_or_counted_as_bad_json(lines):
     src = TextFileSource("unused.jsonl", "txt", jsonl=True, realtime=False, max_rate_hz=None)
-    src._file = io.StringIO("\n".join(lines) + "\n")
+    src._file = io.BytesIO(("\n".join(lines) + "\n").encode("utf-8", "surrogatepass"))
     src._pending = None
     src.state = "connected"
     for _ in range(len(lines) + 2):
         src.read()
-    assert set(src.dropped) <= {"bad_json", "bad_time", "truncated"}
+    assert set(src.dropped) <= {"bad_json", "bad_time", "truncated", "bad_utf8"}
 
 
 # -- recorded messages (replay of a crafted file) -------------------------------------------------

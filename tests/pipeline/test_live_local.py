@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig
-from exitflow.pipeline.live.clocks import SourceClock
-from exitflow.pipeline.live.local_runtime import LocalPipeline, choose_runtime
-from exitflow.pipeline.live.recording import RecordingWriter, read_recording
+from exitflow.pipeline.live.core.clocks import SourceClock
+from exitflow.pipeline.live.recording.reader import read_recording
+from exitflow.pipeline.live.recording.writer import RecordingWriter
+from exitflow.pipeline.live.runtime.local import LocalPipeline, choose_runtime
 from exitflow.pipeline.live.sources import Source
 from exitflow.pipeline.messages import Decision, Sample
 
@@ -186,9 +187,9 @@ def recorded_sources(start_ns: int, origin_ns: int, end_ns: int) -> dict:
 
 def offline_decisions(origin_ns: int, end_ns: int) -> tuple[list[Decision], set[int]]:
     """The replay's decisions on the segment, and the indices of near-tie samples (see PAIRING_MARGIN_MS)."""
-    from exitflow.pipeline.live.playback import replay_recording
-    from exitflow.pipeline.live.rule_engine import RuleEngine
-    from exitflow.pipeline.live.sync import make_synchronizer
+    from exitflow.pipeline.live.core.sync import make_synchronizer
+    from exitflow.pipeline.live.runtime.playback import replay_recording
+    from exitflow.pipeline.live.runtime.rule_engine import RuleEngine
 
     sync = make_synchronizer(replay_stream_config(), ["audio", "image"])
     decisions = replay_recording(GRID_RECORDING, RuleEngine(), sync, topics=["/sensor/camera0", "/sensor/mic0"])
@@ -217,7 +218,7 @@ def same_decisions(live: list[Decision], offline: list[Decision], ties: set[int]
 
 
 def test_the_local_runtime_decides_a_recording_as_the_offline_replay_does():
-    from exitflow.pipeline.live.rule_engine import RuleEngine
+    from exitflow.pipeline.live.runtime.rule_engine import RuleEngine
 
     origin, end = recorded_segment()
     offline, ties = offline_decisions(origin, end)

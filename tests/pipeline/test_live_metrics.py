@@ -6,8 +6,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exitflow.pipeline.live.metrics import MetricsExporter, snapshot_metrics
-from exitflow.pipeline.live.stats import LiveStats
+from exitflow.pipeline.live.core.stats import LiveStats
+from exitflow.pipeline.live.views.metrics import MetricsExporter, snapshot_metrics
 from exitflow.pipeline.messages import Decision
 
 

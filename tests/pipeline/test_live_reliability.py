@@ -10,24 +10,22 @@ import time
 import numpy as np
 import pytest
 
-from exitflow.pipeline.live.failures import (
+from exitflow.pipeline.live.core.endpoints import DecisionLog
+from exitflow.pipeline.live.core.failures import (
     CircuitBreaker,
     CircuitOpenError,
     FailedDecision,
+    LiveRuntimeError,
     OutageEvent,
     describe_error,
     error_kind,
 )
-from exitflow.pipeline.live.recording import DecisionLog, RecordingWriter, read_recording
-from exitflow.pipeline.live.rule_engine import RuleEngine
+from exitflow.pipeline.live.core.sync import AudioWindow, Synchronizer
+from exitflow.pipeline.live.recording.reader import read_recording
+from exitflow.pipeline.live.recording.writer import RecordingWriter
+from exitflow.pipeline.live.runtime.rule_engine import RuleEngine
+from exitflow.pipeline.live.runtime.workers import EngineWorker, SourceWorker, resolve_engine_factory
 from exitflow.pipeline.live.sources import PcmSocketSource, Source, SourceDisconnected
-from exitflow.pipeline.live.sync import AudioWindow, Synchronizer
-from exitflow.pipeline.live.workers import (
-    EngineWorker,
-    LiveRuntimeError,
-    SourceWorker,
-    resolve_engine_factory,
-)
 from exitflow.pipeline.messages import Decision, Sample, SensorMessage
 
 MS = 1_000_000
@@ -172,7 +170,7 @@ def test_duplicate_and_backwards_timestamps_and_bad_text_are_counted():
 
 
 def test_audio_trigger_gets_the_assembled_window_not_the_raw_chunk():
-    from exitflow.pipeline.live.preprocess import preprocess_sample
+    from exitflow.pipeline.live.runtime.preprocess import preprocess_sample
 
     sync = Synchronizer(("audio", "text"), trigger="audio", slop_ns=0, audio_window_s=1.0)
     for i in range(12):
@@ -197,7 +195,7 @@ class FlappingSource(Source):
     modality = "text"
 
     def __init__(self):
-        from exitflow.pipeline.live.sources import Backoff
+        from exitflow.pipeline.live.core.backoff import Backoff
 
         super().__init__("flap", "text", Backoff(0.0, 0.0))
         self.n = 0
@@ -251,15 +249,15 @@ def test_decision_log_and_recording_hold_failed_decisions_and_outages(tmp_path):
 
 # -- engine names (item 8) ------------------------------------------------------------------------
 def test_stream_engine_accepts_only_systems_entry_points_and_exitflow_factories(monkeypatch):
-    from exitflow.pipeline.live import workers
+    from exitflow.pipeline.live.runtime import workers
 
-    assert resolve_engine_factory("exitflow.pipeline.live.rule_engine:build_rule_engine")(None).process
+    assert resolve_engine_factory("exitflow.pipeline.live.runtime.rule_engine:build_rule_engine")(None).process
     for bad, match in [
         ("os:system", "only exitflow's own factories"),
         ("benchmarks.live_throughput:build_rule_engine", "entry-point group 'exitflow.engines'"),
         ("system:nope", "unknown system 'nope'"),
         ("my-engine", "not an engine registered"),
-        ("exitflow.pipeline.live.rule_engine:nope", "cannot load engine factory"),
+        ("exitflow.pipeline.live.runtime.rule_engine:nope", "cannot load engine factory"),
     ]:
         with pytest.raises(LiveRuntimeError, match=match):
             resolve_engine_factory(bad)
@@ -291,8 +289,8 @@ def closed_port() -> int:
 
 
 def test_unreachable_ray_address_fails_with_one_line(monkeypatch, tmp_path):
-    from exitflow.pipeline.live import ray_connect
-    from exitflow.pipeline.live.ray_connect import probe_ray_address
+    from exitflow.pipeline.live.runtime.ray import connect as ray_connect
+    from exitflow.pipeline.live.runtime.ray.connect import probe_ray_address
 
     monkeypatch.setattr(ray_connect, "running_gcs_addresses", lambda: [])  # whatever Ray runs on this machine
 
@@ -356,17 +354,17 @@ def test_tcp_peer_outside_allowed_peers_fails_the_source_with_a_clear_error():
 # -- the driver's accounting (no Ray: the pieces the loop calls) ----------------------------------
 def make_pipeline(tmp_path, **kwargs):
     from exitflow.pipeline.config import StreamConfig
-    from exitflow.pipeline.live.runtime import LivePipeline
+    from exitflow.pipeline.live.runtime.ray.pipeline import RayPipeline
 
     class Src:
         modality = "image"
 
-    return LivePipeline(StreamConfig(circuit_breaker_s=5.0), RuleEngine, sources={"cam": Src()},
+    return RayPipeline(StreamConfig(circuit_breaker_s=5.0), RuleEngine, sources={"cam": Src()},
                         decision_log=tmp_path / "log.jsonl", **kwargs)
 
 
 def test_driver_keeps_only_recent_decisions_and_counts_the_rest(tmp_path):
-    from exitflow.pipeline.live.failures import failed_decision
+    from exitflow.pipeline.live.core.failures import failed_decision
 
     pipe = make_pipeline(tmp_path, keep_decisions=100)
     for i in range(5000):
@@ -384,7 +382,7 @@ def test_driver_keeps_only_recent_decisions_and_counts_the_rest(tmp_path):
 def test_driver_loop_survives_a_broken_turn_and_the_breaker_stops_a_dead_engine(tmp_path, monkeypatch):
     import threading
 
-    from exitflow.pipeline.live.failures import failed_decision
+    from exitflow.pipeline.live.core.failures import failed_decision
 
     pipe = make_pipeline(tmp_path)
     stop = threading.Event()

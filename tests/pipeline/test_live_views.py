@@ -12,9 +12,9 @@ import struct
 import numpy as np
 from rich.console import Console
 
-from exitflow.pipeline.live.foxglove_server import FanOut, FoxgloveLiveServer, audio_level_dbfs, is_loopback
-from exitflow.pipeline.live.stats import LiveStats
-from exitflow.pipeline.live.view import render
+from exitflow.pipeline.live.core.stats import LiveStats
+from exitflow.pipeline.live.views.foxglove import FanOut, FoxgloveLiveServer, audio_level_dbfs, is_loopback
+from exitflow.pipeline.live.views.terminal import render
 from exitflow.pipeline.messages import Decision, SensorMessage
 
 
@@ -123,7 +123,7 @@ def test_audio_levels_and_loopback_checks():
 def test_the_committed_foxglove_layout_matches_the_grid_sources():
     from pathlib import Path
 
-    from exitflow.pipeline.live.foxglove_server import foxglove_layout
+    from exitflow.pipeline.live.views.foxglove import foxglove_layout
 
     committed = Path(__file__).resolve().parents[2] / "configs/foxglove_layout.json"
     assert committed.read_text() == foxglove_layout(["camera0"], ["mic0"], ["words"])

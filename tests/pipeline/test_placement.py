@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from exitflow.pipeline.config import RayConfig, StreamConfig
-from exitflow.pipeline.live.placement import STAGES, job_runtime_env, reduce_frame, staged_package
-from exitflow.pipeline.live.preprocess import preprocess_image
+from exitflow.pipeline.live.runtime.preprocess import preprocess_image
+from exitflow.pipeline.live.runtime.ray.placement import STAGES, job_runtime_env, reduce_frame, staged_package
 from exitflow.pipeline.messages import SensorMessage
 
 

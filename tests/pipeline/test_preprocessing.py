@@ -16,8 +16,8 @@ from exitflow.pipeline.data.imported import load_imported_split
 from exitflow.pipeline.data.importer import import_dataset
 from exitflow.pipeline.data.preprocessing import Preprocessing, PreprocessingError
 from exitflow.pipeline.data.spectrogram import spectrogram_112
-from exitflow.pipeline.live.preprocess import preprocess_sample
-from exitflow.pipeline.live.sync import AudioWindow
+from exitflow.pipeline.live.core.sync import AudioWindow
+from exitflow.pipeline.live.runtime.preprocess import preprocess_sample
 from exitflow.pipeline.messages import Sample
 
 

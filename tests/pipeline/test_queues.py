@@ -9,7 +9,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from exitflow.pipeline.live.queues import BoundedQueue, Empty, InFlightLimiter
+from exitflow.pipeline.live.core.queues import BoundedQueue, Empty, InFlightLimiter
 
 
 def test_drop_oldest_keeps_the_newest_items():

@@ -13,14 +13,11 @@ import pytest
 
 from exitflow.pipeline.data.roots import SHARED_DATA
 from exitflow.pipeline.errors import DataError
-from exitflow.pipeline.live.playback import decision_log_key, replay_recording
-from exitflow.pipeline.live.recording import (
-    RecordingWriter,
-    decode_sensor_message,
-    encode_sensor_message,
-    read_recording,
-)
-from exitflow.pipeline.live.sync import Synchronizer
+from exitflow.pipeline.live.core.sync import Synchronizer
+from exitflow.pipeline.live.recording.reader import read_recording
+from exitflow.pipeline.live.recording.v1 import decode_sensor_message, encode_sensor_message
+from exitflow.pipeline.live.recording.writer import RecordingWriter
+from exitflow.pipeline.live.runtime.playback import decision_log_key, replay_recording
 from exitflow.pipeline.messages import Decision, Sample, SensorMessage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,7 +81,7 @@ def test_a_crashed_writer_loses_at_most_the_open_chunk(tmp_path):
         import numpy as np
         sys.path.insert(0, {str(REPO)!r})
         from exitflow.pipeline.messages import SensorMessage
-        from exitflow.pipeline.live.recording import RecordingWriter
+        from exitflow.pipeline.live.recording.writer import RecordingWriter
         w = RecordingWriter({str(path)!r}, chunk_size_bytes=8192, compression="none", image_format="raw",
                             flush_interval_s=0)
         for i in range(200):
@@ -108,7 +105,7 @@ def test_a_crashed_writer_loses_at_most_the_flush_interval(tmp_path):
         import numpy as np
         sys.path.insert(0, {str(REPO)!r})
         from exitflow.pipeline.messages import SensorMessage
-        from exitflow.pipeline.live.recording import RecordingWriter
+        from exitflow.pipeline.live.recording.writer import RecordingWriter
         w = RecordingWriter({str(path)!r}, flush_interval_s=0.2)
         for i in range(50):
             w.write_message(SensorMessage("text", "txt", 10_000 + i, f"line {{i}}", seq=i))

@@ -15,10 +15,10 @@ import pytest
 from mcap.reader import make_reader
 from mcap.stream_reader import breakup_chunk
 
-from exitflow.pipeline.live.mcap_reader import McapFile
-from exitflow.pipeline.live.playback import replay_stream
-from exitflow.pipeline.live.rule_engine import RuleEngine
-from exitflow.pipeline.live.sync import Synchronizer
+from exitflow.pipeline.live.core.sync import Synchronizer
+from exitflow.pipeline.live.recording.mcap_reader import McapFile
+from exitflow.pipeline.live.runtime.playback import replay_stream
+from exitflow.pipeline.live.runtime.rule_engine import RuleEngine
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples/grid_live.mcap"

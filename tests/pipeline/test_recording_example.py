@@ -13,7 +13,7 @@ from exitflow.pipeline.evaluation.report import load_bench, pareto_front, runnin
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples/grid_live.mcap"
-RULE_ENGINE = "stream.engine=exitflow.pipeline.live.rule_engine:build_rule_engine"
+RULE_ENGINE = "stream.engine=exitflow.pipeline.live.runtime.rule_engine:build_rule_engine"
 YEAR_2020_NS = 1_577_836_800 * 10**9
 
 pytestmark = pytest.mark.skipif(not EXAMPLE.exists(), reason="examples/grid_live.mcap is missing")

@@ -13,7 +13,8 @@ from mcap.writer import CompressionType, Writer
 from mcap_protobuf.decoder import DecoderFactory
 
 from exitflow.pipeline.errors import DataError
-from exitflow.pipeline.live.mcap_schemas import (
+from exitflow.pipeline.live.core.sync import Synchronizer
+from exitflow.pipeline.live.recording.mcap_schemas import (
     COMPRESSED_IMAGE,
     LOG,
     RAW_AUDIO,
@@ -21,11 +22,11 @@ from exitflow.pipeline.live.mcap_schemas import (
     decode_sensor,
     encode_sensor,
 )
-from exitflow.pipeline.live.playback import recorded_modalities, replay_recording, replay_stream
-from exitflow.pipeline.live.recording import Recording, RecordingWriter, read_recording
-from exitflow.pipeline.live.recording_v1 import SENSOR_ENCODING, encode_sensor_message
-from exitflow.pipeline.live.rule_engine import RuleEngine
-from exitflow.pipeline.live.sync import Synchronizer
+from exitflow.pipeline.live.recording.reader import Recording, read_recording, recorded_modalities
+from exitflow.pipeline.live.recording.v1 import SENSOR_ENCODING, encode_sensor_message
+from exitflow.pipeline.live.recording.writer import RecordingWriter
+from exitflow.pipeline.live.runtime.playback import replay_recording, replay_stream
+from exitflow.pipeline.live.runtime.rule_engine import RuleEngine
 from exitflow.pipeline.messages import Decision, SensorMessage
 
 MS = 1_000_000

@@ -19,9 +19,10 @@ ray = pytest.importorskip("ray")
 
 from exitflow.pipeline.config import RayConfig, SourceConfig, StreamConfig  # noqa: E402
 from exitflow.pipeline.data.roots import SHARED_DATA  # noqa: E402
-from exitflow.pipeline.live.recording import RecordingWriter, read_recording  # noqa: E402
-from exitflow.pipeline.live.rule_engine import RuleEngine as ProjectRuleEngine  # noqa: E402
-from exitflow.pipeline.live.runtime import LivePipeline, start_ray  # noqa: E402
+from exitflow.pipeline.live.recording.reader import read_recording  # noqa: E402
+from exitflow.pipeline.live.recording.writer import RecordingWriter  # noqa: E402
+from exitflow.pipeline.live.runtime.ray.pipeline import RayPipeline, start_ray  # noqa: E402
+from exitflow.pipeline.live.runtime.rule_engine import RuleEngine as ProjectRuleEngine  # noqa: E402
 from exitflow.pipeline.live.sources.loopback import free_port, loopback_listener, serve_clip  # noqa: E402
 from exitflow.pipeline.messages import Decision, Sample  # noqa: E402
 
@@ -99,7 +100,7 @@ class TextServer:
         self.srv.close()
 
 
-def run_until(pipe: LivePipeline, condition, timeout_s: float) -> bool:
+def run_until(pipe: RayPipeline, condition, timeout_s: float) -> bool:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         pipe.step()
@@ -137,7 +138,7 @@ def test_grid_clip_over_loopback_flows_through_ray_actors_to_decisions(ray_local
         reconnect_max_s=0.5,
     )
     recorder = RecordingWriter(tmp_path / "live.mcap", chunk_size_bytes=256 * 1024)
-    pipe = LivePipeline(stream, RuleEngine, recorder=recorder, keep_decisions=100_000, keep_received=100_000)
+    pipe = RayPipeline(stream, RuleEngine, recorder=recorder, keep_decisions=100_000, keep_received=100_000)
     try:
         pipe.start()
         pipe.wait_ready(timeout_s=90)
@@ -201,7 +202,7 @@ def test_killed_source_actor_restarts_while_the_other_modalities_keep_flowing(ra
     )
     recorder = RecordingWriter(tmp_path / "fault.mcap", chunk_size_bytes=64 * 1024)
     log_path = tmp_path / "decisions.jsonl"
-    pipe = LivePipeline(
+    pipe = RayPipeline(
         stream, RuleEngine, recorder=recorder, decision_log=log_path, keep_decisions=100_000, keep_received=100_000
     )
     try:
@@ -258,8 +259,8 @@ def test_killed_source_actor_restarts_while_the_other_modalities_keep_flowing(ra
 def test_live_view_renders_a_snapshot_with_every_section():
     from rich.console import Console
 
-    from exitflow.pipeline.live.stats import LiveStats
-    from exitflow.pipeline.live.view import render
+    from exitflow.pipeline.live.core.stats import LiveStats
+    from exitflow.pipeline.live.views.terminal import render
 
     stats = LiveStats()
     stats.observe_latency("end_to_end", 70.0)
@@ -362,7 +363,7 @@ def test_engine_failing_on_one_percent_of_samples_leaves_the_other_99_percent_de
     stream = StreamConfig(engine_num_cpus=0.5, engine_queue_size=64, engine_queue_policy="block", max_in_flight=4,
                           circuit_breaker_s=5.0)
     log_path = tmp_path / "decisions.jsonl"
-    pipe = LivePipeline(stream, OnePercentFailingEngine, sources={"synth": SyntheticCamera()},
+    pipe = RayPipeline(stream, OnePercentFailingEngine, sources={"synth": SyntheticCamera()},
                         decision_log=log_path, keep_decisions=100_000)
     try:
         pipe.start()
@@ -409,7 +410,7 @@ def test_a_local_ray_listens_on_loopback_only(ray_local):
 def test_a_killed_engine_actor_is_an_outage_in_the_log_and_the_run_goes_on(ray_local, tmp_path):
     stream = StreamConfig(engine_num_cpus=0.5, max_restarts=2, circuit_breaker_s=120.0)
     log_path = tmp_path / "decisions.jsonl"
-    pipe = LivePipeline(stream, RuleEngine, sources={"synth": SyntheticCamera()}, decision_log=log_path)
+    pipe = RayPipeline(stream, RuleEngine, sources={"synth": SyntheticCamera()}, decision_log=log_path)
     try:
         pipe.start()
         pipe.wait_ready(timeout_s=90)
@@ -430,7 +431,7 @@ def test_a_killed_engine_actor_is_an_outage_in_the_log_and_the_run_goes_on(ray_l
 def test_the_ray_runtime_decides_a_recording_as_the_offline_replay_and_the_local_runtime_do(ray_local):
     """Same recording, clocks an hour off both ways, source actors in their own processes: the same
     decisions as the offline replay (which the local runtime matches too, tests/pipeline/test_live_local.py)."""
-    from exitflow.pipeline.live.rule_engine import RuleEngine as Rules
+    from exitflow.pipeline.live.runtime.rule_engine import RuleEngine as Rules
     from tests.pipeline.test_live_local import (
         offline_decisions,
         recorded_segment,
@@ -443,7 +444,7 @@ def test_the_ray_runtime_decides_a_recording_as_the_offline_replay_and_the_local
     offline, ties = offline_decisions(origin, end)
     start = time.monotonic_ns() + 25_000_000_000  # actors start (and read the file) well before
     decided: list[Decision] = []
-    pipe = LivePipeline(replay_stream_config(), Rules, sources=recorded_sources(start, origin, end),
+    pipe = RayPipeline(replay_stream_config(), Rules, sources=recorded_sources(start, origin, end),
                         on_decision=decided.append)
     try:
         pipe.start()

@@ -18,14 +18,14 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from exitflow.pipeline.config import RayConfig, ServiceConfig, SourceConfig, StreamConfig  # noqa: E402
-from exitflow.pipeline.live.placement import job_runtime_env, node_affinity  # noqa: E402
-from exitflow.pipeline.live.runtime import LivePipeline, start_ray  # noqa: E402
-from exitflow.pipeline.live.service import InferenceService  # noqa: E402
+from exitflow.pipeline.live.runtime.ray.pipeline import RayPipeline, start_ray  # noqa: E402
+from exitflow.pipeline.live.runtime.ray.placement import job_runtime_env, node_affinity  # noqa: E402
+from exitflow.pipeline.live.runtime.ray.service import InferenceService  # noqa: E402
 from exitflow.pipeline.messages import Sample  # noqa: E402
 from tests.pipeline.test_runtime import GRID_CLIP, needs_grid  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-RULE_ENGINE = "exitflow.pipeline.live.rule_engine:build_rule_engine"  # built inside the actor, from the shipped package
+RULE_ENGINE = "exitflow.pipeline.live.runtime.rule_engine:build_rule_engine"  # built inside the actor, from the shipped package
 
 
 @pytest.mark.slow
@@ -66,7 +66,7 @@ def test_sources_and_engine_run_on_different_nodes_with_the_project_shipped(tmp_
         )
         runtime_env = job_runtime_env(stream, ray_cfg)
         assert runtime_env is not None and start_ray(ray_cfg, runtime_env=runtime_env)
-        pipe = LivePipeline(stream, RULE_ENGINE)
+        pipe = RayPipeline(stream, RULE_ENGINE)
         pipe.start()
         nodes = pipe.wait_ready(timeout_s=180)
         end = time.monotonic() + 90  # wait for enough decisions, not a fixed time (loaded machines)

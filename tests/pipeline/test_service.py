@@ -12,8 +12,8 @@ from exitflow.pipeline.config import RayConfig, ServiceConfig
 from exitflow.pipeline.data.avmnist import load_split
 from exitflow.pipeline.evaluation.replay import split_samples
 from exitflow.pipeline.inference.batcher import MicroBatcher, ServiceBusyError
-from exitflow.pipeline.live.failures import FailedDecision
-from exitflow.pipeline.live.service import InferenceService, ServiceReplica
+from exitflow.pipeline.live.core.failures import FailedDecision
+from exitflow.pipeline.live.runtime.ray.service import InferenceService, ServiceReplica
 from exitflow.pipeline.messages import Decision, Sample
 
 
@@ -137,7 +137,7 @@ def test_replica_batches_callers_and_matches_batch1(parts, rows) -> None:
 @pytest.mark.slow
 def test_service_replicas_answer_several_callers_with_batch1_decisions(embedded_cfg, parts, rows) -> None:
     ray = pytest.importorskip("ray")
-    from exitflow.pipeline.live.ray_connect import start_ray
+    from exitflow.pipeline.live.runtime.ray.connect import start_ray
 
     expected = {s.sample_id: key(parts.exitflow(meter=None, budget=False).engine.process(s)) for s in rows}
     started = start_ray(RayConfig(num_cpus=2, namespace="exitflow-service-test"))

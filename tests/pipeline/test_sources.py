@@ -15,9 +15,9 @@ import soundfile
 
 from exitflow.pipeline.config import SourceConfig
 from exitflow.pipeline.data.roots import SHARED_DATA
+from exitflow.pipeline.live.core.backoff import Backoff
 from exitflow.pipeline.live.sources import (
     AudioFileSource,
-    Backoff,
     CameraSource,
     PcmSocketSource,
     Source,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from exitflow.pipeline.data.roots import SHARED_DATA
-from exitflow.pipeline.live.preprocess import preprocess_sample
-from exitflow.pipeline.live.sync import AudioWindow, Synchronizer
+from exitflow.pipeline.live.core.sync import AudioWindow, Synchronizer
+from exitflow.pipeline.live.runtime.preprocess import preprocess_sample
 from exitflow.pipeline.messages import SensorMessage
 
 MS = 1_000_000

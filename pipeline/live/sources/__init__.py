@@ -1,8 +1,10 @@
-"""Stage 1 of the live data flow: sensor sources (camera, microphone, text).
+"""Stage 1 of the live data flow: sensor sources (camera, microphone, text, a recording).
 
 Every source is a plain class with ``read() -> SensorMessage | None``, reconnect with backoff,
-and ``health()``; :func:`build_source` makes one from a ``stream.sources`` config entry.
-``pipeline.runtime`` wraps them in Ray actors.
+and ``health()``; :func:`build_source` makes one from a ``stream.sources`` config entry. The
+runtimes (:mod:`exitflow.pipeline.live.runtime`) read them on threads or inside Ray actors.
+Imports: :mod:`~exitflow.pipeline.live.core` and :mod:`~exitflow.pipeline.live.recording` (a
+recorded source plays a recording), nothing above.
 """
 
 from __future__ import annotations
@@ -11,15 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from exitflow.pipeline.config import SourceConfig
-from exitflow.pipeline.live.clocks import SourceClock
-from exitflow.pipeline.live.sources.base import Backoff, Source, SourceDisconnected, SourceError, SourceHealth
+from exitflow.pipeline.live.core.backoff import Backoff
+from exitflow.pipeline.live.core.clocks import SourceClock
+from exitflow.pipeline.live.core.endpoints import source_modality
+from exitflow.pipeline.live.sources.base import Source, SourceDisconnected, SourceError, SourceHealth
 from exitflow.pipeline.live.sources.camera import CameraSource
 from exitflow.pipeline.live.sources.microphone import AudioFileSource, MicrophoneSource, PcmSocketSource
 from exitflow.pipeline.live.sources.text import StdinTextSource, TextFileSource, TextSocketSource
 
 __all__ = [
     "AudioFileSource",
-    "Backoff",
     "CameraSource",
     "MicrophoneSource",
     "PcmSocketSource",
@@ -32,7 +35,6 @@ __all__ = [
     "TextFileSource",
     "TextSocketSource",
     "build_source",
-    "source_modality",
     "split_host_port",
 ]
 
@@ -50,13 +52,6 @@ def split_host_port(uri: str, source_name: str) -> tuple[str, int]:
             f"source '{source_name}': expected uri 'host:port' (e.g. 127.0.0.1:5000), got {uri!r}"
         )
     return host, int(port)
-
-
-def source_modality(spec: SourceConfig) -> str:
-    """The modality a ``stream.sources`` entry delivers: ``image``, ``audio`` or ``text``."""
-    if spec.kind == "camera":
-        return "image"
-    return "text" if spec.kind.startswith("text") else "audio"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from exitflow.pipeline.errors import ExitflowError
-from exitflow.pipeline.live.clocks import SourceClock
+from exitflow.pipeline.live.core.backoff import Backoff
+from exitflow.pipeline.live.core.clocks import SourceClock
 from exitflow.pipeline.messages import SensorMessage
 
 log = logging.getLogger(__name__)
@@ -37,44 +38,6 @@ class SourceDisconnected(ConnectionError):
 
 class EndOfStream(Exception):  # noqa: N818 - a signal, not an error
     """Raised inside ``_read_raw`` by a finite source (file) that has nothing more to give."""
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff: ``initial_s * factor**k`` seconds, capped at ``max_s``.
-
-    Args:
-        initial_s: First delay.
-        max_s: Longest delay.
-        factor: Growth per failed attempt (>= 1).
-        max_attempts: Failed attempts in a row before giving up; None retries forever.
-    """
-
-    initial_s: float = 0.2
-    max_s: float = 5.0
-    factor: float = 2.0
-    max_attempts: int | None = None
-    attempts: int = 0
-
-    def __post_init__(self) -> None:
-        if self.initial_s < 0 or self.max_s < self.initial_s or self.factor < 1.0:
-            raise ValueError(
-                f"backoff needs 0 <= initial_s <= max_s and factor >= 1, got initial_s={self.initial_s}, "
-                f"max_s={self.max_s}, factor={self.factor}"
-            )
-
-    def next_delay_s(self) -> float:
-        """Delay before the next attempt; counts one more failed attempt."""
-        delay = min(self.max_s, self.initial_s * self.factor**self.attempts)
-        self.attempts += 1
-        return delay
-
-    @property
-    def exhausted(self) -> bool:
-        return self.max_attempts is not None and self.attempts >= self.max_attempts
-
-    def reset(self) -> None:
-        self.attempts = 0
 
 
 @dataclass
@@ -126,7 +89,7 @@ class Source:
         modality: ``"image"``, ``"audio"`` or ``"text"``.
         backoff: Reconnect policy (default: 0.2 s doubling to 5 s, forever).
         clock: Stamps messages (default: this host's wall clock; see
-            :mod:`exitflow.pipeline.live.clocks`).
+            :mod:`exitflow.pipeline.live.core.clocks`).
     """
 
     modality = "image"

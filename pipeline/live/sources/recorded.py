@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from exitflow.pipeline.live.clocks import SourceClock
-from exitflow.pipeline.live.recording import read_recording
+from exitflow.pipeline.live.core.clocks import SourceClock
+from exitflow.pipeline.live.recording.reader import read_recording
 from exitflow.pipeline.live.sources.base import EndOfStream, Source
 from exitflow.pipeline.messages import SensorMessage
 

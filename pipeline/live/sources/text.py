@@ -144,17 +144,19 @@ class TextFileSource(TextSource):
         super().__init__(name, **kwargs)
         self.path, self.jsonl, self.line_rate_hz, self.realtime = path, jsonl, line_rate_hz, realtime
         self.loop = loop
-        self._file: IO[str] | None = None
+        self._file: IO[bytes] | None = None
         self._pacer = Pacer()
         self._index = 0
+        self._split: deque[str] = deque()  # the rest of a line a lone "\r" split
 
     def _open(self) -> None:
         try:
-            self._file = open(self.path, encoding="utf-8")  # noqa: SIM115 - closed in _close
+            self._file = open(self.path, "rb")  # noqa: SIM115 - closed in _close; bytes: decoded per line
         except OSError as e:
             raise SourceDisconnected(f"cannot open text file {self.path}: {e}") from e
         self._pacer.reset()
         self._index = 0
+        self._split.clear()
         self._pending: tuple[str, int | None] | None = None
 
     def _close(self) -> None:
@@ -162,17 +164,44 @@ class TextFileSource(TextSource):
             self._file.close()
             self._file = None
 
-    def _next_line(self) -> tuple[str, int | None] | None:
+    def _read_line(self) -> str | None:
+        """The next line, decoded on its own: a line that is not UTF-8 is counted (``bad_utf8``) and
+        skipped, never the lines around it. Lines end at LF, CRLF or a lone CR (as in text mode).
+
+        Raises:
+            EOFError: at the end of the file.
+        """
+        if self._split:
+            return self._split.popleft()
         if self._file is None:
             raise SourceDisconnected("file is closed")
-        line = self._file.readline()
-        if not line and self.loop:
+        raw = self._file.readline()
+        if not raw:
+            raise EOFError
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.count_drop("bad_utf8")
+            return None
+        first, *rest = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        self._split.extend(part for part in rest if part)
+        return first
+
+    def _next_line(self) -> tuple[str, int | None] | None:
+        try:
+            line = self._read_line()
+        except EOFError:
+            if not self.loop:
+                raise EndOfStream() from None
+            if self._file is None:
+                raise SourceDisconnected("file is closed") from None
             self._file.seek(0)
             self._pacer.reset()
             self._index = 0
             return None
-        if not line:
-            raise EndOfStream()
+        if line is None:
+            self._index += 0 if self.jsonl else 1  # the bad line keeps its place in the pacing
+            return None
         if not self.jsonl:
             t_ns = int(self._index / self.line_rate_hz * 1e9) if self.line_rate_hz else None
             self._index += 1

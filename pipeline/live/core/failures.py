@@ -1,4 +1,5 @@
-"""Per-sample failure isolation of the live pipeline: failed decisions, outage events, a circuit breaker.
+"""Per-sample failure isolation of the live pipeline: failed decisions, outage events, a circuit breaker,
+and the errors that stop a run (:class:`CircuitOpenError`, :class:`LiveRuntimeError`).
 
 One bad sample never ends a run. Whatever raises while a sample is decoded, preprocessed,
 run through the engine or metered becomes a :class:`FailedDecision` (``prediction = -1``,
@@ -27,6 +28,10 @@ FAILED_SYSTEM = "failed"
 
 class CircuitOpenError(ExitflowError):
     """Every sample failed for ``stream.circuit_breaker_s`` seconds; the run stops."""
+
+
+class LiveRuntimeError(ExitflowError):
+    """The live runtime cannot start (Ray unreachable, engine factory missing...)."""
 
 
 @dataclass

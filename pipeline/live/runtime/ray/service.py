@@ -18,7 +18,7 @@ connect) or :meth:`InferenceService.connect`. The handle offers ``decide(sample)
 (blocking), ``decide_async(sample) -> ObjectRef`` and the engine actor's interface
 (``process.remote(sample) -> (decision, stage_ms, error)``, ``status``, ``set_budget``,
 ``node_id``), so the live runtime takes it in place of its engine actor
-(``LivePipeline(..., engine=service)``).
+(``RayPipeline(..., engine=service)``).
 """
 
 from __future__ import annotations
@@ -34,15 +34,10 @@ import ray
 from exitflow.pipeline.config import ServiceConfig
 from exitflow.pipeline.inference.batch_engine import as_batch_engine
 from exitflow.pipeline.inference.batcher import MicroBatcher
-from exitflow.pipeline.live.failures import describe_error, failed_decision
-from exitflow.pipeline.live.placement import package_path
-from exitflow.pipeline.live.preprocess import model_preprocessing, preprocess_sample
-from exitflow.pipeline.live.workers import (
-    EngineFactory,
-    LiveRuntimeError,
-    holder_status,
-    resolve_engine_factory,
-)
+from exitflow.pipeline.live.core.failures import LiveRuntimeError, describe_error, failed_decision
+from exitflow.pipeline.live.runtime.preprocess import model_preprocessing, preprocess_sample
+from exitflow.pipeline.live.runtime.ray.placement import package_path
+from exitflow.pipeline.live.runtime.workers import EngineFactory, holder_status, resolve_engine_factory
 from exitflow.pipeline.messages import Decision, Sample
 
 log = logging.getLogger(__name__)

@@ -33,56 +33,23 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from exitflow.pipeline.live.core.sync_input import (
+    MAX_SOURCES,
+    SYNC_POLICIES,
+    AudioWindow,
+    SyncStats,
+    audio_window,
+    bump,
+    message_problem,
+)
 from exitflow.pipeline.messages import MODALITIES, Sample, SensorMessage
 
 if TYPE_CHECKING:
     from exitflow.pipeline.config import StreamConfig
 
 log = logging.getLogger(__name__)
-
-SYNC_POLICIES = ("exact", "approximate", "latest")
-MAX_TEXT_CHARS = 65_536  # longer text is refused (sources cut lines far shorter)
-MAX_SOURCES = 256  # distinct source names tracked; more are refused (a fuzzer, a misconfiguration)
-MAX_TIMESTAMP_NS = 2**63 - 1
-
-
-@dataclass
-class AudioWindow:
-    """A raw audio window: float32 mono samples at ``sample_rate_hz`` (what preprocessing takes)."""
-
-    samples: np.ndarray
-    sample_rate_hz: int
-
-
-@dataclass
-class SyncStats:
-    """Counters: ``dropped`` (reason -> n) for refused messages, ``unmatched`` (modality -> n)
-    for messages that aged out unused, ``missing`` (modality -> reason -> n) per emitted sample."""
-
-    received: int = 0
-    emitted: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    unmatched: dict[str, int] = field(default_factory=dict)
-    missing: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "received": self.received,
-            "emitted": self.emitted,
-            "dropped": dict(self.dropped),
-            "unmatched": dict(self.unmatched),
-            "missing": {m: dict(r) for m, r in self.missing.items()},
-        }
-
-
-def _bump(counter: dict[str, int], key: str, n: int = 1) -> None:
-    counter[key] = counter.get(key, 0) + n
-
 
 class Synchronizer:
     """Aligns sensor messages into Samples; see the module docstring.
@@ -158,34 +125,7 @@ class Synchronizer:
     # -- input -------------------------------------------------------------------------------
     def check(self, msg: Any) -> str | None:
         """Why ``msg`` cannot be used (a drop reason), or None when it is well formed."""
-        modality = getattr(msg, "modality", None)
-        if not isinstance(modality, str) or not isinstance(getattr(msg, "source", None), str):
-            return "malformed_message"
-        if modality not in self.modalities:
-            return "unknown_modality"
-        ts = getattr(msg, "timestamp_ns", None)
-        if isinstance(ts, bool) or not isinstance(ts, (int, np.integer)) or not 0 <= int(ts) <= MAX_TIMESTAMP_NS:
-            return "malformed_timestamp"
-        payload = getattr(msg, "payload", None)
-        if modality == "text":
-            if not isinstance(payload, str):
-                return "malformed_text"
-            if not payload.strip():
-                return "empty_text"
-            return "text_too_long" if len(payload) > MAX_TEXT_CHARS else None
-        if not isinstance(payload, np.ndarray) or payload.size == 0 or payload.dtype.kind not in "uif":
-            return f"malformed_{modality}"
-        if payload.dtype.kind == "f" and not np.isfinite(payload).all():
-            return f"non_finite_{modality}"
-        if modality == "image":
-            ok = payload.ndim == 2 or (payload.ndim == 3 and payload.shape[2] in (1, 3, 4))
-            return None if ok else "malformed_image"
-        if payload.ndim != 1:
-            return "malformed_audio"
-        rate = getattr(msg, "sample_rate_hz", None)
-        if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)):
-            return "malformed_audio"
-        return None
+        return message_problem(msg, self.modalities)
 
     def push(self, msg: SensorMessage) -> bool:
         """Offer one message; False when it was dropped (the reason is counted). Never raises."""
@@ -194,20 +134,20 @@ class Synchronizer:
             return self._push(msg)
         except Exception as e:  # noqa: BLE001 - a message that slips past check() is dropped, not fatal
             log.warning("sync: message dropped: %s: %s", type(e).__name__, e)
-            _bump(self.stats.dropped, f"push_failed:{type(e).__name__}")
+            bump(self.stats.dropped, f"push_failed:{type(e).__name__}")
             return False
 
     def _push(self, msg: SensorMessage) -> bool:
         reason = self.check(msg)
         if reason is not None:
-            _bump(self.stats.dropped, reason)
+            bump(self.stats.dropped, reason)
             return False
         if msg.source not in self._last_ts and len(self._last_ts) >= MAX_SOURCES:
-            _bump(self.stats.dropped, "too_many_sources")
+            bump(self.stats.dropped, "too_many_sources")
             return False
         last = self._last_ts.get(msg.source)
         if last is not None and msg.timestamp_ns == last:
-            _bump(self.stats.dropped, "duplicate_timestamp")
+            bump(self.stats.dropped, "duplicate_timestamp")
             return False
         if last is not None and msg.timestamp_ns < last:
             log.warning(
@@ -216,10 +156,10 @@ class Synchronizer:
                 msg.timestamp_ns,
                 last,
             )
-            _bump(self.stats.dropped, "non_monotonic")
+            bump(self.stats.dropped, "non_monotonic")
             return False
         if msg.modality == "audio" and msg.sample_rate_hz != self.audio_rate_hz:
-            _bump(self.stats.dropped, "rate_mismatch")
+            bump(self.stats.dropped, "rate_mismatch")
             return False
         self._last_ts[msg.source] = msg.timestamp_ns
         newest = self._newest_ns.get(msg.modality)
@@ -233,7 +173,7 @@ class Synchronizer:
             self._last_trigger_ns = msg.timestamp_ns
             if len(self._pending) >= self._buffer_size:
                 self._pending.popleft()
-                _bump(self.stats.dropped, "trigger_overflow")
+                bump(self.stats.dropped, "trigger_overflow")
             self._pending.append(msg)
             if msg.modality != "audio":  # an audio trigger also joins the window buffer below
                 return True
@@ -250,7 +190,7 @@ class Synchronizer:
         if id(msg) in self._used:
             self._used.discard(id(msg))
         elif modality != "audio":
-            _bump(self.stats.unmatched, modality)
+            bump(self.stats.unmatched, modality)
 
     # -- output ------------------------------------------------------------------------------
     def poll(self, now_ns: int) -> list[Sample]:
@@ -308,7 +248,7 @@ class Synchronizer:
         """A sample that could not be assembled: count it and empty the partner buffers, so
         whatever caused it cannot fail the next poll too."""
         log.warning("sync: sample dropped (%s: %s); partner buffers cleared", type(e).__name__, e)
-        _bump(self.stats.dropped, f"assemble_failed:{type(e).__name__}")
+        bump(self.stats.dropped, f"assemble_failed:{type(e).__name__}")
         for buf in self._buffers.values():
             buf.clear()
         self._used.clear()
@@ -370,7 +310,7 @@ class Synchronizer:
         return sample
 
     def _count_missing(self, modality: str, reason: str) -> None:
-        _bump(self.stats.missing.setdefault(modality, {}), reason)
+        bump(self.stats.missing.setdefault(modality, {}), reason)
 
     def _pick(self, modality: str, t_ns: int) -> tuple[tuple[Any, int] | None, str]:
         buf = self._buffers[modality]
@@ -427,20 +367,9 @@ class Synchronizer:
             )
             if idx is None:
                 return None, "no_data"
-        chunks: list[np.ndarray] = []
-        have = 0
-        for i in range(idx, -1, -1):
-            chunks.append(np.asarray(buf[i].payload, dtype=np.float32))
-            have += chunks[-1].shape[0]
-            if have >= self.audio_window_samples:
-                break
-        window = np.concatenate(chunks[::-1])[-self.audio_window_samples :]
-        if window.shape[0] < self.min_audio_fill * self.audio_window_samples:
+        window = audio_window(buf, idx, self.audio_window_samples, self.min_audio_fill)
+        if window is None:
             return None, "audio_underfill"
-        if window.shape[0] < self.audio_window_samples:
-            window = np.concatenate(
-                [np.zeros(self.audio_window_samples - window.shape[0], np.float32), window]
-            )
         return (AudioWindow(window, self.audio_rate_hz), buf[idx].timestamp_ns), ""
 
 

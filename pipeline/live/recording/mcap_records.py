@@ -12,6 +12,7 @@ import io
 import struct
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from mcap.data_stream import ReadDataStream
@@ -59,6 +60,10 @@ class ReadReport:
         records_skipped: Records inside good chunks that did not parse, by reason.
         bytes_skipped: Bytes the scan jumped over to find the next chunk.
         truncated: The file ends inside a record (a crash, a cut copy).
+        incomplete: The file does not end like a finished recording (no footer and closing magic,
+            and its data section has no end record): it was cut, at a record boundary or inside one.
+        first_ns: ``log_time`` of the first message handed out (epoch ns), None before any.
+        last_ns: ``log_time`` of the last one: with ``first_ns``, the time range kept.
     """
 
     mode: str = "index"
@@ -68,10 +73,22 @@ class ReadReport:
     records_skipped: dict[str, int] = field(default_factory=dict)
     bytes_skipped: int = 0
     truncated: bool = False
+    incomplete: bool = False
+    first_ns: int | None = None
+    last_ns: int | None = None
 
     @property
     def damaged(self) -> bool:
-        return bool(self.chunks_damaged or self.records_skipped or self.truncated or self.bytes_skipped)
+        return bool(self.chunks_damaged or self.records_skipped or self.truncated or self.bytes_skipped
+                    or self.incomplete)
+
+    def kept_text(self) -> str:
+        """``"120 message(s) kept, 12.40 s (from 2026-12-07 10:00:01.000 UTC)"``: what was read."""
+        if self.first_ns is None or self.last_ns is None:
+            return f"{self.messages_read} message(s) kept"
+        start = datetime.fromtimestamp(self.first_ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        return (f"{self.messages_read} message(s) kept, {(self.last_ns - self.first_ns) / 1e9:.2f} s "
+                f"(from {start} UTC)")
 
     @property
     def messages_lost(self) -> int | None:

@@ -45,6 +45,7 @@ from exitflow.pipeline.messages import SensorMessage
 ImageFormat = Literal["jpeg", "raw"]
 IMAGE_FORMATS: tuple[ImageFormat, ...] = ("jpeg", "raw")
 
+FORMAT = "exitflow.mcap.v2"  # the ``format`` in a recording's ``exitflow`` metadata record
 SENSOR_TOPIC_PREFIX = "/sensor/"
 DECISION_TOPIC = "/decisions"
 EVENT_TOPIC = "/events"

@@ -1,4 +1,4 @@
-"""Record a live run to MCAP that Foxglove and any MCAP reader open, and read recordings back.
+"""Record a live run to MCAP that Foxglove and any MCAP reader open.
 
 What goes where (schemas, times, metadata) is described in :mod:`.mcap_schemas`; in short:
 camera frames as ``foxglove.CompressedImage`` (JPEG) or ``foxglove.RawImage``, audio as
@@ -11,12 +11,9 @@ file, so even a cut file keeps them.
 
 Crash safety: the file is opened unbuffered; the open chunk is written when it reaches
 ``chunk_size_bytes`` and at the latest every ``flush_interval_s`` (a background thread), so a
-process that dies loses at most that much time of recording. Reading goes through
-:class:`~.mcap_reader.McapFile`: one chunk at a time, damaged chunks skipped and counted.
-
-Recordings of the first format (``exitflow.sensor.v1``, before schemas) still read:
-:mod:`.recording_v1` decodes them. :class:`DecisionLog` streams decisions and outage events to a
-JSONL file as they happen.
+process that dies loses at most that much time of recording. :mod:`.reader` reads recordings
+back; :class:`~exitflow.pipeline.live.core.endpoints.DecisionLog` streams decisions and outage
+events to a JSONL file instead.
 """
 
 from __future__ import annotations
@@ -27,42 +24,31 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import IO, Any, Protocol, cast
+from typing import IO, Any, cast
 
 from mcap.writer import CompressionType, Writer
 
-from exitflow.pipeline.errors import DataError
-from exitflow.pipeline.live.mcap_reader import McapFile, ReadReport
-from exitflow.pipeline.live.mcap_schemas import (
+from exitflow.pipeline.live.recording.mcap_schemas import (
     DECISION_TOPIC,
     EVENT_TOPIC,
+    FORMAT,
     IMAGE_FORMATS,
-    MODALITY_OF_SCHEMA,
     SENSOR_TOPIC_PREFIX,
     STATUS_TOPIC,
     ImageFormat,
-    decode_sensor,
     encode_sensor,
     json_schema,
     protobuf_schema,
     sensor_schema_name,
     status_body,
 )
-from exitflow.pipeline.live.recording_v1 import SENSOR_ENCODING, decode_sensor_message, encode_sensor_message
 from exitflow.pipeline.messages import Decision, SensorMessage
 
 log = logging.getLogger(__name__)
 
-FORMAT = "exitflow.mcap.v2"
-__all__ = [
-    "DECISION_TOPIC", "EVENT_TOPIC", "FORMAT", "SENSOR_ENCODING", "SENSOR_TOPIC_PREFIX", "STATUS_TOPIC",
-    "DecisionLog", "LiveSink", "RecordedEvent", "Recording", "RecordingWriter", "decode_sensor_message",
-    "encode_sensor_message", "read_recording", "recording_metadata",
-]
+__all__ = ["RecordingWriter", "recording_metadata"]
 
 
 def _git_revision() -> str:
@@ -87,20 +73,6 @@ def recording_metadata(cfg: Any = None) -> dict[str, str]:
     return {"format": FORMAT, "exitflow_version": version, "git_revision": _git_revision(),
             "host": socket.gethostname(), "meter": meter, "engine": str(getattr(getattr(cfg, "stream", None),
                                                                                   "engine", "unknown"))}
-
-
-class LiveSink(Protocol):
-    """Where the runtime hands raw messages, decisions and outage events (a recording, a live server)."""
-
-    def write_message(self, msg: SensorMessage) -> None: ...
-
-    def write_decision(self, decision: Decision, log_time_ns: int) -> None: ...
-
-    def write_event(self, event: Any) -> None: ...
-
-    def write_status(self, snapshot: dict[str, Any], now_ns: int | None = None) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class _UnbufferedFile:
@@ -298,172 +270,3 @@ class RecordingWriter:
             self._closed = True
             self._writer.finish()
             self._file.close()
-
-
-class DecisionLog:
-    """Decisions and outage events as JSON lines, written (and flushed) as they happen; thread-safe.
-
-    Memory stays flat however long the run: nothing is kept after a line is written.
-
-    Args:
-        path: Output ``.jsonl`` file (parent folders are created; an existing file is replaced).
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w", encoding="utf-8", buffering=1)
-        self._lock = threading.Lock()
-        self.decisions_written = 0
-        self.events_written = 0
-
-    def _write(self, obj: dict[str, Any]) -> None:
-        line = json.dumps(obj, separators=(",", ":")) + "\n"
-        with self._lock:
-            if not self._file.closed:
-                self._file.write(line)
-
-    def write_decision(self, decision: Decision, log_time_ns: int | None = None) -> None:
-        self._write(decision.to_json_dict())
-        self.decisions_written += 1
-
-    def write_event(self, event: Any) -> None:
-        self._write(event.to_json_dict())
-        self.events_written += 1
-
-    def close(self) -> None:
-        with self._lock:
-            self._file.close()
-
-
-@dataclass
-class RecordedEvent:
-    """One message read back, at ``log_time_ns`` (epoch ns; monotonic in a v1 recording).
-
-    Exactly one of ``message`` (a sensor message, its ``timestamp_ns`` monotonic as when it was
-    recorded), ``decision`` (``/decisions``) and ``record`` (``/events``, ``/status``) is set.
-    """
-
-    topic: str
-    log_time_ns: int
-    message: SensorMessage | None = None
-    decision: dict[str, Any] | None = None
-    record: dict[str, Any] | None = None
-
-
-class Recording:
-    """A recording opened for streaming reads (either format); see :func:`read_recording`.
-
-    Args:
-        path: The ``.mcap`` file.
-
-    Raises:
-        DataError: the file is missing, not MCAP, or of a format this version does not read.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.file = McapFile(self.path)
-        self.metadata = self.file.metadata()
-        info = self.metadata.get("exitflow", {})
-        self.format = info.get("format", "exitflow.sensor.v1" if not info else "unknown")
-        if self.format not in (FORMAT, "exitflow.sensor.v1"):
-            self.file.close()
-            raise DataError(f"{path} is an exitflow recording of format {self.format!r}; this version reads "
-                            f"{FORMAT} and exitflow.sensor.v1 (upgrade exitflow to read it)")
-        try:
-            self.epoch_offset_ns = int(self.metadata.get("exitflow.clock", {}).get("epoch_offset_ns", "0"))
-        except ValueError:
-            self.epoch_offset_ns = 0
-
-    @property
-    def report(self) -> ReadReport:
-        """What the reads so far skipped (damaged chunks, undecodable records)."""
-        return self.file.report
-
-    def close(self) -> None:
-        self.file.close()
-
-    def __enter__(self) -> Recording:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def start_time_ns(self) -> int | None:
-        """``log_time`` of the first message (from the summary, or the first readable chunk)."""
-        return self.file.start_time_ns()
-
-    def events(
-        self,
-        topics: list[str] | None = None,
-        start_ns: int | None = None,
-        end_ns: int | None = None,
-        errors: dict[str, int] | None = None,
-    ) -> Iterator[RecordedEvent]:
-        """Every message in ``log_time`` order, decoded, one chunk in memory at a time.
-
-        A message that does not decode is skipped with a warning and counted in ``errors``
-        (``"bad_sensor_record:<ExceptionType>"``, ``"bad_decision_record:..."``) and in
-        :attr:`report`; a damaged chunk is skipped and counted in :attr:`report`.
-        """
-        for raw in self.file.iter_messages(topics, start_ns, end_ns):
-            kind = "bad_decision_record" if raw.topic == DECISION_TOPIC else (
-                "bad_sensor_record" if raw.topic.startswith(SENSOR_TOPIC_PREFIX) else "bad_record")
-            try:
-                event = self._decode(raw)
-            except Exception as e:  # noqa: BLE001 - one damaged record is skipped, counted
-                key = f"{kind}:{type(e).__name__}"
-                if errors is not None:
-                    errors[key] = errors.get(key, 0) + 1
-                self.report.skip(key)
-                log.warning("recording %s: skipped a record on %s (%s: %s)", self.path, raw.topic,
-                            type(e).__name__, e)
-                continue
-            if event is not None:
-                yield event
-
-    def _decode(self, raw: Any) -> RecordedEvent | None:
-        if raw.message_encoding == SENSOR_ENCODING:
-            return RecordedEvent(raw.topic, raw.log_time_ns, message=decode_sensor_message(raw.data))
-        if raw.schema_name in MODALITY_OF_SCHEMA:
-            source = raw.topic[len(SENSOR_TOPIC_PREFIX):] if raw.topic.startswith(SENSOR_TOPIC_PREFIX) else raw.topic
-            msg = decode_sensor(raw.schema_name, raw.data, source, raw.log_time_ns - self.epoch_offset_ns,
-                                raw.sequence)
-            return RecordedEvent(raw.topic, raw.log_time_ns, message=msg)
-        if raw.message_encoding == "json":
-            body = json.loads(raw.data)
-            if not isinstance(body, dict):
-                raise TypeError(f"a {raw.topic} record is a JSON object, got {type(body).__name__}")
-            if raw.topic == DECISION_TOPIC:
-                body.pop("monotonic_ns", None)
-                return RecordedEvent(raw.topic, raw.log_time_ns, decision=body)
-            return RecordedEvent(raw.topic, raw.log_time_ns, record=body)
-        return None  # a channel exitflow does not know (added by another tool): left alone
-
-
-def read_recording(
-    path: str | Path,
-    errors: dict[str, int] | None = None,
-    topics: list[str] | None = None,
-    start_ns: int | None = None,
-    end_ns: int | None = None,
-    records: bool = False,
-) -> Iterator[RecordedEvent]:
-    """Sensor messages and decisions of a recording in ``log_time`` order; damage is skipped
-    (see :class:`Recording`). ``records`` also yields ``/events`` and ``/status``
-    (:attr:`RecordedEvent.record`), as does naming those topics in ``topics``.
-
-    Raises:
-        DataError: when the file is missing, is not MCAP at all, or of an unknown format.
-    """
-    with Recording(path) as rec:
-        for event in rec.events(topics, start_ns, end_ns, errors):
-            if event.record is None or records or topics is not None:
-                yield event
-        report = rec.report
-        if report.chunks_damaged or report.truncated:
-            lost = report.messages_lost
-            log.warning("recording %s: %d damaged chunk(s) skipped%s, %d messages read", path,
-                        len(report.chunks_damaged), "" if lost is None else f" ({lost} messages lost)",
-                        report.messages_read)

@@ -1,6 +1,6 @@
 """A light rule engine for trying the streaming layer without trained checkpoints.
 
-``stream.engine: exitflow.pipeline.live.rule_engine:build_rule_engine`` runs the live pipeline
+``stream.engine: exitflow.pipeline.live.runtime.rule_engine:build_rule_engine`` runs the live pipeline
 (sources, sync, preprocess, Ray, record and replay) with an engine that costs almost nothing:
 one deterministic vote per present modality from its model-ready payload. The soak, fault and
 throughput benchmarks use it so their figures measure the streaming layer, not a model.
@@ -40,5 +40,5 @@ class RuleEngine:
 
 
 def build_rule_engine(cfg: Any = None) -> RuleEngine:
-    """Engine factory for ``stream.engine: exitflow.pipeline.live.rule_engine:build_rule_engine``."""
+    """Engine factory for ``stream.engine: exitflow.pipeline.live.runtime.rule_engine:build_rule_engine``."""
     return RuleEngine()

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from exitflow.pipeline.live.failures import error_kind
+from exitflow.pipeline.live.core.failures import error_kind
 from exitflow.pipeline.messages import Decision
 
 

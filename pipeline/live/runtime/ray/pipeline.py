@@ -1,13 +1,13 @@
 """``runtime: ray``: sources and the engine as Ray actors, driven by the shared driver loop.
 
-Plain classes hold the logic (:class:`~exitflow.pipeline.live.workers.SourceWorker`,
-:class:`~exitflow.pipeline.live.workers.EngineWorker`); only
+Plain classes hold the logic (:class:`~exitflow.pipeline.live.runtime.workers.SourceWorker`,
+:class:`~exitflow.pipeline.live.runtime.workers.EngineWorker`); only
 :func:`source_actor` / :func:`engine_actor` call ``ray.remote(...).options(...)`` with
 ``max_restarts`` and the resources that place them (e.g. ``{"gpu_node": 1}`` for the engine).
 :class:`RayTransport` drains each source actor's bounded queue and calls the engine actor
 asynchronously; everything else (clock correction, sync, queues, recording, outage events,
-statistics) is :class:`~exitflow.pipeline.live.driver.PipelineDriver`, shared with the in-process
-runtime (:mod:`exitflow.pipeline.live.local_runtime`). A source actor that dies is restarted by
+statistics) is :class:`~exitflow.pipeline.live.runtime.driver.PipelineDriver`, shared with the in-process
+runtime (:mod:`exitflow.pipeline.live.runtime.local`). A source actor that dies is restarted by
 Ray; the driver logs ``actor_down`` at its first failed call and ``actor_up`` at the first
 message of the new incarnation.
 
@@ -26,20 +26,16 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from exitflow.pipeline.config import SourceConfig, StreamConfig
-from exitflow.pipeline.live.clocks import ClockProbe
-from exitflow.pipeline.live.driver import PipelineDriver
-from exitflow.pipeline.live.failures import CircuitOpenError
-from exitflow.pipeline.live.placement import EdgeSourceWorker
-from exitflow.pipeline.live.ray_connect import probe_ray_address, start_ray
-from exitflow.pipeline.live.sources import Backoff
-from exitflow.pipeline.live.transport import EngineDown, EngineResult, SourceDown, Transport
-from exitflow.pipeline.live.workers import (
-    EngineFactory,
-    EngineWorker,
-    LiveRuntimeError,
-    SourceFactory,
-    SourceWorker,
-)
+from exitflow.pipeline.live.core.backoff import Backoff
+from exitflow.pipeline.live.core.clocks import ClockProbe
+from exitflow.pipeline.live.core.endpoints import SourceFactory
+from exitflow.pipeline.live.core.failures import CircuitOpenError, LiveRuntimeError
+from exitflow.pipeline.live.runtime.driver import PipelineDriver
+from exitflow.pipeline.live.runtime.ray.connect import probe_ray_address, start_ray
+from exitflow.pipeline.live.runtime.ray.placement import EdgeSourceWorker
+from exitflow.pipeline.live.runtime.ray.workers import RayEngineWorker, RaySourceWorker
+from exitflow.pipeline.live.runtime.transport import EngineDown, EngineResult, SourceDown, Transport
+from exitflow.pipeline.live.runtime.workers import EngineFactory
 from exitflow.pipeline.messages import Sample, SensorMessage
 
 log = logging.getLogger(__name__)
@@ -48,7 +44,7 @@ ENGINE_ACTOR_NAME = "exitflow-engine"
 __all__ = [
     "ENGINE_ACTOR_NAME",
     "CircuitOpenError",
-    "LivePipeline",
+    "RayPipeline",
     "LiveRuntimeError",
     "RayTransport",
     "engine_actor",
@@ -80,7 +76,7 @@ def source_actor(spec: SourceConfig | SourceFactory, stream: StreamConfig, name:
         max_attempts=stream.max_reconnects,
     )
     return (
-        ray.remote(EdgeSourceWorker if stream.preprocess_at_source else SourceWorker)
+        ray.remote(EdgeSourceWorker if stream.preprocess_at_source else RaySourceWorker)
         .options(**opts)
         .remote(spec, cfg.queue_size, cfg.queue_policy, stream.audio_rate_hz, backoff)
     )
@@ -89,7 +85,7 @@ def source_actor(spec: SourceConfig | SourceFactory, stream: StreamConfig, name:
 def engine_actor(factory: EngineFactory | str, stream: StreamConfig, cfg: Any = None, **options: Any) -> Any:
     """The engine as a named Ray actor (``exitflow-engine``), placed by ``stream.engine_resources``.
     Several pipelines share one batched engine through
-    :class:`~exitflow.pipeline.live.service.InferenceService` instead."""
+    :class:`~exitflow.pipeline.live.runtime.ray.service.InferenceService` instead."""
     opts: dict[str, Any] = {
         "max_restarts": stream.max_restarts,
         "num_cpus": stream.engine_num_cpus,
@@ -98,7 +94,7 @@ def engine_actor(factory: EngineFactory | str, stream: StreamConfig, cfg: Any = 
         "name": ENGINE_ACTOR_NAME,
     }
     opts.update(options)
-    return ray.remote(EngineWorker).options(**opts).remote(factory, cfg, True)
+    return ray.remote(RayEngineWorker).options(**opts).remote(factory, cfg, True)
 
 
 # -- the transport ---------------------------------------------------------------------------
@@ -261,13 +257,13 @@ class RayTransport(Transport):
             ray.kill(self.engine, no_restart=True)
 
 
-class LivePipeline(PipelineDriver):
+class RayPipeline(PipelineDriver):
     """The driver on Ray (``runtime: ray``): :class:`PipelineDriver` over a :class:`RayTransport`.
 
     Args:
         stream: The ``stream`` config section.
         engine_factory: Zero-argument engine factory, or a ``stream.engine`` name (see
-            :func:`~exitflow.pipeline.live.workers.resolve_engine_factory`; called with ``cfg``
+            :func:`~exitflow.pipeline.live.runtime.workers.resolve_engine_factory`; called with ``cfg``
             inside the engine actor).
         cfg: Whole config, handed to a factory given by name.
         sources: Name -> factory to use instead of ``stream.sources`` (tests, custom sensors);

@@ -1,4 +1,4 @@
-"""Replay an MCAP recording through sync -> preprocess -> engine in event time, streaming.
+"""The replay runtime: an MCAP recording through sync -> preprocess -> engine in event time, streaming.
 
 The recorded ``timestamp_ns`` of every message is the clock: the synchronizer is polled with
 event time, never the wall clock, so pacing (``realtime`` at ``rate``, or ``fast``) changes
@@ -6,7 +6,7 @@ only how long a replay takes, not which samples it forms. With a deterministic e
 replayed power trace instead of a live meter) two replays give the same decisions; only the
 wall-clock ``latency_ms`` differs, which :func:`decision_log_key` leaves out.
 
-Messages come one chunk at a time through the chunk index (:class:`~.recording.Recording`), so
+Messages come one chunk at a time through the chunk index (:class:`~exitflow.pipeline.live.recording.reader.Recording`), so
 memory does not grow with the file; ``start_s``/``end_s`` seek without reading the chunks
 before, ``topics`` reads only those channels. Damaged chunks are skipped and counted
 (:attr:`ReplaySummary.read`). The CLI is ``exitflow replay FILE.mcap [--realtime | --fast]
@@ -24,17 +24,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from exitflow.pipeline.errors import DataError
-from exitflow.pipeline.live.failures import describe_error, failed_decision
-from exitflow.pipeline.live.mcap_reader import ReadReport
-from exitflow.pipeline.live.mcap_schemas import MODALITY_OF_SCHEMA, SENSOR_TOPIC_PREFIX
-from exitflow.pipeline.live.preprocess import preprocess_sample
-from exitflow.pipeline.live.recording import Recording
-from exitflow.pipeline.live.sync import Synchronizer
+from exitflow.pipeline.live.core.failures import describe_error, failed_decision
+from exitflow.pipeline.live.core.sync import Synchronizer
+from exitflow.pipeline.live.recording.mcap_reader import ReadReport
+from exitflow.pipeline.live.recording.reader import Recording, sensor_topics
+from exitflow.pipeline.live.runtime.preprocess import preprocess_sample
 from exitflow.pipeline.messages import Decision, Sample
 
 
 class Engine(Protocol):
-    """What the live pipeline needs from an engine (pipeline/engine.py implements it)."""
+    """What a replay needs from an engine (the project's inference engines implement it)."""
 
     def process(self, sample: Sample) -> Decision: ...
 
@@ -210,35 +209,3 @@ def replay_recording(
     replay_stream(path, engine, synchronizer, mode, rate, start_s, end_s, topics, preprocess,
                   decisions.append, decisions_path)
     return decisions
-
-
-def sensor_topics(rec: Recording) -> list[str] | None:
-    """The sensor topics of an indexed recording (None: read every topic, e.g. a cut file)."""
-    channels = rec.file.channels()
-    if channels is None:
-        return None
-    return sorted(t for t, _, _ in channels if t.startswith(SENSOR_TOPIC_PREFIX))
-
-
-def recorded_modalities(path: str | Path, topics: list[str] | None = None) -> list[str]:
-    """The sorted modalities of the sensor messages in a recording (from its summary when it has one).
-
-    Raises:
-        DataError: when it holds no sensor messages (on ``topics``).
-    """
-    with Recording(path) as rec:
-        channels = rec.file.channels()
-        if channels is not None and rec.format != "exitflow.sensor.v1":
-            found = {MODALITY_OF_SCHEMA[s] for t, s, _ in channels
-                     if s in MODALITY_OF_SCHEMA and (topics is None or t in topics)}
-        else:
-            found = {e.message.modality for e in rec.events(topics) if e.message is not None}
-        report = rec.report
-    if not found:
-        damage = ""
-        if report.damaged:
-            damage = (f": {len(report.chunks_damaged)} damaged chunk(s) skipped"
-                      + ("; the file is cut short" if report.truncated else "") + ", nothing readable is left")
-        raise DataError(f"{path} holds no {'readable ' if damage else ''}sensor messages"
-                        f"{' on ' + ','.join(topics) if topics else ''}{damage}")
-    return sorted(found)

@@ -1,6 +1,6 @@
 """The live terminal view (rich): the most important figures first, fitted to the terminal.
 
-:func:`render` turns :meth:`LivePipeline.snapshot` into rich renderables (pure, testable). Sections
+:func:`render` turns :meth:`PipelineDriver.snapshot` into rich renderables (pure, testable). Sections
 in order of importance: an overview (decisions, failures, energy against the budget, lambda,
 end-to-end latency), power and budget, latency per stage, exits per modality, sources, then the
 sync and engine details. Given a terminal ``height``, whole sections are kept from the top while
@@ -186,7 +186,7 @@ def render(snap: dict[str, Any], height: int | None = None, width: int = 100) ->
     """Rich renderable of one snapshot: every section, or (with ``height``) those that fit, in order.
 
     Args:
-        snap: :meth:`LivePipeline.snapshot` (or :meth:`LiveStats.summary` plus extras).
+        snap: :meth:`PipelineDriver.snapshot` (or :meth:`LiveStats.summary` plus extras).
         height: Terminal lines available; None shows everything.
         width: Terminal columns (to measure how many lines each section takes).
     """

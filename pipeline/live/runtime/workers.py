@@ -1,11 +1,13 @@
-"""The plain classes inside the live pipeline's Ray actors: one source reader, one engine holder.
+"""The plain classes both runtimes run: one source reader, one engine holder.
 
-No ``ray.remote`` here (see ``pipeline.runtime``): :class:`SourceWorker` reads a source on a
+No Ray here: the local runtime (:mod:`~exitflow.pipeline.live.runtime.local`) calls them
+in-process, and :mod:`exitflow.pipeline.live.runtime.ray.workers` wraps them in Ray actors.
+:class:`SourceWorker` reads a source on a
 background thread into a bounded queue that the driver drains, and notes every disconnect and
-reconnect as an :class:`~exitflow.pipeline.live.failures.OutageEvent`; :class:`EngineWorker`
+reconnect as an :class:`~exitflow.pipeline.live.core.failures.OutageEvent`; :class:`EngineWorker`
 holds the engine and preprocesses + processes one sample per call, turning *any* exception of
 preprocessing, the engine or its meter into a
-:class:`~exitflow.pipeline.live.failures.FailedDecision` so one bad sample never stops the loop.
+:class:`~exitflow.pipeline.live.core.failures.FailedDecision` so one bad sample never stops the loop.
 
 Which engines a config may name (``stream.engine``) is closed: ``system:NAME`` (the project's
 systems), an entry point registered under the group ``exitflow.engines`` (by its name), or a
@@ -21,35 +23,28 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
-
-import ray
+from typing import Any
 
 from exitflow.pipeline.config import SourceConfig
-from exitflow.pipeline.errors import ExitflowError
-from exitflow.pipeline.live.failures import OutageEvent, describe_error, failed_decision
-from exitflow.pipeline.live.preprocess import model_preprocessing, preprocess_sample
-from exitflow.pipeline.live.queues import BoundedQueue
-from exitflow.pipeline.live.sources import Backoff, Source, build_source
+from exitflow.pipeline.live.core.backoff import Backoff
+from exitflow.pipeline.live.core.endpoints import SourceFactory
+from exitflow.pipeline.live.core.failures import (
+    LiveRuntimeError,
+    OutageEvent,
+    describe_error,
+    failed_decision,
+)
+from exitflow.pipeline.live.core.queues import BoundedQueue
+from exitflow.pipeline.live.runtime.preprocess import model_preprocessing, preprocess_sample
+from exitflow.pipeline.live.sources import build_source
 from exitflow.pipeline.messages import Decision, Sample, SensorMessage
 
 log = logging.getLogger(__name__)
 
-SourceFactory = Callable[[], Source]
 EngineFactory = Callable[[], Any]
 ENGINE_ENTRY_POINT_GROUP = "exitflow.engines"
 PROJECT_PACKAGE = "exitflow"
 MAX_PENDING_EVENTS = 64
-
-
-def in_process(method: Any) -> Callable[..., Any]:
-    """A ``@ray.method``-decorated method, to call directly (in-process runtime, one method calling
-    another): it is a plain method at run time, but Ray's type stubs describe only ``.remote``."""
-    return cast(Callable[..., Any], method)
-
-
-class LiveRuntimeError(ExitflowError):
-    """The live runtime cannot start (Ray unreachable, engine factory missing...)."""
 
 
 class SourceWorker:
@@ -125,18 +120,15 @@ class SourceWorker:
         if connected or self.source.state != "finished":
             self._events.append(OutageEvent(self.source.name, event, reason, time.monotonic_ns()))
 
-    @ray.method(enable_task_events=False)  # called ~100/s: no per-call record in Ray's GCS
     def drain(self, max_items: int = 256) -> list[SensorMessage]:
         return self.queue.drain(max_items)
 
-    @ray.method(enable_task_events=False)  # called per message burst
     def poll(self, max_items: int = 256, wait_s: float = 0.05) -> list[SensorMessage]:
         """:meth:`drain` after waiting up to ``wait_s`` for the first message (a long poll: one call
         per burst of messages instead of one per driver tick)."""
         self.queue.wait(wait_s)
-        return cast(list[SensorMessage], in_process(self.drain)(max_items))  # a subclass may reduce them
+        return self.drain(max_items)  # a subclass may reduce them
 
-    @ray.method(enable_task_events=False)  # called ~100/s: no per-call record in Ray's GCS
     def health(self) -> dict[str, Any]:
         """The source's health, its queue's counters and the outage events since the last call."""
         out = self.source.health().to_dict()
@@ -147,13 +139,9 @@ class SourceWorker:
         out["events"] = events
         return out
 
-    @ray.method(enable_task_events=False)  # a clock probe every few seconds
     def clock_ns(self) -> int:
         """The source's clock now (what it stamps messages with); the driver times the round trip."""
         return self.source.clock.now_ns()
-
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
 
     def stop(self) -> bool:
         self._stop.set()
@@ -239,7 +227,6 @@ class EngineWorker:
         self.failures = 0
         self.preprocess_drops: dict[str, int] = {}
 
-    @ray.method(enable_task_events=False)  # called ~100/s: no per-call record in Ray's GCS
     def process(self, sample: Sample) -> tuple[Decision, dict[str, float], str | None]:
         """``(decision, stage latencies in ms, None)``, or ``(FailedDecision, ..., error)`` when the
         sample failed anywhere (preprocessing, the engine, its meter): never raises for one sample."""
@@ -286,9 +273,5 @@ class EngineWorker:
         self.budget = {"mj_per_sample": mj_per_sample, "power_w": power_w}
         return self.budget
 
-    @ray.method(enable_task_events=False)  # called ~100/s: no per-call record in Ray's GCS
     def status(self) -> dict[str, Any]:
         return holder_status(self)
-
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()

@@ -1,13 +1,13 @@
 """How the live driver reaches its sources and its engine: the one interface both runtimes fill.
 
-:class:`~exitflow.pipeline.live.driver.PipelineDriver` holds everything a live run decides
+:class:`~exitflow.pipeline.live.runtime.driver.PipelineDriver` holds everything a live run decides
 (clock correction, sync, queues, drop policies, in-flight limit, recording, outage events,
 statistics); a :class:`Transport` only moves messages and samples. Two implement it:
 
-- ``runtime: ray`` — :class:`~exitflow.pipeline.live.runtime.RayTransport`: source actors
+- ``runtime: ray`` — :class:`~exitflow.pipeline.live.runtime.ray.pipeline.RayTransport`: source actors
   drained with ``ray.wait``, an engine actor (or a shared service) called per sample;
-- ``runtime: local`` — :class:`~exitflow.pipeline.live.local_runtime.LocalTransport`: the same
-  :class:`~exitflow.pipeline.live.workers.SourceWorker` objects on threads, the engine in-process.
+- ``runtime: local`` — :class:`~exitflow.pipeline.live.runtime.local.LocalTransport`: the same
+  :class:`~exitflow.pipeline.live.runtime.workers.SourceWorker` objects on threads, the engine in-process.
 
 A transport reports a source or engine that is unreachable (a dead actor) as
 :class:`SourceDown` / :class:`EngineDown` with the underlying error as ``__cause__``; anything
@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from typing import Any
 
-from exitflow.pipeline.live.clocks import ClockProbe
+from exitflow.pipeline.live.core.clocks import ClockProbe
 from exitflow.pipeline.messages import Decision, Sample, SensorMessage
 
 EngineResult = tuple[Decision, dict[str, float], "str | None"]  # (decision, stage -> ms, error or None)

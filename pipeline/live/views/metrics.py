@@ -2,7 +2,7 @@
 
 Opt-in (``stream.metrics_port``; bound to ``stream.metrics_host``, loopback unless set): a
 ``prometheus_client`` HTTP endpoint whose collector turns the driver's latest snapshot
-(:meth:`~exitflow.pipeline.live.driver.PipelineDriver.snapshot`) into metric families at scrape
+(:meth:`~exitflow.pipeline.live.runtime.driver.PipelineDriver.snapshot`) into metric families at scrape
 time, so the run pays nothing per sample for it and the figures are exactly those of the live
 view. ``prometheus_client`` is the reference client library, needs no agent and works the same
 under both runtimes (``ray.util.metrics`` would need Ray's metrics agent, absent in

@@ -2,9 +2,9 @@
 
 For a single device (one camera, one microphone, the model on the same board) Ray costs start-up
 time and memory for nothing. :class:`LocalTransport` runs the same
-:class:`~exitflow.pipeline.live.workers.SourceWorker` objects (each reads its source on a thread
-into its bounded queue) and the same :class:`~exitflow.pipeline.live.workers.EngineWorker`
-in-process; the driver (:class:`~exitflow.pipeline.live.driver.PipelineDriver`: clock correction,
+:class:`~exitflow.pipeline.live.runtime.workers.SourceWorker` objects (each reads its source on a thread
+into its bounded queue) and the same :class:`~exitflow.pipeline.live.runtime.workers.EngineWorker`
+in-process; the driver (:class:`~exitflow.pipeline.live.runtime.driver.PipelineDriver`: clock correction,
 sync, queues and drop policies, recording, view) is the one the Ray runtime uses, so both make
 the same decisions on the same input.
 
@@ -28,18 +28,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from exitflow.pipeline.config import SourceConfig, StreamConfig
-from exitflow.pipeline.live.clocks import ClockProbe
-from exitflow.pipeline.live.driver import PipelineDriver
-from exitflow.pipeline.live.preprocess import preprocess_sample
-from exitflow.pipeline.live.sources import Backoff
-from exitflow.pipeline.live.transport import EngineResult, Transport
-from exitflow.pipeline.live.workers import (
-    EngineFactory,
-    EngineWorker,
-    SourceFactory,
-    SourceWorker,
-    in_process,
-)
+from exitflow.pipeline.live.core.backoff import Backoff
+from exitflow.pipeline.live.core.clocks import ClockProbe
+from exitflow.pipeline.live.core.endpoints import SourceFactory
+from exitflow.pipeline.live.runtime.driver import PipelineDriver
+from exitflow.pipeline.live.runtime.preprocess import preprocess_sample
+from exitflow.pipeline.live.runtime.transport import EngineResult, Transport
+from exitflow.pipeline.live.runtime.workers import EngineFactory, EngineWorker, SourceWorker
 from exitflow.pipeline.messages import Sample, SensorMessage
 
 log = logging.getLogger(__name__)
@@ -87,7 +82,7 @@ class LocalEngine:
 
         def decide(ready: Sample, preprocess_ms: float) -> None:
             try:
-                decision, stage_ms, error = in_process(self.worker.process)(ready)
+                decision, stage_ms, error = self.worker.process(ready)
                 stage_ms["preprocess"] = preprocess_ms
                 self.samples += 1
                 out.set_result((decision, stage_ms, error))
@@ -111,7 +106,12 @@ class LocalEngine:
         return out
 
     def status(self) -> dict[str, Any]:
-        return {**in_process(self.worker.status)(), "preprocess_drops": dict(self.preprocess_drops)}
+        return {**self.worker.status(), "preprocess_drops": dict(self.preprocess_drops)}
+
+    def set_budget(self, mj_per_sample: float | None, power_w: float | None) -> dict[str, Any]:
+        """Change the engine's budget on the engine's thread, between two samples (never during one);
+        returns the budget in force (see :meth:`EngineWorker.set_budget`)."""
+        return self._run.submit(self.worker.set_budget, mj_per_sample, power_w).result()
 
     def close(self) -> None:
         self._pre.shutdown(wait=True)
@@ -166,21 +166,21 @@ class LocalTransport(Transport):
         if wait_s > 0 and not any(len(w.queue) for w in self.workers.values()) and not self._any_done():
             self._wake.wait(wait_s)
         self._wake.clear()
-        return [(name, in_process(w.drain)()) for name, w in self.workers.items()]
+        return [(name, w.drain()) for name, w in self.workers.items()]
 
     def _any_done(self) -> bool:
         return any(f.done() for f in self._futures.values())
 
     def clock_probe(self, name: str, timeout_s: float) -> ClockProbe | None:
         sent_ns = time.monotonic_ns()
-        source_ns = in_process(self.workers[name].clock_ns)()
+        source_ns = self.workers[name].clock_ns()
         return ClockProbe(sent_ns, int(source_ns), time.monotonic_ns())
 
     def poll_health(self) -> list[tuple[str, dict[str, Any] | BaseException]]:
         out: list[tuple[str, dict[str, Any] | BaseException]] = []
         for name, w in self.workers.items():
             try:
-                out.append((name, in_process(w.health)()))
+                out.append((name, w.health()))
             except Exception as e:  # noqa: BLE001 - a source's health() bug is counted by the driver
                 out.append((name, e))
         return out
@@ -212,7 +212,7 @@ class LocalTransport(Transport):
         return None if self.engine is None else self.engine.status()
 
     def set_budget(self, mj_per_sample: float | None, power_w: float | None) -> dict[str, Any]:
-        return self._started_engine().worker.set_budget(mj_per_sample, power_w)
+        return self._started_engine().set_budget(mj_per_sample, power_w)
 
     def stop_sources(self, timeout_s: float) -> None:
         for w in self.workers.values():

@@ -1,10 +1,10 @@
 """Stage 3 of the live data flow: the driver loop both runtimes share.
 
 :class:`PipelineDriver` drains the sources through a
-:class:`~exitflow.pipeline.live.transport.Transport`, rewrites every message's capture stamp
-into its own clock (:class:`~exitflow.pipeline.live.clocks.ClockBook`, offsets measured by
+:class:`~exitflow.pipeline.live.runtime.transport.Transport`, rewrites every message's capture stamp
+into its own clock (:class:`~exitflow.pipeline.live.core.clocks.ClockBook`, offsets measured by
 round trips), records raw messages (MCAP), aligns them
-(:class:`~exitflow.pipeline.live.sync.Synchronizer`), queues samples on a bounded edge and keeps
+(:class:`~exitflow.pipeline.live.core.sync.Synchronizer`), queues samples on a bounded edge and keeps
 at most ``max_in_flight`` samples inside the engine. A source that goes down is marked at its
 first failed call (an ``actor_down`` outage event in the decision log), the other modalities
 keep flowing (the sync fallback clock marks the absent one missing), and its first message
@@ -26,59 +26,35 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from exitflow.pipeline.config import SourceConfig, StreamConfig
-from exitflow.pipeline.live.clocks import ClockBook
-from exitflow.pipeline.live.failures import (
+from exitflow.pipeline.live.core.clocks import ClockBook
+from exitflow.pipeline.live.core.endpoints import DecisionLog, LiveSink, SourceFactory, modality_of
+from exitflow.pipeline.live.core.failures import (
     CircuitBreaker,
     CircuitOpenError,
-    OutageEvent,
+    LiveRuntimeError,
     describe_error,
     error_kind,
     failed_decision,
 )
-from exitflow.pipeline.live.queues import BoundedQueue, Empty, InFlightLimiter
-from exitflow.pipeline.live.recording import DecisionLog, LiveSink
-from exitflow.pipeline.live.sources import source_modality
-from exitflow.pipeline.live.stats import LiveStats
-from exitflow.pipeline.live.sync import make_synchronizer
-from exitflow.pipeline.live.transport import EngineDown, SourceDown, Transport
-from exitflow.pipeline.live.workers import LiveRuntimeError, SourceFactory
+from exitflow.pipeline.live.core.queues import BoundedQueue, Empty, InFlightLimiter
+from exitflow.pipeline.live.core.stats import LiveStats
+from exitflow.pipeline.live.core.sync import make_synchronizer
+from exitflow.pipeline.live.runtime.source_book import SourceBook, SourceHandle
+from exitflow.pipeline.live.runtime.transport import EngineDown, SourceDown, Transport
 from exitflow.pipeline.messages import Decision, Sample, SensorMessage
 
 log = logging.getLogger(__name__)
 
-MAX_RECENT_OUTAGES = 50
 HEALTH_PERIOD_NS = 500_000_000
 CLOCK_PROBE_PERIOD_NS = 2_000_000_000  # one source's clock per period, in turn
 CLOCK_PROBES_AT_START = 3
 PROBE_TIMEOUT_S = 0.02  # a probe in the loop blocks it: a slower answer is dropped (and would be a poor estimate)
-
-
-@dataclass
-class _SourceHandle:
-    name: str
-    state: str = "starting"
-    health: dict[str, Any] = field(default_factory=dict)
-    failures: int = 0
-    restarts: int = 0
-    incarnation: int | None = None
-    outages: int = 0
-
-
-def modality_of(spec: SourceConfig | SourceFactory) -> str:
-    """The modality a ``stream.sources`` entry or a source factory (its ``modality``) delivers."""
-    if isinstance(spec, SourceConfig):
-        return source_modality(spec)
-    modality = getattr(spec, "modality", None)
-    if modality is None:
-        raise LiveRuntimeError("a source factory needs a 'modality' attribute ('image', 'audio' or 'text')")
-    return str(modality)
 
 
 class PipelineDriver:
@@ -132,12 +108,12 @@ class PipelineDriver:
         self.decisions_total = 0
         self.failed_total = 0
         self.received_total = 0
-        self.outages: deque[OutageEvent] = deque(maxlen=MAX_RECENT_OUTAGES)
-        self.outage_counts: Counter[str] = Counter()  # event kind -> n
         self.budget: dict[str, Any] = {}
         self.preprocess_drops: dict[str, int] = {}  # "modality:ExceptionType" -> n, from the engine
         self._specs = specs
-        self._handles: dict[str, _SourceHandle] = {name: _SourceHandle(name) for name in specs}
+        self.sources = SourceBook(list(specs), (self.recorder, self.decision_log), self.stats)
+        self.outages = self.sources.outages  # the most recent outage events
+        self.outage_counts = self.sources.outage_counts  # event kind -> n
         self._in_flight: dict[Hashable, tuple[Sample, int]] = {}
         self._engine_up = True  # an engine that dies logs actor_down / actor_up for "engine"
         self._last_health_ns = 0
@@ -159,7 +135,7 @@ class PipelineDriver:
             LiveRuntimeError: when something is not up within ``timeout_s``.
         """
         where = self.transport.wait_ready(timeout_s)
-        for h in self._handles.values():
+        for h in self.sources.handles.values():
             h.state = "alive"
             for _ in range(CLOCK_PROBES_AT_START):
                 self._probe_clock(h, timeout_s=5.0)
@@ -167,8 +143,7 @@ class PipelineDriver:
 
     def source_state(self, name: str) -> dict[str, Any]:
         """One source as the driver sees it: ``actor`` state, ``restarts``, ``failures``, ``outages``."""
-        h = self._handles[name]
-        return {"actor": h.state, "restarts": h.restarts, "failures": h.failures, "outages": h.outages}
+        return self.sources.state(name)
 
     def set_budget(self, mj_per_sample: float | None = None, power_w: float | None = None) -> None:
         self.budget = self.transport.set_budget(mj_per_sample, power_w)
@@ -200,8 +175,8 @@ class PipelineDriver:
         if now - self._last_health_ns > HEALTH_PERIOD_NS:
             self._refresh_health()
             self._last_health_ns = now
-        if now - self._last_probe_ns > CLOCK_PROBE_PERIOD_NS and self._handles:
-            handles = list(self._handles.values())
+        if now - self._last_probe_ns > CLOCK_PROBE_PERIOD_NS and self.sources.handles:
+            handles = list(self.sources.handles.values())
             h = handles[self._probe_turn % len(handles)]
             self._probe_turn += 1
             if h.state == "alive":
@@ -242,11 +217,11 @@ class PipelineDriver:
                 time.sleep(0.01)
 
     # -- clocks ------------------------------------------------------------------------------
-    def _probe_clock(self, h: _SourceHandle, timeout_s: float) -> None:
+    def _probe_clock(self, h: SourceHandle, timeout_s: float) -> None:
         try:
             probe = self.transport.clock_probe(h.name, timeout_s)
         except SourceDown as e:
-            self._mark_down(h, e)
+            self.sources.mark_down(h, e)
             return
         except Exception as e:  # noqa: BLE001 - no estimate this time; the last one stands
             self.stats.count_drop(h.name, f"clock_probe_failed:{type(e).__name__}")
@@ -255,36 +230,11 @@ class PipelineDriver:
             self.clocks.add_probe(h.name, probe)
 
     # -- sources -----------------------------------------------------------------------------
-    def _event(self, h: _SourceHandle | None, source: str, event: str, reason: str) -> None:
-        """Note an outage event: counters, the live view and the decision log."""
-        ev = OutageEvent(source, event, reason, time.monotonic_ns())
-        self._log_outage(ev)
-        if h is not None and event in ("actor_down", "disconnected"):
-            h.outages += 1
-
-    def _log_outage(self, ev: OutageEvent) -> None:
-        self.outages.append(ev)
-        self.outage_counts[ev.event] += 1
-        log.warning("source %s: %s (%s)", ev.source, ev.event, ev.reason)
-        for sink in (self.recorder, self.decision_log):
-            if sink is None:
-                continue
-            try:
-                sink.write_event(ev)
-            except Exception as e:  # noqa: BLE001 - a full disk must not end the run; counted
-                self.stats.count_drop("log", f"event_write:{type(e).__name__}")
-
-    def _mark_down(self, h: _SourceHandle, error: BaseException) -> None:
-        h.failures += 1
-        if h.state != "restarting":
-            self._event(h, h.name, "actor_down", type(error.__cause__ or error).__name__)
-        h.state = "restarting"
-
     def _drain_sources(self, wait_s: float) -> None:
         for name, reply in self.transport.poll_sources(wait_s):
-            h = self._handles[name]
+            h = self.sources.handles[name]
             if isinstance(reply, SourceDown):
-                self._mark_down(h, reply)
+                self.sources.mark_down(h, reply)
                 continue
             if isinstance(reply, BaseException):  # e.g. a message that does not unpickle
                 self.stats.count_drop(name, f"drain_failed:{type(reply).__name__}")
@@ -296,15 +246,15 @@ class PipelineDriver:
                 except Exception as e:  # noqa: BLE001 - one malformed message is dropped, counted
                     self.stats.count_drop(name, f"message_failed:{type(e).__name__}")
 
-    def _take_message(self, h: _SourceHandle, msg: SensorMessage, now: int) -> None:
+    def _take_message(self, h: SourceHandle, msg: SensorMessage, now: int) -> None:
         incarnation = msg.meta.get("worker_started_ns")
         if h.incarnation is not None and incarnation != h.incarnation:
             h.restarts += 1
-            self._event(h, h.name, "actor_up", f"restart {h.restarts}")
+            self.sources.event(h, h.name, "actor_up", f"restart {h.restarts}")
             self.clocks.reset(h.name)  # a new process may run on another host's clock
             self._probe_clock(h, timeout_s=PROBE_TIMEOUT_S)
         elif h.state == "restarting":  # the same incarnation answers again (a transient outage)
-            self._event(h, h.name, "actor_up", "reachable again")
+            self.sources.event(h, h.name, "actor_up", "reachable again")
         h.state = "alive"
         h.incarnation = incarnation
         if msg.capture_wall_ns is None:
@@ -351,7 +301,7 @@ class PipelineDriver:
             if isinstance(result, EngineDown):
                 if self._engine_up:
                     self._engine_up = False
-                    self._event(None, "engine", "actor_down", type(result.__cause__ or result).__name__)
+                    self.sources.event(None, "engine", "actor_down", type(result.__cause__ or result).__name__)
                 self._emit(failed_decision(sample, describe_error("engine_unavailable", result.__cause__ or result)),
                            sample)
                 continue
@@ -361,7 +311,7 @@ class PipelineDriver:
             decision, stage_ms, error = result
             if not self._engine_up:
                 self._engine_up = True
-                self._event(None, "engine", "actor_up", "answering again")
+                self.sources.event(None, "engine", "actor_up", "answering again")
             now = time.monotonic_ns()
             for stage, ms in stage_ms.items():
                 self.stats.observe_latency(stage, ms)
@@ -404,35 +354,14 @@ class PipelineDriver:
             self.budget = status.get("budget", {}) or self.budget
             self.preprocess_drops = dict(status.get("preprocess_drops", {}))
         for name, health in self.transport.poll_health():
-            h = self._handles[name]
-            if isinstance(health, SourceDown):
-                self._mark_down(h, health)
-                continue
-            if isinstance(health, BaseException):
-                self.stats.count_drop(name, f"health_failed:{type(health).__name__}")
-                continue
-            for ev in health.pop("events", []):
-                self._log_outage(ev)
-                if ev.event == "disconnected":
-                    h.outages += 1
-            h.health = health
+            self.sources.take_health(name, health)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the live view, the metrics and the benchmarks show, as plain data."""
         clocks = self.clocks.to_dict()
         return {
             "runtime": self.transport.kind,
-            "sources": {
-                name: {
-                    **h.health,
-                    "actor": h.state,
-                    "actor_failures": h.failures,
-                    "actor_restarts": h.restarts,
-                    "outages": h.outages,
-                    **({"clock": clocks[name]} if name in clocks else {}),
-                }
-                for name, h in self._handles.items()
-            },
+            "sources": self.sources.snapshot(clocks),
             "clock_skewed": sorted(name for name, c in clocks.items() if c["skewed"]),
             "sync": self.sync.stats.to_dict(),
             "engine_queue": self.sample_queue.stats().to_dict(),

@@ -7,7 +7,7 @@ bundle's ``preprocessing.json``):
 
 - image: uint8 HxW (gray) or HxWxC (BGR/BGRA) -> gray, area-resized to 28x28, float32 in [0, 1],
   shape (1, 28, 28);
-- audio: :class:`~exitflow.pipeline.live.sync.AudioWindow` -> the data sets' spectrogram, shape
+- audio: :class:`~exitflow.pipeline.live.core.sync.AudioWindow` -> the data sets' spectrogram, shape
   (1, 112, 112) float32 (any sample rate, resampled);
 - text: the string (``text_encoding: string``, the default: unchanged) or its character grid
   (``chars``).
@@ -27,7 +27,7 @@ import numpy as np
 
 from exitflow.pipeline.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing
 from exitflow.pipeline.data.spectrogram import AudioInputError
-from exitflow.pipeline.live.sync import AudioWindow
+from exitflow.pipeline.live.core.sync import AudioWindow
 from exitflow.pipeline.messages import Sample
 
 log = logging.getLogger(__name__)

@@ -7,13 +7,13 @@
 - :class:`EdgeSourceWorker` (``stream.preprocess_at_source``) reduces camera frames to the model's
   28x28 gray on the source's node before they are drained: 784 bytes per frame cross the network
   instead of the full frame (a 360x288 GRID frame is 104 KB gray, 311 KB BGR). The reduced frame
-  is the uint8 image :func:`~exitflow.pipeline.live.preprocess.preprocess_image` produces, so the
+  is the uint8 image :func:`~exitflow.pipeline.live.runtime.preprocess.preprocess_image` produces, so the
   engine's preprocessing of it gives exactly the float32 input it would give for the full frame
   (the 1/255 scale is undone and redone exactly; a test checks). The spectrogram stays with the
   engine: it needs the audio window that only exists after the sync has aligned the PCM chunks
   (16-kHz float32 PCM is 64 KB/s; the spectrogram of one sample is 50 KB).
 - :func:`job_runtime_env` ships the exitflow package (``py_modules``, given to ``ray.init`` by
-  :func:`~exitflow.pipeline.live.ray_connect.start_ray`) so a worker node needs no checkout and no
+  :func:`~exitflow.pipeline.live.runtime.ray.connect.start_ray`) so a worker node needs no checkout and no
   ``PYTHONPATH``; ``stream.ship_project: auto`` does so when joining a cluster (a local Ray
   already has the package installed).
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import functools
 import importlib
+import importlib.util
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,10 +33,9 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-import exitflow
 from exitflow.pipeline.config import RayConfig, StreamConfig
-from exitflow.pipeline.live.preprocess import IMAGE_SIDE, preprocess_image
-from exitflow.pipeline.live.workers import SourceWorker
+from exitflow.pipeline.live.runtime.preprocess import IMAGE_SIDE, preprocess_image
+from exitflow.pipeline.live.runtime.ray.workers import RaySourceWorker
 from exitflow.pipeline.messages import SensorMessage
 
 STAGES = ("devices", "encoders", "scheduler", "pipeline")
@@ -58,8 +58,8 @@ def reduce_frame(msg: SensorMessage) -> SensorMessage:
     return msg
 
 
-class EdgeSourceWorker(SourceWorker):
-    """A :class:`SourceWorker` whose drained camera frames are already reduced (:func:`reduce_frame`),
+class EdgeSourceWorker(RaySourceWorker):
+    """A Ray source worker whose drained camera frames are already reduced (:func:`reduce_frame`),
     so the reduction runs in the source's actor, on the sensor's node."""
 
     @ray.method(enable_task_events=False)  # called ~100/s: no per-call record in Ray's GCS
@@ -71,9 +71,20 @@ class EdgeSourceWorker(SourceWorker):
         return package_path()
 
 
+PIPELINE_FOLDER = Path(__file__).resolve().parents[3]  # .../pipeline: this file is pipeline/live/runtime/ray/
+
+
 def package_path() -> str:
     """The folder this process imported ``exitflow.pipeline`` from."""
-    return str(Path(importlib.import_module("exitflow.pipeline").__file__ or "").resolve().parent)
+    return str(PIPELINE_FOLDER)
+
+
+def api_folder() -> Path:
+    """The folder of the ``exitflow`` API package (found, not imported, by its spec)."""
+    spec = importlib.util.find_spec("exitflow")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the exitflow package is not importable here; install it (pip install -e .)")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
 def node_affinity(node_id: str, soft: bool = False) -> dict[str, Any]:
@@ -86,7 +97,7 @@ def staged_package() -> Path:
     """A folder named ``exitflow`` holding the whole installed package (API and the four stages),
     for ``py_modules``. An installed wheel already is one; an editable install maps the stage folders
     of the checkout, so they are copied once per process into a temporary folder."""
-    api = Path(exitflow.__file__).resolve().parent
+    api = api_folder()
     if all((api / stage / "__init__.py").is_file() for stage in STAGES):
         return api
     root = Path(tempfile.mkdtemp(prefix="exitflow-ship-"))
@@ -107,7 +118,7 @@ def project_runtime_env(extra_modules: tuple[str | Path, ...] = ()) -> dict[str,
 
 
 def job_runtime_env(stream: StreamConfig, ray_cfg: RayConfig) -> dict[str, Any] | None:
-    """The job's ``runtime_env`` for :func:`~exitflow.pipeline.live.ray_connect.start_ray` per
+    """The job's ``runtime_env`` for :func:`~exitflow.pipeline.live.runtime.ray.connect.start_ray` per
     ``stream.ship_project``: always, never, or (auto) when joining a cluster (``ray.address`` set).
 
     Ray ships local folders only at the job level (``ray.init``), never per actor; every actor and

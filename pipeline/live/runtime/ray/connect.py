@@ -25,16 +25,16 @@ from typing import Any
 import ray
 
 from exitflow.pipeline.config import RayConfig
-from exitflow.pipeline.live.workers import LiveRuntimeError
+from exitflow.pipeline.live.core.failures import LiveRuntimeError
 
-__all__ = ["probe_ray_address", "running_gcs_addresses", "start_ray"]
+__all__ = ["probe_ray_address", "running_gcs_addresses", "start_ray", "stop_ray"]
 
 
 def start_ray(cfg: RayConfig, runtime_env: dict[str, Any] | None = None) -> bool:
     """``ray.init``, quiet and dashboard-free; True if this call started Ray.
 
     ``runtime_env`` is the job's (every actor and task inherits it), e.g.
-    :func:`~exitflow.pipeline.live.placement.job_runtime_env` shipping the project to a cluster.
+    :func:`~exitflow.pipeline.live.runtime.ray.placement.job_runtime_env` shipping the project to a cluster.
 
     Without ``cfg.address`` a local instance starts bound to ``cfg.node_ip_address`` (loopback by
     default). With one, the head is probed first: an address nobody answers on fails within
@@ -68,6 +68,11 @@ def start_ray(cfg: RayConfig, runtime_env: dict[str, Any] | None = None) -> bool
     else:
         _init_with_timeout(kwargs, cfg)
     return True
+
+
+def stop_ray() -> None:
+    """``ray.shutdown()``: the end of a run whose :func:`start_ray` returned True."""
+    ray.shutdown()
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -7,14 +7,17 @@ It has two ways through a file:
   index says where every chunk lies, which time range and which channels it holds; chunks
   outside ``start_ns``/``end_ns`` or without a wanted topic are never read.
 * **scan**: when the summary is missing (a crash or a cut file) or damaged, the records are
-  walked from the start. After a record that does not parse, the reader looks for the next
-  byte offset where a well-formed chunk header starts (opcode, lengths, compression name all
-  consistent) and goes on from there.
+  walked from the start (:class:`~.mcap_scan.ChunkScanner`). After a record that does not parse,
+  the reader looks for the next byte offset where a well-formed chunk header starts (opcode,
+  lengths, compression name all consistent) and goes on from there.
 
 Either way a chunk whose compressed data does not decompress, whose CRC does not match or which
 the file ends inside is skipped: :class:`ReadReport` counts it with the time range it covered and
 the messages it held (from its message index when that survived), and every other chunk is read.
-Nothing raises for damage inside the file; only a file that cannot be opened, or that holds no
+A file that does not end with a footer and the closing magic is *incomplete*
+(:attr:`ReadReport.incomplete`): cut at a record boundary it would otherwise read as whole; the
+report keeps the time range of what was read (``first_ns``/``last_ns``). Nothing raises for damage
+inside the file; only a file that cannot be opened, or that holds no
 MCAP at all, raises :class:`~exitflow.pipeline.errors.DataError`.
 """
 
@@ -33,15 +36,13 @@ import zstandard
 from mcap.records import Channel, ChunkIndex, Metadata, MetadataIndex, Schema, Statistics
 
 from exitflow.pipeline.errors import DataError
-from exitflow.pipeline.live.mcap_records import (
+from exitflow.pipeline.live.recording.mcap_records import (
     CHUNK_HEAD,
     FOOTER_LEN,
     MAGIC,
-    MAX_CHUNK_BYTES,
     OP_ATTACHMENT,
     OP_CHANNEL,
     OP_CHUNK,
-    OP_DATA_END,
     OP_FOOTER,
     OP_HEADER,
     OP_MESSAGE,
@@ -57,6 +58,7 @@ from exitflow.pipeline.live.mcap_records import (
     iter_records,
     parse_record,
 )
+from exitflow.pipeline.live.recording.mcap_scan import ChunkScanner
 
 __all__ = ["DamagedChunk", "McapFile", "RawMessage", "ReadReport"]
 
@@ -91,11 +93,12 @@ class McapFile:
         self.size = self.path.stat().st_size
         head = self._file.read(len(MAGIC))
         self._summary = self._read_summary()
-        if head != MAGIC and self._summary is None and self._find_chunk(0) is None:
+        self.report = ReadReport(mode="index" if self._summary is not None else "scan",
+                                 incomplete=not self._ends_with_footer())
+        self._scanner = ChunkScanner(self._file, self.size, self.report)
+        if head != MAGIC and self._summary is None and self._scanner.find_chunk(0) is None:
             self._file.close()
             raise DataError(f"{path} is not an MCAP recording (no MCAP magic and no chunk found)")
-        self.report = ReadReport(mode="index" if self._summary is not None else "scan")
-        self._last_damaged: DamagedChunk | None = None
 
     def close(self) -> None:
         self._file.close()
@@ -107,6 +110,18 @@ class McapFile:
         self.close()
 
     # -- summary ---------------------------------------------------------------------------
+    def _ends_with_footer(self) -> bool:
+        """Whether the file ends like a finished MCAP file: a footer record, then the magic.
+
+        A writer that crashed, or a copy cut anywhere (at a record boundary too), ends otherwise.
+        """
+        if self.size < 2 * len(MAGIC) + FOOTER_LEN:
+            return False
+        self._file.seek(self.size - len(MAGIC) - FOOTER_LEN)
+        tail = self._file.read(FOOTER_LEN + len(MAGIC))
+        opcode, length = RECORD_HEAD.unpack_from(tail, 0)
+        return opcode == OP_FOOTER and length == 20 and tail[FOOTER_LEN:] == MAGIC
+
     def _read_summary(self) -> _Summary | None:
         """The summary section when the footer points at one whose CRC matches, else None."""
         if self.size < 2 * len(MAGIC) + FOOTER_LEN:
@@ -232,105 +247,6 @@ class McapFile:
             yield DamagedChunk(offset, reason, index.message_start_time, index.message_end_time,
                                self._index_count(index))
 
-    def _plausible_chunk_at(self, pos: int, any_opcode: bool = False) -> int | None:
-        """The record length if a well-formed chunk header starts at ``pos``, else None.
-
-        ``any_opcode`` accepts any first byte (a chunk whose opcode byte was damaged).
-        """
-        self._file.seek(pos)
-        head = self._file.read(9 + CHUNK_HEAD.size + 4 + 8)
-        if len(head) < 9 + CHUNK_HEAD.size or (head[0] != OP_CHUNK and not any_opcode):
-            return None
-        (length,) = struct.unpack_from("<Q", head, 1)
-        if pos + 9 + length > self.size or length > MAX_CHUNK_BYTES:
-            return None
-        start, end, usize, _crc, clen = CHUNK_HEAD.unpack_from(head, 9)
-        if clen > 4 or start > end or usize > MAX_CHUNK_BYTES or len(head) < 9 + CHUNK_HEAD.size + clen + 8:
-            return None
-        p = 9 + CHUNK_HEAD.size
-        name = head[p : p + clen]
-        (dlen,) = struct.unpack_from("<Q", head, p + clen)
-        if name not in (b"", b"zstd", b"lz4") or dlen != length - (CHUNK_HEAD.size + clen + 8):
-            return None
-        return int(length)
-
-    def _find_chunk(self, pos: int) -> int | None:
-        """The next offset at or after ``pos`` where a plausible chunk record starts."""
-        while pos < self.size:
-            self._file.seek(pos)
-            block = self._file.read(_SCAN_BLOCK)
-            hit = block.find(bytes([OP_CHUNK]))
-            while hit != -1:
-                if self._plausible_chunk_at(pos + hit) is not None:
-                    return pos + hit
-                hit = block.find(bytes([OP_CHUNK]), hit + 1)
-            pos += len(block)
-        return None
-
-    def _chunks_scanned(self, start_ns: int | None, end_ns: int | None) -> Iterator[ChunkData | DamagedChunk]:
-        """Walk the data section record by record, resynchronising on the next chunk after damage.
-
-        Only chunk records are checked field by field, so after damage the search for the next
-        chunk starts where the last good chunk ended (a damaged length in a record after it may
-        have sent the walk past an intact chunk). The message index records that follow a chunk
-        count its messages when the consumer marked it damaged (``self._last_damaged``).
-        """
-        known = (OP_HEADER, OP_SCHEMA, OP_CHANNEL, OP_CHUNK, OP_MESSAGE_INDEX, OP_ATTACHMENT, OP_METADATA)
-        pos = last_chunk_end = len(MAGIC)
-        last_resync = -1
-        self._last_damaged = None
-        while pos + 9 <= self.size:
-            self._file.seek(pos)
-            opcode, length = RECORD_HEAD.unpack(self._file.read(9))
-            end = pos + 9 + length
-            if opcode == OP_DATA_END and length == 4:
-                return
-            problem: str | None = None
-            if opcode not in known:
-                problem = f"unknown_record:0x{opcode:02x}"
-            elif end > self.size:
-                problem = "truncated"
-            elif opcode == OP_CHUNK:
-                try:
-                    chunk = chunk_from_record(pos, self._file.read(length))
-                except (ValueError, struct.error) as e:
-                    problem = f"bad_chunk_header:{e}"
-                else:
-                    self._last_damaged = None
-                    last_chunk_end = end
-                    if (start_ns is None or chunk.end_ns >= start_ns) and (end_ns is None or chunk.start_ns <= end_ns):
-                        yield chunk
-            elif opcode == OP_MESSAGE_INDEX:
-                body = self._file.read(min(length, 6))
-                if len(body) == 6 and self._last_damaged is not None:
-                    (array_len,) = struct.unpack_from("<I", body, 2)
-                    if array_len % 16 == 0 and array_len + 6 == length:
-                        lost = self._last_damaged.messages_lost or 0
-                        self._last_damaged.messages_lost = lost + array_len // 16
-            if problem is None:
-                pos = end
-                continue
-            nxt = self._find_chunk(last_chunk_end) if last_chunk_end > last_resync else None
-            if nxt is None or nxt <= last_resync:
-                nxt = self._find_chunk(pos + 1)
-            chunk_like = opcode == OP_CHUNK or self._plausible_chunk_at(pos, any_opcode=True) is not None
-            if nxt is None and problem == "truncated":
-                self.report.truncated = True
-            if chunk_like and (nxt is None or nxt > pos):
-                damaged = DamagedChunk(pos, problem)
-                self._file.seek(pos + 9)
-                head = self._file.read(CHUNK_HEAD.size)
-                if len(head) == CHUNK_HEAD.size:
-                    damaged.start_ns, damaged.end_ns = CHUNK_HEAD.unpack(head)[:2]
-                self._last_damaged = damaged
-                yield damaged
-            if nxt is None:
-                self.report.bytes_skipped += self.size - pos
-                return
-            if nxt > pos:
-                self.report.bytes_skipped += nxt - pos
-            last_resync = pos = nxt
-
     # -- messages --------------------------------------------------------------------------
     def _decode_chunk(
         self, chunk: ChunkData, schemas: dict[int, Schema], channels: dict[int, Channel],
@@ -393,7 +309,7 @@ class McapFile:
         if self._summary is not None and wanted is not None:
             channel_ids = {cid for cid, ch in channels.items() if ch.topic in wanted}
         chunks = (self._chunks_indexed(start_ns, end_ns, channel_ids) if self._summary is not None
-                  else self._chunks_scanned(start_ns, end_ns))
+                  else self._scanner.chunks(start_ns, end_ns))
         pending: list[tuple[int, int, int, RawMessage]] = []
         for ordinal, item in enumerate(chunks):
             if isinstance(item, DamagedChunk):
@@ -409,18 +325,26 @@ class McapFile:
                     lost = self._index_count(index) if index is not None else None
                 damaged = DamagedChunk(item.offset, reason, item.start_ns, item.end_ns, lost)
                 self.report.chunks_damaged.append(damaged)
-                self._last_damaged = damaged  # the scan counts its message index records
+                self._scanner.last_damaged = damaged  # the scan counts its message index records
                 continue
             self.report.chunks_read += 1
             first = min((t for t, _, _ in decoded), default=None)
             while pending and first is not None and pending[0][0] < first:
-                self.report.messages_read += 1
-                yield heapq.heappop(pending)[3]
+                yield self._handed_out(heapq.heappop(pending)[3])
             for log_time, i, message in decoded:
                 heapq.heappush(pending, (log_time, ordinal, i, message))
         while pending:
-            self.report.messages_read += 1
-            yield heapq.heappop(pending)[3]
+            yield self._handed_out(heapq.heappop(pending)[3])
+
+    def _handed_out(self, message: RawMessage) -> RawMessage:
+        """Count ``message`` as read, and its ``log_time`` into the time range kept."""
+        report = self.report
+        report.messages_read += 1
+        if report.first_ns is None or message.log_time_ns < report.first_ns:
+            report.first_ns = message.log_time_ns
+        if report.last_ns is None or message.log_time_ns > report.last_ns:
+            report.last_ns = message.log_time_ns
+        return message
 
     def start_time_ns(self) -> int | None:
         """``log_time`` of the first message: from the statistics, else the first plausible chunk."""
@@ -430,7 +354,7 @@ class McapFile:
                 return int(stats.message_start_time)
             starts = [c.message_start_time for c in self._summary.chunk_indexes]
             return min(starts) if starts else None
-        pos = self._find_chunk(len(MAGIC))
+        pos = self._scanner.find_chunk(len(MAGIC))
         if pos is None:
             return None
         self._file.seek(pos + 9)

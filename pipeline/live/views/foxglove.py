@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from exitflow.pipeline.errors import ExitflowError
-from exitflow.pipeline.live.mcap_schemas import (
+from exitflow.pipeline.live.recording.mcap_schemas import (
     DECISION_TOPIC,
     EVENT_TOPIC,
     SENSOR_TOPIC_PREFIX,
