@@ -14,6 +14,7 @@ import struct
 
 import cv2
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -270,6 +271,47 @@ def test_jsonl_lines_of_any_content_are_read_or_counted_as_bad_json(lines):
     for _ in range(len(lines) + 2):
         src.read()
     assert set(src.dropped) <= {"bad_json", "bad_time", "truncated", "bad_utf8"}
+
+
+NOT_UTF8 = (0xC0, 0xC1, 0xF5, 0xF8, 0xFE, 0xFF)  # bytes that never occur in UTF-8
+
+
+def _read_all(src: TextFileSource, passes: int = 1) -> list[str]:
+    """Everything the source hands out until it finishes (or, looping, for ``passes`` passes)."""
+    out: list[str] = []
+    for _ in range(200_000):
+        msg = src.read()
+        if msg is not None:
+            out.append(msg.payload)
+        if src.state == "finished" or src.state == "failed" or (src.loop and len(out) >= passes * 400 - 60):
+            break
+    return out
+
+
+@pytest.mark.parametrize("jsonl", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_invalid_utf8_bytes_lose_only_their_own_lines(tmp_path, jsonl, seed):
+    """Issue 26 item 9: one invalid byte used to escape read() as UnicodeDecodeError and take the ~8 KB
+    block around it; now it costs its own line (counted as bad_utf8) and nothing else, on every pass."""
+    rng = np.random.default_rng(seed)
+    texts = [f"line {i} " + "é" * int(rng.integers(0, 40)) + "x" * int(rng.integers(0, 60)) for i in range(400)]
+    lines = [json.dumps({"text": t, "t_s": i * 0.01}).encode() if jsonl else t.encode() for i, t in enumerate(texts)]
+    bad = set(rng.choice(400, size=40, replace=False).tolist())
+    for i in bad:
+        pos = int(rng.integers(0, len(lines[i]) + 1))
+        lines[i] = lines[i][:pos] + bytes([int(rng.choice(NOT_UTF8))]) + lines[i][pos:]
+    path = tmp_path / ("fuzz.jsonl" if jsonl else "fuzz.txt")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    src = TextFileSource(str(path), "txt", jsonl=jsonl, line_rate_hz=None, realtime=False, max_rate_hz=None,
+                         max_chars=4096)
+    got = _read_all(src)
+    good = [t for i, t in enumerate(texts) if i not in bad]
+    assert got == good  # every valid line, in order
+    assert src.dropped == {"bad_utf8": len(bad)}
+    looping = TextFileSource(str(path), "txt", jsonl=jsonl, line_rate_hz=None, realtime=False, max_rate_hz=None,
+                             max_chars=4096, loop=True)
+    assert _read_all(looping, passes=2)[: 2 * len(good)] == good + good  # the second pass loses nothing either
+    assert looping.dropped["bad_utf8"] >= 2 * len(bad) - 1
 
 
 # -- recorded messages (replay of a crafted file) -------------------------------------------------

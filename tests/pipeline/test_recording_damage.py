@@ -144,3 +144,34 @@ def test_a_file_cut_inside_its_first_chunk_reports_the_loss_instead_of_no_data(e
     summary = replay_stream(path, RuleEngine(), Synchronizer(slop_ns=60 * MS))
     assert summary.messages == 0 and summary.lost_data and summary.read.truncated
     assert summary.read.chunks_damaged[0].offset == layout[0][0]
+
+
+@pytest.mark.parametrize("extra", [0, 1, 5, 8])
+def test_a_file_cut_at_or_just_past_a_chunk_boundary_reads_as_incomplete(example, tmp_path, extra):
+    """Cut where a chunk (and its message indexes) ends, or a few bytes into the next record: every
+    record before the cut is whole, so only the missing footer tells that the file is not."""
+    data, layout, topics = example
+    k = len(layout) // 2
+    boundary = layout[k + 1][0]  # the next chunk's start: the end of chunk k's message index records
+    path = tmp_path / "cut.mcap"
+    path.write_bytes(data[: boundary + extra])
+    got, f = read_keys(path)
+    kept = set().union(*(_named(keys, topics) for s, e, keys in layout if e <= boundary))
+    assert got == kept
+    assert f.report.incomplete and f.report.damaged and f.report.mode == "scan"
+    assert f.report.messages_read == len(kept)
+    times = sorted(t for _, t, _ in kept)
+    assert (f.report.first_ns, f.report.last_ns) == (times[0], times[-1])
+    assert f"{len(kept)} message(s) kept" in f.report.kept_text()
+
+
+def test_a_finished_recording_is_not_incomplete(example, tmp_path):
+    data, layout, _ = example
+    got, f = read_keys(EXAMPLE)
+    assert not f.report.incomplete
+    path = tmp_path / "no_summary.mcap"  # everything up to the data-end record: all data is there
+    data_end = data.rfind(b"\x0f\x04\x00\x00\x00\x00\x00\x00\x00", layout[-1][1])
+    assert data_end > 0
+    path.write_bytes(data[: data_end + 13])
+    got, f = read_keys(path)
+    assert f.report.mode == "scan" and not f.report.incomplete and len(got) == len(read_keys(EXAMPLE)[0])

@@ -64,6 +64,16 @@ def test_a_damaged_example_replays_with_exit_code_3_and_says_what_was_lost(tmp_p
     assert rc == 3 and "damaged chunk(s) skipped" in err and "message(s) lost" in err
 
 
+def test_a_copy_cut_to_53_percent_replays_with_a_warning_that_it_is_incomplete(tmp_path, capsys):
+    data = EXAMPLE.read_bytes()
+    path = tmp_path / "cut.mcap"
+    path.write_bytes(data[: len(data) * 53 // 100])
+    rc = main(["--set", RULE_ENGINE, "replay", str(path), "--fast", "--decisions", str(tmp_path / "d.jsonl")])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert "the file is incomplete" in err and "message(s) kept" in err and " s (from 20" in err
+
+
 def test_report_writes_the_four_plots_from_the_example(tmp_path, capsys):
     rc = main(["report", str(EXAMPLE), "--out", str(tmp_path)])
     assert rc == 0

@@ -145,8 +145,10 @@ class PipelineDriver:
         """One source as the driver sees it: ``actor`` state, ``restarts``, ``failures``, ``outages``."""
         return self.sources.state(name)
 
-    def set_budget(self, mj_per_sample: float | None = None, power_w: float | None = None) -> None:
+    def set_budget(self, mj_per_sample: float | None = None, power_w: float | None = None) -> dict[str, Any]:
+        """Change the running engine's budget (both None: off); returns the budget in force."""
         self.budget = self.transport.set_budget(mj_per_sample, power_w)
+        return dict(self.budget)
 
     def shutdown(self) -> None:
         """Stop the sources, wait for in-flight decisions briefly, close the logs, release everything."""
