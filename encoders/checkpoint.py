@@ -181,7 +181,7 @@ def rebuild_command(doc: dict[str, Any] | None, folder: str | Path = "") -> str:
     if modality not in ("image", "audio", "text"):
         name = Path(folder).name
         modality = next((m for m in ("image", "audio", "text") if name.startswith(m)), "<modality>")
-    return ENCODER_REBUILD.format(modality="vision" if modality == "image" else modality)
+    return ENCODER_REBUILD.format(modality=modality)  # the names `exitflow train encoder --modality` takes
 
 
 def read_json_object(path: Path, rebuild: str) -> dict[str, Any]:

@@ -135,3 +135,14 @@ def test_meta_read_by_loaders_is_checked(tmp_path: Path, meta: dict, needle: str
     with pytest.raises(CheckpointError) as info:
         read_meta(folder)
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_generic_rebuild_command_names_a_modality_the_cli_takes(tmp_path):
+    """A checkpoint without a recorded command is rebuilt by ``exitflow train encoder --modality M``:
+    M must be one the command accepts (it said ``vision``, which it refuses)."""
+    from exitflow.encoders.checkpoint import rebuild_command
+    from exitflow.pipeline.commands.encoder_cmd import ENCODER_MODALITIES
+
+    for doc, folder in (({"modality": "image"}, ""), (None, tmp_path / "image_vit"), ({"modality": "audio"}, "")):
+        modality = rebuild_command(doc, folder).split("--modality ")[1].split()[0]
+        assert modality in ENCODER_MODALITIES, rebuild_command(doc, folder)
