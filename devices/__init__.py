@@ -15,7 +15,12 @@ in ``devices/profiles/*.yaml``. See docs/devices.md.
 
 from exitflow.devices.base import PowerMeter
 from exitflow.devices.cpu_power import describe_host, estimate_cpu_power
-from exitflow.devices.device_profiles import DeviceProfile, ProfileError, available_profiles, load_profile
+from exitflow.devices.device_profiles import (
+    DeviceProfile,
+    ProfileError,
+    available_profiles,
+    load_power_profile,
+)
 from exitflow.devices.errors import DeviceError
 from exitflow.devices.host import HostInfo, detect_host
 from exitflow.devices.measurement import Measurement
@@ -48,7 +53,7 @@ __all__ = [
     "devices_report",
     "estimate_cpu_power",
     "get_power_meter",
-    "load_profile",
+    "load_power_profile",
     "probe_meters",
     "record_trace",
 ]

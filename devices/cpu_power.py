@@ -32,7 +32,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from exitflow.devices.device_profiles import DeviceProfile, Figure, load_profile
+from exitflow.devices.device_profiles import DeviceProfile, Figure, load_power_profile
 from exitflow.devices.host import HostInfo, detect_host
 
 #: Idle floor as a fraction of TDP (CodeCarbon's CPU-load model, see the module docstring).
@@ -278,12 +278,12 @@ def profile_matches_host(profile: DeviceProfile, host: HostInfo) -> bool:
 
 def resolve_profile(profile: str | DeviceProfile, host: HostInfo | None = None) -> DeviceProfile:
     """``"host"`` -> :func:`host_profile` (of ``host``, default detected); a name or path ->
-    :func:`~devices.device_profiles.load_profile`; a profile object as it is."""
+    :func:`~devices.device_profiles.load_power_profile`; a profile object as it is."""
     if isinstance(profile, DeviceProfile):
         return profile
     if profile == "host":
         return host_profile(estimate_cpu_power(host))
-    return load_profile(profile)
+    return load_power_profile(profile)
 
 
 def describe_host(host: HostInfo | None = None) -> dict[str, Any]:

@@ -170,8 +170,9 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 
 
-def load_profile(name_or_path: str | Path) -> DeviceProfile:
-    """Load a shipped profile by name (``"x86-server"``) or any profile YAML by path.
+def load_power_profile(name_or_path: str | Path) -> DeviceProfile:
+    """Load a device power profile: a shipped one by name (``"x86-server"``) or any profile YAML by path
+    (not the exit profile of :func:`exitflow.scheduler.profile.load_profile`).
 
     Raises:
         ProfileError: Unknown name, unreadable file or invalid content.

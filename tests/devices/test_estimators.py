@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 import exitflow.devices.psutil_meter as psutil_meter
-from exitflow.devices import ProfileError, available_profiles, load_profile
+from exitflow.devices import ProfileError, available_profiles, load_power_profile
 from exitflow.devices.device_profiles import parse_profile
 from exitflow.devices.mac_model import MacEnergyModel
 from exitflow.devices.psutil_meter import PsutilMeter
@@ -15,7 +15,7 @@ EXPECTED_PROFILES = {"x86-server", "raspberry-pi-5", "jetson-orin-nano", "jetson
 def test_all_shipped_profiles_load_with_sources():
     assert EXPECTED_PROFILES <= set(available_profiles())
     for name in EXPECTED_PROFILES:
-        p = load_profile(name)
+        p = load_power_profile(name)
         assert p.name == name and p.sources
         assert p.pj_per_mac, name
         for fig in list(p.figures.values()) + list(p.pj_per_mac.values()):
@@ -41,7 +41,7 @@ def test_profile_unknown_keys_and_bad_sources_are_errors():
         parse_profile(data)
     assert "'nope' is not an id" in str(info.value) and "estmate" in str(info.value)
     with pytest.raises(ProfileError, match="no device profile"):
-        load_profile("no-such-device")
+        load_power_profile("no-such-device")
 
 
 def test_psutil_estimate_formula(monkeypatch):

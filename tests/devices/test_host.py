@@ -12,7 +12,7 @@ from exitflow.devices.cpu_power import (
     profile_matches_host,
     resolve_profile,
 )
-from exitflow.devices.device_profiles import ProfileError, load_profile
+from exitflow.devices.device_profiles import ProfileError, load_power_profile
 from exitflow.devices.host import HostInfo, detect_host
 from exitflow.devices.mac_model import MacEnergyModel
 from exitflow.devices.psutil_meter import PsutilMeter
@@ -126,7 +126,7 @@ def test_host_profile_has_sourced_figures():
 
 
 def test_profile_match_warns_only_for_a_different_cpu():
-    x86 = load_profile("x86-server")
+    x86 = load_power_profile("x86-server")
     assert profile_matches_host(x86, _host(XEON))
     assert not profile_matches_host(x86, _host("AMD EPYC"))
     assert not profile_matches_host(x86, _host(""))
