@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "exitflow.pipeline.commands.fusion_cmd",
     "exitflow.pipeline.commands.live_cmd",
     "exitflow.pipeline.commands.bundle_cmd",
+    "exitflow.pipeline.commands.recalibrate_cmd",
 )
 GROUPS = {"train": "train a model", "eval": "evaluate a trained model"}
 

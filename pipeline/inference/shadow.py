@@ -24,7 +24,7 @@ bench its two rows, ``exitflow`` (online) and ``exitflow-fixed`` (frozen thresho
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from exitflow.pipeline.config import Config, RecalibrationConfig
@@ -212,3 +212,25 @@ def shadow_columns(decisions: Sequence[Decision], system: Any = None) -> dict[st
         row.update({"target_disagreement": state["target_disagreement"], "final_shift": state["shift"],
                     "final_thresholds": state["thresholds"]})
     return row
+
+
+def recalibrate_stream(system: ShadowRecalibration, samples: Iterable[Sample]) -> dict[str, Any]:
+    """Run ``samples`` through ``system`` in order; the run's summary and the controller's final state.
+
+    Returns:
+        ``{"n", "accuracy" (None without labels), "macs_per_sample", "ms_per_sample", "shadow_share",
+        "disagreement", "shadow_macs_per_sample", "status"}``.
+    """
+    decisions = [system.process(s) for s in samples]
+    n = len(decisions)
+    if n == 0:
+        raise ValueError("no samples to recalibrate on; give a split with samples (or a larger --limit)")
+    labelled = [d for d in decisions if d.label is not None]
+    return {
+        "n": n,
+        "accuracy": sum(d.prediction == d.label for d in labelled) / len(labelled) if labelled else None,
+        "macs_per_sample": sum(d.macs for d in decisions) / n,
+        "ms_per_sample": sum(d.latency_ms.get("total", 0.0) for d in decisions) / n,
+        **shadow_columns(decisions),
+        "status": system.status(),
+    }

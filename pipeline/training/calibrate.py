@@ -22,12 +22,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import binom
 
 from exitflow.encoders.fusion_grid import ExitGridFusion, subset_key
 from exitflow.pipeline.config import Config
@@ -35,6 +39,7 @@ from exitflow.pipeline.data.avmnist import AVSplit
 from exitflow.pipeline.data.imported import ImportedSplit
 from exitflow.scheduler.policy import FUSION_KEY
 from exitflow.scheduler.profile import ExitArrays, build_profile
+from exitflow.scheduler.recalibration import shifted_threshold
 from exitflow.scheduler.rules import passes, scores_from_probs
 
 # normalized entropy (exit when <=) and max-prob (exit when >=) grids; the ends never / always pass
@@ -166,6 +171,23 @@ class WalkSimulator:
         score = scores_from_probs(self.rule, probs[:, None, :])[:, 0]  # (N,)
         self.checks.append((name, kind, macs, score, probs.argmax(axis=1)))
 
+    def predictions(self, thresholds: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        """Per-sample (prediction (N,), MACs (N,)) of the walk with ``thresholds``."""
+        n = self.labels.shape[0]
+        done = np.zeros(n, dtype=bool)
+        pred = np.zeros(n, dtype=np.int64)
+        macs = np.zeros(n)
+        last = len(self.checks) - 1
+        for i, (_, key, cost, score, p) in enumerate(self.checks):
+            fire = ~done if i == last else ~done & passes(self.rule, score, thresholds[key])
+            pred[fire], macs[fire] = p[fire], cost
+            done |= fire
+        return pred, macs
+
+    def full_predictions(self) -> np.ndarray:
+        """(N,) predictions of the full path (the walk's final fusion over every last exit)."""
+        return self.checks[-1][4]
+
     def run(self, thresholds: Mapping[str, float]) -> WalkResult:
         """Simulate with ``thresholds`` (a key per modality and ``fusion``)."""
         n = self.labels.shape[0]
@@ -234,6 +256,54 @@ class WalkSimulator:
             never = dict.fromkeys(keys, grid[0])
             best = (never, self.run(never))
         return best
+
+
+LTT_SHIFTS = tuple(np.round(np.arange(-4.0, 1.0001, 0.125), 3))  # strict -> loose, the online controller's range
+
+
+def binomial_pvalue(disagreements: int, n: int, alpha: float) -> float:
+    """P(Bin(n, alpha) <= disagreements): the p-value of H0 "risk > alpha" after ``disagreements`` in ``n``."""
+    return float(binom.cdf(disagreements, n, alpha))
+
+
+@dataclass(frozen=True)
+class RiskControlResult:
+    """What :func:`risk_controlled_shift` chose: the shift, its thresholds and the val figures behind it."""
+
+    shift: float
+    thresholds: dict[str, float]
+    val_disagreement: float
+    pvalue: float
+    alpha: float
+    delta: float
+
+
+def risk_controlled_shift(
+    sim: WalkSimulator, base: Mapping[str, float], alpha: float, delta: float = 0.1,
+    shifts: Sequence[float] = LTT_SHIFTS,
+) -> RiskControlResult:
+    """Learn-then-Test (Angelopoulos et al. 2021) on disagreement with the full path, over the online
+    controller's one-parameter family ``thresholds(shift)`` (:func:`scheduler.recalibration.shifted_threshold`).
+
+    Fixed-sequence testing from the strictest shift (no early exit: risk 0) to the loosest: each shift's
+    H0 "disagreement > alpha" is rejected when its binomial p-value is <= ``delta``; the loosest shift
+    before the first non-rejection is returned. Guarantee: with probability >= 1 - ``delta`` over the
+    calibration samples, the chosen thresholds disagree with the full path on at most ``alpha`` of new
+    samples *drawn like the calibration samples* (the same voice and room; another voice is outside it).
+    """
+    full = sim.full_predictions()
+    n = full.shape[0]
+    chosen = RiskControlResult(shifts[0], {k: shifted_threshold(sim.rule, t, -math.inf, 0.0) for k, t in base.items()},
+                               0.0, 0.0, alpha, delta)
+    for shift in shifts:
+        thresholds = {k: shifted_threshold(sim.rule, t, shift, min(shifts) - 1e-9) for k, t in base.items()}
+        pred, _ = sim.predictions(thresholds)
+        k = int((pred != full).sum())
+        pvalue = binomial_pvalue(k, n, alpha)
+        if pvalue > delta:
+            break
+        chosen = RiskControlResult(float(shift), thresholds, k / n, pvalue, alpha, delta)
+    return chosen
 
 
 def calibrate_family(
@@ -306,3 +376,40 @@ def calibrate_family(
     if progress:
         print(json.dumps(report, indent=1))
     return report
+
+
+def save_thresholds(cfg: Config, dataset: str, thresholds: Mapping[str, float]) -> Path:
+    """Write ``thresholds`` (e.g. online-recalibrated ones) into the exit profile the engine loads: the
+    bundle's ``profile.json`` (its manifest's sha256 updated, so the bundle still verifies) with
+    ``engine.bundle`` set, else the checkpoints' profile. Only the thresholds change: the profiled
+    (a, p, c) stay those of calibration, as they do while the thresholds move online (no re-plan).
+
+    Returns:
+        The profile file written.
+
+    Raises:
+        ValueError: a threshold key the profile does not have.
+    """
+    from exitflow.encoders.checkpoint import file_sha256
+    from exitflow.pipeline.artifacts import profile_path, weight_files
+    from exitflow.pipeline.bundles.manifest import PROFILE_NAME, write_manifest
+    from exitflow.pipeline.inference.loading import bundle_of
+    from exitflow.scheduler.profile import fingerprint_checkpoints, load_profile
+
+    manifest = bundle_of(cfg)
+    if manifest is not None:
+        path, weights = manifest.profile_path(), manifest.weight_files()
+    else:
+        path = Path(cfg.scheduler.profile) if cfg.scheduler.profile else profile_path(cfg, dataset)
+        weights = weight_files(cfg, dataset)
+    profile = load_profile(path, fingerprint_checkpoints(weights))
+    unknown = sorted(set(thresholds) - set(profile.thresholds))
+    if unknown:
+        raise ValueError(f"thresholds {unknown} are not in the profile {path} (it has {sorted(profile.thresholds)})")
+    updated = dataclasses.replace(profile, thresholds={**profile.thresholds, **{k: float(v) for k, v in thresholds.items()}})
+    tmp = path.with_name(path.name + ".tmp")
+    updated.save(tmp)
+    os.replace(tmp, path)
+    if manifest is not None:
+        write_manifest(dataclasses.replace(manifest, files={**manifest.files, PROFILE_NAME: file_sha256(path)}))
+    return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exitflow.pipeline.training.calibrate import WalkSimulator
+from exitflow.pipeline.training.calibrate import WalkSimulator, binomial_pvalue, risk_controlled_shift
 
 N, C = 400, 4
 MACS = {"image": [1.0, 2.0], "audio": [10.0, 30.0]}
@@ -108,3 +108,28 @@ def test_precision_bar_keeps_early_checks_that_are_often_wrong_out(sim):
     _, strict = sim.search(max_drop=0.6, min_precision=0.95, max_regret=None)
     assert strict.shares["image0"] == 0.0 and strict.accuracy == 1.0
     assert all(strict.precision[k] >= 0.95 for k, v in strict.shares.items() if v)
+
+
+def test_predictions_agree_with_run(sim):
+    thresholds = {"image": 0.9, "audio": 0.8, "fusion": 0.7}
+    pred, macs = sim.predictions(thresholds)
+    result = sim.run(thresholds)
+    assert (pred == sim.labels).mean() == pytest.approx(result.accuracy)
+    assert macs.mean() == pytest.approx(result.macs)
+    assert (sim.full_predictions() == sim.predictions({"image": 2.0, "audio": 2.0, "fusion": 2.0})[0]).all()
+
+
+@pytest.mark.parametrize(("k", "n", "alpha", "below"), [(0, 1000, 0.01, 0.001), (10, 1000, 0.01, 0.6), (3, 100, 0.01, 1.0)])
+def test_binomial_pvalue(k, n, alpha, below):
+    assert 0.0 <= binomial_pvalue(k, n, alpha) <= below
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.05, 0.2])
+def test_risk_control_keeps_the_val_disagreement_under_alpha(sim, alpha):
+    base = {"image": 0.9, "audio": 0.8, "fusion": 0.7}
+    chosen = risk_controlled_shift(sim, base, alpha, delta=0.1)
+    pred, _ = sim.predictions(chosen.thresholds)
+    assert (pred != sim.full_predictions()).mean() == pytest.approx(chosen.val_disagreement)
+    assert chosen.val_disagreement <= alpha and chosen.pvalue <= 0.1 + 1e-12
+    looser = risk_controlled_shift(sim, base, min(0.5, 2 * alpha), delta=0.1)
+    assert looser.shift >= chosen.shift  # a larger alpha never certifies stricter thresholds

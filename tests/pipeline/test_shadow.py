@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from exitflow.devices.measurement import Measurement
+from exitflow.pipeline.bundles.manifest import read_manifest
 from exitflow.pipeline.data.avmnist import load_split
+from exitflow.pipeline.data.roots import EMBEDDED_DATA
 from exitflow.pipeline.errors import ConfigError
 from exitflow.pipeline.evaluation.replay import split_samples
 from exitflow.pipeline.inference.shadow import (
@@ -18,6 +23,9 @@ from exitflow.pipeline.inference.shadow import (
     with_recalibration,
 )
 from exitflow.scheduler.recalibration import OnlineRecalibrator, RecalibrationSettings
+from tests.pipeline.conftest import run_cli
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +132,21 @@ def test_inconsistent_settings_are_a_config_error(parts):
     bad = dataclasses.replace(parts.cfg.recalibration, min_shift=0.0)
     with pytest.raises(ConfigError, match="min_shift"):
         settings_from_config(bad)
+
+
+def test_recalibrate_cli_saves_into_a_bundle_that_still_verifies(tmp_path, embedded_cfg, capsys):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "bundles" / "avmnist", bundle)
+    before = json.loads((bundle / "profile.json").read_text())["thresholds"]
+    code = run_cli("--set", f"data.root={EMBEDDED_DATA}", "--set", f"data.cache_dir={embedded_cfg.data.cache_dir}",
+                   "--set", "recalibration.warmup_samples=0", "--set", "recalibration.shadow_share=1.0",
+                   "--set", "recalibration.target_disagreement=0.001", "--set", "power.meter=psutil",
+                   "recalibrate", "--bundle", str(bundle), "--limit", "40", "--save")
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "disagreement with the full path" in out and "saved" in out
+    after = json.loads((bundle / "profile.json").read_text())["thresholds"]
+    assert set(after) == set(before)
+    read_manifest(bundle)  # sha256 of the rewritten profile matches the manifest
+    if "disagreement with the full path 0.0000" not in out:
+        assert after["fusion"] < before["fusion"]
