@@ -9,6 +9,8 @@ holds the engine and preprocesses + processes one sample per call, turning *any*
 preprocessing, the engine or its meter into a
 :class:`~exitflow.pipeline.live.core.failures.FailedDecision` so one bad sample never stops the loop.
 
+Words: the *engine* is whatever a runtime drives (``process(sample) -> Decision``); a *system* is
+one of the project's named engines (:mod:`exitflow.pipeline.inference.systems`, ``system:NAME``).
 Which engines a config may name (``stream.engine``) is closed: ``system:NAME`` (the project's
 systems), an entry point registered under the group ``exitflow.engines`` (by its name), or a
 ``module:function`` inside the ``exitflow`` package. A config cannot import arbitrary modules.
