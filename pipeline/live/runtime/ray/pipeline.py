@@ -44,8 +44,8 @@ ENGINE_ACTOR_NAME = "exitflow-engine"
 __all__ = [
     "ENGINE_ACTOR_NAME",
     "CircuitOpenError",
-    "RayPipeline",
     "LiveRuntimeError",
+    "RayPipeline",
     "RayTransport",
     "engine_actor",
     "probe_ray_address",
