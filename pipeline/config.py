@@ -102,6 +102,9 @@ class EngineConfig:
     """
 
     device: str = "cpu"
+    backend: Literal["onnxruntime", "torch"] = field(default="onnxruntime", metadata=bounds(
+        help="where samples run: onnxruntime = the compiled fast path (the CNN family's walk as ONNX Runtime "
+        "graphs, docs/fast_path.md); torch = the eager reference engine (every family and exit rule)"))
     step_windows: bool = field(default=False, metadata=bounds(
         help="a power-meter window per encoder step (per-stage energy in each decision) instead of one per "
         "sample; each window costs a meter read"))

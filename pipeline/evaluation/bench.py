@@ -24,7 +24,7 @@ from tqdm import tqdm
 from exitflow.pipeline.artifacts import baseline_dataset, modalities_of
 from exitflow.pipeline.data.imported import is_imported
 from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts, truncated_macs
-from exitflow.pipeline.inference.systems import BaselineSystem
+from exitflow.pipeline.inference.systems import baseline_system
 from exitflow.pipeline.messages import Decision, Sample
 
 BENCH_SYSTEMS = ("full", "lf", "image", "audio", "static", "rexit", "exitflow")
@@ -88,6 +88,7 @@ def run_system(system: Any, samples: Sequence[Sample], meter: Any, progress: boo
     labelled = [d for d in decisions if d.label is not None]
     return {
         "system": system.name,
+        "backend": backend_of(system),
         "n": n,
         "accuracy": float(np.mean([d.prediction == d.label for d in labelled])) if labelled else None,
         "macs_per_sample": float(np.mean([d.macs for d in decisions])),
@@ -104,6 +105,17 @@ def run_system(system: Any, samples: Sequence[Sample], meter: Any, progress: boo
         "estimated": bool(m.estimated),
         "decisions": decisions,
     }
+
+
+def backend_of(system: Any) -> str:
+    """Where ``system`` runs its samples: ``onnxruntime`` (compiled) or ``torch`` (eager)."""
+    inner = getattr(system, "system", None)  # ModalityAlone
+    if inner is not None:
+        return backend_of(inner)
+    engine = getattr(system, "engine", None)
+    if engine is not None:
+        return str(getattr(engine, "backend", None) and engine.backend.name or "torch")
+    return str(getattr(system, "backend", "torch"))
 
 
 def _per_sample(value: float | None, n: int) -> float | None:
@@ -161,7 +173,7 @@ def bench(
         elif is_imported(parts.dataset) and name in parts.encoders:  # the modality alone, full depth
             built[name] = ModalityAlone(parts.static({name: parts.encoders[name].num_exits - 1}, name=name), name)
         elif name in ("lf", "image", "audio"):
-            built[name] = BaselineSystem(cfg, name, baseline_dataset(parts.dataset, name))
+            built[name] = baseline_system(cfg, name, baseline_dataset(parts.dataset, name))
         elif name == "rexit":
             built[name] = parts.rexit(seed=cfg.data.seed)
         elif name == "exitflow":
@@ -232,7 +244,7 @@ def format_table(rows: Sequence[dict[str, Any]], reference: str = "full") -> str
     ref = next((r for r in rows if r["system"] == reference), None)
     header = (
         f"{'system':<10}{'n':>6}{'accuracy':>10}{'MACs/sample':>14}{'ms/sample':>11}{'mJ/sample':>11}"
-        f"{'dyn mJ':>9}{'MACs x':>8}{'ms x':>7}  energy source"
+        f"{'dyn mJ':>9}{'MACs x':>8}{'ms x':>7}  {'backend':<12}energy source"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -243,7 +255,8 @@ def format_table(rows: Sequence[dict[str, Any]], reference: str = "full") -> str
         est = " (estimated)" if r["estimated"] else ""
         lines.append(
             f"{r['system']:<10}{r['n']:>6}{r['accuracy']:>10.4f}{r['macs_per_sample']:>14,.0f}"
-            f"{r['ms_per_sample']:>11.3f}{mj:>11}{dyn:>9}{mac_ratio:>8.2f}{ms_ratio:>7.2f}  {r['energy_source']}{est}"
+            f"{r['ms_per_sample']:>11.3f}{mj:>11}{dyn:>9}{mac_ratio:>8.2f}{ms_ratio:>7.2f}  "
+            f"{r.get('backend', '-'):<12}{r['energy_source']}{est}"
         )
     lines.append(f"(MACs x and ms x: {reference}'s figure divided by the system's; > 1 means cheaper than {reference};")
     lines.append(" dyn mJ: the energy attributable to the work, total minus the idle floor over the window)")

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ from exitflow.encoders.cnn import CNNEarlyExitEncoder
 from exitflow.encoders.fusion_grid import ExitGridFusion
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.errors import ExitflowError
+from exitflow.pipeline.inference.backends import open_backend
+from exitflow.pipeline.inference.compiled_systems import CompiledSingle, compiled_truncation
 from exitflow.pipeline.inference.engine import (
     Engine,
     budget_from_config,
@@ -32,9 +35,13 @@ from exitflow.pipeline.inference.engine import (
     resolve_device,
     settings_from_config,
 )
+from exitflow.pipeline.inference.fast_engine import FastEngine
 from exitflow.pipeline.inference.loading import load_dataset_profile, load_encoders, load_fusion
 from exitflow.pipeline.messages import Decision, Sample
 from exitflow.scheduler.policy import RandomOrderPolicy
+from exitflow.scheduler.program import STATIC_RULES
+
+log = logging.getLogger(__name__)
 
 
 def truncated_macs(encoder: EarlyExitEncoder, exit_index: int) -> int:
@@ -125,15 +132,43 @@ class AdaptiveParts:
         self.fusion = load_fusion(cfg, dataset).to(self.device)
         self.profile = load_dataset_profile(cfg, dataset)
         self.input_adapter = device_input_adapter(self.device)
+        reason = self.fast_path_refusal()
+        if cfg.engine.backend == "onnxruntime" and reason is not None:
+            log.warning("engine.backend onnxruntime: %s; running the eager torch engine instead", reason)
+        self.backend = open_backend("onnxruntime", cfg.engine.num_threads) if reason is None else None
+        self.backend_name = "onnxruntime" if self.backend is not None else "torch"
+        self.step_costs: dict[str, Any] = {}  # the fast path's step costs, measured once, shared by its engines
 
-    def full(self) -> TruncatedSystem:
+    def fast_path_refusal(self) -> str | None:
+        """Why the compiled fast path cannot run these parts (None: it can); ``engine.backend: torch`` is a reason."""
+        cfg = self.cfg
+        if cfg.engine.backend != "onnxruntime":
+            return "engine.backend is torch"
+        if self.device.type != "cpu":
+            return f"engine.device is {cfg.engine.device} (the onnxruntime build here runs on the CPU)"
+        if cfg.engine.step_windows:
+            return "engine.step_windows measures every eager step"
+        if not all(isinstance(e, CNNEarlyExitEncoder) for e in self.encoders.values()):
+            return "the compiled walk runs the CNN family only"
+        if not isinstance(self.fusion, ExitGridFusion):
+            return f"the compiled walk fuses with the exit grid, not {type(self.fusion).__name__}"
+        rule = self.cfg.scheduler.exit_rule or self.profile.exit_rule
+        if rule not in STATIC_RULES:
+            return f"exit rule {rule!r} has no static walk"
+        return None
+
+    def full(self) -> TruncatedSystem | CompiledSingle:
         last = {m: enc.num_exits - 1 for m, enc in self.encoders.items()}
+        if self.backend is not None and isinstance(self.fusion, ExitGridFusion):
+            return compiled_truncation("full", self.encoders, self.fusion, last, self.backend)  # type: ignore[arg-type]
         return TruncatedSystem("full", self.encoders, last, self.fusion, self.input_adapter)
 
-    def static(self, exits: dict[str, int], name: str = "static") -> TruncatedSystem:
+    def static(self, exits: dict[str, int], name: str = "static") -> TruncatedSystem | CompiledSingle:
         """A fixed truncation; fused by the exit grid's head for those exits (CNN family), else by
         averaging the modalities' probabilities (the other fusion exits are trained on last exits only)."""
         fusion = self.fusion if isinstance(self.fusion, ExitGridFusion) else None
+        if self.backend is not None and fusion is not None:
+            return compiled_truncation(name, self.encoders, fusion, exits, self.backend)  # type: ignore[arg-type]
         return TruncatedSystem(name, self.encoders, exits, fusion, input_adapter=self.input_adapter)
 
     def exitflow(
@@ -151,10 +186,16 @@ class AdaptiveParts:
         if budget_mj is not None:
             budget_cfg = dataclasses.replace(budget_cfg, mode="mj_per_sample", mj_per_sample=budget_mj)
         controller = budget_from_config(budget_cfg, policy.lam, self.profile) if budget else None
-        engine = Engine(self.encoders, self.fusion, policy, meter=meter, budget=controller, system=name,
-                        input_adapter=self.input_adapter, budget_energy=self.cfg.budget.energy,
-                        cheapest_mj=cheapest_plan_mj(self.profile, self.cfg.budget.energy),
-                        step_windows=self.cfg.engine.step_windows)
+        cheapest_mj = cheapest_plan_mj(self.profile, self.cfg.budget.energy)
+        engine: Engine
+        if self.backend is not None:
+            engine = FastEngine(self.encoders, self.fusion, policy, self.backend, meter=meter,  # type: ignore[arg-type]
+                                budget=controller, system=name, budget_energy=self.cfg.budget.energy,
+                                cheapest_mj=cheapest_mj, step_costs=self.step_costs)
+        else:
+            engine = Engine(self.encoders, self.fusion, policy, meter=meter, budget=controller, system=name,
+                            input_adapter=self.input_adapter, budget_energy=self.cfg.budget.energy,
+                            cheapest_mj=cheapest_mj, step_windows=self.cfg.engine.step_windows)
         return EngineSystem(name, engine, self.modalities)
 
     def rexit(self, meter: Any = None, seed: int = 0) -> EngineSystem:

@@ -63,11 +63,25 @@ class BaselineSystem:
         )
 
 
+def baseline_system(cfg: Config, name: str, dataset: str = "avmnist") -> System:
+    """A LeNet baseline on the configured backend: one ONNX Runtime graph (``engine.backend:
+    onnxruntime`` on the CPU) or the eager model (:class:`BaselineSystem`)."""
+    system = BaselineSystem(cfg, name, dataset)
+    if cfg.engine.backend != "onnxruntime" or cfg.engine.device != "cpu":
+        return system
+    from exitflow.encoders.baseline import INPUT_SHAPES
+    from exitflow.pipeline.inference.backends import open_backend
+    from exitflow.pipeline.inference.compiled_systems import compiled_baseline
+
+    return compiled_baseline(name, system.model, system.macs, INPUT_SHAPES,
+                             open_backend("onnxruntime", cfg.engine.num_threads))
+
+
 SystemFactory = Callable[[Config, str], System]
 _FACTORIES: dict[str, SystemFactory] = {
-    "lf": lambda cfg, ds: BaselineSystem(cfg, "lf", baseline_dataset(ds, "lf")),
-    "image": lambda cfg, ds: BaselineSystem(cfg, "image", baseline_dataset(ds, "image")),
-    "audio": lambda cfg, ds: BaselineSystem(cfg, "audio", baseline_dataset(ds, "audio")),
+    "lf": lambda cfg, ds: baseline_system(cfg, "lf", baseline_dataset(ds, "lf")),
+    "image": lambda cfg, ds: baseline_system(cfg, "image", baseline_dataset(ds, "image")),
+    "audio": lambda cfg, ds: baseline_system(cfg, "audio", baseline_dataset(ds, "audio")),
     "full": lambda cfg, ds: _adaptive(cfg, ds).full(),
     "exitflow": lambda cfg, ds: _adaptive(cfg, ds).exitflow(meter=_meter(cfg)),
     "rexit": lambda cfg, ds: _adaptive(cfg, ds).rexit(),

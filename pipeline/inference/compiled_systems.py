@@ -1,0 +1,179 @@
+"""The single-pass systems on the compiled backend: ``full`` / ``static`` (a fixed truncation of the
+CNN family) and the LeNet baselines (``lf``, ``image``, ``audio``), each one graph, one call a sample.
+
+A fair comparison gives the systems a user could pick instead of exitflow the same backend and
+their best form on it: a single-pass system has nothing to decide, so its whole network is one
+graph (no per-exit scores, no exit heads other than the embeddings its fusion reads). The bench
+prints the backend of every row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from exitflow.encoders.call_graph import PooledHead, map_shapes
+from exitflow.encoders.cnn import CNNEarlyExitEncoder
+from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
+from exitflow.pipeline.errors import ExitflowError
+from exitflow.pipeline.inference.backends import Backend
+from exitflow.pipeline.messages import Decision, Sample
+
+
+class TruncationGraph(nn.Module):
+    """Every modality through its blocks up to a fixed exit, that exit's embedding, the grid head -> class."""
+
+    def __init__(self, encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion, exits: Mapping[str, int]):
+        super().__init__()
+        self.exits = dict(exits)
+        self.encoders = nn.ModuleDict(dict(encoders))
+        self.fusion = fusion
+        self.heads = nn.ModuleDict()
+        for m, j in self.exits.items():
+            c, h, w = map_shapes(encoders[m])[j]
+            head = encoders[m].heads[j]
+            self.heads[m] = PooledHead(head, float(encoders[m].temperatures[j]), h, w, encoders[m].config.head_pool)
+        self.modalities = list(self.exits)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        fusion = self.fusion
+        embeddings, logits = {}, {}
+        for m, x in zip(self.modalities, inputs, strict=True):
+            enc = self.encoders[m]
+            h = enc.stem(x)  # (B, C0, H/s, W/s)
+            for block in enc.blocks[: self.exits[m] + 1]:
+                h = block(h)  # (B, C_j, H_j, W_j)
+            if fusion.passthrough:
+                logits[m], embeddings[m] = self.heads[m](h)
+            else:  # the grid reads the embedding only: the exit's classifier is not computed
+                embeddings[m] = torch.matmul(h.flatten(2), self.heads[m].pool).flatten(1)  # (B, D)
+        if fusion.passthrough:
+            return logits[self.modalities[0]].argmax(dim=-1)
+        batch = inputs[0].shape[0]
+        full = {m: self.exits.get(m, len(fusion.dims[m]) - 1) for m in fusion.modalities}
+        parts = [embeddings[m] if m in embeddings else fusion.placeholders[m].expand(batch, -1)
+                 for m in fusion.modalities]
+        key = grid_key(full, fusion.modalities)
+        fused = fusion.heads[key](torch.cat(parts, dim=-1)) / fusion.temperatures[fusion._index[key]]  # (B, C)
+        return fused.argmax(dim=-1)
+
+
+def truncation_macs(encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion, exits: Mapping[str, int]) -> int:
+    """Per-sample MACs of :class:`TruncationGraph`: blocks, the exits' pools (+ classifier for a one-modality
+    grid) and the grid head."""
+    total = 0
+    for m, j in exits.items():
+        enc = encoders[m]
+        total += sum(enc.segment_macs()[: j + 1]) + enc.head_macs()[j]
+        if not fusion.passthrough:
+            linear = enc.heads[j].classifier
+            total -= linear.in_features * linear.out_features  # not computed: the grid reads the embedding
+    if not fusion.passthrough:
+        full = {m: exits.get(m, len(fusion.dims[m]) - 1) for m in fusion.modalities}
+        total += fusion.head_macs[grid_key(full, fusion.modalities)]
+    return int(total)
+
+
+class _Inputs:
+    """Payload -> (1, C, H, W) float32 array with the shape checked (one error type for every system)."""
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]]):
+        self.shapes = dict(shapes)
+
+    def __call__(self, name: str, sample: Sample) -> list[np.ndarray]:
+        absent = [m for m in self.shapes if m in sample.missing or m not in sample.payloads]
+        if absent:
+            raise ExitflowError(
+                f"system {name!r} needs {', '.join(absent)} but sample {sample.sample_id} lacks it; "
+                f"use an adaptive system (exitflow) for samples with missing modalities")
+        out = []
+        for m, want in self.shapes.items():
+            x = np.ascontiguousarray(sample.payloads[m], dtype=np.float32)
+            if x.shape != want:
+                raise ExitflowError(f"{m} input must have shape {want}, got {x.shape}")
+            if not np.isfinite(x).all():
+                raise ExitflowError(f"{m} input of sample {sample.sample_id} has NaN/inf values")
+            out.append(x[None])
+        return out
+
+
+class CompiledSingle:
+    """A single-pass system as one compiled graph (see the module doc)."""
+
+    def __init__(self, name: str, graph: nn.Module, shapes: Mapping[str, tuple[int, ...]], macs: int,
+                 backend: Backend, exits: Mapping[str, int] | None = None):
+        self.name = name
+        self.modalities = tuple(shapes)
+        self.exits = dict(exits or {})
+        self.macs = int(macs)
+        self.backend = backend.name
+        examples = [np.zeros((2, *s), dtype=np.float32) for s in shapes.values()]
+        names = [f"x_{m}" for m in shapes]
+        self.call = backend.compile(graph.eval(), examples, names, ["pred"], names)
+        self._inputs = _Inputs(shapes)
+
+    def process(self, sample: Sample) -> Decision:
+        start = time.perf_counter()
+        pred = int(self.call(self._inputs(self.name, sample))[0][0])
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        return Decision(
+            sample_id=sample.sample_id, prediction=pred, label=sample.label, system=self.name,
+            order=list(self.modalities), exits=dict(self.exits), macs=self.macs,
+            latency_ms={"model": latency_ms, "total": latency_ms}, timestamp_ns=sample.timestamp_ns)
+
+    def process_batch(self, samples: list[Sample]) -> list[Decision | Exception]:
+        """One call over the batch (samples with bad inputs get their own error)."""
+        start = time.perf_counter()
+        rows, arrays, results = [], [], [None] * len(samples)
+        for i, s in enumerate(samples):
+            try:
+                arrays.append(self._inputs(self.name, s))
+                rows.append(i)
+            except ExitflowError as e:
+                results[i] = e
+        if rows:
+            stacked = [np.concatenate([a[k] for a in arrays]) for k in range(len(self.modalities))]
+            preds = self.call(stacked)[0]
+            ms = (time.perf_counter() - start) * 1000.0
+            for i, p in zip(rows, preds, strict=True):
+                s = samples[i]
+                results[i] = Decision(
+                    sample_id=s.sample_id, prediction=int(p), label=s.label, system=self.name,
+                    order=list(self.modalities), exits=dict(self.exits), macs=self.macs,
+                    latency_ms={"model": ms, "total": ms}, timestamp_ns=s.timestamp_ns)
+        return results  # type: ignore[return-value]
+
+
+def compiled_truncation(name: str, encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion,
+                        exits: Mapping[str, int], backend: Backend) -> CompiledSingle:
+    """``full`` (every last exit) or ``static`` (any fixed exits) as one graph."""
+    for m, k in exits.items():
+        if not 0 <= k < encoders[m].num_exits:
+            raise ExitflowError(f"{name}: exit {k} of {m} does not exist (it has {encoders[m].num_exits})")
+    shapes = {m: (encoders[m].config.num_channels, encoders[m].config.input_size, encoders[m].config.input_size)
+              for m in exits}
+    graph = TruncationGraph({m: encoders[m] for m in exits}, fusion, exits)
+    return CompiledSingle(name, graph, shapes, truncation_macs(encoders, fusion, exits), backend, exits)
+
+
+class _BaselineGraph(nn.Module):
+    """A LeNet late-fusion / uni-modal baseline with positional inputs -> class."""
+
+    def __init__(self, model: Any):
+        super().__init__()
+        self.model = model
+        self.modalities = list(model.modalities)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(dict(zip(self.modalities, inputs, strict=True))).argmax(dim=1)
+
+
+def compiled_baseline(name: str, model: Any, macs: int, shapes: Mapping[str, tuple[int, ...]],
+                      backend: Backend) -> CompiledSingle:
+    """A trained LeNet baseline (``encoders/baseline.py``) as one graph."""
+    return CompiledSingle(name, _BaselineGraph(model), {m: tuple(shapes[m]) for m in model.modalities}, macs, backend)

@@ -1,0 +1,195 @@
+"""A walk program compiled into calls: which graph runs which steps, what each call takes and gives.
+
+``compile_program(program, cuts, parts)`` turns the steps of one plan (``scheduler/program.py``)
+cut into calls into :class:`CompiledProgram`: per call a compiled graph (``encoders/call_graph.py``
+on a backend), where each of its inputs comes from (a sample's payload or an earlier call's
+output), the per-step MACs and names, and the threshold keys of its steps. The engine
+(``fast_engine.py``) then only feeds arrays and reads ``first`` / ``pred``.
+
+Per-step costs for the cuts (:func:`measure_step_ms`) are measured on the backend in use: each
+step compiled alone and timed at batch 1, minus the time of a call that does nothing.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from exitflow.encoders.call_graph import CallGraph, map_shapes
+from exitflow.encoders.cnn import CNNEarlyExitEncoder
+from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
+from exitflow.pipeline.inference.backends import Backend, CompiledCall
+from exitflow.scheduler.program import Program, Step
+
+INF = float("inf")
+
+
+@dataclass
+class CompiledCallPlan:
+    """One call of a compiled program.
+
+    Attributes:
+        call: The compiled graph.
+        start, stop: The program steps it runs (``steps[start:stop]``).
+        inputs: Per graph input: ``("x", modality)`` a payload, ``("h" | "e", modality)`` a carried
+            array, ``("thr", "")`` the thresholds.
+        carry: Graph output name -> carried key (``h_audio``...), for later calls.
+        step_macs: Per-sample MACs of each of its steps.
+        keys: The threshold key of each step (None: always passes).
+        name: Stage name in a decision's ``latency_ms``, e.g. ``image/0-2+audio/0+fusion``.
+    """
+
+    call: CompiledCall
+    start: int
+    stop: int
+    inputs: list[tuple[str, str]]
+    carry: dict[int, str]
+    step_macs: list[int]
+    keys: list[str | None]
+    name: str
+    macs_through: list[int] = field(default_factory=list)  # MACs of the call's steps up to and including i
+
+
+@dataclass
+class CompiledProgram:
+    """A program, its cuts and its calls; ``exits_at[i]`` is each modality's latest exit at step i."""
+
+    program: Program
+    cuts: tuple[int, ...]
+    calls: list[CompiledCallPlan]
+    exits_at: list[dict[str, int]]
+    fused_at: list[int]  # fused checks run up to and including step i (the final fusion counts)
+
+
+def step_macs(step: Step, encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion | None,
+              layer_before: Mapping[str, int]) -> int:
+    """Per-sample MACs of one step: the blocks since the modality's last exit run plus the exit's head
+    (exit steps), or the fusion head (checks, the final fusion; 0 for a one-modality grid)."""
+    if step.kind == "exit":
+        m, j = step.exits[0]
+        segs = encoders[m].segment_macs()
+        done = layer_before.get(m, 0)
+        return int(sum(segs[done : j + 1]) + encoders[m].head_macs()[j])
+    if fusion is None or fusion.passthrough:
+        return 0
+    chosen = dict(step.exits)
+    full = {m: chosen.get(m, len(fusion.dims[m]) - 1) for m in fusion.modalities}
+    return int(fusion.head_macs[grid_key(full, fusion.modalities)])
+
+
+def _stage_name(steps: Sequence[Step]) -> str:
+    return "+".join(s.name for s in steps)
+
+
+def example_input(name: str, encoders: Mapping[str, CNNEarlyExitEncoder], started: Mapping[str, int],
+                  n_steps: int, batch: int = 2) -> np.ndarray:
+    """A zero array shaped like graph input ``name`` (for tracing); batch 2 so the axis stays free."""
+    if name == "thr":
+        return np.zeros(n_steps, dtype=np.float64)
+    kind, m = name.split("_", 1)
+    enc = encoders[m]
+    if kind == "x":
+        cfg = enc.config
+        return np.zeros((batch, cfg.num_channels, cfg.input_size, cfg.input_size), dtype=np.float32)
+    c, h, w = map_shapes(enc)[started[m]]
+    if kind == "h":
+        return np.zeros((batch, c, h, w), dtype=np.float32)
+    return np.zeros((batch, enc.embed_dims[started[m]]), dtype=np.float32)
+
+
+def compile_call(backend: Backend, encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion | None,
+                 steps: Sequence[Step], started: Mapping[str, int], rule: str,
+                 hidden_out: Sequence[str] = (), embedding_out: Sequence[str] = ()) -> tuple[CallGraph, CompiledCall]:
+    """Build the :class:`CallGraph` of ``steps`` and compile it on ``backend``."""
+    graph = CallGraph(encoders, fusion, steps, started, rule, hidden_out, embedding_out).eval()
+    examples = [example_input(n, encoders, started, len(steps)) for n in graph.input_names]
+    batched = [n for n in graph.input_names if n != "thr"]
+    return graph, backend.compile(graph, examples, graph.input_names, graph.output_names, batched)
+
+
+def compile_program(program: Program, cuts: Sequence[int], backend: Backend,
+                    encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion | None,
+                    rule: str) -> CompiledProgram:
+    """Compile ``program`` cut at ``cuts`` (0 first, ``len(steps)`` last) into calls."""
+    steps = program.steps
+    if not cuts or cuts[0] != 0 or cuts[-1] != len(steps) or any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
+        raise ValueError(f"cuts must rise from 0 to {len(steps)}, got {tuple(cuts)}")
+    # where every step stands: each modality's latest exit, and the MACs of each step in walk order
+    exits_at, fused_at, all_macs = [], [], []
+    latest: dict[str, int] = {}
+    fused = 0
+    for s in steps:
+        layer_before = {m: j + 1 for m, j in latest.items()}
+        all_macs.append(step_macs(s, encoders, fusion, layer_before))
+        if s.kind == "exit":
+            latest[s.modality] = s.exit_index
+        else:
+            fused += 1
+        exits_at.append(dict(latest))
+        fused_at.append(fused)
+    calls = []
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        started = exits_at[a - 1] if a > 0 else {}
+        here = [s for s in steps[a:b] if s.kind == "exit"]
+        run = list(dict.fromkeys(s.modality for s in here))
+        later = steps[b:]
+        later_exit = {s.modality for s in later if s.kind == "exit"}
+        later_fused = {m for s in later if s.kind != "exit" for m, _ in s.exits}
+        hidden_out = [m for m in run if m in later_exit]
+        embedding_out = [m for m in run if m in later_fused]
+        graph, call = compile_call(backend, encoders, fusion, steps[a:b], started, rule, hidden_out, embedding_out)
+        inputs = [(n.split("_", 1)[0], n.split("_", 1)[1]) if n != "thr" else ("thr", "") for n in graph.input_names]
+        carry = {i: n[4:] for i, n in enumerate(graph.output_names) if n.startswith("out_")}
+        macs = all_macs[a:b]
+        calls.append(CompiledCallPlan(
+            call=call, start=a, stop=b, inputs=inputs, carry=carry, step_macs=macs,
+            keys=[s.key for s in steps[a:b]], name=_stage_name(steps[a:b]),
+            macs_through=list(np.cumsum(macs).tolist()),
+        ))
+    return CompiledProgram(program=program, cuts=tuple(cuts), calls=calls, exits_at=exits_at, fused_at=fused_at)
+
+
+class _Nothing(nn.Module):
+    """The cheapest graph a backend can run: one input, one output (times a call's fixed cost)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.0
+
+
+def _time_call(call: CompiledCall, inputs: Sequence[np.ndarray], repeats: int) -> float:
+    for _ in range(max(3, repeats // 5)):
+        call(inputs)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call(inputs)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000.0
+
+
+def measure_call_ms(backend: Backend, repeats: int = 200) -> float:
+    """Median ms of a call that does nothing on ``backend`` (its fixed per-run cost)."""
+    x = np.zeros((1, 4), dtype=np.float32)
+    call = backend.compile(_Nothing(), [np.zeros((2, 4), dtype=np.float32)], ["x"], ["y"], ["x"])
+    return _time_call(call, [x], repeats)
+
+
+def measure_step_ms(program: Program, backend: Backend, encoders: Mapping[str, CNNEarlyExitEncoder],
+                    fusion: ExitGridFusion | None, rule: str, call_ms: float, repeats: int = 50) -> list[float]:
+    """Compute ms of each step of ``program`` at batch 1 on ``backend``: the step compiled as a call of its
+    own (its inputs zeros of the right shapes), median time minus ``call_ms``, floored at 0."""
+    out, latest = [], {}
+    for s in program.steps:
+        graph, call = compile_call(backend, encoders, fusion, [s], latest, rule)
+        inputs = [example_input(n, encoders, latest, 1, batch=1) for n in graph.input_names]
+        inputs = [np.full(1, INF) if n == "thr" else x for n, x in zip(graph.input_names, inputs, strict=True)]
+        out.append(max(0.0, _time_call(call, inputs, repeats) - call_ms))
+        if s.kind == "exit":
+            latest = {**latest, s.modality: s.exit_index}
+    return out

@@ -1,0 +1,407 @@
+"""The fast path: the engine's walk as compiled calls, one table look-up of policy per sample.
+
+:class:`FastEngine` gives every sample the decision :class:`~pipeline.inference.engine.Engine`
+gives it (same plan, same exits, same fused checks, same prediction; ``tests/pipeline/
+test_fast_engine.py`` holds them equal on 1,000 samples) at a fraction of its time. Where the
+reference engine asks the policy after every exit and runs each step as eager PyTorch modules, the
+fast engine:
+
+1. looks the walk up: the policy's plan for the sample's present modalities at the current lambda
+   band, as a static program of steps (``scheduler/program.py``), compiled once per plan;
+2. runs the program's *calls* (consecutive steps in one graph on ONNX Runtime, ``backends/``) whose
+   cut minimises the expected time, from the steps' costs measured on this backend and the
+   profile's exit probabilities (:func:`scheduler.program.choose_cuts`);
+3. reads ``first`` (the first step that passed its threshold, tested inside the graph) and
+   ``pred`` back from each call: the policy's per-sample work is that read.
+
+Steps after the first passing one *within* a call run anyway (that is what a cut trades): their
+MACs are counted in the decision, which is never changed by them. Batches (``process_batch``) run
+each call once over the samples still walking (compaction: a sample that stopped leaves the
+batch before the next call) with every step a call of its own.
+
+Energy: one meter window per sample (batch-1) or per batch, as the reference engine and batch
+engine do; a budget controller updates lambda after each sample (the thresholds follow it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from exitflow.encoders.base import EncoderInputError
+from exitflow.encoders.cnn import CNNEarlyExitEncoder
+from exitflow.encoders.fusion_grid import ExitGridFusion
+from exitflow.pipeline.inference.backends import Backend
+from exitflow.pipeline.inference.batch_rows import apportion_energy
+from exitflow.pipeline.inference.compiled_walk import (
+    INF,
+    CompiledProgram,
+    compile_program,
+    measure_call_ms,
+    measure_step_ms,
+)
+from exitflow.pipeline.inference.engine import Engine, EngineError, PowerMeterLike
+from exitflow.pipeline.messages import Decision, Sample
+from exitflow.scheduler.budget import BudgetController
+from exitflow.scheduler.policy import Policy
+from exitflow.scheduler.program import Program, choose_cuts, walk_program
+
+log = logging.getLogger(__name__)
+
+CHECK_PASS_PRIOR = 0.5
+
+
+def finite(x: np.ndarray, zeros: np.ndarray) -> bool:
+    """Whether every value of the float32 array ``x`` is finite: ``x . 0`` is 0 unless a NaN or inf is in
+    ``x`` (0 * inf and 0 * NaN are NaN), one dot product instead of an elementwise pass and a reduction."""
+    return bool(np.isfinite(np.dot(x.reshape(-1), zeros)))  # P(a fused check passes | reached) before anything is known of it
+
+
+class FastEngine(Engine):
+    """Runs samples through a policy's walk compiled into calls on a backend (see the module doc).
+
+    Args:
+        encoders: Modality -> CNN encoder with exits (eval mode).
+        fusion: The exit grid.
+        policy: The per-sample policy (rule ``entropy`` or ``max_prob``).
+        backend: Where the calls run (``backends.open_backend``).
+        meter, budget, system, budget_energy, cheapest_mj: as :class:`Engine`.
+        step_costs: ``{"call_ms": float, "step_ms": {program name: [ms, ...]}}``: costs to use instead
+            of measuring (fixed cuts for tests); what is missing is measured once and stored in it.
+        cuts: ``"auto"`` (least expected time), ``"steps"`` (a call per step) or ``"one"`` (the
+            whole walk in one call).
+    """
+
+    def __init__(
+        self,
+        encoders: Mapping[str, CNNEarlyExitEncoder],
+        fusion: ExitGridFusion | None,
+        policy: Policy,
+        backend: Backend,
+        meter: PowerMeterLike | None = None,
+        budget: BudgetController | None = None,
+        system: str = "exitflow",
+        budget_energy: str = "dynamic",
+        cheapest_mj: float | None = None,
+        step_costs: dict[str, Any] | None = None,
+        cuts: str = "auto",
+    ):
+        bad = [m for m, e in encoders.items() if not isinstance(e, CNNEarlyExitEncoder)]
+        if bad:
+            raise EngineError(f"the compiled fast path runs the CNN family; {bad} are not CNN encoders "
+                              "(set engine.backend: torch for them)")
+        if fusion is not None and not isinstance(fusion, ExitGridFusion):
+            raise EngineError(f"the compiled fast path fuses with the exit grid, not {type(fusion).__name__} "
+                              "(set engine.backend: torch)")
+        if cuts not in ("auto", "steps", "one"):
+            raise EngineError(f"cuts must be auto, steps or one, got {cuts!r}")
+        super().__init__(encoders, fusion, policy, meter=meter, budget=budget, system=system,
+                         budget_energy=budget_energy, cheapest_mj=cheapest_mj)
+        walk_program(policy, policy.profile.modalities)  # raises now for a rule without a static walk
+        self.backend = backend
+        self.cuts_mode = cuts
+        # shared and filled in place: every engine built from the same parts measures a program once
+        self.step_costs: dict[str, Any] = step_costs if step_costs is not None else {}
+        self.step_costs.setdefault("step_ms", {})
+        self._compiled: dict[tuple[Any, ...], CompiledProgram] = {}
+        self._thr_cache: dict[tuple[int, int, int], np.ndarray] = {}
+        self._thr_version = -1
+        self._shapes = {m: (e.config.num_channels, e.config.input_size, e.config.input_size)
+                        for m, e in encoders.items()}
+        self.modalities = tuple(policy.num_exits)
+        self._sets_cache: dict[tuple[Any, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        # a zero vector per modality: x . 0 is NaN exactly when x holds a NaN or an inf (one BLAS call)
+        self._zeros = {m: np.zeros(int(np.prod(shape)), dtype=np.float32) for m, shape in self._shapes.items()}
+
+    # -- programs ---------------------------------------------------------------------------------
+    def program_for(self, present: tuple[str, ...], missing: tuple[str, ...], batch: bool = False) -> CompiledProgram:
+        """The compiled program of the current plan for ``present`` (compiled on first use)."""
+        policy = self.policy
+        key = (policy._plan_band, present, missing, policy.cheapest_mode, batch)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            program = walk_program(policy, present, missing)
+            if not program.plan.order:
+                raise EngineError(f"the plan for {present} runs no modality (all skipped or missing)")
+            cuts = self._cuts(program, batch)
+            compiled = compile_program(program, cuts, self.backend, self.encoders, self.fusion, policy.exit_rule)
+            self._compiled[key] = compiled
+            log.info("compiled %s: %s", self.system, " | ".join(c.name for c in compiled.calls))
+        return compiled
+
+    def _cuts(self, program: Program, batch: bool) -> tuple[int, ...]:
+        n = len(program.steps)
+        if self.cuts_mode == "steps" or batch:
+            return tuple(range(n + 1))
+        if self.cuts_mode == "one":
+            return (0, n)
+        step_ms = self.measured_step_ms(program)
+        return choose_cuts(step_ms, self.call_ms(), self.pass_prior(program))
+
+    def call_ms(self) -> float:
+        """The backend's fixed cost of one call, ms (measured once)."""
+        if "call_ms" not in self.step_costs:
+            self.step_costs["call_ms"] = measure_call_ms(self.backend)
+        return float(self.step_costs["call_ms"])
+
+    def measured_step_ms(self, program: Program) -> list[float]:
+        """Compute ms per step of ``program`` on this backend (measured once per program, or given)."""
+        name = "|".join(s.name for s in program.steps)
+        known = self.step_costs["step_ms"]
+        if name not in known:
+            known[name] = measure_step_ms(program, self.backend, self.encoders, self.fusion,
+                                          self.policy.exit_rule, self.call_ms())
+        return [float(v) for v in known[name]]
+
+    def pass_prior(self, program: Program) -> list[float]:
+        """P(step passes | reached) per step: the profile's exit probability for exits, a prior for checks."""
+        profile = self.policy.profile
+        out = []
+        for s in program.steps:
+            if s.key is None:
+                out.append(1.0)
+            elif s.kind == "exit":
+                out.append(float(profile.exits[s.modality][s.exit_index].exit_prob))
+            else:
+                out.append(CHECK_PASS_PRIOR)
+        return out
+
+    def _thresholds(self, compiled: CompiledProgram, index: int) -> np.ndarray:
+        """The threshold vector of call ``index`` under the thresholds now in force (cached per version)."""
+        policy = self.policy
+        thresholds = policy._thresholds
+        version = id(thresholds)
+        if version != self._thr_version:
+            self._thr_cache.clear()
+            self._thr_version = version
+        key = (id(compiled), index, version)
+        arr = self._thr_cache.get(key)
+        if arr is None:
+            always = INF if policy.exit_rule == "entropy" else -INF
+            arr = np.array([always if k is None else thresholds[k] for k in compiled.calls[index].keys],
+                           dtype=np.float64)
+            self._thr_cache[key] = arr
+        return arr
+
+    # -- inputs -----------------------------------------------------------------------------------
+    def _input(self, sample: Sample, modality: str) -> np.ndarray:
+        """The payload as a finite float32 (1, C, H, W) array, or an EncoderInputError."""
+        x = sample.payloads[modality]
+        if not isinstance(x, np.ndarray):
+            try:
+                x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float32)
+            except (TypeError, ValueError) as e:
+                raise EncoderInputError(f"{modality} input is not an array ({type(x).__name__}): {e}") from e
+        want = self._shapes[modality]
+        if x.shape != want:
+            raise EncoderInputError(
+                f"{modality} input must have shape (B, {want[0]}, {want[1]}, {want[2]}), got {(1, *x.shape)}; "
+                f"resize/convert it to {want[0]} channel(s) of {want[1]}x{want[2]} first")
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        if not finite(x, self._zeros[modality]):
+            raise EncoderInputError(f"{modality} input has NaN/inf values in samples [0]")
+        return x[None]
+
+    def _sets(self, sample: Sample) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(present, missing) modalities of ``sample`` as the reference engine computes them (cached)."""
+        key = (tuple(sample.payloads), sample.missing)
+        found = self._sets_cache.get(key)
+        if found is None:
+            known = self.policy.num_exits
+            present = tuple(m for m in sample.payloads if m not in sample.missing and m in known)
+            missing = tuple(sorted(set(sample.missing) | {m for m in known if m not in sample.payloads}))
+            found = self._sets_cache[key] = (present, missing)
+        return found
+
+    # -- batch of one -----------------------------------------------------------------------------
+    def process(self, sample: Sample) -> Decision:
+        """Run one sample; the decision the reference engine would give, from compiled calls."""
+        total_start = time.perf_counter()
+        present, missing = self._sets(sample)
+        policy = self.policy
+        decision = Decision(sample_id=sample.sample_id, prediction=-1, system=self.system, label=sample.label,
+                            timestamp_ns=sample.timestamp_ns, lam=policy.lam, thresholds=policy.thresholds)
+        if not present:
+            decision.missing = list(missing)
+            decision.latency_ms["total"] = (time.perf_counter() - total_start) * 1000.0
+            log.warning("sample %s has none of the modalities %s; no prediction", sample.sample_id,
+                        sorted(policy.num_exits))
+            return decision
+        t0 = time.perf_counter()
+        compiled = self._compiled.get((policy._plan_band, present, missing, policy.cheapest_mode, False))
+        if compiled is None:
+            compiled = self.program_for(present, missing)
+        policy_s = time.perf_counter() - t0
+        meter = self.meter
+        if meter is not None:
+            meter.begin_window("sample")
+        try:
+            carried: dict[str, np.ndarray] = {}
+            macs = 0
+            calls = compiled.calls
+            latency = decision.latency_ms
+            for index, call in enumerate(calls):
+                feed = [self._input(sample, m) if kind == "x" else
+                        self._thresholds(compiled, index) if kind == "thr" else carried[f"{kind}_{m}"]
+                        for kind, m in call.inputs]
+                t0 = time.perf_counter()
+                outs = call.call(feed)
+                t1 = time.perf_counter()
+                latency[call.name] = (t1 - t0) * 1000.0
+                macs += call.macs_through[-1]
+                first = int(outs[0][0])  # the policy's part: where the walk stopped, if it did
+                if first >= 0 or index == len(calls) - 1:
+                    stop, pred = call.start + (first if first >= 0 else len(call.keys) - 1), int(outs[1][0])
+                    policy_s += time.perf_counter() - t1
+                    break
+                for i, name in call.carry.items():
+                    carried[name] = outs[i]
+                policy_s += time.perf_counter() - t1
+        except BaseException:
+            if meter is not None:
+                meter.end_window("sample")
+            raise
+        if meter is not None:
+            self._record_energy(decision, [meter.end_window("sample")])
+        self._fill(decision, compiled, stop, pred, macs, compiled.program.plan)
+        t0 = time.perf_counter()
+        self._after_sample(decision, total_start, t0)
+        policy_s += time.perf_counter() - t0
+        latency["policy"] = policy_s * 1000.0
+        latency["total"] = (time.perf_counter() - total_start) * 1000.0
+        return decision
+
+    def _fill(self, decision: Decision, compiled: CompiledProgram, stop: int, pred: int, macs: int, plan: Any) -> None:
+        """The decision fields of a walk that stopped at step ``stop`` with class ``pred``."""
+        step = compiled.program.steps[stop]
+        decision.order = list(plan.order)
+        decision.missing = list(plan.missing)
+        decision.skipped = list(plan.skipped)
+        exits = compiled.exits_at[stop]
+        decision.exits = dict(exits)
+        decision.exit_layers = {m: self.encoders[m].exit_layers[j] for m, j in exits.items()}
+        decision.fused_checks = compiled.fused_at[stop]
+        decision.prediction = pred
+        decision.exited_by = step.modality if step.kind == "exit" else "fusion"
+        decision.macs = macs
+
+    def _after_sample(self, decision: Decision, total_start: float, now: float) -> None:
+        """The budget controller's update, as the reference engine's (it sees the time up to ``now``)."""
+        if self.budget is None:
+            return
+        controlled = self.budget_energy(decision)
+        if controlled is None:
+            return
+        lam = self.budget.update(controlled, now - total_start)
+        self.policy.set_lambda(lam)
+        self.policy.set_cheapest_mode(self.budget.cheapest_mode)
+        if self.budget.cheapest_mode:
+            decision.budget_note = "budget below the cheapest plan: running the cheapest exit only"
+
+    # -- batches ----------------------------------------------------------------------------------
+    def process_batch(self, samples: Sequence[Sample]) -> list[Decision | Exception]:
+        """Decisions for ``samples`` in order (a sample that failed gets its exception): each call runs
+        once over the samples still walking; a sample whose walk stopped leaves before the next call."""
+        start = time.perf_counter()
+        results: list[Decision | Exception | None] = [None] * len(samples)
+        meter = self.meter
+        if meter is not None:
+            meter.begin_window("batch")
+        groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
+        try:
+            for row, sample in enumerate(samples):
+                present, missing = self._sets(sample)
+                if not present:
+                    results[row] = self._single_process(sample)
+                    continue
+                groups.setdefault((present, missing), []).append(row)
+            for (present, missing), rows in groups.items():
+                self._run_group(samples, rows, present, missing, results, start)
+        finally:
+            m = meter.end_window("batch") if meter is not None else None
+        done = [r for r in results if isinstance(r, Decision)]
+        if m is not None:
+            apportion_energy(done, m)
+        for d in done:
+            d.latency_ms["total"] = (time.perf_counter() - start) * 1000.0
+        if self.budget is not None:
+            for d in done:
+                self._after_sample(d, start, time.perf_counter())  # the controller sees each decision
+        return [r if r is not None else EngineError("no result") for r in results]
+
+    def _single_process(self, sample: Sample) -> Decision | Exception:
+        try:
+            return self.process(sample)
+        except Exception as e:  # a sample's own error, returned in its place
+            return e
+
+    def _run_group(self, samples: Sequence[Sample], rows: list[int], present: tuple[str, ...],
+                   missing: tuple[str, ...], results: list[Any], start: float) -> None:
+        try:
+            compiled = self.program_for(present, missing, batch=True)
+        except Exception as e:
+            for r in rows:
+                results[r] = e
+            return
+        inputs: dict[str, list[np.ndarray]] = {}
+        ok_rows = []
+        for r in rows:  # a sample whose payload is bad gets its own error; the rest batch on
+            try:
+                arrays = {m: self._input(samples[r], m) for m in compiled.program.plan.order}
+            except Exception as e:
+                results[r] = e
+                continue
+            ok_rows.append(r)
+            for m, x in arrays.items():
+                inputs.setdefault(m, []).append(x)
+        if not ok_rows:
+            return
+        stacked = {m: np.concatenate(xs, axis=0) for m, xs in inputs.items()}
+        active = np.arange(len(ok_rows))
+        carried: dict[str, np.ndarray] = {}
+        macs = np.zeros(len(ok_rows), dtype=np.int64)
+        latency: dict[str, float] = {}
+        stops = np.full(len(ok_rows), -1)
+        preds = np.full(len(ok_rows), -1)
+        calls = compiled.calls
+        for index, call in enumerate(calls):
+            feed = [stacked[m][active] if kind == "x" else self._thresholds(compiled, index) if kind == "thr"
+                    else carried[f"{kind}_{m}"] for kind, m in call.inputs]
+            t0 = time.perf_counter()
+            try:
+                outs = call.call(feed)
+            except Exception:  # a batched call failed: each of its samples alone, batch-1
+                for i in active:
+                    results[ok_rows[i]] = self._single_process(samples[ok_rows[i]])
+                stops[active] = -2
+                break
+            latency[call.name] = (time.perf_counter() - t0) * 1000.0
+            first = outs[0]
+            macs[active] += call.macs_through[-1]
+            last = index == len(calls) - 1
+            stopped = (first >= 0) | last
+            where = np.where(first >= 0, first, len(call.keys) - 1)
+            stops[active[stopped]] = call.start + where[stopped]
+            preds[active[stopped]] = outs[1][stopped]
+            keep = ~stopped
+            active = active[keep]
+            for i, name in call.carry.items():
+                carried[name] = outs[i][keep]
+            if not len(active):
+                break
+        plan = compiled.program.plan
+        for i, r in enumerate(ok_rows):
+            if stops[i] < 0:
+                continue
+            sample = samples[r]
+            d = Decision(sample_id=sample.sample_id, prediction=-1, system=self.system, label=sample.label,
+                         timestamp_ns=sample.timestamp_ns, lam=self.policy.lam, thresholds=self.policy.thresholds)
+            self._fill(d, compiled, int(stops[i]), int(preds[i]), int(macs[i]), plan)
+            d.latency_ms.update(latency)
+            d.latency_ms["policy"] = 0.0
+            results[r] = d
