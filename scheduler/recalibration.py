@@ -199,9 +199,13 @@ class OnlineRecalibrator:
         return {k: shifted_threshold(self.rule, t, self.shift, self.settings.min_shift)
                 for k, t in self.base_thresholds.items()}
 
-    def begin_sample(self) -> bool:
-        """Count one sample of the stream; whether it is shadowed (a seeded draw, no wall clock)."""
-        share = self.current_share
+    def begin_sample(self, held: bool = False) -> bool:
+        """Count one sample of the stream; whether it is shadowed (a seeded draw, no wall clock).
+
+        ``held``: another controller (the energy budget) owns the thresholds now, so shadows only measure
+        and the steady ``shadow_share`` applies even in warm-up (the warm-up share would spend the budget).
+        """
+        share = self.settings.shadow_share if held else self.current_share
         shadow = shadow_draw(self.settings.seed, self.samples) < share
         self.samples += 1
         if self._shift_at_warmup_end is None and self.samples > self.settings.warmup_samples:

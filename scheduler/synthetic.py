@@ -16,6 +16,7 @@ import numpy as np
 from exitflow.scheduler.budget import BudgetController
 from exitflow.scheduler.policy import ActionKind, Policy
 from exitflow.scheduler.profile import ExitProfile, FusionProfile, Profile
+from exitflow.scheduler.recalibration import OnlineRecalibrator
 
 
 def random_profile(
@@ -90,6 +91,7 @@ def simulate_budget(
     num_classes: int = 10,
     power_w: float = 5.0,
     period_s: float | None = None,
+    shadow: OnlineRecalibrator | None = None,
 ) -> BudgetRun:
     """Run ``num_samples`` synthetic samples through ``policy`` under ``controller``.
 
@@ -98,6 +100,11 @@ def simulate_budget(
     the profile's energy for that segment, fusion its fusion energy; the sample's duration is
     its energy at ``power_w`` watts, or ``period_s`` when given (a fixed sample period with
     idle time, as for a camera at a fixed frame rate). Deterministic for a given seed.
+
+    With ``shadow`` (online recalibration), a shadowed sample that exited early also pays the full
+    path (every exit of every modality, then fusion) and counts as a disagreement when its difficulty
+    exceeds the depth it exited at; the recalibrator holds its shift (the budget owns the thresholds),
+    as ``pipeline.inference.shadow`` does while a budget is set.
     """
     rng = np.random.default_rng(seed)
     profile = policy.profile
@@ -106,12 +113,15 @@ def simulate_budget(
     fusion_mj = 0.0 if fusion is None or fusion.energy_mj is None else fusion.energy_mj
     run = BudgetRun(energy_mj=[], lam=[])
     present = profile.modalities
+    full_mj = sum(profile.cumulative_costs(m, "mj")[-1] for m in profile.modalities) + fusion_mj
     policy.set_lambda(controller.lam)
     policy.set_cheapest_mode(controller.cheapest_mode)
     for _ in range(num_samples):
         difficulty = float(rng.uniform())
+        shadowed = shadow is not None and shadow.begin_sample(held=True) and not policy.cheapest_mode
         state = policy.start(present)
         energy_mj = 0.0
+        exited_depth = 1.0
         while True:
             action = policy.decide(state)
             if action.kind is ActionKind.CONTINUE:
@@ -124,7 +134,12 @@ def simulate_budget(
                 energy_mj += fusion_mj
                 break
             elif action.kind is ActionKind.EXIT:
+                m, j = action.target()
+                exited_depth = (j + 1) / policy.num_exits[m]
                 break
+        if shadowed and shadow is not None and exited_depth < 1.0:
+            energy_mj += full_mj
+            shadow.observe(difficulty > exited_depth, hold=True)
         duration_s = period_s if period_s is not None else energy_mj / 1000.0 / power_w
         lam = controller.update(energy_mj, duration_s)
         policy.set_lambda(lam)

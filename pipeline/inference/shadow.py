@@ -13,7 +13,8 @@ What the shadow costs is part of the sample: its MACs, time and energy are added
 ``shadow_energy_mj`` apart), and the engine's budget controller is updated with the sample's energy
 *including* the shadow (on a shadowed sample the wrapper performs the engine's budget step itself).
 While a budget is set the budget owns the thresholds: the controller keeps measuring the disagreement but
-holds its shift (two controllers on one knob would fight; ``status()["held_by_budget"]`` says so). In
+holds its shift (two controllers on one knob would fight; ``status()["held_by_budget"]`` says so) and
+shadows at the steady share even in warm-up (the warm-up share would spend the budget). In
 cheapest-exit mode no sample is shadowed (the budget is below the cheapest exit already).
 
 ``status()`` is the state the live view, ``/status``, the metrics and recordings show;
@@ -73,7 +74,7 @@ class ShadowRecalibration:
 
     def process(self, sample: Sample) -> Decision:
         """Run one sample, its shadow when drawn; returns the decision (shadow cost included)."""
-        shadow = self.controller.begin_sample() and not self.policy.cheapest_mode
+        shadow = self.controller.begin_sample(held=self.engine.budget is not None) and not self.policy.cheapest_mode
         if not shadow:
             decision = self.system.process(sample)
             decision.system = self.name

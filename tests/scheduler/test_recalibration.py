@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 
+from exitflow.scheduler.budget import BudgetController
 from exitflow.scheduler.policy import Policy, PolicySettings
 from exitflow.scheduler.profile import ExitProfile, FusionProfile, Profile
 from exitflow.scheduler.recalibration import (
@@ -16,6 +18,7 @@ from exitflow.scheduler.recalibration import (
     shadow_draw,
     shifted_threshold,
 )
+from exitflow.scheduler.synthetic import simulate_budget
 
 BASE = {"image": -1.0, "audio": 0.2, "fusion": 0.3}  # entropy: image never exits alone (as the CNN family's)
 
@@ -179,3 +182,19 @@ def test_policy_set_thresholds_rejects_bad_input(update, match):
     policy = Policy(_profile())
     with pytest.raises(ValueError, match=match):
         policy.set_thresholds(update)
+
+
+@pytest.mark.parametrize("budget_mj", [2.5, 4.0, 6.0, 8.0])
+def test_budget_holds_5_percent_after_200_samples_with_the_shadow_on(budget_mj):
+    """The shadow's full-path energy is part of each sample's energy; the budget still holds its mean."""
+    profile = Profile(
+        exits={"image": tuple(ExitProfile("image", j, 0.5 + 0.1 * j, 0.5, (j + 1) * 1e6, energy_mj=j + 1.0) for j in range(3)),
+               "audio": tuple(ExitProfile("audio", j, 0.8 + 0.05 * j, 0.5, (j + 1) * 3e6, energy_mj=3.0 * (j + 1)) for j in range(3))},
+        fusion=(FusionProfile(("audio", "image"), 0.97, 0.5e6, 0.5),), thresholds={"image": 0.3, "audio": 0.3})
+    policy = Policy(profile, PolicySettings(lam=1.0, cost_unit="mj", threshold_coupling=1.0))
+    controller = BudgetController(mj_per_sample=budget_mj, lam_ref=1.0, cheapest_mj=1.0)
+    rec = OnlineRecalibrator(policy.base_thresholds, "entropy", RecalibrationSettings(seed=0))
+    run = simulate_budget(policy, controller, 1000, seed=0, shadow=rec)
+    running = np.cumsum(run.energy_mj) / np.arange(1, 1001)
+    assert rec.shadowed > 0 and rec.held == rec.shadowed  # shadows ran and the budget owned the thresholds
+    assert np.max(np.abs(running[200:] - budget_mj)) / budget_mj <= 0.05
