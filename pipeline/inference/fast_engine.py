@@ -52,13 +52,14 @@ from exitflow.scheduler.program import Program, choose_cuts, walk_program
 
 log = logging.getLogger(__name__)
 
-CHECK_PASS_PRIOR = 0.5
+CHECK_PASS_PRIOR = 0.5  # P(a fused check passes | reached) before anything is known of it
 
 
 def finite(x: np.ndarray, zeros: np.ndarray) -> bool:
     """Whether every value of the float32 array ``x`` is finite: ``x . 0`` is 0 unless a NaN or inf is in
     ``x`` (0 * inf and 0 * NaN are NaN), one dot product instead of an elementwise pass and a reduction."""
-    return bool(np.isfinite(np.dot(x.reshape(-1), zeros)))  # P(a fused check passes | reached) before anything is known of it
+    with np.errstate(invalid="ignore"):
+        return bool(np.isfinite(np.dot(x.reshape(-1), zeros)))
 
 
 class FastEngine(Engine):
@@ -390,6 +391,8 @@ class FastEngine(Engine):
             preds[active[stopped]] = outs[1][stopped]
             keep = ~stopped
             active = active[keep]
+            if not keep.all():  # compaction: the stopped rows leave every carried array
+                carried = {name: value[keep] for name, value in carried.items()}
             for i, name in call.carry.items():
                 carried[name] = outs[i][keep]
             if not len(active):
