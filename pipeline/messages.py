@@ -114,6 +114,7 @@ class Decision:
     shadow_prediction: int | None = None
     shadow_macs: int = 0
     shadow_energy_mj: float | None = None
+    recalibration: dict[str, Any] | None = None  # the controller's state after a shadowed sample (live views)
 
     @property
     def correct(self) -> bool | None:

@@ -114,7 +114,22 @@ class ShadowRecalibration:
             self.controller.observe(disagreed, hold=True)
             self.held_by_budget += 1
             self._budget_step(budget, decision, time.perf_counter() - start)
+        decision.recalibration = self.compact_status()
         return decision
+
+    def compact_status(self) -> dict[str, Any]:
+        """The few figures a decision carries to the live views, ``/status``, metrics and recordings."""
+        c = self.controller
+        return {
+            "target_disagreement": c.settings.target_disagreement,
+            "measured_disagreement": c.disagreements / c.shadowed if c.shadowed else None,
+            "shadow_share": c.current_share,
+            "shift": c.shift,
+            "thresholds": c.thresholds,
+            "shadowed": c.shadowed,
+            "disagreements": c.disagreements,
+            "held_by_budget": self.engine.budget is not None,
+        }
 
     def _ran_full_path(self, decision: Decision) -> bool:
         """Whether the walk ran every modality to its last exit and fused them (the full answer)."""
@@ -235,3 +250,13 @@ def recalibrate_stream(system: ShadowRecalibration, samples: Iterable[Sample]) -
         **shadow_columns(decisions),
         "status": system.status(),
     }
+
+
+def exitflow_engine(cfg: Config) -> Any:
+    """``exitflow`` for a live stream as the config describes it (``stream.engine:
+    exitflow.pipeline.inference.shadow:exitflow_engine``): the data set's parts, the configured meter and
+    online recalibration when ``recalibration.enabled``."""
+    from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts
+    from exitflow.pipeline.meters import open_meter, with_trace
+
+    return with_recalibration(cfg, AdaptiveParts(cfg, cfg.data.dataset), with_trace(cfg, open_meter(cfg)))

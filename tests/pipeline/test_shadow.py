@@ -22,6 +22,7 @@ from exitflow.pipeline.inference.shadow import (
     shadow_columns,
     with_recalibration,
 )
+from exitflow.pipeline.live.runtime.workers import resolve_engine_factory
 from exitflow.scheduler.recalibration import OnlineRecalibrator, RecalibrationSettings
 from tests.pipeline.conftest import run_cli
 
@@ -150,3 +151,12 @@ def test_recalibrate_cli_saves_into_a_bundle_that_still_verifies(tmp_path, embed
     read_manifest(bundle)  # sha256 of the rewritten profile matches the manifest
     if "disagreement with the full path 0.0000" not in out:
         assert after["fusion"] < before["fusion"]
+
+
+def test_the_live_engine_factory_wraps_exitflow(embedded_cfg, rows):
+    engine = resolve_engine_factory("exitflow.pipeline.inference.shadow:exitflow_engine")(embedded_cfg)
+    assert isinstance(engine, ShadowRecalibration)
+    decisions = [engine.process(s) for s in rows[:12]]
+    shadowed = [d for d in decisions if d.shadow]
+    assert shadowed and all(d.recalibration is not None for d in shadowed)
+    assert shadowed[-1].to_json_dict()["recalibration"]["target_disagreement"] == embedded_cfg.recalibration.target_disagreement

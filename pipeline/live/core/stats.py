@@ -37,6 +37,9 @@ class LiveStats:
         self.estimated: bool | None = None
         self.lam: float | None = None
         self.budget_note: str | None = None  # the latest decision's, e.g. budget below the cheapest plan
+        self.recalibration: dict[str, Any] | None = None  # online recalibration: the latest shadowed decision's
+        self.shadowed = 0
+        self.shadow_macs = 0
         self.last_engine_error: str | None = None
         self.failed = 0
         self.failures: Counter[str] = Counter()  # "stage:ExceptionType" -> n (a bounded key set)
@@ -68,6 +71,11 @@ class LiveStats:
             self.energy_source, self.estimated = decision.energy_source, decision.estimated
         self.lam = decision.lam
         self.budget_note = decision.budget_note
+        if decision.shadow:
+            self.shadowed += 1
+            self.shadow_macs += int(decision.shadow_macs)
+        if decision.recalibration is not None:
+            self.recalibration = decision.recalibration
 
     def observe_failure(self, error: str) -> None:
         """A sample that failed (``"stage: Type: message"``): counted by stage and type."""
@@ -84,6 +92,14 @@ class LiveStats:
             p50, p95, p99 = np.percentile(np.fromiter(values, float), [50, 95, 99])
             out[stage] = {"p50": float(p50), "p95": float(p95), "p99": float(p99), "n": len(values)}
         return out
+
+    def recalibration_summary(self) -> dict[str, Any] | None:
+        """Online recalibration (pipeline/inference/shadow.py): the controller's latest state and the share
+        of this run's decisions that were shadowed; None when nothing was shadowed yet."""
+        if self.recalibration is None:
+            return None
+        return {**self.recalibration, "run_shadow_share": self.shadowed / self.decisions if self.decisions else 0.0,
+                "run_shadow_macs": self.shadow_macs}
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -102,5 +118,6 @@ class LiveStats:
             "estimated": self.estimated,
             "lam": self.lam,
             "budget_note": self.budget_note,
+            "recalibration": self.recalibration_summary(),
             "last_engine_error": self.last_engine_error,
         }

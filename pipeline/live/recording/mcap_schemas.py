@@ -125,6 +125,8 @@ STATUS_SCHEMA: dict[str, Any] = {
         "failed": {"type": "integer"},
         "latency_ms": {"type": "object", "description": "stage -> {p50, p95, p99, n}"},
         "exits": {"type": "object", "description": "modality -> {exit: count}"},
+        "recalibration": {"type": ["object", "null"], "description": "online recalibration: target and measured "
+                          "disagreement with the full path, shadow share, shift, thresholds (null: off)"},
     },
 }
 JSON_SCHEMAS = {DECISION_TOPIC: DECISION_SCHEMA, EVENT_TOPIC: EVENT_SCHEMA, STATUS_TOPIC: STATUS_SCHEMA}
@@ -155,6 +157,7 @@ def status_body(snapshot: dict[str, Any], monotonic_ns: int) -> dict[str, Any]:
         "failed": snapshot.get("failed_decisions", snapshot.get("failed", 0)),
         "latency_ms": snapshot.get("latency_ms", {}),
         "exits": snapshot.get("exits", {}),
+        "recalibration": snapshot.get("recalibration"),
     }
 
 

@@ -68,6 +68,13 @@ def snapshot_metrics(snaps: dict[str, Snapshot]) -> list[Metric]:
                                labels=["pipeline", "kind"])
     lam = GaugeMetricFamily("exitflow_lambda", "Budget controller's lambda", labels=["pipeline"])
     in_flight = GaugeMetricFamily("exitflow_in_flight", "Samples inside the engine", labels=["pipeline"])
+    disagreement = GaugeMetricFamily("exitflow_recalibration_disagreement", "Online recalibration: disagreement "
+                                     "with the full path (target and measured over shadowed samples)",
+                                     labels=["pipeline", "kind"])
+    shadow = GaugeMetricFamily("exitflow_recalibration_shadow_share", "Share of samples the full path shadows now",
+                               labels=["pipeline"])
+    threshold = GaugeMetricFamily("exitflow_recalibration_threshold", "Exit thresholds the recalibration holds",
+                                  labels=["pipeline", "key"])
     skew = GaugeMetricFamily("exitflow_clock_skew_ms", "Source clock minus the driver's wall clock (ms)",
                              labels=["pipeline", "source"])
     for name, snap in snaps.items():
@@ -94,10 +101,19 @@ def snapshot_metrics(snaps: dict[str, Snapshot]) -> list[Metric]:
         if snap.get("lam") is not None:
             lam.add_metric([name], float(snap["lam"]))
         in_flight.add_metric([name], float(snap.get("in_flight", 0)))
+        recal = snap.get("recalibration")
+        if recal:
+            disagreement.add_metric([name, "target"], float(recal["target_disagreement"]))
+            if recal.get("measured_disagreement") is not None:
+                disagreement.add_metric([name, "measured"], float(recal["measured_disagreement"]))
+            shadow.add_metric([name], float(recal["shadow_share"]))
+            for key, value in (recal.get("thresholds") or {}).items():
+                threshold.add_metric([name, str(key)], float(value))
         for source, s in (snap.get("sources") or {}).items():
             if "clock" in s:
                 skew.add_metric([name, str(source)], float(s["clock"]["skew_ms"]))
-    return [latency, decisions, failed, messages, drops, exits, missing, energy, budget, lam, in_flight, skew]
+    return [latency, decisions, failed, messages, drops, exits, missing, energy, budget, lam, in_flight, skew,
+            disagreement, shadow, threshold]
 
 
 class SnapshotCollector(Collector):

@@ -99,7 +99,18 @@ def power_section(snap: dict[str, Any]) -> ConsoleRenderable:
     power.add_row("lambda", "-" if snap.get("lam") is None else f"{snap['lam']:.4g}")
     if snap.get("budget_note"):
         power.add_row("budget note", str(snap["budget_note"]))
+    if snap.get("recalibration"):
+        power.add_row("recalibration", _recalibration_text(snap["recalibration"]))
     return power
+
+
+def _recalibration_text(recal: dict[str, Any]) -> str:
+    """``disagreement 0.021 (target 0.005) over 94 shadowed, shadow 3 %, fusion 0.14``."""
+    measured = recal.get("measured_disagreement")
+    held = ", held by the budget" if recal.get("held_by_budget") else ""
+    thresholds = ", ".join(f"{k} {v:.3g}" for k, v in (recal.get("thresholds") or {}).items())
+    return (f"disagreement {'-' if measured is None else f'{measured:.3f}'} (target {recal['target_disagreement']:g}) "
+            f"over {recal.get('shadowed', 0)} shadowed, shadow {100 * recal['shadow_share']:.0f} %{held}; {thresholds}")
 
 
 def latency_section(snap: dict[str, Any]) -> ConsoleRenderable:
