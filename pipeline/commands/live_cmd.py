@@ -1,7 +1,7 @@
 """``exitflow run``, ``exitflow record OUT.mcap`` and ``exitflow budget set``: the live pipeline.
 
-Thin wrappers around :func:`pipeline.runtime.run_live` and
-:func:`pipeline.runtime.set_running_budget`; see docs/streaming.md.
+Thin wrappers around :func:`exitflow.pipeline.live.run.run_live` and
+:func:`exitflow.pipeline.live.run.set_running_budget` (either runtime); see docs/streaming.md.
 """
 
 from __future__ import annotations

@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from exitflow.pipeline.config import RayConfig, StreamConfig
 from exitflow.pipeline.live.runtime.preprocess import IMAGE_SIDE, preprocess_image
-from exitflow.pipeline.live.runtime.ray.workers import RaySourceWorker
+from exitflow.pipeline.live.runtime.ray.workers import RaySourceWorker, untracked
 from exitflow.pipeline.messages import SensorMessage
 
 STAGES = ("devices", "encoders", "scheduler", "pipeline")
@@ -62,7 +61,7 @@ class EdgeSourceWorker(RaySourceWorker):
     """A Ray source worker whose drained camera frames are already reduced (:func:`reduce_frame`),
     so the reduction runs in the source's actor, on the sensor's node."""
 
-    @ray.method(enable_task_events=False)  # called ~100/s: no per-call record in Ray's GCS
+    @untracked  # called ~100/s
     def drain(self, max_items: int = 256) -> list[SensorMessage]:
         return [reduce_frame(m) for m in self.queue.drain(max_items)]
 
