@@ -37,6 +37,8 @@ from exitflow.encoders.fusion_grid import ExitGridFusion, subset_key
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit
 from exitflow.pipeline.data.imported import ImportedSplit
+from exitflow.pipeline.training.profile import make_profile, measure_step_energy
+from exitflow.pipeline.training.records import ExitRecords
 from exitflow.scheduler.policy import FUSION_KEY
 from exitflow.scheduler.profile import ExitArrays, build_profile
 from exitflow.scheduler.recalibration import shifted_threshold
@@ -62,15 +64,17 @@ class WalkResult:
 
 def family_logits(
     encoders: Mapping[str, torch.nn.Module], fusion: ExitGridFusion, inputs: Mapping[str, Any],
-    calibrated: bool = True,
+    calibrated: bool = True, outs: Mapping[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Logits (B, C) of every exit (``image0``, ``audio2``, ...) and every grid head (``image2_audio0``);
     with three or more modalities also of every fusion over a subset of two or more of them, the others
     absent (``image2_audio0`` in a grid of image, audio and text: the walk's checks before the last modality).
 
     ``calibrated`` divides by the stored temperatures; False gives the raw logits (training, fitting T).
+    ``outs``: the encoders' outputs on ``inputs`` when the caller already ran them.
     """
-    outs = {m: encoders[m](inputs[m]) for m in fusion.modalities}
+    if outs is None:
+        outs = {m: encoders[m](inputs[m]) for m in fusion.modalities}
     logits: dict[str, torch.Tensor] = {}
     for m in fusion.modalities:
         for o in outs[m]:
@@ -104,9 +108,13 @@ def batch_inputs(split: AVSplit | ImportedSplit, m: str, rows: np.ndarray) -> An
 @torch.no_grad()
 def split_logits(
     encoders: Mapping[str, torch.nn.Module], fusion: ExitGridFusion, split: AVSplit | ImportedSplit,
-    limit: int | None = None, batch: int = 500,
+    limit: int | None = None, batch: int = 500, embeddings: dict[str, list[np.ndarray]] | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Calibrated logits of every output over the first ``limit`` samples of ``split``, and the labels."""
+    """Calibrated logits of every output over the first ``limit`` samples of ``split``, and the labels.
+
+    ``embeddings``: a dict that receives, per modality, the last exit's embedding batches (B, D) of the
+    same pass (what :func:`exit_records` needs, so the encoders run over the split once).
+    """
     for module in (*encoders.values(), fusion):
         module.eval()
     n = len(split) if limit is None else min(limit, len(split))
@@ -114,9 +122,21 @@ def split_logits(
     for start in range(0, n, batch):
         rows = np.arange(start, min(start + batch, n))
         inputs = {m: batch_inputs(split, m, rows) for m in fusion.modalities}  # (B, 1, H, W) or strings
-        for k, v in family_logits(encoders, fusion, inputs).items():
+        outs = {m: encoders[m](inputs[m]) for m in fusion.modalities}
+        for k, v in family_logits(encoders, fusion, inputs, outs=outs).items():
             parts.setdefault(k, []).append(v.numpy())
+        if embeddings is not None:
+            for m in fusion.modalities:
+                embeddings.setdefault(m, []).append(outs[m][-1].embedding.float().numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}, split.labels[:n]
+
+
+def exit_records(logits: Mapping[str, np.ndarray], embeddings: Mapping[str, list[np.ndarray]],
+                 num_exits: Mapping[str, int]) -> dict[str, ExitRecords]:
+    """:class:`ExitRecords` (what the profile reads) from one :func:`split_logits` pass."""
+    return {m: ExitRecords(np.stack([logits[f"{m}{e}"] for e in range(n)]).astype(np.float32),  # (E, N, C)
+                           np.concatenate(embeddings[m]))
+            for m, n in num_exits.items()}
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -314,13 +334,15 @@ def calibrate_family(
     from exitflow.pipeline.data.avmnist import load_split
     from exitflow.pipeline.inference.engine import policy_from_config
     from exitflow.pipeline.inference.loading import load_encoders, load_fusion
-    from exitflow.pipeline.training.profile import make_profile
 
     encoders, fusion = load_encoders(cfg, dataset), load_fusion(cfg, dataset)
     if not isinstance(fusion, ExitGridFusion):
         raise ValueError(f"exitflow calibrate chooses the CNN family's operating point; {dataset} has no exit grid")
     val = load_split(cfg, "val", dataset, progress).head(limit)
-    logits, labels = split_logits(encoders, fusion, val)
+    embeddings: dict[str, list[np.ndarray]] = {}
+    logits, labels = split_logits(encoders, fusion, val, embeddings=embeddings)  # the one pass over val
+    records = exit_records(logits, embeddings, {m: enc.num_exits for m, enc in encoders.items()})
+    energy = measure_step_energy(cfg, encoders, fusion, val, meter, energy_samples)
     rule = cfg.scheduler.exit_rule
     exit_macs = {m: [float(v) for v in (  # text: the mean over val's real token counts (as the profile)
         enc.mean_exit_macs(val.text) if isinstance(getattr(val, m), list) else enc.exit_macs())]
@@ -336,7 +358,8 @@ def calibrate_family(
     # set is judged by the order the policy would plan from it (a profile built in memory from the same
     # val arrays; the fusion rows, which do not depend on thresholds, from one measured profile); the
     # cheapest set whose planned order is the one it was simulated in wins (no early exits if none)
-    base = make_profile(cfg, dataset, meter, energy_samples, progress, thresholds=candidates[0][2], limit=limit)
+    base = make_profile(cfg, dataset, meter, energy_samples, progress, thresholds=candidates[0][2], limit=limit,
+                        records=records, energy=energy, save=False)
     per_exit = {
         m: ExitArrays(
             scores=np.stack([scores_from_probs(rule, _softmax(logits[f"{m}{e}"])[:, None, :])[:, 0]
@@ -363,7 +386,8 @@ def calibrate_family(
         never = THRESHOLD_GRID[rule][0]
         thresholds = {m: never for m in fusion.modalities} | {FUSION_KEY: never}
         chosen = (order, thresholds, sim.run(thresholds), sim)
-    make_profile(cfg, dataset, meter, energy_samples, progress, thresholds=chosen[1], limit=limit)  # the one kept
+    make_profile(cfg, dataset, meter, energy_samples, progress, thresholds=chosen[1], limit=limit,
+                 records=records, energy=energy)  # the one kept
     order, thresholds, result, sim = chosen
     report = {
         "order": list(order), "thresholds": thresholds, "rule": rule, "val_samples": int(labels.shape[0]),

@@ -104,26 +104,42 @@ def _step_energy(
     return per_step, fusion_mj, "+".join(sorted(sources)), estimated
 
 
+StepEnergy = tuple[dict[str, np.ndarray], dict, str, bool]  # per-step mJ, fusion mJ per subset, source, estimated
+
+
+def measure_step_energy(cfg: Config, encoders: dict[str, EarlyExitEncoder], fusion: Any, split: AVSplit, meter,
+                        energy_samples: int) -> StepEnergy:
+    """Energy of every encoder step and fusion subset at batch 1 over ``energy_samples`` rows, with the
+    engine's thread setting (what :func:`make_profile` records)."""
+    threads = torch.get_num_threads()
+    apply_engine_settings(cfg)  # step energy at batch 1 as the engine runs it (engine.num_threads)
+    try:
+        return _step_energy(encoders, fusion, split, meter, energy_samples, cfg.budget.energy)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def make_profile(
     cfg: Config, dataset: str, meter, energy_samples: int = 100, progress: bool = True,
     thresholds: dict[str, float] | None = None, limit: int | None = None,
+    records: dict[str, ExitRecords] | None = None, energy: StepEnergy | None = None, save: bool = True,
 ) -> Profile:
     """Profile every exit on the val split at the configured thresholds (or ``thresholds``, e.g. the
-    calibrated ones, ``fusion`` included); saved beside the checkpoints."""
+    calibrated ones, ``fusion`` included); saved beside the checkpoints (unless ``save`` is False).
+
+    ``records`` (the exits over the same val rows) and ``energy`` (:func:`measure_step_energy`) reuse
+    what the caller already ran: ``exitflow calibrate`` runs the encoders over val once.
+    """
     s = cfg.scheduler
     encoders = load_encoders(cfg, dataset)
     fusion = load_fusion(cfg, dataset)
     val = load_split(cfg, "val", dataset, progress).head(limit)
-    records = collect_exits(encoders, val, progress=progress)
+    if records is None:
+        records = collect_exits(encoders, val, progress=progress)
     labels = val.labels
-    threads = torch.get_num_threads()
-    apply_engine_settings(cfg)  # step energy at batch 1 as the engine runs it (engine.num_threads)
-    try:
-        per_step, fusion_mj, source, estimated = _step_energy(
-            encoders, fusion, val, meter, energy_samples, cfg.budget.energy
-        )
-    finally:
-        torch.set_num_threads(threads)
+    if energy is None:
+        energy = measure_step_energy(cfg, encoders, fusion, val, meter, energy_samples)
+    per_step, fusion_mj, source, estimated = energy
     source = f"{source} ({cfg.budget.energy} energy)"  # the kind the budget controls, so the two agree
     per_exit = {}
     for m, rec in records.items():
@@ -149,7 +165,8 @@ def make_profile(
     )
     if FUSION_KEY in chosen:  # the fused checks' threshold (the CNN family's calibration)
         profile.thresholds[FUSION_KEY] = float(chosen[FUSION_KEY])
-    profile.save(profile_path(cfg, dataset))
+    if save:
+        profile.save(profile_path(cfg, dataset))
     return profile
 
 
