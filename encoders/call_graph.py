@@ -9,8 +9,9 @@ weights and the same arithmetic as their incremental ``start``/``step`` and ``fu
              h_<m>  (B, C_i, H_i, W_i) hidden map of a modality an earlier call left unfinished
              e_<m>  (B, D)         embedding of a modality's latest exit from an earlier call
              thr    (S,) float64   threshold of each step (+inf / -inf: the step always passes)
-    outputs: first  (B,) int64     index of the first step that passes, -1 if none does
-             pred   (B,) int64     the class of that step (of the last step when none passes)
+    outputs: pick   (B,) int64     index of the first step that passes (the last step when none does)
+             passed (B,) bool      whether a step passed
+             preds  (B, S) int64   every step's class
              scores (B, S) float64 every step's score (normalised entropy or max probability)
              out_h_<m>, out_e_<m>  what later calls need (their h_<m>, e_<m>)
 
@@ -58,19 +59,76 @@ def pool_matrix(height: int, width: int, pool: int) -> torch.Tensor:
     return matrix
 
 
-class PooledHead(nn.Module):
-    """An :class:`ExitHead` with its pool as a matrix product; returns (calibrated logits, embedding)."""
+def scaled_linear(linear: nn.Linear, temperature: float) -> nn.Linear:
+    """A copy of ``linear`` whose outputs are divided by ``temperature`` (weights and bias scaled: one node
+    fewer per exit than a division after it)."""
+    out = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(linear.weight / temperature)
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias / temperature)
+    return out
 
-    def __init__(self, head: ExitHead, temperature: float, height: int, width: int, pool: int):
+
+class PooledHead(nn.Module):
+    """An :class:`ExitHead` with its pool as a matrix product; returns (calibrated logits, embedding).
+
+    The map's shape is fixed here, so every reshape has constant shapes: the graph needs no Shape /
+    Slice / Concat chain to find the batch size (each such node costs as much as the arithmetic of a
+    small head at batch 1).
+    """
+
+    def __init__(self, head: ExitHead, temperature: float, channels: int, height: int, width: int, pool: int):
         super().__init__()
-        self.classifier = head.classifier
-        self.temperature = float(temperature)
+        self.classifier = scaled_linear(head.classifier, temperature)
+        self.area, self.embed_dim = height * width, channels * pool * pool
         self.pool: torch.Tensor
         self.register_buffer("pool", pool_matrix(height, width, pool))
 
+    def embed(self, hidden: torch.Tensor) -> torch.Tensor:
+        rows = hidden.reshape(-1, self.area)  # (B * C, H * W)
+        return torch.matmul(rows, self.pool).reshape(-1, self.embed_dim)  # (B, C * p * p)
+
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = torch.matmul(hidden.flatten(2), self.pool).flatten(1)  # (B, C * p * p)
-        return self.classifier(embedding) / self.temperature, embedding  # (B, K), (B, D)
+        embedding = self.embed(hidden)  # (B, D)
+        return self.classifier(embedding), embedding  # (B, K) calibrated, (B, D)
+
+
+class FusedHead(nn.Module):
+    """The exit grid's head for one exit combination, calibrated, over the *present* modalities only.
+
+    An absent modality enters the grid as a learned placeholder; its share of the first layer is a
+    constant, folded into that layer's bias here (exact in real arithmetic), and the head's
+    temperature is folded into its last layer: ``forward(embeddings)`` is one concat and three nodes.
+    """
+
+    def __init__(self, fusion: ExitGridFusion, exits: Mapping[str, int]):
+        super().__init__()
+        self.present = [m for m in fusion.modalities if m in exits]
+        full = {m: exits.get(m, len(fusion.dims[m]) - 1) for m in fusion.modalities}
+        key = grid_key(full, fusion.modalities)
+        head = fusion.heads[key]
+        first, last = head[0], head[2]
+        if not isinstance(first, nn.Linear) or not isinstance(last, nn.Linear):
+            raise ValueError(f"grid head {key} is not Linear-ReLU-Linear")
+        columns, bias, offset = [], first.bias.detach().clone(), 0
+        with torch.no_grad():
+            for m in fusion.modalities:
+                width = fusion.dims[m][full[m]]
+                block = first.weight[:, offset : offset + width]  # (H, D_m)
+                if m in exits:
+                    columns.append(block)
+                else:
+                    bias += block @ fusion.placeholders[m]
+                offset += width
+            self.first = nn.Linear(sum(c.shape[1] for c in columns), first.out_features)
+            self.first.weight.copy_(torch.cat(columns, dim=1))
+            self.first.bias.copy_(bias)
+        self.last = scaled_linear(last, float(fusion.temperatures[fusion._index[key]]))
+
+    def forward(self, embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
+        joined = torch.cat(list(embeddings), dim=-1) if len(embeddings) > 1 else embeddings[0]  # (B, sum D_m)
+        return self.last(torch.relu(self.first(joined)))  # (B, C) calibrated
 
 
 def map_shapes(encoder: CNNEarlyExitEncoder) -> list[tuple[int, int, int]]:
@@ -126,6 +184,8 @@ class CallGraph(nn.Module):
         self.started = dict(started)
         self.hidden_out, self.embedding_out = list(hidden_out), list(embedding_out)
         self.heads = nn.ModuleDict()
+        self.fused = nn.ModuleDict()  # the call's fused heads, by their order among its fusion steps
+        self.fused_steps: list[int] = []
         shapes = {m: map_shapes(enc) for m, enc in encoders.items()}
         run_here: dict[str, list[int]] = {}
         for kind, exits in self.steps:
@@ -137,9 +197,12 @@ class CallGraph(nn.Module):
                 if not isinstance(head, ExitHead):
                     raise ValueError(f"{m} exit {j}: a compiled call needs the CNN family's ExitHead")
                 self.heads[f"{m}{j}"] = PooledHead(
-                    head, float(encoders[m].temperatures[j]), h, w, encoders[m].config.head_pool)
+                    head, float(encoders[m].temperatures[j]), c, h, w, encoders[m].config.head_pool)
             elif fusion is None:
                 raise ValueError("a call with a fused check or a final fusion needs the exit grid")
+            elif not fusion.passthrough:
+                self.fused[str(len(self.fused_steps))] = FusedHead(fusion, dict(exits))
+                self.fused_steps.append(len(self.fused_steps))
         # inputs, in order: raw inputs, hidden maps, embeddings (fused before this call runs them), thresholds
         self.input_names = [f"x_{m}" for m in run_here if m not in self.started]
         self.input_names += [f"h_{m}" for m in run_here if m in self.started]
@@ -160,28 +223,12 @@ class CallGraph(nn.Module):
         self.input_names += [f"e_{m}" for m in self.embedding_in] + ["thr"]
         # outputs carried to later calls are named out_h_<m> / out_e_<m> (an ONNX graph's input and
         # output names must differ; the next call takes them as h_<m> / e_<m>)
-        self.output_names = ["first", "pred", "scores"] + [f"out_h_{m}" for m in self.hidden_out]
+        self.output_names = ["pick", "passed", "preds", "scores"] + [f"out_h_{m}" for m in self.hidden_out]
         self.output_names += [f"out_e_{m}" for m in self.embedding_out]
 
-    def _fuse(self, exits: tuple[tuple[str, int], ...], embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
-        fusion = self.fusion
-        if fusion is None:
-            raise ValueError("no exit grid")
-        chosen = dict(exits)
-        if fusion.passthrough:
-            raise ValueError("a one-modality grid fuses nothing: its final step is the exit's own logits")
-        batch = embeddings[exits[0][0]].shape[0]
-        full, parts = {}, []
-        for m in fusion.modalities:
-            if m in chosen:
-                full[m] = chosen[m]
-                parts.append(embeddings[m])  # (B, D_m)
-            else:
-                full[m] = len(fusion.dims[m]) - 1
-                parts.append(fusion.placeholders[m].expand(batch, -1))  # (B, D_m)
-        key = grid_key(full, fusion.modalities)
-        logits = fusion.heads[key](torch.cat(parts, dim=-1))  # (B, C)
-        return logits / fusion.temperatures[fusion._index[key]]
+    def _fuse(self, index: int, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
+        head = self.fused[str(index)]
+        return head([embeddings[m] for m in head.present])  # (B, C)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         named = dict(zip(self.input_names, inputs, strict=True))
@@ -195,6 +242,7 @@ class CallGraph(nn.Module):
                 layer[m] = 0
         step_logits = []
         last_logits: dict[str, torch.Tensor] = {}
+        fused = 0
         for kind, exits in self.steps:
             if kind == "exit":
                 m, j = exits[0]
@@ -206,24 +254,24 @@ class CallGraph(nn.Module):
             elif self.fusion is not None and self.fusion.passthrough:
                 logits = last_logits[exits[0][0]]  # one modality: its exit's own logits
             else:
-                logits = self._fuse(exits, embeddings)
+                logits = self._fuse(fused, embeddings)
+                fused += 1
             step_logits.append(logits)
         # every step's score at once (a handful of graph nodes, not a handful per step)
-        stacked = torch.stack(step_logits, dim=1)  # (B, S, K)
-        probs = torch.softmax(stacked, dim=-1).double()  # float32 softmax, float64 score (as the policy's)
+        n, k = len(self.steps), self.num_classes
+        stacked = torch.cat(step_logits, dim=1).reshape(-1, n, k) if n > 1 else step_logits[0].reshape(-1, 1, k)
+        probs = torch.softmax(stacked, dim=-1).double()  # (B, S, K): float32 softmax, float64 score (as the policy's)
         if self.rule == "entropy":
             entropy = -(probs * torch.log(torch.clamp(probs, min=ENTROPY_FLOOR))).sum(dim=-1)
-            score_mat = entropy / math.log(self.num_classes)  # (B, S)
+            scores = entropy / math.log(k)  # (B, S)
+            passed = scores <= named["thr"]  # (B, S)
         else:
-            score_mat = probs.max(dim=-1).values  # (B, S)
-        thr = named["thr"].unsqueeze(0)  # (1, S)
-        passed = score_mat <= thr if self.rule == "entropy" else score_mat >= thr  # (B, S)
+            scores = probs.max(dim=-1).values  # (B, S)
+            passed = scores >= named["thr"]
         # the first passing step: a passing step weighs S, S-1, ..., 1 by position and the last step gets
         # 0.5 more, so it stands in (its class is the answer) when none passes
         rank = passed.to(torch.float32) * self.position_weight + self.last_bonus  # (B, S)
         pick = torch.argmax(rank, dim=1)  # (B,)
-        any_pass = passed.any(dim=1)
-        pred = torch.argmax(stacked, dim=-1).gather(1, pick.unsqueeze(1)).squeeze(1)  # (B,)
-        first = torch.where(any_pass, pick, torch.full_like(pick, -1))
-        outs = [first, pred, score_mat] + [hidden[m] for m in self.hidden_out]
+        preds = torch.argmax(stacked, dim=-1)  # (B, S)
+        outs = [pick, passed.any(dim=1), preds, scores] + [hidden[m] for m in self.hidden_out]
         return tuple(outs + [embeddings[m] for m in self.embedding_out])

@@ -105,6 +105,9 @@ class EngineConfig:
     backend: Literal["onnxruntime", "torch"] = field(default="onnxruntime", metadata=bounds(
         help="where samples run: onnxruntime = the compiled fast path (the CNN family's walk as ONNX Runtime "
         "graphs, docs/fast_path.md); torch = the eager reference engine (every family and exit rule)"))
+    meter_window_ms: float = field(default=100.0, metadata=bounds(min=0.0, max=60000.0, help=(
+        "the fast path reads the power meter once per window this long and prices each sample at the "
+        "window's mean power x its time (attributed, estimated); 0 = a meter window per sample")))
     step_windows: bool = field(default=False, metadata=bounds(
         help="a power-meter window per encoder step (per-stage energy in each decision) instead of one per "
         "sample; each window costs a meter read"))
@@ -229,19 +232,31 @@ class StreamConfig:
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """The shared inference service (``pipeline/live/runtime/ray/service.py``, docs/service.md): replicas that
-    batch samples from any number of pipelines, every sample keeping its own exits."""
+    """The shared inference service on Ray Serve (``pipeline/live/runtime/ray/service.py``,
+    docs/service.md): one deployment per model bundle whose replicas batch samples from any number
+    of pipelines, every sample keeping its own exits; overload is shed by ``shed_policy``."""
 
-    name: str = "exitflow-service"  # replicas are the named detached actors NAME-0, NAME-1, ...
+    name: str = "exitflow-service"  # the Serve application; its deployment is named after the bundle
     max_batch_size: int = field(default=32, metadata=bounds(min=1, max=MAX_BATCH))
     batch_wait_ms: float = field(default=5.0, metadata=bounds(min=0.0, max=60_000.0, help="max wait to fill a batch"))
-    max_queued: int = field(default=256, metadata=bounds(min=1, max=MAX_QUEUE, help="per replica; more is refused"))
-    num_replicas: int = field(default=1, metadata=bounds(min=1, max=1024))
+    max_ongoing_requests: int = field(default=64, metadata=bounds(min=1, max=MAX_QUEUE, help="per replica"))
+    max_queued_requests: int = field(default=256, metadata=bounds(
+        min=-1, max=MAX_QUEUE, help="waiting at each caller; more are shed (service_busy); -1 = no bound"))
+    num_replicas: int = field(default=1, metadata=bounds(min=1, max=1024, help="the minimum when autoscaling"))
+    max_replicas: int | None = field(default=None, metadata=bounds(
+        min=1, max=1024, help="set: autoscale num_replicas..max_replicas"))
+    target_ongoing_requests: float = field(default=32.0, metadata=bounds(min=0.0, max=MAX_QUEUE, min_exclusive=True))
     num_cpus: float = field(default=1.0, metadata=bounds(min=0.0, max=MAX_THREADS))
     num_gpus: float = field(default=0.0, metadata=bounds(min=0.0, max=1024.0))
     resources: dict[str, float] = field(default_factory=dict, metadata=bounds(min=0.0))
-    max_restarts: int = field(default=3, metadata=bounds(min=-1, max=1_000_000, help="-1 = restart forever"))
-    detached: bool = True  # outlive the pipeline that started them (shared by later pipelines)
+    health_check_period_s: float = field(default=10.0, metadata=bounds(min=0.1, max=MAX_SECONDS))
+    health_check_timeout_s: float = field(default=30.0, metadata=bounds(min=0.1, max=MAX_SECONDS))
+    graceful_shutdown_timeout_s: float = field(default=10.0, metadata=bounds(min=0.0, max=MAX_SECONDS))
+    # issue 26 item 5: a sample that waited in a replica longer than shed_after_ms is shed (counted
+    # with its reason); fair also caps each client (robot) at an equal share of a full batch
+    shed_policy: Literal["oldest_first", "fair", "none"] = "fair"
+    shed_after_ms: float | None = field(default=100.0, metadata=bounds(
+        min=0.0, max=MAX_SECONDS * 1000.0, help="null = never shed for waiting"))
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,38 @@ class TruncatedSystem:
         )
 
 
+    @torch.inference_mode()
+    def process_batch(self, samples: list[Sample]) -> list[Decision | Exception]:
+        """The batch through each encoder at once (eager); every sample needs every modality."""
+        start = time.perf_counter()
+        try:
+            inputs = {m: torch.cat([self.input_adapter(m, s.payloads[m]) for s in samples]) for m in self.modalities}
+        except Exception:  # a bad or missing payload: sample by sample, each with its own error
+            return [self._safe(s) for s in samples]
+        outs = {}
+        for m, x in inputs.items():
+            state = self.encoders[m].start(x)
+            state.next_exit = self.exits[m]
+            outs[m] = self.encoders[m].step(state)
+        if self.fusion is not None and hasattr(self.fusion, "fuse_exits"):
+            logits = self.fusion.fuse_exits(outs).logits
+        elif self.fusion is not None:
+            logits = self.fusion({m: o.embedding for m, o in outs.items()}, list(outs))
+        else:
+            logits = torch.stack([torch.softmax(o.logits, dim=-1) for o in outs.values()]).mean(dim=0)
+        preds = logits.argmax(dim=-1).tolist()
+        ms = (time.perf_counter() - start) * 1000.0
+        return [Decision(sample_id=s.sample_id, prediction=p, label=s.label, system=self.name, order=list(self.modalities),
+                         exits=dict(self.exits), macs=self.macs, latency_ms={"total": ms}, timestamp_ns=s.timestamp_ns)
+                for s, p in zip(samples, preds, strict=True)]
+
+    def _safe(self, sample: Sample) -> Decision | Exception:
+        try:
+            return self.process(sample)
+        except Exception as e:
+            return e
+
+
 class EngineSystem:
     """An :class:`Engine` under a system name (``exitflow`` or ``rexit``)."""
 
@@ -191,7 +223,8 @@ class AdaptiveParts:
         if self.backend is not None:
             engine = FastEngine(self.encoders, self.fusion, policy, self.backend, meter=meter,  # type: ignore[arg-type]
                                 budget=controller, system=name, budget_energy=self.cfg.budget.energy,
-                                cheapest_mj=cheapest_mj, step_costs=self.step_costs)
+                                cheapest_mj=cheapest_mj, step_costs=self.step_costs,
+                                meter_window_ms=self.cfg.engine.meter_window_ms)
         else:
             engine = Engine(self.encoders, self.fusion, policy, meter=meter, budget=controller, system=name,
                             input_adapter=self.input_adapter, budget_energy=self.cfg.budget.energy,

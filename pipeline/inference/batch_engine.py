@@ -379,6 +379,9 @@ def as_batch_engine(engine: Any) -> BatchEngine | SequentialBatch | Any:
     for an :class:`Engine` (or a system wrapping one as ``.engine``), else :class:`SequentialBatch`."""
     if hasattr(engine, "process_batch"):
         return engine
+    inner = getattr(engine, "engine", None)
+    if hasattr(inner, "process_batch"):  # a system around the compiled fast path: it batches itself
+        return inner
     if isinstance(engine, Engine):
         return BatchEngine(engine)
     if isinstance(getattr(engine, "engine", None), Engine):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from exitflow.encoders.call_graph import PooledHead, map_shapes
+from exitflow.encoders.call_graph import FusedHead, PooledHead, map_shapes
 from exitflow.encoders.cnn import CNNEarlyExitEncoder
 from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
 from exitflow.pipeline.errors import ExitflowError
@@ -37,8 +37,9 @@ class TruncationGraph(nn.Module):
         for m, j in self.exits.items():
             c, h, w = map_shapes(encoders[m])[j]
             head = encoders[m].heads[j]
-            self.heads[m] = PooledHead(head, float(encoders[m].temperatures[j]), h, w, encoders[m].config.head_pool)
+            self.heads[m] = PooledHead(head, float(encoders[m].temperatures[j]), c, h, w, encoders[m].config.head_pool)
         self.modalities = list(self.exits)
+        self.fused = FusedHead(fusion, self.exits) if not fusion.passthrough else None
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         fusion = self.fusion
@@ -51,16 +52,10 @@ class TruncationGraph(nn.Module):
             if fusion.passthrough:
                 logits[m], embeddings[m] = self.heads[m](h)
             else:  # the grid reads the embedding only: the exit's classifier is not computed
-                embeddings[m] = torch.matmul(h.flatten(2), self.heads[m].pool).flatten(1)  # (B, D)
+                embeddings[m] = self.heads[m].embed(h)  # (B, D)
         if fusion.passthrough:
             return logits[self.modalities[0]].argmax(dim=-1)
-        batch = inputs[0].shape[0]
-        full = {m: self.exits.get(m, len(fusion.dims[m]) - 1) for m in fusion.modalities}
-        parts = [embeddings[m] if m in embeddings else fusion.placeholders[m].expand(batch, -1)
-                 for m in fusion.modalities]
-        key = grid_key(full, fusion.modalities)
-        fused = fusion.heads[key](torch.cat(parts, dim=-1)) / fusion.temperatures[fusion._index[key]]  # (B, C)
-        return fused.argmax(dim=-1)
+        return self.fused([embeddings[m] for m in self.fused.present]).argmax(dim=-1)
 
 
 def truncation_macs(encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion, exits: Mapping[str, int]) -> int:

@@ -26,6 +26,7 @@ engine do; a budget controller updates lambda after each sample (the thresholds 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -44,6 +45,7 @@ from exitflow.pipeline.inference.compiled_walk import (
     measure_call_ms,
     measure_step_ms,
 )
+from exitflow.pipeline.inference.energy_windows import WindowedEnergy
 from exitflow.pipeline.inference.engine import Engine, EngineError, PowerMeterLike
 from exitflow.pipeline.messages import Decision, Sample
 from exitflow.scheduler.budget import BudgetController
@@ -58,8 +60,7 @@ CHECK_PASS_PRIOR = 0.5  # P(a fused check passes | reached) before anything is k
 def finite(x: np.ndarray, zeros: np.ndarray) -> bool:
     """Whether every value of the float32 array ``x`` is finite: ``x . 0`` is 0 unless a NaN or inf is in
     ``x`` (0 * inf and 0 * NaN are NaN), one dot product instead of an elementwise pass and a reduction."""
-    with np.errstate(invalid="ignore"):
-        return bool(np.isfinite(np.dot(x.reshape(-1), zeros)))
+    return math.isfinite(np.dot(x.reshape(-1), zeros))  # an inf also shows numpy's "invalid value" warning
 
 
 class FastEngine(Engine):
@@ -75,6 +76,8 @@ class FastEngine(Engine):
             of measuring (fixed cuts for tests); what is missing is measured once and stored in it.
         cuts: ``"auto"`` (least expected time), ``"steps"`` (a call per step) or ``"one"`` (the
             whole walk in one call).
+        meter_window_ms: > 0: read the meter once per window this long and price samples by the
+            window's mean power (``energy_windows.py``); 0: a meter window per sample.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class FastEngine(Engine):
         cheapest_mj: float | None = None,
         step_costs: dict[str, Any] | None = None,
         cuts: str = "auto",
+        meter_window_ms: float = 0.0,
     ):
         bad = [m for m, e in encoders.items() if not isinstance(e, CNNEarlyExitEncoder)]
         if bad:
@@ -109,11 +113,12 @@ class FastEngine(Engine):
         self.step_costs: dict[str, Any] = step_costs if step_costs is not None else {}
         self.step_costs.setdefault("step_ms", {})
         self._compiled: dict[tuple[Any, ...], CompiledProgram] = {}
-        self._thr_cache: dict[tuple[int, int, int], np.ndarray] = {}
-        self._thr_version = -1
+        self._thr_cache: dict[tuple[int, int], np.ndarray] = {}
+        self._thr_source: dict[str, float] | None = None
         self._shapes = {m: (e.config.num_channels, e.config.input_size, e.config.input_size)
                         for m, e in encoders.items()}
         self.modalities = tuple(policy.num_exits)
+        self.windowed = WindowedEnergy(meter, meter_window_ms) if meter is not None and meter_window_ms > 0 else None
         self._sets_cache: dict[tuple[Any, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         # a zero vector per modality: x . 0 is NaN exactly when x holds a NaN or an inf (one BLAS call)
         self._zeros = {m: np.zeros(int(np.prod(shape)), dtype=np.float32) for m, shape in self._shapes.items()}
@@ -172,14 +177,14 @@ class FastEngine(Engine):
         return out
 
     def _thresholds(self, compiled: CompiledProgram, index: int) -> np.ndarray:
-        """The threshold vector of call ``index`` under the thresholds now in force (cached per version)."""
+        """The threshold vector of call ``index`` under the thresholds now in force (cached until the
+        policy's thresholds change: lambda, the budget, online recalibration)."""
         policy = self.policy
         thresholds = policy._thresholds
-        version = id(thresholds)
-        if version != self._thr_version:
+        if thresholds is not self._thr_source:  # the policy replaces its dict on every change
             self._thr_cache.clear()
-            self._thr_version = version
-        key = (id(compiled), index, version)
+            self._thr_source = thresholds  # held: identity, not id(), so a freed dict is never mistaken
+        key = (id(compiled), index)
         arr = self._thr_cache.get(key)
         if arr is None:
             always = INF if policy.exit_rule == "entropy" else -INF
@@ -238,9 +243,12 @@ class FastEngine(Engine):
         if compiled is None:
             compiled = self.program_for(present, missing)
         policy_s = time.perf_counter() - t0
-        meter = self.meter
+        windowed = self.windowed
+        meter = self.meter if windowed is None else None
         if meter is not None:
             meter.begin_window("sample")
+        elif windowed is not None:
+            windowed.begin()
         try:
             carried: dict[str, np.ndarray] = {}
             macs = 0
@@ -255,9 +263,9 @@ class FastEngine(Engine):
                 t1 = time.perf_counter()
                 latency[call.name] = (t1 - t0) * 1000.0
                 macs += call.macs_through[-1]
-                first = int(outs[0][0])  # the policy's part: where the walk stopped, if it did
-                if first >= 0 or index == len(calls) - 1:
-                    stop, pred = call.start + (first if first >= 0 else len(call.keys) - 1), int(outs[1][0])
+                if outs[1][0] or index == len(calls) - 1:  # the policy's part: did the walk stop here, where
+                    pick = int(outs[0][0])
+                    stop, pred = call.start + pick, int(outs[2][0, pick])
                     policy_s += time.perf_counter() - t1
                     break
                 for i, name in call.carry.items():
@@ -269,6 +277,8 @@ class FastEngine(Engine):
             raise
         if meter is not None:
             self._record_energy(decision, [meter.end_window("sample")])
+        elif windowed is not None:
+            windowed.attribute(decision, time.perf_counter() - total_start)
         self._fill(decision, compiled, stop, pred, macs, compiled.program.plan)
         t0 = time.perf_counter()
         self._after_sample(decision, total_start, t0)
@@ -382,13 +392,11 @@ class FastEngine(Engine):
                 stops[active] = -2
                 break
             latency[call.name] = (time.perf_counter() - t0) * 1000.0
-            first = outs[0]
+            pick, passed = outs[0], outs[1]
             macs[active] += call.macs_through[-1]
-            last = index == len(calls) - 1
-            stopped = (first >= 0) | last
-            where = np.where(first >= 0, first, len(call.keys) - 1)
-            stops[active[stopped]] = call.start + where[stopped]
-            preds[active[stopped]] = outs[1][stopped]
+            stopped = passed | (index == len(calls) - 1)
+            stops[active[stopped]] = call.start + pick[stopped]
+            preds[active[stopped]] = outs[2][stopped, pick[stopped]]
             keep = ~stopped
             active = active[keep]
             if not keep.all():  # compaction: the stopped rows leave every carried array

@@ -46,7 +46,7 @@ def test_call_equals_incremental_steps() -> None:
     assert graph.input_names == ["x_image", "x_audio", "thr"]
     thr = torch.full((4,), -1.0, dtype=torch.float64)  # nothing passes
     with torch.no_grad():
-        first, pred, scores, h_audio, e_image = graph(x["image"], x["audio"], thr)
+        pick, passed, preds, scores, h_audio, e_image = graph(x["image"], x["audio"], thr)
         # the reference: incremental steps (exit 1 of image left out: its block runs, its head does not)
         st = encs["image"].start(x["image"])
         out0 = encs["image"].step(st)
@@ -61,14 +61,14 @@ def test_call_equals_incremental_steps() -> None:
         probs = torch.softmax(logits.float(), dim=-1)
         for b in range(4):
             assert scores[b, k].item() == pytest.approx(entropy_of(probs[b].tolist()), abs=1e-6)
-    assert first.tolist() == [-1] * 4
-    torch.testing.assert_close(pred, fused.argmax(dim=-1))
+    assert passed.tolist() == [False] * 4 and pick.tolist() == [3] * 4  # none passed: the last step answers
+    torch.testing.assert_close(preds[:, 3], fused.argmax(dim=-1))
     # thresholds that pass at step 2 only: first is 2 and the class is audio exit 0's
     thr = torch.tensor([-1.0, -1.0, 2.0, 2.0], dtype=torch.float64)
     with torch.no_grad():
-        first, pred, *_ = graph(x["image"], x["audio"], thr)
-    assert first.tolist() == [2] * 4
-    torch.testing.assert_close(pred, a0.logits.argmax(dim=-1))
+        pick, passed, preds, *_ = graph(x["image"], x["audio"], thr)
+    assert pick.tolist() == [2] * 4 and passed.all()
+    torch.testing.assert_close(preds[:, 2], a0.logits.argmax(dim=-1))
 
 
 def test_continuing_call_takes_hidden_and_embedding() -> None:
