@@ -54,7 +54,7 @@ from exitflow.pipeline.data.roots import SHARED_DATA  # noqa: E402
 from exitflow.pipeline.live.runtime.driver import PipelineDriver  # noqa: E402
 from exitflow.pipeline.live.runtime.local import LocalEngine, LocalPipeline  # noqa: E402
 from exitflow.pipeline.live.runtime.ray.pipeline import RayPipeline, engine_actor, start_ray  # noqa: E402
-from exitflow.pipeline.live.runtime.ray.service import InferenceService  # noqa: E402
+from exitflow.pipeline.live.runtime.ray.service import InferenceService, service_shutdown  # noqa: E402
 from exitflow.pipeline.live.sources import SkewedSourceFactory  # noqa: E402
 from exitflow.pipeline.live.sources.loopback import LoopbackClip, free_port, serve_clip  # noqa: E402
 from exitflow.pipeline.live.views.metrics import _flat_drops  # noqa: E402
@@ -200,14 +200,15 @@ def main() -> int:
         else:
             ray_started = start_ray(dataclasses.replace(cfg.ray, num_cpus=max(4, 2 + args.robots)))
             if not args.engine_actor:
-                service_cfg = dataclasses.replace(cfg.service, name="exitflow-fleet-service", detached=False)
+                service_cfg = dataclasses.replace(cfg.service, name="exitflow-fleet-service")
                 shared = InferenceService.start(engine_name, cfg, service=service_cfg)
                 shared.wait_ready(timeout_s=300)
             else:
                 shared = engine_actor(engine_name, stream, cfg, name="exitflow-fleet-engine")
                 ray.get(shared.node_id.remote(), timeout=300)
             for r in robots:
-                r.pipe = RayPipeline(stream, engine_name, cfg=cfg, sources=dict(r.sources), engine=shared,
+                engine = shared.for_client(r.name) if isinstance(shared, InferenceService) else shared
+                r.pipe = RayPipeline(stream, engine_name, cfg=cfg, sources=dict(r.sources), engine=engine,
                                       on_decision=r.on_decision, keep_decisions=10)
         for r in robots:
             r.pipe.start()
@@ -253,10 +254,8 @@ def main() -> int:
             r.served.close()
         if args.runtime == "local" and shared is not None:
             shared.close()
-        elif shared is not None and hasattr(shared, "shutdown"):
-            shared.shutdown()
         if ray_started:
-            ray.shutdown()
+            service_shutdown()  # Serve's applications and controller, then Ray
 
     rows = []
     macs: list[int] = []

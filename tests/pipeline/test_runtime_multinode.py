@@ -19,8 +19,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from exitflow.pipeline.config import RayConfig, ServiceConfig, SourceConfig, StreamConfig  # noqa: E402
 from exitflow.pipeline.live.runtime.ray.pipeline import RayPipeline, start_ray  # noqa: E402
-from exitflow.pipeline.live.runtime.ray.placement import job_runtime_env, node_affinity  # noqa: E402
-from exitflow.pipeline.live.runtime.ray.service import InferenceService  # noqa: E402
+from exitflow.pipeline.live.runtime.ray.placement import job_runtime_env  # noqa: E402
+from exitflow.pipeline.live.runtime.ray.service import InferenceService, service_shutdown  # noqa: E402
 from exitflow.pipeline.messages import Sample  # noqa: E402
 from tests.pipeline.test_runtime import GRID_CLIP, needs_grid  # noqa: E402
 
@@ -73,20 +73,18 @@ def test_sources_and_engine_run_on_different_nodes_with_the_project_shipped(tmp_
         while time.monotonic() < end and (len(pipe.decisions) < 20 or all(d.missing for d in pipe.decisions)):
             pipe.step()
         source_package = ray.get(pipe.source_actors["cam"].package_path.remote(), timeout=30)
-        # the shared inference service, pinned to the engine's node by its node id (node affinity)
+        # the shared inference service on Ray Serve, placed on the engine's node by its resource
         service = InferenceService.start(
-            RULE_ENGINE, service=ServiceConfig(name="multinode-service", num_cpus=0.25, detached=False,
-                                               batch_wait_ms=50.0),
-            **node_affinity(nodes["engine"]),
+            RULE_ENGINE, service=ServiceConfig(name="multinode-service", num_cpus=0.25, batch_wait_ms=50.0,
+                                               resources={"engine_node": 1}),
         )
         service_nodes = service.wait_ready(timeout_s=180)
         frame = np.full((1, 28, 28), 0.375, np.float32)  # exact in binary: the rule engine votes int(37.5) % 10 = 7
-        refs = [service.decide_async(Sample(i, 0, {"image": frame})) for i in range(8)]
-        answers = ray.get(refs, timeout=60)
-        service_package = ray.get(service.replicas[0].package_path.remote(), timeout=30)
+        answers = [f.result(60) for f in [service.submit(Sample(i, 0, {"image": frame})) for i in range(8)]]
+        service_package = service.call("package_path").result(30)
     finally:
         if service is not None:
-            service.shutdown()
+            service_shutdown(stop_ray=False)
         if pipe is not None:
             try:
                 pipe.shutdown()

@@ -1,9 +1,10 @@
-"""The shared inference service: bounded-wait batching, replicas answering many callers, batch-1 equality."""
+"""The inference service: the replica's batch (shedding, preprocessing, zero-copy, isolation) without Ray,
+and the Ray Serve deployment answering several clients with batch-1 decisions."""
 
 from __future__ import annotations
 
-import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -11,9 +12,16 @@ import pytest
 from exitflow.pipeline.config import RayConfig, ServiceConfig
 from exitflow.pipeline.data.avmnist import load_split
 from exitflow.pipeline.evaluation.replay import split_samples
-from exitflow.pipeline.inference.batcher import MicroBatcher, ServiceBusyError
-from exitflow.pipeline.live.core.failures import FailedDecision
-from exitflow.pipeline.live.runtime.ray.service import InferenceService, ServiceReplica
+from exitflow.pipeline.live.core.failures import FailedDecision, is_shed
+from exitflow.pipeline.live.core.sync import AudioWindow
+from exitflow.pipeline.live.runtime.ray.replica import (
+    CapacityMeter,
+    Request,
+    ServiceReplica,
+    ShedDecision,
+    ShedPolicy,
+    engine_payload,
+)
 from exitflow.pipeline.messages import Decision, Sample
 
 
@@ -21,143 +29,154 @@ def key(d: Decision) -> tuple:
     return (d.sample_id, d.prediction, d.exits, d.exited_by, d.macs, d.order, d.skipped, d.missing, d.fused_checks)
 
 
-# -- the batcher, without Ray ------------------------------------------------------------------
-def call_all(fn, items: list) -> list:
-    """``fn(item)`` for each item on its own thread (as a threaded actor calls); results (or exceptions)
-    in order."""
-    out: list = [None] * len(items)
-
-    def call(i: int) -> None:
-        try:
-            out[i] = fn(items[i])
-        except Exception as e:  # noqa: BLE001 - handed to the test
-            out[i] = e
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(items))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    return out
+# -- shedding, pure ------------------------------------------------------------------------------
+def reqs(spec: str) -> list[Request]:
+    """``"AAb"`` -> requests of clients a, a, b (sample ids 0, 1, 2); upper case arrived at 0 s, lower
+    case at 1 s."""
+    return [Request(Sample(i, 0, {}), c.lower(), 0.0 if c.isupper() else 1.0) for i, c in enumerate(spec)]
 
 
-def test_concurrent_callers_share_batches_and_each_gets_its_own_result() -> None:
-    seen: list[list[int]] = []
-    gate = threading.Event()
-
-    def run(items: list[int]) -> list[int]:
-        seen.append(list(items))
-        gate.wait(10)  # the first batch holds the leader until every caller is queued
-        return [x * 10 for x in items]
-
-    batcher = MicroBatcher(run, max_batch_size=4, batch_wait_s=0.0)
-    threading.Timer(0.2, gate.set).start()
-    assert call_all(batcher.submit, list(range(10))) == [i * 10 for i in range(10)]
-    assert all(len(b) <= 4 for b in seen) and sorted(x for b in seen for x in b) == list(range(10))
-    assert max(len(b) for b in seen) == 4  # callers that queued behind the first batch went together
-    stats = batcher.stats()
-    assert stats["items"] == 10 and stats["batches"] == len(seen) and stats["queued"] == 0
-
-
-def test_a_lone_item_runs_at_once_on_its_own_thread() -> None:
-    caller = []
-    batcher = MicroBatcher(lambda items: caller.append(threading.get_ident()) or items, max_batch_size=64,
-                           batch_wait_s=0.0)
-    assert batcher.submit(7) == 7 and caller == [threading.get_ident()]
+@pytest.mark.parametrize(
+    ("policy", "after_ms", "batch", "spec", "kept", "shed"),
+    [  # "now" is 1.05 s: upper case waited 1050 ms, lower case 50 ms
+        ("none", 10.0, 4, "AAAA", [0, 1, 2, 3], []),
+        ("oldest_first", 100.0, 4, "aab", [0, 1, 2], []),
+        ("oldest_first", 100.0, 4, "AAb", [2], [(0, "deadline"), (1, "deadline")]),
+        ("oldest_first", None, 2, "AAAA", [0, 1, 2, 3], []),  # no deadline: nothing is shed
+        ("fair", 100.0, 4, "aaaab", [0, 1, 2, 3, 4], []),  # a full batch is load, not overload
+        ("fair", 100.0, 4, "Baaaab", [3, 4, 5], [(0, "deadline"), (1, "fair_share"), (2, "fair_share")]),
+        ("fair", 100.0, 6, "Caaaabb", [2, 3, 4, 5, 6], [(0, "deadline"), (1, "fair_share")]),  # share 6 // 2
+        ("fair", None, 4, "AAAAAb", [0, 1, 2, 3, 4, 5], []),
+    ],
+)
+def test_shed_policy(policy, after_ms, batch, spec, kept, shed) -> None:
+    got_kept, got_shed = ShedPolicy(policy, after_ms, batch).split(reqs(spec), 1.05)
+    assert [r.sample.sample_id for r in got_kept] == kept
+    assert sorted((r.sample.sample_id, why) for r, why in got_shed) == shed
 
 
-def test_a_full_queue_refuses_and_a_failing_batch_reaches_only_its_callers() -> None:
-    release = threading.Event()
-    started = threading.Event()
-
-    def run(items: list[int]) -> list[int]:
-        if -1 in items:
-            raise RuntimeError("injected")
-        started.set()
-        release.wait(10)
-        return items
-
-    batcher = MicroBatcher(run, max_batch_size=1, batch_wait_s=0.0, max_queued=2)
-    first: list = []
-    leader = threading.Thread(target=lambda: first.append(batcher.submit(1)))
-    leader.start()
-    assert started.wait(10)  # item 1 computing: the queue is empty again
-    waiting: list = [None, None]
-    followers = [threading.Thread(target=lambda i=i: waiting.__setitem__(i, batcher.submit(i + 2))) for i in (0, 1)]
-    for t in followers:
-        t.start()
-    deadline = time.monotonic() + 10
-    while batcher.stats()["queued"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    with pytest.raises(ServiceBusyError, match="max_queued"):
-        batcher.submit(4)
-    release.set()
-    for t in (leader, *followers):
-        t.join(10)
-    assert first == [1] and waiting == [2, 3]
-    with pytest.raises(RuntimeError, match="injected"):
-        batcher.submit(-1)
-    assert batcher.submit(5) == 5  # the batcher survived the failing batch
-    assert batcher.stats()["rejected"] == 1
+def test_fair_share_keeps_each_clients_newest_and_the_arrival_order() -> None:
+    requests = reqs("Daaaaaabc")  # overloaded, a floods a batch of 8 shared by three robots: share 8 // 3
+    kept, shed = ShedPolicy("fair", 100.0, 8).split(requests, 1.05)
+    assert [(r.client, r.sample.sample_id) for r in kept] == [("a", 5), ("a", 6), ("b", 7), ("c", 8)]
+    assert sorted(r.sample.sample_id for r, _ in shed) == [0, 1, 2, 3, 4]
 
 
-def test_many_callers_under_load_all_get_their_results() -> None:
-    batcher = MicroBatcher(lambda items: [x + 1 for x in items], max_batch_size=8, batch_wait_s=0.001)
-    assert call_all(batcher.submit, list(range(200))) == list(range(1, 201))
-    assert batcher.stats()["items"] == 200
+def test_capacity_meter_follows_batches() -> None:
+    meter = CapacityMeter(alpha=0.5)
+    assert meter.capacity_sps is None
+    meter.add(32, 0.01)  # 3200/s
+    meter.add(0, 0.0)  # ignored
+    meter.add(16, 0.01)  # 1600/s
+    assert meter.capacity_sps == pytest.approx(2400.0)
 
 
-def test_batcher_bounds_are_checked() -> None:
-    with pytest.raises(ValueError, match="max_batch_size"):
-        MicroBatcher(lambda items: items, max_batch_size=0)
+def test_read_only_arrays_reach_the_engine_without_a_copy_or_warning() -> None:
+    base = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    base.setflags(write=False)  # as Ray deserialises it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = engine_payload(base)
+    assert t.data_ptr() == base.ctypes.data  # the same memory
+    writable = np.zeros(3, np.float32)
+    assert engine_payload(writable) is writable and engine_payload("text") == "text"
 
 
-# -- a replica on the real engine, without Ray -------------------------------------------------
+# -- a replica on the real engine, without Ray -----------------------------------------------------
 @pytest.fixture(scope="module")
 def rows(embedded_cfg):
     return list(split_samples(load_split(embedded_cfg, "test", "avmnist", progress=False), 48))
 
 
-def test_replica_batches_callers_and_matches_batch1(parts, rows) -> None:
+def test_replica_batch_matches_batch1_and_isolates_a_bad_sample(parts, rows) -> None:
     expected = [key(parts.exitflow(meter=None, budget=False).engine.process(s)) for s in rows]
     replica = ServiceReplica(lambda: parts.exitflow(meter=None, budget=False),
-                             service=ServiceConfig(max_batch_size=16, batch_wait_ms=1000.0))
+                             service=ServiceConfig(max_batch_size=64, shed_after_ms=None))
     bad = Sample(999, 0, {"image": np.full((1, 28, 28), np.nan, np.float32), "audio": rows[0].payloads["audio"]})
+    frozen = []
+    for s in rows[:8]:  # payloads as Ray hands them over: read-only
+        payloads = {m: p.copy() for m, p in s.payloads.items()}
+        for p in payloads.values():
+            p.setflags(write=False)
+        frozen.append(Sample(s.sample_id, s.timestamp_ns, payloads, s.missing, s.label))
 
-    results = call_all(replica.process, [*rows, bad])
-    assert [error for _, _, error in results[:-1]] == [None] * len(rows)
-    assert [key(d) for d, _, _ in results[:-1]] == expected
-    decision, _, error = results[-1]
-    assert isinstance(decision, FailedDecision) and "NaN" in error  # one bad sample, its own error
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="The given NumPy array is not writable")
+        results = replica.run_requests([Request(s, "robot0") for s in [*rows, bad, *frozen]])
+    n = len(rows)
+    assert [error for _, _, error in results[:n]] == [None] * n
+    assert [key(d) for d, _, _ in results[:n]] == expected
+    decision, _, error = results[n]
+    assert isinstance(decision, FailedDecision) and "NaN" in error and not is_shed(error)
+    assert [key(d) for d, _, _ in results[n + 1:]] == expected[:8]
     status = replica.status()
-    assert status["items"] == len(rows) + 1 and status["batch_size_mean"] > 1 and status["failures"] == 1
+    assert status["items"] == n + 9 and status["batches"] == 1 and status["failures"] == 1
+    assert status["capacity_sps"] > 0 and status["overloaded"] is False
 
 
-# -- replicas as Ray actors ----------------------------------------------------------------------
+def test_replica_preprocesses_raw_payloads_in_the_batch(parts) -> None:
+    replica = ServiceReplica(lambda: parts.exitflow(meter=None, budget=False), service=ServiceConfig())
+    rng = np.random.default_rng(0)
+    raw = [Sample(i, 0, {"image": rng.integers(0, 255, (96, 128), dtype=np.uint8),
+                         "audio": AudioWindow(rng.normal(0, 0.1, 16000).astype(np.float32), 16000)})
+           for i in range(4)]
+    silent = Sample(9, 0, {"image": raw[0].payloads["image"], "audio": AudioWindow(np.zeros(8, np.float32), 16000)})
+    results = replica.run_batch([*raw, silent])
+    assert all(error is None for _, _, error in results[:4])
+    assert results[4][0].missing == ["audio"]  # a payload that does not convert is missing, counted
+    assert sum(replica.status()["preprocess_drops"].values()) == 1
+
+
+def test_replica_sheds_samples_past_the_deadline_with_their_reason(parts, rows) -> None:
+    replica = ServiceReplica(lambda: parts.exitflow(meter=None, budget=False),
+                             service=ServiceConfig(shed_policy="oldest_first", shed_after_ms=50.0))
+    now = time.perf_counter()
+    results = replica.run_requests([Request(rows[0], "a", now - 1.0), Request(rows[1], "a", now)])
+    assert isinstance(results[0][0], ShedDecision) and results[0][2] == "shed:deadline"
+    assert results[1][2] is None
+    status = replica.status()
+    assert status["shed"] == {"deadline": 1} and status["overloaded"] is True and status["items"] == 1
+
+
+# -- the Ray Serve deployment ----------------------------------------------------------------------
 @pytest.mark.slow
-def test_service_replicas_answer_several_callers_with_batch1_decisions(embedded_cfg, parts, rows) -> None:
-    ray = pytest.importorskip("ray")
+def test_serve_deployment_answers_two_clients_per_sample_and_micro_batch_with_batch1_decisions(
+    embedded_cfg, parts, rows
+) -> None:
     from exitflow.pipeline.live.runtime.ray.connect import start_ray
+    from exitflow.pipeline.live.runtime.ray.service import InferenceService, service_shutdown
 
     expected = {s.sample_id: key(parts.exitflow(meter=None, budget=False).engine.process(s)) for s in rows}
-    started = start_ray(RayConfig(num_cpus=2, namespace="exitflow-service-test"))
-    service = None
+    start_ray(RayConfig(num_cpus=2, namespace="exitflow-service-test"))
     try:
-        cfg = ServiceConfig(name="test-service", num_replicas=2, num_cpus=0.5, max_batch_size=8,
-                            batch_wait_ms=500.0, detached=False)
-        service = InferenceService.start("system:exitflow", embedded_cfg, service=cfg)
-        assert len(service.wait_ready(timeout_s=180)) == 2
-        other = InferenceService.connect("test-service")  # a second pipeline finds the same replicas
-        assert len(other.replicas) == 2
-        refs = [(service if i % 2 else other).decide_async(s) for i, s in enumerate(rows)]
-        results = ray.get(refs, timeout=180)
+        cfg = ServiceConfig(name="test-service", num_cpus=0.5, max_batch_size=8, batch_wait_ms=200.0,
+                            shed_policy="none")
+        service = InferenceService.start("system:exitflow", embedded_cfg, service=cfg, client="robot0")
+        assert service.deployment == "system-exitflow"
+        other = InferenceService.connect("test-service", client="robot1")  # a second pipeline, same replicas
+        futures = [(service if i % 2 else other).submit(s) for i, s in enumerate(rows[:24])]
+        results = [f.result(120) for f in futures]
+        results += service.submit_many(rows[24:]).result(120)  # one call, one batch
         assert {d.sample_id: key(d) for d, _, error in results if error is None} == expected
         assert isinstance(service.decide(rows[0]), Decision)
         stats = service.stats()
         assert stats["items"] == len(rows) + 1 and stats["batch_size_mean"] > 1
-        assert all(s["items"] > 0 for s in stats["replicas"])  # both replicas took work
+        assert service.set_budget.remote(5.0, None).result(120) == {"mj_per_sample": 5.0, "power_w": None}
+        assert service.stats()["budget"] == {"mj_per_sample": 5.0, "power_w": None}  # reconfigured
+        assert isinstance(service.decide(rows[1]), Decision)
     finally:
-        if service is not None:
-            service.shutdown()
-        if started:
-            ray.shutdown()
+        service_shutdown()
+
+
+def test_deployment_options_follow_the_service_section() -> None:
+    from exitflow.pipeline.live.runtime.ray.service import deployment_name, deployment_options
+
+    assert deployment_name("system:exitflow") == "system-exitflow"
+    fixed = deployment_options(ServiceConfig(num_replicas=2, max_batch_size=16), "m")
+    assert fixed["num_replicas"] == 2 and "autoscaling_config" not in fixed
+    assert fixed["user_config"] == {"max_batch_size": 16, "batch_wait_ms": 5.0, "budget": None}
+    auto = deployment_options(ServiceConfig(num_replicas=1, max_replicas=4, num_gpus=1.0), "m",
+                              budget={"mj_per_sample": 2.0, "power_w": None})
+    assert auto["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 32.0}
+    assert "num_replicas" not in auto and auto["ray_actor_options"]["num_gpus"] == 1.0
+    assert auto["user_config"]["budget"] == {"mj_per_sample": 2.0, "power_w": None}

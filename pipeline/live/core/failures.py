@@ -41,6 +41,14 @@ class FailedDecision(Decision):
     error: str = ""
 
 
+SHED_PREFIX = "shed:"  # the error of a sample shed under overload: "shed:<reason>" (not a failure)
+
+
+def is_shed(error: str | None) -> bool:
+    """Whether a result's error says the sample was shed by policy (counted as a drop, not a failure)."""
+    return bool(error) and str(error).startswith(SHED_PREFIX)
+
+
 def describe_error(stage: str, exc: BaseException) -> str:
     """``"engine: RuntimeError: CUDA out of memory"``, one line, at most ``MAX_ERROR_CHARS``."""
     text = " ".join(str(exc).split())

@@ -15,7 +15,8 @@ from exitflow.pipeline.live.runtime.ray.pipeline import (
     engine_actor,
     source_actor,
 )
-from exitflow.pipeline.live.runtime.ray.service import InferenceService, ServiceReplica
+from exitflow.pipeline.live.runtime.ray.replica import ServiceReplica
+from exitflow.pipeline.live.runtime.ray.service import InferenceService
 
 __all__ = [
     "ENGINE_ACTOR_NAME",

@@ -17,7 +17,9 @@ A local Ray binds to loopback (``ray.node_ip_address``) with the dashboard off; 
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Hashable
 from typing import Any, cast
@@ -133,7 +135,8 @@ class RayTransport(Transport):
         self._drain_refs: dict[str, Any] = {}
         self._health_refs: dict[str, Any] = {}
         self._status_ref: Any = None
-        self._in_flight: dict[Any, None] = {}
+        self._in_flight: dict[Any, None] = {}  # ObjectRefs of an engine actor, futures of the Serve service
+        self._wake = threading.Event()  # set when a service future or a watched drain completes
 
     def start(self, specs: dict[str, Any], source_options: dict[str, dict[str, Any]] | None = None,
               engine_options: dict[str, Any] | None = None) -> None:
@@ -157,13 +160,29 @@ class RayTransport(Transport):
             cause = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else repr(e))
             raise LiveRuntimeError(f"an actor failed to start: {cause}") from e
 
+    @property
+    def _serve_engine(self) -> bool:
+        """The engine answers with futures (the Ray Serve service), not ObjectRefs (an engine actor)."""
+        return self.engine is not None and not isinstance(self.engine, ray.actor.ActorHandle)
+
+    def _wake_up(self, _: Any) -> None:
+        self._wake.set()
+
     def poll_sources(self, wait_s: float) -> list[tuple[str, list[SensorMessage] | BaseException]]:
+        serve_engine = self._serve_engine
         for name, actor in self.actors.items():
             if name not in self._drain_refs:
-                self._drain_refs[name] = actor.poll.remote(256, DRAIN_WAIT_S)
+                ref = self._drain_refs[name] = actor.poll.remote(256, DRAIN_WAIT_S)
+                if serve_engine:  # ray.wait cannot wait on a future: both wake one event instead
+                    ref.future().add_done_callback(self._wake_up)
         by_ref = {ref: name for name, ref in self._drain_refs.items()}
         # wake on the first message batch or decision, then take every batch that is in
-        ray.wait([*by_ref, *self._in_flight], num_returns=1, timeout=wait_s)
+        if serve_engine:
+            self._wake.clear()  # before looking: a completion from now on sets it again
+            if not ray.wait(list(by_ref), timeout=0)[0] and not any(f.done() for f in self._in_flight):
+                self._wake.wait(wait_s)
+        else:
+            ray.wait([*by_ref, *self._in_flight], num_returns=1, timeout=wait_s)
         ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0)
         out: list[tuple[str, list[SensorMessage] | BaseException]] = []
         for ref in ready:
@@ -207,18 +226,24 @@ class RayTransport(Transport):
 
     def submit(self, sample: Sample) -> Hashable:
         ref = self.engine.process.remote(sample)
+        if isinstance(ref, concurrent.futures.Future):
+            ref.add_done_callback(self._wake_up)
         self._in_flight[ref] = None
         return cast(Hashable, ref)
 
     def collect(self, timeout_s: float) -> list[tuple[Hashable, EngineResult | BaseException]]:
         if not self._in_flight:
             return []
-        ready, _ = ray.wait(list(self._in_flight), num_returns=len(self._in_flight), timeout=timeout_s)
+        if self._serve_engine:
+            concurrent.futures.wait(list(self._in_flight), timeout=timeout_s)
+            ready = [f for f in self._in_flight if f.done()]
+        else:
+            ready, _ = ray.wait(list(self._in_flight), num_returns=len(self._in_flight), timeout=timeout_s)
         out: list[tuple[Hashable, EngineResult | BaseException]] = []
         for ref in ready:
             del self._in_flight[ref]
             try:
-                out.append((ref, ray.get(ref)))
+                out.append((ref, _result(ref)))
             except RayActorError as e:
                 out.append((ref, _down(e, EngineDown)))
             except Exception as e:  # noqa: BLE001 - RayTaskError and anything else: this sample failed
@@ -227,9 +252,9 @@ class RayTransport(Transport):
 
     def engine_status(self) -> dict[str, Any] | None:
         status = None
-        if self._status_ref is not None and ray.wait([self._status_ref], timeout=0)[0]:
+        if self._status_ref is not None and _done(self._status_ref):
             try:
-                status = ray.get(self._status_ref)
+                status = _result(self._status_ref)
             except Exception:  # noqa: BLE001 - the engine restarting; asked again next time
                 status = None
             self._status_ref = None
@@ -238,7 +263,8 @@ class RayTransport(Transport):
         return status
 
     def set_budget(self, mj_per_sample: float | None, power_w: float | None) -> dict[str, Any]:
-        return cast(dict[str, Any], ray.get(self.engine.set_budget.remote(mj_per_sample, power_w), timeout=10))
+        # the service redeploys its user_config (every replica reconfigured): allow it longer
+        return cast(dict[str, Any], _result(self.engine.set_budget.remote(mj_per_sample, power_w), timeout_s=30))
 
     def stop_sources(self, timeout_s: float) -> None:
         stops = []
@@ -255,6 +281,20 @@ class RayTransport(Transport):
             ray.kill(actor, no_restart=True)
         if self.engine is not None and self._own_engine:
             ray.kill(self.engine, no_restart=True)
+
+
+def _done(ref: Any) -> bool:
+    """Whether an ObjectRef or a future has its result."""
+    if isinstance(ref, concurrent.futures.Future):
+        return ref.done()
+    return bool(ray.wait([ref], timeout=0)[0])
+
+
+def _result(ref: Any, timeout_s: float | None = None) -> Any:
+    """The result of an ObjectRef (an engine actor's) or a future (the Serve service's)."""
+    if isinstance(ref, concurrent.futures.Future):
+        return ref.result(timeout_s)
+    return ray.get(ref, timeout=timeout_s)
 
 
 class RayPipeline(PipelineDriver):
