@@ -40,6 +40,8 @@ class LiveStats:
         self.recalibration: dict[str, Any] | None = None  # online recalibration: the latest shadowed decision's
         self.shadowed = 0
         self.shadow_macs = 0
+        self.labelled = 0  # decisions whose ground truth arrived (a label topic, a labelled replay)
+        self.correct = 0
         self.last_engine_error: str | None = None
         self.failed = 0
         self.failures: Counter[str] = Counter()  # "stage:ExceptionType" -> n (a bounded key set)
@@ -76,6 +78,9 @@ class LiveStats:
             self.shadow_macs += int(decision.shadow_macs)
         if decision.recalibration is not None:
             self.recalibration = decision.recalibration
+        if decision.label is not None:
+            self.labelled += 1
+            self.correct += int(decision.prediction == decision.label)
 
     def observe_failure(self, error: str) -> None:
         """A sample that failed (``"stage: Type: message"``): counted by stage and type."""
@@ -119,5 +124,7 @@ class LiveStats:
             "lam": self.lam,
             "budget_note": self.budget_note,
             "recalibration": self.recalibration_summary(),
+            "accuracy": {"labelled": self.labelled, "correct": self.correct,
+                         "accuracy": self.correct / self.labelled} if self.labelled else None,
             "last_engine_error": self.last_engine_error,
         }

@@ -127,6 +127,10 @@ STATUS_SCHEMA: dict[str, Any] = {
         "exits": {"type": "object", "description": "modality -> {exit: count}"},
         "recalibration": {"type": ["object", "null"], "description": "online recalibration: target and measured "
                           "disagreement with the full path, shadow share, shift, thresholds (null: off)"},
+        "overload": {"type": ["object", "null"], "description": "overloaded flag, measured capacity_sps "
+                     "(samples/s), shed samples by reason (shed_total)"},
+        "accuracy": {"type": ["object", "null"], "description": "live accuracy over decisions whose label "
+                     "arrived: labelled, correct, accuracy"},
     },
 }
 JSON_SCHEMAS = {DECISION_TOPIC: DECISION_SCHEMA, EVENT_TOPIC: EVENT_SCHEMA, STATUS_TOPIC: STATUS_SCHEMA}
@@ -158,6 +162,8 @@ def status_body(snapshot: dict[str, Any], monotonic_ns: int) -> dict[str, Any]:
         "latency_ms": snapshot.get("latency_ms", {}),
         "exits": snapshot.get("exits", {}),
         "recalibration": snapshot.get("recalibration"),
+        "overload": snapshot.get("overload"),
+        "accuracy": snapshot.get("accuracy"),
     }
 
 

@@ -41,7 +41,9 @@ from exitflow.pipeline.live.core.failures import (
     describe_error,
     error_kind,
     failed_decision,
+    is_shed,
 )
+from exitflow.pipeline.live.core.overload import OverloadMonitor
 from exitflow.pipeline.live.core.queues import BoundedQueue, Empty, InFlightLimiter
 from exitflow.pipeline.live.core.stats import LiveStats
 from exitflow.pipeline.live.core.sync import make_synchronizer
@@ -94,6 +96,7 @@ class PipelineDriver:
             stream.engine_queue_size, stream.engine_queue_policy, name="sync->engine", block_timeout_s=0.0
         )
         self.limiter = InFlightLimiter(stream.max_in_flight)
+        self.overload = OverloadMonitor()  # shed samples by reason, capacity, the "overloaded" flag
         self.recorder = recorder
         self.on_decision = on_decision
         if decision_log is None or isinstance(decision_log, DecisionLog):
@@ -311,6 +314,12 @@ class PipelineDriver:
                 self._emit(failed_decision(sample, describe_error("engine_call", result)), sample)
                 continue
             decision, stage_ms, error = result
+            if is_shed(error):  # overload, shed by the service's policy: a drop with its reason
+                self.overload.count_shed(error, time.monotonic())
+                self.stats.count_drop("service", error)
+                continue
+            if "engine" in stage_ms and "batch_wait" not in stage_ms:  # one sample per call: its own time
+                self.overload.engine_ms(stage_ms["engine"])
             if not self._engine_up:
                 self._engine_up = True
                 self.sources.event(None, "engine", "actor_up", "answering again")
@@ -352,7 +361,9 @@ class PipelineDriver:
 
     def _refresh_health(self) -> None:
         status = self.transport.engine_status()
+        self.overload.queue_drops(self.sample_queue.stats().dropped, time.monotonic())
         if status is not None:
+            self.overload.service_status(status)
             self.budget = status.get("budget", {}) or self.budget
             self.preprocess_drops = dict(status.get("preprocess_drops", {}))
         for name, health in self.transport.poll_health():
@@ -368,6 +379,7 @@ class PipelineDriver:
             "sync": self.sync.stats.to_dict(),
             "engine_queue": self.sample_queue.stats().to_dict(),
             "in_flight": self.limiter.in_flight,
+            "overload": self.overload.snapshot(time.monotonic()),
             "budget": dict(self.budget),
             "decisions_total": self.decisions_total,
             "failed_decisions": self.failed_total,

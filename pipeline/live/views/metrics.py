@@ -77,7 +77,23 @@ def snapshot_metrics(snaps: dict[str, Snapshot]) -> list[Metric]:
                                   labels=["pipeline", "key"])
     skew = GaugeMetricFamily("exitflow_clock_skew_ms", "Source clock minus the driver's wall clock (ms)",
                              labels=["pipeline", "source"])
+    overloaded = GaugeMetricFamily("exitflow_overloaded", "1 while samples are being shed (overload)",
+                                   labels=["pipeline"])
+    capacity = GaugeMetricFamily("exitflow_capacity_samples_per_second",
+                                 "Measured capacity of the engine or service (samples/s)", labels=["pipeline"])
+    shed = CounterMetricFamily("exitflow_shed", "Samples shed under overload, by reason", labels=["pipeline", "reason"])
+    accuracy = GaugeMetricFamily("exitflow_live_accuracy", "Share of labelled decisions that were right",
+                                 labels=["pipeline"])
     for name, snap in snaps.items():
+        over = snap.get("overload") or {}
+        if over:
+            overloaded.add_metric([name], 1.0 if over.get("overloaded") else 0.0)
+            if over.get("capacity_sps") is not None:
+                capacity.add_metric([name], float(over["capacity_sps"]))
+            for reason, n in (over.get("shed") or {}).items():
+                shed.add_metric([name, str(reason)], float(n))
+        if (snap.get("accuracy") or {}).get("accuracy") is not None:
+            accuracy.add_metric([name], float(snap["accuracy"]["accuracy"]))
         for stage, p in (snap.get("latency_ms") or {}).items():
             for q in ("p50", "p95", "p99"):
                 latency.add_metric([name, stage, f"0.{q[1:]}"], float(p[q]))
@@ -113,7 +129,7 @@ def snapshot_metrics(snaps: dict[str, Snapshot]) -> list[Metric]:
             if "clock" in s:
                 skew.add_metric([name, str(source)], float(s["clock"]["skew_ms"]))
     return [latency, decisions, failed, messages, drops, exits, missing, energy, budget, lam, in_flight, skew,
-            disagreement, shadow, threshold]
+            disagreement, shadow, threshold, overloaded, capacity, shed, accuracy]
 
 
 class SnapshotCollector(Collector):

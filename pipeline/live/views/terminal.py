@@ -20,6 +20,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from exitflow.pipeline.live.core.overload import overload_text
+
 STATE_STYLE = {
     "connected": "green",
     "connecting": "yellow",
@@ -74,10 +76,17 @@ def overview(snap: dict[str, Any]) -> ConsoleRenderable:
         + f"  in flight {snap.get('in_flight', 0)}  drops {drops}",
         overflow="ellipsis", no_wrap=True,
     )
+    acc = snap.get("accuracy") or {}
+    if acc.get("labelled"):  # labels arrive (a label topic, a labelled replay)
+        line1.append(f"  accuracy {acc['accuracy']:.3f} ({acc['correct']}/{acc['labelled']})")
+    lines = [line1, line2]
+    over = snap.get("overload") or {}
+    if over.get("overloaded"):  # a line only while samples are being shed
+        lines.append(Text(overload_text(over), style="red", overflow="ellipsis", no_wrap=True))
     skewed = clock_warning(snap)
-    if skewed:  # a third line only while a clock is off
-        return Group(line1, line2, Text(skewed, style="yellow", overflow="ellipsis", no_wrap=True))
-    return Group(line1, line2)
+    if skewed:  # a line only while a clock is off
+        lines.append(Text(skewed, style="yellow", overflow="ellipsis", no_wrap=True))
+    return Group(*lines)
 
 
 def clock_warning(snap: dict[str, Any]) -> str:
