@@ -190,12 +190,17 @@ def with_recalibration(cfg: Config, parts: Any, meter: Any = None, name: str = "
         meter: The power meter (the shadow is measured in its own window).
         name: The system name.
     """
-    system = parts.exitflow(meter=meter, name=name)
+    return recalibrated(cfg, parts, parts.exitflow(meter=meter, name=name))
+
+
+def recalibrated(cfg: Config, parts: Any, system: Any) -> Any:
+    """``system`` (an engine-backed ``exitflow`` built from ``parts``, e.g. with a budget) wrapped in
+    :class:`ShadowRecalibration` when ``recalibration.enabled``, else ``system`` itself."""
     if not cfg.recalibration.enabled:
         return system
     policy = system.engine.policy
     controller = OnlineRecalibrator(policy.base_thresholds, policy.exit_rule, settings_from_config(cfg.recalibration))
-    return ShadowRecalibration(system, parts.full(), controller, name=name)
+    return ShadowRecalibration(system, parts.full(), controller, name=system.name)
 
 
 def bench_systems(parts: Any, meter: Any = None) -> dict[str, Any]:
