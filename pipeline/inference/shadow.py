@@ -138,19 +138,28 @@ class ShadowRecalibration:
                 and decision.exits == last)
 
     def _run_full(self, sample: Sample) -> tuple[int, int, float, float | None, float | None]:
-        """(prediction, MACs, ms, energy mJ, attributable mJ) of the full path on ``sample``."""
-        meter = self.engine.meter
+        """(prediction, MACs, ms, energy mJ, attributable mJ) of the full path on ``sample``.
+
+        Energy is measured the way the engine measures its own samples: priced by the mean power of the
+        engine's long meter window times the shadow's wall time when the engine attributes energy that way
+        (the fast engine's ``engine.meter_window_ms``), else in a meter window of its own.
+        """
+        windowed = getattr(self.engine, "windowed", None)
+        meter = self.engine.meter if windowed is None else None
         if meter is not None:
             meter.begin_window("shadow")
         start = time.perf_counter()
         try:
             full = self.full.process(sample)
         finally:
-            elapsed_ms = (time.perf_counter() - start) * 1000.0
+            elapsed_s = time.perf_counter() - start
             measured = meter.end_window("shadow") if meter is not None else None
+        if windowed is not None:
+            measured = Decision(sample_id=sample.sample_id, prediction=full.prediction, system="shadow")
+            windowed.attribute(measured, elapsed_s)
         mj = getattr(measured, "energy_mj", None)
         dyn = getattr(measured, "dynamic_energy_mj", None)
-        return full.prediction, int(full.macs), elapsed_ms, mj, dyn
+        return full.prediction, int(full.macs), elapsed_s * 1000.0, mj, dyn
 
     def _budget_step(self, budget: Any, decision: Decision, duration_s: float) -> None:
         """The engine's budget step (``Engine.process``) for a sample whose energy includes its shadow."""

@@ -15,6 +15,7 @@ from exitflow.pipeline.data.avmnist import load_split
 from exitflow.pipeline.data.roots import EMBEDDED_DATA
 from exitflow.pipeline.errors import ConfigError
 from exitflow.pipeline.evaluation.replay import split_samples
+from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts
 from exitflow.pipeline.inference.shadow import (
     ShadowRecalibration,
     bench_systems,
@@ -105,17 +106,16 @@ def test_shadow_energy_is_in_the_decision_and_the_budget_sees_it(parts, rows):
                                     RecalibrationSettings(shadow_share=1.0, warmup_samples=0))
     wrapped = ShadowRecalibration(system, parts.full(), controller)
     budget = system.engine.budget
-    ran = 0
+    decisions = []
     for sample in rows[:10]:
         before = budget.samples
-        d = wrapped.process(sample)
+        decisions.append(wrapped.process(sample))
         assert budget.samples == before + 1  # one budget step per sample, shadow included
-        if d.shadow_macs:
-            ran += 1
-            assert d.shadow_energy_mj == 1.0 and d.energy_mj == 2.0 and d.dynamic_energy_mj == 1.0
-    assert ran > 0
+    ran = [d for d in decisions if d.shadow_macs]
+    assert ran and all(d.shadow_energy_mj > 0 and d.energy_mj > d.shadow_energy_mj for d in ran)
     assert wrapped.status()["held_by_budget"] and controller.shift == 0.0  # the budget owns the thresholds
-    assert budget.total_energy_mj > 10 * 0.5  # shadow windows counted
+    # what the budget saw is each decision's energy, the shadow's included
+    assert budget.total_energy_mj == pytest.approx(sum(system.engine.budget_energy(d) for d in decisions))
 
 
 def test_config_switch_and_bench_rows(parts, rows):
@@ -160,3 +160,13 @@ def test_the_live_engine_factory_wraps_exitflow(embedded_cfg, rows):
     shadowed = [d for d in decisions if d.shadow]
     assert shadowed and all(d.recalibration is not None for d in shadowed)
     assert shadowed[-1].to_json_dict()["recalibration"]["target_disagreement"] == embedded_cfg.recalibration.target_disagreement
+
+
+def test_the_eager_engine_measures_the_shadow_in_its_own_window(embedded_cfg, rows):
+    cfg = dataclasses.replace(embedded_cfg, engine=dataclasses.replace(embedded_cfg.engine, backend="torch"))
+    eager = AdaptiveParts(cfg, "avmnist")
+    meter = CountingMeter()
+    wrapped = _wrapped(eager, meter=meter, shadow_share=1.0, warmup_samples=0)
+    ran = [d for d in (wrapped.process(s) for s in rows[:10]) if d.shadow_macs]
+    assert ran and all(d.shadow_energy_mj == 1.0 and d.energy_mj == 2.0 and d.dynamic_energy_mj == 1.0 for d in ran)
+    assert "shadow" in meter.windows
