@@ -94,6 +94,7 @@ class FastEngine(Engine):
         step_costs: dict[str, Any] | None = None,
         cuts: str = "auto",
         meter_window_ms: float = 0.0,
+        batch_cuts: str = "steps",
     ):
         bad = [m for m, e in encoders.items() if not isinstance(e, CNNEarlyExitEncoder)]
         if bad:
@@ -109,6 +110,7 @@ class FastEngine(Engine):
         walk_program(policy, policy.profile.modalities)  # raises now for a rule without a static walk
         self.backend = backend
         self.cuts_mode = cuts
+        self.batch_cuts = batch_cuts  # "steps": a call per step in batches (compaction after every step)
         # shared and filled in place: every engine built from the same parts measures a program once
         self.step_costs: dict[str, Any] = step_costs if step_costs is not None else {}
         self.step_costs.setdefault("step_ms", {})
@@ -120,6 +122,7 @@ class FastEngine(Engine):
         self.modalities = tuple(policy.num_exits)
         self.windowed = WindowedEnergy(meter, meter_window_ms) if meter is not None and meter_window_ms > 0 else None
         self._sets_cache: dict[tuple[Any, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._stops: dict[tuple[int, int], tuple[Any, ...]] = {}  # decision fields per (program, stop step)
         # a zero vector per modality: x . 0 is NaN exactly when x holds a NaN or an inf (one BLAS call)
         self._zeros = {m: np.zeros(int(np.prod(shape)), dtype=np.float32) for m, shape in self._shapes.items()}
 
@@ -141,7 +144,7 @@ class FastEngine(Engine):
 
     def _cuts(self, program: Program, batch: bool) -> tuple[int, ...]:
         n = len(program.steps)
-        if self.cuts_mode == "steps" or batch:
+        if self.cuts_mode == "steps" or (batch and self.batch_cuts == "steps"):
             return tuple(range(n + 1))
         if self.cuts_mode == "one":
             return (0, n)
@@ -289,17 +292,20 @@ class FastEngine(Engine):
 
     def _fill(self, decision: Decision, compiled: CompiledProgram, stop: int, pred: int, macs: int, plan: Any) -> None:
         """The decision fields of a walk that stopped at step ``stop`` with class ``pred``."""
-        step = compiled.program.steps[stop]
-        decision.order = list(plan.order)
-        decision.missing = list(plan.missing)
-        decision.skipped = list(plan.skipped)
-        exits = compiled.exits_at[stop]
-        decision.exits = dict(exits)
-        decision.exit_layers = {m: self.encoders[m].exit_layers[j] for m, j in exits.items()}
-        decision.fused_checks = compiled.fused_at[stop]
-        decision.prediction = pred
-        decision.exited_by = step.modality if step.kind == "exit" else "fusion"
-        decision.macs = macs
+        key = (id(compiled), stop)
+        found = self._stops.get(key)
+        if found is None:
+            step = compiled.program.steps[stop]
+            exits = compiled.exits_at[stop]
+            found = self._stops[key] = (
+                dict(exits), {m: self.encoders[m].exit_layers[j] for m, j in exits.items()},
+                compiled.fused_at[stop], step.modality if step.kind == "exit" else "fusion",
+                list(plan.order), list(plan.missing), list(plan.skipped))
+        exits, layers, fused, exited_by, order, missing, skipped = found
+        decision.order, decision.missing, decision.skipped = order.copy(), missing.copy(), skipped.copy()
+        decision.exits, decision.exit_layers = exits.copy(), layers.copy()
+        decision.fused_checks, decision.exited_by = fused, exited_by
+        decision.prediction, decision.macs = pred, macs
 
     def _after_sample(self, decision: Decision, total_start: float, now: float) -> None:
         """The budget controller's update, as the reference engine's (it sees the time up to ``now``)."""
@@ -351,6 +357,42 @@ class FastEngine(Engine):
         except Exception as e:  # a sample's own error, returned in its place
             return e
 
+    def _stack(self, samples: Sequence[Sample], rows: list[int], modalities: Sequence[str],
+               results: list[Any]) -> tuple[dict[str, np.ndarray], list[int]]:
+        """The rows' payloads stacked per modality, (N, C, H, W) float32, and the rows that are fine; a row
+        with a bad payload gets its own error. One stack and one finiteness product per modality."""
+        try:
+            stacked = {m: np.stack([samples[r].payloads[m] for r in rows]).astype(np.float32, copy=False)
+                       for m in modalities}
+            if any(x.shape[1:] != self._shapes[m] for m, x in stacked.items()):
+                raise ValueError("shapes differ")
+        except Exception:  # ragged or odd payloads: each row checked alone, its own error
+            ok, arrays = [], {m: [] for m in modalities}
+            for r in rows:
+                try:
+                    one = {m: self._input(samples[r], m) for m in modalities}
+                except Exception as e:
+                    results[r] = e
+                    continue
+                ok.append(r)
+                for m, x in one.items():
+                    arrays[m].append(x)
+            return ({m: np.concatenate(xs) for m, xs in arrays.items()} if ok else {}), ok
+        bad = np.zeros(len(rows), dtype=bool)
+        for m, x in stacked.items():
+            bad |= ~np.isfinite(x.reshape(len(rows), -1) @ self._zeros[m])  # NaN/inf rows: x . 0 is NaN
+        if bad.any():
+            for i in np.flatnonzero(bad):
+                try:
+                    for m in modalities:
+                        self._input(samples[rows[i]], m)
+                except Exception as e:
+                    results[rows[i]] = e
+            keep = ~bad
+            stacked = {m: x[keep] for m, x in stacked.items()}
+            rows = [r for r, k in zip(rows, keep, strict=True) if k]
+        return stacked, rows
+
     def _run_group(self, samples: Sequence[Sample], rows: list[int], present: tuple[str, ...],
                    missing: tuple[str, ...], results: list[Any], start: float) -> None:
         try:
@@ -359,20 +401,9 @@ class FastEngine(Engine):
             for r in rows:
                 results[r] = e
             return
-        inputs: dict[str, list[np.ndarray]] = {}
-        ok_rows = []
-        for r in rows:  # a sample whose payload is bad gets its own error; the rest batch on
-            try:
-                arrays = {m: self._input(samples[r], m) for m in compiled.program.plan.order}
-            except Exception as e:
-                results[r] = e
-                continue
-            ok_rows.append(r)
-            for m, x in arrays.items():
-                inputs.setdefault(m, []).append(x)
+        stacked, ok_rows = self._stack(samples, rows, compiled.program.plan.order, results)
         if not ok_rows:
             return
-        stacked = {m: np.concatenate(xs, axis=0) for m, xs in inputs.items()}
         active = np.arange(len(ok_rows))
         carried: dict[str, np.ndarray] = {}
         macs = np.zeros(len(ok_rows), dtype=np.int64)
@@ -381,8 +412,10 @@ class FastEngine(Engine):
         preds = np.full(len(ok_rows), -1)
         calls = compiled.calls
         for index, call in enumerate(calls):
-            feed = [stacked[m][active] if kind == "x" else self._thresholds(compiled, index) if kind == "thr"
-                    else carried[f"{kind}_{m}"] for kind, m in call.inputs]
+            everyone = len(active) == len(ok_rows)
+            feed = [(stacked[m] if everyone else stacked[m][active]) if kind == "x"
+                    else self._thresholds(compiled, index) if kind == "thr" else carried[f"{kind}_{m}"]
+                    for kind, m in call.inputs]
             t0 = time.perf_counter()
             try:
                 outs = call.call(feed)

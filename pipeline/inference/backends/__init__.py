@@ -9,12 +9,26 @@ for a device ONNX Runtime's CPU build cannot use).
 
 from __future__ import annotations
 
-from exitflow.pipeline.inference.backends.base import (
-    BACKENDS,
-    Backend,
-    BackendError,
-    CompiledCall,
-    open_backend,
-)
+from exitflow.pipeline.inference.backends.base import BACKENDS, Backend, BackendError, CompiledCall
+from exitflow.pipeline.inference.backends.eager import TorchBackend
+from exitflow.pipeline.inference.backends.ort import OrtBackend
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "CompiledCall", "open_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendError", "CompiledCall", "OrtBackend", "TorchBackend", "open_backend"]
+
+
+def open_backend(name: str, num_threads: int = 1, device: str = "cpu") -> Backend:
+    """The backend called ``name`` (:data:`BACKENDS`), with ``num_threads`` intra-op threads (0: its default).
+
+    Raises:
+        BackendError: an unknown name, or the backend's package is not installed.
+    """
+    if name == "onnxruntime":
+        if device != "cpu":
+            raise BackendError(
+                f"engine.backend onnxruntime runs on the CPU here; engine.device is {device!r}: "
+                "set engine.backend: torch for a CUDA device")
+        return OrtBackend(num_threads)
+    if name == "torch":
+        return TorchBackend(device)
+    raise BackendError(f"unknown engine.backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
