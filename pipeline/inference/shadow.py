@@ -70,6 +70,7 @@ class ShadowRecalibration:
         self.shadow_macs_total = 0
         self.shadow_ms_total = 0.0
         self.held_by_budget = 0  # shadowed samples observed while a budget held the thresholds
+        self._batcher: Any = None
         self.policy.set_thresholds(controller.thresholds)
 
     def process(self, sample: Sample) -> Decision:
@@ -90,32 +91,82 @@ class ShadowRecalibration:
         if decision.prediction < 0:  # no modality the engine knows: nothing to compare
             return decision
         if self._ran_full_path(decision):
-            reference, shadow_macs, shadow_ms, shadow_mj, shadow_dyn = decision.prediction, 0, 0.0, None, None
+            self._attach(decision, decision.prediction, 0, 0.0, None, None)
         else:
-            reference, shadow_macs, shadow_ms, shadow_mj, shadow_dyn = self._run_full(sample)
+            self._attach(decision, *self._run_full(sample))
+        self._observe(decision, held=budget is not None)
+        if budget is not None:
+            self._budget_step(budget, decision, time.perf_counter() - start)
+        return decision
+
+    def process_batch(self, samples: Sequence[Sample]) -> list[Decision | Exception]:
+        """Decisions for ``samples`` in order (a failed sample gets its exception), as the inner engine
+        batches them; the shadowed ones' full paths run as one batch after it. Thresholds move after the
+        batch (the batch ran with the thresholds it started with); with a budget, every sample's budget
+        step runs here with its share of the batch time, shadows included."""
+        budget = self.engine.budget
+        shadows = [self.controller.begin_sample(held=budget is not None) and not self.policy.cheapest_mode
+                   for _ in samples]
+        start = time.perf_counter()
+        self.engine.budget = None if any(shadows) else budget
+        try:
+            results = list(self._inner_batch().process_batch(samples))
+        finally:
+            self.engine.budget = budget
+        shadowed = {i: r for i, (r, s) in enumerate(zip(results, shadows, strict=True))
+                    if s and isinstance(r, Decision) and r.prediction >= 0}
+        to_run = [i for i, d in shadowed.items() if not self._ran_full_path(d)]
+        for i, d in shadowed.items():
+            if i not in to_run:
+                self._attach(d, d.prediction, 0, 0.0, None, None)
+        if to_run:
+            for i, shadow in zip(to_run, self._run_full_batch([samples[i] for i in to_run]), strict=True):
+                self._attach(shadowed[i], *shadow)
+        for d in shadowed.values():
+            self._observe(d, held=budget is not None)
+        done = [r for r in results if isinstance(r, Decision)]
+        for d in done:
+            d.system = self.name
+        if budget is not None and any(shadows):
+            elapsed = time.perf_counter() - start
+            for d in done:
+                self._budget_step(budget, d, elapsed / len(done))
+        return results
+
+    def _inner_batch(self) -> Any:
+        if self._batcher is None:
+            from exitflow.pipeline.inference.batch_engine import as_batch_engine
+
+            self._batcher = as_batch_engine(self.system)
+        return self._batcher
+
+    def _attach(self, decision: Decision, reference: int, macs: int, ms: float, mj: float | None,
+                dyn: float | None) -> None:
+        """Put the shadow's answer and cost into ``decision`` (cost added to its totals)."""
         decision.shadow = True
         decision.shadow_prediction = reference
-        decision.shadow_macs = shadow_macs
-        decision.macs += shadow_macs
-        decision.latency_ms["shadow"] = shadow_ms
-        decision.latency_ms["total"] = decision.latency_ms.get("total", 0.0) + shadow_ms
-        if shadow_mj is not None:
-            decision.shadow_energy_mj = shadow_mj
+        decision.shadow_macs = macs
+        decision.macs += macs
+        decision.latency_ms["shadow"] = ms
+        decision.latency_ms["total"] = decision.latency_ms.get("total", 0.0) + ms
+        if mj is not None:
+            decision.shadow_energy_mj = mj
             if decision.energy_mj is not None:
-                decision.energy_mj += shadow_mj
-            if decision.dynamic_energy_mj is not None and shadow_dyn is not None:
-                decision.dynamic_energy_mj += shadow_dyn
-        self.shadow_macs_total += shadow_macs
-        self.shadow_ms_total += shadow_ms
-        disagreed = decision.prediction != reference
-        if budget is None:
-            self.policy.set_thresholds(self.controller.observe(disagreed))
-        else:
+                decision.energy_mj += mj
+            if decision.dynamic_energy_mj is not None and dyn is not None:
+                decision.dynamic_energy_mj += dyn
+        self.shadow_macs_total += macs
+        self.shadow_ms_total += ms
+
+    def _observe(self, decision: Decision, held: bool) -> None:
+        """Show the controller whether the early answer disagreed; move the policy's thresholds."""
+        disagreed = decision.prediction != decision.shadow_prediction
+        if held:
             self.controller.observe(disagreed, hold=True)
             self.held_by_budget += 1
-            self._budget_step(budget, decision, time.perf_counter() - start)
+        else:
+            self.policy.set_thresholds(self.controller.observe(disagreed))
         decision.recalibration = self.compact_status()
-        return decision
 
     def compact_status(self) -> dict[str, Any]:
         """The few figures a decision carries to the live views, ``/status``, metrics and recordings."""
@@ -160,6 +211,35 @@ class ShadowRecalibration:
         mj = getattr(measured, "energy_mj", None)
         dyn = getattr(measured, "dynamic_energy_mj", None)
         return full.prediction, int(full.macs), elapsed_s * 1000.0, mj, dyn
+
+    def _run_full_batch(self, samples: list[Sample]) -> list[tuple[int, int, float, float | None, float | None]]:
+        """:meth:`_run_full` for several samples in one batch of the full path (time and energy shared evenly)."""
+        batch = getattr(self.full, "process_batch", None)
+        if batch is None or len(samples) == 1:
+            return [self._run_full(s) for s in samples]
+        windowed = getattr(self.engine, "windowed", None)
+        meter = self.engine.meter if windowed is None else None
+        if meter is not None:
+            meter.begin_window("shadow")
+        start = time.perf_counter()
+        try:
+            outs = batch(samples)
+        finally:
+            elapsed_s = time.perf_counter() - start
+            measured = meter.end_window("shadow") if meter is not None else None
+        if windowed is not None:
+            measured = Decision(sample_id=-1, prediction=-1, system="shadow")
+            windowed.attribute(measured, elapsed_s)
+        n = len(samples)
+        mj, dyn = getattr(measured, "energy_mj", None), getattr(measured, "dynamic_energy_mj", None)
+        share = (elapsed_s * 1000.0 / n, None if mj is None else mj / n, None if dyn is None else dyn / n)
+        results = []
+        for sample, out in zip(samples, outs, strict=True):
+            if isinstance(out, Exception):  # this sample's full path failed alone: run it by itself
+                results.append(self._run_full(sample))
+            else:
+                results.append((out.prediction, int(out.macs), *share))
+        return results
 
     def _budget_step(self, budget: Any, decision: Decision, duration_s: float) -> None:
         """The engine's budget step (``Engine.process``) for a sample whose energy includes its shadow."""

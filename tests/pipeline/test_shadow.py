@@ -16,6 +16,7 @@ from exitflow.pipeline.data.roots import EMBEDDED_DATA
 from exitflow.pipeline.errors import ConfigError
 from exitflow.pipeline.evaluation.replay import split_samples
 from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts
+from exitflow.pipeline.inference.batch_engine import as_batch_engine
 from exitflow.pipeline.inference.shadow import (
     ShadowRecalibration,
     bench_systems,
@@ -170,3 +171,19 @@ def test_the_eager_engine_measures_the_shadow_in_its_own_window(embedded_cfg, ro
     ran = [d for d in (wrapped.process(s) for s in rows[:10]) if d.shadow_macs]
     assert ran and all(d.shadow_energy_mj == 1.0 and d.energy_mj == 2.0 and d.dynamic_energy_mj == 1.0 for d in ran)
     assert "shadow" in meter.windows
+
+
+def test_batches_shadow_the_same_samples_as_one_at_a_time(parts, rows):
+    one = _wrapped(parts, shadow_share=0.4, warmup_samples=0, seed=9)
+    batched = _wrapped(parts, shadow_share=0.4, warmup_samples=0, seed=9)
+    singles = [one.process(s) for s in rows[:16]]  # thresholds move after each shadowed sample
+    batch = batched.process_batch(rows[:16])  # thresholds move after the batch
+    assert [d.shadow for d in singles] == [d.shadow for d in batch]
+    full = parts.full()
+    for d, s in zip(batch, rows[:16], strict=True):
+        assert d.system == "exitflow"
+        if d.shadow:
+            assert d.shadow_prediction == full.process(s).prediction
+            assert d.recalibration is not None and d.macs >= d.shadow_macs
+    assert batched.controller.shadowed == sum(d.shadow for d in batch)
+    assert as_batch_engine(batched) is batched  # the service batches through the wrapper

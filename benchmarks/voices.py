@@ -1,0 +1,244 @@
+"""The five-voice protocol (issue 25 item 1): how exitflow holds on voices nobody calibrated on.
+
+Fold *k* over the five FSDD voices of ``../shared/data/fsdd`` (george, jackson, lucas, nicolas, theo,
+sorted): tests on voice *k*, calibrates on voice *k+1* (mod 5), trains on the other three. Each fold gets
+its own data root (symlinks to the shared data plus ``fsdd/speaker_roles.json``), its own data cache and
+its own checkpoints under ``.cache/voices/`` (outside git); models that are there are reused.
+
+Per fold and data set it
+1. trains what is missing (``exitflow train cnn``, ``exitflow train baseline --name lf --augment``; one
+   process at a time, one thread each, niced) and calibrates (``exitflow calibrate``, val = voice k+1);
+2. compares calibration criteria on the calibration voice's and the test voice's per-exit logits (no model
+   runs per threshold): today's no-regret rule and Learn-then-Test risk control of disagreement with the
+   full path (``pipeline.training.calibrate.risk_controlled_shift``) at a few alphas;
+3. benches ``full``, ``lf``, ``static`` (MACs matched to ``exitflow-fixed``), ``exitflow-fixed`` (the
+   calibrated thresholds) and ``exitflow`` (online self-recalibration on, shadow cost included) on the first
+   ``--limit`` test rows: accuracy, MACs, ms, mJ (the configured meter; psutil here, an estimate).
+
+Results append to ``.cache/voices/results.jsonl`` (one line per fold, data set and seed; a finished one is
+skipped on a rerun) and the table prints per voice and as mean +- sd over the folds that ran::
+
+    nice -n 19 python benchmarks/voices.py --folds theo george --datasets avmnist --limit 2000
+    python benchmarks/voices.py --report            # the table from the results file only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from exitflow.devices import get_power_meter
+from exitflow.pipeline.config import Config, load_config
+from exitflow.pipeline.data.avmnist import load_split
+from exitflow.pipeline.evaluation.bench import run_system, static_exits_matching
+from exitflow.pipeline.evaluation.replay import split_samples
+from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts
+from exitflow.pipeline.inference.loading import load_encoders, load_fusion
+from exitflow.pipeline.inference.shadow import bench_systems, shadow_columns
+from exitflow.pipeline.inference.systems import BaselineSystem
+from exitflow.pipeline.training.calibrate import (
+    WalkSimulator,
+    calibrate_family,
+    risk_controlled_shift,
+    split_logits,
+)
+
+VOICES = ("george", "jackson", "lucas", "nicolas", "theo")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / ".cache" / "voices"
+SYSTEMS = ("full", "lf", "static", "exitflow-fixed", "exitflow")
+ALPHAS = (0.005, 0.01, 0.02)
+
+
+def fold_roles(test: str, offset: int = 1) -> dict[str, list[str]]:
+    k = VOICES.index(test)
+    val = VOICES[(k + offset) % len(VOICES)]
+    return {"train": [v for v in VOICES if v not in (test, val)], "val": [val], "test": [test]}
+
+
+def fold_root(test: str) -> Path:
+    """The fold's data root: the shared data by symlink, with the fold's speaker roles."""
+    root = WORK / "roots" / test
+    (root / "fsdd").mkdir(parents=True, exist_ok=True)
+    for name in ("mnist", "grid_av_samples", "ljspeech_subset", "coco_captions_mini"):
+        if not (root / name).exists():
+            os.symlink(SHARED / name, root / name)
+    for name in ("fsdd_train.npz", "fsdd_test.npz"):
+        if not (root / "fsdd" / name).exists():
+            os.symlink(SHARED / "fsdd" / name, root / "fsdd" / name)
+    (root / "fsdd" / "speaker_roles.json").write_text(json.dumps(fold_roles(test)))
+    return root
+
+
+def fold_overrides(test: str, seed: int) -> list[str]:
+    suffix = "" if seed == 0 else f"-seed{seed}"
+    return [f"data.root={fold_root(test)}", f"data.cache_dir={WORK / 'cache' / test}", "train.num_threads=1",
+            f"train.checkpoint_dir={WORK / 'ckpt' / (test + suffix)}", "engine.num_threads=1", "train.epochs=3"]
+
+
+def _exitflow(overrides: list[str], *argv: str) -> float:
+    """Run ``exitflow ARGV`` niced on one thread; returns its wall time in seconds."""
+    cmd = ["nice", "-n", "19", str(Path(sys.executable).parent / "exitflow")]
+    for o in overrides:
+        cmd += ["--set", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    subprocess.run([*cmd, *argv], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def ensure_models(cfg: Config, overrides: list[str], dataset: str, seed: int) -> dict[str, float]:
+    """Train what the fold lacks; returns the seconds each training took (absent: reused)."""
+    base = Path(cfg.train.checkpoint_dir)
+    took = {}
+    if not (base / f"cnn_{dataset}" / "fusion" / "model.safetensors").is_file():
+        took["train_cnn_s"] = _exitflow(overrides, "train", "cnn", "--dataset", dataset, "--seed", str(seed))
+    if not (base / f"baseline_lf_{dataset}" / "model.safetensors").is_file():
+        took["train_lf_s"] = _exitflow([*overrides, f"train.seed={seed}"], "train", "baseline", "--name", "lf",
+                                       "--dataset", dataset, "--augment")
+    return took
+
+
+def criteria(cfg: Config, dataset: str, report: dict[str, Any], limit: int) -> dict[str, Any]:
+    """Calibration criteria chosen on the calibration voice, measured on the test voice (simulated walk)."""
+    encoders, fusion = load_encoders(cfg, dataset), load_fusion(cfg, dataset)
+    exit_macs = {m: [float(v) for v in e.exit_macs()] for m, e in encoders.items()}
+    sims = {}
+    for split in ("val", "test"):
+        logits, labels = split_logits(encoders, fusion, load_split(cfg, split, dataset, progress=False).head(limit))
+        sims[split] = WalkSimulator(logits, labels, report["order"], exit_macs, fusion.head_macs,
+                                    cfg.scheduler.exit_rule, fusion.modalities)
+
+    def measure(thresholds: dict[str, float]) -> dict[str, float]:
+        out = {}
+        for split, sim in sims.items():
+            pred, macs = sim.predictions(thresholds)
+            out[split] = {"accuracy": float((pred == sim.labels).mean()), "macs": float(macs.mean()),
+                          "disagreement": float((pred != sim.full_predictions()).mean())}
+        return out
+
+    rows = {"no-regret (today)": {"thresholds": report["thresholds"], **measure(report["thresholds"])}}
+    for alpha in ALPHAS:
+        chosen = risk_controlled_shift(sims["val"], report["thresholds"], alpha, delta=0.1)
+        rows[f"LTT alpha={alpha}"] = {"thresholds": chosen.thresholds, "shift": chosen.shift, **measure(chosen.thresholds)}
+    rows["full"] = {"test": {"accuracy": sims["test"].full_accuracy(), "macs": sims["test"].checks[-1][2]},
+                    "val": {"accuracy": sims["val"].full_accuracy(), "macs": sims["val"].checks[-1][2]}}
+    return rows
+
+
+def bench_fold(cfg: Config, dataset: str, limit: int, warmup: int = 20) -> dict[str, Any]:
+    parts = AdaptiveParts(cfg, dataset)
+    samples = list(split_samples(load_split(cfg, "test", dataset, progress=False), limit))
+    rows = {}
+    with get_power_meter(cfg.power.meter) as meter:
+        for name in ("full", "lf", "exitflow-fixed", "static", "exitflow"):  # static matches exitflow-fixed's MACs
+            if name == "full":
+                system = parts.full()
+            elif name == "lf":
+                system = BaselineSystem(cfg, "lf", dataset)
+            elif name == "static":
+                system = parts.static(static_exits_matching(parts, rows["exitflow-fixed"]["macs_per_sample"]))
+            else:
+                system = bench_systems(parts, meter)[name]
+            for sample in samples[:warmup]:
+                system.process(sample)
+            if name.startswith("exitflow"):
+                system = bench_systems(parts, meter)[name]  # fresh: the online run starts from the calibrated point
+            row = run_system(system, samples, meter)
+            row.update(shadow_columns(row["decisions"], system))
+            rows[name] = {k: v for k, v in row.items() if k != "decisions"}
+    return rows
+
+
+def run_fold(test: str, dataset: str, seed: int, limit: int, crit_limit: int) -> dict[str, Any]:
+    overrides = fold_overrides(test, seed)
+    cfg = load_config(None, [*overrides, "power.meter=psutil"])
+    took = ensure_models(cfg, overrides, dataset, seed)
+    with get_power_meter("psutil") as meter:
+        start = time.perf_counter()
+        report = calibrate_family(cfg, dataset, meter, energy_samples=50, progress=False)
+        took["calibrate_s"] = time.perf_counter() - start
+    return {"test_voice": test, "cal_voice": fold_roles(test)["val"][0], "dataset": dataset, "seed": seed,
+            "limit": limit, "took": took, "calibration": {k: report[k] for k in ("order", "thresholds", "val_accuracy",
+                                                                                "val_full_accuracy", "val_macs")},
+            "criteria": criteria(cfg, dataset, report, crit_limit), "bench": bench_fold(cfg, dataset, limit)}
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.4f}" if values else "-"
+    return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
+
+
+def print_report(results: list[dict[str, Any]]) -> None:
+    for dataset in sorted({r["dataset"] for r in results}):
+        rs = [r for r in results if r["dataset"] == dataset]
+        print(f"\n== {dataset}: test voice (calibration voice), accuracy / MACs (M) / ms / mJ per sample")
+        print(f"{'voice':<20}" + "".join(f"{s:>30}" for s in SYSTEMS))
+        for r in rs:
+            cells = []
+            for s in SYSTEMS:
+                b = r["bench"][s]
+                mj = "-" if b["mj_per_sample"] is None else f"{b['mj_per_sample']:.2f}"
+                cells.append(f"{b['accuracy']:.4f}/{b['macs_per_sample'] / 1e6:.2f}/{b['ms_per_sample']:.2f}/{mj}")
+            print(f"{r['test_voice'] + ' (' + r['cal_voice'] + ') s' + str(r['seed']):<20}" + "".join(f"{c:>30}" for c in cells))
+        for key, label in (("accuracy", "accuracy"), ("macs_per_sample", "MACs"), ("ms_per_sample", "ms")):
+            print(f"{'mean ' + label:<20}" + "".join(f"{_mean_sd([r['bench'][s][key] for r in rs]):>30}" for s in SYSTEMS))
+        online = [r["bench"]["exitflow"] for r in rs]
+        print("exitflow (online): shadow share " + ", ".join(f"{o['shadow_share']:.3f}" for o in online)
+              + "; disagreement " + ", ".join("-" if o["disagreement"] is None else f"{o['disagreement']:.4f}" for o in online))
+        print(f"\n-- {dataset}: calibration criteria, chosen on the calibration voice -> test voice "
+              "(accuracy / MACs (M) / disagreement with full)")
+        names = list(rs[0]["criteria"])
+        for r in rs:
+            for name in names:
+                c = r["criteria"][name]
+                t, v = c["test"], c["val"]
+                dis = f"{t['disagreement']:.4f}" if "disagreement" in t else "-"
+                print(f"{r['test_voice']:<9}{name:<20} val {v['accuracy']:.4f}/{v['macs'] / 1e6:.2f}  "
+                      f"test {t['accuracy']:.4f}/{t['macs'] / 1e6:.2f}/{dis}")
+        for name in names:
+            print(f"{'mean':<9}{name:<20} test accuracy {_mean_sd([r['criteria'][name]['test']['accuracy'] for r in rs])}"
+                  f"  MACs {_mean_sd([r['criteria'][name]['test']['macs'] / 1e6 for r in rs])} M")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--folds", nargs="+", default=list(VOICES), choices=VOICES, help="test voices to run")
+    ap.add_argument("--datasets", nargs="+", default=["avmnist", "avmnist-noisy"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--limit", type=int, default=2000, help="test rows benched per fold")
+    ap.add_argument("--criteria-limit", type=int, default=None, help="rows of val/test for the criteria (default all)")
+    ap.add_argument("--report", action="store_true", help="print the table from the results file only")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    results_path = WORK / "results.jsonl"
+    results = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.is_file() else []
+    if not args.report:
+        WORK.mkdir(parents=True, exist_ok=True)
+        for test in args.folds:
+            for dataset in args.datasets:
+                for seed in args.seeds:
+                    key = (test, dataset, seed, args.limit)
+                    if any((r["test_voice"], r["dataset"], r["seed"], r["limit"]) == key for r in results):
+                        continue
+                    result = run_fold(test, dataset, seed, args.limit, args.criteria_limit)
+                    results.append(result)
+                    with results_path.open("a") as f:
+                        f.write(json.dumps(result, default=float) + "\n")
+                    print(f"done {test} {dataset} seed {seed}: {json.dumps(result['took'])}", flush=True)
+    print_report([r for r in results if r["dataset"] in args.datasets])
+
+
+if __name__ == "__main__":
+    main()
