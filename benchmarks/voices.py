@@ -192,8 +192,15 @@ def print_report(results: list[dict[str, Any]]) -> None:
                 mj = "-" if b["mj_per_sample"] is None else f"{b['mj_per_sample']:.2f}"
                 cells.append(f"{b['accuracy']:.4f}/{b['macs_per_sample'] / 1e6:.2f}/{b['ms_per_sample']:.2f}/{mj}")
             print(f"{r['test_voice'] + ' (' + r['cal_voice'] + ') s' + str(r['seed']):<20}" + "".join(f"{c:>30}" for c in cells))
-        for key, label in (("accuracy", "accuracy"), ("macs_per_sample", "MACs"), ("ms_per_sample", "ms")):
-            print(f"{'mean ' + label:<20}" + "".join(f"{_mean_sd([r['bench'][s][key] for r in rs]):>30}" for s in SYSTEMS))
+        for key, label, scale in (("accuracy", "accuracy", 1.0), ("macs_per_sample", "MACs (M)", 1e-6),
+                                  ("ms_per_sample", "ms", 1.0), ("mj_per_sample", "mJ", 1.0)):
+            print(f"{'mean ' + label:<20}" + "".join(
+                f"{_mean_sd([(r['bench'][s][key] or 0.0) * scale for r in rs]):>30}" for s in SYSTEMS))
+        best = [max(r["bench"]["full"]["accuracy"], r["bench"]["lf"]["accuracy"]) for r in rs]
+        for s in ("exitflow", "exitflow-fixed"):
+            gaps = [100 * (r["bench"][s]["accuracy"] - b) for r, b in zip(rs, best, strict=True)]
+            print(f"{s} vs the better of full and lf: " + ", ".join(f"{r['test_voice']} {g:+.2f} pt" for r, g in
+                                                                   zip(rs, gaps, strict=True)))
         online = [r["bench"]["exitflow"] for r in rs]
         print("exitflow (online): shadow share " + ", ".join(f"{o['shadow_share']:.3f}" for o in online)
               + "; disagreement " + ", ".join("-" if o["disagreement"] is None else f"{o['disagreement']:.4f}" for o in online))
