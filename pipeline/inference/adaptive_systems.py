@@ -24,7 +24,7 @@ from exitflow.encoders.fusion_grid import ExitGridFusion
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.inference.backends import open_backend
-from exitflow.pipeline.inference.compiled_systems import CompiledSingle, compiled_truncation
+from exitflow.pipeline.inference.compiled_systems import CompiledTruncation, compiled_truncation
 from exitflow.pipeline.inference.engine import (
     Engine,
     budget_from_config,
@@ -189,13 +189,13 @@ class AdaptiveParts:
             return f"exit rule {rule!r} has no static walk"
         return None
 
-    def full(self) -> TruncatedSystem | CompiledSingle:
+    def full(self) -> TruncatedSystem | CompiledTruncation:
         last = {m: enc.num_exits - 1 for m, enc in self.encoders.items()}
         if self.backend is not None and isinstance(self.fusion, ExitGridFusion):
             return compiled_truncation("full", self.encoders, self.fusion, last, self.backend)  # type: ignore[arg-type]
         return TruncatedSystem("full", self.encoders, last, self.fusion, self.input_adapter)
 
-    def static(self, exits: dict[str, int], name: str = "static") -> TruncatedSystem | CompiledSingle:
+    def static(self, exits: dict[str, int], name: str = "static") -> TruncatedSystem | CompiledTruncation:
         """A fixed truncation; fused by the exit grid's head for those exits (CNN family), else by
         averaging the modalities' probabilities (the other fusion exits are trained on last exits only)."""
         fusion = self.fusion if isinstance(self.fusion, ExitGridFusion) else None

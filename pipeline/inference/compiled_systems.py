@@ -144,16 +144,64 @@ class CompiledSingle:
         return results  # type: ignore[return-value]
 
 
+class CompiledTruncation:
+    """``full`` / ``static``: a graph per set of present modalities (the absent ones enter the grid as its
+    placeholders, as the eager :class:`TruncatedSystem` fuses them), compiled on first use."""
+
+    def __init__(self, name: str, encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion,
+                 exits: Mapping[str, int], backend: Backend):
+        for m, k in exits.items():
+            if not 0 <= k < encoders[m].num_exits:
+                raise ExitflowError(f"{name}: exit {k} of {m} does not exist (it has {encoders[m].num_exits})")
+        self.name, self.encoders, self.fusion, self.exits = name, dict(encoders), fusion, dict(exits)
+        self.modalities = tuple(exits)
+        self.backend = backend.name
+        self._backend = backend
+        self._systems: dict[tuple[str, ...], CompiledSingle] = {}
+        self.macs = self._system(self.modalities).macs  # every modality present, compiled now
+
+    def _system(self, present: tuple[str, ...]) -> CompiledSingle:
+        system = self._systems.get(present)
+        if system is None:
+            encs = {m: self.encoders[m] for m in present}
+            exits = {m: self.exits[m] for m in present}
+            shapes = {m: (e.config.num_channels, e.config.input_size, e.config.input_size) for m, e in encs.items()}
+            graph = TruncationGraph(encs, self.fusion, exits)
+            system = CompiledSingle(self.name, graph, shapes, truncation_macs(encs, self.fusion, exits),
+                                    self._backend, exits)
+            self._systems[present] = system
+        return system
+
+    def _present(self, sample: Sample) -> tuple[str, ...]:
+        present = tuple(m for m in self.modalities if m in sample.payloads and m not in sample.missing)
+        if not present:
+            raise ExitflowError(f"sample {sample.sample_id} has none of {self.modalities}")
+        return present
+
+    def process(self, sample: Sample) -> Decision:
+        present = self._present(sample)
+        decision = self._system(present).process(sample)
+        decision.missing = [m for m in self.modalities if m not in present]
+        return decision
+
+    def process_batch(self, samples: list[Sample]) -> list[Decision | Exception]:
+        """Samples with every modality in one call; the others one by one (each with its own errors)."""
+        whole = [s for s in samples if all(m in s.payloads and m not in s.missing for m in self.modalities)]
+        if len(whole) == len(samples):
+            return self._system(self.modalities).process_batch(samples)
+        out: list[Decision | Exception] = []
+        for s in samples:
+            try:
+                out.append(self.process(s))
+            except ExitflowError as e:
+                out.append(e)
+        return out
+
+
 def compiled_truncation(name: str, encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion,
-                        exits: Mapping[str, int], backend: Backend) -> CompiledSingle:
-    """``full`` (every last exit) or ``static`` (any fixed exits) as one graph."""
-    for m, k in exits.items():
-        if not 0 <= k < encoders[m].num_exits:
-            raise ExitflowError(f"{name}: exit {k} of {m} does not exist (it has {encoders[m].num_exits})")
-    shapes = {m: (encoders[m].config.num_channels, encoders[m].config.input_size, encoders[m].config.input_size)
-              for m in exits}
-    graph = TruncationGraph({m: encoders[m] for m in exits}, fusion, exits)
-    return CompiledSingle(name, graph, shapes, truncation_macs(encoders, fusion, exits), backend, exits)
+                        exits: Mapping[str, int], backend: Backend) -> CompiledTruncation:
+    """``full`` (every last exit) or ``static`` (any fixed exits) on the compiled backend."""
+    return CompiledTruncation(name, encoders, fusion, exits, backend)
 
 
 class _BaselineGraph(nn.Module):

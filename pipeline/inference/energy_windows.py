@@ -19,7 +19,6 @@ from typing import Any
 from exitflow.pipeline.messages import Decision
 
 
-
 class WindowedEnergy:
     """Mean power over tiled meter windows, attributed to samples by their wall time.
 

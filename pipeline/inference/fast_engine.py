@@ -145,11 +145,15 @@ class FastEngine(Engine):
     def _cuts(self, program: Program, batch: bool) -> tuple[int, ...]:
         n = len(program.steps)
         if self.cuts_mode == "steps" or (batch and self.batch_cuts == "steps"):
-            return tuple(range(n + 1))
-        if self.cuts_mode == "one":
-            return (0, n)
-        step_ms = self.measured_step_ms(program)
-        return choose_cuts(step_ms, self.call_ms(), self.pass_prior(program))
+            cuts = tuple(range(n + 1))
+        elif self.cuts_mode == "one":
+            cuts = (0, n)
+        else:
+            cuts = choose_cuts(self.measured_step_ms(program), self.call_ms(), self.pass_prior(program))
+        if self.fusion is not None and self.fusion.passthrough and n > 1:
+            # one modality: the final step answers with the last exit's own logits, so it shares that exit's call
+            cuts = tuple(c for c in cuts if c != n - 1)
+        return cuts
 
     def call_ms(self) -> float:
         """The backend's fixed cost of one call, ms (measured once)."""
