@@ -3,8 +3,9 @@
 The committed checkpoints (``checkpoints/cnn_<dataset>``, trained on george, jackson, lucas) leave two
 voices unseen: nicolas (``val``) and theo (``test``). For each direction this chooses thresholds on one
 and measures them on the other, on the per-exit logits (``WalkSimulator``: no model runs per threshold):
-today's no-regret rule (the profile's thresholds, ``exitflow calibrate``) and Learn-then-Test risk control
-of the disagreement with the full path (``risk_controlled_shift``) at a few alphas. Prints accuracy, MACs
+today's no-regret rule (the profile's thresholds, ``exitflow calibrate``), the same rule searched with
+agreement between successive checks required (``WalkSimulator(agreement=True)``) and Learn-then-Test
+risk control of the disagreement with the full path (``risk_controlled_shift``) at a few alphas. Prints accuracy, MACs
 per sample and disagreement with ``full``::
 
     nice -n 19 python benchmarks/calibration_transfer.py --data-root ../shared/data
@@ -37,11 +38,13 @@ def main() -> None:
         encoders, fusion = load_encoders(cfg, ds), load_fusion(cfg, ds)
         base = load_dataset_profile(cfg, ds).thresholds
         exit_macs = {m: [float(v) for v in e.exit_macs()] for m, e in encoders.items()}
-        sims = {}
+        sims, agree = {}, {}
         for split in ("val", "test"):
             logits, labels = split_logits(encoders, fusion, load_split(cfg, split, ds, progress=False))
             sims[split] = WalkSimulator(logits, labels, fusion.modalities, exit_macs, fusion.head_macs,
                                         cfg.scheduler.exit_rule, fusion.modalities)
+            agree[split] = WalkSimulator(logits, labels, fusion.modalities, exit_macs, fusion.head_macs,
+                                         cfg.scheduler.exit_rule, fusion.modalities, agreement=True)
 
         def measure(thresholds: dict[str, float], split: str, sims: dict = sims) -> str:
             sim = sims[split]
@@ -54,6 +57,10 @@ def main() -> None:
         for cal, other in (("val", "test"), ("test", "val")):
             print(f" chosen on {cal}, measured on {other}:")
             print(f"   no-regret (profile)   chosen-on {measure(base, cal)} | other {measure(base, other)}")
+            sc = cfg.scheduler
+            chosen, _ = agree[cal].search(sc.calibration_drop, sc.calibration_precision, max_regret=sc.calibration_regret)
+            print(f"   no-regret + agreement chosen-on {measure(chosen, cal, agree)} | other "
+                  f"{measure(chosen, other, agree)}  {chosen}")
             for alpha in ALPHAS:
                 r = risk_controlled_shift(sims[cal], base, alpha, args.delta)
                 print(f"   LTT alpha={alpha:<5} shift {r.shift:+.3f} chosen-on {measure(r.thresholds, cal)} | "

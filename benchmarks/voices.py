@@ -113,13 +113,15 @@ def criteria(cfg: Config, dataset: str, report: dict[str, Any], limit: int) -> d
     """Calibration criteria chosen on the calibration voice, measured on the test voice (simulated walk)."""
     encoders, fusion = load_encoders(cfg, dataset), load_fusion(cfg, dataset)
     exit_macs = {m: [float(v) for v in e.exit_macs()] for m, e in encoders.items()}
-    sims = {}
+    sims, agree = {}, {}
     for split in ("val", "test"):
         logits, labels = split_logits(encoders, fusion, load_split(cfg, split, dataset, progress=False).head(limit))
         sims[split] = WalkSimulator(logits, labels, report["order"], exit_macs, fusion.head_macs,
                                     cfg.scheduler.exit_rule, fusion.modalities)
+        agree[split] = WalkSimulator(logits, labels, report["order"], exit_macs, fusion.head_macs,
+                                     cfg.scheduler.exit_rule, fusion.modalities, agreement=True)
 
-    def measure(thresholds: dict[str, float]) -> dict[str, float]:
+    def measure(thresholds: dict[str, float], sims: dict = sims) -> dict[str, float]:
         out = {}
         for split, sim in sims.items():
             pred, macs = sim.predictions(thresholds)
@@ -128,6 +130,9 @@ def criteria(cfg: Config, dataset: str, report: dict[str, Any], limit: int) -> d
         return out
 
     rows = {"no-regret (today)": {"thresholds": report["thresholds"], **measure(report["thresholds"])}}
+    sc = cfg.scheduler
+    agreed, _ = agree["val"].search(sc.calibration_drop, sc.calibration_precision, max_regret=sc.calibration_regret)
+    rows["no-regret + agreement"] = {"thresholds": agreed, **measure(agreed, agree)}
     for alpha in ALPHAS:
         chosen = risk_controlled_shift(sims["val"], report["thresholds"], alpha, delta=0.1)
         rows[f"LTT alpha={alpha}"] = {"thresholds": chosen.thresholds, "shift": chosen.shift, **measure(chosen.thresholds)}
@@ -206,7 +211,7 @@ def print_report(results: list[dict[str, Any]]) -> None:
               + "; disagreement " + ", ".join("-" if o["disagreement"] is None else f"{o['disagreement']:.4f}" for o in online))
         print(f"\n-- {dataset}: calibration criteria, chosen on the calibration voice -> test voice "
               "(accuracy / MACs (M) / disagreement with full)")
-        names = list(rs[0]["criteria"])
+        names = [n for n in rs[0]["criteria"] if all(n in r["criteria"] for r in rs)]
         for r in rs:
             for name in names:
                 c = r["criteria"][name]

@@ -155,12 +155,14 @@ class WalkSimulator:
         exit_macs: Modality -> cumulative MACs at each exit (heads of every earlier exit included).
         head_macs: Grid head key -> MACs of that fusion head.
         rule: ``entropy`` or ``max_prob``.
+        agreement: A check may answer only when its prediction also equals the previous check's in the
+            walk (agreement between successive exits; the first check never answers early).
     """
 
     def __init__(
         self, logits: Mapping[str, np.ndarray], labels: np.ndarray, order: Sequence[str],
         exit_macs: Mapping[str, Sequence[float]], head_macs: Mapping[str, float], rule: str,
-        modalities: Sequence[str] | None = None,
+        modalities: Sequence[str] | None = None, agreement: bool = False,
     ):
         if rule not in THRESHOLD_GRID:
             raise ValueError(f"the walk simulation supports {sorted(THRESHOLD_GRID)}, not {rule!r}")
@@ -185,6 +187,10 @@ class WalkSimulator:
                                   self.modalities)
                 fused_macs += float(head_macs[head])
                 self._add(key, FUSION_KEY, base + fused_macs, logits[key])
+        n = self.labels.shape[0]
+        self.agrees = [np.ones(n, dtype=bool) if not agreement else
+                       (np.zeros(n, dtype=bool) if i == 0 else self.checks[i][4] == self.checks[i - 1][4])
+                       for i in range(len(self.checks))]  # (N,) per check: may it answer early
 
     def _add(self, name: str, kind: str, macs: float, logits: np.ndarray) -> None:
         probs = _softmax(np.asarray(logits, dtype=np.float64))
@@ -199,7 +205,7 @@ class WalkSimulator:
         macs = np.zeros(n)
         last = len(self.checks) - 1
         for i, (_, key, cost, score, p) in enumerate(self.checks):
-            fire = ~done if i == last else ~done & passes(self.rule, score, thresholds[key])
+            fire = ~done if i == last else ~done & passes(self.rule, score, thresholds[key]) & self.agrees[i]
             pred[fire], macs[fire] = p[fire], cost
             done |= fire
         return pred, macs
@@ -219,7 +225,7 @@ class WalkSimulator:
         last = len(self.checks) - 1
         for i, (name, key, cost, score, p) in enumerate(self.checks):
             tau = thresholds[key]
-            fire = ~done if i == last else ~done & passes(self.rule, score, tau)  # the final fusion answers the rest
+            fire = ~done if i == last else ~done & passes(self.rule, score, tau) & self.agrees[i]  # final: the rest
             pred[fire], macs[fire] = p[fire], cost
             shares[name] = float(fire.mean())
             precision[name] = float((p[fire] == self.labels[fire]).mean()) if fire.any() else 1.0

@@ -22,6 +22,10 @@ def _logits(rng, labels, sharp: float, right: float) -> np.ndarray:
 
 @pytest.fixture
 def sim() -> WalkSimulator:
+    return _make_sim()
+
+
+def _make_sim(agreement: bool = False) -> WalkSimulator:
     rng = np.random.default_rng(0)
     labels = rng.integers(0, C, N)
     logits = {
@@ -30,7 +34,7 @@ def sim() -> WalkSimulator:
         "image1_audio0": _logits(rng, labels, 6.0, 1.0), "image1_audio1": _logits(rng, labels, 8.0, 1.0),
         "image0_audio0": _logits(rng, labels, 1.0, 0.5), "image0_audio1": _logits(rng, labels, 1.0, 0.5),
     }
-    return WalkSimulator(logits, labels, ("image", "audio"), MACS, HEADS, "max_prob")
+    return WalkSimulator(logits, labels, ("image", "audio"), MACS, HEADS, "max_prob", agreement=agreement)
 
 
 def test_never_exiting_costs_the_full_walk_and_equals_full_accuracy(sim):
@@ -133,3 +137,15 @@ def test_risk_control_keeps_the_val_disagreement_under_alpha(sim, alpha):
     assert chosen.val_disagreement <= alpha and chosen.pvalue <= 0.1 + 1e-12
     looser = risk_controlled_shift(sim, base, min(0.5, 2 * alpha), delta=0.1)
     assert looser.shift >= chosen.shift  # a larger alpha never certifies stricter thresholds
+
+
+@pytest.mark.parametrize("tau", [0.3, 0.5, 0.8])
+def test_agreement_only_removes_early_answers(sim, tau):
+    agree = _make_sim(agreement=True)
+    thresholds = {"image": tau, "audio": tau, "fusion": tau}
+    plain, agreed = sim.run(thresholds), agree.run(thresholds)
+    assert agreed.shares[agree.checks[0][0]] == 0.0  # the first check has nothing to agree with
+    final = sim.checks[-1][0]
+    assert sum(v for k, v in agreed.shares.items() if k != final) <= sum(v for k, v in plain.shares.items() if k != final)
+    pred, _ = agree.predictions(thresholds)
+    assert (pred == agree.labels).mean() == pytest.approx(agreed.accuracy)
