@@ -4,16 +4,21 @@ On the first N avmnist test samples (the project's loaders), with the default CN
 config.yaml's scheduler, one run measures side by side, on one local Ray:
 
 - ``engine batch-1``: ``Engine.process`` one sample after another, in process (the reference);
-- ``BatchEngine``: ``process_batch`` over batches of ``--batch-size``, in process (compute only);
+- ``BatchEngine``: what a replica runs (the ``system:exitflow`` factory's batch engine, ``as_batch_engine``),
+  ``process_batch`` over batches of ``--batch-size``, in process (compute only);
 - ``no-op per-sample``: a Serve deployment that answers at once (same ``@serve.batch`` settings,
   same payloads, a constant reply), ``--in-flight`` calls outstanding from an asyncio client: the
   request rate Serve itself allows on this machine;
 - ``service per-sample``: the exitflow service (one replica, ``@serve.batch`` of ``--batch-size``),
   the same client, every call one sample;
-- ``service micro-batch``: the same service, every call carrying ``--batch-size`` samples (a driver
-  serving several robots), ``--batch-in-flight`` calls outstanding.
+- ``no-op micro-batch``: the no-op deployment, every call carrying ``--batch-size`` samples: what
+  moving a micro-batch through Serve costs by itself;
+- ``service micro-batch``: the service, every call carrying ``--batch-size`` samples (a driver
+  serving several robots), ``--batch-in-flight`` calls outstanding; the samples travel through
+  Ray's object store (``--inline``: inside the request).
 
-Every mode's decisions are compared with batch-1's (prediction, exits, exit layers, exited_by,
+The in-process batch engine and the three Serve modes run interleaved for ``--rounds`` rounds and
+each keeps its best round (the machine is shared; noise only adds time). Every mode's decisions are compared with batch-1's (prediction, exits, exit layers, exited_by,
 MACs, order, skipped, missing, fused checks). The acceptance ratios are printed and written:
 service per-sample / no-op (request rate) and service micro-batch / BatchEngine (samples/s).
 ``--sweep`` also runs the in-process modes at three fused-check thresholds.
@@ -32,12 +37,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psutil
+import ray
 import torch
 from ray import serve
 
 from exitflow.pipeline.config import RayConfig, ServiceConfig, load_config
 from exitflow.pipeline.evaluation.bench import bench_inputs
-from exitflow.pipeline.inference.batch_engine import BatchEngine
+from exitflow.pipeline.inference.batch_engine import BatchEngine, as_batch_engine
 from exitflow.pipeline.inference.engine import Engine, policy_from_config
 from exitflow.pipeline.live.runtime.ray.connect import start_ray
 from exitflow.pipeline.live.runtime.ray.service import (
@@ -45,7 +52,10 @@ from exitflow.pipeline.live.runtime.ray.service import (
     deployment_options,
     service_shutdown,
 )
+from exitflow.pipeline.live.runtime.workers import resolve_engine_factory
 from exitflow.pipeline.messages import Decision, Sample
+
+ENGINE = "system:exitflow"  # the stream.engine the service's replicas build
 
 
 @serve.deployment
@@ -59,6 +69,32 @@ class Noop:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def __call__(self, samples: list[Sample]) -> list[int]:
         return [0] * len(samples)
+
+    async def many(self, samples: list[Any]) -> list[int]:
+        """A micro-batch (inline, or ``[ref]`` to it in the object store), answered at once."""
+        if len(samples) == 1 and isinstance(samples[0], ray.ObjectRef):
+            samples = await samples[0]
+        return [0] * len(samples)
+
+
+def busy_neighbours(seconds: float = 1.0) -> list[str]:
+    """Other processes using > 10 % of a core over ``seconds`` (what else ran beside the benchmark)."""
+    procs = [p for p in psutil.process_iter(["pid", "cmdline"]) if p.pid != os.getpid()]
+    for p in procs:
+        try:
+            p.cpu_percent(None)
+        except psutil.Error:
+            pass
+    time.sleep(seconds)
+    out = []
+    for p in procs:
+        try:
+            pct = p.cpu_percent(None)
+        except psutil.Error:
+            continue
+        if pct > 10.0:
+            out.append(f"{pct:.0f}% {' '.join(p.info['cmdline'] or [])[:90]}")
+    return sorted(out, reverse=True)
 
 
 def key(d: Decision) -> tuple:
@@ -82,7 +118,7 @@ def run_engine(engine: Engine, samples: list[Sample]) -> tuple[list[Decision], f
     return out, time.perf_counter() - t0
 
 
-def run_batched(engine: BatchEngine, samples: list[Sample], batch_size: int) -> tuple[list[Decision], float]:
+def run_batched(engine: Any, samples: list[Sample], batch_size: int) -> tuple[list[Decision], float]:
     t0 = time.perf_counter()
     out: list[Any] = []
     for i in range(0, len(samples), batch_size):
@@ -117,34 +153,46 @@ def decisions_of(results: list[Any]) -> list[Decision]:
     return out
 
 
-async def serve_modes(service: InferenceService, samples: list[Sample], args: Any,
-                      reference: list[tuple]) -> list[dict[str, Any]]:
-    """The three Serve modes, on this (the client's) event loop."""
-    rows = []
+async def serve_modes(service: InferenceService, samples: list[Sample], args: Any, reference: list[tuple],
+                      batch_engine: Any) -> list[dict[str, Any]]:
+    """The Serve modes and the in-process batch engine, interleaved over ``args.rounds`` rounds (the
+    machine is shared: each mode's best round is kept, noise only adds time)."""
     noop = serve.get_deployment_handle("noop", app_name="exitflow-noop")
     batches = [samples[i : i + args.batch_size] for i in range(0, len(samples), args.batch_size)]
+    one = [lambda s=s: service.decide_aio(s) for s in samples]
+    many = [lambda b=b: service.decide_many_aio(b, via_store=not args.inline) for b in batches]
     await pump([lambda s=s: noop.remote(s) for s in samples[:200]], args.in_flight)  # warm-up
-    _, seconds = await pump([lambda s=s: noop.remote(s) for s in samples], args.in_flight)
-    rows.append(row("no-op per-sample", None, seconds, len(samples), reference, in_flight=args.in_flight))
+    await pump(one[:200], args.in_flight)
+    await pump(many[:4], args.batch_in_flight)
+    best: dict[str, dict[str, Any]] = {}
 
-    await pump([lambda s=s: service.decide_aio(s) for s in samples[:200]], args.in_flight)  # warm-up
-    base = await service.status_aio()
-    results, seconds = await pump([lambda s=s: service.decide_aio(s) for s in samples], args.in_flight)
-    end = await service.status_aio()
-    batch_mean = (end["items"] - base["items"]) / max(1, end["batches"] - base["batches"])
-    rows.append(row("service per-sample", decisions_of(results), seconds, len(samples), reference,
-                    in_flight=args.in_flight, batch_size_mean=round(batch_mean, 2),
-                    replica_busy_share=round((end["busy_s"] - base["busy_s"]) / seconds, 3)))
+    def keep(r: dict[str, Any]) -> None:
+        if r["mode"] not in best or r["samples_per_s"] > best[r["mode"]]["samples_per_s"]:
+            best[r["mode"]] = r
 
-    await pump([lambda b=b: service.decide_many_aio(b) for b in batches[:4]], args.batch_in_flight)  # warm-up
-    base = await service.status_aio()
-    results, seconds = await pump([lambda b=b: service.decide_many_aio(b) for b in batches], args.batch_in_flight)
-    end = await service.status_aio()
-    rows.append(row("service micro-batch", decisions_of([r for rs in results for r in rs]), seconds, len(samples),
-                    reference, in_flight=args.batch_in_flight, batch_size=args.batch_size,
-                    replica_busy_share=round((end["busy_s"] - base["busy_s"]) / seconds, 3),
-                    replica_samples_per_busy_s=round((end["items"] - base["items"]) / (end["busy_s"] - base["busy_s"]), 1)))
-    return rows
+    for _ in range(args.rounds):
+        _, seconds = await pump([lambda s=s: noop.remote(s) for s in samples], args.in_flight)
+        keep(row("no-op per-sample", None, seconds, len(samples), reference, in_flight=args.in_flight))
+        base = await service.status_aio()
+        results, seconds = await pump(one, args.in_flight)
+        end = await service.status_aio()
+        keep(row("service per-sample", decisions_of(results), seconds, len(samples), reference,
+                 in_flight=args.in_flight,
+                 batch_size_mean=round((end["items"] - base["items"]) / max(1, end["batches"] - base["batches"]), 2),
+                 replica_busy_share=round((end["busy_s"] - base["busy_s"]) / seconds, 3)))
+        noop_many = [lambda b=b: noop.many.remote([ray.put(b)] if not args.inline else b) for b in batches]
+        _, seconds = await pump(noop_many, args.batch_in_flight)
+        keep(row("no-op micro-batch", None, seconds, len(samples), reference, in_flight=args.batch_in_flight))
+        got, seconds = run_batched(batch_engine, samples, args.batch_size)
+        keep(row("BatchEngine", got, seconds, len(samples), reference, batch_size=args.batch_size))
+        base = await service.status_aio()
+        results, seconds = await pump(many, args.batch_in_flight)
+        end = await service.status_aio()
+        keep(row("service micro-batch", decisions_of([r for rs in results for r in rs]), seconds, len(samples),
+                 reference, in_flight=args.batch_in_flight, batch_size=args.batch_size,
+                 replica_busy_share=round((end["busy_s"] - base["busy_s"]) / seconds, 3)))
+    return [best[m] for m in ("BatchEngine", "no-op per-sample", "service per-sample", "no-op micro-batch",
+                              "service micro-batch")]
 
 
 def sweep(parts: Any, cfg: Any, samples: list[Sample], batch_size: int, repeats: int = 3) -> list[dict[str, Any]]:
@@ -178,10 +226,14 @@ def main() -> None:
     ap.add_argument("--wait-ms", type=float, default=5.0, help="service.batch_wait_ms")
     ap.add_argument("--in-flight", type=int, default=64, help="per-sample calls outstanding at once")
     ap.add_argument("--batch-in-flight", type=int, default=4, help="micro-batch calls outstanding at once")
+    ap.add_argument("--inline", action="store_true",
+                    help="micro-batches inside the request instead of through Ray's object store")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per mode; the best is kept")
     ap.add_argument("--sweep", action="store_true", help="also time batch-1 vs batched at three thresholds")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    neighbours_before = busy_neighbours()
     cfg = load_config(None, ["engine.num_threads=1"])
     parts, samples = bench_inputs(cfg, "avmnist", "test", args.limit)
     engine = parts.exitflow(meter=None, budget=False).engine
@@ -189,10 +241,9 @@ def main() -> None:
     ref_decisions, t_ref = run_engine(engine, samples)
     reference = [key(d) for d in ref_decisions]
     rows = [row("engine batch-1", ref_decisions, t_ref, len(samples), reference)]
-    batched = BatchEngine(engine)
-    run_batched(batched, samples[:64], args.batch_size)  # warm-up
-    got, seconds = run_batched(batched, samples, args.batch_size)
-    rows.append(row("BatchEngine", got, seconds, len(samples), reference, batch_size=args.batch_size))
+    # what each replica runs: the stream.engine factory's system, batched as the replica batches it
+    batch_engine = as_batch_engine(resolve_engine_factory(ENGINE)(cfg))
+    run_batched(batch_engine, samples[:64], args.batch_size)  # warm-up
 
     service_cfg = ServiceConfig(name="exitflow-bench", max_batch_size=args.batch_size, batch_wait_ms=args.wait_ms,
                                 max_ongoing_requests=max(args.in_flight, 2 * args.batch_size), shed_after_ms=None,
@@ -202,14 +253,16 @@ def main() -> None:
         serve.start(proxy_location="Disabled")
         serve.run(Noop.options(**deployment_options(service_cfg, "noop")).bind(), name="exitflow-noop",
                   route_prefix=None)
-        service = InferenceService.start("system:exitflow", cfg, service=service_cfg)
-        rows += service.run(lambda: serve_modes(service, samples, args, reference))
+        service = InferenceService.start(ENGINE, cfg, service=service_cfg)
+        rows += service.run(lambda: serve_modes(service, samples, args, reference, batch_engine))
     finally:
         service_shutdown()
     by = {r["mode"]: r for r in rows}
     ratios = {
         "per_sample_vs_noop": by["service per-sample"]["samples_per_s"] / by["no-op per-sample"]["samples_per_s"],
         "micro_batch_vs_batch_engine": by["service micro-batch"]["samples_per_s"] / by["BatchEngine"]["samples_per_s"],
+        "micro_batch_vs_noop_micro_batch": by["service micro-batch"]["samples_per_s"]
+        / by["no-op micro-batch"]["samples_per_s"],
     }
     base = rows[0]["samples_per_s"]
     print(f"{'mode':<20} {'n':>5} {'samples/s':>10} {'ms/sample':>10} {'x batch-1':>9} {'MACs/sample':>12} "
@@ -222,7 +275,9 @@ def main() -> None:
     print(f"service per-sample / no-op request rate: {ratios['per_sample_vs_noop']:.2f} (acceptance >= 0.80)")
     print(f"service micro-batch / BatchEngine samples/s: {ratios['micro_batch_vs_batch_engine']:.2f} "
           "(acceptance >= 0.80)")
-    out: dict[str, Any] = {"rows": rows, "ratios": ratios, "load_avg_1m": os.getloadavg()[0],
+    print(f"service micro-batch / no-op micro-batch samples/s: {ratios['micro_batch_vs_noop_micro_batch']:.2f}")
+    out: dict[str, Any] = {"rows": rows, "ratios": ratios, "load_avg_1m": os.getloadavg()[0], "args": vars(args),
+                           "busy_neighbours_before": neighbours_before, "busy_neighbours_after": busy_neighbours(),
                            "throughput_optimized": os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED")}
     if args.sweep:
         out["sweep"] = sweep(parts, cfg, samples, args.batch_size)

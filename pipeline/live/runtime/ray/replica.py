@@ -38,7 +38,7 @@ import torch
 
 from exitflow.pipeline.config import ServiceConfig
 from exitflow.pipeline.data.preprocessing import DEFAULT_PREPROCESSING, Preprocessing
-from exitflow.pipeline.inference.batch_engine import as_batch_engine
+from exitflow.pipeline.inference.batch_engine import BatchEngine, as_batch_engine
 from exitflow.pipeline.live.core.failures import (
     SHED_PREFIX,
     FailedDecision,
@@ -172,6 +172,9 @@ class ServiceReplica:
         self.service = service or ServiceConfig()
         self.engine = resolve_engine_factory(factory)(cfg) if isinstance(factory, str) else factory()
         self.batch_engine = as_batch_engine(self.engine)
+        # the eager torch engine turns arrays into tensors (torch.from_numpy): hand it read-only
+        # arrays as tensors already; a numpy engine (the compiled fast path) takes them as they are
+        self.tensor_inputs = isinstance(self.batch_engine, BatchEngine)
         self.preprocess = preprocess
         self.preprocessing = model_preprocessing(cfg)  # a bundle's, else the defaults
         self.shed_policy = ShedPolicy(self.service.shed_policy, self.service.shed_after_ms, self.service.max_batch_size)
@@ -210,7 +213,8 @@ class ServiceReplica:
             ready = preprocess_batch(samples, self.preprocess_drops, self.preprocessing)
         else:
             ready = list(samples)
-        ready = [s if not isinstance(s, Sample) else _zero_copy(s) for s in ready]
+        if self.tensor_inputs:
+            ready = [_zero_copy(s) for s in ready]
         t_engine = time.perf_counter()
         try:
             outs: list[Any] = list(self.batch_engine.process_batch(ready))

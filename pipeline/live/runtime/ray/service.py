@@ -87,8 +87,14 @@ class ServiceDeployment:
         """One sample: ``(decision, stage_ms, error)``, batched with whatever else arrives."""
         return cast(Result, await self._batched(Request(sample, client)))
 
-    async def process_many(self, samples: list[Sample], client: str = "") -> list[Result]:
-        """A client's micro-batch, run as one batch (one request, one result per sample)."""
+    async def process_many(self, samples: list[Sample] | list[ray.ObjectRef], client: str = "") -> list[Result]:
+        """A client's micro-batch, run as one batch (one request, one result per sample).
+
+        ``samples`` is the list itself, or ``[ref]`` to it in Ray's object store (zero-copy: the
+        arrays are read-only views of the store's shared memory on this node).
+        """
+        if len(samples) == 1 and isinstance(samples[0], ray.ObjectRef):
+            samples = await samples[0]
         now = time.perf_counter()
         return self.replica.run_requests([Request(s, client, now) for s in samples])
 
@@ -272,10 +278,16 @@ class InferenceService:
         except BackPressureError:
             return _busy(sample)
 
-    async def decide_many_aio(self, samples: list[Sample]) -> list[Result]:
-        """One call carrying ``samples``, run as one batch in one replica."""
+    async def decide_many_aio(self, samples: list[Sample], via_store: bool = True) -> list[Result]:
+        """One call carrying ``samples``, run as one batch in one replica.
+
+        With ``via_store`` the samples go through Ray's object store (one copy in, zero copies out
+        on the replica's node: the request itself carries only a reference) instead of inside the
+        request (pickled into it, unpickled out of it).
+        """
+        payload: list[Any] = [ray.put(list(samples))] if via_store else list(samples)
         try:
-            return cast(list[Result], await self._call("process_many", list(samples), self.client))
+            return cast(list[Result], await self._call("process_many", payload, self.client))
         except BackPressureError:
             return [_busy(s) for s in samples]
 
