@@ -375,6 +375,13 @@ class SchedulerConfig:
     calibration_regret: float | None = field(default=0.0, metadata=bounds(
         min=0.0, max=1.0, help="exitflow calibrate: an early check's answers may be this much less accurate "
         "than the full model on the same samples (val); null = no per-check bar"))
+    calibration_criterion: Literal["no_regret", "risk_control"] = field(default="no_regret", metadata=bounds(
+        help="exitflow calibrate: the per-check bars above, or those then tightened by Learn-then-Test on "
+        "disagreement with the full path (calibration_alpha, calibration_delta; docs/adaptive.md)"))
+    calibration_alpha: float = field(default=0.02, metadata=bounds(
+        min=0.0, max=1.0, min_exclusive=True, help="risk_control: disagreement with the full path certified on val"))
+    calibration_delta: float = field(default=0.1, metadata=bounds(
+        min=0.0, max=1.0, min_exclusive=True, help="risk_control: the certificate fails with probability <= this"))
     threshold_coupling: float = field(default=1.0, metadata=bounds(min=0.0, max=4.0))
     accuracy: Literal["exited", "overall"] = "exited"
     min_exit_prob: float = field(

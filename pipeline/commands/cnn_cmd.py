@@ -85,5 +85,8 @@ def _calibrate(args: argparse.Namespace, cfg: Config) -> int:
           f"(full {report['val_full_accuracy']:.4f}, allowed drop {report['max_drop']}) at "
           f"{report['val_macs']:,.0f} MACs/sample (full {report['full_macs']:,.0f})")
     print("answered at: " + ", ".join(f"{k} {v:.3f}" for k, v in report["shares"].items() if v))
+    risk = report["risk_control"]
+    print(f"disagreement with the full path on val {report['val_disagreement']:.4f}" + (
+        "" if risk is None else f" (risk control: alpha {risk['alpha']}, delta {risk['delta']}, shift {risk['shift']:+.3f})"))
     print(f"saved {profile_path(cfg, dataset)}")
     return 0

@@ -336,7 +336,13 @@ def calibrate_family(
     cfg: Config, dataset: str, meter: Any, energy_samples: int = 100, progress: bool = True, limit: int | None = None,
 ) -> dict:
     """Choose the thresholds on ``val`` (its first ``limit`` samples) for the policy's order, write the
-    profile; returns a report."""
+    profile; returns a report.
+
+    ``scheduler.calibration_criterion``: ``no_regret`` (the module doc's bars) or ``risk_control``: the
+    no-regret thresholds then moved by the loosest shift that Learn-then-Test certifies for
+    ``calibration_alpha`` disagreement with the full path at level ``calibration_delta``
+    (:func:`risk_controlled_shift`; the same one-knob family the online recalibration moves).
+    """
     from exitflow.pipeline.data.avmnist import load_split
     from exitflow.pipeline.inference.engine import policy_from_config
     from exitflow.pipeline.inference.loading import load_encoders, load_fusion
@@ -392,15 +398,25 @@ def calibrate_family(
         never = THRESHOLD_GRID[rule][0]
         thresholds = {m: never for m in fusion.modalities} | {FUSION_KEY: never}
         chosen = (order, thresholds, sim.run(thresholds), sim)
+    risk = None
+    if cfg.scheduler.calibration_criterion == "risk_control":  # LTT on disagreement, from the no-regret point
+        order, thresholds, _, sim = chosen
+        risk = risk_controlled_shift(sim, thresholds, cfg.scheduler.calibration_alpha, cfg.scheduler.calibration_delta)
+        chosen = (order, risk.thresholds, sim.run(risk.thresholds), sim)
     make_profile(cfg, dataset, meter, energy_samples, progress, thresholds=chosen[1], limit=limit,
                  records=records, energy=energy)  # the one kept
     order, thresholds, result, sim = chosen
+    pred, _ = sim.predictions(thresholds)
     report = {
         "order": list(order), "thresholds": thresholds, "rule": rule, "val_samples": int(labels.shape[0]),
         "val_full_accuracy": sim.full_accuracy(), "val_accuracy": result.accuracy, "val_macs": result.macs,
         "full_macs": sim.checks[-1][2], "shares": result.shares, "precision": result.precision,
         "max_drop": cfg.scheduler.calibration_drop, "min_precision": cfg.scheduler.calibration_precision,
         "max_regret": cfg.scheduler.calibration_regret,
+        "criterion": cfg.scheduler.calibration_criterion,
+        "val_disagreement": float((pred != sim.full_predictions()).mean()),
+        "risk_control": None if risk is None else {"alpha": risk.alpha, "delta": risk.delta, "shift": risk.shift,
+                                                    "pvalue": risk.pvalue},
         "orders": {"->".join(c[1]): {"val_macs": c[0], "thresholds": c[2]} for c in candidates},
     }
     if progress:

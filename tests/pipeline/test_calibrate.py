@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
+
 import numpy as np
 import pytest
 
-from exitflow.pipeline.training.calibrate import WalkSimulator, binomial_pvalue, risk_controlled_shift
+from exitflow.devices import get_power_meter
+from exitflow.pipeline.artifacts import cnn_folder
+from exitflow.pipeline.training.calibrate import (
+    WalkSimulator,
+    binomial_pvalue,
+    calibrate_family,
+    risk_controlled_shift,
+)
+from tests.conftest import requires_shared
 
 N, C = 400, 4
 MACS = {"image": [1.0, 2.0], "audio": [10.0, 30.0]}
@@ -149,3 +161,23 @@ def test_agreement_only_removes_early_answers(sim, tau):
     assert sum(v for k, v in agreed.shares.items() if k != final) <= sum(v for k, v in plain.shares.items() if k != final)
     pred, _ = agree.predictions(thresholds)
     assert (pred == agree.labels).mean() == pytest.approx(agreed.accuracy)
+
+
+@requires_shared
+def test_calibrate_with_risk_control_writes_tighter_thresholds(tmp_path, shared_cfg):
+    """``scheduler.calibration_criterion: risk_control`` on a copy of the committed CNN family (1,000 val rows)."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(cnn_folder(shared_cfg, "avmnist"), ckpt / "cnn_avmnist")
+    base = dataclasses.replace(shared_cfg, train=dataclasses.replace(shared_cfg.train, checkpoint_dir=str(ckpt)))
+    reports = {}
+    for criterion in ("no_regret", "risk_control"):
+        cfg = dataclasses.replace(base, scheduler=dataclasses.replace(
+            base.scheduler, calibration_criterion=criterion, calibration_alpha=0.01))
+        with get_power_meter("psutil") as meter:
+            reports[criterion] = calibrate_family(cfg, "avmnist", meter, energy_samples=2, progress=False, limit=1000)
+    plain, risk = reports["no_regret"], reports["risk_control"]
+    assert plain["risk_control"] is None and risk["risk_control"]["alpha"] == 0.01
+    assert risk["risk_control"]["shift"] <= 0.0 and risk["val_disagreement"] <= 0.01
+    assert risk["val_macs"] >= plain["val_macs"]
+    saved = json.loads((ckpt / "cnn_avmnist" / "profile.json").read_text())["thresholds"]
+    assert saved == pytest.approx(risk["thresholds"])
