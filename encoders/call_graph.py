@@ -8,11 +8,11 @@ weights and the same arithmetic as their incremental ``start``/``step`` and ``fu
     inputs:  x_<m>  (B, C, H, W)   raw input of a modality whose first step is in this call
              h_<m>  (B, C_i, H_i, W_i) hidden map of a modality an earlier call left unfinished
              e_<m>  (B, D)         embedding of a modality's latest exit from an earlier call
-             thr    (S,) float64   threshold of each step (+inf / -inf: the step always passes)
-    outputs: pick   (B,) int64     index of the first step that passes (the last step when none does)
+             thr    (S,) float64   threshold of each scored step (+inf / -inf: the step always passes)
+    outputs: pick   (B,) int64     index (among the scored steps) of the first that passes, else the last
              passed (B,) bool      whether a step passed
-             preds  (B, S) int64   every step's class
-             scores (B, S) float64 every step's score (normalised entropy or max probability)
+             preds  (B, S) int64   every scored step's class
+             scores (B, S) float64 every scored step's score (normalised entropy or max probability)
              out_h_<m>, out_e_<m>  what later calls need (their h_<m>, e_<m>)
 
 Two changes make the graph exportable and cheap, both exact in real arithmetic: an exit head's
@@ -33,7 +33,8 @@ from torch import nn
 from exitflow.encoders.cnn import CNNEarlyExitEncoder, ExitHead
 from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
 
-ENTROPY_FLOOR = 1e-12  # probabilities below this add nothing to the entropy (scheduler.rules.entropy_of)
+ENTROPY_FLOOR = 1e-12
+STEP_USES = ("score", "logits", "embed", "skip")  # probabilities below this add nothing to the entropy (scheduler.rules.entropy_of)
 
 
 class StepLike(Protocol):
@@ -154,6 +155,10 @@ class CallGraph(nn.Module):
         rule: ``entropy`` or ``max_prob``.
         hidden_out: Modalities whose hidden map later calls continue from.
         embedding_out: Modalities whose latest embedding later calls fuse.
+        use: Per step, what of it runs: ``score`` (its exit test), ``logits`` (an exit's classifier, for a
+            one-modality final step), ``embed`` (an exit's embedding only: a later fused step reads it),
+            ``skip`` (nothing but an exit's blocks: a step whose threshold cannot pass and whose output
+            nothing reads). None: every step scored. The last step is always scored.
     """
 
     def __init__(
@@ -165,15 +170,21 @@ class CallGraph(nn.Module):
         rule: str,
         hidden_out: Sequence[str] = (),
         embedding_out: Sequence[str] = (),
+        use: Sequence[str] | None = None,
     ):
         super().__init__()
+        use = list(use) if use is not None else ["score"] * len(steps)
+        if len(use) != len(steps) or any(u not in STEP_USES for u in use) or use[-1] != "score":
+            raise ValueError(f"use needs one of {STEP_USES} per step, the last one 'score'; got {use}")
         if rule not in ("entropy", "max_prob"):
             raise ValueError(f"a compiled call evaluates entropy or max_prob, got rule {rule!r}")
         if not steps:
             raise ValueError("a call needs at least one step")
         self.rule = rule
         self.steps = [(s.kind, tuple(s.exits)) for s in steps]
-        n = len(self.steps)
+        self.use = use
+        self.scored = [i for i, u in enumerate(use) if u == "score"]  # call-local positions of the scored steps
+        n = len(self.scored)
         self.position_weight: torch.Tensor
         self.last_bonus: torch.Tensor
         self.register_buffer("position_weight", torch.arange(n, 0, -1, dtype=torch.float32))
@@ -188,10 +199,12 @@ class CallGraph(nn.Module):
         self.fused_steps: list[int] = []
         shapes = {m: map_shapes(enc) for m, enc in encoders.items()}
         run_here: dict[str, list[int]] = {}
-        for kind, exits in self.steps:
+        for (kind, exits), mode in zip(self.steps, use, strict=True):
             if kind == "exit":
                 m, j = exits[0]
                 run_here.setdefault(m, []).append(j)
+                if mode == "skip":
+                    continue
                 c, h, w = shapes[m][j]
                 head = encoders[m].heads[j]
                 if not isinstance(head, ExitHead):
@@ -200,7 +213,7 @@ class CallGraph(nn.Module):
                     head, float(encoders[m].temperatures[j]), c, h, w, encoders[m].config.head_pool)
             elif fusion is None:
                 raise ValueError("a call with a fused check or a final fusion needs the exit grid")
-            elif not fusion.passthrough:
+            elif not fusion.passthrough and mode != "skip":
                 self.fused[str(len(self.fused_steps))] = FusedHead(fusion, dict(exits))
                 self.fused_steps.append(len(self.fused_steps))
         # inputs, in order: raw inputs, hidden maps, embeddings (fused before this call runs them), thresholds
@@ -208,9 +221,11 @@ class CallGraph(nn.Module):
         self.input_names += [f"h_{m}" for m in run_here if m in self.started]
         self.embedding_in: list[str] = []
         seen: set[str] = set()
-        for kind, exits in self.steps:
+        for (kind, exits), mode in zip(self.steps, use, strict=True):
             if kind == "exit":
                 seen.add(exits[0][0])
+                continue
+            if mode == "skip" or (fusion is not None and fusion.passthrough):
                 continue
             for m, _ in exits:
                 if m not in seen and m not in self.embedding_in:
@@ -243,22 +258,27 @@ class CallGraph(nn.Module):
         step_logits = []
         last_logits: dict[str, torch.Tensor] = {}
         fused = 0
-        for kind, exits in self.steps:
+        for (kind, exits), mode in zip(self.steps, self.use, strict=True):
             if kind == "exit":
                 m, j = exits[0]
                 for block in self.encoders[m].blocks[layer[m] : j + 1]:  # blocks of exits left out run too
                     hidden[m] = block(hidden[m])  # (B, C_j, H_j, W_j)
                 layer[m] = j + 1
-                logits, embeddings[m] = self.heads[f"{m}{j}"](hidden[m])
-                last_logits[m] = logits
+                if mode == "embed":
+                    embeddings[m] = self.heads[f"{m}{j}"].embed(hidden[m])  # (B, D): no classifier
+                elif mode != "skip":
+                    last_logits[m], embeddings[m] = self.heads[f"{m}{j}"](hidden[m])
+                if mode == "score":
+                    step_logits.append(last_logits[m])
+            elif mode == "skip":
+                continue
             elif self.fusion is not None and self.fusion.passthrough:
-                logits = last_logits[exits[0][0]]  # one modality: its exit's own logits
+                step_logits.append(last_logits[exits[0][0]])  # one modality: its exit's own logits
             else:
-                logits = self._fuse(fused, embeddings)
+                step_logits.append(self._fuse(fused, embeddings))
                 fused += 1
-            step_logits.append(logits)
-        # every step's score at once (a handful of graph nodes, not a handful per step)
-        n, k = len(self.steps), self.num_classes
+        # every scored step's score at once (a handful of graph nodes, not a handful per step)
+        n, k = len(step_logits), self.num_classes
         stacked = torch.cat(step_logits, dim=1).reshape(-1, n, k) if n > 1 else step_logits[0].reshape(-1, 1, k)
         probs = torch.softmax(stacked, dim=-1).double()  # (B, S, K): float32 softmax, float64 score (as the policy's)
         if self.rule == "entropy":

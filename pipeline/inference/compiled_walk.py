@@ -41,7 +41,7 @@ class CompiledCallPlan:
             array, ``("thr", "")`` the thresholds.
         carry: Graph output name -> carried key (``h_audio``...), for later calls.
         step_macs: Per-sample MACs of each of its steps.
-        keys: The threshold key of each step (None: always passes).
+        keys: The threshold key of each scored step (None: always passes).
         name: Stage name in a decision's ``latency_ms``, e.g. ``image/0-2+audio/0+fusion``.
     """
 
@@ -54,6 +54,7 @@ class CompiledCallPlan:
     keys: list[str | None]
     name: str
     macs_through: list[int] = field(default_factory=list)  # MACs of the call's steps up to and including i
+    scored: list[int] = field(default_factory=list)  # call-local positions of the scored steps (``pick`` indexes it)
 
 
 @dataclass
@@ -65,22 +66,46 @@ class CompiledProgram:
     calls: list[CompiledCallPlan]
     exits_at: list[dict[str, int]]
     fused_at: list[int]  # fused checks run up to and including step i (the final fusion counts)
+    uses: list[str] = field(default_factory=list)  # what of each step runs (CallGraph's ``use``)
 
 
 def step_macs(step: Step, encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion | None,
-              layer_before: Mapping[str, int]) -> int:
-    """Per-sample MACs of one step: the blocks since the modality's last exit run plus the exit's head
-    (exit steps), or the fusion head (checks, the final fusion; 0 for a one-modality grid)."""
+              layer_before: Mapping[str, int], use: str = "score") -> int:
+    """Per-sample MACs of one step as it runs (``use``, see :class:`CallGraph`): the blocks since the
+    modality's last exit plus what of the exit's head runs (exit steps), or the fusion head (checks, the
+    final fusion; 0 for a one-modality grid or a skipped check)."""
     if step.kind == "exit":
         m, j = step.exits[0]
         segs = encoders[m].segment_macs()
         done = layer_before.get(m, 0)
-        return int(sum(segs[done : j + 1]) + encoders[m].head_macs()[j])
-    if fusion is None or fusion.passthrough:
+        head = encoders[m].head_macs()[j]
+        if use == "embed":
+            linear = encoders[m].heads[j].classifier
+            head -= linear.in_features * linear.out_features
+        elif use == "skip":
+            head = 0
+        return int(sum(segs[done : j + 1]) + head)
+    if fusion is None or fusion.passthrough or use == "skip":
         return 0
     chosen = dict(step.exits)
     full = {m: chosen.get(m, len(fusion.dims[m]) - 1) for m in fusion.modalities}
     return int(fusion.head_macs[grid_key(full, fusion.modalities)])
+
+
+def step_uses(steps: Sequence[Step], live: Sequence[bool], passthrough: bool) -> list[str]:
+    """What of each step runs (``CallGraph``'s ``use``) when ``live[i]`` says whether step i's threshold can
+    pass at all: a step that cannot stop the walk needs no score; an exit's head runs only as far as a
+    later fused step (or a one-modality final step) reads it."""
+    uses = ["score" if ok or s.key is None else "skip" for s, ok in zip(steps, live, strict=True)]
+    for i, s in enumerate(steps):
+        if s.kind != "exit" or uses[i] == "score":
+            continue
+        later = [(t, u) for t, u in zip(steps[i + 1 :], uses[i + 1 :], strict=True) if t.kind != "exit" and u != "skip"]
+        if passthrough and any(t.kind == "final" and s.exits[0] in t.exits for t, _ in later):
+            uses[i] = "logits"
+        elif not passthrough and any(s.exits[0] in t.exits for t, _ in later):
+            uses[i] = "embed"
+    return uses
 
 
 def _stage_name(steps: Sequence[Step]) -> str:
@@ -105,32 +130,38 @@ def example_input(name: str, encoders: Mapping[str, CNNEarlyExitEncoder], starte
 
 def compile_call(backend: Backend, encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion | None,
                  steps: Sequence[Step], started: Mapping[str, int], rule: str,
-                 hidden_out: Sequence[str] = (), embedding_out: Sequence[str] = ()) -> tuple[CallGraph, CompiledCall]:
+                 hidden_out: Sequence[str] = (), embedding_out: Sequence[str] = (),
+                 use: Sequence[str] | None = None) -> tuple[CallGraph, CompiledCall]:
     """Build the :class:`CallGraph` of ``steps`` and compile it on ``backend``."""
-    graph = CallGraph(encoders, fusion, steps, started, rule, hidden_out, embedding_out).eval()
-    examples = [example_input(n, encoders, started, len(steps)) for n in graph.input_names]
+    graph = CallGraph(encoders, fusion, steps, started, rule, hidden_out, embedding_out, use).eval()
+    examples = [example_input(n, encoders, started, len(graph.scored)) for n in graph.input_names]
     batched = [n for n in graph.input_names if n != "thr"]
     return graph, backend.compile(graph, examples, graph.input_names, graph.output_names, batched)
 
 
 def compile_program(program: Program, cuts: Sequence[int], backend: Backend,
                     encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion | None,
-                    rule: str) -> CompiledProgram:
-    """Compile ``program`` cut at ``cuts`` (0 first, ``len(steps)`` last) into calls."""
+                    rule: str, live: Sequence[bool] | None = None) -> CompiledProgram:
+    """Compile ``program`` cut at ``cuts`` (0 first, ``len(steps)`` last) into calls; ``live[i]``: whether
+    step i's threshold can pass at all (None: all can). A cut after a step that cannot pass is dropped:
+    a call ends with a step that may stop the walk."""
     steps = program.steps
     if not cuts or cuts[0] != 0 or cuts[-1] != len(steps) or any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
         raise ValueError(f"cuts must rise from 0 to {len(steps)}, got {tuple(cuts)}")
+    live = list(live) if live is not None else [True] * len(steps)
+    uses = step_uses(steps, live, fusion is not None and fusion.passthrough)
+    cuts = [c for c in cuts if c in (0, len(steps)) or uses[c - 1] == "score"]
     # where every step stands: each modality's latest exit, and the MACs of each step in walk order
     exits_at, fused_at, all_macs = [], [], []
     latest: dict[str, int] = {}
     fused = 0
-    for s in steps:
+    for s, use in zip(steps, uses, strict=True):
         layer_before = {m: j + 1 for m, j in latest.items()}
-        all_macs.append(step_macs(s, encoders, fusion, layer_before))
+        all_macs.append(step_macs(s, encoders, fusion, layer_before, use))
         if s.kind == "exit":
             latest[s.modality] = s.exit_index
-        else:
-            fused += 1
+        elif use != "skip":
+            fused += 1  # the fusion heads that ran
         exits_at.append(dict(latest))
         fused_at.append(fused)
     calls = []
@@ -138,21 +169,23 @@ def compile_program(program: Program, cuts: Sequence[int], backend: Backend,
         started = exits_at[a - 1] if a > 0 else {}
         here = [s for s in steps[a:b] if s.kind == "exit"]
         run = list(dict.fromkeys(s.modality for s in here))
-        later = steps[b:]
-        later_exit = {s.modality for s in later if s.kind == "exit"}
-        later_fused = {m for s in later if s.kind != "exit" for m, _ in s.exits}
+        later = list(zip(steps[b:], uses[b:], strict=True))
+        later_exit = {s.modality for s, _ in later if s.kind == "exit"}
+        later_fused = {m for s, u in later if s.kind != "exit" and u != "skip" for m, _ in s.exits}
         hidden_out = [m for m in run if m in later_exit]
         embedding_out = [m for m in run if m in later_fused]
-        graph, call = compile_call(backend, encoders, fusion, steps[a:b], started, rule, hidden_out, embedding_out)
+        graph, call = compile_call(backend, encoders, fusion, steps[a:b], started, rule, hidden_out, embedding_out,
+                                   uses[a:b])
         inputs = [(n.split("_", 1)[0], n.split("_", 1)[1]) if n != "thr" else ("thr", "") for n in graph.input_names]
         carry = {i: n[4:] for i, n in enumerate(graph.output_names) if n.startswith("out_")}
         macs = all_macs[a:b]
         calls.append(CompiledCallPlan(
             call=call, start=a, stop=b, inputs=inputs, carry=carry, step_macs=macs,
-            keys=[s.key for s in steps[a:b]], name=_stage_name(steps[a:b]),
-            macs_through=list(np.cumsum(macs).tolist()),
+            keys=[steps[a + i].key for i in graph.scored], name=_stage_name(steps[a:b]),
+            macs_through=list(np.cumsum(macs).tolist()), scored=list(graph.scored),
         ))
-    return CompiledProgram(program=program, cuts=tuple(cuts), calls=calls, exits_at=exits_at, fused_at=fused_at)
+    return CompiledProgram(program=program, cuts=tuple(cuts), calls=calls, exits_at=exits_at, fused_at=fused_at,
+                           uses=uses)
 
 
 class _Nothing(nn.Module):
@@ -191,7 +224,7 @@ def measure_step_ms(program: Program, backend: Backend, encoders: Mapping[str, C
             out.append(0.0)  # the last exit's own logits: nothing to compute, never a call of its own
             continue
         graph, call = compile_call(backend, encoders, fusion, [s], latest, rule)
-        inputs = [example_input(n, encoders, latest, 1, batch=1) for n in graph.input_names]
+        inputs = [example_input(n, encoders, latest, len(graph.scored), batch=1) for n in graph.input_names]
         inputs = [np.full(1, INF) if n == "thr" else x for n, x in zip(graph.input_names, inputs, strict=True)]
         out.append(max(0.0, _time_call(call, inputs, repeats) - call_ms))
         if s.kind == "exit":

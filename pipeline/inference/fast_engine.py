@@ -17,7 +17,8 @@ fast engine:
 Steps after the first passing one *within* a call run anyway (that is what a cut trades): their
 MACs are counted in the decision, which is never changed by them. Batches (``process_batch``) run
 each call once over the samples still walking (compaction: a sample that stopped leaves the
-batch before the next call) with every step a call of its own.
+batch before the next call), cut as the batch-1 walk is (measured faster at batch 32 than a call per
+step: the image steps almost never stop a walk, so compaction between them buys nothing).
 
 Energy: one meter window per sample (batch-1) or per batch, as the reference engine and batch
 engine do; a budget controller updates lambda after each sample (the thresholds follow it).
@@ -78,6 +79,7 @@ class FastEngine(Engine):
             whole walk in one call).
         meter_window_ms: > 0: read the meter once per window this long and price samples by the
             window's mean power (``energy_windows.py``); 0: a meter window per sample.
+        batch_cuts: ``"auto"`` (batches cut as the batch-1 walk) or ``"steps"`` (a call per step).
     """
 
     def __init__(
@@ -94,7 +96,7 @@ class FastEngine(Engine):
         step_costs: dict[str, Any] | None = None,
         cuts: str = "auto",
         meter_window_ms: float = 0.0,
-        batch_cuts: str = "steps",
+        batch_cuts: str = "auto",
     ):
         bad = [m for m, e in encoders.items() if not isinstance(e, CNNEarlyExitEncoder)]
         if bad:
@@ -110,11 +112,14 @@ class FastEngine(Engine):
         walk_program(policy, policy.profile.modalities)  # raises now for a rule without a static walk
         self.backend = backend
         self.cuts_mode = cuts
-        self.batch_cuts = batch_cuts  # "steps": a call per step in batches (compaction after every step)
+        self.batch_cuts = batch_cuts  # "auto": batches use the walk's cuts; "steps": compaction after every step
         # shared and filled in place: every engine built from the same parts measures a program once
         self.step_costs: dict[str, Any] = step_costs if step_costs is not None else {}
         self.step_costs.setdefault("step_ms", {})
-        self._compiled: dict[tuple[Any, ...], CompiledProgram] = {}
+        self._compiled: dict[tuple[Any, ...], CompiledProgram] = {}  # in force, by plan key
+        self._all: dict[tuple[Any, ...], CompiledProgram] = {}  # every compiled program, by plan key and live steps
+        self._programs: dict[tuple[Any, ...], Program] = {}
+        self._live_source: dict[str, float] | None = None
         self._thr_cache: dict[tuple[int, int], np.ndarray] = {}
         self._thr_source: dict[str, float] | None = None
         self._shapes = {m: (e.config.num_channels, e.config.input_size, e.config.input_size)
@@ -128,28 +133,50 @@ class FastEngine(Engine):
 
     # -- programs ---------------------------------------------------------------------------------
     def program_for(self, present: tuple[str, ...], missing: tuple[str, ...], batch: bool = False) -> CompiledProgram:
-        """The compiled program of the current plan for ``present`` (compiled on first use)."""
+        """The compiled program of the current plan for ``present`` (compiled on first use, and again when a
+        threshold change makes a step able or unable to pass)."""
         policy = self.policy
         key = (policy._plan_band, present, missing, policy.cheapest_mode, batch)
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            program = walk_program(policy, present, missing)
+        program = self._programs.get(key[:4])
+        if program is None:
+            program = self._programs[key[:4]] = walk_program(policy, present, missing)
             if not program.plan.order:
                 raise EngineError(f"the plan for {present} runs no modality (all skipped or missing)")
-            cuts = self._cuts(program, batch)
-            compiled = compile_program(program, cuts, self.backend, self.encoders, self.fusion, policy.exit_rule)
-            self._compiled[key] = compiled
+        live = self._live(program)
+        full_key = (*key, live)
+        compiled = self._all.get(full_key)
+        if compiled is None:
+            cuts = self._cuts(program, batch, live)
+            compiled = compile_program(program, cuts, self.backend, self.encoders, self.fusion, policy.exit_rule, live)
+            self._all[full_key] = compiled
             log.info("compiled %s: %s", self.system, " | ".join(c.name for c in compiled.calls))
+        self._compiled[key] = compiled
         return compiled
 
-    def _cuts(self, program: Program, batch: bool) -> tuple[int, ...]:
+    def _live(self, program: Program) -> tuple[bool, ...]:
+        """Per step: can its threshold pass at all? (entropy lies in [0, 1], max probability in (0, 1])."""
+        thresholds, rule = self.policy._thresholds, self.policy.exit_rule
+        return tuple(s.key is None or (thresholds[s.key] >= 0.0 if rule == "entropy" else thresholds[s.key] <= 1.0)
+                     for s in program.steps)
+
+    def _current(self, key: tuple[Any, ...]) -> CompiledProgram | None:
+        """The program in force for ``key``; after a threshold change, only while its live steps still hold."""
+        thresholds = self.policy._thresholds
+        if thresholds is not self._live_source:
+            self._live_source = thresholds
+            self._compiled.clear()  # looked up again (cheap: compiled programs stay in self._all)
+            return None
+        return self._compiled.get(key)
+
+    def _cuts(self, program: Program, batch: bool, live: tuple[bool, ...]) -> tuple[int, ...]:
         n = len(program.steps)
         if self.cuts_mode == "steps" or (batch and self.batch_cuts == "steps"):
             cuts = tuple(range(n + 1))
         elif self.cuts_mode == "one":
             cuts = (0, n)
         else:
-            cuts = choose_cuts(self.measured_step_ms(program), self.call_ms(), self.pass_prior(program))
+            prior = [p if ok else 0.0 for p, ok in zip(self.pass_prior(program), live, strict=True)]
+            cuts = choose_cuts(self.measured_step_ms(program), self.call_ms(), prior)
         if self.fusion is not None and self.fusion.passthrough and n > 1:
             # one modality: the final step answers with the last exit's own logits, so it shares that exit's call
             cuts = tuple(c for c in cuts if c != n - 1)
@@ -246,7 +273,7 @@ class FastEngine(Engine):
                         sorted(policy.num_exits))
             return decision
         t0 = time.perf_counter()
-        compiled = self._compiled.get((policy._plan_band, present, missing, policy.cheapest_mode, False))
+        compiled = self._current((policy._plan_band, present, missing, policy.cheapest_mode, False))
         if compiled is None:
             compiled = self.program_for(present, missing)
         policy_s = time.perf_counter() - t0
@@ -272,7 +299,7 @@ class FastEngine(Engine):
                 macs += call.macs_through[-1]
                 if outs[1][0] or index == len(calls) - 1:  # the policy's part: did the walk stop here, where
                     pick = int(outs[0][0])
-                    stop, pred = call.start + pick, int(outs[2][0, pick])
+                    stop, pred = call.start + call.scored[pick], int(outs[2][0, pick])
                     policy_s += time.perf_counter() - t1
                     break
                 for i, name in call.carry.items():
@@ -400,7 +427,9 @@ class FastEngine(Engine):
     def _run_group(self, samples: Sequence[Sample], rows: list[int], present: tuple[str, ...],
                    missing: tuple[str, ...], results: list[Any], start: float) -> None:
         try:
-            compiled = self.program_for(present, missing, batch=True)
+            compiled = self._current((self.policy._plan_band, present, missing, self.policy.cheapest_mode, True))
+            if compiled is None:
+                compiled = self.program_for(present, missing, batch=True)
         except Exception as e:
             for r in rows:
                 results[r] = e
@@ -432,7 +461,7 @@ class FastEngine(Engine):
             pick, passed = outs[0], outs[1]
             macs[active] += call.macs_through[-1]
             stopped = passed | (index == len(calls) - 1)
-            stops[active[stopped]] = call.start + pick[stopped]
+            stops[active[stopped]] = call.start + np.asarray(call.scored)[pick[stopped]]
             preds[active[stopped]] = outs[2][stopped, pick[stopped]]
             keep = ~stopped
             active = active[keep]

@@ -41,19 +41,34 @@ def _same(a, b) -> dict:
 
 def test_parity_on_1000_samples(parts, samples) -> None:
     assert len(samples) == 1000
-    ref, fast = _reference(parts), _fast(parts, cuts="steps")  # a call per step: no speculative compute
-    diffs = [(s.sample_id, _same(ref.process(s), fast.process(s))) for s in samples]
-    diffs = [d for d in diffs if d[1]]
-    assert not diffs, diffs[:5]
+    ref, fast = _reference(parts), _fast(parts, cuts="steps")
+    diffs = [(s.sample_id, _same(a, b), a.macs - b.macs) for s in samples for a, b in [(ref.process(s), fast.process(s))]]
+    assert not [d for d in diffs if d[1].keys() - {"macs"}], diffs[:5]
+    # the calibrated modality thresholds cannot pass (fused checks decide): their classifiers never run
+    dead = {m for m, t in fast.policy.thresholds.items() if m != "fusion" and t < 0}
+    if dead:
+        heads = sum(e.heads[j].classifier.weight.numel() for m, e in parts.encoders.items() if m in dead
+                    for j in range(e.num_exits))
+        assert all(0 <= saved <= heads for *_, saved in diffs)
+
+
+def test_parity_of_macs_when_every_exit_can_pass(parts, samples) -> None:
+    """Thresholds that may pass (however rarely): every head runs and MACs equal the reference's exactly."""
+    ref, fast = _reference(parts), _fast(parts, cuts="steps")
+    live = {m: 1e-9 for m in ref.policy.base_thresholds if m != "fusion"}
+    ref.policy.set_thresholds(live)
+    fast.policy.set_thresholds(live)
+    diffs = [(s.sample_id, _same(ref.process(s), fast.process(s))) for s in samples[:300]]
+    assert not [d for d in diffs if d[1]], diffs[:5]
 
 
 @pytest.mark.parametrize("cuts", ["auto", "one"])
 def test_cuts_change_time_and_macs_never_decisions(parts, samples, cuts) -> None:
-    ref, fast = _reference(parts), _fast(parts, cuts=cuts)
+    ref, steps, fast = _reference(parts), _fast(parts, cuts="steps"), _fast(parts, cuts=cuts)
     for s in samples[:200]:
-        a, b = ref.process(s), fast.process(s)
-        assert _same(a, b).keys() <= {"macs"}
-        assert b.macs >= a.macs  # a cut may run steps after the stop (counted), never fewer
+        a, b, c = ref.process(s), steps.process(s), fast.process(s)
+        assert _same(a, c).keys() <= {"macs"}
+        assert c.macs >= b.macs  # a cut may run steps after the stop (counted), never fewer
     if cuts == "one":
         assert len(next(iter(fast._compiled.values())).calls) == 1
 
@@ -89,7 +104,7 @@ def test_missing_modality_matches_reference(parts, samples) -> None:
         gone = dataclasses.replace(s, missing=frozenset({"image"}))
         for sample in (only_image, gone):
             a, b = ref.process(sample), fast.process(sample)
-            assert not _same(a, b), _same(a, b)
+            assert _same(a, b).keys() <= {"macs"} and b.macs <= a.macs, _same(a, b)  # dead heads never run
     empty = Sample(1, 0, {}, label=1)
     assert fast.process(empty).prediction == -1
 
