@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 from torch import nn
@@ -58,6 +58,12 @@ def pool_matrix(height: int, width: int, pool: int) -> torch.Tensor:
             for r in range(r0, r1):
                 matrix[r * width + c0 : r * width + c1, i * pool + j] = weight
     return matrix
+
+
+def classifier_macs(encoder: CNNEarlyExitEncoder, exit_index: int) -> int:
+    """Per-sample MACs of exit ``exit_index``'s classifier alone (its head minus the pool)."""
+    linear = cast(ExitHead, encoder.heads[exit_index]).classifier
+    return int(linear.in_features * linear.out_features)
 
 
 def scaled_linear(linear: nn.Linear, temperature: float) -> nn.Linear:
@@ -108,7 +114,7 @@ class FusedHead(nn.Module):
         self.present = [m for m in fusion.modalities if m in exits]
         full = {m: exits.get(m, len(fusion.dims[m]) - 1) for m in fusion.modalities}
         key = grid_key(full, fusion.modalities)
-        head = fusion.heads[key]
+        head = cast(nn.Sequential, fusion.heads[key])
         first, last = head[0], head[2]
         if not isinstance(first, nn.Linear) or not isinstance(last, nn.Linear):
             raise ValueError(f"grid head {key} is not Linear-ReLU-Linear")
@@ -242,18 +248,24 @@ class CallGraph(nn.Module):
         self.output_names += [f"out_e_{m}" for m in self.embedding_out]
 
     def _fuse(self, index: int, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
-        head = self.fused[str(index)]
+        head = cast(FusedHead, self.fused[str(index)])
         return head([embeddings[m] for m in head.present])  # (B, C)
+
+    def _encoder(self, modality: str) -> CNNEarlyExitEncoder:
+        return cast(CNNEarlyExitEncoder, self.encoders[modality])
+
+    def _head(self, modality: str, exit_index: int) -> PooledHead:
+        return cast(PooledHead, self.heads[f"{modality}{exit_index}"])
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         named = dict(zip(self.input_names, inputs, strict=True))
         hidden = {n[2:]: v for n, v in named.items() if n.startswith("h_")}
         embeddings = {n[2:]: v for n, v in named.items() if n.startswith("e_")}
         layer = {m: j + 1 for m, j in self.started.items()}
-        for n, x in named.items():
-            if n.startswith("x_"):
-                m = n[2:]
-                hidden[m] = self.encoders[m].stem(x)  # (B, C0, H/s, W/s)
+        for name, x in named.items():
+            if name.startswith("x_"):
+                m = name[2:]
+                hidden[m] = self._encoder(m).stem(x)  # (B, C0, H/s, W/s)
                 layer[m] = 0
         step_logits = []
         last_logits: dict[str, torch.Tensor] = {}
@@ -261,13 +273,13 @@ class CallGraph(nn.Module):
         for (kind, exits), mode in zip(self.steps, self.use, strict=True):
             if kind == "exit":
                 m, j = exits[0]
-                for block in self.encoders[m].blocks[layer[m] : j + 1]:  # blocks of exits left out run too
+                for block in self._encoder(m).blocks[layer[m] : j + 1]:  # blocks of exits left out run too
                     hidden[m] = block(hidden[m])  # (B, C_j, H_j, W_j)
                 layer[m] = j + 1
                 if mode == "embed":
-                    embeddings[m] = self.heads[f"{m}{j}"].embed(hidden[m])  # (B, D): no classifier
+                    embeddings[m] = self._head(m, j).embed(hidden[m])  # (B, D): no classifier
                 elif mode != "skip":
-                    last_logits[m], embeddings[m] = self.heads[f"{m}{j}"](hidden[m])
+                    last_logits[m], embeddings[m] = self._head(m, j)(hidden[m])
                 if mode == "score":
                     step_logits.append(last_logits[m])
             elif mode == "skip":
@@ -278,12 +290,12 @@ class CallGraph(nn.Module):
                 step_logits.append(self._fuse(fused, embeddings))
                 fused += 1
         # every scored step's score at once (a handful of graph nodes, not a handful per step)
-        n, k = len(step_logits), self.num_classes
-        stacked = torch.cat(step_logits, dim=1).reshape(-1, n, k) if n > 1 else step_logits[0].reshape(-1, 1, k)
+        n, classes = len(step_logits), self.num_classes
+        stacked = torch.cat(step_logits, dim=1).reshape(-1, n, classes) if n > 1 else step_logits[0].reshape(-1, 1, classes)
         probs = torch.softmax(stacked, dim=-1).double()  # (B, S, K): float32 softmax, float64 score (as the policy's)
         if self.rule == "entropy":
             entropy = -(probs * torch.log(torch.clamp(probs, min=ENTROPY_FLOOR))).sum(dim=-1)
-            scores = entropy / math.log(k)  # (B, S)
+            scores = entropy / math.log(classes)  # (B, S)
             passed = scores <= named["thr"]  # (B, S)
         else:
             scores = probs.max(dim=-1).values  # (B, S)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from exitflow.encoders.call_graph import FusedHead, PooledHead, map_shapes
-from exitflow.encoders.cnn import CNNEarlyExitEncoder
+from exitflow.encoders.call_graph import FusedHead, PooledHead, classifier_macs, map_shapes
+from exitflow.encoders.cnn import CNNEarlyExitEncoder, ExitHead
 from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
 from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.inference.backends import Backend
@@ -32,28 +32,28 @@ class TruncationGraph(nn.Module):
         super().__init__()
         self.exits = dict(exits)
         self.encoders = nn.ModuleDict(dict(encoders))
-        self.fusion = fusion
+        self.passthrough = fusion.passthrough
         self.heads = nn.ModuleDict()
         for m, j in self.exits.items():
             c, h, w = map_shapes(encoders[m])[j]
-            head = encoders[m].heads[j]
+            head = cast(ExitHead, encoders[m].heads[j])
             self.heads[m] = PooledHead(head, float(encoders[m].temperatures[j]), c, h, w, encoders[m].config.head_pool)
         self.modalities = list(self.exits)
         self.fused = FusedHead(fusion, self.exits) if not fusion.passthrough else None
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        fusion = self.fusion
         embeddings, logits = {}, {}
         for m, x in zip(self.modalities, inputs, strict=True):
-            enc = self.encoders[m]
+            enc = cast(CNNEarlyExitEncoder, self.encoders[m])
+            head = cast(PooledHead, self.heads[m])
             h = enc.stem(x)  # (B, C0, H/s, W/s)
             for block in enc.blocks[: self.exits[m] + 1]:
                 h = block(h)  # (B, C_j, H_j, W_j)
-            if fusion.passthrough:
-                logits[m], embeddings[m] = self.heads[m](h)
+            if self.fused is None:
+                logits[m], embeddings[m] = head(h)
             else:  # the grid reads the embedding only: the exit's classifier is not computed
-                embeddings[m] = self.heads[m].embed(h)  # (B, D)
-        if fusion.passthrough:
+                embeddings[m] = head.embed(h)  # (B, D)
+        if self.fused is None:
             return logits[self.modalities[0]].argmax(dim=-1)
         return self.fused([embeddings[m] for m in self.fused.present]).argmax(dim=-1)
 
@@ -66,8 +66,7 @@ def truncation_macs(encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGri
         enc = encoders[m]
         total += sum(enc.segment_macs()[: j + 1]) + enc.head_macs()[j]
         if not fusion.passthrough:
-            linear = enc.heads[j].classifier
-            total -= linear.in_features * linear.out_features  # not computed: the grid reads the embedding
+            total -= classifier_macs(enc, j)  # not computed: the grid reads the embedding
     if not fusion.passthrough:
         full = {m: exits.get(m, len(fusion.dims[m]) - 1) for m in fusion.modalities}
         total += fusion.head_macs[grid_key(full, fusion.modalities)]
@@ -124,7 +123,8 @@ class CompiledSingle:
     def process_batch(self, samples: list[Sample]) -> list[Decision | Exception]:
         """One call over the batch (samples with bad inputs get their own error)."""
         start = time.perf_counter()
-        rows, arrays, results = [], [], [None] * len(samples)
+        rows, arrays = [], []
+        results: list[Decision | Exception | None] = [None] * len(samples)
         for i, s in enumerate(samples):
             try:
                 arrays.append(self._inputs(self.name, s))
@@ -141,7 +141,7 @@ class CompiledSingle:
                     sample_id=s.sample_id, prediction=int(p), label=s.label, system=self.name,
                     order=list(self.modalities), exits=dict(self.exits), macs=self.macs,
                     latency_ms={"model": ms, "total": ms}, timestamp_ns=s.timestamp_ns)
-        return results  # type: ignore[return-value]
+        return [r if r is not None else ExitflowError("no result") for r in results]
 
 
 class CompiledTruncation:

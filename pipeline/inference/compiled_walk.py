@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from exitflow.encoders.call_graph import CallGraph, map_shapes
+from exitflow.encoders.call_graph import CallGraph, classifier_macs, map_shapes
 from exitflow.encoders.cnn import CNNEarlyExitEncoder
 from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
 from exitflow.pipeline.inference.backends import Backend, CompiledCall
@@ -80,8 +80,7 @@ def step_macs(step: Step, encoders: Mapping[str, CNNEarlyExitEncoder], fusion: E
         done = layer_before.get(m, 0)
         head = encoders[m].head_macs()[j]
         if use == "embed":
-            linear = encoders[m].heads[j].classifier
-            head -= linear.in_features * linear.out_features
+            head -= classifier_macs(encoders[m], j)
         elif use == "skip":
             head = 0
         return int(sum(segs[done : j + 1]) + head)

@@ -111,6 +111,7 @@ class FastEngine(Engine):
                          budget_energy=budget_energy, cheapest_mj=cheapest_mj)
         walk_program(policy, policy.profile.modalities)  # raises now for a rule without a static walk
         self.backend = backend
+        self.cnn = dict(encoders)  # the same encoders, typed as the CNN family the compiled calls read
         self.cuts_mode = cuts
         self.batch_cuts = batch_cuts  # "auto": batches use the walk's cuts; "steps": compaction after every step
         # shared and filled in place: every engine built from the same parts measures a program once
@@ -147,7 +148,7 @@ class FastEngine(Engine):
         compiled = self._all.get(full_key)
         if compiled is None:
             cuts = self._cuts(program, batch, live)
-            compiled = compile_program(program, cuts, self.backend, self.encoders, self.fusion, policy.exit_rule, live)
+            compiled = compile_program(program, cuts, self.backend, self.cnn, self.fusion, policy.exit_rule, live)
             self._all[full_key] = compiled
             log.info("compiled %s: %s", self.system, " | ".join(c.name for c in compiled.calls))
         self._compiled[key] = compiled
@@ -193,7 +194,7 @@ class FastEngine(Engine):
         name = "|".join(s.name for s in program.steps)
         known = self.step_costs["step_ms"]
         if name not in known:
-            known[name] = measure_step_ms(program, self.backend, self.encoders, self.fusion,
+            known[name] = measure_step_ms(program, self.backend, self.cnn, self.fusion,
                                           self.policy.exit_rule, self.call_ms())
         return [float(v) for v in known[name]]
 
@@ -398,7 +399,8 @@ class FastEngine(Engine):
             if any(x.shape[1:] != self._shapes[m] for m, x in stacked.items()):
                 raise ValueError("shapes differ")
         except Exception:  # ragged or odd payloads: each row checked alone, its own error
-            ok, arrays = [], {m: [] for m in modalities}
+            ok: list[int] = []
+            arrays: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
             for r in rows:
                 try:
                     one = {m: self._input(samples[r], m) for m in modalities}
@@ -453,8 +455,8 @@ class FastEngine(Engine):
             try:
                 outs = call.call(feed)
             except Exception:  # a batched call failed: each of its samples alone, batch-1
-                for i in active:
-                    results[ok_rows[i]] = self._single_process(samples[ok_rows[i]])
+                for a in active.tolist():
+                    results[ok_rows[a]] = self._single_process(samples[ok_rows[a]])
                 stops[active] = -2
                 break
             latency[call.name] = (time.perf_counter() - t0) * 1000.0
@@ -472,13 +474,13 @@ class FastEngine(Engine):
             if not len(active):
                 break
         plan = compiled.program.plan
-        for i, r in enumerate(ok_rows):
-            if stops[i] < 0:
+        for row, r in enumerate(ok_rows):
+            if stops[row] < 0:
                 continue
             sample = samples[r]
             d = Decision(sample_id=sample.sample_id, prediction=-1, system=self.system, label=sample.label,
                          timestamp_ns=sample.timestamp_ns, lam=self.policy.lam, thresholds=self.policy.thresholds)
-            self._fill(d, compiled, int(stops[i]), int(preds[i]), int(macs[i]), plan)
+            self._fill(d, compiled, int(stops[row]), int(preds[row]), int(macs[row]), plan)
             d.latency_ms.update(latency)
             d.latency_ms["policy"] = 0.0
             results[r] = d

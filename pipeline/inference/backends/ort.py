@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -76,7 +77,7 @@ class OrtBackend:
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(module.eval(), args, buffer, input_names=list(input_names),
+                torch.onnx.export(module.eval(), args, cast(Any, buffer), input_names=list(input_names),
                                   output_names=list(output_names), dynamic_axes=dynamic, opset_version=OPSET,
                                   dynamo=False)
             session = ort.InferenceSession(buffer.getvalue(), self.options(), providers=["CPUExecutionProvider"])
