@@ -45,6 +45,12 @@ def modality_of(spec: SourceConfig | SourceFactory) -> str:
     return str(modality)
 
 
+def modalities_of(spec: SourceConfig | SourceFactory) -> tuple[str, ...]:
+    """Every modality a source delivers: a factory's ``modalities`` (one source, several topics,
+    e.g. a robot's camera, microphone and labels), else :func:`modality_of`'s one."""
+    return tuple(getattr(spec, "modalities", None) or (modality_of(spec),))
+
+
 class LiveSink(Protocol):
     """Where the runtime hands raw messages, decisions and outage events (a recording, a live server)."""
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from exitflow.pipeline.config import SourceConfig, StreamConfig
 from exitflow.pipeline.live.core.clocks import ClockBook
-from exitflow.pipeline.live.core.endpoints import DecisionLog, LiveSink, SourceFactory, modality_of
+from exitflow.pipeline.live.core.endpoints import DecisionLog, LiveSink, SourceFactory, modalities_of
 from exitflow.pipeline.live.core.failures import (
     CircuitBreaker,
     CircuitOpenError,
@@ -43,6 +43,7 @@ from exitflow.pipeline.live.core.failures import (
     failed_decision,
     is_shed,
 )
+from exitflow.pipeline.live.core.labels import LABEL, LabelBook
 from exitflow.pipeline.live.core.overload import OverloadMonitor
 from exitflow.pipeline.live.core.queues import BoundedQueue, Empty, InFlightLimiter
 from exitflow.pipeline.live.core.stats import LiveStats
@@ -89,7 +90,8 @@ class PipelineDriver:
         specs = sources if sources is not None else {s.name: s for s in stream.sources}
         if not specs:
             raise LiveRuntimeError("no sources configured; add entries under stream.sources (see docs/streaming.md)")
-        modalities = sorted({modality_of(spec) for spec in specs.values()})
+        modalities = sorted({m for spec in specs.values() for m in modalities_of(spec)} - {LABEL})
+        self.labels = LabelBook()  # ground truth from a label topic (core/labels.py): live accuracy
         self.sync = make_synchronizer(stream, modalities)
         self.clocks = ClockBook(int(stream.slop_ms * 1e6))
         self.sample_queue: BoundedQueue[tuple[Sample, int]] = BoundedQueue(
@@ -174,7 +176,7 @@ class PipelineDriver:
             self.stats.observe_latency("sync", (now - sample.timestamp_ns) / 1e6)
             for modality, ts in sample.timestamps_ns.items():
                 self.stats.observe_alignment(modality, (ts - sample.timestamp_ns) / 1e6)
-            self.sample_queue.put((sample, now))
+            self.sample_queue.put((self.labels.attach(sample), now))
         self._dispatch()
         n = self._collect(timeout_s=0.0)
         if now - self._last_health_ns > HEALTH_PERIOD_NS:
@@ -266,6 +268,8 @@ class PipelineDriver:
             msg.capture_wall_ns = msg.timestamp_ns
         msg.timestamp_ns = self.clocks.to_driver_ns(h.name, msg.capture_wall_ns)  # one time base
         msg.receive_ns = now
+        if msg.modality == LABEL:  # a side topic: scored against decisions, never synced
+            return self.labels.add(msg.timestamp_ns, msg.payload)
         self.received.append((msg.source, msg.seq, msg.timestamp_ns))
         self.received_total += 1
         self.stats.observe_latency("source", (now - msg.timestamp_ns) / 1e6)
