@@ -76,7 +76,7 @@ def main() -> None:
     })
     best = dict.fromkeys(rows, float("inf"))
     decisions: dict[str, list] = {}
-    for name, system in rows.items():
+    for system in rows.values():
         for s in samples[:50]:
             system.process(s)
     for _ in range(args.repeats):
