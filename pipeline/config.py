@@ -362,7 +362,7 @@ class SchedulerConfig:
 
     profile: str | None = None
     lam: float = field(default=100.0, metadata=bounds(min=1e-3, max=1e3, help="accuracy per full-model cost"))
-    cost_unit: Literal["macs", "mj"] = "macs"
+    cost_unit: Literal["macs", "mj", "ms"] = "macs"  # ms: step times measured on the engine's backend
     ranking: Literal["phi", "exchange", "exhaustive"] = "phi"
     exit_rule: Literal["entropy", "max_prob", "patience", "none"] = "entropy"
     threshold: float | None = field(default=0.25, metadata=bounds(min=0.0, help="None = profile's"))

@@ -47,6 +47,8 @@ class ExitProfile:
             None when energy was not measured.
         n_reached: Number of profiled samples that reached this exit.
         accuracy_exited: Accuracy over the samples that exit here, None when none do.
+        latency_ms: Mean cumulative time per sample within the modality through this exit on the
+            backend in use (batch 1, a call's fixed cost included), or None when not measured.
     """
 
     modality: str
@@ -58,6 +60,7 @@ class ExitProfile:
     layer: int | None = None
     n_reached: int = 0
     accuracy_exited: float | None = None
+    latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -69,12 +72,14 @@ class FusionProfile:
         accuracy: Accuracy of the fusion head on that set, in [0, 1].
         macs: MACs of the fusion step alone (the encoders are counted in their exits).
         energy_mj: Mean energy of the fusion step alone, or None.
+        latency_ms: Mean time of the fusion step alone on the backend in use, or None.
     """
 
     modalities: tuple[str, ...]
     accuracy: float
     macs: float
     energy_mj: float | None = None
+    latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,8 @@ class Profile:
                     )
                 if not (0.0 <= ex.accuracy <= 1.0 and 0.0 <= ex.exit_prob <= 1.0):
                     raise ValueError(f"{modality}/{j}: accuracy and exit_prob must lie in [0, 1], got {ex}")
-                if ex.macs < 0 or (ex.energy_mj is not None and ex.energy_mj < 0):
+                if ex.macs < 0 or (ex.energy_mj is not None and ex.energy_mj < 0) or (
+                        ex.latency_ms is not None and ex.latency_ms < 0):
                     raise ValueError(f"{modality}/{j}: costs must be >= 0, got {ex}")
 
     @property
@@ -144,7 +150,7 @@ class Profile:
         )
 
     def cumulative_costs(self, modality: str, unit: str) -> list[float]:
-        """Cumulative cost through each exit of ``modality`` in ``unit`` (``"macs"`` or ``"mj"``)."""
+        """Cumulative cost through each exit of ``modality`` in ``unit`` (``"macs"``, ``"mj"`` or ``"ms"``)."""
         exits = self._exits_of(modality)
         if unit == "macs":
             return [float(ex.macs) for ex in exits]
@@ -158,7 +164,14 @@ class Profile:
                     )
                 costs_mj.append(float(ex.energy_mj))
             return costs_mj
-        raise ValueError(f"cost unit must be 'macs' or 'mj', got {unit!r}")
+        if unit == "ms":
+            if any(ex.latency_ms is None for ex in exits):
+                raise ValueError(
+                    f"cost_unit 'ms' needs measured step times, but the profile of {modality!r} has none; "
+                    "use engine.backend: onnxruntime (it measures them) or cost_unit 'macs'"
+                )
+            return [float(ex.latency_ms) for ex in exits if ex.latency_ms is not None]
+        raise ValueError(f"cost unit must be 'macs', 'mj' or 'ms', got {unit!r}")
 
     def fusion_for(self, modalities: Iterable[str]) -> FusionProfile | None:
         """The fusion entry for exactly ``modalities``; else the largest profiled subset of them."""

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from exitflow.scheduler.errors import SchedulerError
 from exitflow.scheduler.plan import Plan
+from exitflow.scheduler.profile import Profile
 
 if TYPE_CHECKING:  # a type only: policy imports nothing of this module
     from exitflow.scheduler.policy import Policy
@@ -163,3 +164,33 @@ def choose_cuts(step_ms: Sequence[float], call_ms: float, pass_prob: Sequence[fl
         i = nxt[i]
         cuts.append(i)
     return tuple(cuts)
+
+
+def timed_profile(profile: Profile, program: Program, step_ms: Sequence[float], call_ms: float) -> Profile:
+    """``profile`` with ``latency_ms`` filled from steps timed on a backend (``cost_unit: ms``).
+
+    ``program`` is a walk over every modality (each exit it evaluates is one of its steps); an exit's
+    latency is the cumulative time of its modality's steps through it, plus one call's fixed cost (a
+    modality starts at least one call); a fused step's time prices every fusion entry (one head each).
+    Exits the walk leaves out take the time of the next exit that runs (their blocks run in its step).
+    """
+    if len(step_ms) != len(program.steps):
+        raise ValueError(f"need {len(program.steps)} step times, got {len(step_ms)}")
+    by_exit: dict[tuple[str, int], float] = {}
+    fused = [ms for s, ms in zip(program.steps, step_ms, strict=True) if s.kind != "exit"]
+    for s, ms in zip(program.steps, step_ms, strict=True):
+        if s.kind == "exit":
+            by_exit[s.exits[0]] = float(ms)
+    exits = {}
+    for m, rows in profile.exits.items():
+        total, timed, pending = float(call_ms), [], 0
+        for ex in rows:
+            if (m, ex.exit_index) in by_exit:
+                total += by_exit[(m, ex.exit_index)]
+                timed += [replace(r, latency_ms=total) for r in rows[pending : ex.exit_index + 1]]
+                pending = ex.exit_index + 1
+        timed += [replace(r, latency_ms=total) for r in rows[pending:]]
+        exits[m] = tuple(timed)
+    fusion_ms = max(fused) if fused else 0.0
+    fusion = tuple(replace(f, latency_ms=fusion_ms) for f in profile.fusion)
+    return replace(profile, exits=exits, fusion=fusion)

@@ -39,7 +39,7 @@ from exitflow.scheduler.profile import ExitProfile, FusionProfile, Profile
 
 LAMBDA_MIN = 1e-3
 LAMBDA_MAX = 1e3
-CostUnit = Literal["macs", "mj"]
+CostUnit = Literal["macs", "mj", "ms"]  # ms: measured on the backend in use (the fast path)
 Ranking = Literal["phi", "exchange", "exhaustive"]
 RANKINGS: tuple[str, ...] = ("phi", "exchange", "exhaustive")
 
@@ -120,8 +120,8 @@ class UtilityModel:
     """
 
     def __init__(self, profile: Profile, cost_unit: CostUnit = "macs", accuracy: AccuracyKind = "exited"):
-        if cost_unit not in ("macs", "mj"):
-            raise ValueError(f"cost_unit must be 'macs' or 'mj', got {cost_unit!r}")
+        if cost_unit not in ("macs", "mj", "ms"):
+            raise ValueError(f"cost_unit must be 'macs', 'mj' or 'ms', got {cost_unit!r}")
         if accuracy not in ("exited", "overall"):
             raise ValueError(f"accuracy must be 'exited' or 'overall', got {accuracy!r}")
         self.profile = profile
@@ -147,6 +147,10 @@ class UtilityModel:
             return None
         if self.cost_unit == "macs":
             return float(entry.macs)
+        if self.cost_unit == "ms":
+            if entry.latency_ms is None:
+                raise ValueError("cost_unit 'ms' needs the fusion entries' latency_ms; use engine.backend: onnxruntime")
+            return float(entry.latency_ms)
         if entry.energy_mj is None:
             raise ValueError("cost_unit 'mj' needs the fusion entries' energy_mj; profile with a power meter")
         return float(entry.energy_mj)

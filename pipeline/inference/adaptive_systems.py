@@ -39,7 +39,8 @@ from exitflow.pipeline.inference.fast_engine import FastEngine
 from exitflow.pipeline.inference.loading import load_dataset_profile, load_encoders, load_fusion
 from exitflow.pipeline.messages import Decision, Sample
 from exitflow.scheduler.policy import RandomOrderPolicy
-from exitflow.scheduler.program import STATIC_RULES
+from exitflow.scheduler.profile import Profile
+from exitflow.scheduler.program import STATIC_RULES, timed_profile, walk_program
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,18 @@ class AdaptiveParts:
             return f"exit rule {rule!r} has no static walk"
         return None
 
+    def timed_profile(self) -> Profile:
+        """The profile with every exit's and fused step's time measured on the fast path (``cost_unit: ms``):
+        UoE then orders and skips modalities by what they cost on this backend, not by MACs."""
+        if self.backend is None:
+            raise ExitflowError(f"scheduler.cost_unit ms needs the fast path's measured step times, but "
+                                f"{self.fast_path_refusal()}; use cost_unit macs or engine.backend: onnxruntime")
+        sched = dataclasses.replace(self.cfg.scheduler, cost_unit="macs")
+        probe = FastEngine(self.encoders, self.fusion, policy_from_config(self.profile, sched), self.backend,  # type: ignore[arg-type]
+                           step_costs=self.step_costs)
+        program = walk_program(probe.policy, self.modalities)
+        return timed_profile(self.profile, program, probe.measured_step_ms(program), probe.call_ms())
+
     def full(self) -> TruncatedSystem | CompiledTruncation:
         last = {m: enc.num_exits - 1 for m, enc in self.encoders.items()}
         if self.backend is not None and isinstance(self.fusion, ExitGridFusion):
@@ -211,7 +224,7 @@ class AdaptiveParts:
         sched = self.cfg.scheduler
         if threshold is not None:
             sched = dataclasses.replace(sched, threshold=threshold, thresholds={})
-        policy = policy_from_config(self.profile, sched)
+        policy = policy_from_config(self.timed_profile() if sched.cost_unit == "ms" else self.profile, sched)
         if lam is not None:
             policy.set_lambda(lam)
         budget_cfg = self.cfg.budget

@@ -162,3 +162,21 @@ def test_unknown_backend_is_a_clear_error() -> None:
         open_backend("tensorrt")
     with pytest.raises(BackendError, match="engine.backend: torch"):
         open_backend("onnxruntime", device="cuda")
+
+
+def test_cost_unit_ms_orders_by_measured_time(parts, samples) -> None:
+    import dataclasses as dc
+
+    from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts
+
+    cfg = dc.replace(parts.cfg, scheduler=dc.replace(parts.cfg.scheduler, cost_unit="ms"))
+    timed_parts = AdaptiveParts(cfg, "avmnist")
+    profile = timed_parts.timed_profile()
+    assert all(e.latency_ms is not None and e.latency_ms > 0 for rows in profile.exits.values() for e in rows)
+    system = timed_parts.exitflow(budget=False)
+    assert system.engine.policy.model.cost_unit == "ms"
+    decisions = [system.process(s) for s in samples[:50]]
+    assert all(d.prediction in range(10) for d in decisions)
+    eager = dc.replace(cfg, engine=dc.replace(cfg.engine, backend="torch"))
+    with pytest.raises(Exception, match="cost_unit ms needs"):
+        AdaptiveParts(eager, "avmnist").exitflow()

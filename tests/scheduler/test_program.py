@@ -127,3 +127,25 @@ def test_cut_inputs_are_checked() -> None:
         choose_cuts([0.1, float("nan")], 0.0, [0.5, 1.0])
     with pytest.raises(ValueError):
         choose_cuts([0.1], -1.0, [1.0])
+
+
+def test_timed_profile_is_cumulative_and_orders_by_time() -> None:
+    from exitflow.scheduler.program import timed_profile
+    from exitflow.scheduler.utility import UtilityModel
+
+    profile = synthetic_profile()
+    policy = Policy(profile, PolicySettings(lam=1.0, exit_rule="entropy", skip_negative=False,
+                                            thresholds={**dict.fromkeys(profile.modalities, 0.2), "fusion": 0.2}))
+    program = walk_program(policy, profile.modalities)
+    step_ms = [0.01 * (i + 1) for i in range(len(program.steps))]
+    timed = timed_profile(profile, program, step_ms, call_ms=0.003)
+    for m, rows in timed.exits.items():
+        times = [r.latency_ms for r in rows]
+        assert all(t is not None and t > 0.003 for t in times) and times == sorted(times)
+    assert all(f.latency_ms is not None for f in timed.fusion)
+    model = UtilityModel(timed, "ms")
+    assert model.scale > 0
+    with pytest.raises(ValueError, match="cost_unit 'ms' needs measured step times"):
+        UtilityModel(profile, "ms")
+    with pytest.raises(ValueError, match="step times"):
+        timed_profile(profile, program, step_ms[:-1], 0.0)
