@@ -31,7 +31,7 @@ from exitflow.pipeline.data.imported import is_imported
 from exitflow.pipeline.data.preprocessing import Preprocessing, PreprocessingError
 from exitflow.pipeline.errors import ConfigError
 from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts
-from exitflow.pipeline.inference.systems import BaselineSystem, System, load_system
+from exitflow.pipeline.inference.systems import System, baseline_system, load_system
 
 MODEL_SECTIONS = ("encoder", "lgvit", "fusion", "scheduler", "joint")
 LOCAL_DATA_KEYS = ("root", "cache_dir")  # where data lives on this machine stays the caller's
@@ -132,7 +132,7 @@ class Bundle:
     def system(self, name: str = "exitflow") -> System:
         """A named system over the bundle's model (a fresh one on every call)."""
         if name in BASELINE_SYSTEMS:
-            return BaselineSystem(self.config, name, self.dataset)
+            return baseline_system(self.config, name, self.dataset)  # on the configured backend
         if name == "full":
             return self.parts.full()
         if name == "rexit":
