@@ -242,6 +242,8 @@ class AdaptiveParts:
             engine = Engine(self.encoders, self.fusion, policy, meter=meter, budget=controller, system=name,
                             input_adapter=self.input_adapter, budget_energy=self.cfg.budget.energy,
                             cheapest_mj=cheapest_mj, step_windows=self.cfg.engine.step_windows)
+        if isinstance(engine, FastEngine):
+            engine.warm_up()  # compiled now: a stream's first sample does not wait for it
         return EngineSystem(name, engine, self.modalities)
 
     def rexit(self, meter: Any = None, seed: int = 0) -> EngineSystem:

@@ -151,7 +151,8 @@ class FastEngine(Engine):
             if not program.plan.order:
                 raise EngineError(f"the plan for {present} runs no modality (all skipped or missing)")
         live = self._live(program)
-        full_key = (*key, live)
+        same_cuts = batch and self.batch_cuts == "auto" and self.cuts_mode == "auto"
+        full_key = (*key[:4], False if same_cuts else batch, live)  # batches reuse the batch-1 calls when cut alike
         compiled = self._all.get(full_key)
         if compiled is None:
             cuts = self._cuts(program, batch, live)
@@ -160,6 +161,13 @@ class FastEngine(Engine):
             log.info("compiled %s: %s", self.system, " | ".join(c.name for c in compiled.calls))
         self._compiled[key] = compiled
         return compiled
+
+    def warm_up(self, present: Sequence[str] | None = None) -> CompiledProgram:
+        """Compile (and time) the walk for ``present`` modalities (all by default) now, so that the first
+        sample of a stream does not wait for it."""
+        mods = tuple(present) if present is not None else self.modalities
+        missing = tuple(sorted(m for m in self.modalities if m not in mods))
+        return self.program_for(mods, missing)
 
     def _live(self, program: Program) -> tuple[bool, ...]:
         """Per step: can its threshold pass at all? (entropy lies in [0, 1], max probability in (0, 1])."""
