@@ -10,9 +10,10 @@ weights and the same arithmetic as their incremental ``start``/``step`` and ``fu
              e_<m>  (B, D)         embedding of a modality's latest exit from an earlier call
              thr    (S,) float64   threshold of each scored step (+inf / -inf: the step always passes)
     outputs: pick   (B,) int64     index (among the scored steps) of the first that passes, else the last
+                                   (left out when the call scores one step: it is that step)
              passed (B,) bool      whether a step passed
              preds  (B, S) int64   every scored step's class
-             scores (B, S) float64 every scored step's score (normalised entropy or max probability)
+             scores (B, S) float64 every scored step's score (normalised entropy or max probability; on request)
              out_h_<m>, out_e_<m>  what later calls need (their h_<m>, e_<m>)
 
 Two changes make the graph exportable and cheap, both exact in real arithmetic: an exit head's
@@ -165,6 +166,7 @@ class CallGraph(nn.Module):
             one-modality final step), ``embed`` (an exit's embedding only: a later fused step reads it),
             ``skip`` (nothing but an exit's blocks: a step whose threshold cannot pass and whose output
             nothing reads). None: every step scored. The last step is always scored.
+        with_scores: Also output every scored step's score (the engine reads only pick/passed/preds).
     """
 
     def __init__(
@@ -177,6 +179,7 @@ class CallGraph(nn.Module):
         hidden_out: Sequence[str] = (),
         embedding_out: Sequence[str] = (),
         use: Sequence[str] | None = None,
+        with_scores: bool = True,
     ):
         super().__init__()
         use = list(use) if use is not None else ["score"] * len(steps)
@@ -244,7 +247,9 @@ class CallGraph(nn.Module):
         self.input_names += [f"e_{m}" for m in self.embedding_in] + ["thr"]
         # outputs carried to later calls are named out_h_<m> / out_e_<m> (an ONNX graph's input and
         # output names must differ; the next call takes them as h_<m> / e_<m>)
-        self.output_names = ["pick", "passed", "preds", "scores"] + [f"out_h_{m}" for m in self.hidden_out]
+        self.with_scores = with_scores
+        self.output_names = (["pick"] if len(self.scored) > 1 else []) + ["passed", "preds"]
+        self.output_names += (["scores"] if with_scores else []) + [f"out_h_{m}" for m in self.hidden_out]
         self.output_names += [f"out_e_{m}" for m in self.embedding_out]
 
     def _fuse(self, index: int, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -291,19 +296,25 @@ class CallGraph(nn.Module):
                 fused += 1
         # every scored step's score at once (a handful of graph nodes, not a handful per step)
         n, classes = len(step_logits), self.num_classes
-        stacked = torch.cat(step_logits, dim=1).reshape(-1, n, classes) if n > 1 else step_logits[0].reshape(-1, 1, classes)
-        probs = torch.softmax(stacked, dim=-1).double()  # (B, S, K): float32 softmax, float64 score (as the policy's)
+        stacked = torch.cat(step_logits, dim=1).reshape(-1, n, classes) if n > 1 else step_logits[0]  # (B, S, K) | (B, K)
+        probs = torch.softmax(stacked, dim=-1).double()  # float32 softmax, float64 score (as the policy's)
         if self.rule == "entropy":
             entropy = -(probs * torch.log(torch.clamp(probs, min=ENTROPY_FLOOR))).sum(dim=-1)
-            scores = entropy / math.log(classes)  # (B, S)
-            passed = scores <= named["thr"]  # (B, S)
+            scores = entropy / math.log(classes)  # (B, S) | (B,)
+            passed = scores <= named["thr"]
         else:
-            scores = probs.max(dim=-1).values  # (B, S)
+            scores = probs.max(dim=-1).values
             passed = scores >= named["thr"]
-        # the first passing step: a passing step weighs S, S-1, ..., 1 by position and the last step gets
-        # 0.5 more, so it stands in (its class is the answer) when none passes
-        rank = passed.to(torch.float32) * self.position_weight + self.last_bonus  # (B, S)
-        pick = torch.argmax(rank, dim=1)  # (B,)
-        preds = torch.argmax(stacked, dim=-1)  # (B, S)
-        outs = [pick, passed.any(dim=1), preds, scores] + [hidden[m] for m in self.hidden_out]
+        if n == 1:  # one scored step: it is the pick; no ranking nodes
+            outs = [passed.reshape(-1), torch.argmax(stacked, dim=-1, keepdim=True)]  # (B,), (B, 1)
+            if self.with_scores:
+                outs.append(scores.reshape(-1, 1))
+        else:
+            # the first passing step: a passing step weighs S, S-1, ..., 1 by position and the last step
+            # gets 0.5 more, so it stands in (its class is the answer) when none passes
+            rank = passed.to(torch.float32) * self.position_weight + self.last_bonus  # (B, S)
+            outs = [torch.argmax(rank, dim=1), passed.any(dim=1), torch.argmax(stacked, dim=-1)]  # (B,), (B,), (B, S)
+            if self.with_scores:
+                outs.append(scores)
+        outs += [hidden[m] for m in self.hidden_out]
         return tuple(outs + [embeddings[m] for m in self.embedding_out])

@@ -55,6 +55,9 @@ class CompiledCallPlan:
     name: str
     macs_through: list[int] = field(default_factory=list)  # MACs of the call's steps up to and including i
     scored: list[int] = field(default_factory=list)  # call-local positions of the scored steps (``pick`` indexes it)
+    i_pick: int | None = None  # output positions of pick (None: one scored step), passed and preds
+    i_passed: int = 0
+    i_preds: int = 1
 
 
 @dataclass
@@ -130,9 +133,9 @@ def example_input(name: str, encoders: Mapping[str, CNNEarlyExitEncoder], starte
 def compile_call(backend: Backend, encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion | None,
                  steps: Sequence[Step], started: Mapping[str, int], rule: str,
                  hidden_out: Sequence[str] = (), embedding_out: Sequence[str] = (),
-                 use: Sequence[str] | None = None) -> tuple[CallGraph, CompiledCall]:
+                 use: Sequence[str] | None = None, with_scores: bool = False) -> tuple[CallGraph, CompiledCall]:
     """Build the :class:`CallGraph` of ``steps`` and compile it on ``backend``."""
-    graph = CallGraph(encoders, fusion, steps, started, rule, hidden_out, embedding_out, use).eval()
+    graph = CallGraph(encoders, fusion, steps, started, rule, hidden_out, embedding_out, use, with_scores).eval()
     examples = [example_input(n, encoders, started, len(graph.scored)) for n in graph.input_names]
     batched = [n for n in graph.input_names if n != "thr"]
     return graph, backend.compile(graph, examples, graph.input_names, graph.output_names, batched)
@@ -178,8 +181,11 @@ def compile_program(program: Program, cuts: Sequence[int], backend: Backend,
         inputs = [(n.split("_", 1)[0], n.split("_", 1)[1]) if n != "thr" else ("thr", "") for n in graph.input_names]
         carry = {i: n[4:] for i, n in enumerate(graph.output_names) if n.startswith("out_")}
         macs = all_macs[a:b]
+        names = graph.output_names
         calls.append(CompiledCallPlan(
             call=call, start=a, stop=b, inputs=inputs, carry=carry, step_macs=macs,
+            i_pick=names.index("pick") if "pick" in names else None, i_passed=names.index("passed"),
+            i_preds=names.index("preds"),
             keys=[steps[a + i].key for i in graph.scored], name=_stage_name(steps[a:b]),
             macs_through=list(np.cumsum(macs).tolist()), scored=list(graph.scored),
         ))

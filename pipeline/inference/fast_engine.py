@@ -326,10 +326,10 @@ class FastEngine(Engine):
                 t1 = perf()
                 latency[call.name] = (t1 - t0) * 1000.0
                 macs += call.macs_through[-1]
-                if outs[1][0] or index == final:  # the policy's part: did the walk stop here, and where
-                    pick = int(outs[0][0]) if len(call.scored) > 1 else 0
+                if outs[call.i_passed][0] or index == final:  # the policy's part: did the walk stop here, and where
+                    pick = 0 if call.i_pick is None else int(outs[call.i_pick][0])
                     policy_s += perf() - t1
-                    stop, pred = call.start + call.scored[pick], int(outs[2][0, pick])  # the answer, as the
+                    stop, pred = call.start + call.scored[pick], int(outs[call.i_preds][0, pick])  # the answer, as the
                     break  # reference engine reads its exit's argmax outside the policy's clock
                 for i, name in call.carry.items():
                     carried[name] = outs[i]
@@ -497,11 +497,12 @@ class FastEngine(Engine):
                 stops[active] = -2
                 break
             latency[call.name] = (time.perf_counter() - t0) * 1000.0
-            pick, passed = outs[0], outs[1]
+            passed = outs[call.i_passed]
+            pick = outs[call.i_pick] if call.i_pick is not None else np.zeros(len(passed), dtype=np.int64)
             macs[active] += call.macs_through[-1]
             stopped = passed | (index == len(calls) - 1)
             stops[active[stopped]] = call.start + np.asarray(call.scored)[pick[stopped]]
-            preds[active[stopped]] = outs[2][stopped, pick[stopped]]
+            preds[active[stopped]] = outs[call.i_preds][stopped, pick[stopped]]
             keep = ~stopped
             active = active[keep]
             if not keep.all():  # compaction: the stopped rows leave every carried array

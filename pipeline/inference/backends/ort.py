@@ -69,9 +69,7 @@ class OrtBackend:
 
     def compile(self, module: nn.Module, example_inputs: Sequence[np.ndarray], input_names: Sequence[str],
                 output_names: Sequence[str], batch_inputs: Sequence[str]) -> OrtCall:
-        dynamic = {n: {0: "batch"} for n in batch_inputs}
-        dynamic.update({n: {0: "batch"} for n in output_names if n != "scores"})
-        dynamic["scores"] = {0: "batch"}
+        dynamic = {n: {0: "batch"} for n in [*batch_inputs, *output_names]}  # every output has a batch axis
         buffer = io.BytesIO()
         args = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in example_inputs)
         try:
