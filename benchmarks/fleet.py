@@ -57,6 +57,7 @@ from exitflow.pipeline.live.runtime.ray.pipeline import RayPipeline, engine_acto
 from exitflow.pipeline.live.runtime.ray.service import InferenceService, service_shutdown  # noqa: E402
 from exitflow.pipeline.live.sources import SkewedSourceFactory  # noqa: E402
 from exitflow.pipeline.live.sources.loopback import LoopbackClip, free_port, serve_clip  # noqa: E402
+from exitflow.pipeline.live.sources.robot import DigitRobotFactory, DigitStream, digit_stream  # noqa: E402
 from exitflow.pipeline.live.views.metrics import _flat_drops  # noqa: E402
 from exitflow.pipeline.messages import Decision  # noqa: E402
 
@@ -93,8 +94,8 @@ def skew_ns(index: int, skew_s: float) -> int:
 @dataclasses.dataclass
 class Robot:
     name: str
-    served: LoopbackClip
-    sources: dict[str, SkewedSourceFactory]
+    served: LoopbackClip | None  # ffmpeg servers of a GRID robot; None for a digit robot
+    sources: dict[str, Any]
     offset_ns: int
     pipe: Any = None
     base: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -134,10 +135,24 @@ def make_robot(i: int, fps: float, skew_s: float, stream: StreamConfig, tmp: Pat
     return Robot(name, served, sources, offset)
 
 
+def make_digit_robot(i: int, fps: float, skew_s: float, chunk_ms: float, media: DigitStream) -> Robot:
+    """One source per robot (camera, microphone and labels, pre-encoded media shared by all robots)."""
+    name, offset = f"robot{i}", skew_ns(i, skew_s)
+    factory = DigitRobotFactory(name, media, fps=fps, chunk_ms=chunk_ms, start_item=7 * i, offset_ns=offset)
+    return Robot(name, None, {name: factory}, offset)
+
+
 def robot_counts(pipe: PipelineDriver, cam: str) -> dict[str, Any]:
     snap = pipe.snapshot()
+    accuracy = snap.get("accuracy") or {}
     return {
-        "frames": int(snap["sources"].get(cam, {}).get("messages", 0)) or int(snap["messages"].get(cam, 0)),
+        # a GRID robot's camera messages; a digit robot's one source also sends PCM and labels: the
+        # frames that triggered a sample
+        "frames": int(snap["sources"][cam].get("messages", 0)) if cam in snap["sources"]
+        else int(snap["sync"].get("emitted", 0)),
+        "labelled": int(accuracy.get("labelled", 0)),
+        "correct": int(accuracy.get("correct", 0)),
+        "shed": dict((snap.get("overload") or {}).get("shed", {})),
         "decided": int(snap["decisions"]),
         "drops": {f"{w}:{r}": n for (w, r), n in _flat_drops(snap).items()}
         | {f"failed:{k}": v for k, v in snap["failures"].items()},
@@ -168,25 +183,38 @@ def main() -> int:
                         help="ray: one plain engine actor (batch 1) instead of the shared batched service")
     parser.add_argument("--config", default=str(REPO / "config.yaml"), help="config whose stream.engine runs")
     parser.add_argument("--engine", default=None, help="override stream.engine (e.g. a rule engine)")
-    parser.add_argument("--mic-chunk-ms", type=float, default=20.0,
-                        help="PCM chunk length: a frame waits for the chunk after it, so shorter is faster")
+    parser.add_argument("--mic-chunk-ms", type=float, default=None,
+                        help="PCM chunk length (default 50 for digit robots, 20 for GRID): a frame waits for the "
+                        "chunk after it, so shorter is faster, but every chunk is a message the driver drains")
+    parser.add_argument("--max-sample-age-ms", type=float, default=150.0,
+                        help="stream.max_sample_age_ms: older samples are shed at dispatch (0: never)")
     parser.add_argument("--engine-queue", type=int, default=4, help="stream.engine_queue_size (drop_oldest)")
     parser.add_argument("--max-in-flight", type=int, default=2, help="stream.max_in_flight")
+    parser.add_argument("--robot-kind", choices=("digits", "grid"), default="digits",
+                        help="digits: one cheap source per robot streaming what the model was made for (AV-MNIST "
+                        "digits, spoken digits, labels); grid: a GRID clip through two ffmpeg servers (a format example)")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the figures here")
     args = parser.parse_args()
     if args.robots < 1 or args.fps <= 0 or args.duration <= 0:
         parser.error("--robots >= 1, --fps > 0 and --duration > 0 are required")
 
+    if args.mic_chunk_ms is None:
+        args.mic_chunk_ms = 50.0 if args.robot_kind == "digits" else 20.0
     cfg = load_config(args.config)
     engine_name = args.engine or cfg.stream.engine
     stream = dataclasses.replace(
         cfg.stream, sources=(), slop_ms=60.0, engine_queue_size=args.engine_queue, engine_queue_policy="drop_oldest",
         max_in_flight=args.max_in_flight, early_trigger=True, live_view=False, runtime=args.runtime,
+        max_sample_age_ms=args.max_sample_age_ms or None,
     )
     tmp = Path(tempfile.mkdtemp(prefix="exitflow-fleet-"))
     seconds = args.warmup_s + args.duration + 300  # start-up (Ray, the model) included, generously
-    robots = [make_robot(i, args.fps, args.clock_skew_s, stream, tmp, seconds, args.mic_chunk_ms)
-              for i in range(args.robots)]
+    if args.robot_kind == "digits":
+        media = digit_stream(SHARED_DATA, n=30, hold_s=stream.audio_window_s, rate_hz=stream.audio_rate_hz)
+        robots = [make_digit_robot(i, args.fps, args.clock_skew_s, args.mic_chunk_ms, media) for i in range(args.robots)]
+    else:
+        robots = [make_robot(i, args.fps, args.clock_skew_s, stream, tmp, seconds, args.mic_chunk_ms)
+                  for i in range(args.robots)]
     me = psutil.Process()
     ray_started = False
     shared: Any = None
@@ -251,7 +279,8 @@ def main() -> int:
                     r.pipe.shutdown()
                 except Exception as e:  # noqa: BLE001 - the others still shut down
                     print(f"{r.name}: shutdown failed: {e}", file=sys.stderr)
-            r.served.close()
+            if r.served is not None:
+                r.served.close()
         if args.runtime == "local" and shared is not None:
             shared.close()
         if ray_started:
@@ -264,10 +293,16 @@ def main() -> int:
         lat = end["snap"]["latency_ms"]
         e2e = lat.get("end_to_end", {})
         drops = {k: int(v - base["drops"].get(k, 0)) for k, v in end["drops"].items() if v - base["drops"].get(k, 0)}
+        labelled, correct = end["labelled"] - base["labelled"], end["correct"] - base["correct"]
+        offered, decided = end["frames"] - base["frames"], end["decided"] - base["decided"]
         rows.append({
             "name": r.name,
-            "offered_hz": round((end["frames"] - base["frames"]) / wall, 2),
-            "decisions_hz": round((end["decided"] - base["decided"]) / wall, 2),
+            "offered_hz": round(offered / wall, 2),
+            "decisions_hz": round(decided / wall, 2),
+            "decided_pct": round(100.0 * decided / offered, 1) if offered else None,
+            "shed": {k: v - base["shed"].get(k, 0) for k, v in end["shed"].items() if v - base["shed"].get(k, 0)},
+            "live_accuracy": round(correct / labelled, 3) if labelled else None,
+            "labelled": labelled,
             "e2e_ms_p50": round(e2e.get("p50", float("nan")), 1),
             "e2e_ms_p95": round(e2e.get("p95", float("nan")), 1),
             "e2e_ms_p99": round(e2e.get("p99", float("nan")), 1),
@@ -295,6 +330,9 @@ def main() -> int:
         "engine_queue_size": args.engine_queue,
         "max_in_flight": args.max_in_flight,
         "mic_chunk_ms": args.mic_chunk_ms,
+        "max_sample_age_ms": args.max_sample_age_ms,
+        "robot_kind": args.robot_kind,
+        "overload": {r.name: ends[r.name]["snap"].get("overload") for r in robots},
     }
     text = json.dumps(out, indent=1, default=str)
     print(text)

@@ -198,6 +198,8 @@ class StreamConfig:
     engine_queue_size: int = field(default=4, metadata=bounds(min=1, max=MAX_QUEUE))
     engine_queue_policy: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
     max_in_flight: int = field(default=2, metadata=bounds(min=1, max=MAX_QUEUE))
+    # issue 26 item 5: a sample older than this (capture -> dispatch) is shed (shed:stale), not sent
+    max_sample_age_ms: float | None = field(default=None, metadata=bounds(min=0.0, max=MAX_SECONDS * 1000.0))
     engine: str = "system:exitflow"  # system:NAME, an `exitflow.engines` entry point, or exitflow.*:factory
     engine_num_cpus: float = field(default=1.0, metadata=bounds(min=0.0, max=MAX_THREADS))
     engine_num_gpus: float = field(default=0.0, metadata=bounds(min=0.0, max=1024.0))

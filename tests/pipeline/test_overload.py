@@ -25,7 +25,10 @@ def test_monitor_counts_shed_by_reason_and_says_overloaded_for_a_window() -> Non
     assert m.snapshot(0.0) == {"overloaded": False, "capacity_sps": None, "shed": {}, "shed_total": 0}
     m.engine_ms(4.0)  # one-at-a-time engine: 250 samples/s
     assert m.capacity_sps == 250.0
-    m.count_shed("shed:deadline", now_s=10.0, n=3)
+    drops = []
+    m.on_shed = lambda where, reason, n: drops.append((where, reason, n))
+    m.count_shed("service", "shed:deadline", now_s=10.0, n=3)
+    assert drops == [("service", "shed:deadline", 3)]
     m.queue_drops({"drop_oldest": 2}, now_s=10.5)
     snap = m.snapshot(11.0)
     assert snap["overloaded"] and snap["shed"] == {"shed:deadline": 3, "engine_queue:drop_oldest": 2}
@@ -42,8 +45,8 @@ def overloaded_snapshot() -> dict:
     snap = busy_snapshot()
     m = OverloadMonitor()
     m.service_status({"capacity_sps": 812.4, "overloaded": True})
-    m.count_shed("shed:deadline", 1.0, 30)
-    m.count_shed("shed:fair_share", 1.0, 7)
+    m.count_shed("service", "shed:deadline", 1.0, 30)
+    m.count_shed("service", "shed:fair_share", 1.0, 7)
     snap["overload"] = m.snapshot(1.0)
     return snap
 

@@ -59,3 +59,30 @@ def test_a_robot_streams_frames_pcm_and_labels_with_the_frames_stamps() -> None:
     # item 1 for the first 0.2 s (4 frames at 20 fps), then item 2
     assert [x.payload for x in labels[:5]] == [stream.labels[1]] * 4 + [stream.labels[2]]
     assert abs(frames[0].timestamp_ns - time.time_ns() - 3_600_000_000_000) < 5e9  # on its skewed clock
+
+
+@needs_data
+@pytest.mark.parametrize("max_age_ms", [None, 0.001])
+def test_a_local_pipeline_scores_labels_and_sheds_stale_samples(max_age_ms) -> None:
+    from exitflow.pipeline.config import StreamConfig
+    from exitflow.pipeline.live.runtime.local import LocalPipeline
+    from exitflow.pipeline.live.sources.robot import DigitRobotFactory, digit_stream
+
+    stream = StreamConfig(live_view=False, runtime="local", max_sample_age_ms=max_age_ms,
+                          engine="exitflow.pipeline.live.runtime.rule_engine:build_rule_engine")
+    robot = DigitRobotFactory("robot0", digit_stream(SHARED_DATA, n=3), fps=20)
+    pipe = LocalPipeline(stream, stream.engine, sources={"robot0": robot})
+    try:
+        pipe.start()
+        pipe.wait_ready(timeout_s=30)
+        pipe.run(duration_s=2.0)
+        snap = pipe.snapshot()
+    finally:
+        pipe.shutdown()
+    if max_age_ms is None:  # every decision carries the label its frame was sent with
+        assert snap["decisions"] > 10 and snap["accuracy"]["labelled"] == snap["decisions"]
+        assert snap["overload"]["shed"] == {}
+    else:  # every sample is older than 1 us at dispatch: shed, counted, nothing decided
+        assert snap["decisions"] == 0 and snap["overload"]["shed"]["shed:stale"] > 10
+        assert snap["drops"]["engine_queue"]["shed:stale"] == snap["overload"]["shed"]["shed:stale"]
+        assert snap["overload"]["overloaded"] is True

@@ -19,6 +19,7 @@ samples per second of engine-busy time, or, for an engine answering one sample a
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 
@@ -28,9 +29,12 @@ class OverloadMonitor:
     Args:
         window_s: A shed sample keeps the flag up this long.
         alpha: Weight of a new engine time in the mean (one-at-a-time engines).
+        on_shed: Also called ``(where, reason, n)`` for every shed sample (the driver's drop counters).
     """
 
-    def __init__(self, window_s: float = 2.0, alpha: float = 0.05):
+    def __init__(self, window_s: float = 2.0, alpha: float = 0.05,
+                 on_shed: Callable[[str, str, int], Any] | None = None):
+        self.on_shed = on_shed
         self.window_s = window_s
         self.alpha = alpha
         self.shed: Counter[str] = Counter()
@@ -40,11 +44,13 @@ class OverloadMonitor:
         self._service_overloaded = False
         self._engine_ms: float | None = None
 
-    def count_shed(self, reason: str, now_s: float, n: int = 1) -> None:
-        """``n`` samples shed for ``reason`` (``shed:deadline``, ``engine_queue:drop_oldest``...)."""
+    def count_shed(self, where: str, reason: str, now_s: float, n: int = 1) -> None:
+        """``n`` samples shed at ``where`` (``service``, ``engine_queue``) for ``reason`` (``shed:deadline``...)."""
         if n > 0:
             self.shed[reason] += n
             self._last_shed_s = now_s
+            if self.on_shed is not None:
+                self.on_shed(where, reason, n)
 
     def queue_drops(self, dropped: dict[str, int], now_s: float) -> None:
         """The engine queue's drop counters (cumulative, by policy); the increase counts as shed."""

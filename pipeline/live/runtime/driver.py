@@ -98,7 +98,6 @@ class PipelineDriver:
             stream.engine_queue_size, stream.engine_queue_policy, name="sync->engine", block_timeout_s=0.0
         )
         self.limiter = InFlightLimiter(stream.max_in_flight)
-        self.overload = OverloadMonitor()  # shed samples by reason, capacity, the "overloaded" flag
         self.recorder = recorder
         self.on_decision = on_decision
         if decision_log is None or isinstance(decision_log, DecisionLog):
@@ -106,6 +105,7 @@ class PipelineDriver:
         else:
             self.decision_log = DecisionLog(decision_log)
         self.stats = LiveStats()
+        self.overload = OverloadMonitor(on_shed=self.stats.count_drop)  # shed by reason, capacity, "overloaded"
         self.breaker = CircuitBreaker(getattr(stream, "circuit_breaker_s", 30.0))
         self.decisions: deque[Decision] = deque(maxlen=keep_decisions)  # the most recent ones
         # (source, seq, timestamp_ns) of the most recent messages the driver saw
@@ -292,6 +292,10 @@ class PipelineDriver:
                 return
             now = time.monotonic_ns()
             self.stats.observe_latency("queue", (now - emitted_ns) / 1e6)
+            if self.stream.max_sample_age_ms is not None and now - sample.timestamp_ns > self.stream.max_sample_age_ms * 1e6:
+                self.limiter.release()  # too old to decide in time: shed (overload), counted
+                self.overload.count_shed("engine_queue", "shed:stale", now / 1e9)
+                continue
             try:
                 token = self.transport.submit(sample)
             except Exception as e:  # noqa: BLE001 - e.g. a payload that cannot be serialised
@@ -319,8 +323,7 @@ class PipelineDriver:
                 continue
             decision, stage_ms, error = result
             if is_shed(error):  # overload, shed by the service's policy: a drop with its reason
-                self.overload.count_shed(error, time.monotonic())
-                self.stats.count_drop("service", error)
+                self.overload.count_shed("service", error, time.monotonic())
                 continue
             if "engine" in stage_ms and "batch_wait" not in stage_ms:  # one sample per call: its own time
                 self.overload.engine_ms(stage_ms["engine"])
@@ -339,6 +342,7 @@ class PipelineDriver:
     def _emit(self, decision: Decision, sample: Sample) -> None:
         """Count, keep (bounded), log and hand on one decision; a failed one feeds the breaker."""
         error = getattr(decision, "error", None)
+        decision.label = sample.label if decision.label is None else decision.label  # any engine: live accuracy
         self.decisions.append(decision)
         self.decisions_total += 1
         if error:
