@@ -230,11 +230,13 @@ def main() -> None:
                     help="micro-batches inside the request instead of through Ray's object store")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per mode; the best is kept")
     ap.add_argument("--sweep", action="store_true", help="also time batch-1 vs batched at three thresholds")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. engine.device=cuda service.num_gpus=1 (a GPU replica)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
     neighbours_before = busy_neighbours()
-    cfg = load_config(None, ["engine.num_threads=1"])
+    cfg = load_config(None, ["engine.num_threads=1", *args.set])
     parts, samples = bench_inputs(cfg, "avmnist", "test", args.limit)
     engine = parts.exitflow(meter=None, budget=False).engine
     run_engine(engine, samples[:50])  # warm-up
@@ -247,11 +249,12 @@ def main() -> None:
 
     service_cfg = ServiceConfig(name="exitflow-bench", max_batch_size=args.batch_size, batch_wait_ms=args.wait_ms,
                                 max_ongoing_requests=max(args.in_flight, 2 * args.batch_size), shed_after_ms=None,
-                                num_cpus=1.0)
-    start_ray(RayConfig(num_cpus=2, namespace="exitflow-batch-bench"))
+                                num_cpus=1.0, num_gpus=cfg.service.num_gpus)
+    start_ray(RayConfig(num_cpus=2, namespace="exitflow-batch-bench"))  # Ray finds the GPUs itself
     try:
         serve.start(proxy_location="Disabled")
-        serve.run(Noop.options(**deployment_options(service_cfg, "noop")).bind(), name="exitflow-noop",
+        noop_cfg = dataclasses.replace(service_cfg, num_gpus=0.0)  # the GPU is the service's
+        serve.run(Noop.options(**deployment_options(noop_cfg, "noop")).bind(), name="exitflow-noop",
                   route_prefix=None)
         service = InferenceService.start(ENGINE, cfg, service=service_cfg)
         rows += service.run(lambda: serve_modes(service, samples, args, reference, batch_engine))
