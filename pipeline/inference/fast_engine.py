@@ -431,10 +431,15 @@ class FastEngine(Engine):
         """The rows' payloads stacked per modality, (N, C, H, W) float32, and the rows that are fine; a row
         with a bad payload gets its own error. One stack and one finiteness product per modality."""
         try:
-            stacked = {m: np.stack([samples[r].payloads[m] for r in rows]).astype(np.float32, copy=False)
-                       for m in modalities}
-            if any(x.shape[1:] != self._shapes[m] for m, x in stacked.items()):
-                raise ValueError("shapes differ")
+            stacked = {}
+            for m in modalities:
+                want = self._shapes[m]
+                out = stacked[m] = np.empty((len(rows), *want), dtype=np.float32)
+                for i, r in enumerate(rows):
+                    x = samples[r].payloads[m]
+                    if not isinstance(x, np.ndarray) or x.shape != want:
+                        raise ValueError(f"{m} payload of row {r} is not a {want} array")
+                    out[i] = x
         except Exception:  # ragged or odd payloads: each row checked alone, its own error
             ok: list[int] = []
             arrays: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
@@ -512,12 +517,13 @@ class FastEngine(Engine):
             if not len(active):
                 break
         plan = compiled.program.plan
+        lam, shown = self.policy.lam, self._shown_thresholds()
         for row, r in enumerate(ok_rows):
             if stops[row] < 0:
                 continue
             sample = samples[r]
             d = Decision(sample_id=sample.sample_id, prediction=-1, system=self.system, label=sample.label,
-                         timestamp_ns=sample.timestamp_ns, lam=self.policy.lam, thresholds=self.policy.thresholds)
+                         timestamp_ns=sample.timestamp_ns, lam=lam, thresholds=shown)
             self._fill(d, compiled, int(stops[row]), int(preds[row]), int(macs[row]), plan)
             d.latency_ms.update(latency)
             d.latency_ms["policy"] = 0.0
