@@ -11,6 +11,7 @@ import pytest
 
 from exitflow.pipeline.config import RayConfig, ServiceConfig
 from exitflow.pipeline.data.avmnist import load_split
+from exitflow.pipeline.data.roots import SHARED_DATA
 from exitflow.pipeline.evaluation.replay import split_samples
 from exitflow.pipeline.live.core.failures import FailedDecision, is_shed
 from exitflow.pipeline.live.core.sync import AudioWindow
@@ -164,6 +165,23 @@ def test_serve_deployment_answers_two_clients_per_sample_and_micro_batch_with_ba
         assert service.set_budget.remote(5.0, None).result(120) == {"mj_per_sample": 5.0, "power_w": None}
         assert service.stats()["budget"] == {"mj_per_sample": 5.0, "power_w": None}  # reconfigured
         assert isinstance(service.decide(rows[1]), Decision)
+        if (SHARED_DATA / "fsdd" / "fsdd_test.npz").is_file():  # a Ray pipeline on the service: futures wake it
+            from exitflow.pipeline.config import StreamConfig
+            from exitflow.pipeline.live.runtime.ray.pipeline import RayPipeline
+            from exitflow.pipeline.live.sources.robot import DigitRobotFactory, digit_stream
+
+            robot = DigitRobotFactory("robot0", digit_stream(SHARED_DATA, n=3), fps=10, chunk_ms=50)
+            pipe = RayPipeline(StreamConfig(live_view=False), "system:exitflow", embedded_cfg,
+                               sources={"robot0": robot}, engine=service.for_client("robot0"))
+            try:
+                pipe.start()
+                pipe.wait_ready(timeout_s=120)
+                pipe.run(duration_s=4.0)
+                snap = pipe.snapshot()
+            finally:
+                pipe.shutdown()
+            assert snap["decisions"] >= 10 and snap["accuracy"]["labelled"] == snap["decisions"]
+            assert snap["latency_ms"]["engine_call"]["p50"] < 1000.0
     finally:
         service_shutdown()
 
