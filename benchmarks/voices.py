@@ -224,6 +224,34 @@ def print_report(results: list[dict[str, Any]]) -> None:
                   f"  MACs {_mean_sd([r['criteria'][name]['test']['macs'] / 1e6 for r in rs])} M")
 
 
+def print_markdown(results: list[dict[str, Any]]) -> None:
+    """The per-voice tables of docs/adaptive.md (accuracy / MACs in M / ms / mJ, then mean +- sd)."""
+    for dataset in sorted({r["dataset"] for r in results}):
+        rs = [r for r in results if r["dataset"] == dataset]
+        print(f"\n`{dataset}` (accuracy / MACs / ms / mJ per sample):\n")
+        print("| test voice (calibration) | " + " | ".join(f"`{s}`" for s in SYSTEMS) + " |")
+        print("|---" * (len(SYSTEMS) + 1) + "|")
+        for r in rs:
+            cells = []
+            for s in SYSTEMS:
+                b = r["bench"][s]
+                mj = "-" if b["mj_per_sample"] is None else f"{b['mj_per_sample']:.2f}"
+                cells.append(f"{b['accuracy']:.4f} / {b['macs_per_sample'] / 1e6:.2f} M / {b['ms_per_sample']:.2f} / {mj}")
+            print(f"| {r['test_voice']} ({r['cal_voice']}) | " + " | ".join(cells) + " |")
+        for key, label, scale in (("accuracy", "accuracy", 1.0), ("macs_per_sample", "MACs (M)", 1e-6)):
+            print(f"| mean +- sd {label} | " + " | ".join(
+                _mean_sd([r["bench"][s][key] * scale for r in rs]) for s in SYSTEMS) + " |")
+        names = [n for n in rs[0]["criteria"] if all(n in r["criteria"] for r in rs)]
+        print("\n| criterion (chosen on the calibration voice) | " + " | ".join(r["test_voice"] for r in rs)
+              + " | mean +- sd |")
+        print("|---" * (len(rs) + 2) + "|")
+        for name in names:
+            cells = [f"{r['criteria'][name]['test']['accuracy']:.4f} / {r['criteria'][name]['test']['macs'] / 1e6:.2f} M"
+                     for r in rs]
+            acc = _mean_sd([r["criteria"][name]["test"]["accuracy"] for r in rs])
+            print(f"| {name} | " + " | ".join(cells) + f" | {acc} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--folds", nargs="+", default=list(VOICES), choices=VOICES, help="test voices to run")
@@ -232,6 +260,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=2000, help="test rows benched per fold")
     ap.add_argument("--criteria-limit", type=int, default=None, help="rows of val/test for the criteria (default all)")
     ap.add_argument("--report", action="store_true", help="print the table from the results file only")
+    ap.add_argument("--markdown", action="store_true", help="with --report: the docs' markdown tables")
     args = ap.parse_args()
     torch.set_num_threads(1)
     results_path = WORK / "results.jsonl"
@@ -249,7 +278,8 @@ def main() -> None:
                     with results_path.open("a") as f:
                         f.write(json.dumps(result, default=float) + "\n")
                     print(f"done {test} {dataset} seed {seed}: {json.dumps(result['took'])}", flush=True)
-    print_report([r for r in results if r["dataset"] in args.datasets])
+    chosen = [r for r in results if r["dataset"] in args.datasets]
+    print_markdown(chosen) if args.markdown else print_report(chosen)
 
 
 if __name__ == "__main__":
