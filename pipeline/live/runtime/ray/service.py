@@ -39,7 +39,7 @@ import concurrent.futures
 import os
 import threading
 import time
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 THROUGHPUT_ENV = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
 os.environ.setdefault(THROUGHPUT_ENV, "1")  # read by ray.serve at import (module doc)
@@ -61,9 +61,17 @@ from exitflow.pipeline.live.runtime.workers import EngineFactory  # noqa: E402
 from exitflow.pipeline.messages import Decision, Sample  # noqa: E402
 
 
-@serve.deployment
+class _BatchSettings(Protocol):
+    """What ``@serve.batch`` adds to the method it wraps."""
+
+    def set_max_batch_size(self, new_max_batch_size: int) -> None: ...
+
+    def set_batch_wait_timeout_s(self, new_batch_wait_timeout_s: float) -> None: ...
+
+
 class ServiceDeployment:
-    """The Serve wrapper of one :class:`ServiceReplica` (batching, health, reconfigure)."""
+    """The Serve wrapper of one :class:`ServiceReplica` (batching, health, reconfigure); deployed as
+    :data:`SERVICE`."""
 
     def __init__(self, factory: EngineFactory | str, cfg: Any, service: ServiceConfig):
         self.init_args = (factory, cfg, service)
@@ -71,10 +79,11 @@ class ServiceDeployment:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this at start and whenever the deployment's ``user_config`` changes."""
+        batched = cast(_BatchSettings, self._batched)
         if "max_batch_size" in user_config:
-            self._batched.set_max_batch_size(int(user_config["max_batch_size"]))
+            batched.set_max_batch_size(int(user_config["max_batch_size"]))
         if "batch_wait_ms" in user_config:
-            self._batched.set_batch_wait_timeout_s(float(user_config["batch_wait_ms"]) / 1000.0)
+            batched.set_batch_wait_timeout_s(float(user_config["batch_wait_ms"]) / 1000.0)
         budget = user_config.get("budget")
         if budget is not None:
             self.replica.set_budget(**budget)
@@ -113,6 +122,9 @@ class ServiceDeployment:
 
     def get_init_args(self) -> tuple[Any, Any, ServiceConfig]:
         return self.init_args
+
+
+SERVICE = serve.deployment()(ServiceDeployment)  # the Serve deployment (options: deployment_options)
 
 
 def deployment_name(factory: EngineFactory | str, cfg: Any = None) -> str:
@@ -217,7 +229,7 @@ class InferenceService:
         name = deployment_name(factory, cfg)
         if not _running(service.name):
             serve.start(proxy_location="Disabled")
-            app = ServiceDeployment.options(**deployment_options(service, name, **ray_actor_options))
+            app = SERVICE.options(**deployment_options(service, name, **ray_actor_options))
             serve.run(app.bind(factory, cfg, service), name=service.name, route_prefix=None)
         return cls.connect(service.name, client=client)
 
@@ -323,7 +335,7 @@ class InferenceService:
         factory, cfg, service = self._run(self._call("get_init_args")).result(30)
         budget = None if mj_per_sample is None and power_w is None else {"mj_per_sample": mj_per_sample,
                                                                           "power_w": power_w}
-        app = ServiceDeployment.options(**deployment_options(service, self.deployment, budget))
+        app = SERVICE.options(**deployment_options(service, self.deployment, budget))
         serve.run(app.bind(factory, cfg, service), name=self.app, route_prefix=None)
         return {"mj_per_sample": mj_per_sample, "power_w": power_w}
 
