@@ -43,6 +43,9 @@ from typing import Any, Protocol, cast
 
 THROUGHPUT_ENV = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
 os.environ.setdefault(THROUGHPUT_ENV, "1")  # read by ray.serve at import (module doc)
+# part of that mode, but for HTTP only: no proxy here, so no HTTP server per replica and no 30-s
+# direct-ingress drain when a replica stops
+os.environ.setdefault("RAY_SERVE_ENABLE_DIRECT_INGRESS", "0")
 
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
