@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,18 @@ from exitflow.pipeline.inference.batch_engine import BatchEngine
 from exitflow.pipeline.messages import Decision, Sample
 
 
+@pytest.fixture(scope="module")
+def eager(embedded_cfg) -> AdaptiveParts:
+    """The default CNN family on the eager reference engine (``engine.backend: torch``): the batch engine
+    under test batches that engine (the compiled fast path batches itself: tests/pipeline/test_fast_engine.py)."""
+    cfg = dataclasses.replace(embedded_cfg, engine=dataclasses.replace(embedded_cfg.engine, backend="torch"))
+    try:
+        loaded = AdaptiveParts(cfg, "avmnist")
+    except CheckpointError as e:
+        pytest.skip(f"no default CNN checkpoints: {e}")
+    return loaded
+
+
 def key(d: Decision) -> tuple:
     return (d.sample_id, d.prediction, d.exits, d.exit_layers, d.exited_by, d.macs, d.order, d.skipped,
             d.missing, d.fused_checks)
@@ -27,8 +41,8 @@ def rows(embedded_cfg):
     return list(split_samples(load_split(embedded_cfg, "test", "avmnist", progress=False), 96))
 
 
-def test_batched_decisions_equal_batch1_decisions_on_real_rows(parts, rows) -> None:
-    engine = parts.exitflow(meter=None, budget=False).engine
+def test_batched_decisions_equal_batch1_decisions_on_real_rows(parts, eager, rows) -> None:
+    engine = eager.exitflow(meter=None, budget=False).engine
     single = [engine.process(s) for s in rows]
     batched = BatchEngine(engine)
     got: list = []
@@ -52,9 +66,9 @@ def test_batched_exit_logits_match_batch1_within_tolerance(parts, rows) -> None:
                 torch.testing.assert_close(enc.step(one).logits[0], batch[j][i], atol=1e-4, rtol=1e-4)
 
 
-def test_compaction_runs_deeper_blocks_only_on_samples_still_active(parts, rows) -> None:
-    engine = parts.exitflow(meter=None, budget=False).engine
-    enc = parts.encoders["audio"]
+def test_compaction_runs_deeper_blocks_only_on_samples_still_active(parts, eager, rows) -> None:
+    engine = eager.exitflow(meter=None, budget=False).engine
+    enc = eager.encoders["audio"]
     seen: list[list[int]] = [[] for _ in enc.blocks]
     hooks = [block.register_forward_hook(lambda mod, inp, out, i=i: seen[i].append(inp[0].shape[0]))
              for i, block in enumerate(enc.blocks)]
@@ -68,8 +82,8 @@ def test_compaction_runs_deeper_blocks_only_on_samples_still_active(parts, rows)
     assert reached[0] == 64 and reached[-1] < reached[0]  # some samples exited: deeper blocks ran on fewer
 
 
-def test_one_bad_sample_never_fails_the_batch(parts, rows) -> None:
-    engine = parts.exitflow(meter=None, budget=False).engine
+def test_one_bad_sample_never_fails_the_batch(parts, eager, rows) -> None:
+    engine = eager.exitflow(meter=None, budget=False).engine
     good = rows[:6]
     nan = Sample(100, 0, {"image": np.full((1, 28, 28), np.nan, np.float32), "audio": rows[6].payloads["audio"]})
     wrong = Sample(101, 0, {"image": rows[7].payloads["image"], "audio": np.zeros((1, 50, 50), np.float32)})
@@ -87,8 +101,8 @@ def test_one_bad_sample_never_fails_the_batch(parts, rows) -> None:
     assert got[5].missing == ["audio"] and got[6].prediction == -1
 
 
-def test_a_failing_batched_fusion_is_rerun_sample_by_sample(parts, rows, monkeypatch) -> None:
-    engine = parts.exitflow(meter=None, budget=False).engine
+def test_a_failing_batched_fusion_is_rerun_sample_by_sample(parts, eager, rows, monkeypatch) -> None:
+    engine = eager.exitflow(meter=None, budget=False).engine
     expected = [key(engine.process(s)) for s in rows[:12]]
     fuse = engine.fusion.fuse_exits
 
@@ -116,9 +130,9 @@ class FixedMeter:
                            idle_energy_mj=20.0, dynamic_energy_mj=100.0)
 
 
-def test_one_meter_window_per_batch_apportioned_by_macs(parts, rows) -> None:
+def test_one_meter_window_per_batch_apportioned_by_macs(parts, eager, rows) -> None:
     meter = FixedMeter()
-    engine = parts.exitflow(meter=meter, budget=False).engine
+    engine = eager.exitflow(meter=meter, budget=False).engine
     got = BatchEngine(engine).process_batch(rows[:20])
     assert meter.names == ["batch"]
     total_macs = sum(d.macs for d in got)
@@ -129,9 +143,9 @@ def test_one_meter_window_per_batch_apportioned_by_macs(parts, rows) -> None:
         assert d.energy_source == "fixed" and d.estimated is True
 
 
-def test_samples_with_different_plans_share_a_batch(parts, rows) -> None:
+def test_samples_with_different_plans_share_a_batch(parts, eager, rows) -> None:
     """Audio-only samples start their audio blocks rounds before the full ones: two audio cohorts."""
-    engine = parts.exitflow(meter=None, budget=False).engine
+    engine = eager.exitflow(meter=None, budget=False).engine
     batch = []
     for i, s in enumerate(rows[:36]):
         if i % 3 == 1:  # audio only
@@ -144,9 +158,9 @@ def test_samples_with_different_plans_share_a_batch(parts, rows) -> None:
     assert {tuple(d.order) for d in got} >= {("audio",), ("image",)}
 
 
-def test_a_budget_moves_lambda_once_per_batch(parts, rows) -> None:
+def test_a_budget_moves_lambda_once_per_batch(parts, eager, rows) -> None:
     meter = FixedMeter()  # 100 mJ attributable a batch of 16: 6.25 mJ a sample on average
-    engine = parts.exitflow(meter=meter, budget_mj=3.0).engine
+    engine = eager.exitflow(meter=meter, budget_mj=3.0).engine
     before = engine.policy.lam
     batched = BatchEngine(engine)
     first = batched.process_batch(rows[:16])
@@ -168,7 +182,7 @@ def test_vit_text_family_batched_equals_batch1(data_cache, fusion_exit) -> None:
     except CheckpointError as e:
         pytest.skip(f"no avmnist-t checkpoints: {e}")
     samples = list(split_samples(load_split(cfg, "test", "avmnist-t", progress=False), 32))
-    engine = parts.exitflow(meter=None, budget=False).engine
+    engine = parts.exitflow(meter=None, budget=False).engine  # the ViT family: the eager engine either way
     got = BatchEngine(engine).process_batch(samples)
     assert [(*key(d), d.fusion_layers) for d in got] == [(*key(d), d.fusion_layers)
                                                            for d in map(engine.process, samples)]
