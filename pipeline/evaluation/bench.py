@@ -24,10 +24,12 @@ from tqdm import tqdm
 from exitflow.pipeline.artifacts import baseline_dataset, modalities_of
 from exitflow.pipeline.data.imported import is_imported
 from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts, truncated_macs
+from exitflow.pipeline.inference.shadow import FIXED_SUFFIX, ShadowRecalibration, bench_systems
 from exitflow.pipeline.inference.systems import baseline_system
 from exitflow.pipeline.messages import Decision, Sample
 
-BENCH_SYSTEMS = ("full", "lf", "image", "audio", "static", "rexit", "exitflow")
+FIXED_SYSTEM = "exitflow" + FIXED_SUFFIX  # exitflow with frozen calibrated thresholds (no shadow)
+BENCH_SYSTEMS = ("full", "lf", "image", "audio", "static", "rexit", "exitflow", FIXED_SYSTEM)
 CONCAT_SYSTEM = "exitflow_concat"  # exitflow with the late (concat) fusion exit, beside a transformer-fusion run
 ALL_SYSTEMS = (*BENCH_SYSTEMS, CONCAT_SYSTEM)
 
@@ -176,8 +178,10 @@ def bench(
             built[name] = baseline_system(cfg, name, baseline_dataset(parts.dataset, name))
         elif name == "rexit":
             built[name] = parts.rexit(seed=cfg.data.seed)
-        elif name == "exitflow":
-            built[name] = parts.exitflow(meter=meter)
+        elif name == "exitflow":  # online self-recalibration on (the shadow full path), from the calibrated start
+            built[name] = bench_systems(parts, meter)["exitflow"]
+        elif name == FIXED_SYSTEM:
+            built[name] = parts.exitflow(meter=meter, name=FIXED_SYSTEM)
         elif name == CONCAT_SYSTEM:
             late = concat_parts(parts)  # loaded once: the budget re-build below reuses it
             built[name] = late.exitflow(meter=meter, name=CONCAT_SYSTEM)
@@ -185,13 +189,20 @@ def bench(
     order = [s for s in systems if s != "static"] + (["static"] if "static" in systems else [])
     for name in order:
         if name == "static":
-            target = rows["exitflow"]["macs_per_sample"] if "exitflow" in rows else 0.5 * rows["full"]["macs_per_sample"]
+            match = next((rows[n] for n in (FIXED_SYSTEM, "exitflow") if n in rows), None)
+            target = match["macs_per_sample"] if match else 0.5 * rows["full"]["macs_per_sample"]
             built[name] = parts.static(static_exits_matching(parts, target))
         system = built[name]
         for sample in samples[:warmup]:  # warm caches and allocator, not measured
-            system.process(sample)
+            if isinstance(system, ShadowRecalibration):  # its parts, so that its thresholds stay calibrated
+                system.system.process(sample)
+                system.full.process(sample)
+            else:
+                system.process(sample)
         if name == "exitflow" and system.engine.budget is not None:
-            system = parts.exitflow(meter=meter)  # fresh controller state after warm-up
+            system = bench_systems(parts, meter)["exitflow"]  # fresh controller state after warm-up
+        if name == FIXED_SYSTEM and system.engine.budget is not None:
+            system = parts.exitflow(meter=meter, name=FIXED_SYSTEM)
         if name == CONCAT_SYSTEM and system.engine.budget is not None:
             system = late.exitflow(meter=meter, name=CONCAT_SYSTEM)
         rows[name] = run_system(system, samples, meter, progress)
@@ -243,7 +254,7 @@ def budget_run(parts: AdaptiveParts, samples: Sequence[Sample], meter: Any, budg
 def format_table(rows: Sequence[dict[str, Any]], reference: str = "full") -> str:
     ref = next((r for r in rows if r["system"] == reference), None)
     header = (
-        f"{'system':<10}{'n':>6}{'accuracy':>10}{'MACs/sample':>14}{'ms/sample':>11}{'mJ/sample':>11}"
+        f"{'system':<15}{'n':>6}{'accuracy':>10}{'MACs/sample':>14}{'ms/sample':>11}{'mJ/sample':>11}"
         f"{'dyn mJ':>9}{'MACs x':>8}{'ms x':>7}  {'backend':<12}energy source"
     )
     lines = [header, "-" * len(header)]
@@ -254,7 +265,7 @@ def format_table(rows: Sequence[dict[str, Any]], reference: str = "full") -> str
         dyn = f"{r['dynamic_mj_per_sample']:.3f}" if r.get("dynamic_mj_per_sample") is not None else "-"
         est = " (estimated)" if r["estimated"] else ""
         lines.append(
-            f"{r['system']:<10}{r['n']:>6}{r['accuracy']:>10.4f}{r['macs_per_sample']:>14,.0f}"
+            f"{r['system']:<15}{r['n']:>6}{r['accuracy']:>10.4f}{r['macs_per_sample']:>14,.0f}"
             f"{r['ms_per_sample']:>11.3f}{mj:>11}{dyn:>9}{mac_ratio:>8.2f}{ms_ratio:>7.2f}  "
             f"{r.get('backend', '-'):<12}{r['energy_source']}{est}"
         )
