@@ -457,12 +457,12 @@ class FastEngine(Engine):
         for m, x in stacked.items():
             bad |= ~np.isfinite(x.reshape(len(rows), -1) @ self._zeros[m])  # NaN/inf rows: x . 0 is NaN
         if bad.any():
-            for i in np.flatnonzero(bad):
+            for bad_row in np.flatnonzero(bad).tolist():
                 try:
                     for m in modalities:
-                        self._input(samples[rows[i]], m)
+                        self._input(samples[rows[bad_row]], m)
                 except Exception as e:
-                    results[rows[i]] = e
+                    results[rows[bad_row]] = e
             keep = ~bad
             stacked = {m: x[keep] for m, x in stacked.items()}
             rows = [r for r, k in zip(rows, keep, strict=True) if k]

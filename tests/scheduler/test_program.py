@@ -139,7 +139,7 @@ def test_timed_profile_is_cumulative_and_orders_by_time() -> None:
     program = walk_program(policy, profile.modalities)
     step_ms = [0.01 * (i + 1) for i in range(len(program.steps))]
     timed = timed_profile(profile, program, step_ms, call_ms=0.003)
-    for m, rows in timed.exits.items():
+    for rows in timed.exits.values():
         times = [r.latency_ms for r in rows]
         assert all(t is not None and t > 0.003 for t in times) and times == sorted(times)
     assert all(f.latency_ms is not None for f in timed.fusion)
