@@ -324,16 +324,17 @@ class FastEngine(Engine):
                 t0 = perf()
                 outs = call.call(feed)
                 t1 = perf()
+                # the policy's part: did the walk stop in this call, and at which step
+                stopped = outs[call.i_passed][0] or index == final
+                pick = (0 if call.i_pick is None else int(outs[call.i_pick][0])) if stopped else -1
+                policy_s += perf() - t1
                 latency[call.name] = (t1 - t0) * 1000.0
                 macs += call.macs_through[-1]
-                if outs[call.i_passed][0] or index == final:  # the policy's part: did the walk stop here, and where
-                    pick = 0 if call.i_pick is None else int(outs[call.i_pick][0])
-                    policy_s += perf() - t1
-                    stop, pred = call.start + call.scored[pick], int(outs[call.i_preds][0, pick])  # the answer, as the
-                    break  # reference engine reads its exit's argmax outside the policy's clock
+                if stopped:  # the answer: that step's class (read outside the policy's clock, as the reference's)
+                    stop, pred = call.start + call.scored[pick], int(outs[call.i_preds][0, pick])
+                    break
                 for i, name in call.carry.items():
                     carried[name] = outs[i]
-                policy_s += perf() - t1
         except BaseException:
             if meter is not None:
                 meter.end_window("sample")
