@@ -176,6 +176,7 @@ class Policy:
         self._thresholds: dict[str, float] = {}
         self._walks: dict[tuple[int, tuple[str, ...], tuple[str, ...]], tuple[Plan, tuple[Action, ...]]] = {}
         self.cheapest_mode = False
+        self._skip_negative = settings.skip_negative
         self.set_lambda(settings.lam)
 
     @property
@@ -233,6 +234,14 @@ class Policy:
             for m, t in self._base_thresholds.items()
         }
 
+    def set_skip_negative(self, on: bool) -> None:
+        """Switch skipping of negative-utility modalities (online recalibration turns it off while its
+        thresholds say "never exit early", so the walk is the full path); cached plans are dropped."""
+        if bool(on) != self._skip_negative:
+            self._skip_negative = bool(on)
+            self._plans.clear()
+            self._walks.clear()
+
     def set_cheapest_mode(self, on: bool) -> None:
         """Run only the cheapest first exit (the budget controller's fallback)."""
         self.cheapest_mode = bool(on)
@@ -248,7 +257,7 @@ class Policy:
                 self._plans_lam,
                 key[1],
                 method=self.settings.ranking,
-                skip_negative=self.settings.skip_negative,
+                skip_negative=self._skip_negative,
                 missing=key[2],
             )
             self._plans[key] = plan

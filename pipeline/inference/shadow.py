@@ -71,6 +71,7 @@ class ShadowRecalibration:
         self.shadow_ms_total = 0.0
         self.held_by_budget = 0  # shadowed samples observed while a budget held the thresholds
         self._batcher: Any = None
+        self._skip_negative = self.policy.settings.skip_negative
         self.policy.set_thresholds(controller.thresholds)
 
     def process(self, sample: Sample) -> Decision:
@@ -165,7 +166,12 @@ class ShadowRecalibration:
             self.controller.observe(disagreed, hold=True)
             self.held_by_budget += 1
         else:
-            self.policy.set_thresholds(self.controller.observe(disagreed))
+            thresholds = self.controller.observe(disagreed)
+            # at the floor the thresholds say "never exit early": the walk must then be the full path,
+            # so no modality is skipped by utility either (the guarantee's premise); plans are re-made
+            full_walk = self.controller.shift <= self.controller.settings.min_shift
+            self.policy.set_skip_negative(self._skip_negative and not full_walk)
+            self.policy.set_thresholds(thresholds)  # a new dict: engines re-plan on it
         decision.recalibration = self.compact_status()
 
     def compact_status(self) -> dict[str, Any]:

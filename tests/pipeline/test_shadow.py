@@ -187,3 +187,17 @@ def test_batches_shadow_the_same_samples_as_one_at_a_time(parts, rows):
             assert d.recalibration is not None and d.macs >= d.shadow_macs
     assert batched.controller.shadowed == sum(d.shadow for d in batch)
     assert as_batch_engine(batched) is batched  # the service batches through the wrapper
+
+
+def test_at_the_floor_no_modality_is_skipped(parts, rows):
+    """A walk that skips a modality by utility is not the full path: at the "never" floor skipping is off."""
+    wrapped = _wrapped(parts, shadow_share=1.0, warmup_samples=0, step=10.0, min_shift=-1.0)
+    wrapped.controller.shift = -0.5  # one disagreement from the floor
+    for sample in rows:
+        d = wrapped.process(sample)
+        if d.shadow and d.prediction != d.shadow_prediction:
+            break
+    assert wrapped.controller.shift <= wrapped.controller.settings.min_shift
+    assert wrapped.policy._skip_negative is False
+    after = [wrapped.process(s) for s in rows[:10]]
+    assert all(not d.skipped and d.exited_by == "fusion" and d.prediction == d.shadow_prediction for d in after)
