@@ -177,6 +177,7 @@ class Policy:
         self._walks: dict[tuple[int, tuple[str, ...], tuple[str, ...]], tuple[Plan, tuple[Action, ...]]] = {}
         self.cheapest_mode = False
         self._skip_negative = settings.skip_negative
+        self.plan_epoch = 0  # bumped when plans change for another reason than lambda (engines key caches on it)
         self.set_lambda(settings.lam)
 
     @property
@@ -241,6 +242,7 @@ class Policy:
             self._skip_negative = bool(on)
             self._plans.clear()
             self._walks.clear()
+            self.plan_epoch += 1
 
     def set_cheapest_mode(self, on: bool) -> None:
         """Run only the cheapest first exit (the budget controller's fallback)."""

@@ -170,9 +170,28 @@ class ShadowRecalibration:
             # at the floor the thresholds say "never exit early": the walk must then be the full path,
             # so no modality is skipped by utility either (the guarantee's premise); plans are re-made
             full_walk = self.controller.shift <= self.controller.settings.min_shift
+            epoch = self.policy.plan_epoch
             self.policy.set_skip_negative(self._skip_negative and not full_walk)
+            if self.policy.plan_epoch != epoch:
+                self._replan_engine()
             self.policy.set_thresholds(thresholds)  # a new dict: engines re-plan on it
         decision.recalibration = self.compact_status()
+
+    def _replan_engine(self) -> None:
+        """Drop the engine's cached walk programs after the policy's plans changed (skipping on/off).
+
+        ``engine.invalidate_plans()`` when the engine has it; else the compiled fast engine's caches by
+        name (a stopgap until it keys its programs on ``policy.plan_epoch``)."""
+        invalidate = getattr(self.engine, "invalidate_plans", None)
+        if invalidate is not None:
+            invalidate()
+            return
+        for name in ("_programs", "_all", "_compiled", "_stops"):
+            cache = getattr(self.engine, name, None)
+            if isinstance(cache, dict):
+                cache.clear()
+        if hasattr(self.engine, "_last"):
+            self.engine._last = None
 
     def compact_status(self) -> dict[str, Any]:
         """The few figures a decision carries to the live views, ``/status``, metrics and recordings."""
