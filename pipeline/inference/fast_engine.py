@@ -162,6 +162,13 @@ class FastEngine(Engine):
         self._compiled[key] = compiled
         return compiled
 
+    def invalidate_plans(self) -> None:
+        """Forget every cached program (the policy's plans changed for another reason than lambda, e.g.
+        modality skipping switched off); compiled again on next use."""
+        for cache in (self._programs, self._all, self._compiled, self._stops):
+            cache.clear()
+        self._last = None
+
     def warm_up(self, present: Sequence[str] | None = None) -> CompiledProgram:
         """Compile (and time) the walk for ``present`` modalities (all by default) now, so that the first
         sample of a stream does not wait for it."""

@@ -83,7 +83,8 @@ _FACTORIES: dict[str, SystemFactory] = {
     "image": lambda cfg, ds: baseline_system(cfg, "image", baseline_dataset(ds, "image")),
     "audio": lambda cfg, ds: baseline_system(cfg, "audio", baseline_dataset(ds, "audio")),
     "full": lambda cfg, ds: _adaptive(cfg, ds).full(),
-    "exitflow": lambda cfg, ds: _adaptive(cfg, ds).exitflow(meter=_meter(cfg)),
+    "exitflow": lambda cfg, ds: _exitflow(cfg, ds),
+    "exitflow-fixed": lambda cfg, ds: _adaptive(cfg, ds).exitflow(meter=_meter(cfg), name="exitflow-fixed"),
     "rexit": lambda cfg, ds: _adaptive(cfg, ds).rexit(),
 }
 
@@ -93,6 +94,15 @@ def _meter(cfg: Config):
     from exitflow.pipeline.meters import open_meter, with_trace
 
     return with_trace(cfg, open_meter(cfg))
+
+
+def _exitflow(cfg: Config, dataset: str) -> System:
+    """``exitflow`` with online self-recalibration when the ``recalibration`` section has it on (the default):
+    wherever it runs on a stream (replay, live), the shadow full path keeps its thresholds honest."""
+    from exitflow.pipeline.inference.shadow import recalibrated
+
+    parts = _adaptive(cfg, dataset)
+    return recalibrated(cfg, parts, parts.exitflow(meter=_meter(cfg)))
 
 
 def _adaptive(cfg: Config, dataset: str):
