@@ -214,7 +214,7 @@ def bench(
 def engine_mj(parts: AdaptiveParts, samples: Sequence[Sample], meter: Any) -> float:
     """Mean per-sample energy of ``full`` measured the way the engine measures (one window per sample):
     attributable energy when the budget controls it (``budget.energy: dynamic``), else total."""
-    system = parts.full()
+    system = parts.full(eager=True)  # on the engine a budgeted exitflow runs on (the eager one, AdaptiveParts.exitflow)
     dynamic = parts.cfg.budget.energy == "dynamic"
     total = 0.0
     for sample in samples:

@@ -202,9 +202,11 @@ class AdaptiveParts:
         program = walk_program(probe.policy, self.modalities)
         return timed_profile(self.profile, program, probe.measured_step_ms(program), probe.call_ms())
 
-    def full(self) -> TruncatedSystem | CompiledTruncation:
+    def full(self, eager: bool = False) -> TruncatedSystem | CompiledTruncation:
+        """Every modality to its last exit; on the compiled path unless ``eager`` (the reference engine's
+        backend, e.g. as the yardstick of an energy budget, which runs there)."""
         last = {m: enc.num_exits - 1 for m, enc in self.encoders.items()}
-        if self.backend is not None and isinstance(self.fusion, ExitGridFusion):
+        if self.backend is not None and isinstance(self.fusion, ExitGridFusion) and not eager:
             return compiled_truncation("full", self.encoders, self.fusion, last, self.backend)  # type: ignore[arg-type]
         return TruncatedSystem("full", self.encoders, last, self.fusion, self.input_adapter)
 
@@ -233,7 +235,10 @@ class AdaptiveParts:
         controller = budget_from_config(budget_cfg, policy.lam, self.profile) if budget else None
         cheapest_mj = cheapest_plan_mj(self.profile, self.cfg.budget.energy)
         engine: Engine
-        if self.backend is not None:
+        # An energy budget steers on every sample's own meter window. The compiled path's samples (< 0.1 ms)
+        # are shorter than the meter resolves: measured there, the controller drove lambda to its floor
+        # (docs/fast_path.md). So a system built with a budget runs on the eager reference engine.
+        if self.backend is not None and controller is None:
             engine = FastEngine(self.encoders, self.fusion, policy, self.backend, meter=meter,  # type: ignore[arg-type]
                                 budget=controller, system=name, budget_energy=self.cfg.budget.energy,
                                 cheapest_mj=cheapest_mj, step_costs=self.step_costs,

@@ -5,7 +5,8 @@ estimate, a sysfs read for RAPL) — a tenth of a compiled sample's time. :class
 keeps one window open across samples; once it is ``window_ms`` old it rolls over (one reading ends
 it and opens the next, so windows tile time without gaps) and its mean power, total and
 attributable, prices the samples that follow: a sample's energy is that power times its own wall
-time. The first sample rolls the first window over at once, so every decision carries energy.
+time. The first window is 20 ms long (a meter's reading over one sample is too coarse to give a
+power); decisions made before it closes carry no energy, as a meter with no reading gives none.
 
 The figures are attributed, not measured per sample: ``estimated`` is True and the source says
 ``<meter>/window``. ``engine.meter_window_ms: 0`` gives the reference engine's window per sample.
@@ -17,6 +18,8 @@ import time
 from typing import Any
 
 from exitflow.pipeline.messages import Decision
+
+FIRST_WINDOW_S = 0.02  # the first window: long enough for a meter's resolution, short enough to price early
 
 
 class WindowedEnergy:
@@ -31,6 +34,7 @@ class WindowedEnergy:
         if not window_ms > 0:
             raise ValueError(f"window_ms must be > 0, got {window_ms}")
         self.meter, self.window_s = meter, window_ms / 1000.0
+        self.first_s = min(self.window_s, FIRST_WINDOW_S)
         self.name = f"engine-power-{id(self):x}"  # one window per attribution, however many share the meter
         self._open_since: float | None = None
         self._power_mw: float | None = None
@@ -45,11 +49,11 @@ class WindowedEnergy:
             self._open_since = time.perf_counter()
 
     def attribute(self, decision: Decision, seconds: float) -> None:
-        """Roll the window over when due (or when no power is known yet), then price ``decision``."""
+        """Roll the window over when due, then price ``decision`` (no energy before the first window closes)."""
         now = time.perf_counter()
         if self._open_since is None:
             self.begin()
-        elif self._power_mw is None or now - self._open_since >= self.window_s:
+        elif now - self._open_since >= (self.window_s if self._power_mw is not None else self.first_s):
             self._roll(now)
         if self._power_mw is None:
             return

@@ -128,6 +128,8 @@ class FastEngine(Engine):
         self._shown_source: dict[str, float] | None = None
         self._shown: dict[str, float] = {}
         self._last: tuple[Any, ...] | None = None  # (present, band, cheapest mode, program) of the last sample
+        self._cheapest_ms: float | None = None  # the cheapest first exit's time on this backend (warm_up)
+        self._cheapest_priced = False
         self._thr_cache: dict[tuple[int, int], np.ndarray] = {}
         self._thr_source: dict[str, float] | None = None
         self._shapes = {m: (e.config.num_channels, e.config.input_size, e.config.input_size)
@@ -171,10 +173,36 @@ class FastEngine(Engine):
 
     def warm_up(self, present: Sequence[str] | None = None) -> CompiledProgram:
         """Compile (and time) the walk for ``present`` modalities (all by default) now, so that the first
-        sample of a stream does not wait for it."""
+        sample of a stream does not wait for it; also times the cheapest first exit on this backend."""
         mods = tuple(present) if present is not None else self.modalities
         missing = tuple(sorted(m for m in self.modalities if m not in mods))
-        return self.program_for(mods, missing)
+        compiled = self.program_for(mods, missing)
+        if self.cuts_mode == "auto":
+            program = compiled.program
+            step_ms = self.measured_step_ms(program)
+            firsts = {}
+            for s, ms in zip(program.steps, step_ms, strict=True):
+                if s.kind == "exit" and s.modality not in firsts:
+                    firsts[s.modality] = ms + self.call_ms()
+            self._cheapest_ms = min(firsts.values()) if firsts else None
+        return compiled
+
+    def _price_cheapest(self, decision: Decision, seconds: float) -> None:
+        """Once a decision carries energy: the cheapest plan's energy on this backend (its first exit's
+        measured time x the power of that decision) replaces the profile's (measured on the engine that
+        profiled, usually the eager one), and the budget re-checks whether it is reachable."""
+        if self._cheapest_priced or self._cheapest_ms is None or seconds <= 0:
+            return
+        energy = self.budget_energy(decision) if self.budget is not None else decision.dynamic_energy_mj
+        if energy is None:
+            return
+        power = energy / seconds  # mJ / s = mW
+        self._cheapest_priced = True
+        self.cheapest_mj = power * self._cheapest_ms / 1000.0  # mW x ms / 1000 = mJ
+        if self.budget is not None:
+            self.budget.cheapest_mj = self.cheapest_mj
+            self.budget.set_budget(mj_per_sample=self.budget.mj_per_sample, power_w=self.budget.power_w)
+            self.policy.set_cheapest_mode(self.budget.cheapest_mode)
 
     def _live(self, program: Program) -> tuple[bool, ...]:
         """Per step: can its threshold pass at all? (entropy lies in [0, 1], max probability in (0, 1])."""
@@ -350,6 +378,8 @@ class FastEngine(Engine):
             self._record_energy(decision, [meter.end_window("sample")])
         elif windowed is not None:
             windowed.attribute(decision, perf() - total_start)
+        if not self._cheapest_priced and (meter is not None or windowed is not None):
+            self._price_cheapest(decision, perf() - total_start)
         self._fill(decision, compiled, stop, pred, macs, compiled.program.plan)
         if self.budget is not None:
             t0 = perf()
