@@ -202,6 +202,20 @@ def resolve_engine_factory(path: str) -> Callable[..., Any]:
         ) from e
 
 
+def apply_budget(engine: Any, mj_per_sample: float | None, power_w: float | None) -> dict[str, Any]:
+    """Set (or with both None remove) the energy budget of ``engine`` (or of the engine or budget controller it
+    wraps); returns the budget now in force. Raises LiveRuntimeError when nothing there takes a budget."""
+    inner = getattr(engine, "engine", None)  # a System wrapping an Engine (the batch engine's too)
+    candidates = (engine, getattr(engine, "budget", None), getattr(inner, "budget", None))
+    target = next((c for c in candidates if c is not None and hasattr(c, "set_budget")), None)
+    if target is None:
+        raise LiveRuntimeError(
+            f"engine {type(engine).__name__} has no energy budget; configure budget control for it first"
+        )
+    target.set_budget(mj_per_sample=mj_per_sample, power_w=power_w)
+    return {"mj_per_sample": mj_per_sample, "power_w": power_w}
+
+
 def holder_status(holder: Any) -> dict[str, Any]:
     """What every engine holder (this worker, a service replica) reports: budget, failures, drops."""
     return {
@@ -264,15 +278,7 @@ class EngineWorker:
         Raises:
             LiveRuntimeError: when the engine has no budget to change.
         """
-        inner = getattr(self.engine, "engine", None)  # a System wrapping an Engine
-        candidates = (self.engine, getattr(self.engine, "budget", None), getattr(inner, "budget", None))
-        target = next((c for c in candidates if c is not None and hasattr(c, "set_budget")), None)
-        if target is None:
-            raise LiveRuntimeError(
-                f"engine {type(self.engine).__name__} has no energy budget; configure budget control for it first"
-            )
-        target.set_budget(mj_per_sample=mj_per_sample, power_w=power_w)
-        self.budget = {"mj_per_sample": mj_per_sample, "power_w": power_w}
+        self.budget = apply_budget(self.engine, mj_per_sample, power_w)
         return self.budget
 
     def status(self) -> dict[str, Any]:

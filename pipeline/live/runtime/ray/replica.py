@@ -47,7 +47,12 @@ from exitflow.pipeline.live.core.failures import (
     failed_decision,
 )
 from exitflow.pipeline.live.runtime.preprocess import model_preprocessing, preprocess_sample
-from exitflow.pipeline.live.runtime.workers import EngineFactory, holder_status, resolve_engine_factory
+from exitflow.pipeline.live.runtime.workers import (
+    EngineFactory,
+    apply_budget,
+    holder_status,
+    resolve_engine_factory,
+)
 from exitflow.pipeline.messages import Decision, Sample
 
 log = logging.getLogger(__name__)
@@ -261,15 +266,7 @@ class ServiceReplica:
         Raises:
             LiveRuntimeError: when the engine has no budget to change.
         """
-        inner = getattr(self.engine, "engine", None)  # a System wrapping an Engine (the batch engine's too)
-        candidates = (self.engine, getattr(self.engine, "budget", None), getattr(inner, "budget", None))
-        target = next((c for c in candidates if c is not None and hasattr(c, "set_budget")), None)
-        if target is None:
-            raise LiveRuntimeError(
-                f"engine {type(self.engine).__name__} has no energy budget; configure budget control for it first"
-            )
-        target.set_budget(mj_per_sample=mj_per_sample, power_w=power_w)
-        self.budget = {"mj_per_sample": mj_per_sample, "power_w": power_w}
+        self.budget = apply_budget(self.engine, mj_per_sample, power_w)
         return self.budget
 
     def healthy(self, max_batch_errors: int = 3) -> None:
