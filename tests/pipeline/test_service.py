@@ -144,9 +144,14 @@ def test_replica_sheds_samples_past_the_deadline_with_their_reason(parts, rows) 
 def test_serve_deployment_answers_two_clients_per_sample_and_micro_batch_with_batch1_decisions(
     embedded_cfg, parts, rows
 ) -> None:
+    import dataclasses
+
     from exitflow.pipeline.live.runtime.ray.connect import start_ray
     from exitflow.pipeline.live.runtime.ray.service import InferenceService, service_shutdown
 
+    # the batching under test, without the online recalibration's shadow draws (its own tests cover those)
+    embedded_cfg = dataclasses.replace(
+        embedded_cfg, recalibration=dataclasses.replace(embedded_cfg.recalibration, enabled=False))
     expected = {s.sample_id: key(parts.exitflow(meter=None, budget=False).engine.process(s)) for s in rows}
     start_ray(RayConfig(num_cpus=2, namespace="exitflow-service-test"))
     try:
