@@ -57,7 +57,7 @@ def main() -> None:
         return policy_from_config(parts.profile, cfg.scheduler)
 
     def fast(**kw: Any) -> FastEngine:
-        return FastEngine(parts.encoders, parts.fusion, policy(), backend, meter=meter, step_costs=costs, **kw)  # type: ignore[arg-type]
+        return FastEngine(parts.encoders, parts.fusion, policy(), backend, meter=meter, step_costs=costs, **kw)
 
     rows: dict[str, Any] = {
         "1 eager reference engine": Engine(eager.encoders, eager.fusion, policy(), meter=meter,

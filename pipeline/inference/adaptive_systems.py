@@ -197,7 +197,7 @@ class AdaptiveParts:
             raise ExitflowError(f"scheduler.cost_unit ms needs the fast path's measured step times, but "
                                 f"{self.fast_path_refusal()}; use cost_unit macs or engine.backend: onnxruntime")
         sched = dataclasses.replace(self.cfg.scheduler, cost_unit="macs")
-        probe = FastEngine(self.encoders, self.fusion, policy_from_config(self.profile, sched), self.backend,  # type: ignore[arg-type]
+        probe = FastEngine(self.encoders, self.fusion, policy_from_config(self.profile, sched), self.backend,
                            step_costs=self.step_costs)
         program = walk_program(probe.policy, self.modalities)
         return timed_profile(self.profile, program, probe.measured_step_ms(program), probe.call_ms())
@@ -207,7 +207,7 @@ class AdaptiveParts:
         backend, e.g. as the yardstick of an energy budget, which runs there)."""
         last = {m: enc.num_exits - 1 for m, enc in self.encoders.items()}
         if self.backend is not None and isinstance(self.fusion, ExitGridFusion) and not eager:
-            return compiled_truncation("full", self.encoders, self.fusion, last, self.backend)  # type: ignore[arg-type]
+            return compiled_truncation("full", self.encoders, self.fusion, last, self.backend)
         return TruncatedSystem("full", self.encoders, last, self.fusion, self.input_adapter)
 
     def static(self, exits: dict[str, int], name: str = "static") -> TruncatedSystem | CompiledTruncation:
@@ -215,7 +215,7 @@ class AdaptiveParts:
         averaging the modalities' probabilities (the other fusion exits are trained on last exits only)."""
         fusion = self.fusion if isinstance(self.fusion, ExitGridFusion) else None
         if self.backend is not None and fusion is not None:
-            return compiled_truncation(name, self.encoders, fusion, exits, self.backend)  # type: ignore[arg-type]
+            return compiled_truncation(name, self.encoders, fusion, exits, self.backend)
         return TruncatedSystem(name, self.encoders, exits, fusion, input_adapter=self.input_adapter)
 
     def exitflow(
@@ -239,7 +239,7 @@ class AdaptiveParts:
         # are shorter than the meter resolves: measured there, the controller drove lambda to its floor
         # (docs/fast_path.md). So a system built with a budget runs on the eager reference engine.
         if self.backend is not None and controller is None:
-            engine = FastEngine(self.encoders, self.fusion, policy, self.backend, meter=meter,  # type: ignore[arg-type]
+            engine = FastEngine(self.encoders, self.fusion, policy, self.backend, meter=meter,
                                 budget=controller, system=name, budget_energy=self.cfg.budget.energy,
                                 cheapest_mj=cheapest_mj, step_costs=self.step_costs,
                                 meter_window_ms=self.cfg.engine.meter_window_ms)

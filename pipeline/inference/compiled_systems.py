@@ -17,11 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from exitflow.encoders.base import EarlyExitEncoder
 from exitflow.encoders.call_graph import FusedHead, PooledHead, classifier_macs, map_shapes
 from exitflow.encoders.cnn import CNNEarlyExitEncoder, ExitHead
 from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
 from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.inference.backends import Backend
+from exitflow.pipeline.inference.compiled_walk import cnn_family
+from exitflow.pipeline.inference.engine import EngineError
 from exitflow.pipeline.messages import Decision, Sample
 
 
@@ -198,10 +201,14 @@ class CompiledTruncation:
         return out
 
 
-def compiled_truncation(name: str, encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion,
+def compiled_truncation(name: str, encoders: Mapping[str, EarlyExitEncoder], fusion: Any,
                         exits: Mapping[str, int], backend: Backend) -> CompiledTruncation:
-    """``full`` (every last exit) or ``static`` (any fixed exits) on the compiled backend."""
-    return CompiledTruncation(name, encoders, fusion, exits, backend)
+    """``full`` (every last exit) or ``static`` (any fixed exits) on the compiled backend (the CNN family with
+    the exit grid; EngineError otherwise)."""
+    cnn, grid = cnn_family(encoders, fusion)
+    if grid is None:
+        raise EngineError(f"{name}: a compiled truncation fuses with the exit grid; there is none")
+    return CompiledTruncation(name, cnn, grid, exits, backend)
 
 
 class _BaselineGraph(nn.Module):

@@ -16,15 +16,18 @@ import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from exitflow.encoders.base import EarlyExitEncoder
 from exitflow.encoders.call_graph import CallGraph, classifier_macs, map_shapes
 from exitflow.encoders.cnn import CNNEarlyExitEncoder
 from exitflow.encoders.fusion_grid import ExitGridFusion, grid_key
 from exitflow.pipeline.inference.backends import Backend, CompiledCall
+from exitflow.pipeline.inference.engine import EngineError
 from exitflow.scheduler.program import Program, Step
 
 INF = float("inf")
@@ -70,6 +73,20 @@ class CompiledProgram:
     exits_at: list[dict[str, int]]
     fused_at: list[int]  # fused checks run up to and including step i (the final fusion counts)
     uses: list[str] = field(default_factory=list)  # what of each step runs (CallGraph's ``use``)
+
+
+def cnn_family(encoders: Mapping[str, EarlyExitEncoder], fusion: Any) -> tuple[dict[str, CNNEarlyExitEncoder],
+                                                                              ExitGridFusion | None]:
+    """``encoders`` and ``fusion`` checked to be what the compiled calls read (CNN encoders with exits, the exit
+    grid or no fusion), typed as such; EngineError naming the ones that are not."""
+    bad = [m for m, e in encoders.items() if not isinstance(e, CNNEarlyExitEncoder)]
+    if bad:
+        raise EngineError(f"the compiled fast path runs the CNN family; {bad} are not CNN encoders "
+                          "(set engine.backend: torch for them)")
+    if fusion is not None and not isinstance(fusion, ExitGridFusion):
+        raise EngineError(f"the compiled fast path fuses with the exit grid, not {type(fusion).__name__} "
+                          "(set engine.backend: torch)")
+    return {m: cast(CNNEarlyExitEncoder, e) for m, e in encoders.items()}, fusion
 
 
 def step_macs(step: Step, encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion | None,

@@ -34,14 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from exitflow.encoders.base import EncoderInputError
-from exitflow.encoders.cnn import CNNEarlyExitEncoder
-from exitflow.encoders.fusion_grid import ExitGridFusion
+from exitflow.encoders.base import EarlyExitEncoder, EncoderInputError
 from exitflow.pipeline.inference.backends import Backend
 from exitflow.pipeline.inference.batch_rows import apportion_energy
 from exitflow.pipeline.inference.compiled_walk import (
     INF,
     CompiledProgram,
+    cnn_family,
     compile_program,
     measure_call_ms,
     measure_step_ms,
@@ -86,8 +85,8 @@ class FastEngine(Engine):
 
     def __init__(
         self,
-        encoders: Mapping[str, CNNEarlyExitEncoder],
-        fusion: ExitGridFusion | None,
+        encoders: Mapping[str, EarlyExitEncoder],
+        fusion: Any,
         policy: Policy,
         backend: Backend,
         meter: PowerMeterLike | None = None,
@@ -101,20 +100,14 @@ class FastEngine(Engine):
         batch_cuts: str = "auto",
         prune: bool = True,
     ):
-        bad = [m for m, e in encoders.items() if not isinstance(e, CNNEarlyExitEncoder)]
-        if bad:
-            raise EngineError(f"the compiled fast path runs the CNN family; {bad} are not CNN encoders "
-                              "(set engine.backend: torch for them)")
-        if fusion is not None and not isinstance(fusion, ExitGridFusion):
-            raise EngineError(f"the compiled fast path fuses with the exit grid, not {type(fusion).__name__} "
-                              "(set engine.backend: torch)")
+        cnn, grid = cnn_family(encoders, fusion)
         if cuts not in ("auto", "steps", "one"):
             raise EngineError(f"cuts must be auto, steps or one, got {cuts!r}")
         super().__init__(encoders, fusion, policy, meter=meter, budget=budget, system=system,
                          budget_energy=budget_energy, cheapest_mj=cheapest_mj)
         walk_program(policy, policy.profile.modalities)  # raises now for a rule without a static walk
         self.backend = backend
-        self.cnn = dict(encoders)  # the same encoders, typed as the CNN family the compiled calls read
+        self.cnn, self.grid = cnn, grid  # the same encoders and fusion, typed as what the compiled calls read
         self.cuts_mode = cuts
         self.prune = prune
         self.batch_cuts = batch_cuts  # "auto": batches use the walk's cuts; "steps": compaction after every step
@@ -133,7 +126,7 @@ class FastEngine(Engine):
         self._thr_cache: dict[tuple[int, int], np.ndarray] = {}
         self._thr_source: dict[str, float] | None = None
         self._shapes = {m: (e.config.num_channels, e.config.input_size, e.config.input_size)
-                        for m, e in encoders.items()}
+                        for m, e in cnn.items()}
         self.modalities = tuple(policy.num_exits)
         self.windowed = WindowedEnergy(meter, meter_window_ms) if meter is not None and meter_window_ms > 0 else None
         self._sets_cache: dict[tuple[Any, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
@@ -158,7 +151,7 @@ class FastEngine(Engine):
         compiled = self._all.get(full_key)
         if compiled is None:
             cuts = self._cuts(program, batch, live)
-            compiled = compile_program(program, cuts, self.backend, self.cnn, self.fusion, policy.exit_rule, live)
+            compiled = compile_program(program, cuts, self.backend, self.cnn, self.grid, policy.exit_rule, live)
             self._all[full_key] = compiled
             log.info("compiled %s: %s", self.system, " | ".join(c.name for c in compiled.calls))
         self._compiled[key] = compiled
@@ -230,7 +223,7 @@ class FastEngine(Engine):
         else:
             prior = [p if ok else 0.0 for p, ok in zip(self.pass_prior(program), live, strict=True)]
             cuts = choose_cuts(self.measured_step_ms(program), self.call_ms(), prior)
-        if self.fusion is not None and self.fusion.passthrough and n > 1:
+        if self.grid is not None and self.grid.passthrough and n > 1:
             # one modality: the final step answers with the last exit's own logits, so it shares that exit's call
             cuts = tuple(c for c in cuts if c != n - 1)
         return cuts
@@ -246,7 +239,7 @@ class FastEngine(Engine):
         name = "|".join(s.name for s in program.steps)
         known = self.step_costs["step_ms"]
         if name not in known:
-            known[name] = measure_step_ms(program, self.backend, self.cnn, self.fusion,
+            known[name] = measure_step_ms(program, self.backend, self.cnn, self.grid,
                                           self.policy.exit_rule, self.call_ms())
         return [float(v) for v in known[name]]
 
