@@ -10,12 +10,17 @@ config.yaml's scheduler, one run measures side by side, on one local Ray:
   same payloads, a constant reply), ``--in-flight`` calls outstanding from an asyncio client: the
   request rate Serve itself allows on this machine;
 - ``service per-sample``: the exitflow service (one replica, ``@serve.batch`` of ``--batch-size``),
-  the same client, every call one sample;
+  the same client, every call one sample (no gathering);
 - ``no-op micro-batch``: the no-op deployment, every call carrying ``--batch-size`` samples: what
   moving a micro-batch through Serve costs by itself;
-- ``service micro-batch``: the service, every call carrying ``--batch-size`` samples (a driver
-  serving several robots), ``--batch-in-flight`` calls outstanding; the samples travel through
-  Ray's object store (``--inline``: inside the request).
+- ``service gathered``: the same per-sample submissions, gathered by the client into micro-batch
+  calls (``InferenceService``'s default: a driver serving several robots; ``--gather-ms``);
+- ``service micro-batch``: the service, every call carrying ``--batch-size`` samples as one
+  ``SampleBatch`` (one array per modality), ``--batch-in-flight`` calls outstanding (pipelined); the
+  batch travels through Ray's object store (``--inline``: inside the request).
+
+Serve's throughput-optimized mode is set before ``ray.serve`` is imported (the JSON's
+``throughput_optimized`` is what Serve read in this process).
 
 The in-process batch engine and the three Serve modes run interleaved for ``--rounds`` rounds and
 each keeps its best round (the machine is shared; noise only adds time). Every mode's decisions are compared with batch-1's (prediction, exits, exit layers, exited_by,
@@ -34,26 +39,34 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import psutil
-import ray
-import torch
-from ray import serve
+# Serve reads these once, when ray.serve is first imported: before the import below (the service
+# package sets the same defaults, but this script imports ray.serve first)
+os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+os.environ.setdefault("RAY_SERVE_ENABLE_DIRECT_INGRESS", "0")
 
-from exitflow.pipeline.config import RayConfig, ServiceConfig, load_config
-from exitflow.pipeline.evaluation.bench import bench_inputs
-from exitflow.pipeline.inference.batch_engine import BatchEngine, as_batch_engine
-from exitflow.pipeline.inference.engine import Engine, policy_from_config
-from exitflow.pipeline.live.runtime.ray.connect import start_ray
-from exitflow.pipeline.live.runtime.ray.service import (
+import psutil  # noqa: E402
+import ray  # noqa: E402
+import torch  # noqa: E402
+from ray import serve  # noqa: E402
+from ray.serve._private.constants import RAY_SERVE_THROUGHPUT_OPTIMIZED  # noqa: E402
+
+from exitflow.pipeline.config import RayConfig, ServiceConfig, load_config  # noqa: E402
+from exitflow.pipeline.evaluation.bench import bench_inputs  # noqa: E402
+from exitflow.pipeline.inference.batch_engine import BatchEngine, as_batch_engine  # noqa: E402
+from exitflow.pipeline.inference.engine import Engine, policy_from_config  # noqa: E402
+from exitflow.pipeline.live.core.sample_batch import SampleBatch  # noqa: E402
+from exitflow.pipeline.live.runtime.gather import GatherSettings  # noqa: E402
+from exitflow.pipeline.live.runtime.ray.connect import start_ray  # noqa: E402
+from exitflow.pipeline.live.runtime.ray.service import (  # noqa: E402
     InferenceService,
     deployment_options,
     service_shutdown,
 )
-from exitflow.pipeline.live.runtime.workers import resolve_engine_factory
-from exitflow.pipeline.messages import Decision, Sample
+from exitflow.pipeline.live.runtime.workers import resolve_engine_factory  # noqa: E402
+from exitflow.pipeline.messages import Decision, Sample  # noqa: E402
 
 ENGINE = "system:exitflow"  # the stream.engine the service's replicas build
 
@@ -70,11 +83,13 @@ class Noop:
     async def __call__(self, samples: list[Sample]) -> list[int]:
         return [0] * len(samples)
 
-    async def many(self, samples: list[Any]) -> list[int]:
-        """A micro-batch (inline, or ``[ref]`` to it in the object store), answered at once."""
-        if len(samples) == 1 and isinstance(samples[0], ray.ObjectRef):
+    async def many(self, samples: SampleBatch | list[Any]) -> list[int]:
+        """A micro-batch as the service gets it (a SampleBatch inline, or ``[ref]`` to one in the
+        object store), unpacked as the service unpacks it, answered at once."""
+        if isinstance(samples, list) and len(samples) == 1 and isinstance(samples[0], ray.ObjectRef):
             samples = await samples[0]
-        return [0] * len(samples)
+        rows = samples.unpack() if isinstance(samples, SampleBatch) else samples
+        return [0] * len(rows)
 
 
 def busy_neighbours(seconds: float = 1.0) -> list[str]:
@@ -130,7 +145,7 @@ def run_batched(engine: Any, samples: list[Sample], batch_size: int) -> tuple[li
     return out, seconds
 
 
-async def pump(calls: list[Callable[[], Awaitable[Any]]], in_flight: int) -> tuple[list[Any], float]:
+async def pump(calls: Sequence[Callable[..., Awaitable[Any]]], in_flight: int) -> tuple[list[Any], float]:
     """Run ``calls`` with at most ``in_flight`` outstanding; results in order, wall seconds."""
     results: list[Any] = [None] * len(calls)
     it = iter(enumerate(calls))
@@ -159,11 +174,18 @@ async def serve_modes(service: InferenceService, samples: list[Sample], args: An
     machine is shared: each mode's best round is kept, noise only adds time)."""
     noop = serve.get_deployment_handle("noop", app_name="exitflow-noop")
     batches = [samples[i : i + args.batch_size] for i in range(0, len(samples), args.batch_size)]
-    one = [lambda s=s: service.decide_aio(s) for s in samples]
+    one = [lambda s=s: service.decide_one_aio(s) for s in samples]  # one call per sample, no gathering
+    gathered = [lambda s=s: service.decide_aio(s) for s in samples]  # per-sample submits, gathered
     many = [lambda b=b: service.decide_many_aio(b, via_store=not args.inline) for b in batches]
+
+    def noop_payload(b: list[Sample]) -> Any:
+        batch = SampleBatch.pack(b)  # packed per call, as the service's client packs it
+        return batch if args.inline else [ray.put(batch)]
+
     await pump([lambda s=s: noop.remote(s) for s in samples[:200]], args.in_flight)  # warm-up
     await pump(one[:200], args.in_flight)
-    await pump(many[:4], args.batch_in_flight)
+    await pump(gathered[:200], args.in_flight)
+    await pump(many[:8], args.batch_in_flight)
     best: dict[str, dict[str, Any]] = {}
 
     def keep(r: dict[str, Any]) -> None:
@@ -173,26 +195,33 @@ async def serve_modes(service: InferenceService, samples: list[Sample], args: An
     for _ in range(args.rounds):
         _, seconds = await pump([lambda s=s: noop.remote(s) for s in samples], args.in_flight)
         keep(row("no-op per-sample", None, seconds, len(samples), reference, in_flight=args.in_flight))
-        base = await service.status_aio()
+        base = await service.stats_aio()
         results, seconds = await pump(one, args.in_flight)
-        end = await service.status_aio()
+        end = await service.stats_aio()
         keep(row("service per-sample", decisions_of(results), seconds, len(samples), reference,
                  in_flight=args.in_flight,
                  batch_size_mean=round((end["items"] - base["items"]) / max(1, end["batches"] - base["batches"]), 2),
                  replica_busy_share=round((end["busy_s"] - base["busy_s"]) / seconds, 3)))
-        noop_many = [lambda b=b: noop.many.remote([ray.put(b)] if not args.inline else b) for b in batches]
+        base = await service.stats_aio()
+        results, seconds = await pump(gathered, args.in_flight)
+        end = await service.stats_aio()
+        keep(row("service gathered", decisions_of(results), seconds, len(samples), reference,
+                 in_flight=args.in_flight,
+                 batch_size_mean=round((end["items"] - base["items"]) / max(1, end["batches"] - base["batches"]), 2),
+                 replica_busy_share=round((end["busy_s"] - base["busy_s"]) / seconds, 3)))
+        noop_many = [lambda b=b: noop.many.remote(noop_payload(b)) for b in batches]
         _, seconds = await pump(noop_many, args.batch_in_flight)
         keep(row("no-op micro-batch", None, seconds, len(samples), reference, in_flight=args.batch_in_flight))
         got, seconds = run_batched(batch_engine, samples, args.batch_size)
         keep(row("BatchEngine", got, seconds, len(samples), reference, batch_size=args.batch_size))
-        base = await service.status_aio()
+        base = await service.stats_aio()
         results, seconds = await pump(many, args.batch_in_flight)
-        end = await service.status_aio()
+        end = await service.stats_aio()
         keep(row("service micro-batch", decisions_of([r for rs in results for r in rs]), seconds, len(samples),
                  reference, in_flight=args.batch_in_flight, batch_size=args.batch_size,
                  replica_busy_share=round((end["busy_s"] - base["busy_s"]) / seconds, 3)))
-    return [best[m] for m in ("BatchEngine", "no-op per-sample", "service per-sample", "no-op micro-batch",
-                              "service micro-batch")]
+    return [best[m] for m in ("BatchEngine", "no-op per-sample", "service per-sample", "service gathered",
+                              "no-op micro-batch", "service micro-batch")]
 
 
 def sweep(parts: Any, cfg: Any, samples: list[Sample], batch_size: int, repeats: int = 3) -> list[dict[str, Any]]:
@@ -225,7 +254,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--wait-ms", type=float, default=5.0, help="service.batch_wait_ms")
     ap.add_argument("--in-flight", type=int, default=64, help="per-sample calls outstanding at once")
-    ap.add_argument("--batch-in-flight", type=int, default=4, help="micro-batch calls outstanding at once")
+    ap.add_argument("--batch-in-flight", type=int, default=8,
+                    help="micro-batch calls outstanding at once (pipelining: the client packs the next calls "
+                    "while the replica runs one)")
+    ap.add_argument("--gather-ms", type=float, default=2.0,
+                    help="the gathered mode: longest a sample waits for others while a call is in flight")
     ap.add_argument("--inline", action="store_true",
                     help="micro-batches inside the request instead of through Ray's object store")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per mode; the best is kept")
@@ -256,7 +289,8 @@ def main() -> None:
         noop_cfg = dataclasses.replace(service_cfg, num_gpus=0.0)  # the GPU is the service's
         serve.run(Noop.options(**deployment_options(noop_cfg, "noop")).bind(), name="exitflow-noop",
                   route_prefix=None)
-        service = InferenceService.start(ENGINE, cfg, service=service_cfg)
+        service = InferenceService.start(ENGINE, cfg, service=service_cfg,
+                                         gather=GatherSettings(gather_ms=args.gather_ms, max_batch_size=args.batch_size))
         rows += service.run(lambda: serve_modes(service, samples, args, reference, batch_engine))
     finally:
         service_shutdown()
@@ -266,6 +300,7 @@ def main() -> None:
         "micro_batch_vs_batch_engine": by["service micro-batch"]["samples_per_s"] / by["BatchEngine"]["samples_per_s"],
         "micro_batch_vs_noop_micro_batch": by["service micro-batch"]["samples_per_s"]
         / by["no-op micro-batch"]["samples_per_s"],
+        "gathered_vs_batch_engine": by["service gathered"]["samples_per_s"] / by["BatchEngine"]["samples_per_s"],
     }
     base = rows[0]["samples_per_s"]
     print(f"{'mode':<20} {'n':>5} {'samples/s':>10} {'ms/sample':>10} {'x batch-1':>9} {'MACs/sample':>12} "
@@ -279,9 +314,10 @@ def main() -> None:
     print(f"service micro-batch / BatchEngine samples/s: {ratios['micro_batch_vs_batch_engine']:.2f} "
           "(acceptance >= 0.80)")
     print(f"service micro-batch / no-op micro-batch samples/s: {ratios['micro_batch_vs_noop_micro_batch']:.2f}")
+    print(f"service gathered / BatchEngine samples/s: {ratios['gathered_vs_batch_engine']:.2f}")
     out: dict[str, Any] = {"rows": rows, "ratios": ratios, "load_avg_1m": os.getloadavg()[0], "args": vars(args),
                            "busy_neighbours_before": neighbours_before, "busy_neighbours_after": busy_neighbours(),
-                           "throughput_optimized": os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED")}
+                           "throughput_optimized": RAY_SERVE_THROUGHPUT_OPTIMIZED}  # as Serve read it here
     if args.sweep:
         out["sweep"] = sweep(parts, cfg, samples, args.batch_size)
         print("fusion threshold  exit@1st check  MACs/sample  batch-1 ms  batched ms  same")

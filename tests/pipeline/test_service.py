@@ -14,6 +14,7 @@ from exitflow.pipeline.data.avmnist import load_split
 from exitflow.pipeline.data.roots import SHARED_DATA
 from exitflow.pipeline.evaluation.replay import split_samples
 from exitflow.pipeline.live.core.failures import FailedDecision, is_shed
+from exitflow.pipeline.live.core.sample_batch import SampleBatch
 from exitflow.pipeline.live.core.sync import AudioWindow
 from exitflow.pipeline.live.runtime.ray.replica import (
     CapacityMeter,
@@ -22,6 +23,7 @@ from exitflow.pipeline.live.runtime.ray.replica import (
     ShedDecision,
     ShedPolicy,
     engine_payload,
+    merge_status,
 )
 from exitflow.pipeline.messages import Decision, Sample
 
@@ -115,6 +117,47 @@ def test_replica_batch_matches_batch1_and_isolates_a_bad_sample(parts, rows) -> 
     assert status["capacity_sps"] > 0 and status["overloaded"] is False
 
 
+def test_a_gathered_micro_batch_gets_batch1_decisions_per_client_and_isolates_a_bad_row(parts, rows) -> None:
+    """The micro-batch path: rows of several robots packed as columns (one array per modality),
+    read-only as they come out of Ray's store, unpacked in the replica, one result per row."""
+    expected = [key(parts.exitflow(meter=None, budget=False).engine.process(s)) for s in rows[:16]]
+    replica = ServiceReplica(lambda: parts.exitflow(meter=None, budget=False),
+                             service=ServiceConfig(max_batch_size=32, shed_after_ms=None))
+    bad = Sample(999, 0, {"image": np.full((1, 28, 28), np.nan, np.float32), "audio": rows[0].payloads["audio"]})
+    samples = [*rows[:8], bad, *rows[8:16]]
+    batch = SampleBatch.pack(samples, [f"robot{i % 3}" for i in range(len(samples))])
+    for column in batch.payloads.values():
+        assert isinstance(column, np.ndarray)  # one contiguous array per modality
+        column.setflags(write=False)
+    now = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="The given NumPy array is not writable")
+        results = replica.run_requests([Request(s, c, now) for s, c in zip(batch.unpack(), batch.clients, strict=True)])
+    assert [key(d) for d, _, e in results if e is None] == expected
+    assert results[8][2] is not None and "NaN" in results[8][2]
+    assert replica.status()["batches"] == 1
+
+
+@pytest.mark.parametrize(
+    ("replicas", "summed"),
+    [
+        ([], {"batches": 0, "items": 0, "batch_size_mean": 0.0, "capacity_sps": None, "overloaded": False}),
+        ([{"batches": 2, "items": 40, "batch_size_max": 32, "busy_s": 1.0, "shed": {"deadline": 1},
+           "capacity_sps": 900.0, "overloaded": False, "failures": 1, "budget": {"mj_per_sample": 5.0},
+           "preprocess_drops": {"audio:ValueError": 2}},
+          {"batches": 3, "items": 20, "batch_size_max": 8, "busy_s": 0.5, "shed": {"deadline": 2, "fair_share": 4},
+           "capacity_sps": None, "overloaded": True, "failures": 0, "budget": {"mj_per_sample": 5.0},
+           "preprocess_drops": {"audio:ValueError": 1}}],
+         {"batches": 5, "items": 60, "batch_size_mean": 12.0, "batch_size_max": 32, "busy_s": 1.5,
+          "shed": {"deadline": 3, "fair_share": 4}, "capacity_sps": 900.0, "overloaded": True, "failures": 1,
+          "budget": {"mj_per_sample": 5.0}, "preprocess_drops": {"audio:ValueError": 3}}),
+    ],
+)
+def test_service_status_sums_its_replicas(replicas, summed) -> None:
+    got = merge_status(replicas)
+    assert {k: got[k] for k in summed} == summed
+
+
 def test_replica_preprocesses_raw_payloads_in_the_batch(parts) -> None:
     replica = ServiceReplica(lambda: parts.exitflow(meter=None, budget=False), service=ServiceConfig())
     rng = np.random.default_rng(0)
@@ -160,15 +203,21 @@ def test_serve_deployment_answers_two_clients_per_sample_and_micro_batch_with_ba
         service = InferenceService.start("system:exitflow", embedded_cfg, service=cfg, client="robot0")
         assert service.deployment == "system-exitflow"
         other = InferenceService.connect("test-service", client="robot1")  # a second pipeline, same replicas
+        # two robots of this process submit one sample at a time: gathered into micro-batch calls
         futures = [(service if i % 2 else other).submit(s) for i, s in enumerate(rows[:24])]
         results = [f.result(120) for f in futures]
+        assert service.gather_stats()["calls"] < 24
         results += service.submit_many(rows[24:]).result(120)  # one call, one batch
         assert {d.sample_id: key(d) for d, _, error in results if error is None} == expected
         assert isinstance(service.decide(rows[0]), Decision)
         stats = service.stats()
         assert stats["items"] == len(rows) + 1 and stats["batch_size_mean"] > 1
+        assert stats["replicas_reached"] == stats["replicas_running"] == 1 and len(stats["replicas"]) == 1
+        replica_before = next(iter(stats["replicas"]))
         assert service.set_budget.remote(5.0, None).result(120) == {"mj_per_sample": 5.0, "power_w": None}
-        assert service.stats()["budget"] == {"mj_per_sample": 5.0, "power_w": None}  # reconfigured
+        stats = service.stats()
+        assert stats["budget"] == {"mj_per_sample": 5.0, "power_w": None}  # reconfigured ...
+        assert list(stats["replicas"]) == [replica_before]  # ... in place: the same replica
         assert isinstance(service.decide(rows[1]), Decision)
         if (SHARED_DATA / "fsdd" / "fsdd_test.npz").is_file():  # a Ray pipeline on the service: futures wake it
             from exitflow.pipeline.config import StreamConfig
@@ -192,7 +241,7 @@ def test_serve_deployment_answers_two_clients_per_sample_and_micro_batch_with_ba
 
 
 def test_deployment_options_follow_the_service_section() -> None:
-    from exitflow.pipeline.live.runtime.ray.service import deployment_name, deployment_options
+    from exitflow.pipeline.live.runtime.ray.deployment import deployment_name, deployment_options
 
     assert deployment_name("system:exitflow") == "system-exitflow"
     fixed = deployment_options(ServiceConfig(num_replicas=2, max_batch_size=16), "m")

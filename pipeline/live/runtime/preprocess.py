@@ -65,7 +65,8 @@ def preprocess_audio(clip: AudioWindow, preprocessing: Preprocessing = DEFAULT_P
 def preprocess_sample(
     sample: Sample, drops: dict[str, int] | None = None, preprocessing: Preprocessing = DEFAULT_PREPROCESSING
 ) -> Sample:
-    """A copy of ``sample`` with model-ready payloads; failures become ``missing``.
+    """A copy of ``sample`` with model-ready payloads (``sample`` itself when it is model-ready already);
+    failures become ``missing``.
 
     Args:
         sample: Raw synced payloads.
@@ -93,4 +94,7 @@ def preprocess_sample(
             level = logging.WARNING if isinstance(e, (ValueError, AudioInputError)) else logging.ERROR
             log.log(level, "preprocess: sample %s: %s dropped: %s", sample.sample_id, modality, e)
             missing.add(modality)
+    if len(payloads) == len(sample.payloads) and len(missing) == len(sample.missing) and all(
+            payloads[m] is p for m, p in sample.payloads.items()):
+        return sample  # model-ready already: nothing to copy (the batch path of a replica)
     return dataclasses.replace(sample, payloads=payloads, missing=frozenset(missing))

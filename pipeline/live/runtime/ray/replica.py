@@ -235,8 +235,12 @@ class ServiceReplica:
         self.items += len(samples)
         self.largest_batch = max(self.largest_batch, len(samples))
         results: list[Result] = []
+        stages: dict[float, dict[str, float]] = {}  # one dict per arrival time: a micro-batch shares one
         for sample, arrived, out in zip(samples, arrived_s, outs, strict=True):
-            stage_ms = {"batch_wait": (start - arrived) * 1000.0, "preprocess": preprocess_ms, "engine": engine_ms}
+            stage_ms = stages.get(arrived)
+            if stage_ms is None:
+                stage_ms = stages[arrived] = {"batch_wait": (start - arrived) * 1000.0, "preprocess": preprocess_ms,
+                                              "engine": engine_ms}
             if isinstance(out, Decision):
                 if not out.missing and sample.missing:
                     out.missing = sorted(sample.missing)
@@ -295,6 +299,34 @@ class ServiceReplica:
             "capacity_sps": self.capacity.capacity_sps,
             "overloaded": self.overloaded(),
         }
+
+
+def merge_status(replicas: list[dict[str, Any]]) -> dict[str, Any]:
+    """The service's status from its replicas' (:meth:`ServiceReplica.status` each): counts, busy time,
+    shed samples, failures and drops summed; ``capacity_sps`` summed (replicas decide side by side);
+    the largest batch; ``overloaded`` when any replica is; the budget of the first (every replica has
+    the deployment's). Empty input gives zeros."""
+    shed: Counter[str] = Counter()
+    drops: Counter[str] = Counter()
+    for r in replicas:
+        shed.update(r.get("shed", {}))
+        drops.update(r.get("preprocess_drops", {}))
+    batches = sum(r.get("batches", 0) for r in replicas)
+    items = sum(r.get("items", 0) for r in replicas)
+    capacities = [r["capacity_sps"] for r in replicas if r.get("capacity_sps") is not None]
+    return {
+        "budget": dict(replicas[0].get("budget", {})) if replicas else {},
+        "failures": sum(r.get("failures", 0) for r in replicas),
+        "preprocess_drops": dict(drops),
+        "batches": batches,
+        "items": items,
+        "batch_size_mean": items / batches if batches else 0.0,
+        "batch_size_max": max((r.get("batch_size_max", 0) for r in replicas), default=0),
+        "busy_s": sum(r.get("busy_s", 0.0) for r in replicas),
+        "shed": dict(shed),
+        "capacity_sps": sum(capacities) if capacities else None,
+        "overloaded": any(r.get("overloaded", False) for r in replicas),
+    }
 
 
 def _zero_copy(sample: Sample) -> Sample:

@@ -2,166 +2,62 @@
 
 Any number of pipelines (robots, drivers, benchmarks) call one Serve application
 (``service.name``) whose deployment is named after the model bundle it serves
-(:func:`deployment_name`). Each replica holds one
-:class:`~exitflow.pipeline.live.runtime.ray.replica.ServiceReplica`: a
-:class:`~exitflow.pipeline.inference.batch_engine.BatchEngine` in which every sample keeps its own
-exits and fails alone, batched preprocessing, shedding by policy and a capacity meter. Serve adds
-what the home-made actor pool before it lacked:
+(:func:`~exitflow.pipeline.live.runtime.ray.deployment.deployment_name`). Each replica holds one
+:class:`~exitflow.pipeline.live.runtime.ray.replica.ServiceReplica` (the deployment:
+:mod:`~exitflow.pipeline.live.runtime.ray.deployment`). This module is the client,
+:class:`InferenceService`:
 
-- ``@serve.batch`` gathers per-sample calls (``service.max_batch_size``, ``service.batch_wait_ms``);
-  :meth:`InferenceService.submit_many` sends a client's micro-batch as ONE call, run as one batch;
-- ``max_ongoing_requests`` per replica and ``max_queued_requests`` at the caller (more raises
-  Serve's back-pressure error, answered as a sample shed with reason ``service_busy``);
-- ``num_replicas``, or autoscaling between ``num_replicas`` and ``max_replicas`` on
-  ``target_ongoing_requests``; replicas placed by ``num_cpus`` / ``num_gpus`` / ``resources``;
-- health checks (:meth:`ServiceDeployment.check_health`: a replica whose batches keep failing as a
-  whole is replaced), graceful shutdown (in-flight requests drain for up to
-  ``graceful_shutdown_timeout_s``);
-- ``reconfigure``: the budget and the batch settings travel in the deployment's ``user_config``, so
-  :meth:`InferenceService.set_budget` reaches every replica, and a replica that Serve restarts
-  comes back with the budget in force.
+- per-sample calls go through the replica's ``@serve.batch``; several samples of this process
+  that are ready together (a driver serving several robots) are **gathered into one call**
+  (:class:`~exitflow.pipeline.live.runtime.gather.Gatherer`, ``gather``); :meth:`submit_many` sends
+  a micro-batch the caller made itself. A micro-batch travels as a
+  :class:`~exitflow.pipeline.live.core.sample_batch.SampleBatch` (one array per modality) through
+  Ray's object store;
+- ``max_queued_requests`` at the caller (more raises Serve's back-pressure error, answered as a
+  sample shed with reason ``service_busy``);
+- :meth:`stats` sums every replica's status (and lists each);
+- :meth:`set_budget_now` changes the budget of every running replica in place (``user_config`` +
+  ``reconfigure``, the same code version: no replica is replaced).
 
-No HTTP proxy is started (``proxy_location="Disabled"``): robots call from Python through a
-:class:`~ray.serve.handle.DeploymentHandle`. Serve's throughput-optimized data plane
-(``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: requests over gRPC, user code on the replica's event loop,
-no per-request log line) is on unless the environment says ``0``: Serve reads the variable once,
-when ``ray.serve`` is first imported, in this process and in every process of a Ray this process
-starts (they inherit its environment); on a cluster started with ``ray start``, export it there
-too. In that mode a handle must be called from a running asyncio loop: :class:`InferenceService`
-keeps one loop on a daemon thread per process and hands blocking callers
-``concurrent.futures.Future`` objects; asyncio code awaits :meth:`InferenceService.decide_aio`.
+No HTTP proxy is started (``proxy_location="Disabled"``). Serve's throughput-optimized data
+plane (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``) is on unless the environment says ``0``: the
+package's ``__init__`` sets it before ``ray.serve`` is imported (Serve reads it once, at import,
+in this process and in the Ray processes it starts); a program that imports ``ray.serve`` itself
+first must set it before that. In that mode a handle must be called from a running asyncio loop:
+:class:`InferenceService` keeps one loop on a daemon thread per process and hands blocking
+callers ``concurrent.futures.Future`` objects; asyncio code awaits :meth:`InferenceService.decide_aio`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import threading
 import time
-from typing import Any, Protocol, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
-THROUGHPUT_ENV = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
-os.environ.setdefault(THROUGHPUT_ENV, "1")  # read by ray.serve at import (module doc)
-# part of that mode, but for HTTP only: no proxy here, so no HTTP server per replica and no 30-s
-# direct-ingress drain when a replica stops
-os.environ.setdefault("RAY_SERVE_ENABLE_DIRECT_INGRESS", "0")
+import ray
+from ray import serve
+from ray.serve.exceptions import BackPressureError
 
-import ray  # noqa: E402
-from ray import serve  # noqa: E402
-from ray.serve.exceptions import BackPressureError  # noqa: E402
-
-from exitflow.pipeline.config import ServiceConfig  # noqa: E402
-from exitflow.pipeline.live.core.failures import LiveRuntimeError  # noqa: E402
-from exitflow.pipeline.live.runtime.ray.placement import package_path  # noqa: E402
-from exitflow.pipeline.live.runtime.ray.replica import (  # noqa: E402
-    Request,
-    Result,
-    ServiceReplica,
-    ShedDecision,
+from exitflow.pipeline.config import ServiceConfig
+from exitflow.pipeline.live.core.failures import LiveRuntimeError
+from exitflow.pipeline.live.core.sample_batch import SampleBatch
+from exitflow.pipeline.live.runtime.gather import BatchNotSent, Gatherer, GatherSettings
+from exitflow.pipeline.live.runtime.ray.deployment import (
+    ServiceInit,
+    bind_service,
+    deployment_name,
+    deployment_options,
 )
-from exitflow.pipeline.live.runtime.workers import EngineFactory  # noqa: E402
-from exitflow.pipeline.messages import Decision, Sample  # noqa: E402
+from exitflow.pipeline.live.runtime.ray.replica import Result, ShedDecision, merge_status
+from exitflow.pipeline.live.runtime.workers import EngineFactory
+from exitflow.pipeline.messages import Decision, Sample
 
+__all__ = ["GatherSettings", "InferenceService", "deployment_name", "deployment_options", "service_shutdown"]
 
-class _BatchSettings(Protocol):
-    """What ``@serve.batch`` adds to the method it wraps."""
-
-    def set_max_batch_size(self, new_max_batch_size: int) -> None: ...
-
-    def set_batch_wait_timeout_s(self, new_batch_wait_timeout_s: float) -> None: ...
-
-
-class ServiceDeployment:
-    """The Serve wrapper of one :class:`ServiceReplica` (batching, health, reconfigure); deployed as
-    :data:`SERVICE`."""
-
-    def __init__(self, factory: EngineFactory | str, cfg: Any, service: ServiceConfig):
-        self.init_args = (factory, cfg, service)
-        self.replica = ServiceReplica(factory, cfg, service)
-
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Serve calls this at start and whenever the deployment's ``user_config`` changes."""
-        batched = cast(_BatchSettings, self._batched)
-        if "max_batch_size" in user_config:
-            batched.set_max_batch_size(int(user_config["max_batch_size"]))
-        if "batch_wait_ms" in user_config:
-            batched.set_batch_wait_timeout_s(float(user_config["batch_wait_ms"]) / 1000.0)
-        budget = user_config.get("budget")
-        if budget is not None:
-            self.replica.set_budget(**budget)
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _batched(self, requests: list[Request]) -> list[Result]:
-        return self.replica.run_requests(requests)
-
-    async def process(self, sample: Sample, client: str = "") -> Result:
-        """One sample: ``(decision, stage_ms, error)``, batched with whatever else arrives."""
-        return cast(Result, await self._batched(Request(sample, client)))
-
-    async def process_many(self, samples: list[Sample] | list[ray.ObjectRef], client: str = "") -> list[Result]:
-        """A client's micro-batch, run as one batch (one request, one result per sample).
-
-        ``samples`` is the list itself, or ``[ref]`` to it in Ray's object store (zero-copy: the
-        arrays are read-only views of the store's shared memory on this node).
-        """
-        if len(samples) == 1 and isinstance(samples[0], ray.ObjectRef):
-            samples = await samples[0]
-        now = time.perf_counter()
-        return self.replica.run_requests([Request(s, client, now) for s in samples])
-
-    def check_health(self) -> None:
-        self.replica.healthy()
-
-    def status(self) -> dict[str, Any]:
-        return self.replica.status()
-
-    def node_id(self) -> str:
-        return cast(str, ray.get_runtime_context().get_node_id())
-
-    def package_path(self) -> str:
-        """Where this replica imported exitflow from (a shipped copy when ``runtime_env`` carried it)."""
-        return package_path()
-
-    def get_init_args(self) -> tuple[Any, Any, ServiceConfig]:
-        return self.init_args
-
-
-SERVICE = serve.deployment()(ServiceDeployment)  # the Serve deployment (options: deployment_options)
-
-
-def deployment_name(factory: EngineFactory | str, cfg: Any = None) -> str:
-    """The deployment's name: the bundle's folder name (``engine.bundle``), else the engine's name."""
-    bundle = getattr(getattr(cfg, "engine", None), "bundle", None)
-    if bundle:
-        return os.path.basename(os.path.normpath(str(bundle))) or "bundle"
-    name = factory if isinstance(factory, str) else getattr(factory, "__name__", "engine")
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
-
-
-def deployment_options(service: ServiceConfig, name: str, budget: dict[str, Any] | None = None,
-                       **ray_actor_options: Any) -> dict[str, Any]:
-    """``serve.deployment`` options from the ``service`` section (see the module doc)."""
-    actor = {"num_cpus": service.num_cpus, "num_gpus": service.num_gpus, "resources": dict(service.resources),
-             **ray_actor_options}
-    opts: dict[str, Any] = {
-        "name": name,
-        "max_ongoing_requests": service.max_ongoing_requests,
-        "max_queued_requests": service.max_queued_requests,
-        "health_check_period_s": service.health_check_period_s,
-        "health_check_timeout_s": service.health_check_timeout_s,
-        "graceful_shutdown_timeout_s": service.graceful_shutdown_timeout_s,
-        "graceful_shutdown_wait_loop_s": min(2.0, service.graceful_shutdown_timeout_s),
-        "ray_actor_options": actor,
-        "user_config": {"max_batch_size": service.max_batch_size, "batch_wait_ms": service.batch_wait_ms,
-                        "budget": budget},
-    }
-    if service.max_replicas is not None:
-        opts["autoscaling_config"] = {"min_replicas": service.num_replicas, "max_replicas": service.max_replicas,
-                                      "target_ongoing_requests": service.target_ongoing_requests}
-    else:
-        opts["num_replicas"] = service.num_replicas
-    return opts
+STATUS_ROUNDS = 4  # rounds of status calls to reach every replica (Serve routes each call to one)
 
 
 class _ClientLoop:
@@ -202,21 +98,29 @@ class InferenceService:
         app: The Serve application's name (``service.name``).
         deployment: The deployment's name (:func:`deployment_name`).
         client: Who calls (e.g. a robot's name), for per-client fairness when shedding.
+        gather: How this process gathers per-sample calls into micro-batches (the first client of
+            an application in a process sets it; :meth:`for_client` shares it).
+        via_store: Micro-batches travel through Ray's object store (else inside the request).
     """
 
-    def __init__(self, app: str, deployment: str, client: str = ""):
+    _gatherers: dict[tuple[str, str], Gatherer] = {}  # per application and deployment, on the client loop
+
+    def __init__(self, app: str, deployment: str, client: str = "", gather: GatherSettings | None = None,
+                 via_store: bool = True):
         self.app, self.deployment, self.client = app, deployment, client
+        self.gather = gather or GatherSettings()
+        self.via_store = via_store
         self._loop = _ClientLoop.get()
         self._handle: Any = None
         self.process = _Call(self.submit)
-        self.status = _Call(lambda: self.call("status"))
+        self.status = _Call(lambda: self._run(self.stats_aio()))
         self.node_id = _Call(lambda: self.call("node_id"))
         self.set_budget = _Call(lambda mj=None, w=None: self._loop_free(self.set_budget_now, mj, w))
 
     # -- start / connect ------------------------------------------------------------------------
     @classmethod
     def start(cls, factory: EngineFactory | str, cfg: Any = None, service: ServiceConfig | None = None,
-              client: str = "", **ray_actor_options: Any) -> InferenceService:
+              client: str = "", gather: GatherSettings | None = None, **ray_actor_options: Any) -> InferenceService:
         """Deploy the service (returns when every replica has built its engine), or join it when an
         application of that name already runs.
 
@@ -225,6 +129,8 @@ class InferenceService:
             cfg: The whole config; its ``service`` section is used unless ``service`` is given.
             service: The ``service`` section.
             client: This caller's name (per-client fairness).
+            gather: Micro-batches of this process (default: on, ``service.gather_ms`` where the
+                section has it, else 2 ms; at most ``service.max_batch_size`` samples a call).
             **ray_actor_options: Ray actor options for the replicas over the section's
                 (e.g. ``scheduling_strategy``).
         """
@@ -232,12 +138,15 @@ class InferenceService:
         name = deployment_name(factory, cfg)
         if not _running(service.name):
             serve.start(proxy_location="Disabled")
-            app = SERVICE.options(**deployment_options(service, name, **ray_actor_options))
-            serve.run(app.bind(factory, cfg, service), name=service.name, route_prefix=None)
-        return cls.connect(service.name, client=client)
+            init = ServiceInit(factory, cfg, service, ray_actor_options=dict(ray_actor_options))
+            serve.run(bind_service(init, name), name=service.name, route_prefix=None)
+        gather = gather or GatherSettings(gather_ms=float(getattr(service, "gather_ms", GatherSettings.gather_ms)),
+                                          max_batch_size=service.max_batch_size)
+        return cls.connect(service.name, client=client, gather=gather)
 
     @classmethod
-    def connect(cls, app: str = "exitflow-service", client: str = "", timeout_s: float = 10.0) -> InferenceService:
+    def connect(cls, app: str = "exitflow-service", client: str = "", timeout_s: float = 10.0,
+                gather: GatherSettings | None = None) -> InferenceService:
         """The running service ``app``.
 
         Raises:
@@ -247,15 +156,16 @@ class InferenceService:
         while True:
             status = _app_status(app)
             if status is not None and status.deployments:
-                return cls(app, next(iter(status.deployments)), client)
+                return cls(app, next(iter(status.deployments)), client, gather)
             if time.monotonic() > deadline:
                 raise LiveRuntimeError(f"no inference service {app!r} runs on Ray Serve in this namespace; "
                                        "start one (InferenceService.start)")
             time.sleep(0.2)
 
     def for_client(self, client: str) -> InferenceService:
-        """The same service, calling as ``client`` (e.g. one robot of a fleet driven from this process)."""
-        return InferenceService(self.app, self.deployment, client)
+        """The same service, calling as ``client`` (e.g. one robot of a fleet driven from this
+        process); its samples are gathered with the other clients' of this process."""
+        return InferenceService(self.app, self.deployment, client, self.gather, self.via_store)
 
     # -- calls ----------------------------------------------------------------------------------
     def _get_handle(self) -> Any:  # on the loop's thread only
@@ -286,28 +196,67 @@ class InferenceService:
         threading.Thread(target=run, daemon=True).start()
         return fut
 
+    def _gatherer(self) -> Gatherer:  # on the loop's thread only
+        key = (self.app, self.deployment)
+        gatherer = self._gatherers.get(key)
+        if gatherer is None:
+            gatherer = self._gatherers[key] = Gatherer(self.decide_one_aio, self._send_many, self.gather)
+        return gatherer
+
     async def decide_aio(self, sample: Sample) -> Result:
-        """``(decision, stage_ms, error)``; a sample Serve refuses (back-pressure) comes back shed."""
+        """``(decision, stage_ms, error)``, in a call shared with this process's other waiting samples
+        when gathering is on; a sample Serve refuses (back-pressure) comes back shed."""
+        if not self.gather.enabled:
+            return await self.decide_one_aio(sample, self.client)
+        return cast(Result, await self._gatherer().submit(sample, self.client))
+
+    async def decide_one_aio(self, sample: Sample, client: str | None = None) -> Result:
+        """One sample, one call (through the replica's ``@serve.batch``)."""
         try:
-            return cast(Result, await self._call("process", sample, self.client))
+            return cast(Result, await self._call("process", sample, self.client if client is None else client))
         except BackPressureError:
             return _busy(sample)
 
-    async def decide_many_aio(self, samples: list[Sample], via_store: bool = True) -> list[Result]:
-        """One call carrying ``samples``, run as one batch in one replica.
+    async def decide_many_aio(self, samples: Sequence[Sample], via_store: bool | None = None) -> list[Result]:
+        """One call carrying ``samples`` (a :class:`SampleBatch`), run as one batch in one replica.
 
-        With ``via_store`` the samples go through Ray's object store (one copy in, zero copies out
-        on the replica's node: the request itself carries only a reference) instead of inside the
-        request (pickled into it, unpickled out of it).
+        With ``via_store`` (default: the client's) the batch goes through Ray's object store (one copy
+        in, zero copies out on the replica's node: the request carries only a reference) instead of
+        inside the request.
         """
-        payload: list[Any] = [ray.put(list(samples))] if via_store else list(samples)
+        return await self._send_many(samples, [self.client] * len(samples), via_store)
+
+    async def _send_many(self, samples: Sequence[Sample], clients: Sequence[str],
+                         via_store: bool | None = None) -> list[Result]:
         try:
-            return cast(list[Result], await self._call("process_many", payload, self.client))
+            batch = SampleBatch.pack(samples, clients)
+            payload: Any = [ray.put(batch)] if (self.via_store if via_store is None else via_store) else batch
+        except Exception as e:  # e.g. a payload that does not serialise: nothing was sent
+            raise BatchNotSent(f"{type(e).__name__}: {e}") from e
+        try:
+            return cast(list[Result], await self._call("process_many", payload))
         except BackPressureError:
             return [_busy(s) for s in samples]
 
-    async def status_aio(self) -> dict[str, Any]:
-        return cast(dict[str, Any], await self._call("status"))
+    async def stats_aio(self) -> dict[str, Any]:
+        """Every replica's status summed (:func:`~exitflow.pipeline.live.runtime.ray.replica.merge_status`),
+        with ``replicas`` (id -> status), ``replicas_reached`` and ``replicas_running``.
+
+        Serve routes each call to one replica: status calls go out in rounds, as many at once as
+        replicas are known to run, until every replica answered (or :data:`STATUS_ROUNDS` passed).
+        """
+        seen: dict[str, dict[str, Any]] = {}
+        running = 1
+        for _ in range(STATUS_ROUNDS):
+            calls = 1 if not seen else 2 * (running - len(seen))  # more than missing: routing is random
+            replies = await asyncio.gather(*[self._call("status") for _ in range(calls)])
+            for reply in replies:
+                seen[str(reply.get("replica", len(seen)))] = reply
+                running = max(running, int(reply.get("replicas_running", 1)))
+            if len(seen) >= running:
+                break
+        return {**merge_status(list(seen.values())), "replicas": seen, "replicas_reached": len(seen),
+                "replicas_running": running}
 
     def run(self, make_coro: Any, timeout_s: float | None = None) -> Any:
         """Run ``make_coro()`` on this process's client loop and wait for its result (e.g. an
@@ -332,14 +281,19 @@ class InferenceService:
     def decide_many(self, samples: list[Sample], timeout_s: float | None = 60.0) -> list[Decision]:
         return [r[0] for r in self.submit_many(samples).result(timeout_s)]
 
+    def gather_stats(self) -> dict[str, Any]:
+        """This process's gathering: calls, samples, samples per call, largest call."""
+        gatherer = self._gatherers.get((self.app, self.deployment))
+        return gatherer.stats() if gatherer is not None else {}
+
     def set_budget_now(self, mj_per_sample: float | None = None, power_w: float | None = None) -> dict[str, Any]:
-        """Change every replica's budget: the deployment's ``user_config`` is updated and Serve calls
-        ``reconfigure`` on each replica (and on any replica it starts later)."""
-        factory, cfg, service = self._run(self._call("get_init_args")).result(30)
+        """Change every replica's budget in place: the deployment is re-deployed with the same code
+        version and a new ``user_config``, and Serve calls ``reconfigure`` on the running replicas
+        (and gives it to any replica it starts later); no replica is replaced."""
+        init = cast(ServiceInit, self._run(self._call("get_init")).result(30))
         budget = None if mj_per_sample is None and power_w is None else {"mj_per_sample": mj_per_sample,
                                                                           "power_w": power_w}
-        app = SERVICE.options(**deployment_options(service, self.deployment, budget))
-        serve.run(app.bind(factory, cfg, service), name=self.app, route_prefix=None)
+        serve.run(bind_service(init, self.deployment, budget), name=self.app, route_prefix=None)
         return {"mj_per_sample": mj_per_sample, "power_w": power_w}
 
     def wait_ready(self, timeout_s: float = 120.0) -> list[str]:
@@ -347,8 +301,8 @@ class InferenceService:
         return [self.node_id.remote().result(timeout_s)]
 
     def stats(self, timeout_s: float = 10.0) -> dict[str, Any]:
-        """Replica status (one replica's, for now: Serve routes a status call to one replica) with
-        ``batches``, ``items``, ``batch_size_mean``, ``shed``, ``capacity_sps``, ``overloaded``."""
+        """The service's status, summed over its replicas (:meth:`stats_aio`): ``batches``, ``items``,
+        ``batch_size_mean``, ``busy_s``, ``shed``, ``capacity_sps``, ``overloaded``, and ``replicas``."""
         return cast(dict[str, Any], self.status.remote().result(timeout_s))
 
     def shutdown(self) -> None:
@@ -359,6 +313,7 @@ class InferenceService:
 def service_shutdown(timeout_s: float = 60.0, stop_ray: bool = True) -> None:
     """Shut Serve down in this Ray (every application, the controller; in-flight requests drain),
     then Ray (``stop_ray``). Serve's routers of this process close on the client loop they run on."""
+    InferenceService._gatherers.clear()
     if ray.is_initialized():
         try:
             asyncio.run_coroutine_threadsafe(serve.shutdown_async(), _ClientLoop.get()).result(timeout_s)
