@@ -1,7 +1,8 @@
 """The Ray Serve inference service against Serve's own per-request cost and the in-process BatchEngine.
 
 On the first N avmnist test samples (the project's loaders), with the default CNN checkpoints and
-config.yaml's scheduler, one run measures side by side, on one local Ray:
+config.yaml's scheduler (online recalibration off: see ``main``), one run measures side by side,
+on one local Ray:
 
 - ``engine batch-1``: ``Engine.process`` one sample after another, in process (the reference);
 - ``BatchEngine``: what a replica runs (the ``system:exitflow`` factory's batch engine, ``as_batch_engine``),
@@ -269,7 +270,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     neighbours_before = busy_neighbours()
-    cfg = load_config(None, ["engine.num_threads=1", *args.set])
+    # online recalibration off: its shadow draws and threshold moves depend on the order samples
+    # arrive in each process, so the modes could not be compared decision for decision
+    cfg = load_config(None, ["engine.num_threads=1", "recalibration.enabled=false", *args.set])
     parts, samples = bench_inputs(cfg, "avmnist", "test", args.limit)
     engine = parts.exitflow(meter=None, budget=False).engine
     run_engine(engine, samples[:50])  # warm-up
