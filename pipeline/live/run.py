@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from exitflow.pipeline.config import RayConfig, SourceConfig, dump_config, resolve_path
+from exitflow.pipeline.data.roots import data_root
+from exitflow.pipeline.live.core.endpoints import SourceFactory
 from exitflow.pipeline.live.core.failures import LiveRuntimeError
 from exitflow.pipeline.live.recording.writer import RecordingWriter, recording_metadata
 from exitflow.pipeline.live.runtime.control import ControlServer, running_pipelines, send_budget
@@ -26,6 +28,7 @@ from exitflow.pipeline.live.runtime.driver import PipelineDriver
 from exitflow.pipeline.live.runtime.local import LocalPipeline, choose_runtime
 from exitflow.pipeline.live.runtime.preprocess import IMAGE_SIDE, model_preprocessing
 from exitflow.pipeline.live.runtime.workers import EngineFactory
+from exitflow.pipeline.live.sources.robot import demo_robot
 from exitflow.pipeline.live.views.foxglove import FanOut, FoxgloveLiveServer
 from exitflow.pipeline.live.views.metrics import MetricsExporter
 
@@ -64,6 +67,16 @@ def resolve_source_paths(cfg: Any) -> tuple[SourceConfig, ...]:
         )
         out.append(dataclasses.replace(spec, uri=str(resolve_path(cfg, spec.uri))) if is_file else spec)
     return tuple(out)
+
+
+def demo_sources(cfg: Any) -> dict[str, SourceFactory]:
+    """What a run plays when ``stream.sources`` is empty: the simulated digit robot
+    (:func:`~exitflow.pipeline.live.sources.robot.demo_robot`: AV-MNIST digits as frames, the test
+    speaker's spoken digits as PCM, the labels on a side topic, from the data root's test files)."""
+    robot = demo_robot(data_root(cfg), cfg.stream.audio_window_s, cfg.stream.audio_rate_hz)
+    log.warning("stream.sources is empty: playing the simulated digit robot %r (digits it was trained on, "
+                "with labels); list your sensors under stream.sources (docs/streaming.md)", robot.name)
+    return {robot.name: robot}
 
 
 def edge_preprocessing(stream: Any, cfg: Any, record_path: Path | None, runtime: str) -> Any:
@@ -147,6 +160,7 @@ def run_live(
         stream,
         engine_factory or stream.engine,
         cfg=cfg,
+        sources=None if stream.sources else demo_sources(cfg),
         recorder=sink,
         on_decision=on_decision,
         decision_log=decision_log,  # a command-line path: relative to the working folder

@@ -86,3 +86,35 @@ def test_a_local_pipeline_scores_labels_and_sheds_stale_samples(max_age_ms) -> N
         assert snap["decisions"] == 0 and snap["overload"]["shed"]["shed:stale"] > 10
         assert snap["drops"]["engine_queue"]["shed:stale"] == snap["overload"]["shed"]["shed:stale"]
         assert snap["overload"]["overloaded"] is True
+
+
+@needs_data
+def test_a_run_without_sources_plays_the_digit_robot_and_records_each_of_its_modalities(tmp_path) -> None:
+    """``exitflow run`` with an empty ``stream.sources`` (the README's live example) streams the
+    digit robot; a recording keeps its frames and its PCM, each on its own channel."""
+    from exitflow.pipeline.config import load_config
+    from exitflow.pipeline.live.recording.reader import Recording
+    from exitflow.pipeline.live.recording.writer import RecordingWriter
+    from exitflow.pipeline.live.run import demo_sources
+
+    cfg = load_config(None, ["data.root=auto"])
+    assert not cfg.stream.sources
+    sources = demo_sources(cfg)
+    (name, factory), = sources.items()
+    assert set(modalities_of(factory)) == {"image", "audio", LABEL}
+    robot = factory()
+    messages = []
+    deadline = time.monotonic() + 5.0
+    while len({m.modality for m in messages}) < 3 and time.monotonic() < deadline:
+        msg = robot.read()
+        if msg is not None:
+            messages.append(msg)
+    robot.close()
+    writer = RecordingWriter(tmp_path / "robot.mcap")
+    for msg in messages:
+        if msg.modality != LABEL:
+            writer.write_message(msg)
+    writer.close()
+    with Recording(tmp_path / "robot.mcap") as rec:
+        recorded = {e.message.modality for e in rec.events() if e.message is not None}
+    assert recorded == {"image", "audio"}

@@ -214,17 +214,18 @@ class RecordingWriter:
         return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
 
     def write_message(self, msg: SensorMessage) -> None:
-        """Append one sensor message on ``/sensor/<source>`` with its modality's Foxglove schema.
+        """Append one sensor message on ``/sensor/<source>`` with its modality's Foxglove schema; a
+        source that sends several modalities (a robot's camera and microphone from one source) keeps
+        ``/sensor/<source>`` for the first and records each other on ``/sensor/<source>/<modality>``.
 
         Raises:
-            TypeError, ValueError: a payload its schema cannot hold (see :func:`encode_sensor`), or
-                a source that changes modality.
+            TypeError, ValueError: a payload its schema cannot hold (see :func:`encode_sensor`).
         """
         topic = SENSOR_TOPIC_PREFIX + msg.source
         name = sensor_schema_name(msg.modality, self.image_format)
         known = self._channels.get(topic)
         if known is not None and known[1] != name:
-            raise ValueError(f"source {msg.source} was recorded as {known[1]}, now sends {msg.modality}")
+            topic = f"{topic}/{msg.modality}"
         if msg.modality == "image" and self.image_max_side_px is not None and hasattr(msg.payload, "shape"):
             msg = SensorMessage(msg.modality, msg.source, msg.timestamp_ns, self._shrink(msg.payload), msg.seq,
                                 msg.source_time_ns, msg.sample_rate_hz, msg.meta)

@@ -175,3 +175,15 @@ class DigitRobotFactory:
     def __call__(self) -> DigitRobotSource:
         return DigitRobotSource(self.name, self.stream, self.fps, self.chunk_ms, self.start_item,
                                 SourceClock(self.offset_ns))
+
+
+def demo_robot(data_root: Path, audio_window_s: float = 1.0, audio_rate_hz: int = 16000, name: str = "robot0",
+               fps: float = 10.0, chunk_ms: float = 50.0, n: int = 30) -> DigitRobotFactory:
+    """The live example ``exitflow run`` plays when ``stream.sources`` is empty: one digit robot on
+    ``data_root``'s MNIST and FSDD test files (no ffmpeg, no device), labels included.
+
+    Raises:
+        SourceError: when the test files are not under ``data_root``.
+    """
+    media = digit_stream(data_root, n=n, hold_s=audio_window_s, rate_hz=audio_rate_hz)
+    return DigitRobotFactory(name, media, fps=fps, chunk_ms=chunk_ms)
