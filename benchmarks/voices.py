@@ -97,6 +97,31 @@ def _exitflow(overrides: list[str], *argv: str) -> float:
     return time.perf_counter() - start
 
 
+def training_jobs(test: str, dataset: str, seed: int) -> list[tuple[str, list[str], list[str]]]:
+    """The trainings a fold still lacks, as (name, overrides, argv) for :func:`_exitflow`."""
+    overrides = fold_overrides(test, seed)
+    base = Path(load_config(None, overrides).train.checkpoint_dir)
+    jobs = []
+    if not (base / f"cnn_{dataset}" / "fusion" / "model.safetensors").is_file():
+        jobs.append((f"{test} {dataset} s{seed} cnn", overrides,
+                     ["train", "cnn", "--dataset", dataset, "--seed", str(seed)]))
+    if not (base / f"baseline_lf_{dataset}" / "model.safetensors").is_file():
+        jobs.append((f"{test} {dataset} s{seed} lf", [*overrides, f"train.seed={seed}"],
+                     ["train", "baseline", "--name", "lf", "--dataset", dataset, "--augment"]))
+    return jobs
+
+
+def train_all(folds: list[str], datasets: list[str], seeds: list[int], jobs: int) -> None:
+    """Train every missing fold model, ``jobs`` processes at once (one thread each: what ran fastest here)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = [job for d in datasets for t in folds for s in seeds for job in training_jobs(t, d, s)]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(_exitflow, o, *argv): name for name, o, argv in todo}
+        for future, name in futures.items():
+            print(f"trained {name} in {future.result():.0f} s", flush=True)
+
+
 def ensure_models(cfg: Config, overrides: list[str], dataset: str, seed: int) -> dict[str, float]:
     """Train what the fold lacks; returns the seconds each training took (absent: reused)."""
     base = Path(cfg.train.checkpoint_dir)
@@ -260,11 +285,16 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=2000, help="test rows benched per fold")
     ap.add_argument("--criteria-limit", type=int, default=None, help="rows of val/test for the criteria (default all)")
     ap.add_argument("--report", action="store_true", help="print the table from the results file only")
+    ap.add_argument("--train-only", action="store_true", help="train the missing fold models and stop")
+    ap.add_argument("--jobs", type=int, default=2, help="with --train-only: trainings run at once")
     ap.add_argument("--markdown", action="store_true", help="with --report: the docs' markdown tables")
     args = ap.parse_args()
     torch.set_num_threads(1)
     results_path = WORK / "results.jsonl"
     results = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.is_file() else []
+    if args.train_only:
+        train_all(args.folds, args.datasets, args.seeds, args.jobs)
+        return
     if not args.report:
         WORK.mkdir(parents=True, exist_ok=True)
         for test in args.folds:

@@ -167,6 +167,8 @@ class CallGraph(nn.Module):
             ``skip`` (nothing but an exit's blocks: a step whose threshold cannot pass and whose output
             nothing reads). None: every step scored. The last step is always scored.
         with_scores: Also output every scored step's score (the engine reads only pick/passed/preds).
+        logits_out: Also output the last step's calibrated logits (B, C) as ``logits``: the program's final
+            call, whose forced answer the last rung (:mod:`encoders.last_rung`) mixes with its own.
     """
 
     def __init__(
@@ -180,6 +182,7 @@ class CallGraph(nn.Module):
         embedding_out: Sequence[str] = (),
         use: Sequence[str] | None = None,
         with_scores: bool = True,
+        logits_out: bool = False,
     ):
         super().__init__()
         use = list(use) if use is not None else ["score"] * len(steps)
@@ -247,9 +250,10 @@ class CallGraph(nn.Module):
         self.input_names += [f"e_{m}" for m in self.embedding_in] + ["thr"]
         # outputs carried to later calls are named out_h_<m> / out_e_<m> (an ONNX graph's input and
         # output names must differ; the next call takes them as h_<m> / e_<m>)
-        self.with_scores = with_scores
+        self.with_scores, self.logits_out = with_scores, logits_out
         self.output_names = (["pick"] if len(self.scored) > 1 else []) + ["passed", "preds"]
-        self.output_names += (["scores"] if with_scores else []) + [f"out_h_{m}" for m in self.hidden_out]
+        self.output_names += (["scores"] if with_scores else []) + (["logits"] if logits_out else [])
+        self.output_names += [f"out_h_{m}" for m in self.hidden_out]
         self.output_names += [f"out_e_{m}" for m in self.embedding_out]
 
     def _fuse(self, index: int, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -316,5 +320,7 @@ class CallGraph(nn.Module):
             outs = [torch.argmax(rank, dim=1), passed.any(dim=1), torch.argmax(stacked, dim=-1)]  # (B,), (B,), (B, S)
             if self.with_scores:
                 outs.append(scores)
+        if self.logits_out:
+            outs.append(step_logits[-1])  # (B, C): the last step's logits
         outs += [hidden[m] for m in self.hidden_out]
         return tuple(outs + [embeddings[m] for m in self.embedding_out])

@@ -384,6 +384,9 @@ class SchedulerConfig:
         min=0.0, max=1.0, min_exclusive=True, help="risk_control: disagreement with the full path certified on val"))
     calibration_delta: float = field(default=0.1, metadata=bounds(
         min=0.0, max=1.0, min_exclusive=True, help="risk_control: the certificate fails with probability <= this"))
+    last_rung: Literal["lf", "none"] = field(default="lf", metadata=bounds(
+        help="the model behind the CNN exits for samples no check answers (its answer mixed with the CNN's; "
+        "exitflow calibrate fits the mix, the profile holds it) or none (docs/adaptive.md)"))
     threshold_coupling: float = field(default=1.0, metadata=bounds(min=0.0, max=4.0))
     accuracy: Literal["exited", "overall"] = "exited"
     min_exit_prob: float = field(

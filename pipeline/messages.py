@@ -115,6 +115,9 @@ class Decision:
     shadow_macs: int = 0
     shadow_energy_mj: float | None = None
     recalibration: dict[str, Any] | None = None  # the controller's state after a shadowed sample (live views)
+    rung: str | None = None  # the last rung's model when it answered (encoders/last_rung.py), e.g. "lf"
+    # the full fusion's calibrated logits (C,) when the walk ended there: the last rung's input; not logged
+    final_logits: Any = field(default=None, repr=False, compare=False)
 
     @property
     def correct(self) -> bool | None:
@@ -122,7 +125,9 @@ class Decision:
 
     def to_json_dict(self) -> dict[str, Any]:
         """A JSON-safe dict: numpy scalars become Python numbers, NaN becomes None."""
-        return _json_safe(asdict(self))
+        data = asdict(self)
+        del data["final_logits"]  # an engine-internal hand-over to the last rung, not a logged field
+        return _json_safe(data)
 
 
 def _json_safe(value: Any) -> Any:

@@ -97,6 +97,8 @@ class Profile:
         device: Free-text name of the machine profiled on.
         n_samples: Number of profiled samples.
         schema_version: JSON schema version.
+        rung: The last rung chosen at calibration (``encoders/last_rung.py``): ``{"model": "lf", "weight": w,
+            "sha256": <its weights' hash>}``, or None (no rung: the walk's final fusion answers the rest).
     """
 
     exits: dict[str, tuple[ExitProfile, ...]]
@@ -109,6 +111,7 @@ class Profile:
     device: str | None = None
     n_samples: int = 0
     schema_version: int = SCHEMA_VERSION
+    rung: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.exits:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,8 +26,10 @@ from exitflow.pipeline.config import Config
 from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.inference.backends import open_backend
 from exitflow.pipeline.inference.compiled_systems import CompiledTruncation, compiled_truncation
+from exitflow.pipeline.inference.compiled_walk import cnn_family
 from exitflow.pipeline.inference.engine import (
     Engine,
+    EngineError,
     budget_from_config,
     cheapest_plan_mj,
     default_input_adapter,
@@ -36,6 +39,7 @@ from exitflow.pipeline.inference.engine import (
     settings_from_config,
 )
 from exitflow.pipeline.inference.fast_engine import FastEngine
+from exitflow.pipeline.inference.last_rung import LastRung, StrongestPath, strongest_path
 from exitflow.pipeline.inference.loading import load_dataset_profile, load_encoders, load_fusion
 from exitflow.pipeline.messages import Decision, Sample
 from exitflow.scheduler.policy import RandomOrderPolicy
@@ -135,13 +139,51 @@ class TruncatedSystem:
 
 
 class EngineSystem:
-    """An :class:`Engine` under a system name (``exitflow`` or ``rexit``)."""
+    """An :class:`Engine` under a system name (``exitflow`` or ``rexit``), with the last rung behind its walk
+    when the profile holds one (:mod:`pipeline.inference.last_rung`)."""
 
-    def __init__(self, name: str, engine: Engine, modalities: tuple[str, ...]):
-        self.name, self.engine, self.modalities = name, engine, modalities
+    def __init__(self, name: str, engine: Engine | FastEngine, modalities: tuple[str, ...],
+                 rung: LastRung | None = None):
+        self.name, self.engine, self.modalities, self.rung = name, engine, modalities, rung
+        self._batcher: Any = None
 
     def process(self, sample: Sample) -> Decision:
-        return self.engine.process(sample)
+        if self.rung is None:
+            return self.engine.process(sample)
+        budget = self.engine.budget  # the budget step runs after the rung, with the rung's energy in it
+        self.engine.budget = None
+        start = time.perf_counter()
+        try:
+            decision = self.engine.process(sample)
+        finally:
+            self.engine.budget = budget
+        self.rung.apply([(sample, decision)], self.engine)
+        if budget is not None and decision.prediction >= 0:
+            self._budget_step(decision, time.perf_counter() - start)
+        return decision
+
+    def process_batch(self, samples: Sequence[Sample]) -> list[Decision | Exception]:
+        """The engine's batch (compacted on the fast path), then the rung over the escalated samples at once."""
+        if self._batcher is None:
+            from exitflow.pipeline.inference.batch_engine import as_batch_engine
+
+            self._batcher = as_batch_engine(self.engine)
+        results = list(self._batcher.process_batch(samples))
+        if self.rung is not None:
+            self.rung.apply([(s, r) for s, r in zip(samples, results, strict=True) if isinstance(r, Decision)],
+                            self.engine)
+        return results
+
+    def _budget_step(self, decision: Decision, duration_s: float) -> None:
+        """The engine's budget update for a sample whose energy includes the rung's."""
+        budget = self.engine.budget
+        controlled = self.engine.budget_energy(decision)
+        if budget is None or controlled is None:
+            return
+        self.engine.policy.set_lambda(budget.update(controlled, duration_s))
+        self.engine.policy.set_cheapest_mode(budget.cheapest_mode)
+        if budget.cheapest_mode:
+            decision.budget_note = "budget below the cheapest plan: running the cheapest exit only"
 
     def set_budget(self, mj_per_sample: float | None = None, power_w: float | None = None) -> dict[str, Any]:
         """Set, change or (both None) remove the energy budget, also on an engine started without one."""
@@ -171,6 +213,33 @@ class AdaptiveParts:
         self.backend = open_backend("onnxruntime", cfg.engine.num_threads) if reason is None else None
         self.backend_name = "onnxruntime" if self.backend is not None else "torch"
         self.step_costs: dict[str, Any] = {}  # the fast path's step costs, measured once, shared by its engines
+        self.rung = self._load_rung()
+
+    def _load_rung(self) -> LastRung | None:
+        """The profile's last rung (None: ``scheduler.last_rung: none``, no rung calibrated, or not the CNN family)."""
+        chosen = self.profile.rung
+        if self.cfg.scheduler.last_rung == "none" or not chosen:
+            return None
+        try:
+            cnn, grid = cnn_family(self.encoders, self.fusion)
+        except EngineError:
+            grid = None
+        if grid is None or self.device.type != "cpu":
+            log.warning("the profile's last rung runs behind the CNN family's exit grid on the CPU; left out here")
+            return None
+        from exitflow.encoders.checkpoint import file_sha256
+        from exitflow.pipeline.artifacts import baseline_dataset
+        from exitflow.pipeline.inference.loading import load_baseline, rung_weights
+
+        name = str(chosen["model"])
+        weights = rung_weights(self.cfg, name, baseline_dataset(self.dataset, name))
+        if chosen.get("sha256") and file_sha256(weights) != chosen["sha256"]:
+            raise ExitflowError(f"the exit profile's last rung was calibrated for other {name} weights than "
+                                f"{weights}; re-run `exitflow calibrate` (or set scheduler.last_rung: none)")
+        model = load_baseline(self.cfg, name, baseline_dataset(self.dataset, name))
+        rule = self.cfg.scheduler.exit_rule or self.profile.exit_rule
+        return LastRung(model, float(chosen["weight"]), name, {m: e.num_exits - 1 for m, e in cnn.items()}, rule,
+                        self.backend)
 
     def fast_path_refusal(self) -> str | None:
         """Why the compiled fast path cannot run these parts (None: it can); ``engine.backend: torch`` is a reason."""
@@ -202,13 +271,20 @@ class AdaptiveParts:
         program = walk_program(probe.policy, self.modalities)
         return timed_profile(self.profile, program, probe.measured_step_ms(program), probe.call_ms())
 
-    def full(self, eager: bool = False) -> TruncatedSystem | CompiledTruncation:
-        """Every modality to its last exit; on the compiled path unless ``eager`` (the reference engine's
-        backend, e.g. as the yardstick of an energy budget, which runs there)."""
+    def full(self, eager: bool = False) -> TruncatedSystem | CompiledTruncation | StrongestPath:
+        """Every modality to its last exit, and the last rung behind it when there is one (the strongest path);
+        on the compiled path unless ``eager`` (the reference engine's backend, e.g. as the yardstick of an
+        energy budget, which runs there)."""
         last = {m: enc.num_exits - 1 for m, enc in self.encoders.items()}
+        cnn: TruncatedSystem | CompiledTruncation
         if self.backend is not None and isinstance(self.fusion, ExitGridFusion) and not eager:
-            return compiled_truncation("full", self.encoders, self.fusion, last, self.backend)
-        return TruncatedSystem("full", self.encoders, last, self.fusion, self.input_adapter)
+            cnn = compiled_truncation("full", self.encoders, self.fusion, last, self.backend)
+        else:
+            cnn = TruncatedSystem("full", self.encoders, last, self.fusion, self.input_adapter)
+        if self.rung is None:
+            return cnn
+        encoders, grid = cnn_family(self.encoders, self.fusion)
+        return strongest_path(cnn, encoders, grid, self.rung, None if eager else self.backend)
 
     def static(self, exits: dict[str, int], name: str = "static") -> TruncatedSystem | CompiledTruncation:
         """A fixed truncation; fused by the exit grid's head for those exits (CNN family), else by
@@ -249,7 +325,7 @@ class AdaptiveParts:
                             cheapest_mj=cheapest_mj, step_windows=self.cfg.engine.step_windows)
         if isinstance(engine, FastEngine):
             engine.warm_up()  # compiled now: a stream's first sample does not wait for it
-        return EngineSystem(name, engine, self.modalities)
+        return EngineSystem(name, engine, self.modalities, rung=self.rung)
 
     def rexit(self, meter: Any = None, seed: int = 0) -> EngineSystem:
         # the same thresholds and rule, but every exit evaluated and no UoE skipping (MMExit's RExit)

@@ -31,8 +31,10 @@ from exitflow.pipeline.messages import Decision, Sample
 class TruncationGraph(nn.Module):
     """Every modality through its blocks up to a fixed exit, that exit's embedding, the grid head -> class."""
 
-    def __init__(self, encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion, exits: Mapping[str, int]):
+    def __init__(self, encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion, exits: Mapping[str, int],
+                 logits: bool = False):
         super().__init__()
+        self.logits = logits  # return the calibrated logits (B, C), not the class (the last rung mixes them)
         self.exits = dict(exits)
         self.encoders = nn.ModuleDict(dict(encoders))
         self.passthrough = fusion.passthrough
@@ -56,9 +58,9 @@ class TruncationGraph(nn.Module):
                 logits[m], embeddings[m] = head(h)
             else:  # the grid reads the embedding only: the exit's classifier is not computed
                 embeddings[m] = head.embed(h)  # (B, D)
-        if self.fused is None:
-            return logits[self.modalities[0]].argmax(dim=-1)
-        return self.fused([embeddings[m] for m in self.fused.present]).argmax(dim=-1)
+        out = logits[self.modalities[0]] if self.fused is None else self.fused(
+            [embeddings[m] for m in self.fused.present])  # (B, C)
+        return out if self.logits else out.argmax(dim=-1)
 
 
 def truncation_macs(encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion, exits: Mapping[str, int]) -> int:

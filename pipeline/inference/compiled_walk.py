@@ -61,6 +61,7 @@ class CompiledCallPlan:
     i_pick: int | None = None  # output positions of pick (None: one scored step), passed and preds
     i_passed: int = 0
     i_preds: int = 1
+    i_logits: int | None = None  # the final call's last-step logits (the last rung's input)
 
 
 @dataclass
@@ -150,9 +151,11 @@ def example_input(name: str, encoders: Mapping[str, CNNEarlyExitEncoder], starte
 def compile_call(backend: Backend, encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion | None,
                  steps: Sequence[Step], started: Mapping[str, int], rule: str,
                  hidden_out: Sequence[str] = (), embedding_out: Sequence[str] = (),
-                 use: Sequence[str] | None = None, with_scores: bool = False) -> tuple[CallGraph, CompiledCall]:
+                 use: Sequence[str] | None = None, with_scores: bool = False,
+                 logits_out: bool = False) -> tuple[CallGraph, CompiledCall]:
     """Build the :class:`CallGraph` of ``steps`` and compile it on ``backend``."""
-    graph = CallGraph(encoders, fusion, steps, started, rule, hidden_out, embedding_out, use, with_scores).eval()
+    graph = CallGraph(encoders, fusion, steps, started, rule, hidden_out, embedding_out, use, with_scores,
+                      logits_out).eval()
     examples = [example_input(n, encoders, started, len(graph.scored)) for n in graph.input_names]
     batched = [n for n in graph.input_names if n != "thr"]
     return graph, backend.compile(graph, examples, graph.input_names, graph.output_names, batched)
@@ -194,7 +197,7 @@ def compile_program(program: Program, cuts: Sequence[int], backend: Backend,
         hidden_out = [m for m in run if m in later_exit]
         embedding_out = [m for m in run if m in later_fused]
         graph, call = compile_call(backend, encoders, fusion, steps[a:b], started, rule, hidden_out, embedding_out,
-                                   uses[a:b])
+                                   uses[a:b], logits_out=b == len(steps))  # the final call: its logits too
         inputs = [(n.split("_", 1)[0], n.split("_", 1)[1]) if n != "thr" else ("thr", "") for n in graph.input_names]
         carry = {i: n[4:] for i, n in enumerate(graph.output_names) if n.startswith("out_")}
         macs = all_macs[a:b]
@@ -202,7 +205,7 @@ def compile_program(program: Program, cuts: Sequence[int], backend: Backend,
         calls.append(CompiledCallPlan(
             call=call, start=a, stop=b, inputs=inputs, carry=carry, step_macs=macs,
             i_pick=names.index("pick") if "pick" in names else None, i_passed=names.index("passed"),
-            i_preds=names.index("preds"),
+            i_preds=names.index("preds"), i_logits=names.index("logits") if "logits" in names else None,
             keys=[steps[a + i].key for i in graph.scored], name=_stage_name(steps[a:b]),
             macs_through=list(np.cumsum(macs).tolist()), scored=list(graph.scored),
         ))

@@ -313,6 +313,8 @@ class Engine:
                         logits = self._measure("fusion", fuse, decision, energy)
                     decision.prediction = int(logits[0].argmax())
                     decision.exited_by = "fusion"
+                    if not state.fused_passed:  # the walk's end (no check passed): the last rung's input, (C,)
+                        decision.final_logits = logits[0].detach().float().cpu().numpy()
                     break
         except BaseException:
             if sample_meter is not None:  # close the window so the meter is ready for the next sample

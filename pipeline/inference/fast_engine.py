@@ -360,6 +360,8 @@ class FastEngine(Engine):
                 macs += call.macs_through[-1]
                 if stopped:  # the answer: that step's class (read outside the policy's clock, as the reference's)
                     stop, pred = call.start + call.scored[pick], int(outs[call.i_preds][0, pick])
+                    if call.i_logits is not None and stop == len(compiled.program.steps) - 1:
+                        decision.final_logits = outs[call.i_logits][0]  # (C,): the walk's end, the last rung's input
                     break
                 for i, name in call.carry.items():
                     carried[name] = outs[i]
@@ -518,6 +520,7 @@ class FastEngine(Engine):
         latency: dict[str, float] = {}
         stops = np.full(len(ok_rows), -1)
         preds = np.full(len(ok_rows), -1)
+        final_logits: dict[int, np.ndarray] = {}
         calls = compiled.calls
         for index, call in enumerate(calls):
             everyone = len(active) == len(ok_rows)
@@ -539,6 +542,10 @@ class FastEngine(Engine):
             stopped = passed | (index == len(calls) - 1)
             stops[active[stopped]] = call.start + np.asarray(call.scored)[pick[stopped]]
             preds[active[stopped]] = outs[call.i_preds][stopped, pick[stopped]]
+            if call.i_logits is not None:  # the final call: rows at the walk's end are the last rung's input
+                ended = stopped & (call.start + np.asarray(call.scored)[pick] == len(compiled.program.steps) - 1)
+                for a, lg in zip(active[ended].tolist(), outs[call.i_logits][ended], strict=True):
+                    final_logits[a] = lg
             keep = ~stopped
             active = active[keep]
             if not keep.all():  # compaction: the stopped rows leave every carried array
@@ -556,6 +563,7 @@ class FastEngine(Engine):
             d = Decision(sample_id=sample.sample_id, prediction=-1, system=self.system, label=sample.label,
                          timestamp_ns=sample.timestamp_ns, lam=lam, thresholds=shown)
             self._fill(d, compiled, int(stops[row]), int(preds[row]), int(macs[row]), plan)
+            d.final_logits = final_logits.get(row)
             d.latency_ms.update(latency)
             d.latency_ms["policy"] = 0.0
             results[r] = d

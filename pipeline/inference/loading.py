@@ -203,9 +203,23 @@ def load_transformer_exit(cfg: Config, dataset: str) -> FusionTransformer:
     return fusion.eval()
 
 
-def load_baseline(cfg: Config, name: str, dataset: str = "avmnist") -> LateFusion:
+def _baseline_folder(cfg: Config, name: str, dataset: str) -> Path:
     bundle = bundle_of(cfg)
-    folder = bundle.baseline_folder(name) if bundle is not None else baseline_folder(cfg, name, dataset)
+    return bundle.baseline_folder(name) if bundle is not None else baseline_folder(cfg, name, dataset)
+
+
+def rung_weights(cfg: Config, name: str, dataset: str = "avmnist") -> Path:
+    """The weights file of baseline ``name`` (a bundle's when ``engine.bundle`` is set): the last rung's model,
+    whose hash the exit profile keeps."""
+    path = _baseline_folder(cfg, name, dataset) / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"the last rung needs the {name} baseline at {path}; train it (`exitflow train "
+                              f"baseline --name {name}`) or set scheduler.last_rung: none")
+    return path
+
+
+def load_baseline(cfg: Config, name: str, dataset: str = "avmnist") -> LateFusion:
+    folder = _baseline_folder(cfg, name, dataset)
     meta = read_meta(folder)
     if meta.get("kind") != "baseline":
         raise CheckpointError(f"{folder} is not a baseline checkpoint (kind={meta.get('kind')!r})")

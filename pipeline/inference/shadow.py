@@ -208,7 +208,10 @@ class ShadowRecalibration:
         }
 
     def _ran_full_path(self, decision: Decision) -> bool:
-        """Whether the walk ran every modality to its last exit and fused them (the full answer)."""
+        """Whether the walk gave the full path's answer: every modality to its last exit and fused, and with a
+        last rung, the rung's mix too (a full-path answer that passed its check did not run the rung)."""
+        if getattr(self.system, "rung", None) is not None:
+            return decision.rung is not None
         last = {m: n - 1 for m, n in self.policy.num_exits.items()}
         return (decision.exited_by == "fusion" and not decision.skipped and not decision.missing
                 and decision.exits == last)

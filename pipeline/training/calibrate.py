@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -33,7 +34,10 @@ import numpy as np
 import torch
 from scipy.stats import binom
 
+from exitflow.encoders.base import EarlyExitEncoder
+from exitflow.encoders.baseline import LateFusion
 from exitflow.encoders.fusion_grid import ExitGridFusion, subset_key
+from exitflow.encoders.last_rung import RUNG_KEY, fit_mix_weight, mix_logits
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.data.avmnist import AVSplit
 from exitflow.pipeline.data.imported import ImportedSplit
@@ -43,6 +47,8 @@ from exitflow.scheduler.policy import FUSION_KEY
 from exitflow.scheduler.profile import ExitArrays, build_profile
 from exitflow.scheduler.recalibration import shifted_threshold
 from exitflow.scheduler.rules import passes, scores_from_probs
+
+log = logging.getLogger(__name__)
 
 # normalized entropy (exit when <=) and max-prob (exit when >=) grids; the ends never / always pass
 THRESHOLD_GRID = {
@@ -157,12 +163,17 @@ class WalkSimulator:
         rule: ``entropy`` or ``max_prob``.
         agreement: A check may answer only when its prediction also equals the previous check's in the
             walk (agreement between successive exits; the first check never answers early).
+        rung: The last rung behind the walk (:mod:`encoders.last_rung`): (its answer's logits (N, C), the
+            MACs it adds). The walk's final fusion then becomes a check like the others (the ``fusion``
+            threshold) and the samples none of the checks answered escalate to the rung; the full path is
+            the walk plus the rung.
     """
 
     def __init__(
         self, logits: Mapping[str, np.ndarray], labels: np.ndarray, order: Sequence[str],
         exit_macs: Mapping[str, Sequence[float]], head_macs: Mapping[str, float], rule: str,
         modalities: Sequence[str] | None = None, agreement: bool = False,
+        rung: tuple[np.ndarray, float] | None = None,
     ):
         if rule not in THRESHOLD_GRID:
             raise ValueError(f"the walk simulation supports {sorted(THRESHOLD_GRID)}, not {rule!r}")
@@ -187,6 +198,9 @@ class WalkSimulator:
                                   self.modalities)
                 fused_macs += float(head_macs[head])
                 self._add(key, FUSION_KEY, base + fused_macs, logits[key])
+        if rung is not None:  # the samples no check answered go on to the rung (it answers the rest)
+            rung_logits, rung_macs = rung
+            self._add(RUNG_KEY, RUNG_KEY, self.checks[-1][2] + float(rung_macs), rung_logits)
         n = self.labels.shape[0]
         self.agrees = [np.ones(n, dtype=bool) if not agreement else
                        (np.zeros(n, dtype=bool) if i == 0 else self.checks[i][4] == self.checks[i - 1][4])
@@ -224,7 +238,7 @@ class WalkSimulator:
         full_right = self.checks[-1][4] == self.labels
         last = len(self.checks) - 1
         for i, (name, key, cost, score, p) in enumerate(self.checks):
-            tau = thresholds[key]
+            tau = thresholds.get(key, 0.0)  # the last check answers the rest: its threshold is never read
             fire = ~done if i == last else ~done & passes(self.rule, score, tau) & self.agrees[i]  # final: the rest
             pred[fire], macs[fire] = p[fire], cost
             shares[name] = float(fire.mean())
@@ -332,6 +346,55 @@ def risk_controlled_shift(
     return chosen
 
 
+@torch.no_grad()
+def rung_logits(model: LateFusion, split: AVSplit | ImportedSplit, batch: int = 500) -> np.ndarray:
+    """The rung model's logits (N, C) over ``split``."""
+    model.eval()
+    parts = []
+    for start in range(0, len(split), batch):
+        rows = np.arange(start, min(start + batch, len(split)))
+        parts.append(model({m: batch_inputs(split, m, rows) for m in model.modalities}).float().numpy())
+    return np.concatenate(parts)
+
+
+def last_rung(
+    cfg: Config, dataset: str, val: AVSplit | ImportedSplit, logits: Mapping[str, np.ndarray], labels: np.ndarray,
+    encoders: Mapping[str, EarlyExitEncoder],
+) -> tuple[dict[str, Any] | None, tuple[np.ndarray, float] | None]:
+    """The last rung for ``scheduler.last_rung`` (None, None: ``none``, or its model is not trained): the
+    profile's entry (model, mix weight fitted on val, its weights' hash) and the walk simulation's rung."""
+    if cfg.scheduler.last_rung == "none":
+        return None, None
+    from exitflow.encoders.baseline import measure_macs
+    from exitflow.encoders.checkpoint import file_sha256
+    from exitflow.pipeline.artifacts import baseline_dataset
+    from exitflow.pipeline.errors import CheckpointError
+    from exitflow.pipeline.inference.loading import load_baseline, rung_weights
+
+    from exitflow.pipeline.data.avmnist import DATASETS
+
+    name = cfg.scheduler.last_rung
+    if dataset not in DATASETS:  # an imported set: the built-in baselines know other classes
+        return None, None
+    try:
+        weights = rung_weights(cfg, name, baseline_dataset(dataset, name))
+    except CheckpointError as e:
+        log.warning("no last rung: %s", e)
+        return None, None
+    model = load_baseline(cfg, name, baseline_dataset(dataset, name))
+    if not set(model.modalities) <= set(encoders):
+        log.warning("no last rung: %s reads %s, the data set has %s", name, model.modalities, sorted(encoders))
+        return None, None
+    final = subset_key({m: e.num_exits - 1 for m, e in encoders.items()}, list(encoders))
+    lf = rung_logits(model, val)
+    if lf.shape != logits[final].shape:
+        log.warning("no last rung: %s gives %s logits, the CNN family %s", name, lf.shape, logits[final].shape)
+        return None, None
+    weight = fit_mix_weight(logits[final], lf, labels)
+    entry = {"model": name, "weight": weight, "sha256": file_sha256(weights)}
+    return entry, (mix_logits(logits[final], lf, weight), float(measure_macs(model)))
+
+
 def calibrate_family(
     cfg: Config, dataset: str, meter: Any, energy_samples: int = 100, progress: bool = True, limit: int | None = None,
 ) -> dict:
@@ -360,9 +423,11 @@ def calibrate_family(
         enc.mean_exit_macs(val.text) if isinstance(getattr(val, m), list) else enc.exit_macs())]
         for m, enc in encoders.items()}
     every = dataclasses.replace(cfg.scheduler, skip_negative=False)  # the walk with both modalities
+    rung, rung_sim = last_rung(cfg, dataset, val, logits, labels, encoders)
     candidates = []
     for order in itertools.permutations(fusion.modalities):
-        sim = WalkSimulator(logits, labels, order, exit_macs, fusion.head_macs, rule, fusion.modalities)
+        sim = WalkSimulator(logits, labels, order, exit_macs, fusion.head_macs, rule, fusion.modalities,
+                            rung=rung_sim)
         thresholds, result = sim.search(cfg.scheduler.calibration_drop, cfg.scheduler.calibration_precision,
                                         max_regret=cfg.scheduler.calibration_regret)
         candidates.append((result.macs, order, thresholds, result, sim))
@@ -404,7 +469,7 @@ def calibrate_family(
         risk = risk_controlled_shift(sim, thresholds, cfg.scheduler.calibration_alpha, cfg.scheduler.calibration_delta)
         chosen = (order, risk.thresholds, sim.run(risk.thresholds), sim)
     make_profile(cfg, dataset, meter, energy_samples, progress, thresholds=chosen[1], limit=limit,
-                 records=records, energy=energy)  # the one kept
+                 records=records, energy=energy, rung=rung)  # the one kept
     order, thresholds, result, sim = chosen
     pred, _ = sim.predictions(thresholds)
     report = {
@@ -418,6 +483,7 @@ def calibrate_family(
         "risk_control": None if risk is None else {"alpha": risk.alpha, "delta": risk.delta, "shift": risk.shift,
                                                     "pvalue": risk.pvalue},
         "orders": {"->".join(c[1]): {"val_macs": c[0], "thresholds": c[2]} for c in candidates},
+        "rung": rung, "val_escalated": result.shares.get(RUNG_KEY, 0.0),
     }
     if progress:
         print(json.dumps(report, indent=1))

@@ -7,6 +7,7 @@ the scheduler (:mod:`exitflow.scheduler.profile`) reads the saved JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -123,12 +124,14 @@ def make_profile(
     cfg: Config, dataset: str, meter, energy_samples: int = 100, progress: bool = True,
     thresholds: dict[str, float] | None = None, limit: int | None = None,
     records: dict[str, ExitRecords] | None = None, energy: StepEnergy | None = None, save: bool = True,
+    rung: dict[str, Any] | None = None,
 ) -> Profile:
     """Profile every exit on the val split at the configured thresholds (or ``thresholds``, e.g. the
     calibrated ones, ``fusion`` included); saved beside the checkpoints (unless ``save`` is False).
 
     ``records`` (the exits over the same val rows) and ``energy`` (:func:`measure_step_energy`) reuse
-    what the caller already ran: ``exitflow calibrate`` runs the encoders over val once.
+    what the caller already ran: ``exitflow calibrate`` runs the encoders over val once. ``rung``: the last
+    rung calibration chose (:class:`~scheduler.profile.Profile`'s ``rung``).
     """
     s = cfg.scheduler
     encoders = load_encoders(cfg, dataset)
@@ -163,6 +166,7 @@ def make_profile(
         fingerprint=fingerprint_checkpoints(weight_files(cfg, dataset)), energy_source=source,
         energy_estimated=estimated, device=cfg.engine.device,
     )
+    profile = dataclasses.replace(profile, rung=dict(rung) if rung else None)
     if FUSION_KEY in chosen:  # the fused checks' threshold (the CNN family's calibration)
         profile.thresholds[FUSION_KEY] = float(chosen[FUSION_KEY])
     if save:
