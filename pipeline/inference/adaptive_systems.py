@@ -284,6 +284,8 @@ class AdaptiveParts:
         if self.rung is None:
             return cnn
         encoders, grid = cnn_family(self.encoders, self.fusion)
+        if grid is None:  # a rung loads only behind the exit grid (_load_rung)
+            return cnn
         return strongest_path(cnn, encoders, grid, self.rung, None if eager else self.backend)
 
     def static(self, exits: dict[str, int], name: str = "static") -> TruncatedSystem | CompiledTruncation:

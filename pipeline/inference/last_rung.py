@@ -172,12 +172,12 @@ class StrongestPath:
         self.name, self.cnn = name, cnn
         self.modalities = tuple(graph.modalities)
         self.macs = int(macs)
+        self.single: CompiledSingle | None = None
         if backend is not None:
             shapes = {m: tuple(INPUT_SHAPES[m]) for m in graph.modalities}
             self.single = CompiledSingle(name, graph, shapes, macs, backend, cnn.exits)
             self.backend = backend.name
         else:
-            self.single = None
             self.graph = graph.eval()
             self.backend = "torch"
 

@@ -368,10 +368,9 @@ def last_rung(
     from exitflow.encoders.baseline import measure_macs
     from exitflow.encoders.checkpoint import file_sha256
     from exitflow.pipeline.artifacts import baseline_dataset
+    from exitflow.pipeline.data.avmnist import DATASETS
     from exitflow.pipeline.errors import CheckpointError
     from exitflow.pipeline.inference.loading import load_baseline, rung_weights
-
-    from exitflow.pipeline.data.avmnist import DATASETS
 
     name = cfg.scheduler.last_rung
     if dataset not in DATASETS:  # an imported set: the built-in baselines know other classes
