@@ -37,18 +37,23 @@ from typing import Any
 import torch
 
 from exitflow.devices import get_power_meter
+from exitflow.encoders.baseline import measure_macs
+from exitflow.encoders.fusion_grid import subset_key
+from exitflow.encoders.last_rung import mix_logits
+from exitflow.pipeline.artifacts import baseline_dataset
 from exitflow.pipeline.config import Config, load_config
 from exitflow.pipeline.data.avmnist import load_split
 from exitflow.pipeline.evaluation.bench import run_system, static_exits_matching
 from exitflow.pipeline.evaluation.replay import split_samples
 from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts
-from exitflow.pipeline.inference.loading import load_encoders, load_fusion
+from exitflow.pipeline.inference.loading import load_baseline, load_encoders, load_fusion
 from exitflow.pipeline.inference.shadow import bench_systems, shadow_columns
-from exitflow.pipeline.inference.systems import BaselineSystem
+from exitflow.pipeline.inference.systems import baseline_system
 from exitflow.pipeline.training.calibrate import (
     WalkSimulator,
     calibrate_family,
     risk_controlled_shift,
+    rung_logits,
     split_logits,
 )
 
@@ -56,7 +61,7 @@ VOICES = ("george", "jackson", "lucas", "nicolas", "theo")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / ".cache" / "voices"
-SYSTEMS = ("full", "lf", "static", "exitflow-fixed", "exitflow")
+SYSTEMS = ("full", "cnn-full", "lf", "exitflow-fixed", "static", "exitflow")  # static matches exitflow-fixed's MACs
 ALPHAS = (0.005, 0.01, 0.02)
 
 
@@ -135,16 +140,23 @@ def ensure_models(cfg: Config, overrides: list[str], dataset: str, seed: int) ->
 
 
 def criteria(cfg: Config, dataset: str, report: dict[str, Any], limit: int) -> dict[str, Any]:
-    """Calibration criteria chosen on the calibration voice, measured on the test voice (simulated walk)."""
+    """Calibration criteria chosen on the calibration voice, measured on the test voice (simulated walk, with
+    the last rung calibration chose, if any: its weight from the calibration voice)."""
     encoders, fusion = load_encoders(cfg, dataset), load_fusion(cfg, dataset)
     exit_macs = {m: [float(v) for v in e.exit_macs()] for m, e in encoders.items()}
+    rung = report.get("rung")
+    model = load_baseline(cfg, rung["model"], baseline_dataset(dataset, rung["model"])) if rung else None
+    final = subset_key({m: e.num_exits - 1 for m, e in encoders.items()}, list(fusion.modalities))
     sims, agree = {}, {}
     for split in ("val", "test"):
-        logits, labels = split_logits(encoders, fusion, load_split(cfg, split, dataset, progress=False).head(limit))
+        data = load_split(cfg, split, dataset, progress=False).head(limit)
+        logits, labels = split_logits(encoders, fusion, data)
+        extra = None if model is None else (mix_logits(logits[final], rung_logits(model, data), rung["weight"]),
+                                            float(measure_macs(model)))
         sims[split] = WalkSimulator(logits, labels, report["order"], exit_macs, fusion.head_macs,
-                                    cfg.scheduler.exit_rule, fusion.modalities)
+                                    cfg.scheduler.exit_rule, fusion.modalities, rung=extra)
         agree[split] = WalkSimulator(logits, labels, report["order"], exit_macs, fusion.head_macs,
-                                     cfg.scheduler.exit_rule, fusion.modalities, agreement=True)
+                                     cfg.scheduler.exit_rule, fusion.modalities, agreement=True, rung=extra)
 
     def measure(thresholds: dict[str, float], sims: dict = sims) -> dict[str, float]:
         out = {}
@@ -161,6 +173,9 @@ def criteria(cfg: Config, dataset: str, report: dict[str, Any], limit: int) -> d
     for alpha in ALPHAS:
         chosen = risk_controlled_shift(sims["val"], report["thresholds"], alpha, delta=0.1)
         rows[f"LTT alpha={alpha}"] = {"thresholds": chosen.thresholds, "shift": chosen.shift, **measure(chosen.thresholds)}
+        chosen = risk_controlled_shift(agree["val"], agreed, alpha, delta=0.1)
+        rows[f"agreement + LTT alpha={alpha}"] = {"thresholds": chosen.thresholds, "shift": chosen.shift,
+                                                  **measure(chosen.thresholds, agree)}
     rows["full"] = {"test": {"accuracy": sims["test"].full_accuracy(), "macs": sims["test"].checks[-1][2]},
                     "val": {"accuracy": sims["val"].full_accuracy(), "macs": sims["val"].checks[-1][2]}}
     return rows
@@ -171,11 +186,13 @@ def bench_fold(cfg: Config, dataset: str, limit: int, warmup: int = 20) -> dict[
     samples = list(split_samples(load_split(cfg, "test", dataset, progress=False), limit))
     rows = {}
     with get_power_meter(cfg.power.meter) as meter:
-        for name in ("full", "lf", "exitflow-fixed", "static", "exitflow"):  # static matches exitflow-fixed's MACs
-            if name == "full":
+        for name in SYSTEMS:
+            if name == "full":  # with a last rung: the strongest path (the CNN's full path, lf, mixed)
                 system = parts.full()
-            elif name == "lf":
-                system = BaselineSystem(cfg, "lf", dataset)
+            elif name == "cnn-full":  # the CNN family's own full path, without the rung
+                system = parts.static({m: e.num_exits - 1 for m, e in parts.encoders.items()}, name="cnn-full")
+            elif name == "lf":  # on the same backend as the others (one ONNX Runtime graph)
+                system = baseline_system(cfg, "lf", baseline_dataset(dataset, "lf"))
             elif name == "static":
                 system = parts.static(static_exits_matching(parts, rows["exitflow-fixed"]["macs_per_sample"]))
             else:
@@ -199,8 +216,8 @@ def run_fold(test: str, dataset: str, seed: int, limit: int, crit_limit: int) ->
         report = calibrate_family(cfg, dataset, meter, energy_samples=50, progress=False)
         took["calibrate_s"] = time.perf_counter() - start
     return {"test_voice": test, "cal_voice": fold_roles(test)["val"][0], "dataset": dataset, "seed": seed,
-            "limit": limit, "took": took, "calibration": {k: report[k] for k in ("order", "thresholds", "val_accuracy",
-                                                                                "val_full_accuracy", "val_macs")},
+            "limit": limit, "took": took, "calibration": {k: report.get(k) for k in (
+                "order", "thresholds", "val_accuracy", "val_full_accuracy", "val_macs", "rung", "val_escalated")},
             "criteria": criteria(cfg, dataset, report, crit_limit), "bench": bench_fold(cfg, dataset, limit)}
 
 
@@ -226,11 +243,7 @@ def print_report(results: list[dict[str, Any]]) -> None:
                                   ("ms_per_sample", "ms", 1.0), ("mj_per_sample", "mJ", 1.0)):
             print(f"{'mean ' + label:<20}" + "".join(
                 f"{_mean_sd([(r['bench'][s][key] or 0.0) * scale for r in rs]):>30}" for s in SYSTEMS))
-        best = [max(r["bench"]["full"]["accuracy"], r["bench"]["lf"]["accuracy"]) for r in rs]
-        for s in ("exitflow", "exitflow-fixed"):
-            gaps = [100 * (r["bench"][s]["accuracy"] - b) for r, b in zip(rs, best, strict=True)]
-            print(f"{s} vs the better of full and lf: " + ", ".join(f"{r['test_voice']} {g:+.2f} pt" for r, g in
-                                                                   zip(rs, gaps, strict=True)))
+        print_gate(rs)
         online = [r["bench"]["exitflow"] for r in rs]
         print("exitflow (online): shadow share " + ", ".join(f"{o['shadow_share']:.3f}" for o in online)
               + "; disagreement " + ", ".join("-" if o["disagreement"] is None else f"{o['disagreement']:.4f}" for o in online))
@@ -247,6 +260,26 @@ def print_report(results: list[dict[str, Any]]) -> None:
         for name in names:
             print(f"{'mean':<9}{name:<20} test accuracy {_mean_sd([r['criteria'][name]['test']['accuracy'] for r in rs])}"
                   f"  MACs {_mean_sd([r['criteria'][name]['test']['macs'] / 1e6 for r in rs])} M")
+
+
+def _best(r: dict[str, Any]) -> float:
+    """The most accurate single-pass system a user could pick on this voice (``cnn-full`` where benched)."""
+    return max(r["bench"][s]["accuracy"] for s in ("full", "cnn-full", "lf") if s in r["bench"])
+
+
+def print_gate(rs: list[dict[str, Any]]) -> None:
+    """Issue 25's acceptance, per system: mean accuracy against the mean best, worst voice, MACs and time ratios."""
+    def mean(s: str, key: str) -> float:
+        return statistics.mean(r["bench"][s][key] for r in rs)
+
+    for s in ("exitflow", "exitflow-fixed"):
+        gaps = [100 * (r["bench"][s]["accuracy"] - _best(r)) for r in rs]
+        print(f"{s} vs the best of full, cnn-full and lf: " + ", ".join(
+            f"{r['test_voice']} {g:+.2f} pt" for r, g in zip(rs, gaps, strict=True)))
+        print(f"  gate: mean {statistics.mean(gaps):+.2f} pt (>= -0.5), worst {min(gaps):+.2f} pt (>= -1.5), "
+              f"MACs {mean('full', 'macs_per_sample') / mean(s, 'macs_per_sample'):.2f}x fewer than full (>= 3), "
+              f"{mean('lf', 'macs_per_sample') / mean(s, 'macs_per_sample'):.2f}x fewer than lf (>= 2), "
+              f"{mean('lf', 'ms_per_sample') / mean(s, 'ms_per_sample'):.2f}x less time than lf (>= 1.5)")
 
 
 def print_markdown(results: list[dict[str, Any]]) -> None:
