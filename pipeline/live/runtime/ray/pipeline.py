@@ -263,7 +263,7 @@ class RayTransport(Transport):
         return status
 
     def set_budget(self, mj_per_sample: float | None, power_w: float | None) -> dict[str, Any]:
-        # the service redeploys its user_config (every replica reconfigured): allow it longer
+        # the service re-deploys its user_config (every replica reconfigured in place): allow it longer
         return cast(dict[str, Any], _result(self.engine.set_budget.remote(mj_per_sample, power_w), timeout_s=30))
 
     def stop_sources(self, timeout_s: float) -> None:

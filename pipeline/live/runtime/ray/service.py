@@ -307,6 +307,7 @@ class InferenceService:
 
     def shutdown(self) -> None:
         """Delete the application (in-flight requests drain first); the service ends for every user."""
+        self._gatherers.pop((self.app, self.deployment), None)
         serve.delete(self.app)
 
 
