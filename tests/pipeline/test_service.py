@@ -158,6 +158,28 @@ def test_service_status_sums_its_replicas(replicas, summed) -> None:
     assert {k: got[k] for k in summed} == summed
 
 
+def test_stats_reach_every_replica_through_calls_routed_to_one_each(monkeypatch) -> None:
+    """Serve routes each status call to one replica: the client asks in rounds until each of the
+    replicas the deployment reports has answered, and sums them (no Ray: the call is faked)."""
+    import itertools
+
+    from exitflow.pipeline.live.runtime.ray.service import InferenceService
+
+    turn = itertools.cycle([0, 0, 2, 1])  # a router that picks replica 0 twice before the others
+
+    async def fake_call(method: str, *args) -> dict:
+        i = next(turn)
+        return {"replica": f"r{i}", "replicas_running": 3, "batches": 1, "items": 10 * (i + 1), "busy_s": 0.1,
+                "capacity_sps": 100.0, "shed": {}, "overloaded": i == 2}
+
+    service = InferenceService("app", "deployment")
+    monkeypatch.setattr(service, "_call", fake_call)
+    stats = service.stats(timeout_s=30)
+    assert sorted(stats["replicas"]) == ["r0", "r1", "r2"] and stats["replicas_reached"] == 3
+    assert stats["items"] == 60 and stats["batches"] == 3 and stats["capacity_sps"] == 300.0
+    assert stats["overloaded"] is True
+
+
 def test_replica_preprocesses_raw_payloads_in_the_batch(parts) -> None:
     replica = ServiceReplica(lambda: parts.exitflow(meter=None, budget=False), service=ServiceConfig())
     rng = np.random.default_rng(0)
