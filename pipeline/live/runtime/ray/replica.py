@@ -1,7 +1,7 @@
 """What one inference-service replica does with a batch, without Ray: shed, preprocess, run, measure.
 
 :class:`ServiceReplica` is the plain class inside the Ray Serve deployment of
-:mod:`~exitflow.pipeline.live.runtime.ray.service` (the deployment only adds ``@serve.batch``,
+:mod:`~exitflow.pipeline.live.runtime.ray.deployment` (the deployment only adds ``@serve.batch``,
 health checks and ``reconfigure``); tests drive it directly. For one batch of requests it
 
 1. **sheds** by policy (:class:`ShedPolicy`) the samples that can no longer be decided in time:
