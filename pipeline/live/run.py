@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from exitflow.pipeline.config import RayConfig, SourceConfig, dump_config, resolve_path
+from exitflow.pipeline.config import RayConfig, ServiceConfig, SourceConfig, dump_config, resolve_path
 from exitflow.pipeline.data.roots import data_root
 from exitflow.pipeline.live.core.endpoints import SourceFactory
 from exitflow.pipeline.live.core.failures import LiveRuntimeError
@@ -50,10 +50,11 @@ class _RayRuntime:
         self.job_runtime_env = job_runtime_env
 
     @staticmethod
-    def set_budget(ray_cfg: RayConfig, mj_per_sample: float | None, power_w: float | None) -> dict[str, Any]:
+    def set_budget(ray_cfg: RayConfig, mj_per_sample: float | None, power_w: float | None,
+                   service_app: str) -> dict[str, Any]:
         from exitflow.pipeline.live.runtime.ray.control import set_ray_budget  # Ray only when needed
 
-        return set_ray_budget(ray_cfg, mj_per_sample, power_w)
+        return set_ray_budget(ray_cfg, mj_per_sample, power_w, service_app)
 
 
 def resolve_source_paths(cfg: Any) -> tuple[SourceConfig, ...]:
@@ -214,14 +215,16 @@ def run_live(
 
 
 def set_running_budget(
-    ray_cfg: RayConfig, mj_per_sample: float | None, power_w: float | None, off: bool = False
+    ray_cfg: RayConfig, mj_per_sample: float | None, power_w: float | None, off: bool = False,
+    service_app: str = ServiceConfig.name,
 ) -> dict[str, Any]:
     """Set, change or (``off``) remove the budget of the running pipeline of ``ray_cfg.namespace``;
     a pipeline started without a budget accepts one.
 
     A local pipeline (``runtime: local``) is reached through its control socket
     (:mod:`~exitflow.pipeline.live.runtime.control`); when none runs on this machine, the engine
-    actor of a Ray pipeline in the cluster at ``ray_cfg.address`` (or auto) is.
+    actor of a Ray pipeline in the cluster at ``ray_cfg.address`` (or auto) is, and without one the
+    inference service ``service_app`` on Ray Serve (its replicas reconfigured in place).
 
     Raises:
         LiveRuntimeError: when the arguments are wrong, or no running exitflow pipeline is found.
@@ -240,4 +243,4 @@ def set_running_budget(
                                "stop all but one, or give each its own ray.namespace")
     if local:
         return send_budget(local[0], mj_per_sample, power_w)
-    return _RayRuntime.set_budget(ray_cfg, mj_per_sample, power_w)
+    return _RayRuntime.set_budget(ray_cfg, mj_per_sample, power_w, service_app)

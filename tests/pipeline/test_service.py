@@ -241,6 +241,13 @@ def test_serve_deployment_answers_two_clients_per_sample_and_micro_batch_with_ba
         assert stats["budget"] == {"mj_per_sample": 5.0, "power_w": None}  # reconfigured ...
         assert list(stats["replicas"]) == [replica_before]  # ... in place: the same replica
         assert isinstance(service.decide(rows[1]), Decision)
+        # `exitflow budget set` finds no engine actor here and reaches the service instead, in place too
+        from exitflow.pipeline.live.runtime.ray.control import set_ray_budget
+
+        assert set_ray_budget(RayConfig(namespace="exitflow-service-test"), 7.0, None, service_app="test-service") == {
+            "mj_per_sample": 7.0, "power_w": None}
+        stats = service.stats()
+        assert stats["budget"] == {"mj_per_sample": 7.0, "power_w": None} and list(stats["replicas"]) == [replica_before]
         if (SHARED_DATA / "fsdd" / "fsdd_test.npz").is_file():  # a Ray pipeline on the service: futures wake it
             from exitflow.pipeline.config import StreamConfig
             from exitflow.pipeline.live.runtime.ray.pipeline import RayPipeline

@@ -9,7 +9,8 @@
   :class:`~exitflow.pipeline.live.core.sample_batch.SampleBatch` (one array per modality; inline, or
   ``[ref]`` to it in Ray's object store) and runs it as one batch, one result per sample;
 - ``check_health`` lets Serve replace a replica whose batches keep failing as a whole;
-- ``reconfigure`` takes the deployment's ``user_config`` (batch settings and the energy budget).
+- ``reconfigure`` takes the deployment's ``user_config`` (batch settings and the energy budget; an
+  engine that has no budget refuses it: the replica serves on and reports ``budget_error``).
 
 **Budget changes in place.** :func:`bind_service` gives the deployment a code version of its own
 (:class:`ServiceInit` ``code_version``, made once when the service starts and kept by the
@@ -31,6 +32,7 @@ import ray
 from ray import serve
 
 from exitflow.pipeline.config import ServiceConfig
+from exitflow.pipeline.live.core.failures import LiveRuntimeError
 from exitflow.pipeline.live.core.sample_batch import SampleBatch
 from exitflow.pipeline.live.runtime.ray.placement import package_path
 from exitflow.pipeline.live.runtime.ray.replica import Request, Result, ServiceReplica
@@ -72,6 +74,7 @@ class ServiceDeployment:
         self.init = init
         self.replica = ServiceReplica(init.factory, init.cfg, init.service)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self.budget_error: str | None = None  # why the last budget in user_config was refused
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this at start and whenever the deployment's ``user_config`` changes."""
@@ -81,10 +84,14 @@ class ServiceDeployment:
         if "batch_wait_ms" in user_config:
             batched.set_batch_wait_timeout_s(float(user_config["batch_wait_ms"]) / 1000.0)
         budget = user_config.get("budget")
-        if budget is not None:
-            self.replica.set_budget(**budget)
-        elif self.replica.budget:  # a budget removed (``exitflow budget set off``)
-            self.replica.set_budget(None, None)
+        self.budget_error = None
+        try:
+            if budget is not None:
+                self.replica.set_budget(**budget)
+            elif self.replica.budget:  # a budget removed (``exitflow budget set off``)
+                self.replica.set_budget(None, None)
+        except LiveRuntimeError as e:  # an engine without a budget: reported, the replica serves on
+            self.budget_error = str(e)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _batched(self, requests: list[Request]) -> list[Result]:
@@ -117,7 +124,8 @@ class ServiceDeployment:
         """This replica's status (:meth:`ServiceReplica.status`) with its Serve ``replica`` id and how
         many replicas the deployment has (``replicas_running``, as Serve told this replica)."""
         context = serve.get_replica_context()
-        return {**self.replica.status(), "replica": self.replica_id, "replicas_running": context.world_size}
+        return {**self.replica.status(), "replica": self.replica_id, "replicas_running": context.world_size,
+                "budget_error": self.budget_error}
 
     def node_id(self) -> str:
         return cast(str, ray.get_runtime_context().get_node_id())

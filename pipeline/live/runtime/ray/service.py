@@ -289,11 +289,18 @@ class InferenceService:
     def set_budget_now(self, mj_per_sample: float | None = None, power_w: float | None = None) -> dict[str, Any]:
         """Change every replica's budget in place: the deployment is re-deployed with the same code
         version and a new ``user_config``, and Serve calls ``reconfigure`` on the running replicas
-        (and gives it to any replica it starts later); no replica is replaced."""
+        (and gives it to any replica it starts later); no replica is replaced.
+
+        Raises:
+            LiveRuntimeError: when the replicas' engine has no budget to change.
+        """
         init = cast(ServiceInit, self._run(self._call("get_init")).result(30))
         budget = None if mj_per_sample is None and power_w is None else {"mj_per_sample": mj_per_sample,
                                                                           "power_w": power_w}
         serve.run(bind_service(init, self.deployment, budget), name=self.app, route_prefix=None)
+        refused = {r.get("budget_error") for r in self.stats()["replicas"].values()} - {None}
+        if refused:
+            raise LiveRuntimeError(f"the service's replicas refused the budget: {'; '.join(sorted(refused))}")
         return {"mj_per_sample": mj_per_sample, "power_w": power_w}
 
     def wait_ready(self, timeout_s: float = 120.0) -> list[str]:
