@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from exitflow.encoders.base import EarlyExitEncoder
+from exitflow.encoders.base import EarlyExitEncoder, ExitOutput
 from exitflow.encoders.cnn import CNNEarlyExitEncoder
 from exitflow.encoders.fusion_grid import ExitGridFusion
 from exitflow.pipeline.config import Config
@@ -41,19 +41,13 @@ from exitflow.pipeline.inference.engine import (
 from exitflow.pipeline.inference.fast_engine import FastEngine
 from exitflow.pipeline.inference.last_rung import LastRung, StrongestPath, strongest_path
 from exitflow.pipeline.inference.loading import load_dataset_profile, load_encoders, load_fusion
+from exitflow.pipeline.inference.pricing import row_tokens, truncated_macs
 from exitflow.pipeline.messages import Decision, Sample
 from exitflow.scheduler.policy import RandomOrderPolicy
 from exitflow.scheduler.profile import Profile
 from exitflow.scheduler.program import STATIC_RULES, timed_profile, walk_program
 
 log = logging.getLogger(__name__)
-
-
-def truncated_macs(encoder: EarlyExitEncoder, exit_index: int) -> int:
-    """Per-sample MACs of the backbone up to ``exit_index`` plus that exit's head only."""
-    cumulative = encoder.exit_macs()
-    heads = encoder.head_macs()
-    return int(cumulative[exit_index] - sum(heads[: exit_index + 1]) + heads[exit_index])
 
 
 class TruncatedSystem:
@@ -70,8 +64,16 @@ class TruncatedSystem:
         self.input_adapter = input_adapter
         self.modalities = tuple(exits)
         self.fusion_macs = int(getattr(fusion, "macs", 0)) if fusion is not None else 0
-        self.encoder_macs = {m: truncated_macs(encoders[m], k) for m, k in exits.items()}  # fixed per modality
+        # per modality at the encoder's reference input; text is priced per sample at its real tokens (_row_macs)
+        self.encoder_macs = {m: truncated_macs(encoders[m], k) for m, k in exits.items()}
         self.macs = sum(self.encoder_macs.values()) + self.fusion_macs
+
+    def _row_macs(self, modality: str, out: ExitOutput, row: int = 0) -> int:
+        """MACs of ``modality`` for row ``row`` of its exit output: fixed, or text at that sample's real tokens."""
+        tokens = row_tokens(out, row)
+        if tokens is None:
+            return self.encoder_macs[modality]
+        return truncated_macs(self.encoders[modality], self.exits[modality], tokens)
 
     @torch.inference_mode()
     def process(self, sample: Sample) -> Decision:
@@ -95,7 +97,7 @@ class TruncatedSystem:
         else:
             probs = torch.stack([torch.softmax(outs[m].logits, dim=-1) for m in present]).mean(dim=0)  # (1, C)
         latency_ms = (time.perf_counter() - start) * 1000.0
-        macs = sum(self.encoder_macs[m] for m in present) + fusion_macs
+        macs = sum(self._row_macs(m, outs[m]) for m in present) + fusion_macs
         return Decision(
             sample_id=sample.sample_id, prediction=int(probs[0].argmax()), label=sample.label, system=self.name,
             order=present, exits={m: self.exits[m] for m in present},
@@ -119,17 +121,20 @@ class TruncatedSystem:
             state = self.encoders[m].start(x)
             state.next_exit = self.exits[m]
             outs[m] = self.encoders[m].step(state)
-        if self.fusion is not None and hasattr(self.fusion, "fuse_exits"):
-            logits = self.fusion.fuse_exits(outs).logits
+        fusion_macs = [self.fusion_macs] * len(samples)
+        if self.fusion is not None and hasattr(self.fusion, "fuse_exits"):  # transformer: MACs vary per sample
+            fused = self.fusion.fuse_exits(outs)
+            logits, fusion_macs = fused.logits, [int(v) for v in fused.macs.tolist()]
         elif self.fusion is not None:
             logits = self.fusion({m: o.embedding for m, o in outs.items()}, list(outs))
         else:
             logits = torch.stack([torch.softmax(o.logits, dim=-1) for o in outs.values()]).mean(dim=0)
         preds = logits.argmax(dim=-1).tolist()
+        macs = [sum(self._row_macs(m, o, r) for m, o in outs.items()) + fusion_macs[r] for r in range(len(samples))]
         ms = (time.perf_counter() - start) * 1000.0
         return [Decision(sample_id=s.sample_id, prediction=p, label=s.label, system=self.name, order=list(self.modalities),
-                         exits=dict(self.exits), macs=self.macs, latency_ms={"total": ms}, timestamp_ns=s.timestamp_ns)
-                for s, p in zip(samples, preds, strict=True)]
+                         exits=dict(self.exits), macs=n, latency_ms={"total": ms}, timestamp_ns=s.timestamp_ns)
+                for s, p, n in zip(samples, preds, macs, strict=True)]
 
     def _safe(self, sample: Sample) -> Decision | Exception:
         try:

@@ -196,7 +196,7 @@ class BatchEngine:
         d = w.decision
         d.exits = {m: out.exit_index for m, (out, _) in w.outputs.items()}
         d.exit_layers = {m: out.layer for m, (out, _) in w.outputs.items()}
-        d.macs += sum(self.engine._encoder_macs(m, out, w.evaluated[m]) for m, (out, _) in w.outputs.items())
+        d.macs += sum(self.engine._encoder_macs(m, out, w.evaluated[m], r) for m, (out, r) in w.outputs.items())
         d.latency_ms["policy"] = w.policy_s * 1000.0
         w.done = True
 

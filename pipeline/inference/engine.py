@@ -27,6 +27,7 @@ import torch
 from exitflow.encoders.base import EarlyExitEncoder, ExitOutput
 from exitflow.pipeline.config import BudgetConfig, Config, SchedulerConfig
 from exitflow.pipeline.errors import ExitflowError
+from exitflow.pipeline.inference.pricing import exit_path_macs
 from exitflow.pipeline.messages import Decision, Sample
 from exitflow.scheduler.budget import BudgetController
 from exitflow.scheduler.policy import ActionKind, Policy, PolicySettings
@@ -340,14 +341,9 @@ class Engine:
         decision.latency_ms["total"] = (time.perf_counter() - total_start) * 1000.0
         return decision
 
-    def _encoder_macs(self, modality: str, last: ExitOutput, evaluated: list[int]) -> int:
-        """MACs of what ran: ``last.macs`` counts every head up to its exit; drop the skipped ones."""
-        try:
-            head_macs = self.encoders[modality].head_macs()
-        except NotImplementedError:  # an encoder that does not count its heads apart
-            return int(last.macs)
-        skipped = set(range(last.exit_index + 1)) - set(evaluated)
-        return int(last.macs) - sum(int(head_macs[j]) for j in skipped)
+    def _encoder_macs(self, modality: str, last: ExitOutput, evaluated: list[int], row: int = 0) -> int:
+        """MACs of what ran for row ``row`` of ``last`` (:func:`exit_path_macs`: text at its real token count)."""
+        return exit_path_macs(self.encoders[modality], last, evaluated, row)
 
     @staticmethod
     def _record_energy(decision: Decision, energy: list[Any]) -> None:
