@@ -129,8 +129,9 @@ class InferenceService:
             cfg: The whole config; its ``service`` section is used unless ``service`` is given.
             service: The ``service`` section.
             client: This caller's name (per-client fairness).
-            gather: Micro-batches of this process (default: on, ``service.gather_ms`` where the
-                section has it, else 2 ms; at most ``service.max_batch_size`` samples a call).
+            gather: Micro-batches of this process (default: ``service.gather`` and ``service.gather_ms``
+                where the section has them, else on and 2 ms; at most ``service.max_batch_size``
+                samples a call).
             **ray_actor_options: Ray actor options for the replicas over the section's
                 (e.g. ``scheduling_strategy``).
         """
@@ -140,7 +141,8 @@ class InferenceService:
             serve.start(proxy_location="Disabled")
             init = ServiceInit(factory, cfg, service, ray_actor_options=dict(ray_actor_options))
             serve.run(bind_service(init, name), name=service.name, route_prefix=None)
-        gather = gather or GatherSettings(gather_ms=float(getattr(service, "gather_ms", GatherSettings.gather_ms)),
+        gather = gather or GatherSettings(enabled=bool(getattr(service, "gather", True)),  # fields to come
+                                          gather_ms=float(getattr(service, "gather_ms", GatherSettings.gather_ms)),
                                           max_batch_size=service.max_batch_size)
         return cls.connect(service.name, client=client, gather=gather)
 
