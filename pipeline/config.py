@@ -259,6 +259,10 @@ class ServiceConfig:
     shed_policy: Literal["oldest_first", "fair", "none"] = "fair"
     shed_after_ms: float | None = field(default=100.0, metadata=bounds(
         min=0.0, max=MAX_SECONDS * 1000.0, help="null = never shed for waiting"))
+    # a driver serving several robots gathers their ready samples into one micro-batch call
+    # (pipeline/live/runtime/gather.py): at most gather_ms of wait, and only while a call is in flight
+    gather: bool = True
+    gather_ms: float = field(default=2.0, metadata=bounds(min=0.0, max=60_000.0, help="max wait to gather a call"))
 
 
 @dataclass(frozen=True)
