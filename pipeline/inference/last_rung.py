@@ -23,7 +23,7 @@ from torch import nn
 from exitflow.encoders.baseline import INPUT_SHAPES, LateFusion, measure_macs
 from exitflow.encoders.cnn import CNNEarlyExitEncoder
 from exitflow.encoders.fusion_grid import ExitGridFusion
-from exitflow.encoders.last_rung import MixHead
+from exitflow.encoders.last_rung import RUNG_KEY, MixHead
 from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.inference.backends import Backend
 from exitflow.pipeline.inference.compiled_systems import CompiledSingle, TruncationGraph, truncation_macs
@@ -96,13 +96,14 @@ class LastRung:
         return int(out.shape[-1])
 
     def escalates(self, decision: Decision, sample: Sample) -> bool:
-        """Whether ``decision`` ended at the full path's fusion without passing its check (the ``fusion``
-        threshold in force, scored as the engines score a fused check) and the rung can take it over."""
+        """Whether ``decision`` ended at the full path's fusion without passing its check (the ``rung``
+        threshold in force, else ``fusion``; scored as the engines score a fused check) and the rung can
+        take it over."""
         if not (decision.final_logits is not None and decision.exited_by == "fusion" and not decision.skipped
                 and not decision.missing and decision.exits == self.last_exits
                 and all(m in sample.payloads and m not in sample.missing for m in self.modalities)):
             return False
-        threshold = decision.thresholds.get(FUSION_KEY)
+        threshold = decision.thresholds.get(RUNG_KEY, decision.thresholds.get(FUSION_KEY))
         if threshold is None:
             return True  # no fused check: nothing answers before the rung
         logits = np.asarray(decision.final_logits, dtype=np.float32)

@@ -164,9 +164,9 @@ class WalkSimulator:
         agreement: A check may answer only when its prediction also equals the previous check's in the
             walk (agreement between successive exits; the first check never answers early).
         rung: The last rung behind the walk (:mod:`encoders.last_rung`): (its answer's logits (N, C), the
-            MACs it adds). The walk's final fusion then becomes a check like the others (the ``fusion``
-            threshold) and the samples none of the checks answered escalate to the rung; the full path is
-            the walk plus the rung.
+            MACs it adds). The walk's final fusion then becomes a check with its own threshold (key
+            ``rung``: a confident full fusion answers, the others escalate) and the samples none of the
+            checks answered escalate to the rung; the full path is the walk plus the rung.
     """
 
     def __init__(
@@ -200,7 +200,9 @@ class WalkSimulator:
                 self._add(key, FUSION_KEY, base + fused_macs, logits[key])
         if rung is not None:  # the samples no check answered go on to the rung (it answers the rest)
             rung_logits, rung_macs = rung
-            self._add(RUNG_KEY, RUNG_KEY, self.checks[-1][2] + float(rung_macs), rung_logits)
+            name, _, macs, score, pred = self.checks[-1]
+            self.checks[-1] = (name, RUNG_KEY, macs, score, pred)  # the full fusion's check: its own threshold
+            self._add(RUNG_KEY, RUNG_KEY, macs + float(rung_macs), rung_logits)
         n = self.labels.shape[0]
         self.agrees = [np.ones(n, dtype=bool) if not agreement else
                        (np.zeros(n, dtype=bool) if i == 0 else self.checks[i][4] == self.checks[i - 1][4])
@@ -282,7 +284,7 @@ class WalkSimulator:
         target = self.full_accuracy() - max_drop
         best: tuple[dict[str, float], WalkResult] | None = None
         self.last_admissible: list[tuple[dict[str, float], WalkResult]] = []  # cheaper and cheaper
-        keys = (*self.order, FUSION_KEY)
+        keys = (*self.order, FUSION_KEY) + ((RUNG_KEY,) if self.checks[-1][0] == RUNG_KEY else ())
         for values in itertools.product(grid, repeat=len(keys)):
             thresholds = dict(zip(keys, values, strict=True))
             result = self.run(thresholds)
@@ -460,7 +462,7 @@ def calibrate_family(
     if chosen is None:
         order, sim = tuple(candidates[0][1]), candidates[0][4]
         never = THRESHOLD_GRID[rule][0]
-        thresholds = {m: never for m in fusion.modalities} | {FUSION_KEY: never}
+        thresholds = {m: never for m in fusion.modalities} | {FUSION_KEY: never} | ({RUNG_KEY: never} if rung else {})
         chosen = (order, thresholds, sim.run(thresholds), sim)
     risk = None
     if cfg.scheduler.calibration_criterion == "risk_control":  # LTT on disagreement, from the no-regret point

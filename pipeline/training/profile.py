@@ -16,6 +16,7 @@ import torch
 
 from exitflow.encoders.base import EarlyExitEncoder
 from exitflow.encoders.fusion_grid import ExitGridFusion
+from exitflow.encoders.last_rung import RUNG_KEY
 from exitflow.encoders.text import TextEarlyExitEncoder
 from exitflow.pipeline.artifacts import profile_path, weight_files
 from exitflow.pipeline.config import Config
@@ -167,8 +168,9 @@ def make_profile(
         energy_estimated=estimated, device=cfg.engine.device,
     )
     profile = dataclasses.replace(profile, rung=dict(rung) if rung else None)
-    if FUSION_KEY in chosen:  # the fused checks' threshold (the CNN family's calibration)
-        profile.thresholds[FUSION_KEY] = float(chosen[FUSION_KEY])
+    for key in (FUSION_KEY, RUNG_KEY):  # the fused checks' and the full fusion's before the last rung (CNN family)
+        if key in chosen:
+            profile.thresholds[key] = float(chosen[key])
     if save:
         profile.save(profile_path(cfg, dataset))
     return profile

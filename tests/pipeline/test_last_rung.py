@@ -127,10 +127,12 @@ def test_walk_simulation_sends_unanswered_samples_to_the_rung() -> None:
     rung = np.eye(c)[labels] * 10.0  # a perfect rung
     sim = WalkSimulator(logits, labels, ("image", "audio"), {"image": [1.0], "audio": [2.0]},
                         {"image0_audio0": 0.5}, "entropy", ("image", "audio"), rung=(rung, 100.0))
-    never = {"image": -1.0, "audio": -1.0, "fusion": -1.0}
+    never = {"image": -1.0, "audio": -1.0, "fusion": -1.0, RUNG_KEY: -1.0}
     pred, macs = sim.predictions(never)
     assert (pred == labels).all() and np.allclose(macs, 103.5)  # every sample walked on to the rung
-    result = sim.run({"image": -1.0, "audio": -1.0, "fusion": 2.0})  # the fused check answers everything
+    # the full fusion's check has its own threshold: the fused checks' ("fusion") does not decide it
+    assert sim.run({**never, "fusion": 2.0}).shares[RUNG_KEY] == 1.0
+    result = sim.run({**never, RUNG_KEY: 2.0})  # the full fusion answers everything
     assert result.shares[RUNG_KEY] == 0.0 and result.macs == pytest.approx(3.5)
     assert sim.full_accuracy() == 1.0  # the full path is the walk plus the rung
 
