@@ -197,7 +197,12 @@ def test_at_the_floor_no_modality_is_skipped(parts, rows):
         d = wrapped.process(sample)
         if d.shadow and d.prediction != d.shadow_prediction:
             break
+    else:  # no sample of the slice disagreed: one disagreement, as a shadowed sample would report it
+        d = dataclasses.replace(wrapped.process(rows[0]), prediction=0, shadow_prediction=1)
+        wrapped.controller.shift = -0.5
+        wrapped._observe(d, held=False)
     assert wrapped.controller.shift <= wrapped.controller.settings.min_shift
     assert wrapped.policy._skip_negative is False
     after = [wrapped.process(s) for s in rows[:10]]
-    assert all(not d.skipped and d.exited_by == "fusion" and d.prediction == d.shadow_prediction for d in after)
+    end = "rung" if parts.rung is not None else "fusion"  # at the floor every walk is the full (strongest) path
+    assert all(not d.skipped and d.exited_by == end and d.prediction == d.shadow_prediction for d in after)
