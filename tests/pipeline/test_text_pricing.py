@@ -101,3 +101,16 @@ def test_the_engine_prices_text_at_its_tokens_batched_or_not(text) -> None:
     assert [d.macs for d in one] == [text.exit_macs(tokens(text, s))[3] + fusion_macs for s in (SHORT, LONG)]
     batched = BatchEngine(engine).process_batch(samples())
     assert [d.macs for d in batched if isinstance(d, Decision)] == [d.macs for d in one]
+
+
+def test_under_the_text_prior_the_engine_runs_and_prices_text_s_cheap_exit_only(text) -> None:
+    """PriorPolicy (issue 25 item 5): text stops at its embedding exit, priced at its tokens, fused at the end."""
+    from exitflow.scheduler.prior import PriorPolicy
+
+    engine = _engine(text)
+    engine.policy = PriorPolicy(engine.policy.profile, PolicySettings(exit_rule="entropy", skip_negative=False,
+                                                                      thresholds={"text": 0.0}))
+    decisions = [engine.process(s) for s in samples()]
+    assert [d.exits for d in decisions] == [{"text": 0}] * 2 and {d.exited_by for d in decisions} == {"fusion"}
+    fusion_macs = int(engine.fusion.macs)
+    assert [d.macs for d in decisions] == [text.exit_macs(tokens(text, s))[0] + fusion_macs for s in (SHORT, LONG)]
