@@ -163,8 +163,10 @@ def engine_runs(cfg, limit: int, taus: tuple[float | None, ...] = (None, 0.15, 0
     """Section 5: today's policy and the text prior on the real engine, batch 1, at each threshold."""
     parts = AdaptiveParts(cfg, DATASET)
     print(f"\n5. the engine, first {limit} rows, exit rule {parts.profile.exit_rule}; profile thresholds "
-          f"{parts.profile.thresholds}: accuracy / MACs (M) / answered by an exit / text run")
-    splits = {s: list(split_samples(load_split(cfg, s, DATASET, progress=False), limit)) for s in ("val", "test")}
+          f"{parts.profile.thresholds}: accuracy / MACs (M) / answered by an exit / text run / accuracy on "
+          "ok, dropped, replaced commands")
+    data = {s: load_split(cfg, s, DATASET, progress=False) for s in ("val", "test")}
+    splits = {s: list(split_samples(d, limit)) for s, d in data.items()}
     for tau in taus:
         sched = cfg.scheduler if tau is None else dataclasses.replace(cfg.scheduler, threshold=tau, thresholds={})
         settings = settings_from_config(parts.profile, sched)
@@ -173,10 +175,12 @@ def engine_runs(cfg, limit: int, taus: tuple[float | None, ...] = (None, 0.15, 0
             cells = []
             for s, samples in splits.items():
                 ds = [engine.process(x) for x in samples]
-                cells.append(f"{s} {np.mean([d.prediction == d.label for d in ds]):.4f} / "
-                             f"{np.mean([d.macs for d in ds]) / 1e6:.2f} M / "
+                right = np.array([d.prediction == d.label for d in ds])
+                status = np.asarray(data[s].text_status)[: len(ds)]  # 0 ok, 1 dropped, 2 replaced
+                cells.append(f"{s} {right.mean():.4f} / {np.mean([d.macs for d in ds]) / 1e6:.2f} M / "
                              f"{np.mean([d.exited_by != 'fusion' for d in ds]):.3f} / "
-                             f"{np.mean(['text' in d.exits for d in ds]):.3f}")
+                             f"{np.mean(['text' in d.exits for d in ds]):.3f} / "
+                             + ", ".join(f"{right[status == k].mean():.3f}" for k in range(3)))
             print(f"  {name:10s} tau {'profile' if tau is None else tau}: " + " | ".join(cells))
 
 
