@@ -388,6 +388,10 @@ class SchedulerConfig:
         min=0.0, max=1.0, min_exclusive=True, help="risk_control: disagreement with the full path certified on val"))
     calibration_delta: float = field(default=0.1, metadata=bounds(
         min=0.0, max=1.0, min_exclusive=True, help="risk_control: the certificate fails with probability <= this"))
+    prior: str | None = field(default=None, metadata=bounds(
+        help="a modality whose cheap exit runs first and weighs every later exit (text on avmnist-t; "
+        "scheduler/prior.py); null = none"))
+    prior_exit: int = field(default=0, metadata=bounds(min=0, max=64, help="the exit the prior modality stops at"))
     last_rung: Literal["lf", "none"] = field(default="lf", metadata=bounds(
         help="the model behind the CNN exits for samples no check answers (its answer mixed with the CNN's; "
         "exitflow calibrate fits the mix, the profile holds it) or none (docs/adaptive.md)"))

@@ -255,6 +255,8 @@ class AdaptiveParts:
             return f"engine.device is {cfg.engine.device} (the onnxruntime build here runs on the CPU)"
         if cfg.engine.step_windows:
             return "engine.step_windows measures every eager step"
+        if cfg.scheduler.prior is not None:
+            return "scheduler.prior weighs exits on the eager walk (the compiled walk has no prior)"
         if not all(isinstance(e, CNNEarlyExitEncoder) for e in self.encoders.values()):
             return "the compiled walk runs the CNN family only"
         if not isinstance(self.fusion, ExitGridFusion):

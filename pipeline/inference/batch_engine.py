@@ -343,6 +343,8 @@ class BatchEngine:
     def _predict_fused(self, w: _Walk, logits: torch.Tensor) -> None:
         w.decision.prediction = int(logits.argmax())
         w.decision.exited_by = "fusion"
+        if not w.state.fused_passed:  # the walk's end (no check passed): the last rung's input, (C,)
+            w.decision.final_logits = logits.detach().float().cpu().numpy()
         self._finish(w)
 
     # -- budget -----------------------------------------------------------------------------------

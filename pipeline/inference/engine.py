@@ -31,6 +31,7 @@ from exitflow.pipeline.inference.pricing import exit_path_macs
 from exitflow.pipeline.messages import Decision, Sample
 from exitflow.scheduler.budget import BudgetController
 from exitflow.scheduler.policy import ActionKind, Policy, PolicySettings
+from exitflow.scheduler.prior import PriorPolicy
 from exitflow.scheduler.profile import Profile
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,13 @@ def settings_from_config(profile: Profile, cfg: SchedulerConfig) -> PolicySettin
 
 
 def policy_from_config(profile: Profile, cfg: SchedulerConfig) -> Policy:
-    """A :class:`Policy` for ``profile`` with the ``scheduler`` config section applied."""
+    """A :class:`Policy` for ``profile`` with the ``scheduler`` config section applied (a
+    :class:`~scheduler.prior.PriorPolicy` when ``scheduler.prior`` names a modality)."""
+    if cfg.prior is not None:
+        try:
+            return PriorPolicy(profile, settings_from_config(profile, cfg), prior=cfg.prior, prior_exit=cfg.prior_exit)
+        except ValueError as e:
+            raise EngineError(f"scheduler.prior: {e}") from e
     return Policy(profile, settings_from_config(profile, cfg))
 
 

@@ -171,12 +171,13 @@ class StrongestPath:
 
     def __init__(self, cnn: Any, graph: StrongestGraph, macs: int, backend: Backend | None, name: str = "full"):
         self.name, self.cnn = name, cnn
+        self.exits = dict(cnn.exits)
         self.modalities = tuple(graph.modalities)
         self.macs = int(macs)
         self.single: CompiledSingle | None = None
         if backend is not None:
             shapes = {m: tuple(INPUT_SHAPES[m]) for m in graph.modalities}
-            self.single = CompiledSingle(name, graph, shapes, macs, backend, cnn.exits)
+            self.single = CompiledSingle(name, graph, shapes, macs, backend, self.exits)
             self.backend = backend.name
         else:
             self.graph = graph.eval()
@@ -196,7 +197,7 @@ class StrongestPath:
             pred = int(self.graph(*xs)[0])
         ms = (time.perf_counter() - start) * 1000.0
         return Decision(sample_id=sample.sample_id, prediction=pred, label=sample.label, system=self.name,
-                        order=list(self.modalities), exits=dict(self.cnn.exits), macs=self.macs,
+                        order=list(self.modalities), exits=dict(self.exits), macs=self.macs,
                         latency_ms={"model": ms, "total": ms}, timestamp_ns=sample.timestamp_ns)
 
     def process_batch(self, samples: list[Sample]) -> list[Decision | Exception]:

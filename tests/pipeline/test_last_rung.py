@@ -13,8 +13,9 @@ from exitflow.encoders.last_rung import RUNG_KEY, mix_logits
 from exitflow.pipeline.data.avmnist import load_split
 from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.evaluation.replay import split_samples
-from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts, EngineSystem
+from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts, EngineSystem, TruncatedSystem
 from exitflow.pipeline.inference.backends import open_backend
+from exitflow.pipeline.inference.compiled_systems import compiled_truncation
 from exitflow.pipeline.inference.engine import Engine, policy_from_config
 from exitflow.pipeline.inference.fast_engine import FastEngine
 from exitflow.pipeline.inference.last_rung import LastRung, strongest_path
@@ -98,8 +99,11 @@ def test_a_passing_final_check_does_not_escalate(parts, lf, samples) -> None:
 
 def test_strongest_path_is_the_mix_of_both_full_models(parts, lf, samples) -> None:
     rung = LastRung(lf, WEIGHT, "lf", _last(parts), "entropy", None)
-    compiled = strongest_path(parts.full(), parts.encoders, parts.fusion, rung, open_backend("onnxruntime"))
-    eager = strongest_path(parts.full(eager=True), parts.encoders, parts.fusion, rung, None)
+    last = _last(parts)
+    cnn_compiled = compiled_truncation("full", parts.encoders, parts.fusion, last, open_backend("onnxruntime"))
+    cnn_eager = TruncatedSystem("full", parts.encoders, last, parts.fusion)
+    compiled = strongest_path(cnn_compiled, parts.encoders, parts.fusion, rung, open_backend("onnxruntime"))
+    eager = strongest_path(cnn_eager, parts.encoders, parts.fusion, rung, None)
     for s in samples[:40]:
         with torch.no_grad():
             lf_logits = lf({m: torch.as_tensor(np.asarray(s.payloads[m], np.float32))[None]
