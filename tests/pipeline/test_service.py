@@ -92,7 +92,7 @@ def rows(embedded_cfg):
 
 
 def test_replica_batch_matches_batch1_and_isolates_a_bad_sample(parts, rows) -> None:
-    expected = [key(parts.exitflow(meter=None, budget=False).engine.process(s)) for s in rows]
+    expected = [key(parts.exitflow(meter=None, budget=False).process(s)) for s in rows]
     replica = ServiceReplica(lambda: parts.exitflow(meter=None, budget=False),
                              service=ServiceConfig(max_batch_size=64, shed_after_ms=None))
     bad = Sample(999, 0, {"image": np.full((1, 28, 28), np.nan, np.float32), "audio": rows[0].payloads["audio"]})
@@ -120,7 +120,7 @@ def test_replica_batch_matches_batch1_and_isolates_a_bad_sample(parts, rows) -> 
 def test_a_gathered_micro_batch_gets_batch1_decisions_per_client_and_isolates_a_bad_row(parts, rows) -> None:
     """The micro-batch path: rows of several robots packed as columns (one array per modality),
     read-only as they come out of Ray's store, unpacked in the replica, one result per row."""
-    expected = [key(parts.exitflow(meter=None, budget=False).engine.process(s)) for s in rows[:16]]
+    expected = [key(parts.exitflow(meter=None, budget=False).process(s)) for s in rows[:16]]
     replica = ServiceReplica(lambda: parts.exitflow(meter=None, budget=False),
                              service=ServiceConfig(max_batch_size=32, shed_after_ms=None))
     bad = Sample(999, 0, {"image": np.full((1, 28, 28), np.nan, np.float32), "audio": rows[0].payloads["audio"]})
@@ -217,7 +217,7 @@ def test_serve_deployment_answers_two_clients_per_sample_and_micro_batch_with_ba
     # the batching under test, without the online recalibration's shadow draws (its own tests cover those)
     embedded_cfg = dataclasses.replace(
         embedded_cfg, recalibration=dataclasses.replace(embedded_cfg.recalibration, enabled=False))
-    expected = {s.sample_id: key(parts.exitflow(meter=None, budget=False).engine.process(s)) for s in rows}
+    expected = {s.sample_id: key(parts.exitflow(meter=None, budget=False).process(s)) for s in rows}
     start_ray(RayConfig(num_cpus=2, namespace="exitflow-service-test"))
     try:
         cfg = ServiceConfig(name="test-service", num_cpus=0.5, max_batch_size=8, batch_wait_ms=200.0,
