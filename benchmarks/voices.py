@@ -207,15 +207,17 @@ def bench_fold(cfg: Config, dataset: str, limit: int, warmup: int = 20) -> dict[
     return rows
 
 
-def run_fold(test: str, dataset: str, seed: int, limit: int, crit_limit: int) -> dict[str, Any]:
+def run_fold(test: str, dataset: str, seed: int, limit: int, crit_limit: int, sets: list[str] | None = None,
+             variant: str = "default") -> dict[str, Any]:
     overrides = fold_overrides(test, seed)
-    cfg = load_config(None, [*overrides, "power.meter=psutil"])
+    cfg = load_config(None, [*overrides, "power.meter=psutil", *(sets or [])])
     took = ensure_models(cfg, overrides, dataset, seed)
     with get_power_meter("psutil") as meter:
         start = time.perf_counter()
         report = calibrate_family(cfg, dataset, meter, energy_samples=50, progress=False)
         took["calibrate_s"] = time.perf_counter() - start
     return {"test_voice": test, "cal_voice": fold_roles(test)["val"][0], "dataset": dataset, "seed": seed,
+            "variant": variant, "sets": sets or [],
             "limit": limit, "took": took, "calibration": {k: report.get(k) for k in (
                 "order", "thresholds", "val_accuracy", "val_full_accuracy", "val_macs", "rung", "val_escalated")},
             "criteria": criteria(cfg, dataset, report, crit_limit), "bench": bench_fold(cfg, dataset, limit)}
@@ -319,6 +321,9 @@ def main() -> None:
     ap.add_argument("--criteria-limit", type=int, default=None, help="rows of val/test for the criteria (default all)")
     ap.add_argument("--report", action="store_true", help="print the table from the results file only")
     ap.add_argument("--train-only", action="store_true", help="train the missing fold models and stop")
+    ap.add_argument("--set", action="append", default=[], help="config override for calibrate and bench, e.g. "
+                    "scheduler.last_rung=lf (give the run a --variant name)")
+    ap.add_argument("--variant", default="default", help="the results' label for these overrides")
     ap.add_argument("--jobs", type=int, default=2, help="with --train-only: trainings run at once")
     ap.add_argument("--markdown", action="store_true", help="with --report: the docs' markdown tables")
     args = ap.parse_args()
@@ -333,15 +338,16 @@ def main() -> None:
         for test in args.folds:
             for dataset in args.datasets:
                 for seed in args.seeds:
-                    key = (test, dataset, seed, args.limit)
-                    if any((r["test_voice"], r["dataset"], r["seed"], r["limit"]) == key for r in results):
+                    key = (test, dataset, seed, args.limit, args.variant)
+                    if any((r["test_voice"], r["dataset"], r["seed"], r["limit"], r.get("variant", "default")) == key
+                           for r in results):
                         continue
-                    result = run_fold(test, dataset, seed, args.limit, args.criteria_limit)
+                    result = run_fold(test, dataset, seed, args.limit, args.criteria_limit, args.set, args.variant)
                     results.append(result)
                     with results_path.open("a") as f:
                         f.write(json.dumps(result, default=float) + "\n")
                     print(f"done {test} {dataset} seed {seed}: {json.dumps(result['took'])}", flush=True)
-    chosen = [r for r in results if r["dataset"] in args.datasets]
+    chosen = [r for r in results if r["dataset"] in args.datasets and r.get("variant", "default") == args.variant]
     print_markdown(chosen) if args.markdown else print_report(chosen)
 
 

@@ -392,9 +392,10 @@ class SchedulerConfig:
         help="a modality whose cheap exit runs first and weighs every later exit (text on avmnist-t; "
         "scheduler/prior.py); null = none"))
     prior_exit: int = field(default=0, metadata=bounds(min=0, max=64, help="the exit the prior modality stops at"))
-    last_rung: Literal["lf", "none"] = field(default="lf", metadata=bounds(
-        help="the model behind the CNN exits for samples no check answers (its answer mixed with the CNN's; "
-        "exitflow calibrate fits the mix, the profile holds it) or none (docs/adaptive.md)"))
+    last_rung: Literal["lf", "none"] = field(default="none", metadata=bounds(
+        help="lf: the LeNet late fusion behind the CNN exits for samples no check answers (its answer mixed "
+        "with the CNN's; exitflow calibrate fits the mix, the profile holds it). Off by default: over the "
+        "five voices it cost MACs and accuracy on the mean (docs/adaptive.md)"))
     threshold_coupling: float = field(default=1.0, metadata=bounds(min=0.0, max=4.0))
     accuracy: Literal["exited", "overall"] = "exited"
     min_exit_prob: float = field(
