@@ -144,7 +144,8 @@ def test_walk_simulation_sends_unanswered_samples_to_the_rung() -> None:
 def test_profile_rung_for_other_weights_is_a_clear_error(parts) -> None:
     profile = dataclasses.replace(parts.profile, rung={"model": "lf", "weight": 0.5, "sha256": "0" * 64})
     stub = AdaptiveParts.__new__(AdaptiveParts)
-    stub.cfg, stub.dataset, stub.profile = parts.cfg, parts.dataset, profile
+    on = dataclasses.replace(parts.cfg, scheduler=dataclasses.replace(parts.cfg.scheduler, last_rung="lf"))
+    stub.cfg, stub.dataset, stub.profile = on, parts.dataset, profile
     stub.encoders, stub.fusion, stub.device, stub.backend = parts.encoders, parts.fusion, parts.device, None
     with pytest.raises(ExitflowError, match="re-run `exitflow calibrate`"):
         stub._load_rung()
