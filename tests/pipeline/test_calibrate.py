@@ -181,3 +181,31 @@ def test_calibrate_with_risk_control_writes_tighter_thresholds(tmp_path, shared_
     assert risk["val_macs"] >= plain["val_macs"]
     saved = json.loads((ckpt / "cnn_avmnist" / "profile.json").read_text())["thresholds"]
     assert saved == pytest.approx(risk["thresholds"])
+
+
+@requires_shared
+def test_calibrate_with_the_last_rung_fits_and_stores_it(tmp_path, shared_cfg):
+    """``scheduler.last_rung: lf`` on a copy of the committed CNN family and lf (1,000 val rows): the profile
+    holds the rung (model, a weight in [0, 1], lf's hash) and a ``rung`` threshold; the loaded parts run it."""
+    from exitflow.encoders.checkpoint import file_sha256
+    from exitflow.pipeline.artifacts import baseline_folder
+    from exitflow.pipeline.inference.adaptive_systems import AdaptiveParts
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(cnn_folder(shared_cfg, "avmnist"), ckpt / "cnn_avmnist")
+    shutil.copytree(baseline_folder(shared_cfg, "lf", "avmnist"), ckpt / "baseline_lf_avmnist")
+    cfg = dataclasses.replace(
+        shared_cfg, train=dataclasses.replace(shared_cfg.train, checkpoint_dir=str(ckpt)),
+        scheduler=dataclasses.replace(shared_cfg.scheduler, last_rung="lf"))
+    with get_power_meter("psutil") as meter:
+        report = calibrate_family(cfg, "avmnist", meter, energy_samples=2, progress=False, limit=1000)
+    profile = json.loads((ckpt / "cnn_avmnist" / "profile.json").read_text())
+    rung = profile["rung"]
+    assert rung["model"] == "lf" and 0.0 <= rung["weight"] <= 1.0 and rung == report["rung"]
+    assert rung["sha256"] == file_sha256(ckpt / "baseline_lf_avmnist" / "model.safetensors")
+    assert "rung" in profile["thresholds"] and report["full_macs"] > 18e6  # the full path includes lf
+    parts = AdaptiveParts(cfg, "avmnist")
+    assert parts.rung is not None and parts.rung.weight == rung["weight"]
+    off = dataclasses.replace(cfg, scheduler=dataclasses.replace(cfg.scheduler, last_rung="none"))
+    with get_power_meter("psutil") as meter:
+        assert calibrate_family(off, "avmnist", meter, energy_samples=2, progress=False, limit=1000)["rung"] is None
