@@ -32,17 +32,13 @@ from exitflow.pipeline.artifacts import baseline_dataset  # noqa: E402
 from exitflow.pipeline.config import Config, load_config  # noqa: E402
 from exitflow.pipeline.data.avmnist import load_split  # noqa: E402
 from exitflow.pipeline.inference.loading import load_baseline, load_encoders, load_fusion  # noqa: E402
-from exitflow.pipeline.training.calibrate import WalkSimulator, batch_inputs, split_logits  # noqa: E402
+from exitflow.pipeline.training.calibrate import WalkSimulator, rung_logits, split_logits  # noqa: E402
 
 
-@torch.no_grad()
 def lf_logits(cfg: Config, dataset: str, split: Any) -> tuple[np.ndarray, int]:
+    """``lf``'s logits over ``split`` (the rung's input) and its MACs."""
     model = load_baseline(cfg, "lf", baseline_dataset(dataset, "lf"))
-    out = []
-    for start in range(0, len(split), 500):
-        rows = np.arange(start, min(start + 500, len(split)))
-        out.append(model({m: batch_inputs(split, m, rows) for m in model.modalities}).numpy())
-    return np.concatenate(out), measure_macs(model)
+    return rung_logits(model, split), measure_macs(model)
 
 
 def measure(cfg: Config, dataset: str) -> dict[str, Any]:
@@ -81,7 +77,7 @@ def measure(cfg: Config, dataset: str) -> dict[str, Any]:
         out[label] = {"order": list(order), "thresholds": thresholds, "val_accuracy": result.accuracy,
                       "val_macs": result.macs, "test_accuracy": float((pred == ty).mean()),
                       "test_macs": float(macs.mean()), "full_macs": test_sim.checks[-1][2],
-                      "escalated": float(macs.__ge__(test_sim.checks[-1][2] - 1).mean()),
+                      "escalated": float((macs >= test_sim.checks[-1][2] - 1).mean()),
                       "disagreement_with_full": float((pred != test_sim.full_predictions()).mean())}
     return out
 

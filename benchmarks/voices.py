@@ -229,17 +229,19 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
 
 
+def _cell(b: dict[str, Any], sep: str, macs_unit: str) -> str:
+    """One bench row as accuracy / MACs (M) / ms / mJ."""
+    mj = "-" if b["mj_per_sample"] is None else f"{b['mj_per_sample']:.2f}"
+    return sep.join([f"{b['accuracy']:.4f}", f"{b['macs_per_sample'] / 1e6:.2f}{macs_unit}", f"{b['ms_per_sample']:.2f}", mj])
+
+
 def print_report(results: list[dict[str, Any]]) -> None:
     for dataset in sorted({r["dataset"] for r in results}):
         rs = [r for r in results if r["dataset"] == dataset]
         print(f"\n== {dataset}: test voice (calibration voice), accuracy / MACs (M) / ms / mJ per sample")
         print(f"{'voice':<20}" + "".join(f"{s:>30}" for s in SYSTEMS))
         for r in rs:
-            cells = []
-            for s in SYSTEMS:
-                b = r["bench"][s]
-                mj = "-" if b["mj_per_sample"] is None else f"{b['mj_per_sample']:.2f}"
-                cells.append(f"{b['accuracy']:.4f}/{b['macs_per_sample'] / 1e6:.2f}/{b['ms_per_sample']:.2f}/{mj}")
+            cells = [_cell(r["bench"][s], "/", "") for s in SYSTEMS]
             print(f"{r['test_voice'] + ' (' + r['cal_voice'] + ') s' + str(r['seed']):<20}" + "".join(f"{c:>30}" for c in cells))
         for key, label, scale in (("accuracy", "accuracy", 1.0), ("macs_per_sample", "MACs (M)", 1e-6),
                                   ("ms_per_sample", "ms", 1.0), ("mj_per_sample", "mJ", 1.0)):
@@ -292,11 +294,7 @@ def print_markdown(results: list[dict[str, Any]]) -> None:
         print("| test voice (calibration) | " + " | ".join(f"`{s}`" for s in SYSTEMS) + " |")
         print("|---" * (len(SYSTEMS) + 1) + "|")
         for r in rs:
-            cells = []
-            for s in SYSTEMS:
-                b = r["bench"][s]
-                mj = "-" if b["mj_per_sample"] is None else f"{b['mj_per_sample']:.2f}"
-                cells.append(f"{b['accuracy']:.4f} / {b['macs_per_sample'] / 1e6:.2f} M / {b['ms_per_sample']:.2f} / {mj}")
+            cells = [_cell(r["bench"][s], " / ", " M") for s in SYSTEMS]
             print(f"| {r['test_voice']} ({r['cal_voice']}) | " + " | ".join(cells) + " |")
         for key, label, scale in (("accuracy", "accuracy", 1.0), ("macs_per_sample", "MACs (M)", 1e-6)):
             print(f"| mean +- sd {label} | " + " | ".join(

@@ -20,17 +20,21 @@ from typing import Any
 import torch
 
 from exitflow.encoders.base import EarlyExitEncoder, ExitOutput
+from exitflow.encoders.checkpoint import file_sha256
 from exitflow.encoders.cnn import CNNEarlyExitEncoder
 from exitflow.encoders.fusion_grid import ExitGridFusion
+from exitflow.pipeline.artifacts import baseline_dataset
 from exitflow.pipeline.config import Config
 from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.inference.backends import open_backend
+from exitflow.pipeline.inference.batch_engine import as_batch_engine
 from exitflow.pipeline.inference.compiled_systems import CompiledTruncation, compiled_truncation
 from exitflow.pipeline.inference.compiled_walk import cnn_family
 from exitflow.pipeline.inference.engine import (
     Engine,
     EngineError,
     budget_from_config,
+    budget_step,
     cheapest_plan_mj,
     default_input_adapter,
     device_input_adapter,
@@ -40,7 +44,13 @@ from exitflow.pipeline.inference.engine import (
 )
 from exitflow.pipeline.inference.fast_engine import FastEngine
 from exitflow.pipeline.inference.last_rung import LastRung, StrongestPath, strongest_path
-from exitflow.pipeline.inference.loading import load_dataset_profile, load_encoders, load_fusion
+from exitflow.pipeline.inference.loading import (
+    load_baseline,
+    load_dataset_profile,
+    load_encoders,
+    load_fusion,
+    rung_weights,
+)
 from exitflow.pipeline.inference.pricing import row_tokens, truncated_macs
 from exitflow.pipeline.messages import Decision, Sample
 from exitflow.scheduler.policy import RandomOrderPolicy
@@ -170,8 +180,6 @@ class EngineSystem:
     def process_batch(self, samples: Sequence[Sample]) -> list[Decision | Exception]:
         """The engine's batch (compacted on the fast path), then the rung over the escalated samples at once."""
         if self._batcher is None:
-            from exitflow.pipeline.inference.batch_engine import as_batch_engine
-
             self._batcher = as_batch_engine(self.engine)
         results = list(self._batcher.process_batch(samples))
         if self.rung is not None:
@@ -181,14 +189,8 @@ class EngineSystem:
 
     def _budget_step(self, decision: Decision, duration_s: float) -> None:
         """The engine's budget update for a sample whose energy includes the rung's."""
-        budget = self.engine.budget
-        controlled = self.engine.budget_energy(decision)
-        if budget is None or controlled is None:
-            return
-        self.engine.policy.set_lambda(budget.update(controlled, duration_s))
-        self.engine.policy.set_cheapest_mode(budget.cheapest_mode)
-        if budget.cheapest_mode:
-            decision.budget_note = "budget below the cheapest plan: running the cheapest exit only"
+        if self.engine.budget is not None:
+            budget_step(self.engine, self.engine.budget, decision, duration_s)
 
     def set_budget(self, mj_per_sample: float | None = None, power_w: float | None = None) -> dict[str, Any]:
         """Set, change or (both None) remove the energy budget, also on an engine started without one."""
@@ -232,10 +234,6 @@ class AdaptiveParts:
         if grid is None or self.device.type != "cpu":
             log.warning("the profile's last rung runs behind the CNN family's exit grid on the CPU; left out here")
             return None
-        from exitflow.encoders.checkpoint import file_sha256
-        from exitflow.pipeline.artifacts import baseline_dataset
-        from exitflow.pipeline.inference.loading import load_baseline, rung_weights
-
         name = str(chosen["model"])
         weights = rung_weights(self.cfg, name, baseline_dataset(self.dataset, name))
         if chosen.get("sha256") and file_sha256(weights) != chosen["sha256"]:

@@ -10,7 +10,7 @@ prints the backend of every row.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import numpy as np
@@ -149,6 +149,18 @@ class CompiledSingle:
         return [r if r is not None else ExitflowError("no result") for r in results]
 
 
+def one_by_one(process: Callable[[Sample], Decision], samples: list[Sample]) -> list[Decision | Exception]:
+    """``process`` over ``samples`` one at a time, a sample's ExitflowError in its own place (the fallback of
+    a batch that cannot run as one call)."""
+    out: list[Decision | Exception] = []
+    for s in samples:
+        try:
+            out.append(process(s))
+        except ExitflowError as e:
+            out.append(e)
+    return out
+
+
 class CompiledTruncation:
     """``full`` / ``static``: a graph per set of present modalities (the absent ones enter the grid as its
     placeholders, as the eager :class:`TruncatedSystem` fuses them), compiled on first use."""
@@ -194,13 +206,7 @@ class CompiledTruncation:
         whole = [s for s in samples if all(m in s.payloads and m not in s.missing for m in self.modalities)]
         if len(whole) == len(samples):
             return self._system(self.modalities).process_batch(samples)
-        out: list[Decision | Exception] = []
-        for s in samples:
-            try:
-                out.append(self.process(s))
-            except ExitflowError as e:
-                out.append(e)
-        return out
+        return one_by_one(self.process, samples)
 
 
 def compiled_truncation(name: str, encoders: Mapping[str, EarlyExitEncoder], fusion: Any,

@@ -15,9 +15,12 @@ The figures are attributed, not measured per sample: ``estimated`` is True and t
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from exitflow.pipeline.messages import Decision
+
+T = TypeVar("T")
 
 FIRST_WINDOW_S = 0.02  # the first window: long enough for a meter's resolution, short enough to price early
 
@@ -85,3 +88,28 @@ class WindowedEnergy:
         if self._open_since is not None:
             self.meter.end_window(self.name)
             self._open_since = None
+
+
+def measure_extra(engine: Any, name: str, work: Callable[[], T]) -> tuple[T, float, float | None, float | None]:
+    """Run ``work`` beside ``engine``'s samples (a shadow full path, the last rung) and measure it the way the
+    engine measures its own: priced by the mean power of the engine's long meter window times ``work``'s wall
+    time when the engine attributes energy that way (the fast engine's ``engine.meter_window_ms``), else in a
+    meter window of its own (none: no energy).
+
+    Returns:
+        ``(work's result, seconds, energy mJ or None, attributable mJ or None)``.
+    """
+    windowed = getattr(engine, "windowed", None)
+    meter = getattr(engine, "meter", None) if windowed is None else None
+    if meter is not None:
+        meter.begin_window(name)
+    start = time.perf_counter()
+    try:
+        result = work()
+    finally:
+        elapsed_s = time.perf_counter() - start
+        measured = meter.end_window(name) if meter is not None else None
+    if windowed is not None:
+        measured = Decision(sample_id=-1, prediction=-1, system=name)
+        windowed.attribute(measured, elapsed_s)
+    return result, elapsed_s, getattr(measured, "energy_mj", None), getattr(measured, "dynamic_energy_mj", None)

@@ -334,15 +334,10 @@ class Engine:
         decision.exit_layers = {m: o.layer for m, o in outputs.items()}
         decision.macs += sum(self._encoder_macs(m, o, evaluated[m]) for m, o in outputs.items())
         self._record_energy(decision, energy)
-        controlled = self.budget_energy(decision) if self.budget is not None else None
-        if self.budget is not None and controlled is not None:
+        if self.budget is not None:
             # the controller sees the sample's time up to here; its update and the re-plan count as policy
             t0 = time.perf_counter()
-            lam = self.budget.update(controlled, t0 - total_start)
-            self.policy.set_lambda(lam)
-            self.policy.set_cheapest_mode(self.budget.cheapest_mode)
-            if self.budget.cheapest_mode:
-                decision.budget_note = "budget below the cheapest plan: running the cheapest exit only"
+            budget_step(self, self.budget, decision, t0 - total_start)
             policy_s += time.perf_counter() - t0
         decision.latency_ms["policy"] = policy_s * 1000.0
         decision.latency_ms["total"] = (time.perf_counter() - total_start) * 1000.0
@@ -391,6 +386,20 @@ class Engine:
         else:
             self.budget.set_budget(mj_per_sample=mj_per_sample, power_w=power_w)
         return {"mj_per_sample": mj_per_sample, "power_w": power_w, "energy": self.budget_energy_kind}
+
+
+def budget_step(engine: Any, budget: BudgetController, decision: Decision, duration_s: float) -> None:
+    """One update of ``budget`` with ``decision``'s energy as ``engine`` counts it for the budget
+    (``engine.budget_energy``; none: no update) over ``duration_s``; lambda and cheapest-exit mode follow.
+    The one budget step of every engine and of the wrappers whose extra work (a shadow, the last rung) is in
+    the sample's energy."""
+    controlled = engine.budget_energy(decision)
+    if controlled is None:
+        return
+    engine.policy.set_lambda(budget.update(controlled, duration_s))
+    engine.policy.set_cheapest_mode(budget.cheapest_mode)
+    if budget.cheapest_mode:
+        decision.budget_note = "budget below the cheapest plan: running the cheapest exit only"
 
 
 def _sum_or_none(values: list[float | None]) -> float | None:

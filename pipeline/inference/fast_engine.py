@@ -46,7 +46,7 @@ from exitflow.pipeline.inference.compiled_walk import (
     measure_step_ms,
 )
 from exitflow.pipeline.inference.energy_windows import WindowedEnergy
-from exitflow.pipeline.inference.engine import Engine, EngineError, PowerMeterLike
+from exitflow.pipeline.inference.engine import Engine, EngineError, PowerMeterLike, budget_step
 from exitflow.pipeline.messages import Decision, Sample
 from exitflow.scheduler.budget import BudgetController
 from exitflow.scheduler.policy import Policy
@@ -411,16 +411,8 @@ class FastEngine(Engine):
 
     def _after_sample(self, decision: Decision, total_start: float, now: float) -> None:
         """The budget controller's update, as the reference engine's (it sees the time up to ``now``)."""
-        if self.budget is None:
-            return
-        controlled = self.budget_energy(decision)
-        if controlled is None:
-            return
-        lam = self.budget.update(controlled, now - total_start)
-        self.policy.set_lambda(lam)
-        self.policy.set_cheapest_mode(self.budget.cheapest_mode)
-        if self.budget.cheapest_mode:
-            decision.budget_note = "budget below the cheapest plan: running the cheapest exit only"
+        if self.budget is not None:
+            budget_step(self, self.budget, decision, now - total_start)
 
     # -- batches ----------------------------------------------------------------------------------
     def process_batch(self, samples: Sequence[Sample]) -> list[Decision | Exception]:

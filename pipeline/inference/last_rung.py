@@ -26,7 +26,13 @@ from exitflow.encoders.fusion_grid import ExitGridFusion
 from exitflow.encoders.last_rung import RUNG_KEY, MixHead
 from exitflow.pipeline.errors import ExitflowError
 from exitflow.pipeline.inference.backends import Backend
-from exitflow.pipeline.inference.compiled_systems import CompiledSingle, TruncationGraph, truncation_macs
+from exitflow.pipeline.inference.compiled_systems import (
+    CompiledSingle,
+    TruncationGraph,
+    one_by_one,
+    truncation_macs,
+)
+from exitflow.pipeline.inference.energy_windows import measure_extra
 from exitflow.pipeline.messages import Decision, Sample
 from exitflow.scheduler.policy import FUSION_KEY
 from exitflow.scheduler.rules import passes, scores_from_probs
@@ -139,21 +145,9 @@ class LastRung:
                 decision.final_logits = None  # handed over for the rung only
         if not todo:
             return
-        windowed = getattr(engine, "windowed", None)
-        meter = getattr(engine, "meter", None) if windowed is None else None
-        if meter is not None:
-            meter.begin_window("rung")
-        start = time.perf_counter()
-        try:
-            preds = self.run([s for s, _ in todo], np.stack([d.final_logits for _, d in todo]))
-        finally:
-            elapsed_s = time.perf_counter() - start
-            measured = meter.end_window("rung") if meter is not None else None
-        if windowed is not None:
-            measured = Decision(sample_id=-1, prediction=-1, system="rung")
-            windowed.attribute(measured, elapsed_s)
+        preds, elapsed_s, mj, dyn = measure_extra(
+            engine, "rung", lambda: self.run([s for s, _ in todo], np.stack([d.final_logits for _, d in todo])))
         n = len(todo)
-        mj, dyn = getattr(measured, "energy_mj", None), getattr(measured, "dynamic_energy_mj", None)
         for (_, d), pred in zip(todo, preds, strict=True):
             d.prediction, d.rung, d.exited_by, d.final_logits = int(pred), self.name, "rung", None
             d.macs += self.macs
@@ -203,13 +197,7 @@ class StrongestPath:
     def process_batch(self, samples: list[Sample]) -> list[Decision | Exception]:
         if self.single is not None and all(self._whole(s) for s in samples):
             return self.single.process_batch(samples)
-        out: list[Decision | Exception] = []
-        for s in samples:
-            try:
-                out.append(self.process(s))
-            except ExitflowError as e:
-                out.append(e)
-        return out
+        return one_by_one(self.process, samples)
 
 
 def strongest_path(cnn_full: Any, encoders: Mapping[str, CNNEarlyExitEncoder], fusion: ExitGridFusion,

@@ -30,6 +30,8 @@ from typing import Any
 
 from exitflow.pipeline.config import Config, RecalibrationConfig
 from exitflow.pipeline.errors import ConfigError
+from exitflow.pipeline.inference.energy_windows import measure_extra
+from exitflow.pipeline.inference.engine import budget_step
 from exitflow.pipeline.messages import Decision, Sample
 from exitflow.scheduler.recalibration import OnlineRecalibrator, RecalibrationSettings
 
@@ -217,27 +219,9 @@ class ShadowRecalibration:
                 and decision.exits == last)
 
     def _run_full(self, sample: Sample) -> tuple[int, int, float, float | None, float | None]:
-        """(prediction, MACs, ms, energy mJ, attributable mJ) of the full path on ``sample``.
-
-        Energy is measured the way the engine measures its own samples: priced by the mean power of the
-        engine's long meter window times the shadow's wall time when the engine attributes energy that way
-        (the fast engine's ``engine.meter_window_ms``), else in a meter window of its own.
-        """
-        windowed = getattr(self.engine, "windowed", None)
-        meter = self.engine.meter if windowed is None else None
-        if meter is not None:
-            meter.begin_window("shadow")
-        start = time.perf_counter()
-        try:
-            full = self.full.process(sample)
-        finally:
-            elapsed_s = time.perf_counter() - start
-            measured = meter.end_window("shadow") if meter is not None else None
-        if windowed is not None:
-            measured = Decision(sample_id=sample.sample_id, prediction=full.prediction, system="shadow")
-            windowed.attribute(measured, elapsed_s)
-        mj = getattr(measured, "energy_mj", None)
-        dyn = getattr(measured, "dynamic_energy_mj", None)
+        """(prediction, MACs, ms, energy mJ, attributable mJ) of the full path on ``sample``, its energy measured
+        as the engine measures its own samples (:func:`~pipeline.inference.energy_windows.measure_extra`)."""
+        full, elapsed_s, mj, dyn = measure_extra(self.engine, "shadow", lambda: self.full.process(sample))
         return full.prediction, int(full.macs), elapsed_s * 1000.0, mj, dyn
 
     def _run_full_batch(self, samples: list[Sample]) -> list[tuple[int, int, float, float | None, float | None]]:
@@ -245,21 +229,8 @@ class ShadowRecalibration:
         batch = getattr(self.full, "process_batch", None)
         if batch is None or len(samples) == 1:
             return [self._run_full(s) for s in samples]
-        windowed = getattr(self.engine, "windowed", None)
-        meter = self.engine.meter if windowed is None else None
-        if meter is not None:
-            meter.begin_window("shadow")
-        start = time.perf_counter()
-        try:
-            outs = batch(samples)
-        finally:
-            elapsed_s = time.perf_counter() - start
-            measured = meter.end_window("shadow") if meter is not None else None
-        if windowed is not None:
-            measured = Decision(sample_id=-1, prediction=-1, system="shadow")
-            windowed.attribute(measured, elapsed_s)
+        outs, elapsed_s, mj, dyn = measure_extra(self.engine, "shadow", lambda: batch(samples))
         n = len(samples)
-        mj, dyn = getattr(measured, "energy_mj", None), getattr(measured, "dynamic_energy_mj", None)
         share = (elapsed_s * 1000.0 / n, None if mj is None else mj / n, None if dyn is None else dyn / n)
         results = []
         for sample, out in zip(samples, outs, strict=True):
@@ -271,14 +242,7 @@ class ShadowRecalibration:
 
     def _budget_step(self, budget: Any, decision: Decision, duration_s: float) -> None:
         """The engine's budget step (``Engine.process``) for a sample whose energy includes its shadow."""
-        controlled = self.engine.budget_energy(decision)
-        if controlled is None:
-            return
-        lam = budget.update(controlled, duration_s)
-        self.policy.set_lambda(lam)
-        self.policy.set_cheapest_mode(budget.cheapest_mode)
-        if budget.cheapest_mode:
-            decision.budget_note = "budget below the cheapest plan: running the cheapest exit only"
+        budget_step(self.engine, budget, decision, duration_s)
 
     def set_budget(self, mj_per_sample: float | None = None, power_w: float | None = None) -> dict[str, Any]:
         """As :meth:`EngineSystem.set_budget` (the live view's budget commands reach the engine)."""

@@ -35,12 +35,16 @@ import torch
 from scipy.stats import binom
 
 from exitflow.encoders.base import EarlyExitEncoder
-from exitflow.encoders.baseline import LateFusion
+from exitflow.encoders.baseline import LateFusion, measure_macs
+from exitflow.encoders.checkpoint import file_sha256
 from exitflow.encoders.fusion_grid import ExitGridFusion, subset_key
 from exitflow.encoders.last_rung import RUNG_KEY, fit_mix_weight, mix_logits
+from exitflow.pipeline.artifacts import baseline_dataset
 from exitflow.pipeline.config import Config
-from exitflow.pipeline.data.avmnist import AVSplit
+from exitflow.pipeline.data.avmnist import DATASETS, AVSplit
 from exitflow.pipeline.data.imported import ImportedSplit
+from exitflow.pipeline.errors import CheckpointError
+from exitflow.pipeline.inference.loading import load_baseline, rung_weights
 from exitflow.pipeline.training.profile import make_profile, measure_step_energy
 from exitflow.pipeline.training.records import ExitRecords
 from exitflow.scheduler.policy import FUSION_KEY
@@ -367,13 +371,6 @@ def last_rung(
     profile's entry (model, mix weight fitted on val, its weights' hash) and the walk simulation's rung."""
     if cfg.scheduler.last_rung == "none":
         return None, None
-    from exitflow.encoders.baseline import measure_macs
-    from exitflow.encoders.checkpoint import file_sha256
-    from exitflow.pipeline.artifacts import baseline_dataset
-    from exitflow.pipeline.data.avmnist import DATASETS
-    from exitflow.pipeline.errors import CheckpointError
-    from exitflow.pipeline.inference.loading import load_baseline, rung_weights
-
     name = cfg.scheduler.last_rung
     if dataset not in DATASETS:  # an imported set: the built-in baselines know other classes
         return None, None
